@@ -1,0 +1,117 @@
+import Foundation
+
+/// The whole configuration of a Backstop daemon (`/etc/backstop/backstop.toml`).
+public struct Configuration: Sendable, Equatable {
+    /// The default location of the configuration file.
+    public static let defaultPath = "/etc/backstop/backstop.toml"
+
+    /// The file it was read from, for messages.
+    public var path: String
+    public var daemon: DaemonConfiguration
+    public var agents: [AgentConfiguration]
+
+    public init(path: String, daemon: DaemonConfiguration = DaemonConfiguration(), agents: [AgentConfiguration] = []) {
+        self.path = path
+        self.daemon = daemon
+        self.agents = agents
+    }
+
+    /// The agent called `name`, if configured.
+    public func agent(named name: String) -> AgentConfiguration? {
+        agents.first { $0.name == name }
+    }
+}
+
+/// The `[daemon]` table.
+public struct DaemonConfiguration: Sendable, Equatable {
+    /// `state_directory`: the store and state files, one directory per agent below it.
+    public var stateDirectory = "/var/lib/backstop"
+    /// `runtime_directory`: the control socket and the agents' notify sockets.
+    public var runtimeDirectory = "/run/backstop"
+
+    public init() {}
+
+    /// `<runtime_directory>/io.backstop.Manager`, the Varlink control socket.
+    public var controlSocketPath: String { runtimeDirectory + "/io.backstop.Manager" }
+}
+
+/// How an agent is run.
+public enum RunnerKind: String, Sendable, Equatable, CaseIterable {
+    /// Backstop spawns and reaps the agent itself.
+    case direct
+    /// The agent is an existing systemd unit (`unit`).
+    case systemd
+}
+
+/// One `[[agent]]` table. Durations carry their unit in the name, as the TOML keys do.
+public struct AgentConfiguration: Sendable, Equatable {
+    /// `name`: `[a-z0-9_-]+`, unique.
+    public var name: String
+    /// `exec`: the command line; `{content}` is replaced by the active version's path.
+    public var exec: [String]
+    public var runner: RunnerKind = .direct
+    /// `unit`: the systemd unit, with `runner = "systemd"`.
+    public var unit: String?
+    public var notify = false
+    /// `content_link`: a path made a symlink to the active version, nil when unset.
+    public var contentLink: String?
+    public var failureThreshold = 3
+    public var failureWindowSeconds = 120
+    public var probationSeconds = 600
+    public var restartDelayMilliseconds = 100
+    public var restartDelayMaxSeconds = 30
+    public var startTimeoutSeconds = 90
+    /// 0 = off.
+    public var watchdogSeconds = 0
+    public var bootGoodAfterSeconds = 120
+    public var bootFailureThreshold = 2
+    /// Empty: safe mode means "do not start".
+    public var safeModeExec: [String] = []
+    /// 0 = off.
+    public var preflightSeconds = 0
+
+    public init(name: String, exec: [String]) {
+        self.name = name
+        self.exec = exec
+    }
+
+    /// The policy numbers of this agent.
+    public var policySettings: PolicySettings {
+        PolicySettings(
+            agent: name, failureThreshold: failureThreshold, failureWindowSeconds: Double(failureWindowSeconds),
+            probationSeconds: Double(probationSeconds), restartDelayMilliseconds: restartDelayMilliseconds,
+            restartDelayMaxSeconds: Double(restartDelayMaxSeconds), startTimeoutSeconds: Double(startTimeoutSeconds),
+            watchdogSeconds: Double(watchdogSeconds), notify: notify, hasSafeModeExec: !safeModeExec.isEmpty)
+    }
+
+    /// Whether `name` is a valid agent name: `[a-z0-9_-]+`, at most 64 characters.
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64
+            && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+    }
+}
+
+/// A configuration file that cannot be used, with the place and key at fault.
+public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
+    public var path: String
+    /// 1-based line, when known.
+    public var line: Int?
+    /// The dotted key, e.g. `agent[1].exec`, when one is at fault.
+    public var key: String?
+    public var message: String
+
+    public init(path: String, line: Int?, key: String?, message: String) {
+        self.path = path
+        self.line = line
+        self.key = key
+        self.message = message
+    }
+
+    /// `FILE:LINE: KEY: message`, the way compilers print errors.
+    public var description: String {
+        var text = path
+        if let line { text += ":\(line)" }
+        if let key { text += ": \(key)" }
+        return text + ": " + message
+    }
+}

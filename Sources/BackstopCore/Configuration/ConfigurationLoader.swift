@@ -1,0 +1,247 @@
+import Foundation
+import TOMLKit
+
+extension Configuration {
+    /// Reads and validates the TOML file at `path`.
+    ///
+    /// - Throws: ``ConfigurationError`` naming the file, the line (when it can be
+    ///   found) and the key for: unreadable files, TOML syntax errors (position from
+    ///   toml++ through TOMLKit), unknown keys, wrong types, duplicate or malformed
+    ///   agent names, a missing or empty `exec`, and out-of-range numbers.
+    public static func load(path: String) throws(ConfigurationError) -> Configuration {
+        let source: String
+        do {
+            source = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigurationError(path: path, line: nil, key: nil, message: "cannot read the file: \(error.localizedDescription)")
+        }
+        return try parse(source, path: path)
+    }
+
+    /// Validates TOML text as if it were read from `path` (used by ``load(path:)`` and tests).
+    /// - Throws: ``ConfigurationError`` as ``load(path:)`` does.
+    public static func parse(_ source: String, path: String) throws(ConfigurationError) -> Configuration {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: source)
+        } catch let error as TOMLParseError {
+            throw ConfigurationError(path: path, line: error.source.begin.line, key: nil, message: "TOML syntax: \(error.description)")
+        } catch {
+            throw ConfigurationError(path: path, line: nil, key: nil, message: "TOML syntax: \(error)")
+        }
+        var reader = TableReader(path: path, locator: KeyLocator(source: source))
+        return try reader.configuration(from: root)
+    }
+}
+
+/// Finds the line of a dotted key (`daemon.state_directory`, `agent[1].exec`) in the
+/// source text. TOMLKit reports positions only for syntax errors, so semantic errors
+/// get their line from this scan of table headers and `key =` lines.
+struct KeyLocator {
+    private var lines: [String: Int] = [:]
+
+    init(source: String) {
+        var prefix = ""
+        var agentIndex = -1
+        for (index, raw) in source.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            let number = index + 1
+            if line.hasPrefix("[[") {
+                let name = Self.headerName(line, open: "[[", close: "]]")
+                if name == "agent" {
+                    agentIndex += 1
+                    prefix = "agent[\(agentIndex)]"
+                } else {
+                    prefix = name
+                }
+                lines[prefix] = lines[prefix] ?? number
+            } else if line.hasPrefix("[") {
+                let name = Self.headerName(line, open: "[", close: "]")
+                prefix = name.hasPrefix("agent.") && agentIndex >= 0 ? "agent[\(agentIndex)]" + name.dropFirst(5) : name
+                lines[prefix] = lines[prefix] ?? number
+            } else if let equals = line.firstIndex(of: "=") {
+                let key = line[..<equals].trimmingCharacters(in: .whitespaces)
+                guard !key.isEmpty, key.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) || $0 == "_" || $0 == "-" })
+                else { continue }
+                let full = prefix.isEmpty ? key : prefix + "." + key
+                lines[full] = lines[full] ?? number
+            }
+        }
+    }
+
+    /// The line of `key`, else of the nearest enclosing table header.
+    func line(of key: String) -> Int? {
+        var candidate = key
+        while true {
+            if let line = lines[candidate] { return line }
+            guard let dot = candidate.lastIndex(of: ".") else { return nil }
+            candidate = String(candidate[..<dot])
+        }
+    }
+
+    private static func headerName(_ line: String, open: String, close: String) -> String {
+        var name = line.dropFirst(open.count)
+        if let end = name.range(of: close) { name = name[..<end.lowerBound] }
+        return name.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: " ", with: "")
+    }
+}
+
+/// Walks the parsed TOML tree, checking every key against the contract.
+private struct TableReader {
+    let path: String
+    let locator: KeyLocator
+
+    func fail(_ key: String?, _ message: String) -> ConfigurationError {
+        ConfigurationError(path: path, line: key.flatMap { locator.line(of: $0) }, key: key, message: message)
+    }
+
+    mutating func configuration(from root: TOMLTable) throws(ConfigurationError) -> Configuration {
+        var configuration = Configuration(path: path)
+        for key in root.keys where key != "daemon" && key != "agent" {
+            throw fail(key, "unknown key; the top level has [daemon] and [[agent]] tables")
+        }
+        if let value = root["daemon"] {
+            guard let table = value.table else { throw fail("daemon", "must be a table ([daemon])") }
+            configuration.daemon = try daemon(from: table)
+        }
+        if let value = root["agent"] {
+            guard let array = value.array else { throw fail("agent", "must be an array of tables ([[agent]])") }
+            for (index, element) in array.enumerated() {
+                guard let table = element.table else { throw fail("agent[\(index)]", "must be a table ([[agent]])") }
+                let agent = try self.agent(from: table, key: "agent[\(index)]")
+                if configuration.agents.contains(where: { $0.name == agent.name }) {
+                    throw fail("agent[\(index)].name", "duplicate agent name \"\(agent.name)\"; names must be unique")
+                }
+                configuration.agents.append(agent)
+            }
+        }
+        return configuration
+    }
+
+    func daemon(from table: TOMLTable) throws(ConfigurationError) -> DaemonConfiguration {
+        var daemon = DaemonConfiguration()
+        for key in table.keys {
+            let full = "daemon." + key
+            switch key {
+            case "state_directory": daemon.stateDirectory = try absolutePath(table, key, full)
+            case "runtime_directory": daemon.runtimeDirectory = try absolutePath(table, key, full)
+            default: throw fail(full, "unknown key in [daemon] (known: state_directory, runtime_directory)")
+            }
+        }
+        return daemon
+    }
+
+    func agent(from table: TOMLTable, key prefix: String) throws(ConfigurationError) -> AgentConfiguration {
+        guard let nameValue = table["name"] else { throw fail(prefix, "missing key \"name\"") }
+        guard let name = nameValue.string else { throw fail(prefix + ".name", "must be a string") }
+        guard AgentConfiguration.isValidName(name) else {
+            throw fail(prefix + ".name", "\"\(name)\" is not a valid agent name; use 1 to 64 of a-z, 0-9, _ and -")
+        }
+        guard table["exec"] != nil else { throw fail(prefix, "missing key \"exec\" (the agent's command line)") }
+        var agent = AgentConfiguration(name: name, exec: [])
+        for key in table.keys {
+            let full = prefix + "." + key
+            switch key {
+            case "name": break
+            case "exec":
+                agent.exec = try stringArray(table, key, full)
+                guard let program = agent.exec.first, !program.isEmpty else {
+                    throw fail(full, "must name a program: a non-empty array of strings")
+                }
+            case "runner":
+                let raw = try string(table, key, full)
+                guard let runner = RunnerKind(rawValue: raw) else {
+                    throw fail(full, "must be \"direct\" or \"systemd\", not \"\(raw)\"")
+                }
+                agent.runner = runner
+            case "unit": agent.unit = try string(table, key, full)
+            case "notify": agent.notify = try bool(table, key, full)
+            case "content_link":
+                let link = try string(table, key, full)
+                if !link.isEmpty {
+                    guard link.hasPrefix("/") else { throw fail(full, "must be an absolute path") }
+                    agent.contentLink = link
+                }
+            case "failure_threshold": agent.failureThreshold = try integer(table, key, full, minimum: 1)
+            case "failure_window_sec": agent.failureWindowSeconds = try integer(table, key, full, minimum: 1)
+            case "probation_sec": agent.probationSeconds = try integer(table, key, full, minimum: 1)
+            case "restart_delay_ms": agent.restartDelayMilliseconds = try integer(table, key, full, minimum: 0)
+            case "restart_delay_max_sec": agent.restartDelayMaxSeconds = try integer(table, key, full, minimum: 0)
+            case "start_timeout_sec": agent.startTimeoutSeconds = try integer(table, key, full, minimum: 1)
+            case "watchdog_sec": agent.watchdogSeconds = try integer(table, key, full, minimum: 0)
+            case "boot_good_after_sec": agent.bootGoodAfterSeconds = try integer(table, key, full, minimum: 1)
+            case "boot_failure_threshold": agent.bootFailureThreshold = try integer(table, key, full, minimum: 1)
+            case "safe_mode_exec":
+                agent.safeModeExec = try stringArray(table, key, full)
+                if let program = agent.safeModeExec.first, program.isEmpty {
+                    throw fail(full, "the program must not be empty")
+                }
+            case "preflight_sec": agent.preflightSeconds = try integer(table, key, full, minimum: 0)
+            case "sandbox":
+                throw fail(full, "[agent.sandbox] is not supported by this version of backstopd")
+            default:
+                throw fail(full, "unknown key in [[agent]]")
+            }
+        }
+        if agent.runner == .systemd {
+            throw fail(prefix + ".runner", "runner \"systemd\" is not supported by this version of backstopd; use \"direct\"")
+        }
+        if agent.unit != nil {
+            throw fail(prefix + ".unit", "only meaningful with runner = \"systemd\"")
+        }
+        if agent.watchdogSeconds > 0 && !agent.notify {
+            throw fail(prefix + ".watchdog_sec", "needs notify = true: heartbeats arrive as WATCHDOG=1 on the notify socket")
+        }
+        return agent
+    }
+
+    func string(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> String {
+        guard let value = table[key]?.string else { throw fail(full, "must be a string, not \(typeName(table[key]))") }
+        return value
+    }
+
+    func absolutePath(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> String {
+        let value = try string(table, key, full)
+        guard value.hasPrefix("/") else { throw fail(full, "must be an absolute path, not \"\(value)\"") }
+        return value
+    }
+
+    func bool(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> Bool {
+        guard let value = table[key]?.bool else { throw fail(full, "must be true or false, not \(typeName(table[key]))") }
+        return value
+    }
+
+    func integer(_ table: TOMLTable, _ key: String, _ full: String, minimum: Int) throws(ConfigurationError) -> Int {
+        guard let value = table[key]?.int else { throw fail(full, "must be an integer, not \(typeName(table[key]))") }
+        guard value >= minimum else {
+            throw fail(full, minimum == 1 ? "must be greater than zero, not \(value)" : "must not be negative, not \(value)")
+        }
+        guard value <= 1 << 40 else { throw fail(full, "\(value) is too large") }
+        return value
+    }
+
+    func stringArray(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> [String] {
+        guard let array = table[key]?.array else { throw fail(full, "must be an array of strings, not \(typeName(table[key]))") }
+        var strings: [String] = []
+        for element in array {
+            guard let string = element.string else {
+                throw fail(full, "must be an array of strings; found \(typeName(element))")
+            }
+            strings.append(string)
+        }
+        return strings
+    }
+
+    func typeName(_ value: (any TOMLValueConvertible)?) -> String {
+        guard let value else { return "nothing" }
+        switch value.type {
+        case .table: return "a table"
+        case .array: return "an array"
+        case .string: return "a string"
+        case .int: return "an integer"
+        case .double: return "a floating-point number"
+        case .bool: return "a boolean"
+        case .date, .time, .dateTime: return "a date or time"
+        }
+    }
+}

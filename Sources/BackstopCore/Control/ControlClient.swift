@@ -1,0 +1,116 @@
+import Foundation
+import SystemPackage
+
+/// A blocking Varlink client of `io.backstop.Manager`, for `backstopctl`.
+public struct ControlClient: Sendable {
+    /// The control socket's path.
+    public var path: String
+    /// How long to wait for a reply, in seconds (staging a large tree takes a while).
+    public var replyTimeoutSeconds: Int
+
+    public init(path: String, replyTimeoutSeconds: Int = 600) {
+        self.path = path
+        self.replyTimeoutSeconds = replyTimeoutSeconds
+    }
+
+    /// Why a call did not get a reply.
+    public enum ClientError: Error, CustomStringConvertible {
+        /// Nothing listens on the socket (ENOENT, ECONNREFUSED).
+        case daemonNotRunning(path: String)
+        /// Another socket error.
+        case io(operation: String, errno: Int32)
+        case protocolError(String)
+
+        public var description: String {
+            switch self {
+            case .daemonNotRunning(let path): return "backstopd is not running (nothing listens on \(path))"
+            case .io(let operation, let errno): return "\(operation): \(String(cString: strerror(errno)))"
+            case .protocolError(let message): return "bad reply from backstopd: \(message)"
+            }
+        }
+    }
+
+    /// Calls `io.backstop.Manager.<method>` and decodes the reply's parameters as `Reply`.
+    /// - Throws: ``ClientError``, ``Varlink/RemoteError`` for an error reply, or a `DecodingError`.
+    public func call<Reply: Decodable>(_ method: String, _ parameters: some Encodable, as: Reply.Type) throws -> Reply {
+        let data = try callRaw(ManagerInterface.name + "." + method, parameters)
+        return try JSONDecoder.backstop.decode(Reply.self, from: data)
+    }
+
+    /// Calls a method that returns nothing.
+    /// - Throws: as ``call(_:_:as:)``.
+    public func call(_ method: String, _ parameters: some Encodable) throws {
+        _ = try callRaw(ManagerInterface.name + "." + method, parameters)
+    }
+
+    /// Sends one call and returns the reply's parameters as JSON.
+    /// - Throws: as ``call(_:_:as:)``.
+    public func callRaw(_ qualifiedMethod: String, _ parameters: some Encodable) throws -> Data {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ClientError.io(operation: "socket", errno: errno) }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: replyTimeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let connected = try UnixSocketAddress.withAddress(path) { address, length in connect(fd, address, length) }
+        guard connected == 0 else {
+            if errno == ENOENT || errno == ECONNREFUSED { throw ClientError.daemonNotRunning(path: path) }
+            throw ClientError.io(operation: "connect to \(path)", errno: errno)
+        }
+        let message = try Varlink.Call.encode(method: qualifiedMethod, parameters: parameters)
+        try message.withUnsafeBytes { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+                guard written > 0 else { throw ClientError.io(operation: "send", errno: errno) }
+                offset += written
+            }
+        }
+        var reply = Data()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !reply.contains(0) {
+            let count = read(fd, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else {
+                throw count == 0 ? ClientError.protocolError("connection closed before the reply") : ClientError.io(operation: "read", errno: errno)
+            }
+            reply.append(contentsOf: buffer[..<count])
+            guard reply.count <= Varlink.maximumMessageBytes else { throw ClientError.protocolError("reply too large") }
+        }
+        let end = reply.firstIndex(of: 0)!
+        switch try Varlink.Reply.decode(Data(reply[..<end])) {
+        case .parameters(let parameters): return parameters
+        case .error(let name, let parameters): throw Varlink.RemoteError(name: name, parameters: parameters)
+        }
+    }
+}
+
+extension StatusReport {
+    /// The status read from the state files when the daemon is not running:
+    /// `daemon.running` is false and agents show as `stopped` (or `given-up`).
+    public static func fromStateFiles(_ configuration: Configuration) -> (StatusReport, [String]) {
+        var problems: [String] = []
+        let now = Moment.now()
+        let bootID = (try? BootID.current()) ?? ""
+        let agents = configuration.agents.map { agent -> StatusReport.Agent in
+            let store = ContentStore(stateDirectory: configuration.daemon.stateDirectory, agent: agent.name)
+            var state = AgentStateFile()
+            do { state = try AgentStateFile.load(path: store.stateFile) ?? AgentStateFile() } catch {
+                problems.append("\(error)")
+            }
+            var policy = AgentPolicy(settings: agent.policySettings)
+            let sameBoot = state.bootID == bootID
+            policy.restore(
+                ledger: state.ledger, failures: sameBoot ? state.failures : [], consecutiveFailures: 0,
+                probationBankedSeconds: 0, givenUp: state.givenUp, mode: state.mode, escalationTried: [],
+                lastRollback: state.lastRollback, resetFailedAt: state.resetFailedAt)
+            return StatusReport.Agent(
+                name: agent.name, state: policy.stateWord, pid: nil, ledger: state.ledger,
+                recentFailures: policy.recentFailures(at: now), settings: policy.settings,
+                lastRollback: state.lastRollback, degraded: policy.isDegraded, statusText: nil)
+        }
+        let report = StatusReport(
+            daemon: .init(running: false, pid: nil, version: Backstop.version),
+            boot: .init(id: bootID, state: "pending", consecutiveFailed: 0), agents: agents)
+        return (report, problems)
+    }
+}

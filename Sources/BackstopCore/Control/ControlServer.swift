@@ -1,0 +1,252 @@
+@preconcurrency import Dispatch
+import Foundation
+import Logging
+import SystemPackage
+
+/// The Varlink service on `<runtime_directory>/io.backstop.Manager`.
+///
+/// Sockets are non-blocking and driven by dispatch sources; each call is answered
+/// by a task that awaits the ``Supervisor``, so a slow or hostile client never
+/// blocks supervision or other clients. A client is dropped when a message
+/// exceeds ``Varlink/maximumMessageBytes``, when it sends nothing for
+/// ``idleTimeoutSeconds``, or when it does not read its replies.
+// @unchecked: mutable state (the connection table) is touched only on `queue`.
+public final class ControlServer: @unchecked Sendable {
+    public let path: String
+    private let supervisor: Supervisor
+    private let logger: Logger
+    private let queue = DispatchQueue(label: "backstop.control")
+    private let listener: Int32
+    private var acceptSource: (any DispatchSourceRead)?
+    private var connections: [Int32: Connection] = [:]
+
+    /// Connections served at once; more are closed on accept.
+    public static let maximumConnections = 256
+    /// A connection with no complete message for this long is closed.
+    public static let idleTimeoutSeconds = 30
+
+    /// Binds and listens. The socket is `0660 root:backstop` when group `backstop`
+    /// exists, else `0600`.
+    /// - Throws: `Errno` from socket(2), bind(2), listen(2), chmod(2) or chown(2).
+    public init(path: String, supervisor: Supervisor, logger: Logger) throws {
+        self.path = path
+        self.supervisor = supervisor
+        self.logger = logger
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw Errno(rawValue: errno) }
+        do {
+            _ = unlink(path)
+            try UnixSocketAddress.withAddress(path) { address, length in
+                guard bind(fd, address, length) == 0 else { throw Errno(rawValue: errno) }
+            }
+            if let group = BackstopGroup.id {
+                guard chown(path, 0, group) == 0, chmod(path, 0o660) == 0 else { throw Errno(rawValue: errno) }
+            } else {
+                guard chmod(path, 0o600) == 0 else { throw Errno(rawValue: errno) }
+            }
+            guard listen(fd, 128) == 0 else { throw Errno(rawValue: errno) }
+        } catch {
+            close(fd)
+            throw error
+        }
+        listener = fd
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        source.setEventHandler { [weak self] in self?.acceptAll() }
+        source.setCancelHandler { close(fd) }
+        acceptSource = source
+        source.resume()
+    }
+
+    /// Stops accepting, closes every connection and removes the socket file.
+    public func stop() {
+        queue.sync {
+            acceptSource?.cancel()
+            acceptSource = nil
+            for connection in connections.values { connection.close() }
+            connections = [:]
+        }
+        _ = unlink(path)
+    }
+
+    private func acceptAll() {
+        while true {
+            // accept4(2) is hidden behind _GNU_SOURCE in Glibc's module; set the flags with fcntl(2).
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else { return }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            guard connections.count < Self.maximumConnections else {
+                logger.warning("Refused a control connection: too many open connections.")
+                Glibc.close(fd)
+                continue
+            }
+            guard let peer = try? PeerCredentials.of(socket: fd) else {
+                Glibc.close(fd)
+                continue
+            }
+            let connection = Connection(fd: fd, peer: peer, queue: queue, server: self)
+            connections[fd] = connection
+            connection.start()
+        }
+    }
+
+    fileprivate func closed(_ connection: Connection) {
+        connections[connection.fd] = nil
+    }
+
+    fileprivate func answer(_ call: Varlink.Call, peer: PeerCredentials) async -> Varlink.Reply {
+        let reply = await ManagerInterface.handle(call, peer: peer, supervisor: supervisor)
+        if case .error(let name, _) = reply, name.hasSuffix(".PermissionDenied") {
+            logger.warning("Denied a control request.", metadata: [
+                "method": "\(call.method)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)",
+            ])
+        }
+        return reply
+    }
+}
+
+/// One client connection; all of its state lives on the server's queue.
+// @unchecked: touched only on the server's serial queue.
+private final class Connection: @unchecked Sendable {
+    let fd: Int32
+    let peer: PeerCredentials
+    let queue: DispatchQueue
+    weak var server: ControlServer?
+    private var readSource: (any DispatchSourceRead)?
+    private var writeSource: (any DispatchSourceWrite)?
+    private var idleTimer: (any DispatchSourceTimer)?
+    private var input = Data()
+    private var output = Data()
+    private var inFlight = false
+    private var isClosed = false
+
+    init(fd: Int32, peer: PeerCredentials, queue: DispatchQueue, server: ControlServer) {
+        self.fd = fd
+        self.peer = peer
+        self.queue = queue
+        self.server = server
+    }
+
+    func start() {
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        source.setEventHandler { [self] in readAvailable() }
+        let fd = self.fd
+        source.setCancelHandler { Glibc.close(fd) }
+        readSource = source
+        source.resume()
+        resetIdleTimer()
+    }
+
+    private func resetIdleTimer() {
+        idleTimer?.cancel()
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + .seconds(ControlServer.idleTimeoutSeconds))
+        timer.setEventHandler { [self] in close() }
+        idleTimer = timer
+        timer.resume()
+    }
+
+    private func readAvailable() {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while !isClosed {
+            let count = read(fd, &buffer, buffer.count)
+            if count > 0 && closeAfterFlush { continue }
+            if count > 0 {
+                input.append(contentsOf: buffer[..<count])
+                if input.count > Varlink.maximumMessageBytes && !input.contains(0) {
+                    fail("org.varlink.service.InvalidParameter", "message larger than \(Varlink.maximumMessageBytes) bytes")
+                    return
+                }
+                continue
+            }
+            if count == 0 || (errno != EAGAIN && errno != EINTR) {
+                // The client closed its end (or the socket broke): replies in flight are dropped.
+                close()
+                return
+            }
+            if errno == EAGAIN { break }
+        }
+        serveNext()
+    }
+
+    /// Calls are answered one at a time, in order, as Varlink requires on one connection.
+    private func serveNext() {
+        guard !inFlight, !isClosed, let end = input.firstIndex(of: 0) else { return }
+        let message = input[input.startIndex..<end]
+        input = Data(input[(end + 1)...])
+        resetIdleTimer()
+        let call: Varlink.Call
+        do { call = try Varlink.Call.decode(Data(message)) } catch {
+            fail("org.varlink.service.InvalidParameter", error.message)
+            return
+        }
+        inFlight = true
+        let peer = self.peer
+        Task { [self] in
+            let reply = await server?.answer(call, peer: peer)
+            queue.async { [self] in
+                inFlight = false
+                if let reply, !call.oneway { send(reply.encoded) }
+                serveNext()
+            }
+        }
+    }
+
+    private func fail(_ error: String, _ message: String) {
+        input = Data()
+        closeAfterFlush = true
+        send(Varlink.Reply.failure(error, ["parameter": message]).encoded)
+    }
+
+    /// After a protocol error: further input is discarded and the connection closes once the error is sent.
+    private var closeAfterFlush = false
+
+    private func send(_ data: Data) {
+        output.append(data)
+        // A client that does not read its replies is not allowed to grow our memory.
+        guard output.count <= 4 * Varlink.maximumMessageBytes else {
+            close()
+            return
+        }
+        flush()
+    }
+
+    private func flush() {
+        while !output.isEmpty && !isClosed {
+            let written = output.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if written > 0 {
+                output.removeFirst(written)
+                continue
+            }
+            if written < 0 && errno == EAGAIN {
+                waitForWritable()
+                return
+            }
+            close()
+            return
+        }
+        if closeAfterFlush { close() }
+    }
+
+    private func waitForWritable() {
+        guard writeSource == nil else { return }
+        let source = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
+        source.setEventHandler { [self] in
+            writeSource?.cancel()
+            writeSource = nil
+            flush()
+        }
+        writeSource = source
+        source.resume()
+    }
+
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        idleTimer?.cancel()
+        writeSource?.cancel()
+        // The read source's cancel handler closes the descriptor, after the last event.
+        readSource?.cancel()
+        server?.closed(self)
+    }
+}

@@ -1,0 +1,201 @@
+import Foundation
+
+/// The `io.backstop.Manager` Varlink interface: method names, parameters, errors,
+/// authorization, and dispatch to the ``Supervisor``.
+public enum ManagerInterface {
+    public static let name = "io.backstop.Manager"
+
+    /// The interface in Varlink's IDL, as `org.varlink.service.GetInterfaceDescription` returns it.
+    public static let description = """
+        # Backstop: supervises endpoint security agents and rolls bad content back.
+        interface io.backstop.Manager
+
+        type Version (
+          id: string,
+          digest: string,
+          standing: string,
+          file_count: int,
+          total_bytes: int,
+          staged_at: string,
+          promoted_at: ?string,
+          quarantined_at: ?string,
+          quarantine_reason: ?string
+        )
+
+        # The daemon, the boot and every agent (or only one); see backstopctl status --json.
+        method GetStatus(agent: ?string) -> (daemon: object, boot: object, agents: []object)
+        method ListContent(agent: string) -> (versions: []Version)
+        # Copies the directory at path into the store; needs root.
+        method Stage(agent: string, path: string, version: ?string, activate: ?bool) -> (version: Version)
+        method Activate(agent: string, version: string) -> ()
+        method Promote(agent: string, version: string) -> ()
+        method Rollback(agent: string, to: ?string) -> ()
+        method Release(agent: string, version: string) -> ()
+        method ResetFailed(agent: ?string) -> ()
+
+        error NoSuchAgent (agent: string, message: string)
+        error NoSuchVersion (version: string, message: string)
+        error VersionQuarantined (version: string, message: string)
+        error NoKnownGood (message: string)
+        error StagingRefused (message: string)
+        error PermissionDenied (message: string)
+        error ShuttingDown (message: string)
+        """
+
+    /// Methods that change anything; they need uid 0.
+    static let mutating: Set<String> = ["Stage", "Activate", "Promote", "Rollback", "Release", "ResetFailed"]
+
+    struct AgentParameter: Codable { var agent: String }
+    struct OptionalAgentParameter: Codable { var agent: String? }
+    struct VersionParameters: Codable { var agent: String; var version: String }
+    struct StageParameters: Codable { var agent: String; var path: String; var version: String?; var activate: Bool? }
+    struct RollbackParameters: Codable { var agent: String; var to: String? }
+    struct VersionsReply: Codable { var versions: [VersionRecord] }
+    struct StageReply: Codable { var version: VersionRecord }
+    struct Empty: Codable {}
+
+    /// Answers one call from a peer with the given credentials.
+    public static func handle(_ call: Varlink.Call, peer: PeerCredentials, supervisor: Supervisor) async -> Varlink.Reply {
+        if call.method.hasPrefix("org.varlink.service.") { return service(call) }
+        guard call.method.hasPrefix(name + "."), !call.method.dropFirst(name.count + 1).contains(".") else {
+            let interface = call.method.split(separator: ".").dropLast().joined(separator: ".")
+            return .failure("org.varlink.service.InterfaceNotFound", ["interface": interface])
+        }
+        let method = String(call.method.dropFirst(name.count + 1))
+        if let denial = authorize(method, peer: peer) { return denial }
+        do {
+            switch method {
+            case "GetStatus":
+                let parameters = try decode(OptionalAgentParameter.self, call)
+                return .of(try await supervisor.status(agent: parameters.agent))
+            case "ListContent":
+                let parameters = try decode(AgentParameter.self, call)
+                return .of(VersionsReply(versions: try await supervisor.versions(agent: parameters.agent)))
+            case "Stage":
+                let parameters = try decode(StageParameters.self, call)
+                let record = try await supervisor.stage(
+                    agent: parameters.agent, path: parameters.path, version: parameters.version,
+                    activate: parameters.activate ?? false)
+                return .of(StageReply(version: record))
+            case "Activate":
+                let parameters = try decode(VersionParameters.self, call)
+                try await supervisor.activate(agent: parameters.agent, version: parameters.version)
+            case "Promote":
+                let parameters = try decode(VersionParameters.self, call)
+                try await supervisor.promote(agent: parameters.agent, version: parameters.version)
+            case "Rollback":
+                let parameters = try decode(RollbackParameters.self, call)
+                try await supervisor.rollback(agent: parameters.agent, to: parameters.to)
+            case "Release":
+                let parameters = try decode(VersionParameters.self, call)
+                try await supervisor.release(agent: parameters.agent, version: parameters.version)
+            case "ResetFailed":
+                let parameters = try decode(OptionalAgentParameter.self, call)
+                try await supervisor.resetFailed(agent: parameters.agent)
+            default:
+                return .failure("org.varlink.service.MethodNotFound", ["method": call.method])
+            }
+            return .of(Empty())
+        } catch let error as ManagerError {
+            return reply(for: error)
+        } catch let error as InvalidParameter {
+            return .failure("org.varlink.service.InvalidParameter", ["parameter": error.parameter])
+        } catch {
+            return .failure("org.varlink.service.InvalidParameter", ["parameter": "\(error)"])
+        }
+    }
+
+    /// The Varlink error for a refused request.
+    static func reply(for error: ManagerError) -> Varlink.Reply {
+        let message = error.description
+        switch error {
+        case .noSuchAgent(let agent): return .failure(name + ".NoSuchAgent", ["agent": agent, "message": message])
+        case .policy(.noSuchVersion(let id)), .store(.missingVersion(let id)):
+            return .failure(name + ".NoSuchVersion", ["version": id, "message": message])
+        case .policy(.versionQuarantined(let id)):
+            return .failure(name + ".VersionQuarantined", ["version": id, "message": message])
+        case .policy(.noKnownGood): return .failure(name + ".NoKnownGood", ["message": message])
+        case .store: return .failure(name + ".StagingRefused", ["message": message])
+        case .shuttingDown: return .failure(name + ".ShuttingDown", ["message": message])
+        }
+    }
+
+    /// Mutating methods need uid 0; reading needs uid 0 or membership of group `backstop`.
+    static func authorize(_ method: String, peer: PeerCredentials) -> Varlink.Reply? {
+        if peer.uid == 0 { return nil }
+        if mutating.contains(method) {
+            return .failure(name + ".PermissionDenied", ["message": "\(method) needs root (uid 0); you are uid \(peer.uid)"])
+        }
+        if let group = BackstopGroup.id, PeerGroups.of(peer).contains(group) { return nil }
+        return .failure(name + ".PermissionDenied", ["message": "reading the status needs root or membership of group backstop"])
+    }
+
+    static func service(_ call: Varlink.Call) -> Varlink.Reply {
+        switch call.method {
+        case "org.varlink.service.GetInfo":
+            return .of([
+                "vendor": AnyCodable.string("Backstop"), "product": .string("backstopd"), "version": .string(Backstop.version),
+                "url": .string("file:///usr/share/doc/backstop/README.md"),
+                "interfaces": .strings(["org.varlink.service", name]),
+            ])
+        case "org.varlink.service.GetInterfaceDescription":
+            let requested = (try? JSONSerialization.jsonObject(with: call.parameters) as? [String: Any])?["interface"] as? String
+            guard requested == name else {
+                return .failure("org.varlink.service.InterfaceNotFound", ["interface": requested ?? ""])
+            }
+            return .of(["description": description])
+        default:
+            return .failure("org.varlink.service.MethodNotFound", ["method": call.method])
+        }
+    }
+
+    struct InvalidParameter: Error { var parameter: String }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ call: Varlink.Call) throws -> T {
+        do { return try JSONDecoder.backstop.decode(type, from: call.parameters) } catch let DecodingError.keyNotFound(key, _) {
+            throw InvalidParameter(parameter: key.stringValue)
+        } catch let DecodingError.typeMismatch(_, context) {
+            throw InvalidParameter(parameter: context.codingPath.map(\.stringValue).joined(separator: "."))
+        } catch {
+            throw InvalidParameter(parameter: "parameters")
+        }
+    }
+}
+
+/// A JSON value of GetInfo's reply, which mixes strings and a list.
+enum AnyCodable: Encodable {
+    case string(String)
+    case strings([String])
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .string(let value): try container.encode(value)
+        case .strings(let values): try container.encode(values)
+        }
+    }
+}
+
+/// The `backstop` group that may read the status.
+public enum BackstopGroup {
+    /// Its gid from getgrnam(3), nil when the group does not exist.
+    public static var id: UInt32? {
+        guard let entry = getgrnam("backstop") else { return nil }
+        return entry.pointee.gr_gid
+    }
+}
+
+/// The groups of a peer process.
+enum PeerGroups {
+    /// The primary gid and the supplementary groups from `/proc/PID/status` (`Groups:`), proc(5).
+    static func of(_ peer: PeerCredentials) -> Set<UInt32> {
+        var groups: Set<UInt32> = [peer.gid]
+        guard let status = try? String(contentsOfFile: "/proc/\(peer.pid)/status", encoding: .utf8) else { return groups }
+        for line in status.split(separator: "\n") where line.hasPrefix("Groups:") {
+            for field in line.dropFirst("Groups:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }) {
+                if let gid = UInt32(field) { groups.insert(gid) }
+            }
+        }
+        return groups
+    }
+}

@@ -1,0 +1,68 @@
+import Foundation
+
+/// The human form of `backstopctl status` and `content list`, laid out like `systemctl status`.
+public enum StatusText {
+    /// The status report as text; `colour` adds ANSI colours to the state dots (for terminals).
+    public static func render(_ report: StatusReport, colour: Bool) -> String {
+        var text = ""
+        let daemonDot = dot(report.daemon.running ? "running" : "stopped", colour: colour)
+        if report.daemon.running {
+            text += "\(daemonDot) backstopd \(report.daemon.version) - running (pid \(report.daemon.pid.map(String.init) ?? "?"))\n"
+        } else {
+            text += "\(daemonDot) backstopd - not running (state as last saved)\n"
+        }
+        text += "     Boot: \(report.boot.id.isEmpty ? "unknown" : report.boot.id) \(report.boot.state)"
+        text += report.boot.consecutiveFailed > 0 ? ", \(report.boot.consecutiveFailed) failed boot(s) before it\n" : "\n"
+        for agent in report.agents {
+            text += "\n\(dot(agent.state, colour: colour)) \(agent.name) - \(agent.state)"
+            text += agent.pid.map { " (pid \($0))" } ?? ""
+            text += agent.degraded ? " [degraded]\n" : "\n"
+            text += "   Content: active \(agent.content.active ?? "-"), known-good \(agent.content.knownGood ?? "-")"
+            text += ", candidate \(agent.content.candidate ?? "-")\n"
+            if !agent.content.quarantined.isEmpty {
+                text += "Quarantine: \(agent.content.quarantined.joined(separator: ", "))\n"
+            }
+            text += "  Failures: \(agent.failures.recent) in the last \(agent.failures.windowSec) s (crash loop at \(agent.failures.threshold))\n"
+            for failure in agent.failures.list {
+                let detail = failure.signal ?? failure.exitStatus.map { "exit code \($0)" } ?? ""
+                text += "            \(rfc3339(failure.at)) \(failure.reason) \(detail) on \(failure.version ?? "-")\n"
+            }
+            if let rollback = agent.lastRollback {
+                text += "  Rollback: \(rollback.from) -> \(rollback.to) (\(rollback.reason)) at \(rfc3339(rollback.at))\n"
+            }
+            if let status = agent.statusText { text += "    Status: \"\(status)\"\n" }
+        }
+        return text
+    }
+
+    /// One line per version, oldest first, the active one marked with `*`.
+    public static func versionTable(_ versions: [VersionRecord], active: String?) -> String {
+        var text = "  VERSION                          STANDING     FILES  STAGED                SHA256\n"
+        for version in versions {
+            let marker = version.id == active ? "*" : " "
+            text += "\(marker) \(pad(version.id, 32)) \(pad(version.standing.rawValue, 12)) \(pad(String(version.fileCount), 6)) "
+            text += "\(rfc3339(version.stagedAt)) \(version.digest.prefix(16))\n"
+        }
+        return text
+    }
+
+    static func dot(_ state: String, colour: Bool) -> String {
+        guard colour else { return "●" }
+        let code: String
+        switch state {
+        case "running": code = "32"
+        case "starting", "backoff", "safe-mode": code = "33"
+        case "given-up": code = "31"
+        default: code = "0"
+        }
+        return "\u{1B}[\(code)m●\u{1B}[0m"
+    }
+
+    static func pad(_ value: String, _ width: Int) -> String {
+        value.count >= width ? value : value + String(repeating: " ", count: width - value.count)
+    }
+
+    static func rfc3339(_ date: Date) -> String {
+        ISO8601DateFormatter().string(from: date)
+    }
+}

@@ -1,0 +1,48 @@
+import CSystemd
+import Foundation
+import Logging
+
+/// backstopd's main job: start the supervisor and the control socket, tell systemd
+/// it is ready (sd_notify(3) `READY=1`; a no-op outside systemd), and on shutdown
+/// stop the agents before returning.
+public struct DaemonService: Sendable {
+    public let configuration: Configuration
+    public let logger: Logger
+
+    public init(configuration: Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Runs until `shutdownRequested` returns, then stops every agent.
+    /// - Throws: when the state or runtime directory, the boot ID or the control socket cannot be set up.
+    public func run(until shutdownRequested: @Sendable () async -> Void) async throws {
+        let supervisor = try Supervisor(configuration: configuration, logger: logger)
+        try await supervisor.start()
+        let server: ControlServer
+        do {
+            server = try ControlServer(path: configuration.daemon.controlSocketPath, supervisor: supervisor, logger: logger)
+        } catch {
+            logger.critical("Cannot listen on the control socket.", metadata: [
+                "path": "\(configuration.daemon.controlSocketPath)", "error": "\(error)",
+            ])
+            await supervisor.shutdown()
+            throw error
+        }
+        Self.notifySystemd("READY=1\nSTATUS=Supervising \(configuration.agents.count) agent(s)")
+        logger.info("backstopd \(Backstop.version) is running.", metadata: [
+            "config": "\(configuration.path)", "agents": "\(configuration.agents.map(\.name).joined(separator: ","))",
+        ])
+        await shutdownRequested()
+        Self.notifySystemd("STOPPING=1\nSTATUS=Stopping agents")
+        logger.info("Stopping: terminating the agents.")
+        server.stop()
+        await supervisor.shutdown()
+        logger.info("Stopped.")
+    }
+
+    /// sd_notify(3) to the service manager; errors are ignored, as outside systemd there is none.
+    static func notifySystemd(_ state: String) {
+        _ = sd_notify(0, state)
+    }
+}

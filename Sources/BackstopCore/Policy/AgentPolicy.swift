@@ -1,0 +1,687 @@
+import Foundation
+
+/// The numbers that drive one agent's policy, taken from its `[[agent]]` table.
+public struct PolicySettings: Sendable, Equatable {
+    public var agent: String
+    /// `failure_threshold`: failures within the window that make a crash loop.
+    public var failureThreshold: Int
+    /// `failure_window_sec`.
+    public var failureWindowSeconds: Double
+    /// `probation_sec`: healthy running time a candidate needs to become known-good.
+    public var probationSeconds: Double
+    /// `restart_delay_ms`: the first backoff step; each further failure doubles it.
+    public var restartDelayMilliseconds: Int
+    /// `restart_delay_max_sec`: the backoff cap, and the healthy run that resets the backoff.
+    public var restartDelayMaxSeconds: Double
+    /// `start_timeout_sec`.
+    public var startTimeoutSeconds: Double
+    /// `watchdog_sec`, 0 = off.
+    public var watchdogSeconds: Double
+    /// `notify`: readiness is READY=1; otherwise one second alive.
+    public var notify: Bool
+    /// Whether `safe_mode_exec` is set; without it safe mode means "do not start".
+    public var hasSafeModeExec: Bool
+
+    public init(
+        agent: String, failureThreshold: Int = 3, failureWindowSeconds: Double = 120,
+        probationSeconds: Double = 600, restartDelayMilliseconds: Int = 100, restartDelayMaxSeconds: Double = 30,
+        startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false,
+        hasSafeModeExec: Bool = false
+    ) {
+        self.agent = agent
+        self.failureThreshold = failureThreshold
+        self.failureWindowSeconds = failureWindowSeconds
+        self.probationSeconds = probationSeconds
+        self.restartDelayMilliseconds = restartDelayMilliseconds
+        self.restartDelayMaxSeconds = restartDelayMaxSeconds
+        self.startTimeoutSeconds = startTimeoutSeconds
+        self.watchdogSeconds = watchdogSeconds
+        self.notify = notify
+        self.hasSafeModeExec = hasSafeModeExec
+    }
+
+    /// With `notify = false` an agent counts as started once it has run this long.
+    public static let startedAfterSeconds: Double = 1
+}
+
+/// Which command line the agent runs with.
+public enum RunMode: String, Sendable, Codable, Equatable {
+    /// `exec` on the active version.
+    case normal
+    /// `safe_mode_exec` on the active version.
+    case safeMode = "safe-mode"
+}
+
+/// Why Backstop is stopping the agent; decides what happens when it has exited.
+public enum StopIntent: Sendable, Equatable, Codable {
+    /// The agent failed (hung, start timeout): count the failure once it is gone.
+    case failure(FailureReason)
+    /// Start it again on the (new) active version: an activation or rollback.
+    case restart
+    /// The daemon is stopping: leave it stopped.
+    case shutdown
+}
+
+/// The life of one supervised agent: one explicit state, changed only in ``AgentPolicy``.
+public enum AgentPhase: Sendable, Equatable, Codable {
+    /// Not running: no active version yet, or the daemon stopped it.
+    case stopped
+    /// Spawn requested or process alive but not ready yet.
+    case starting
+    /// Ready (READY=1, or alive for a second without `notify`).
+    case running
+    /// Backstop sent a signal and waits for the exit.
+    case stopping(StopIntent)
+    /// Waiting out a restart delay after a failure.
+    case backoff
+    /// The escalation ladder ran out: left stopped until an operator acts.
+    case givenUp
+}
+
+/// Timers the policy asks its host to run; each fires at most once per arming.
+public enum PolicyTimer: String, Sendable, CaseIterable, Codable {
+    /// `start_timeout_sec` after spawn (with `notify`).
+    case startTimeout
+    /// One second after spawn (without `notify`): the agent counts as started.
+    case startedAfter
+    /// `watchdog_sec` after the last heartbeat.
+    case watchdog
+    /// The end of the candidate's probation.
+    case probation
+    /// `restart_delay_max_sec` of healthy running: the backoff resets.
+    case backoffReset
+    /// The end of a restart delay.
+    case restart
+}
+
+/// What the policy asks its host to do, in order.
+public enum PolicyAction: Sendable, Equatable {
+    /// Start the agent on the active version in this mode.
+    case spawn(version: String, mode: RunMode)
+    /// Send SIGTERM (or SIGABRT for a hang) to the agent's session; SIGKILL after the grace.
+    case terminate(signal: Int32)
+    /// Point the store's active link at this version.
+    case switchContent(version: String)
+    /// Arm (or re-arm) a timer for the given monotonic deadline.
+    case arm(PolicyTimer, atMonotonicSeconds: Double)
+    /// Disarm a timer.
+    case disarm(PolicyTimer)
+    /// Report a decision to the journal and the timeline.
+    case record(Decision)
+}
+
+/// A failure the policy counted, kept while it is inside the failure window.
+public struct FailureRecord: Sendable, Equatable, Codable {
+    public var reason: FailureReason
+    public var version: String?
+    public var monotonicSeconds: Double
+    public var at: Date
+    public var exitStatus: Int32?
+    public var signal: Int32?
+}
+
+/// The last rollback, for `status` and the degraded mark.
+public struct RollbackRecord: Sendable, Equatable, Codable {
+    public var from: String
+    public var to: String
+    public var reason: String
+    public var at: Date
+}
+
+/// Errors of operator requests the policy refuses.
+public enum PolicyError: Error, Equatable, CustomStringConvertible {
+    case noSuchVersion(String)
+    case versionQuarantined(String)
+    case noKnownGood
+
+    public var description: String {
+        switch self {
+        case .noSuchVersion(let id): return "no content version \"\(id)\" is staged"
+        case .versionQuarantined(let id):
+            return "content version \"\(id)\" is quarantined; run `backstopctl release` first"
+        case .noKnownGood: return "there is no known-good version to roll back to"
+        }
+    }
+}
+
+/// The crash-loop, probation, backoff and escalation rules of one agent, with no I/O.
+///
+/// The host feeds events with the current ``Moment`` and carries out the returned
+/// ``PolicyAction``s in order. Every rule is a pure function of the events and the
+/// injected clock, so tests drive it without processes or sleeps (the model is
+/// s6-supervise's state × event table).
+public struct AgentPolicy: Sendable, Equatable {
+    public let settings: PolicySettings
+    public private(set) var ledger: ContentLedger
+    public private(set) var phase: AgentPhase = .stopped
+    public private(set) var mode: RunMode = .normal
+    /// Failures inside the sliding window, oldest first.
+    public private(set) var failures: [FailureRecord] = []
+    /// Failures since the last healthy run; drives the backoff.
+    public private(set) var consecutiveFailures = 0
+    /// Healthy seconds the candidate has accumulated before the current run.
+    public private(set) var probationBankedSeconds: Double = 0
+    /// When the current run became ready (monotonic), nil when not running.
+    public private(set) var readySinceMonotonic: Double?
+    /// Known-good versions already tried in the current escalation.
+    public private(set) var escalationTried: [String] = []
+    public private(set) var lastRollback: RollbackRecord?
+    /// When an operator last ran `reset-failed`: rollbacks before it no longer mark the agent degraded.
+    public private(set) var resetFailedAt: Date?
+    /// Deadlines of armed timers.
+    public private(set) var timers: [PolicyTimer: Double] = [:]
+
+    public init(settings: PolicySettings, ledger: ContentLedger = ContentLedger()) {
+        self.settings = settings
+        self.ledger = ledger
+    }
+
+    // MARK: - Queries
+
+    /// Failures inside the window ending at `now`.
+    public func recentFailures(at now: Moment) -> [FailureRecord] {
+        failures.filter { now.monotonicSeconds - $0.monotonicSeconds < settings.failureWindowSeconds }
+    }
+
+    /// The delay before the next restart after `consecutiveFailures` failures, in seconds:
+    /// `restart_delay_ms` doubled per further failure, capped at `restart_delay_max_sec`.
+    public static func restartDelaySeconds(consecutiveFailures: Int, settings: PolicySettings) -> Double {
+        let first = Double(settings.restartDelayMilliseconds) / 1000
+        let doublings = max(0, min(consecutiveFailures - 1, 62))
+        return min(first * pow(2, Double(doublings)), settings.restartDelayMaxSeconds)
+    }
+
+    /// Healthy seconds of probation the candidate has at `now`.
+    public func probationElapsedSeconds(at now: Moment) -> Double {
+        probationBankedSeconds + (readySinceMonotonic.map { now.monotonicSeconds - $0 } ?? 0)
+    }
+
+    // MARK: - Events
+
+    /// The daemon begins supervising: start the agent on its active version, unless
+    /// it was given up before (that needs an operator).
+    /// A backoff that was running when the daemon stopped is waited out first.
+    public mutating func begin(restartDueMonotonicSeconds: Double? = nil, at now: Moment) -> [PolicyAction] {
+        guard phase != .givenUp else { return [] }
+        if let due = restartDueMonotonicSeconds, due > now.monotonicSeconds, ledger.active != nil {
+            phase = .backoff
+            return [arm(.restart, at: due)]
+        }
+        return spawnActive(at: now)
+    }
+
+    /// Whether Backstop has signalled the agent and waits for its exit.
+    public var isStopping: Bool {
+        if case .stopping = phase { return true }
+        return false
+    }
+
+    /// Whether an operator should look at this agent: it is in backoff, safe mode or
+    /// given up, or it was rolled back since the last `reset-failed`.
+    public var isDegraded: Bool {
+        if phase == .backoff || phase == .givenUp || mode == .safeMode { return true }
+        guard let lastRollback else { return false }
+        return resetFailedAt.map { lastRollback.at > $0 } ?? true
+    }
+
+    /// The active version failed verification (its files no longer match their digest):
+    /// quarantine it and roll back to the last known-good version, or stop.
+    public mutating func activeContentCorrupt(_ detail: String, at now: Moment) -> [PolicyAction] {
+        guard let active = ledger.active else { return [] }
+        ledger.quarantine(active, reason: "verification-failed", at: now.wall)
+        var actions: [PolicyAction] = [.record(Decision(
+            .contentQuarantined, agent: settings.agent, version: active, reason: "verification-failed",
+            message: "Quarantined content \(active) of agent \(settings.agent): \(detail)."))]
+        guard let knownGood = ledger.knownGood else {
+            ledger.deactivate()
+            phase = .stopped
+            return actions
+        }
+        ledger.activate(knownGood)
+        lastRollback = RollbackRecord(from: active, to: knownGood, reason: "verification-failed", at: now.wall)
+        actions += [
+            .switchContent(version: knownGood),
+            .record(Decision(
+                .rollback, agent: settings.agent, version: knownGood, previousVersion: active, reason: "verification-failed",
+                message: "Rolled agent \(settings.agent) back from content \(active) to known-good \(knownGood) (verification-failed).")),
+        ]
+        return actions
+    }
+
+    /// The process was created (fork and exec succeeded).
+    public mutating func agentStarted(pid: Int32, at now: Moment) -> [PolicyAction] {
+        guard phase == .starting else { return [] }
+        var actions: [PolicyAction] = [
+            .record(Decision(
+                .agentStarted, agent: settings.agent, version: ledger.active,
+                message: "Started agent \(settings.agent) (pid \(pid)) on content \(ledger.active ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
+        ]
+        if settings.notify {
+            actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))
+        } else {
+            actions.append(arm(.startedAfter, at: now.monotonicSeconds + PolicySettings.startedAfterSeconds))
+        }
+        return actions
+    }
+
+    /// READY=1 arrived on the agent's notify socket.
+    public mutating func agentReady(at now: Moment) -> [PolicyAction] {
+        guard settings.notify, phase == .starting else { return [] }
+        return becomeReady(at: now)
+    }
+
+    /// WATCHDOG=1 arrived: push the hang deadline out.
+    public mutating func heartbeat(at now: Moment) -> [PolicyAction] {
+        guard settings.watchdogSeconds > 0, phase == .running else { return [] }
+        return [arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds)]
+    }
+
+    /// The agent process ended (reaped with waitid(2)).
+    public mutating func agentExited(_ termination: Termination, at now: Moment) -> [PolicyAction] {
+        var actions = disarmRunTimers()
+        bankProbation(at: now)
+        let version = ledger.active
+        let exitStatus: Int32? = if case .exited(let code) = termination { code } else { nil }
+        let signal: Int32? = if case .signaled(let number) = termination { number } else { nil }
+        switch phase {
+        case .stopping(.restart):
+            actions.append(recordExit(termination, version: version, reason: nil, expected: true, at: now))
+            return actions + spawnActive(at: now)
+        case .stopping(.shutdown):
+            phase = .stopped
+            actions.append(recordExit(termination, version: version, reason: nil, expected: true, at: now))
+            return actions
+        case .stopping(.failure(let reason)):
+            actions.append(recordExit(termination, version: version, reason: reason, expected: false, at: now))
+            return actions + countFailure(reason, exitStatus: exitStatus, signal: signal, at: now)
+        case .starting, .running:
+            if case .exited(0) = termination {
+                // A clean exit is not a content failure; restart it after the usual delay.
+                actions.append(recordExit(termination, version: version, reason: nil, expected: false, at: now))
+                consecutiveFailures += 1
+                return actions + scheduleRestart(at: now)
+            }
+            let reason: FailureReason = signal != nil ? .crashed : .exited
+            actions.append(recordExit(termination, version: version, reason: reason, expected: false, at: now))
+            return actions + countFailure(reason, exitStatus: exitStatus, signal: signal, at: now)
+        case .stopped, .backoff, .givenUp:
+            return actions
+        }
+    }
+
+    /// The agent could not be started at all (fork or exec failed).
+    /// A stop requested meanwhile is honoured as if the process had exited.
+    public mutating func spawnFailed(_ message: String, at now: Moment) -> [PolicyAction] {
+        var actions = disarmRunTimers()
+        switch phase {
+        case .starting:
+            actions.append(.record(Decision(
+                .agentExited, agent: settings.agent, version: ledger.active, failures: recentFailures(at: now).count + 1,
+                reason: FailureReason.execFailed.rawValue,
+                message: "Agent \(settings.agent) could not be started: \(message).")))
+            return actions + countFailure(.execFailed, exitStatus: nil, signal: nil, at: now)
+        case .stopping(.shutdown):
+            phase = .stopped
+            return actions
+        case .stopping(.restart):
+            return actions + spawnActive(at: now)
+        case .stopping(.failure(let reason)):
+            return actions + countFailure(reason, exitStatus: nil, signal: nil, at: now)
+        case .stopped, .running, .backoff, .givenUp:
+            return actions
+        }
+    }
+
+    /// A timer armed earlier reached its deadline. Stale firings (re-armed or disarmed
+    /// since) are ignored.
+    public mutating func timerFired(_ timer: PolicyTimer, deadline: Double, at now: Moment) -> [PolicyAction] {
+        guard timers[timer] == deadline else { return [] }
+        timers[timer] = nil
+        switch timer {
+        case .startTimeout:
+            guard phase == .starting else { return [] }
+            phase = .stopping(.failure(.startTimeout))
+            return [
+                .record(Decision(
+                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.startTimeout.rawValue,
+                    message: "Agent \(settings.agent) did not become ready within \(Self.format(settings.startTimeoutSeconds)) s; stopping it.")),
+                .terminate(signal: SIGABRT),
+            ]
+        case .startedAfter:
+            guard phase == .starting else { return [] }
+            return becomeReady(at: now)
+        case .watchdog:
+            guard phase == .running else { return [] }
+            phase = .stopping(.failure(.hung))
+            return [
+                .record(Decision(
+                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.hung.rawValue,
+                    message: "Agent \(settings.agent) missed its watchdog heartbeat for \(Self.format(settings.watchdogSeconds)) s; aborting it.")),
+                .terminate(signal: SIGABRT),
+            ]
+        case .probation:
+            guard phase == .running, let candidate = ledger.candidate else { return [] }
+            ledger.promote(candidate, at: now.wall)
+            probationBankedSeconds = 0
+            return [.record(Decision(
+                .contentPromoted, agent: settings.agent, version: candidate,
+                message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good."))]
+        case .backoffReset:
+            consecutiveFailures = 0
+            return []
+        case .restart:
+            guard phase == .backoff else { return [] }
+            return spawnActive(at: now)
+        }
+    }
+
+    // MARK: - Operator requests
+
+    /// Adds a staged version to the ledger (the store has copied and verified it).
+    public mutating func staged(_ record: VersionRecord) {
+        ledger.add(record)
+    }
+
+    /// Makes `id` the active version and (re)starts the agent on it. A staged version
+    /// becomes the candidate and starts its probation; activating resets the
+    /// escalation, since the operator has chosen what to run.
+    /// - Throws: ``PolicyError/noSuchVersion(_:)``, ``PolicyError/versionQuarantined(_:)``.
+    public mutating func activate(_ id: String, at now: Moment) throws(PolicyError) -> [PolicyAction] {
+        guard let record = ledger.record(id) else { throw .noSuchVersion(id) }
+        guard record.standing != .quarantined else { throw .versionQuarantined(id) }
+        let previous = ledger.active
+        ledger.activate(id)
+        probationBankedSeconds = 0
+        escalationTried = []
+        mode = .normal
+        let probation = ledger.candidate == id
+            ? "; probation \(Self.format(settings.probationSeconds)) s starts when it is ready" : ""
+        var actions: [PolicyAction] = [
+            .switchContent(version: id),
+            .record(Decision(
+                .contentActivated, agent: settings.agent, version: id, previousVersion: previous,
+                message: "Activated content \(id) for agent \(settings.agent)\(previous.map { " (was \($0))" } ?? "")\(probation).")),
+        ]
+        actions += restartOnActive(at: now)
+        return actions
+    }
+
+    /// Marks the candidate (or `id`) known-good now, ending its probation early.
+    /// - Throws: ``PolicyError/noSuchVersion(_:)``, ``PolicyError/versionQuarantined(_:)``.
+    public mutating func promote(_ id: String, at now: Moment) throws(PolicyError) -> [PolicyAction] {
+        guard let record = ledger.record(id) else { throw .noSuchVersion(id) }
+        guard record.standing != .quarantined else { throw .versionQuarantined(id) }
+        guard record.standing != .knownGood else { return [] }
+        ledger.promote(id, at: now.wall)
+        var actions: [PolicyAction] = []
+        if ledger.active == id {
+            probationBankedSeconds = 0
+            actions.append(.disarm(.probation))
+            timers[.probation] = nil
+        }
+        actions.append(.record(Decision(
+            .contentPromoted, agent: settings.agent, version: id, reason: "operator",
+            message: "Content \(id) of agent \(settings.agent) was promoted to known-good by an operator.")))
+        return actions
+    }
+
+    /// Operator rollback: activate `target` (default: the last known-good version).
+    /// The replaced candidate goes back to staged, not quarantined.
+    /// - Throws: ``PolicyError`` when there is no such known-good version.
+    public mutating func rollback(to target: String?, at now: Moment) throws(PolicyError) -> [PolicyAction] {
+        guard let destination = target ?? ledger.knownGoodNewestFirst.first(where: { $0 != ledger.active }) ?? ledger.knownGood
+        else { throw .noKnownGood }
+        guard let record = ledger.record(destination) else { throw .noSuchVersion(destination) }
+        guard record.standing != .quarantined else { throw .versionQuarantined(destination) }
+        let from = ledger.active ?? "none"
+        ledger.activate(destination)
+        lastRollback = RollbackRecord(from: from, to: destination, reason: "operator", at: now.wall)
+        escalationTried = []
+        mode = .normal
+        var actions: [PolicyAction] = [
+            .switchContent(version: destination),
+            .record(Decision(
+                .rollback, agent: settings.agent, version: destination, previousVersion: from, reason: "operator",
+                message: "An operator rolled agent \(settings.agent) back from \(from) to \(destination).")),
+        ]
+        actions += restartOnActive(at: now)
+        return actions
+    }
+
+    /// Lifts the quarantine of `id`.
+    /// - Throws: ``PolicyError/noSuchVersion(_:)``.
+    public mutating func release(_ id: String) throws(PolicyError) -> [PolicyAction] {
+        guard let record = ledger.record(id) else { throw .noSuchVersion(id) }
+        guard record.standing == .quarantined else { return [] }
+        ledger.release(id)
+        return [.record(Decision(
+            .contentReleased, agent: settings.agent, version: id, reason: "operator",
+            message: "An operator released content \(id) of agent \(settings.agent) from quarantine; it can be activated again."))]
+    }
+
+    /// Clears the failure history and the escalation; an agent that was given up
+    /// (or in safe mode) starts again on its active version.
+    public mutating func resetFailed(at now: Moment) -> [PolicyAction] {
+        failures = []
+        consecutiveFailures = 0
+        escalationTried = []
+        resetFailedAt = now.wall
+        guard phase == .givenUp || mode == .safeMode else { return [] }
+        mode = .normal
+        return restartOnActive(at: now)
+    }
+
+    /// The daemon is stopping: terminate the agent; it is left stopped.
+    public mutating func shutdown(at now: Moment) -> [PolicyAction] {
+        var actions: [PolicyAction] = PolicyTimer.allCases.compactMap { timer in
+            guard timers[timer] != nil else { return nil }
+            return .disarm(timer)
+        }
+        timers = [:]
+        switch phase {
+        case .starting, .running, .stopping:
+            bankProbation(at: now)
+            phase = .stopping(.shutdown)
+            actions.append(.terminate(signal: SIGTERM))
+        case .backoff:
+            phase = .stopped
+        case .stopped, .givenUp:
+            break
+        }
+        return actions
+    }
+
+    // MARK: - Restoring persisted state
+
+    /// Restores what survives a daemon restart within one boot (failures with their
+    /// monotonic times, the backoff count, banked probation, the given-up state).
+    /// The daemon's own restart is not an agent failure, so nothing is counted here.
+    public mutating func restore(
+        ledger: ContentLedger, failures: [FailureRecord], consecutiveFailures: Int,
+        probationBankedSeconds: Double, givenUp: Bool, mode: RunMode, escalationTried: [String],
+        lastRollback: RollbackRecord?, resetFailedAt: Date?
+    ) {
+        self.resetFailedAt = resetFailedAt
+        self.ledger = ledger
+        self.failures = failures
+        self.consecutiveFailures = consecutiveFailures
+        self.probationBankedSeconds = probationBankedSeconds
+        self.phase = givenUp ? .givenUp : .stopped
+        self.mode = mode
+        self.escalationTried = escalationTried
+        self.lastRollback = lastRollback
+    }
+
+    // MARK: - Rules
+
+    private mutating func becomeReady(at now: Moment) -> [PolicyAction] {
+        phase = .running
+        readySinceMonotonic = now.monotonicSeconds
+        var actions: [PolicyAction] = [.disarm(.startTimeout), .disarm(.startedAfter)]
+        timers[.startTimeout] = nil
+        timers[.startedAfter] = nil
+        actions.append(.record(Decision(
+            .agentReady, agent: settings.agent, version: ledger.active,
+            message: "Agent \(settings.agent) is ready on content \(ledger.active ?? "none").")))
+        if settings.watchdogSeconds > 0 {
+            actions.append(arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds))
+        }
+        actions.append(arm(.backoffReset, at: now.monotonicSeconds + settings.restartDelayMaxSeconds))
+        if ledger.candidate != nil, mode == .normal {
+            let remaining = max(0, settings.probationSeconds - probationBankedSeconds)
+            actions.append(arm(.probation, at: now.monotonicSeconds + remaining))
+        }
+        return actions
+    }
+
+    private mutating func countFailure(
+        _ reason: FailureReason, exitStatus: Int32?, signal: Int32?, at now: Moment
+    ) -> [PolicyAction] {
+        failures = recentFailures(at: now)
+        failures.append(FailureRecord(
+            reason: reason, version: ledger.active, monotonicSeconds: now.monotonicSeconds, at: now.wall,
+            exitStatus: exitStatus, signal: signal))
+        consecutiveFailures += 1
+        // A failure interrupts the healthy run that probation needs.
+        probationBankedSeconds = 0
+        guard failures.count >= settings.failureThreshold else {
+            return scheduleRestart(at: now)
+        }
+        return crashLoop(at: now)
+    }
+
+    private mutating func crashLoop(at now: Moment) -> [PolicyAction] {
+        let count = failures.count
+        let from = ledger.active
+        failures = []
+        consecutiveFailures = 0
+        var actions: [PolicyAction] = [.record(Decision(
+            .crashLoop, agent: settings.agent, version: from, failures: count,
+            message: "Agent \(settings.agent) failed \(count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(from ?? "none"): crash loop."))]
+        if mode == .safeMode {
+            return actions + giveUp("the agent crash-loops in safe mode", at: now)
+        }
+        if let candidate = ledger.candidate {
+            ledger.quarantine(candidate, reason: "crash-loop", at: now.wall)
+            actions.append(.record(Decision(
+                .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: "crash-loop",
+                message: "Quarantined content \(candidate) of agent \(settings.agent): it crash-looped in probation.")))
+            guard let knownGood = ledger.knownGood else {
+                return actions + enterSafeMode("content \(candidate) crash-looped and no known-good version exists", at: now)
+            }
+            return actions + rollBack(from: candidate, to: knownGood, reason: "crash-loop", at: now)
+        }
+        if let from { escalationTried.append(from) }
+        if let older = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) {
+            return actions + rollBack(from: from ?? "none", to: older, reason: "crash-loop-on-known-good", at: now)
+        }
+        return actions + enterSafeMode("every known-good version crash-loops", at: now)
+    }
+
+    private mutating func rollBack(from: String, to: String, reason: String, at now: Moment) -> [PolicyAction] {
+        ledger.activate(to)
+        lastRollback = RollbackRecord(from: from, to: to, reason: reason, at: now.wall)
+        probationBankedSeconds = 0
+        return [
+            .switchContent(version: to),
+            .record(Decision(
+                .rollback, agent: settings.agent, version: to, previousVersion: from, reason: reason,
+                message: "Rolled agent \(settings.agent) back from content \(from) to known-good \(to) (\(reason)).")),
+        ] + spawnActive(at: now)
+    }
+
+    private mutating func enterSafeMode(_ why: String, at now: Moment) -> [PolicyAction] {
+        guard settings.hasSafeModeExec, ledger.active.map({ ledger.record($0)?.standing != .quarantined }) ?? false
+        else {
+            let decision = PolicyAction.record(Decision(
+                .safeMode, agent: settings.agent, version: ledger.active, reason: why,
+                message: "Agent \(settings.agent) enters safe mode without starting (\(why); no usable safe_mode_exec)."))
+            return [decision] + giveUp(why, at: now)
+        }
+        mode = .safeMode
+        return [.record(Decision(
+            .safeMode, agent: settings.agent, version: ledger.active, reason: why,
+            message: "Agent \(settings.agent) enters safe mode: starting it with safe_mode_exec (\(why))."))]
+            + spawnActive(at: now)
+    }
+
+    private mutating func giveUp(_ why: String, at now: Moment) -> [PolicyAction] {
+        phase = .givenUp
+        return [.record(Decision(
+            .gaveUp, agent: settings.agent, version: ledger.active, reason: why,
+            message: "Gave up on agent \(settings.agent): it is left stopped (\(why)); fix it and run `backstopctl reset-failed \(settings.agent)`."))]
+    }
+
+    private mutating func scheduleRestart(at now: Moment) -> [PolicyAction] {
+        phase = .backoff
+        let delay = Self.restartDelaySeconds(consecutiveFailures: consecutiveFailures, settings: settings)
+        return [arm(.restart, at: now.monotonicSeconds + delay)]
+    }
+
+    /// Restart the agent on the active version: now when nothing runs, after its exit otherwise.
+    private mutating func restartOnActive(at now: Moment) -> [PolicyAction] {
+        switch phase {
+        case .starting, .running:
+            bankProbation(at: now)
+            var actions = disarmRunTimers()
+            phase = .stopping(.restart)
+            actions.append(.terminate(signal: SIGTERM))
+            return actions
+        case .stopping:
+            phase = .stopping(.restart)
+            return []
+        case .stopped, .backoff, .givenUp:
+            var actions: [PolicyAction] = timers[.restart] != nil ? [.disarm(.restart)] : []
+            timers[.restart] = nil
+            actions += spawnActive(at: now)
+            return actions
+        }
+    }
+
+    private mutating func spawnActive(at now: Moment) -> [PolicyAction] {
+        guard let active = ledger.active, ledger.record(active)?.standing != .quarantined else {
+            phase = .stopped
+            return []
+        }
+        phase = .starting
+        return [.spawn(version: active, mode: mode)]
+    }
+
+    private mutating func bankProbation(at now: Moment) {
+        if let since = readySinceMonotonic, ledger.candidate != nil {
+            probationBankedSeconds += now.monotonicSeconds - since
+        }
+        readySinceMonotonic = nil
+    }
+
+    private mutating func disarmRunTimers() -> [PolicyAction] {
+        let runTimers: [PolicyTimer] = [.startTimeout, .startedAfter, .watchdog, .probation, .backoffReset]
+        return runTimers.compactMap { timer in
+            guard timers.removeValue(forKey: timer) != nil else { return nil }
+            return .disarm(timer)
+        }
+    }
+
+    private mutating func arm(_ timer: PolicyTimer, at deadline: Double) -> PolicyAction {
+        timers[timer] = deadline
+        return .arm(timer, atMonotonicSeconds: deadline)
+    }
+
+    /// The `agent-exited` decision; for a failure it carries the window's count including this one.
+    private func recordExit(
+        _ termination: Termination, version: String?, reason: FailureReason?, expected: Bool, at now: Moment
+    ) -> PolicyAction {
+        let exitStatus: Int32? = if case .exited(let code) = termination { code } else { nil }
+        let signal: Int32? = if case .signaled(let number) = termination { number } else { nil }
+        let what = expected ? "as asked" : (reason.map { "(\($0.rawValue))" } ?? "cleanly")
+        return .record(Decision(
+            .agentExited, agent: settings.agent, version: version, exitStatus: exitStatus, signal: signal,
+            failures: reason == nil ? nil : recentFailures(at: now).count + 1,
+            reason: reason?.rawValue,
+            message: "Agent \(settings.agent) exited with \(termination.description) \(what)."))
+    }
+
+    static func format(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(format: "%.1f", seconds)
+    }
+}

@@ -1,0 +1,147 @@
+import Foundation
+
+/// What Backstop knows about one content version of one agent.
+///
+/// Persisted in the agent's state file; the files themselves live in the
+/// store (`<state_directory>/<agent>/versions/<id>/`).
+public struct VersionRecord: Codable, Sendable, Equatable {
+    /// Where a version stands in its life: staged → candidate → known-good, or quarantined.
+    public enum Standing: String, Codable, Sendable {
+        /// Copied into the store and verified, never activated (or activated and rolled back by an operator).
+        case staged
+        /// Activated and in probation: failures count against it.
+        case candidate
+        /// Passed probation (or was promoted by an operator).
+        case knownGood = "known-good"
+        /// Marked bad; never activated again without an operator's `release`.
+        case quarantined
+    }
+
+    /// The version id: operator-given, or `sha256-` and the first 16 hex digits of the tree digest.
+    public var id: String
+    /// SHA-256 of the whole tree in hex (see ``ContentStore/treeDigest(of:)``).
+    public var digest: String
+    /// Number of regular files in the tree.
+    public var fileCount: Int
+    /// Total size of the regular files in bytes.
+    public var totalBytes: Int64
+    public var standing: Standing
+    /// Wall-clock time of staging.
+    public var stagedAt: Date
+    /// Wall-clock time the version became known-good; also orders known-good versions, newest last.
+    public var promotedAt: Date?
+    /// Wall-clock time and reason of the quarantine.
+    public var quarantinedAt: Date?
+    public var quarantineReason: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, digest, standing
+        case fileCount = "file_count"
+        case totalBytes = "total_bytes"
+        case stagedAt = "staged_at"
+        case promotedAt = "promoted_at"
+        case quarantinedAt = "quarantined_at"
+        case quarantineReason = "quarantine_reason"
+    }
+
+    public init(id: String, digest: String, fileCount: Int, totalBytes: Int64, stagedAt: Date) {
+        self.id = id
+        self.digest = digest
+        self.fileCount = fileCount
+        self.totalBytes = totalBytes
+        self.standing = .staged
+        self.stagedAt = stagedAt
+    }
+}
+
+/// The versions of one agent and which of them is active: the content half of an agent's state.
+public struct ContentLedger: Codable, Sendable, Equatable {
+    /// Every version in the store, in staging order.
+    public private(set) var versions: [VersionRecord] = []
+    /// The id the active link names, nil before the first activation.
+    public private(set) var active: String?
+
+    public init() {}
+
+    /// The record for `id`, if staged.
+    public func record(_ id: String) -> VersionRecord? {
+        versions.first { $0.id == id }
+    }
+
+    /// The active version when it is in probation.
+    public var candidate: String? {
+        guard let active, record(active)?.standing == .candidate else { return nil }
+        return active
+    }
+
+    /// Known-good versions, most recently promoted first.
+    public var knownGoodNewestFirst: [String] {
+        versions
+            .filter { $0.standing == .knownGood }
+            .sorted { ($0.promotedAt ?? .distantPast) > ($1.promotedAt ?? .distantPast) }
+            .map(\.id)
+    }
+
+    /// The last known-good version: the one a rollback returns to.
+    public var knownGood: String? { knownGoodNewestFirst.first }
+
+    /// Quarantined version ids in staging order.
+    public var quarantined: [String] {
+        versions.filter { $0.standing == .quarantined }.map(\.id)
+    }
+
+    /// Adds a freshly staged version. The caller has checked that the id is new.
+    public mutating func add(_ record: VersionRecord) {
+        versions.append(record)
+    }
+
+    /// Makes `id` the active version. A staged version becomes the candidate; a
+    /// known-good one stays known-good. A candidate that is replaced without a
+    /// verdict goes back to staged, so that it is never promoted by accident.
+    public mutating func activate(_ id: String) {
+        if let previous = candidate, previous != id {
+            update(previous) { $0.standing = .staged }
+        }
+        update(id) { record in
+            if record.standing == .staged { record.standing = .candidate }
+        }
+        active = id
+    }
+
+    /// Marks `id` known-good at `date`.
+    public mutating func promote(_ id: String, at date: Date) {
+        update(id) {
+            $0.standing = .knownGood
+            $0.promotedAt = date
+        }
+    }
+
+    /// Marks `id` quarantined. Quarantining the active version does not change
+    /// `active`; the caller activates another version or stops the agent.
+    public mutating func quarantine(_ id: String, reason: String, at date: Date) {
+        update(id) {
+            $0.standing = .quarantined
+            $0.quarantinedAt = date
+            $0.quarantineReason = reason
+        }
+    }
+
+    /// Lifts a quarantine: the version is staged again and may be activated.
+    public mutating func release(_ id: String) {
+        update(id) {
+            $0.standing = .staged
+            $0.quarantinedAt = nil
+            $0.quarantineReason = nil
+        }
+    }
+
+    /// Clears the active version (the agent then has nothing to run).
+    public mutating func deactivate() {
+        active = nil
+    }
+
+    private mutating func update(_ id: String, _ change: (inout VersionRecord) -> Void) {
+        guard let index = versions.firstIndex(where: { $0.id == id }) else { return }
+        change(&versions[index])
+    }
+}

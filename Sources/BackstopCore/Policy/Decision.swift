@@ -1,0 +1,125 @@
+import Foundation
+
+/// One instant as the policy sees it: a monotonic reading for windows and
+/// deadlines, and the wall clock for records that operators read.
+public struct Moment: Sendable, Equatable {
+    /// Seconds on CLOCK_BOOTTIME (clock_gettime(2)): monotonic, counts suspend,
+    /// restarts at each boot. Only compared with readings of the same boot.
+    public var monotonicSeconds: Double
+    /// Wall-clock time, for RFC 3339 fields only; never used for durations.
+    public var wall: Date
+
+    public init(monotonicSeconds: Double, wall: Date) {
+        self.monotonicSeconds = monotonicSeconds
+        self.wall = wall
+    }
+
+    /// The current time of this machine (CLOCK_BOOTTIME and the wall clock).
+    public static func now() -> Moment {
+        var spec = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &spec)
+        return Moment(monotonicSeconds: Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9, wall: Date())
+    }
+
+    /// The moment `seconds` later.
+    public func adding(seconds: Double) -> Moment {
+        Moment(monotonicSeconds: monotonicSeconds + seconds, wall: wall.addingTimeInterval(seconds))
+    }
+}
+
+/// The kinds of decision Backstop reports: the values of `BACKSTOP_EVENT` (SPEC.md, Journal).
+public enum EventKind: String, Sendable, CaseIterable, Codable {
+    case agentStarted = "agent-started"
+    case agentReady = "agent-ready"
+    case agentExited = "agent-exited"
+    case agentHung = "agent-hung"
+    case crashLoop = "crash-loop"
+    case bootAssessed = "boot-assessed"
+    case rollback
+    case contentStaged = "content-staged"
+    case contentActivated = "content-activated"
+    case contentPromoted = "content-promoted"
+    case contentQuarantined = "content-quarantined"
+    case contentReleased = "content-released"
+    case preflightFailed = "preflight-failed"
+    case safeMode = "safe-mode"
+    case gaveUp = "gave-up"
+}
+
+/// Why an agent run counted as a failure (`BACKSTOP_REASON` of `agent-exited` and `agent-hung`).
+public enum FailureReason: String, Sendable, Codable, Equatable {
+    /// Killed by a signal it did not get from Backstop.
+    case crashed
+    /// Exited with a non-zero code.
+    case exited
+    /// Missed a watchdog heartbeat for `watchdog_sec`.
+    case hung
+    /// Not ready within `start_timeout_sec`.
+    case startTimeout = "start-timeout"
+    /// The program could not be executed at all.
+    case execFailed = "exec-failed"
+}
+
+/// How an agent process ended, from waitid(2)'s `si_code`/`si_status`.
+public enum Termination: Sendable, Equatable, Codable {
+    /// `CLD_EXITED` with the exit code.
+    case exited(code: Int32)
+    /// `CLD_KILLED` or `CLD_DUMPED` with the signal number.
+    case signaled(signal: Int32)
+
+    /// "exit code 3", "signal SIGSEGV".
+    public var description: String {
+        switch self {
+        case .exited(let code): return "exit code \(code)"
+        case .signaled(let signal): return "signal \(SignalName.of(signal))"
+        }
+    }
+}
+
+/// Signal names as `kill -l` prints them, with the `SIG` prefix.
+public enum SignalName {
+    /// "SIGSEGV" for 11; "signal 99" for numbers without a name.
+    public static func of(_ number: Int32) -> String {
+        guard let raw = strsignal(number) else { return "signal \(number)" }
+        let known: [Int32: String] = [
+            SIGHUP: "SIGHUP", SIGINT: "SIGINT", SIGQUIT: "SIGQUIT", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP",
+            SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGFPE: "SIGFPE", SIGKILL: "SIGKILL", SIGUSR1: "SIGUSR1",
+            SIGSEGV: "SIGSEGV", SIGUSR2: "SIGUSR2", SIGPIPE: "SIGPIPE", SIGALRM: "SIGALRM", SIGTERM: "SIGTERM",
+            SIGSYS: "SIGSYS", SIGXCPU: "SIGXCPU", SIGXFSZ: "SIGXFSZ",
+        ]
+        return known[number] ?? String(cString: raw)
+    }
+}
+
+/// One decision of the policy, as it goes to the journal and the timeline.
+public struct Decision: Sendable, Equatable {
+    public var event: EventKind
+    public var agent: String
+    /// The version the decision is about (`BACKSTOP_CONTENT_VERSION`).
+    public var version: String?
+    /// The version active before (`BACKSTOP_PREVIOUS_VERSION`), for rollbacks and activations.
+    public var previousVersion: String?
+    public var exitStatus: Int32?
+    public var signal: Int32?
+    /// Failures in the window at the time of the decision (`BACKSTOP_FAILURES`).
+    public var failures: Int?
+    public var reason: String?
+    /// One sentence an operator understands without the fields.
+    public var message: String
+
+    public init(
+        _ event: EventKind, agent: String, version: String?, previousVersion: String? = nil,
+        exitStatus: Int32? = nil, signal: Int32? = nil, failures: Int? = nil, reason: String? = nil,
+        message: String
+    ) {
+        self.event = event
+        self.agent = agent
+        self.version = version
+        self.previousVersion = previousVersion
+        self.exitStatus = exitStatus
+        self.signal = signal
+        self.failures = failures
+        self.reason = reason
+        self.message = message
+    }
+}

@@ -1,0 +1,109 @@
+import Foundation
+import Subprocess
+import SystemPackage
+
+/// What to run for one agent start.
+public struct LaunchRequest: Sendable, Equatable {
+    /// Program and arguments, `{content}` already replaced.
+    public var arguments: [String]
+    /// Added to (or replacing in) the daemon's environment.
+    public var environment: [String: String]
+
+    public init(arguments: [String], environment: [String: String]) {
+        self.arguments = arguments
+        self.environment = environment
+    }
+
+    /// The request for `exec` on a content version: `{content}` replaced by the
+    /// version's path; `BACKSTOP_CONTENT`, `BACKSTOP_CONTENT_VERSION`, `NOTIFY_SOCKET`
+    /// and, with a watchdog, `WATCHDOG_USEC` (sd_watchdog_enabled(3)) set.
+    public static func make(
+        exec: [String], contentPath: String, version: String, notifySocket: String?, watchdogSeconds: Int
+    ) -> LaunchRequest {
+        var environment = [
+            "BACKSTOP_CONTENT": contentPath,
+            "BACKSTOP_CONTENT_VERSION": version,
+        ]
+        if let notifySocket { environment["NOTIFY_SOCKET"] = notifySocket }
+        if watchdogSeconds > 0 { environment["WATCHDOG_USEC"] = String(watchdogSeconds * 1_000_000) }
+        return LaunchRequest(
+            arguments: exec.map { $0.replacingOccurrences(of: "{content}", with: contentPath) },
+            environment: environment)
+    }
+}
+
+/// Runs agent processes directly, without systemd, through swift-subprocess.
+///
+/// Each agent gets a session of its own (setsid(2)), so that its whole process
+/// group can be signalled; exit detection is swift-subprocess's pidfd/epoll
+/// monitor (no polling). The agent's stdout and stderr are the daemon's.
+public enum DirectRunner {
+    /// Starts `request` and waits for the process to end.
+    /// - Parameter started: called with the pid once the process exists.
+    /// - Returns: how it ended, or the reason it could not be started.
+    public static func run(
+        _ request: LaunchRequest, started: @Sendable (Int32) async -> Void
+    ) async -> Result<Termination, LaunchError> {
+        guard let program = request.arguments.first else { return .failure(LaunchError(message: "empty command line")) }
+        var options = PlatformOptions()
+        options.createSession = true
+        let executable: Executable = program.contains("/") ? .path(FilePath(program)) : .name(program)
+        var overrides: [Environment.Key: String?] = [:]
+        for (key, value) in request.environment {
+            if let key = Environment.Key(rawValue: key) { overrides[key] = value }
+        }
+        do {
+            let result = try await Subprocess.run(
+                executable,
+                arguments: Arguments(Array(request.arguments.dropFirst())),
+                environment: .inherit.updating(overrides),
+                platformOptions: options,
+                input: .none,
+                output: .fileDescriptor(.standardOutput, closeAfterSpawningProcess: false),
+                error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)
+            ) { execution in
+                await started(execution.processIdentifier.value)
+            }
+            switch result.terminationStatus {
+            case .exited(let code): return .success(.exited(code: code))
+            case .signaled(let signal): return .success(.signaled(signal: signal))
+            }
+        } catch let error as SubprocessError {
+            return .failure(LaunchError(message: Self.describe(error, program: program)))
+        } catch {
+            return .failure(LaunchError(message: "\(error)"))
+        }
+    }
+
+    /// Sends `signal` to the agent's whole process group (kill(2) with `-pid`).
+    public static func signalGroup(_ pid: Int32, _ signal: Int32) {
+        if kill(-pid, signal) != 0 { _ = kill(pid, signal) }
+    }
+
+    private static func describe(_ error: SubprocessError, program: String) -> String {
+        let cause = error.underlyingError.map { String(cString: strerror($0.rawValue)) }
+        switch error.code {
+        case .executableNotFound: return "\(program): no such executable"
+        default: return "\(program): \(cause ?? "\(error)")"
+        }
+    }
+}
+
+/// An agent that could not be started (`exec-failed`).
+public struct LaunchError: Error, Equatable, Sendable {
+    public var message: String
+}
+
+/// Reads facts about processes from /proc (proc(5)).
+public enum ProcessTable {
+    /// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot), nil when the process is gone.
+    public static func startTicks(of pid: Int32) -> UInt64? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
+        // Fields after the command name (which may hold spaces) start with field 3.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+}

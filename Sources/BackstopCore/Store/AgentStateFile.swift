@@ -1,0 +1,86 @@
+import Foundation
+
+/// The persisted state of one agent: `<state_directory>/<agent>/state.json`.
+///
+/// Written with ``DurableFile/write(_:to:mode:)`` after every decision. Monotonic
+/// readings are only meaningful within the boot that made them, so they are kept
+/// with that boot's ID and dropped when the daemon starts in another boot.
+public struct AgentStateFile: Codable, Sendable, Equatable {
+    /// Bumped when the format changes incompatibly.
+    public static let currentSchema = 1
+
+    public var schema = AgentStateFile.currentSchema
+    public var ledger = ContentLedger()
+    /// The boot the monotonic readings below belong to (32 hex digits).
+    public var bootID: String = ""
+    public var failures: [FailureRecord] = []
+    public var consecutiveFailures = 0
+    public var probationBankedSeconds: Double = 0
+    public var givenUp = false
+    public var mode: RunMode = .normal
+    public var escalationTried: [String] = []
+    public var lastRollback: RollbackRecord?
+    public var resetFailedAt: Date?
+    /// When the backoff that was running ends (monotonic, same boot).
+    public var restartDueMonotonicSeconds: Double?
+    /// The agent's process when the state was written, to find a survivor after a daemon crash.
+    public var agentPID: Int32?
+    /// The agent process's start time in clock ticks since boot (/proc/PID/stat field 22), so that a reused PID is not mistaken for it.
+    public var agentStartTicks: UInt64?
+
+    public init() {}
+
+    /// Reads the state file.
+    /// - Returns: nil when there is none yet.
+    /// - Throws: ``StateFileError`` when it exists but cannot be read or decoded.
+    public static func load(path: String) throws(StateFileError) -> AgentStateFile? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw StateFileError(path: path, message: "cannot read: \(error.localizedDescription)")
+        }
+        do {
+            let state = try JSONDecoder.backstop.decode(AgentStateFile.self, from: data)
+            guard state.schema == currentSchema else {
+                throw StateFileError(path: path, message: "schema \(state.schema) is not supported (expected \(currentSchema))")
+            }
+            return state
+        } catch let error as StateFileError {
+            throw error
+        } catch {
+            throw StateFileError(path: path, message: "not a valid state file: \(error)")
+        }
+    }
+
+    /// Writes the state file crash-safely.
+    /// - Throws: `Errno` from the file system.
+    public func save(path: String) throws {
+        try DurableFile.write(try JSONEncoder.backstop.encode(self), to: path)
+    }
+}
+
+/// A state file that exists but cannot be used.
+public struct StateFileError: Error, Equatable, CustomStringConvertible {
+    public var path: String
+    public var message: String
+    public var description: String { "\(path): \(message)" }
+}
+
+extension JSONEncoder {
+    /// Sorted keys and RFC 3339 dates: stable files and stable wire output.
+    public static var backstop: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return encoder
+    }
+}
+
+extension JSONDecoder {
+    /// The counterpart of ``Foundation/JSONEncoder/backstop``.
+    public static var backstop: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}

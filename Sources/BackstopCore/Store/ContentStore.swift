@@ -1,0 +1,405 @@
+import Crypto
+import Foundation
+import SystemPackage
+
+/// A staging request the store refuses, naming the entry at fault.
+public enum StoreError: Error, Equatable, CustomStringConvertible {
+    case notADirectory(String)
+    case invalidVersionID(String)
+    case versionExists(String)
+    case unsupportedEntry(path: String, kind: String)
+    case symlinkEscapes(path: String, target: String)
+    case io(path: String, operation: String, errno: Int32)
+    case digestMismatch(version: String, expected: String, actual: String)
+    case missingVersion(String)
+
+    public var description: String {
+        switch self {
+        case .notADirectory(let path): return "\(path) is not a directory"
+        case .invalidVersionID(let id):
+            return "\"\(id)\" is not a valid version id; use 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-', not starting with '.'"
+        case .versionExists(let id): return "a content version \"\(id)\" is already staged"
+        case .unsupportedEntry(let path, let kind):
+            return "\(path) is a \(kind); content may hold only directories, regular files and symlinks inside the tree"
+        case .symlinkEscapes(let path, let target):
+            return "\(path) is a symlink to \(target), which leaves the content tree"
+        case .io(let path, let operation, let errno):
+            return "\(operation) \(path): \(String(cString: strerror(errno)))"
+        case .digestMismatch(let version, let expected, let actual):
+            return "content \(version) does not match its recorded digest (expected \(expected), found \(actual))"
+        case .missingVersion(let id): return "content \(id) is missing from the store"
+        }
+    }
+}
+
+/// The versioned content store of one agent (SPEC.md, Store):
+///
+/// ```
+/// <state_directory>/<agent>/
+///   versions/<id>/   immutable, read-only copies
+///   staging/         copies in progress (removed at startup)
+///   active -> versions/<id>   swapped with rename(2)
+/// ```
+public struct ContentStore: Sendable {
+    /// `<state_directory>/<agent>`.
+    public let root: String
+
+    public init(stateDirectory: String, agent: String) {
+        root = stateDirectory + "/" + agent
+    }
+
+    public var versionsDirectory: String { root + "/versions" }
+    public var stagingDirectory: String { root + "/staging" }
+    /// The active link.
+    public var activeLink: String { root + "/active" }
+    /// The agent's state file (``AgentStateFile``).
+    public var stateFile: String { root + "/state.json" }
+
+    /// The directory of version `id`.
+    public func path(of id: String) -> String { versionsDirectory + "/" + id }
+
+    /// Whether `id` may name a version: 1 to 128 of `[A-Za-z0-9._-]`, not starting with a dot.
+    public static func isValidVersionID(_ id: String) -> Bool {
+        !id.isEmpty && id.count <= 128 && !id.hasPrefix(".")
+            && id.unicodeScalars.allSatisfy {
+                ("a"..."z").contains($0) || ("A"..."Z").contains($0) || ("0"..."9").contains($0)
+                    || $0 == "." || $0 == "_" || $0 == "-"
+            }
+    }
+
+    /// Creates the store's directories (mode 0700: content may be sensitive).
+    /// - Throws: the FileManager error.
+    public func prepare() throws {
+        try DurableFile.makeDirectories(versionsDirectory, mode: 0o700)
+        try DurableFile.makeDirectories(stagingDirectory, mode: 0o700)
+    }
+
+    /// Copies the directory tree at `source` into the store (never moves it), checks
+    /// every entry, makes the copy read-only and returns its record.
+    ///
+    /// The copy is built under `staging/` and renamed into `versions/<id>` only when
+    /// complete and fsynced, so a crash or a refusal leaves nothing in `versions/`;
+    /// the staging leftovers are removed here on error and at startup otherwise.
+    /// - Parameters:
+    ///   - id: the operator's version id; nil derives `sha256-<first 16 hex of the digest>`.
+    ///   - existing: ids already staged.
+    /// - Throws: ``StoreError``: a non-directory source, an invalid or taken id, a FIFO,
+    ///   socket or device node, a symlink that leaves the tree, or an I/O error.
+    public func stage(from source: String, id: String?, existing: Set<String>, at date: Date) throws(StoreError) -> VersionRecord {
+        if let id, !Self.isValidVersionID(id) { throw .invalidVersionID(id) }
+        if let id, existing.contains(id) { throw .versionExists(id) }
+        var info = stat()
+        guard stat(source, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { throw .notADirectory(source) }
+        do { try prepare() } catch { throw .io(path: root, operation: "create", errno: (error as? Errno)?.rawValue ?? EIO) }
+        let work = stagingDirectory + "/" + UUID().uuidString
+        do {
+            let summary = try TreeCopier(source: source, destination: work).copy()
+            let versionID = id ?? "sha256-" + summary.digest.prefix(16)
+            if existing.contains(versionID) { throw StoreError.versionExists(versionID) }
+            try Self.syscall(work, "fsync") { try DurableFile.syncDirectory(at: work) }
+            let destination = path(of: versionID)
+            try Self.syscall(destination, "rename into") { try DurableFile.rename(work, to: destination) }
+            try Self.syscall(versionsDirectory, "fsync") { try DurableFile.syncDirectory(at: versionsDirectory) }
+            var record = VersionRecord(
+                id: versionID, digest: summary.digest, fileCount: summary.fileCount, totalBytes: summary.totalBytes,
+                stagedAt: date)
+            record.standing = .staged
+            return record
+        } catch let error as StoreError {
+            Self.removeTree(work)
+            throw error
+        } catch {
+            Self.removeTree(work)
+            throw .io(path: work, operation: "stage", errno: EIO)
+        }
+    }
+
+    /// Recomputes the digest of version `id` and compares it with the record.
+    /// - Throws: ``StoreError/missingVersion(_:)`` or ``StoreError/digestMismatch(version:expected:actual:)``.
+    public func verify(_ record: VersionRecord) throws(StoreError) {
+        let directory = path(of: record.id)
+        var info = stat()
+        guard lstat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { throw .missingVersion(record.id) }
+        let actual = try TreeCopier.digest(of: directory)
+        guard actual == record.digest else {
+            throw .digestMismatch(version: record.id, expected: record.digest, actual: actual)
+        }
+    }
+
+    /// Points the active link at version `id`, and `contentLink` too when given.
+    /// - Throws: ``StoreError/io(path:operation:errno:)``.
+    public func activate(_ id: String, contentLink: String?) throws(StoreError) {
+        try Self.syscall(activeLink, "swap") { try DurableFile.replaceSymlink(at: activeLink, pointingTo: "versions/" + id) }
+        if let contentLink {
+            try Self.syscall(contentLink, "swap") { try DurableFile.replaceSymlink(at: contentLink, pointingTo: path(of: id)) }
+        }
+    }
+
+    /// The version the active link names, nil when there is no link.
+    public func activeTarget() -> String? {
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: activeLink) else { return nil }
+        return (target as NSString).lastPathComponent
+    }
+
+    /// Startup recovery: drops unfinished copies in `staging/` and versions the
+    /// ledger does not know (a stage interrupted before its record was written),
+    /// and makes the active link agree with the ledger.
+    /// - Returns: the ids of removed versions, for the log.
+    /// - Throws: ``StoreError/io(path:operation:errno:)`` when the link cannot be fixed.
+    public func recover(ledger: ContentLedger, contentLink: String?) throws(StoreError) -> [String] {
+        for leftover in (try? FileManager.default.contentsOfDirectory(atPath: stagingDirectory)) ?? [] {
+            Self.removeTree(stagingDirectory + "/" + leftover)
+        }
+        var removed: [String] = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: versionsDirectory)) ?? []
+        where ledger.record(entry) == nil {
+            Self.removeTree(path(of: entry))
+            removed.append(entry)
+        }
+        if let active = ledger.active {
+            if activeTarget() != active || contentLink.map({ (try? FileManager.default.destinationOfSymbolicLink(atPath: $0)) != path(of: active) }) == true {
+                try activate(active, contentLink: contentLink)
+            }
+        }
+        return removed
+    }
+
+    /// Rebuilds a ledger from the versions on disk when the state file is lost: every
+    /// complete version is kept as staged (digest recomputed), and `activeID` becomes
+    /// active again, as a candidate.
+    public func adoptVersions(activeID: String?, at date: Date) -> ContentLedger {
+        var ledger = ContentLedger()
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: versionsDirectory)) ?? []).sorted()
+        for id in names where Self.isValidVersionID(id) {
+            guard let digest = try? TreeCopier.digest(of: path(of: id)) else { continue }
+            ledger.add(VersionRecord(id: id, digest: digest, fileCount: 0, totalBytes: 0, stagedAt: date))
+        }
+        if let activeID, ledger.record(activeID) != nil { ledger.activate(activeID) }
+        return ledger
+    }
+
+    /// Removes a tree that may be read-only (restoring write permission on directories first).
+    public static func removeTree(_ path: String) {
+        if let walker = FileManager.default.enumerator(atPath: path) {
+            _ = chmod(path, 0o700)
+            for case let relative as String in walker {
+                var info = stat()
+                let full = path + "/" + relative
+                if lstat(full, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR { _ = chmod(full, 0o700) }
+            }
+        }
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    static func syscall(_ path: String, _ operation: String, _ body: () throws -> Void) throws(StoreError) {
+        do { try body() } catch let error as Errno {
+            throw .io(path: path, operation: operation, errno: error.rawValue)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw .io(path: path, operation: operation, errno: EIO)
+        }
+    }
+}
+
+/// What a copy produced.
+struct TreeSummary {
+    var digest: String
+    var fileCount: Int
+    var totalBytes: Int64
+}
+
+/// Copies and hashes a content tree with lstat(2), so that no symlink is followed.
+///
+/// The tree digest is SHA-256 over one line per entry in byte order of the
+/// relative paths: `D path`, `F path mode size sha256`, `L path target`. It
+/// depends only on names, contents, the executable bit and link targets.
+struct TreeCopier {
+    let source: String
+    let destination: String
+
+    func copy() throws(StoreError) -> TreeSummary {
+        var listing = SHA256()
+        var fileCount = 0
+        var totalBytes: Int64 = 0
+        try ContentStore.syscall(destination, "create") {
+            guard mkdir(destination, 0o700) == 0 else { throw Errno(rawValue: errno) }
+        }
+        var directories: [String] = [destination]
+        var links: [(from: String, to: String, target: String)] = []
+        for relative in try Self.entries(under: source) {
+            let from = source + "/" + relative
+            let to = destination + "/" + relative
+            var info = stat()
+            guard lstat(from, &info) == 0 else { throw .io(path: from, operation: "lstat", errno: errno) }
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR:
+                try ContentStore.syscall(to, "create") {
+                    guard mkdir(to, 0o700) == 0 else { throw Errno(rawValue: errno) }
+                }
+                directories.append(to)
+                listing.update(data: Data("D \(relative)\n".utf8))
+            case S_IFREG:
+                let executable = info.st_mode & 0o111 != 0
+                let hash = try Self.copyFile(from: from, to: to, executable: executable)
+                fileCount += 1
+                totalBytes += Int64(info.st_size)
+                listing.update(data: Data("F \(relative) \(executable ? 755 : 644) \(info.st_size) \(hash)\n".utf8))
+            case S_IFLNK:
+                let target = try Self.linkTarget(from)
+                guard Self.staysInside(link: relative, target: target) else {
+                    throw .symlinkEscapes(path: from, target: target)
+                }
+                try ContentStore.syscall(to, "symlink") {
+                    guard symlink(target, to) == 0 else { throw Errno(rawValue: errno) }
+                }
+                links.append((from, to, target))
+                listing.update(data: Data("L \(relative) \(target)\n".utf8))
+            default:
+                throw .unsupportedEntry(path: from, kind: Self.kindName(info.st_mode))
+            }
+        }
+        // The lexical check misses a target that walks through another link ("s/../x"
+        // with s -> "."); resolving the finished copy catches it.
+        let base = Self.resolved(destination) ?? destination
+        for link in links {
+            if let real = Self.resolved(link.to), real != base, !real.hasPrefix(base + "/") {
+                throw .symlinkEscapes(path: link.from, target: link.target)
+            }
+        }
+        // Read-only from the leaves up, and durable before the rename that publishes it.
+        for directory in directories.reversed() {
+            try ContentStore.syscall(directory, "fsync") { try DurableFile.syncDirectory(at: directory) }
+            _ = chmod(directory, 0o555)
+        }
+        return TreeSummary(digest: Self.hex(listing.finalize()), fileCount: fileCount, totalBytes: totalBytes)
+    }
+
+    /// The tree digest of an already stored directory.
+    static func digest(of root: String) throws(StoreError) -> String {
+        var listing = SHA256()
+        for relative in try entries(under: root) {
+            let full = root + "/" + relative
+            var info = stat()
+            guard lstat(full, &info) == 0 else { throw .io(path: full, operation: "lstat", errno: errno) }
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR: listing.update(data: Data("D \(relative)\n".utf8))
+            case S_IFREG:
+                let hash = try hashFile(full)
+                let executable = info.st_mode & 0o111 != 0
+                listing.update(data: Data("F \(relative) \(executable ? 755 : 644) \(info.st_size) \(hash)\n".utf8))
+            case S_IFLNK: listing.update(data: Data("L \(relative) \(try linkTarget(full))\n".utf8))
+            default: throw .unsupportedEntry(path: full, kind: kindName(info.st_mode))
+            }
+        }
+        return hex(listing.finalize())
+    }
+
+    /// Relative paths of every entry below `root`, parents before children, sorted by bytes.
+    static func entries(under root: String) throws(StoreError) -> [String] {
+        var result: [String] = []
+        var pending = [""]
+        while let relative = pending.popLast() {
+            let directory = relative.isEmpty ? root : root + "/" + relative
+            let names: [String]
+            do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
+                throw .io(path: directory, operation: "read directory", errno: EACCES)
+            }
+            for name in names {
+                let child = relative.isEmpty ? name : relative + "/" + name
+                result.append(child)
+                var info = stat()
+                if lstat(root + "/" + child, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR { pending.append(child) }
+            }
+        }
+        return result.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+    }
+
+    static func copyFile(from: String, to: String, executable: Bool) throws(StoreError) -> String {
+        var hasher = SHA256()
+        do {
+            let input = try FileDescriptor.open(FilePath(from), .readOnly, options: [.closeOnExec, .noFollow])
+            defer { try? input.close() }
+            let output = try FileDescriptor.open(
+                FilePath(to), .writeOnly, options: [.create, .exclusiveCreate, .closeOnExec], permissions: [.ownerReadWrite])
+            defer { try? output.close() }
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+                if count == 0 { break }
+                buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+                _ = try buffer.withUnsafeBytes { try output.writeAll(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+            }
+            try DurableFile.fsync(output)
+            guard fchmod(output.rawValue, executable ? 0o555 : 0o444) == 0 else { throw Errno(rawValue: errno) }
+        } catch let error as Errno {
+            throw .io(path: to, operation: "copy", errno: error.rawValue)
+        } catch {
+            throw .io(path: to, operation: "copy", errno: EIO)
+        }
+        return hex(hasher.finalize())
+    }
+
+    static func hashFile(_ path: String) throws(StoreError) -> String {
+        var hasher = SHA256()
+        do {
+            let input = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec, .noFollow])
+            defer { try? input.close() }
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+                if count == 0 { break }
+                buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+            }
+        } catch let error as Errno {
+            throw .io(path: path, operation: "read", errno: error.rawValue)
+        } catch {
+            throw .io(path: path, operation: "read", errno: EIO)
+        }
+        return hex(hasher.finalize())
+    }
+
+    static func linkTarget(_ path: String) throws(StoreError) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink(path, &buffer, buffer.count - 1)
+        guard count >= 0 else { throw .io(path: path, operation: "readlink", errno: errno) }
+        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Whether a relative symlink at `link` (relative to the tree root) resolves, lexically, inside the tree.
+    static func staysInside(link: String, target: String) -> Bool {
+        guard !target.hasPrefix("/"), !target.isEmpty else { return false }
+        var components = link.split(separator: "/").dropLast().map(String.init)
+        for part in target.split(separator: "/") {
+            switch part {
+            case ".": continue
+            case "..":
+                guard !components.isEmpty else { return false }
+                components.removeLast()
+            default: components.append(String(part))
+            }
+        }
+        return true
+    }
+
+    /// realpath(3), nil when the path does not resolve (a dangling link stays dangling: the copy is immutable).
+    static func resolved(_ path: String) -> String? {
+        guard let pointer = realpath(path, nil) else { return nil }
+        defer { free(pointer) }
+        return String(cString: pointer)
+    }
+
+    static func kindName(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: return "FIFO"
+        case S_IFSOCK: return "socket"
+        case S_IFCHR: return "character device"
+        case S_IFBLK: return "block device"
+        default: return "special file"
+        }
+    }
+
+    static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+        digest.map { String(format: "%02x", $0) }.joined()
+    }
+}

@@ -1,0 +1,484 @@
+import Foundation
+import Logging
+
+/// Errors of control requests, named as the Varlink errors they become.
+public enum ManagerError: Error, Equatable, CustomStringConvertible {
+    case noSuchAgent(String)
+    case policy(PolicyError)
+    case store(StoreError)
+    case shuttingDown
+
+    public var description: String {
+        switch self {
+        case .noSuchAgent(let name): return "no agent \"\(name)\" is configured"
+        case .policy(let error): return error.description
+        case .store(let error): return error.description
+        case .shuttingDown: return "backstopd is shutting down"
+        }
+    }
+}
+
+/// Everything about one supervised agent that the daemon keeps in memory.
+struct AgentSlot {
+    let configuration: AgentConfiguration
+    let store: ContentStore
+    var policy: AgentPolicy
+    /// Bumped at every spawn; events of older runs are ignored.
+    var generation = 0
+    var pid: Int32?
+    var pidStartTicks: UInt64?
+    var timers: [PolicyTimer: Task<Void, Never>] = [:]
+    var killEscalation: Task<Void, Never>?
+    var notifySocket: NotifySocket?
+    var notifyPump: Task<Void, Never>?
+    var statusText: String?
+    var bootHealthTimer: Task<Void, Never>?
+    var bootHealthy = false
+    /// A backoff restored from the state file (monotonic deadline, same boot).
+    var restartDue: Double?
+}
+
+/// The daemon's core: owns every agent's policy, runs the actions it asks for, and
+/// answers control requests. One actor, so every event is handled in order.
+public actor Supervisor {
+    public let configuration: Configuration
+    private let logger: Logger
+    private let bootID: String
+    private var slots: [String: AgentSlot] = [:]
+    private var shuttingDown = false
+    private var bootGood = false
+    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+
+    /// Grace between SIGTERM (or SIGABRT for a hang) and SIGKILL, in seconds.
+    public static let terminationGraceSeconds: Double = 5
+
+    /// - Throws: `Errno` when the boot ID cannot be read.
+    public init(configuration: Configuration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.bootID = try BootID.current()
+    }
+
+    // MARK: - Lifecycle
+
+    /// Prepares the directories, restores each agent's state (recovering the store and
+    /// killing an agent left behind by a crashed daemon) and starts the agents.
+    /// - Throws: the error of creating the state or runtime directory.
+    public func start() throws {
+        try DurableFile.makeDirectories(configuration.daemon.stateDirectory, mode: 0o755)
+        try DurableFile.makeDirectories(configuration.daemon.runtimeDirectory + "/notify", mode: 0o755)
+        let now = Moment.now()
+        for agent in configuration.agents {
+            var slot = restore(agent, at: now)
+            (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
+            slots[agent.name] = slot
+            let restartDue = slot.restartDue
+            apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: restartDue, at: now), to: agent.name)
+            persist(agent.name)
+        }
+    }
+
+    /// Stops every agent (SIGTERM, grace, SIGKILL) and returns when all have exited.
+    public func shutdown() async {
+        guard !shuttingDown else { return }
+        shuttingDown = true
+        let now = Moment.now()
+        for name in slots.keys.sorted() {
+            cancelTimers(name)
+            apply(slots[name]!.policy.shutdown(at: now), to: name)
+            persist(name)
+        }
+        if !allStopped {
+            await withCheckedContinuation { stopWaiters.append($0) }
+        }
+        for name in slots.keys {
+            slots[name]?.notifySocket?.invalidate()
+            slots[name]?.notifyPump?.cancel()
+            persist(name)
+        }
+    }
+
+    private var allStopped: Bool {
+        slots.values.allSatisfy { $0.pid == nil && $0.policy.phase != .starting && !$0.policy.isStopping }
+    }
+
+    // MARK: - Control requests
+
+    /// The status of the daemon and of every agent (or only `agent`).
+    /// - Throws: ``ManagerError/noSuchAgent(_:)``.
+    public func status(agent: String? = nil) throws(ManagerError) -> StatusReport {
+        if let agent, slots[agent] == nil { throw .noSuchAgent(agent) }
+        let now = Moment.now()
+        let agents = slots.keys.sorted().filter { agent == nil || $0 == agent }.map { name in
+            let slot = slots[name]!
+            return StatusReport.Agent(
+                name: name, state: slot.policy.stateWord, pid: slot.pid, ledger: slot.policy.ledger,
+                recentFailures: slot.policy.recentFailures(at: now), settings: slot.policy.settings,
+                lastRollback: slot.policy.lastRollback, degraded: slot.policy.isDegraded, statusText: slot.statusText)
+        }
+        return StatusReport(
+            daemon: .init(running: true, pid: getpid(), version: Backstop.version),
+            boot: .init(id: bootID, state: bootGood ? "good" : "pending", consecutiveFailed: 0),
+            agents: agents)
+    }
+
+    /// The versions of `agent`, in staging order.
+    /// - Throws: ``ManagerError/noSuchAgent(_:)``.
+    public func versions(agent: String) throws(ManagerError) -> [VersionRecord] {
+        try slot(agent).policy.ledger.versions
+    }
+
+    /// Copies `path` into the agent's store as a new version, and activates it when asked.
+    /// The copy runs off the actor, so supervision goes on meanwhile.
+    /// - Throws: ``ManagerError`` with the store's or the policy's reason.
+    public func stage(agent: String, path: String, version: String?, activate: Bool) async throws(ManagerError) -> VersionRecord {
+        let store = try slot(agent).store
+        let existing = Set(try slot(agent).policy.ledger.versions.map(\.id))
+        let result = await Task.detached { () -> Result<VersionRecord, StoreError> in
+            Result { () throws(StoreError) in try store.stage(from: path, id: version, existing: existing, at: Date()) }
+        }.value
+        let record: VersionRecord
+        switch result {
+        case .success(let staged): record = staged
+        case .failure(let error): throw .store(error)
+        }
+        guard !shuttingDown else { throw .shuttingDown }
+        slots[agent]!.policy.staged(record)
+        persist(agent)
+        apply([.record(Decision(
+            .contentStaged, agent: agent, version: record.id,
+            message: "Staged content \(record.id) for agent \(agent): \(record.fileCount) files, \(record.totalBytes) bytes, sha256 \(record.digest.prefix(16))."))],
+            to: agent)
+        if activate { try await self.activate(agent: agent, version: record.id) }
+        return record
+    }
+
+    /// Verifies version `id` and makes it active; the agent restarts on it.
+    /// - Throws: ``ManagerError`` (no such agent or version, quarantined, or failed verification).
+    public func activate(agent: String, version id: String) async throws(ManagerError) {
+        let current = try slot(agent)
+        guard let record = current.policy.ledger.record(id) else { throw .policy(.noSuchVersion(id)) }
+        let store = current.store
+        let verification = await Task.detached { () -> StoreError? in
+            do throws(StoreError) { try store.verify(record); return nil } catch { return error }
+        }.value
+        if let verification { throw .store(verification) }
+        try operate(agent) { policy, now throws(PolicyError) in try policy.activate(id, at: now) }
+    }
+
+    /// Promotes `id` to known-good now.
+    /// - Throws: ``ManagerError``.
+    public func promote(agent: String, version id: String) throws(ManagerError) {
+        try operate(agent) { policy, now throws(PolicyError) in try policy.promote(id, at: now) }
+    }
+
+    /// Rolls back to `target`, or to the last known-good version.
+    /// - Throws: ``ManagerError``.
+    public func rollback(agent: String, to target: String?) throws(ManagerError) {
+        try operate(agent) { policy, now throws(PolicyError) in try policy.rollback(to: target, at: now) }
+    }
+
+    /// Lifts the quarantine of `id`.
+    /// - Throws: ``ManagerError``.
+    public func release(agent: String, version id: String) throws(ManagerError) {
+        try operate(agent) { policy, _ throws(PolicyError) in try policy.release(id) }
+    }
+
+    /// Clears failures and the degraded mark of `agent` (or of all agents); a given-up agent starts again.
+    /// - Throws: ``ManagerError/noSuchAgent(_:)``.
+    public func resetFailed(agent: String?) throws(ManagerError) {
+        let names = try agent.map { name throws(ManagerError) in _ = try slot(name); return [name] } ?? slots.keys.sorted()
+        for name in names {
+            try operate(name) { policy, now in policy.resetFailed(at: now) }
+        }
+    }
+
+    private func operate(
+        _ agent: String, _ change: (inout AgentPolicy, Moment) throws(PolicyError) -> [PolicyAction]
+    ) throws(ManagerError) {
+        _ = try slot(agent)
+        guard !shuttingDown else { throw .shuttingDown }
+        let actions: [PolicyAction]
+        do { actions = try change(&slots[agent]!.policy, Moment.now()) } catch { throw .policy(error) }
+        apply(actions, to: agent)
+        persist(agent)
+    }
+
+    private func slot(_ name: String) throws(ManagerError) -> AgentSlot {
+        guard let slot = slots[name] else { throw .noSuchAgent(name) }
+        return slot
+    }
+
+    // MARK: - Process events
+
+    private func processStarted(_ name: String, generation: Int, pid: Int32) {
+        guard slots[name]?.generation == generation else { return }
+        slots[name]!.pid = pid
+        slots[name]!.pidStartTicks = ProcessTable.startTicks(of: pid)
+        if slots[name]!.policy.isStopping {
+            // A stop was asked for while the process was being created.
+            terminate(name, signal: SIGTERM)
+        } else {
+            apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
+        }
+        persist(name)
+    }
+
+    private func processEnded(_ name: String, generation: Int, result: Result<Termination, LaunchError>) {
+        guard slots[name]?.generation == generation else { return }
+        if let pid = slots[name]!.pid {
+            // The session may hold children that outlived the leader: none survives its agent.
+            DirectRunner.signalGroup(pid, SIGKILL)
+        }
+        slots[name]!.pid = nil
+        slots[name]!.pidStartTicks = nil
+        slots[name]!.killEscalation?.cancel()
+        slots[name]!.bootHealthTimer?.cancel()
+        slots[name]!.statusText = nil
+        let now = Moment.now()
+        switch result {
+        case .success(let termination):
+            apply(slots[name]!.policy.agentExited(termination, at: now), to: name)
+        case .failure(let error):
+            apply(slots[name]!.policy.spawnFailed(error.message, at: now), to: name)
+        }
+        persist(name)
+        if shuttingDown, allStopped {
+            stopWaiters.forEach { $0.resume() }
+            stopWaiters = []
+        }
+    }
+
+    private func notified(_ name: String, _ message: NotifyMessage) {
+        guard let pid = slots[name]?.pid else { return }
+        // Only the agent's own session may speak for it (SCM_CREDENTIALS is kernel-checked).
+        guard message.senderPID == pid || getsid(message.senderPID) == pid else {
+            logger.debug("Ignored a notify datagram from a process outside the agent's session.",
+                         metadata: ["agent": "\(name)", "sender_pid": "\(message.senderPID)"])
+            return
+        }
+        let now = Moment.now()
+        if let text = message.value("STATUS") { slots[name]!.statusText = text }
+        if message.value("READY") == "1" { apply(slots[name]!.policy.agentReady(at: now), to: name) }
+        if message.value("WATCHDOG") == "1" { apply(slots[name]!.policy.heartbeat(at: now), to: name) }
+        persist(name)
+    }
+
+    private func timerFired(_ name: String, _ timer: PolicyTimer, deadline: Double) {
+        guard slots[name] != nil, !shuttingDown else { return }
+        slots[name]!.timers[timer] = nil
+        apply(slots[name]!.policy.timerFired(timer, deadline: deadline, at: Moment.now()), to: name)
+        persist(name)
+    }
+
+    // MARK: - Carrying out actions
+
+    private func apply(_ actions: [PolicyAction], to name: String) {
+        for action in actions {
+            switch action {
+            case .spawn(let version, let mode):
+                spawn(name, version: version, mode: mode)
+            case .terminate(let signal):
+                terminate(name, signal: signal)
+            case .switchContent(let version):
+                let slot = slots[name]!
+                do { try slot.store.activate(version, contentLink: slot.configuration.contentLink) } catch {
+                    logger.error("Cannot switch the active link.", metadata: ["agent": "\(name)", "error": "\(error)"])
+                }
+            case .arm(let timer, let deadline):
+                arm(name, timer, deadline: deadline)
+            case .disarm(let timer):
+                slots[name]!.timers.removeValue(forKey: timer)?.cancel()
+            case .record(let decision):
+                record(decision)
+                if decision.event == .agentReady { startBootHealthTimer(name) }
+            }
+        }
+    }
+
+    private func spawn(_ name: String, version: String, mode: RunMode) {
+        slots[name]!.generation += 1
+        let generation = slots[name]!.generation
+        let slot = slots[name]!
+        let request = LaunchRequest.make(
+            exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec,
+            contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
+            watchdogSeconds: slot.configuration.watchdogSeconds)
+        Task {
+            let result = await DirectRunner.run(request) { pid in
+                await self.processStarted(name, generation: generation, pid: pid)
+            }
+            self.processEnded(name, generation: generation, result: result)
+        }
+    }
+
+    private func terminate(_ name: String, signal: Int32) {
+        guard let pid = slots[name]?.pid else { return }
+        DirectRunner.signalGroup(pid, signal)
+        let generation = slots[name]!.generation
+        slots[name]!.killEscalation?.cancel()
+        slots[name]!.killEscalation = Task {
+            try? await Task.sleep(for: .seconds(Self.terminationGraceSeconds))
+            guard !Task.isCancelled else { return }
+            self.escalateKill(name, generation: generation)
+        }
+    }
+
+    private func escalateKill(_ name: String, generation: Int) {
+        guard slots[name]?.generation == generation, let pid = slots[name]?.pid else { return }
+        logger.warning("Agent did not exit within the grace period; sending SIGKILL.",
+                       metadata: ["agent": "\(name)", "pid": "\(pid)"])
+        DirectRunner.signalGroup(pid, SIGKILL)
+    }
+
+    private func arm(_ name: String, _ timer: PolicyTimer, deadline: Double) {
+        slots[name]!.timers[timer]?.cancel()
+        let delay = max(0, deadline - Moment.now().monotonicSeconds)
+        slots[name]!.timers[timer] = Task {
+            try? await Task.sleep(for: .seconds(delay))
+            guard !Task.isCancelled else { return }
+            self.timerFired(name, timer, deadline: deadline)
+        }
+    }
+
+    private func cancelTimers(_ name: String) {
+        slots[name]?.timers.values.forEach { $0.cancel() }
+        slots[name]?.timers = [:]
+        slots[name]?.bootHealthTimer?.cancel()
+    }
+
+    private func record(_ decision: Decision) {
+        var metadata: Logger.Metadata = ["event": "\(decision.event.rawValue)", "agent": "\(decision.agent)"]
+        if let version = decision.version { metadata["version"] = "\(version)" }
+        if let reason = decision.reason { metadata["reason"] = "\(reason)" }
+        logger.log(level: decision.event.priority.logLevel, "\(decision.message)", metadata: metadata)
+        do { try Journal.send(decision.journalFields) } catch {
+            logger.error("Cannot send a decision to the journal.", metadata: ["event": "\(decision.event.rawValue)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: - Boot verdict
+
+    /// A boot is good once every agent with content has been ready for its `boot_good_after_sec`.
+    private func startBootHealthTimer(_ name: String) {
+        guard !bootGood, let slot = slots[name] else { return }
+        let generation = slot.generation
+        slots[name]!.bootHealthTimer?.cancel()
+        slots[name]!.bootHealthTimer = Task {
+            try? await Task.sleep(for: .seconds(slot.configuration.bootGoodAfterSeconds))
+            guard !Task.isCancelled else { return }
+            self.bootHealthReached(name, generation: generation)
+        }
+    }
+
+    private func bootHealthReached(_ name: String, generation: Int) {
+        guard slots[name]?.generation == generation, slots[name]?.policy.phase == .running else { return }
+        slots[name]!.bootHealthy = true
+        if slots.values.allSatisfy({ $0.bootHealthy || $0.policy.ledger.active == nil }) {
+            bootGood = true
+            logger.info("Boot \(bootID) is good: every agent stayed healthy.")
+        }
+    }
+
+    // MARK: - State
+
+    private func restore(_ agent: AgentConfiguration, at now: Moment) -> AgentSlot {
+        let store = ContentStore(stateDirectory: configuration.daemon.stateDirectory, agent: agent.name)
+        var policy = AgentPolicy(settings: agent.policySettings)
+        let path = store.stateFile
+        do { try store.prepare() } catch {
+            logger.error("Cannot create the content store.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
+        }
+        var state: AgentStateFile
+        do {
+            state = try AgentStateFile.load(path: path) ?? AgentStateFile()
+        } catch {
+            state = recoverFromCorruptState(error, store: store, path: path)
+        }
+        let sameBoot = state.bootID == bootID
+        policy.restore(
+            ledger: state.ledger, failures: sameBoot ? state.failures : [],
+            consecutiveFailures: sameBoot ? state.consecutiveFailures : 0,
+            probationBankedSeconds: sameBoot ? state.probationBankedSeconds : 0, givenUp: state.givenUp,
+            mode: state.mode, escalationTried: state.escalationTried, lastRollback: state.lastRollback,
+            resetFailedAt: state.resetFailedAt)
+        if sameBoot, let pid = state.agentPID, let ticks = state.agentStartTicks, ProcessTable.startTicks(of: pid) == ticks {
+            logger.warning("Killing the agent left running by a previous backstopd.",
+                           metadata: ["agent": "\(agent.name)", "pid": "\(pid)"])
+            DirectRunner.signalGroup(pid, SIGKILL)
+        }
+        do {
+            let removed = try store.recover(ledger: policy.ledger, contentLink: agent.contentLink)
+            if !removed.isEmpty {
+                logger.notice("Removed versions whose staging did not finish.",
+                              metadata: ["agent": "\(agent.name)", "versions": "\(removed.joined(separator: ","))"])
+            }
+        } catch {
+            logger.error("Cannot restore the active link.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
+        }
+        var slot = AgentSlot(configuration: agent, store: store, policy: policy)
+        slot.restartDue = sameBoot ? state.restartDueMonotonicSeconds : nil
+        if let active = policy.ledger.active, let record = policy.ledger.record(active) {
+            do { try store.verify(record) } catch {
+                let actions = slot.policy.activeContentCorrupt("\(error)", at: now)
+                slots[agent.name] = slot
+                apply(actions, to: agent.name)
+                slot = slots[agent.name]!
+            }
+        }
+        return slot
+    }
+
+    /// A state file that cannot be read is kept aside, never overwritten, and the
+    /// versions on disk are adopted again so that nothing in the store is lost. The
+    /// active version re-enters probation: its standing was in the lost file.
+    private func recoverFromCorruptState(_ error: StateFileError, store: ContentStore, path: String) -> AgentStateFile {
+        let aside = path + ".corrupt-" + String(Int(Date().timeIntervalSince1970))
+        _ = rename(path, aside)
+        logger.critical("The agent's state file is unreadable; it was moved aside and the store re-adopted.",
+                        metadata: ["path": "\(path)", "moved_to": "\(aside)", "error": "\(error)"])
+        var state = AgentStateFile()
+        state.ledger = store.adoptVersions(activeID: store.activeTarget(), at: Date())
+        return state
+    }
+
+    private func persist(_ name: String) {
+        guard let slot = slots[name] else { return }
+        var state = AgentStateFile()
+        state.ledger = slot.policy.ledger
+        state.bootID = bootID
+        state.failures = slot.policy.failures
+        state.consecutiveFailures = slot.policy.consecutiveFailures
+        state.probationBankedSeconds = slot.policy.probationElapsedSeconds(at: Moment.now())
+        state.givenUp = slot.policy.phase == .givenUp
+        state.mode = slot.policy.mode
+        state.escalationTried = slot.policy.escalationTried
+        state.lastRollback = slot.policy.lastRollback
+        state.resetFailedAt = slot.policy.resetFailedAt
+        state.restartDueMonotonicSeconds = slot.policy.timers[.restart]
+        state.agentPID = slot.pid
+        state.agentStartTicks = slot.pidStartTicks
+        do { try state.save(path: slot.store.stateFile) } catch {
+            logger.error("Cannot write the agent's state file.", metadata: ["agent": "\(name)", "error": "\(error)"])
+        }
+    }
+
+    /// The agent's notify socket and the task that feeds its datagrams, in order, to the actor.
+    private func openNotifySocket(for name: String) -> (NotifySocket?, Task<Void, Never>?) {
+        let path = configuration.daemon.runtimeDirectory + "/notify/" + name
+        let (stream, continuation) = AsyncStream.makeStream(of: NotifyMessage.self, bufferingPolicy: .bufferingNewest(64))
+        do {
+            let socket = try NotifySocket(path: path, queue: DispatchQueue(label: "backstop.notify.\(name)")) {
+                continuation.yield($0)
+            }
+            let pump = Task {
+                for await message in stream { self.notified(name, message) }
+            }
+            return (socket, pump)
+        } catch {
+            logger.error("Cannot open the agent's notify socket; READY=1 and WATCHDOG=1 will not be seen.",
+                         metadata: ["agent": "\(name)", "path": "\(path)", "error": "\(error)"])
+            return (nil, nil)
+        }
+    }
+}

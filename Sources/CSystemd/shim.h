@@ -1,0 +1,8 @@
+#ifndef BACKSTOP_CSYSTEMD_SHIM_H
+#define BACKSTOP_CSYSTEMD_SHIM_H
+
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-id128.h>
+#include <systemd/sd-journal.h>
+
+#endif

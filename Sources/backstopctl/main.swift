@@ -1,0 +1,200 @@
+import ArgumentParser
+import BackstopCore
+import Foundation
+
+/// `backstopctl`: ask backstopd what it is doing and tell it what to do.
+@main
+struct BackstopControl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backstopctl",
+        abstract: "Query and control the Backstop daemon.",
+        version: Backstop.version,
+        subcommands: [Status.self, Content.self, Stage.self, Activate.self, Promote.self, Rollback.self, Release.self, ResetFailed.self])
+
+    /// Lets `--config PATH` stand before the verb too (`backstopctl --config X status`),
+    /// as systemctl's options do; the parser only reads it after the verb.
+    static func main() {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        var leading: [String] = []
+        while let first = arguments.first, first == "--config" || first.hasPrefix("--config=") {
+            leading.append(arguments.removeFirst())
+            if first == "--config", !arguments.isEmpty { leading.append(arguments.removeFirst()) }
+        }
+        var verbLength = 0
+        while verbLength < arguments.count, !arguments[verbLength].hasPrefix("-"),
+            verbLength == 0 || (arguments[0] == "content" && verbLength == 1)
+        {
+            verbLength += 1
+        }
+        main(Array(arguments[..<verbLength]) + leading + Array(arguments[verbLength...]))
+    }
+}
+
+/// Options every verb shares.
+struct GlobalOptions: ParsableArguments {
+    @Option(name: .long, help: "The configuration file (for the runtime and state directories).")
+    var config = BackstopCore.Configuration.defaultPath
+
+    func load() throws -> BackstopCore.Configuration {
+        do { return try .load(path: config) } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    func client() throws -> ControlClient {
+        ControlClient(path: try load().daemon.controlSocketPath)
+    }
+}
+
+/// Runs a call, turning errors into a message and exit code 1 (3 when the daemon is down).
+func perform<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let error as ControlClient.ClientError {
+        FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
+        if case .daemonNotRunning = error { throw ExitCode(3) }
+        throw ExitCode(1)
+    } catch let error as Varlink.RemoteError {
+        FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the daemon, the boot and each agent. Exit 0 healthy, 1 degraded, 3 daemon not running.")
+
+    @OptionGroup var options: GlobalOptions
+    @Argument(help: "Only this agent.") var agent: String?
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() throws {
+        let configuration = try options.load()
+        var report: StatusReport
+        do {
+            report = try ControlClient(path: configuration.daemon.controlSocketPath)
+                .call("GetStatus", ["agent": agent], as: StatusReport.self)
+        } catch ControlClient.ClientError.daemonNotRunning {
+            let (saved, problems) = StatusReport.fromStateFiles(configuration)
+            report = saved
+            if let agent { report.agents = report.agents.filter { $0.name == agent } }
+            FileHandle.standardError.write(Data(
+                "backstopctl: backstopd is not running; showing the state saved in \(configuration.daemon.stateDirectory)\n".utf8))
+            for problem in problems { FileHandle.standardError.write(Data("backstopctl: \(problem)\n".utf8)) }
+        } catch let error as Varlink.RemoteError {
+            FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if json {
+            let encoder = JSONEncoder.backstop
+            encoder.outputFormatting.insert(.prettyPrinted)
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        } else {
+            print(StatusText.render(report, colour: isatty(STDOUT_FILENO) == 1), terminator: "")
+        }
+        if report.exitCode != 0 { throw ExitCode(report.exitCode) }
+    }
+}
+
+struct Content: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Content versions.", subcommands: [List.self])
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List an agent's content versions, oldest first.")
+        @OptionGroup var options: GlobalOptions
+        @Argument var agent: String
+        @Flag(name: .long, help: "Print JSON.") var json = false
+
+        struct Reply: Codable { var versions: [VersionRecord] }
+
+        func run() throws {
+            let reply = try perform { try options.client().call("ListContent", ["agent": agent], as: Reply.self) }
+            let status = try perform { try options.client().call("GetStatus", ["agent": agent], as: StatusReport.self) }
+            if json {
+                print(String(decoding: try JSONEncoder.backstop.encode(reply), as: UTF8.self))
+                return
+            }
+            print(StatusText.versionTable(reply.versions, active: status.agents.first?.content.active), terminator: "")
+        }
+    }
+}
+
+struct Stage: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Copy a content directory into the store and verify it.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+    @Argument(help: "The content directory.") var directory: String
+    @Option(name: .long, help: "The version id (default: derived from the SHA-256 of the tree).") var version: String?
+    @Flag(name: .long, help: "Activate the version once staged.") var activate = false
+
+    struct Parameters: Codable { var agent: String; var path: String; var version: String?; var activate: Bool }
+    struct Reply: Codable { var version: VersionRecord }
+
+    func run() throws {
+        let path = URL(fileURLWithPath: directory).standardizedFileURL.path
+        let reply = try perform {
+            try options.client().call(
+                "Stage", Parameters(agent: agent, path: path, version: version, activate: activate), as: Reply.self)
+        }
+        print("Staged \(reply.version.id) for \(agent) (\(reply.version.fileCount) files, sha256 \(reply.version.digest))\(activate ? "; activated" : "").")
+    }
+}
+
+struct Activate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Make a staged version active; it starts its probation.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+    @Argument var version: String
+
+    func run() throws {
+        try perform { try options.client().call("Activate", ["agent": agent, "version": version]) }
+        print("Activated \(version) for \(agent).")
+    }
+}
+
+struct Promote: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Mark a version known-good now, ending its probation.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+    @Argument var version: String
+
+    func run() throws {
+        try perform { try options.client().call("Promote", ["agent": agent, "version": version]) }
+        print("Promoted \(version) of \(agent) to known-good.")
+    }
+}
+
+struct Rollback: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Make the last known-good version (or --to ID) active again.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+    @Option(name: .long, help: "The version to return to.") var to: String?
+
+    func run() throws {
+        try perform { try options.client().call("Rollback", ["agent": agent, "to": to]) }
+        print("Rolled \(agent) back\(to.map { " to \($0)" } ?? " to its last known-good version").")
+    }
+}
+
+struct Release: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Lift a version's quarantine so it can be activated again.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+    @Argument var version: String
+
+    func run() throws {
+        try perform { try options.client().call("Release", ["agent": agent, "version": version]) }
+        print("Released \(version) of \(agent) from quarantine.")
+    }
+}
+
+struct ResetFailed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reset-failed",
+        abstract: "Clear failures and the degraded mark; a given-up agent starts again. Quarantines stay.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String?
+
+    func run() throws {
+        try perform { try options.client().call("ResetFailed", ["agent": agent]) }
+        print("Reset \(agent ?? "all agents").")
+    }
+}

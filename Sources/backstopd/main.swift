@@ -1,0 +1,53 @@
+import ArgumentParser
+import BackstopCore
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// `backstopd`: the Backstop daemon.
+@main
+struct BackstopDaemon: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "backstopd",
+        abstract: "Supervise endpoint security agents and roll back content that makes them fail.",
+        version: Backstop.version)
+
+    @Option(name: .long, help: "The configuration file.")
+    var config = BackstopCore.Configuration.defaultPath
+
+    @Flag(name: .long, help: "Check the configuration file, print what is wrong, and exit.")
+    var checkConfig = false
+
+    func run() async throws {
+        let configuration: BackstopCore.Configuration
+        do { configuration = try .load(path: config) } catch {
+            FileHandle.standardError.write(Data("backstopd: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if checkConfig {
+            print("\(config): OK (\(configuration.agents.count) agent(s))")
+            return
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+        let logger = Logger(label: "backstopd")
+        let daemon = DaemonService(configuration: configuration, logger: logger)
+        let group = ServiceGroup(
+            services: [DaemonLifecycle(daemon: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+}
+
+/// Adapts ``DaemonService`` to swift-service-lifecycle: SIGTERM/SIGINT trigger the graceful shutdown.
+struct DaemonLifecycle: Service {
+    let daemon: DaemonService
+
+    func run() async throws {
+        try await daemon.run {
+            try? await gracefulShutdown()
+        }
+    }
+}
