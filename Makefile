@@ -1,0 +1,62 @@
+# Backstop: `make demo` shows the main job end to end, `make test` runs every test.
+# Both install the Debian packages they need first (as root, with apt-get).
+
+PREFIX ?= /usr
+DESTDIR ?=
+SBINDIR = $(PREFIX)/sbin
+BINDIR = $(PREFIX)/bin
+LIBEXECDIR = $(PREFIX)/libexec/backstop
+UNITDIR = $(PREFIX)/lib/systemd/system
+TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
+SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
+DATADIR = $(PREFIX)/share/backstop
+SYSCONFDIR = /etc
+
+# Packages the build needs, and the ones the tests use as real parts.
+BUILD_PACKAGES = libsystemd-dev pkg-config
+TEST_PACKAGES = clamav-daemon clamav systemd
+
+SWIFT ?= swift
+DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path 2>/dev/null)
+RELEASE_FLAGS = -c release --static-swift-stdlib
+
+.PHONY: all deps test-deps build demo test install clean
+
+all: build
+
+deps:
+	@scripts/install-packages.sh $(BUILD_PACKAGES)
+
+test-deps: deps
+	@scripts/install-packages.sh $(TEST_PACKAGES)
+
+build: deps
+	$(SWIFT) build
+
+demo: build
+	scripts/demo.sh "$(DEBUG_BIN)"
+
+# One debug build serves every test stage: the unit tests, then the integration
+# tests that run the built binaries against real agents.
+test: test-deps
+	$(SWIFT) build --build-tests
+	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" $(SWIFT) test --skip-build
+
+install: deps
+	$(SWIFT) build $(RELEASE_FLAGS)
+	$(eval RELEASE_BIN := $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path))
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DATADIR)/examples $(DESTDIR)$(SYSCONFDIR)/backstop
+	install -m 0755 $(RELEASE_BIN)/backstopd $(DESTDIR)$(SBINDIR)/backstopd
+	install -m 0755 $(RELEASE_BIN)/backstopctl $(DESTDIR)$(BINDIR)/backstopctl
+	install -m 0755 $(RELEASE_BIN)/backstop-demo-agent $(DESTDIR)$(LIBEXECDIR)/backstop-demo-agent
+	sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/backstopd.service > $(DESTDIR)$(UNITDIR)/backstopd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/backstopd.service
+	install -m 0644 systemd/backstop.tmpfiles $(DESTDIR)$(TMPFILESDIR)/backstop.conf
+	install -m 0644 systemd/backstop.sysusers $(DESTDIR)$(SYSUSERSDIR)/backstop.conf
+	cp -R examples/content $(DESTDIR)$(DATADIR)/examples/
+	test -e $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml || \
+		install -m 0644 examples/backstop.toml $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml
+
+clean:
+	$(SWIFT) package clean

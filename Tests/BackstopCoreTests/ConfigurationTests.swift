@@ -1,0 +1,331 @@
+import Foundation
+import Testing
+@testable import BackstopCore
+
+@Suite("Configuration: parsing and validation")
+struct ConfigurationTests {
+    static let path = "/etc/backstop/test.toml"
+
+    /// Parses `source` and returns the error it must raise.
+    func error(in source: String) throws -> ConfigurationError {
+        do {
+            let configuration = try Configuration.parse(source, path: Self.path)
+            Issue.record("expected an error, parsed \(configuration)")
+            throw CancellationError()
+        } catch let error as ConfigurationError {
+            return error
+        }
+    }
+
+    /// A minimal valid agent table, for the errors below to add one fault to.
+    static let minimalAgent = """
+        [[agent]]
+        name = "demo"
+        exec = ["/usr/bin/demo"]
+        """
+
+    @Test("a file with every key: each value is parsed")
+    func fullFile() throws {
+        let source = """
+            # Backstop configuration used by the unit tests
+            [daemon]
+            state_directory = "/srv/backstop/state"
+            runtime_directory = "/run/backstop-test"
+
+            [[agent]]
+            name = "clamd_01-x"
+            exec = ["/usr/sbin/clamd", "--foreground", "--config={content}/clamd.conf"]
+            runner = "direct"
+            notify = true
+            content_link = "/var/lib/clamav/current"
+            failure_threshold = 5
+            failure_window_sec = 300
+            probation_sec = 900
+            restart_delay_ms = 250
+            restart_delay_max_sec = 45
+            start_timeout_sec = 60
+            watchdog_sec = 15
+            boot_good_after_sec = 180
+            boot_failure_threshold = 4
+            safe_mode_exec = ["/usr/sbin/clamd", "--foreground", "--no-signatures"]
+            preflight_sec = 20
+
+            [[agent]]
+            name = "osquery"
+            exec = ["/opt/osquery/bin/osqueryd", "{content}"]
+            """
+        let configuration = try Configuration.parse(source, path: Self.path)
+        #expect(configuration.path == Self.path)
+        #expect(configuration.daemon.stateDirectory == "/srv/backstop/state")
+        #expect(configuration.daemon.runtimeDirectory == "/run/backstop-test")
+        #expect(configuration.daemon.controlSocketPath == "/run/backstop-test/io.backstop.Manager")
+        #expect(configuration.agents.map(\.name) == ["clamd_01-x", "osquery"])
+
+        let agent = try #require(configuration.agent(named: "clamd_01-x"))
+        #expect(agent.exec == ["/usr/sbin/clamd", "--foreground", "--config={content}/clamd.conf"])
+        #expect(agent.runner == .direct)
+        #expect(agent.unit == nil)
+        #expect(agent.notify == true)
+        #expect(agent.contentLink == "/var/lib/clamav/current")
+        #expect(agent.failureThreshold == 5)
+        #expect(agent.failureWindowSeconds == 300)
+        #expect(agent.probationSeconds == 900)
+        #expect(agent.restartDelayMilliseconds == 250)
+        #expect(agent.restartDelayMaxSeconds == 45)
+        #expect(agent.startTimeoutSeconds == 60)
+        #expect(agent.watchdogSeconds == 15)
+        #expect(agent.bootGoodAfterSeconds == 180)
+        #expect(agent.bootFailureThreshold == 4)
+        #expect(agent.safeModeExec == ["/usr/sbin/clamd", "--foreground", "--no-signatures"])
+        #expect(agent.preflightSeconds == 20)
+
+        #expect(agent.policySettings == PolicySettings(
+            agent: "clamd_01-x", failureThreshold: 5, failureWindowSeconds: 300, probationSeconds: 900,
+            restartDelayMilliseconds: 250, restartDelayMaxSeconds: 45, startTimeoutSeconds: 60,
+            watchdogSeconds: 15, notify: true, hasSafeModeExec: true))
+    }
+
+    @Test("omitted keys take the defaults of SPEC.md")
+    func defaults() throws {
+        let configuration = try Configuration.parse(Self.minimalAgent, path: Self.path)
+        #expect(configuration.daemon.stateDirectory == "/var/lib/backstop")
+        #expect(configuration.daemon.runtimeDirectory == "/run/backstop")
+        let agent = try #require(configuration.agents.first)
+        #expect(configuration.agents.count == 1)
+        #expect(agent.name == "demo")
+        #expect(agent.exec == ["/usr/bin/demo"])
+        #expect(agent.runner == .direct)
+        #expect(agent.unit == nil)
+        #expect(agent.notify == false)
+        #expect(agent.contentLink == nil)
+        #expect(agent.failureThreshold == 3)
+        #expect(agent.failureWindowSeconds == 120)
+        #expect(agent.probationSeconds == 600)
+        #expect(agent.restartDelayMilliseconds == 100)
+        #expect(agent.restartDelayMaxSeconds == 30)
+        #expect(agent.startTimeoutSeconds == 90)
+        #expect(agent.watchdogSeconds == 0)
+        #expect(agent.bootGoodAfterSeconds == 120)
+        #expect(agent.bootFailureThreshold == 2)
+        #expect(agent.safeModeExec.isEmpty)
+        #expect(agent.preflightSeconds == 0)
+        #expect(agent.policySettings == PolicySettings(agent: "demo"))
+    }
+
+    @Test("an empty file is valid: daemon defaults, no agents; content_link = \"\" means unset")
+    func emptyFileAndEmptyContentLink() throws {
+        let empty = try Configuration.parse("", path: Self.path)
+        #expect(empty.daemon == DaemonConfiguration())
+        #expect(empty.agents.isEmpty)
+
+        let unset = try Configuration.parse(Self.minimalAgent + "\ncontent_link = \"\"\n", path: Self.path)
+        #expect(unset.agents.first?.contentLink == nil)
+    }
+
+    @Test("load(path:) reads a file from disk and names it in errors")
+    func loadFromDisk() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { ContentStore.removeTree(directory) }
+        let file = directory + "/backstop.toml"
+        try write(Self.minimalAgent + "\nfailure_threshold = 0\n", to: file)
+        #expect(throws: ConfigurationError.self) { try Configuration.load(path: file) }
+        do {
+            _ = try Configuration.load(path: file)
+        } catch {
+            #expect(error.description.hasPrefix("\(file):4: agent[0].failure_threshold: "))
+        }
+        let missing = directory + "/absent.toml"
+        do {
+            _ = try Configuration.load(path: missing)
+            Issue.record("a missing file must be an error")
+        } catch {
+            #expect(error.path == missing)
+            #expect(error.description.hasPrefix(missing + ": cannot read the file"))
+        }
+    }
+
+    /// One fault per case: the source, the line and key the error must name, and a word of its message.
+    struct Fault: Sendable, CustomTestStringConvertible {
+        var what: String
+        var source: String
+        var line: Int
+        var key: String
+        var message: String
+        var testDescription: String { what }
+    }
+
+    static let faults: [Fault] = [
+        Fault(
+            what: "unknown top-level key",
+            source: "verbose = true\n" + minimalAgent,
+            line: 1, key: "verbose", message: "unknown key"),
+        Fault(
+            what: "unknown key in [daemon]",
+            source: "[daemon]\nstate_directory = \"/var/lib/b\"\nlog_level = \"debug\"\n" + minimalAgent,
+            line: 3, key: "daemon.log_level", message: "unknown key in [daemon]"),
+        Fault(
+            what: "unknown key in [[agent]]",
+            source: minimalAgent + "\nrestart_delay = 5\n",
+            line: 4, key: "agent[0].restart_delay", message: "unknown key in [[agent]]"),
+        Fault(
+            what: "unknown key in the second [[agent]]",
+            source: minimalAgent + "\n\n[[agent]]\nname = \"two\"\nexec = [\"/bin/two\"]\nprobation = 5\n",
+            line: 8, key: "agent[1].probation", message: "unknown key in [[agent]]"),
+        Fault(
+            what: "string where an integer belongs",
+            source: minimalAgent + "\nfailure_threshold = \"3\"\n",
+            line: 4, key: "agent[0].failure_threshold", message: "must be an integer, not a string"),
+        Fault(
+            what: "float where an integer belongs",
+            source: minimalAgent + "\nprobation_sec = 1.5\n",
+            line: 4, key: "agent[0].probation_sec", message: "must be an integer"),
+        Fault(
+            what: "string where a boolean belongs",
+            source: minimalAgent + "\nnotify = \"yes\"\n",
+            line: 4, key: "agent[0].notify", message: "must be true or false, not a string"),
+        Fault(
+            what: "string where an array belongs",
+            source: "[[agent]]\nname = \"demo\"\nexec = \"/usr/bin/demo --content {content}\"\n",
+            line: 3, key: "agent[0].exec", message: "must be an array of strings, not a string"),
+        Fault(
+            what: "an array holding a number",
+            source: "[[agent]]\nname = \"demo\"\nexec = [\"/usr/bin/demo\", 5]\n",
+            line: 3, key: "agent[0].exec", message: "must be an array of strings; found an integer"),
+        Fault(
+            what: "integer where a path belongs",
+            source: "[daemon]\nruntime_directory = 7\n",
+            line: 2, key: "daemon.runtime_directory", message: "must be a string, not an integer"),
+        Fault(
+            what: "relative state_directory",
+            source: "[daemon]\nstate_directory = \"var/lib/backstop\"\n",
+            line: 2, key: "daemon.state_directory", message: "must be an absolute path"),
+        Fault(
+            what: "duplicate agent name",
+            source: minimalAgent + "\n\n[[agent]]\nname = \"demo\"\nexec = [\"/bin/other\"]\n",
+            line: 6, key: "agent[1].name", message: "duplicate agent name \"demo\""),
+        Fault(
+            what: "agent name with capitals and punctuation",
+            source: "[[agent]]\nname = \"Demo!\"\nexec = [\"/usr/bin/demo\"]\n",
+            line: 2, key: "agent[0].name", message: "not a valid agent name"),
+        Fault(
+            what: "empty agent name",
+            source: "[[agent]]\nname = \"\"\nexec = [\"/usr/bin/demo\"]\n",
+            line: 2, key: "agent[0].name", message: "not a valid agent name"),
+        Fault(
+            what: "agent name with a slash",
+            source: "[[agent]]\nname = \"../etc\"\nexec = [\"/usr/bin/demo\"]\n",
+            line: 2, key: "agent[0].name", message: "not a valid agent name"),
+        Fault(
+            what: "missing exec (line of the [[agent]] header)",
+            source: "[daemon]\n\n[[agent]]\nname = \"demo\"\nnotify = true\n",
+            line: 3, key: "agent[0]", message: "missing key \"exec\""),
+        Fault(
+            what: "missing name",
+            source: "[[agent]]\nexec = [\"/usr/bin/demo\"]\n",
+            line: 1, key: "agent[0]", message: "missing key \"name\""),
+        Fault(
+            what: "empty exec",
+            source: "[[agent]]\nname = \"demo\"\nexec = []\n",
+            line: 3, key: "agent[0].exec", message: "must name a program"),
+        Fault(
+            what: "exec with an empty program",
+            source: "[[agent]]\nname = \"demo\"\nexec = [\"\", \"--flag\"]\n",
+            line: 3, key: "agent[0].exec", message: "must name a program"),
+        Fault(
+            what: "zero failure_threshold",
+            source: minimalAgent + "\nfailure_threshold = 0\n",
+            line: 4, key: "agent[0].failure_threshold", message: "must be greater than zero, not 0"),
+        Fault(
+            what: "zero failure_window_sec",
+            source: minimalAgent + "\nfailure_window_sec = 0\n",
+            line: 4, key: "agent[0].failure_window_sec", message: "must be greater than zero, not 0"),
+        Fault(
+            what: "negative probation_sec",
+            source: minimalAgent + "\nprobation_sec = -600\n",
+            line: 4, key: "agent[0].probation_sec", message: "must be greater than zero, not -600"),
+        Fault(
+            what: "zero start_timeout_sec",
+            source: minimalAgent + "\nstart_timeout_sec = 0\n",
+            line: 4, key: "agent[0].start_timeout_sec", message: "must be greater than zero, not 0"),
+        Fault(
+            what: "zero boot_good_after_sec",
+            source: minimalAgent + "\nboot_good_after_sec = 0\n",
+            line: 4, key: "agent[0].boot_good_after_sec", message: "must be greater than zero, not 0"),
+        Fault(
+            what: "negative restart_delay_ms",
+            source: minimalAgent + "\nrestart_delay_ms = -1\n",
+            line: 4, key: "agent[0].restart_delay_ms", message: "must not be negative, not -1"),
+        Fault(
+            what: "negative restart_delay_max_sec",
+            source: minimalAgent + "\nrestart_delay_max_sec = -30\n",
+            line: 4, key: "agent[0].restart_delay_max_sec", message: "must not be negative, not -30"),
+        Fault(
+            what: "negative watchdog_sec",
+            source: minimalAgent + "\nnotify = true\nwatchdog_sec = -5\n",
+            line: 5, key: "agent[0].watchdog_sec", message: "must not be negative, not -5"),
+        Fault(
+            what: "negative preflight_sec",
+            source: minimalAgent + "\npreflight_sec = -1\n",
+            line: 4, key: "agent[0].preflight_sec", message: "must not be negative, not -1"),
+        Fault(
+            what: "watchdog_sec without notify",
+            source: minimalAgent + "\nwatchdog_sec = 10\n",
+            line: 4, key: "agent[0].watchdog_sec", message: "needs notify = true"),
+        Fault(
+            what: "unknown runner",
+            source: minimalAgent + "\nrunner = \"docker\"\n",
+            line: 4, key: "agent[0].runner", message: "must be \"direct\" or \"systemd\", not \"docker\""),
+        Fault(
+            what: "relative content_link",
+            source: minimalAgent + "\ncontent_link = \"current\"\n",
+            line: 4, key: "agent[0].content_link", message: "must be an absolute path"),
+        Fault(
+            what: "safe_mode_exec with an empty program",
+            source: minimalAgent + "\nsafe_mode_exec = [\"\"]\n",
+            line: 4, key: "agent[0].safe_mode_exec", message: "must not be empty"),
+    ]
+
+    @Test("errors name the file, the line and the key", arguments: faults)
+    func errorNamesFileLineAndKey(_ fault: Fault) throws {
+        let error = try error(in: fault.source)
+        #expect(error.path == Self.path)
+        #expect(error.line == fault.line)
+        #expect(error.key == fault.key)
+        #expect(error.description.hasPrefix("\(Self.path):\(fault.line): \(fault.key): "), "\(error)")
+        #expect(error.message.contains(fault.message), "\(error.message)")
+    }
+
+    @Test("a TOML syntax error carries the parser's line")
+    func syntaxError() throws {
+        let source = """
+            [daemon]
+            state_directory = "/var/lib/backstop"
+
+            [[agent]]
+            name = "demo
+            exec = ["/usr/bin/demo"]
+            """
+        let error = try error(in: source)
+        #expect(error.line == 5)
+        #expect(error.key == nil)
+        #expect(error.description.hasPrefix("\(Self.path):5: TOML syntax"), "\(error)")
+    }
+
+    @Test("a TOML syntax error further down (a key without a value) carries its line")
+    func syntaxErrorMissingValue() throws {
+        let source = Self.minimalAgent + "\nnotify = true\nprobation_sec =\n"
+        let error = try error(in: source)
+        #expect(error.line == 5)
+        #expect(error.description.hasPrefix("\(Self.path):5: "), "\(error)")
+    }
+
+    @Test("agent name validation: [a-z0-9_-]+, up to 64 characters")
+    func agentNames() {
+        for name in ["demo", "clamd", "a", "edr_sensor-2", String(repeating: "a", count: 64)] {
+            #expect(AgentConfiguration.isValidName(name), "\(name)")
+        }
+        for name in ["", "Demo", "a b", "a.b", "a/b", "é", String(repeating: "a", count: 65)] {
+            #expect(!AgentConfiguration.isValidName(name), "\(name)")
+        }
+    }
+}
