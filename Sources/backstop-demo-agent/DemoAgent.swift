@@ -45,10 +45,12 @@ struct DemoAgent: ParsableCommand {
     /// The Swift runtime installs a crash handler that symbolicates and prints
     /// a backtrace before the process dies. The overrun must look like a native
     /// sensor crash (immediate death by SIGSEGV, no added latency for
-    /// benchmarks to measure), so hand the faults back to the kernel.
+    /// benchmarks to measure), so hand the faults back to the kernel. SIGABRT
+    /// too: a supervisor aborts a hung agent and expects it gone at once.
     private func restoreDefaultFaultHandling() {
         signal(SIGSEGV, SIG_DFL)
         signal(SIGBUS, SIG_DFL)
+        signal(SIGABRT, SIG_DFL)
     }
 
     /// BACKSTOP_CONTENT_VERSION, or the content directory's name.

@@ -250,21 +250,21 @@ struct ContentStoreTests {
         let contentLink = fixture.directory + "/current"
         #expect(fixture.store.activeTarget() == nil)
 
-        try fixture.store.activate("v1", contentLink: contentLink)
+        try fixture.store.point(at: "v1", contentLink: contentLink)
         #expect(linkTarget(fixture.store.activeLink) == "versions/v1")
         #expect(linkTarget(contentLink) == fixture.store.path(of: "v1"))
         #expect(fixture.store.activeTarget() == "v1")
         #expect(try String(contentsOfFile: fixture.store.activeLink + "/signatures.db", encoding: .utf8)
             == "signature-set 1\n")
 
-        try fixture.store.activate("v2", contentLink: contentLink)
+        try fixture.store.point(at: "v2", contentLink: contentLink)
         #expect(linkTarget(fixture.store.activeLink) == "versions/v2")
         #expect(linkTarget(contentLink) == fixture.store.path(of: "v2"))
         #expect(try String(contentsOfFile: contentLink + "/signatures.db", encoding: .utf8) == "signature-set 2\n")
         #expect(!names(in: fixture.store.root).contains("active.tmp"))
         #expect(!names(in: fixture.directory).contains("current.tmp"))
 
-        try fixture.store.activate("v1", contentLink: nil)
+        try fixture.store.point(at: "v1", contentLink: nil)
         #expect(fixture.store.activeTarget() == "v1")
         #expect(linkTarget(contentLink) == fixture.store.path(of: "v2"), "without a content_link it is left alone")
     }
@@ -317,7 +317,7 @@ struct ContentStoreTests {
         #expect(chmod(leftover, 0o555) == 0)
         // The link names the wrong version (a crash between the ledger and the link swap).
         let contentLink = fixture.directory + "/current"
-        try fixture.store.activate("v1", contentLink: contentLink)
+        try fixture.store.point(at: "v1", contentLink: contentLink)
 
         let removed = try fixture.store.recover(ledger: ledger, contentLink: contentLink)
         #expect(removed == ["orphan"])

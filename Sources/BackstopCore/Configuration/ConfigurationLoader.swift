@@ -43,7 +43,7 @@ struct KeyLocator {
     init(source: String) {
         var prefix = ""
         var agentIndex = -1
-        for (index, raw) in source.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (index, raw) in source.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespaces)
             let number = index + 1
             if line.hasPrefix("[[") {

@@ -100,8 +100,8 @@ public enum PolicyAction: Sendable, Equatable {
     case spawn(version: String, mode: RunMode)
     /// Send SIGTERM (or SIGABRT for a hang) to the agent's session; SIGKILL after the grace.
     case terminate(signal: Int32)
-    /// Point the store's active link at this version.
-    case switchContent(version: String)
+    /// Point the store's active link at this version; nil removes the link (nothing is active).
+    case switchContent(version: String?)
     /// Arm (or re-arm) a timer for the given monotonic deadline.
     case arm(PolicyTimer, atMonotonicSeconds: Double)
     /// Disarm a timer.
@@ -235,8 +235,9 @@ public struct AgentPolicy: Sendable, Equatable {
         guard let knownGood = ledger.knownGood else {
             ledger.deactivate()
             phase = .stopped
-            return actions
+            return actions + [.switchContent(version: nil)]
         }
+        forgetRunHistory()
         ledger.activate(knownGood)
         lastRollback = RollbackRecord(from: active, to: knownGood, reason: "verification-failed", at: now.wall)
         actions += [
@@ -390,8 +391,8 @@ public struct AgentPolicy: Sendable, Equatable {
         guard let record = ledger.record(id) else { throw .noSuchVersion(id) }
         guard record.standing != .quarantined else { throw .versionQuarantined(id) }
         let previous = ledger.active
+        forgetRunHistory()
         ledger.activate(id)
-        probationBankedSeconds = 0
         escalationTried = []
         mode = .normal
         let probation = ledger.candidate == id
@@ -434,6 +435,7 @@ public struct AgentPolicy: Sendable, Equatable {
         guard let record = ledger.record(destination) else { throw .noSuchVersion(destination) }
         guard record.standing != .quarantined else { throw .versionQuarantined(destination) }
         let from = ledger.active ?? "none"
+        forgetRunHistory()
         ledger.activate(destination)
         lastRollback = RollbackRecord(from: from, to: destination, reason: "operator", at: now.wall)
         escalationTried = []
@@ -567,6 +569,9 @@ public struct AgentPolicy: Sendable, Equatable {
                 .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: "crash-loop",
                 message: "Quarantined content \(candidate) of agent \(settings.agent): it crash-looped in probation.")))
             guard let knownGood = ledger.knownGood else {
+                // The first version: nothing to roll back to, and a quarantined version is never left active.
+                ledger.deactivate()
+                actions.append(.switchContent(version: nil))
                 return actions + enterSafeMode("content \(candidate) crash-looped and no known-good version exists", at: now)
             }
             return actions + rollBack(from: candidate, to: knownGood, reason: "crash-loop", at: now)
@@ -579,9 +584,9 @@ public struct AgentPolicy: Sendable, Equatable {
     }
 
     private mutating func rollBack(from: String, to: String, reason: String, at now: Moment) -> [PolicyAction] {
+        forgetRunHistory()
         ledger.activate(to)
         lastRollback = RollbackRecord(from: from, to: to, reason: reason, at: now.wall)
-        probationBankedSeconds = 0
         return [
             .switchContent(version: to),
             .record(Decision(
@@ -591,11 +596,11 @@ public struct AgentPolicy: Sendable, Equatable {
     }
 
     private mutating func enterSafeMode(_ why: String, at now: Moment) -> [PolicyAction] {
-        guard settings.hasSafeModeExec, ledger.active.map({ ledger.record($0)?.standing != .quarantined }) ?? false
-        else {
+        guard settings.hasSafeModeExec, ledger.active != nil else {
+            let missing = settings.hasSafeModeExec ? "no content to run it on" : "no safe_mode_exec"
             let decision = PolicyAction.record(Decision(
                 .safeMode, agent: settings.agent, version: ledger.active, reason: why,
-                message: "Agent \(settings.agent) enters safe mode without starting (\(why); no usable safe_mode_exec)."))
+                message: "Agent \(settings.agent) enters safe mode without starting (\(why); \(missing))."))
             return [decision] + giveUp(why, at: now)
         }
         mode = .safeMode
@@ -645,6 +650,15 @@ public struct AgentPolicy: Sendable, Equatable {
         }
         phase = .starting
         return [.spawn(version: active, mode: mode)]
+    }
+
+    /// Another version becomes active: the failures, the backoff and the healthy
+    /// time of the runs so far belong to the version that ran, not to the next one.
+    private mutating func forgetRunHistory() {
+        failures = []
+        consecutiveFailures = 0
+        probationBankedSeconds = 0
+        readySinceMonotonic = nil
     }
 
     private mutating func bankProbation(at now: Moment) {

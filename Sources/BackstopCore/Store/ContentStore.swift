@@ -126,9 +126,17 @@ public struct ContentStore: Sendable {
         }
     }
 
-    /// Points the active link at version `id`, and `contentLink` too when given.
+    /// Points the active link at version `id`, and `contentLink` too when given;
+    /// with `id` nil both links are removed (no version is active).
     /// - Throws: ``StoreError/io(path:operation:errno:)``.
-    public func activate(_ id: String, contentLink: String?) throws(StoreError) {
+    public func point(at id: String?, contentLink: String?) throws(StoreError) {
+        guard let id else {
+            for link in [activeLink] + (contentLink.map { [$0] } ?? []) where unlink(link) != 0 && errno != ENOENT {
+                throw .io(path: link, operation: "remove", errno: errno)
+            }
+            try Self.syscall(root, "fsync") { try DurableFile.syncDirectory(at: root) }
+            return
+        }
         try Self.syscall(activeLink, "swap") { try DurableFile.replaceSymlink(at: activeLink, pointingTo: "versions/" + id) }
         if let contentLink {
             try Self.syscall(contentLink, "swap") { try DurableFile.replaceSymlink(at: contentLink, pointingTo: path(of: id)) }
@@ -156,10 +164,13 @@ public struct ContentStore: Sendable {
             Self.removeTree(path(of: entry))
             removed.append(entry)
         }
+        let contentTarget = contentLink.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: $0) }
         if let active = ledger.active {
-            if activeTarget() != active || contentLink.map({ (try? FileManager.default.destinationOfSymbolicLink(atPath: $0)) != path(of: active) }) == true {
-                try activate(active, contentLink: contentLink)
+            if activeTarget() != active || (contentLink != nil && contentTarget != path(of: active)) {
+                try point(at: active, contentLink: contentLink)
             }
+        } else if activeTarget() != nil || contentTarget != nil {
+            try point(at: nil, contentLink: contentLink)
         }
         return removed
     }
@@ -259,13 +270,10 @@ struct TreeCopier {
                 throw .unsupportedEntry(path: from, kind: Self.kindName(info.st_mode))
             }
         }
-        // The lexical check misses a target that walks through another link ("s/../x"
-        // with s -> "."); resolving the finished copy catches it.
-        let base = Self.resolved(destination) ?? destination
-        for link in links {
-            if let real = Self.resolved(link.to), real != base, !real.hasPrefix(base + "/") {
-                throw .symlinkEscapes(path: link.from, target: link.target)
-            }
+        // The lexical check alone misses a target that walks through another link
+        // ("s/../x" with s -> "."): no component before the last may be a link.
+        for link in links where Self.passesThroughLink(link: link.to, target: link.target, root: destination) {
+            throw .symlinkEscapes(path: link.from, target: link.target)
         }
         // Read-only from the leaves up, and durable before the rename that publishes it.
         for directory in directories.reversed() {
@@ -382,11 +390,25 @@ struct TreeCopier {
         return true
     }
 
-    /// realpath(3), nil when the path does not resolve (a dangling link stays dangling: the copy is immutable).
-    static func resolved(_ path: String) -> String? {
-        guard let pointer = realpath(path, nil) else { return nil }
-        defer { free(pointer) }
-        return String(cString: pointer)
+    /// Whether resolving `target` from the link at absolute path `link` (inside `root`)
+    /// passes through a symlink before its last component. Components that do not exist
+    /// stay so (the copy is immutable), so a lexically contained path stays contained.
+    static func passesThroughLink(link: String, target: String, root: String) -> Bool {
+        var components = link.dropFirst(root.count).split(separator: "/").dropLast().map(String.init)
+        let parts = target.split(separator: "/").map(String.init)
+        for (index, part) in parts.enumerated() {
+            switch part {
+            case ".": continue
+            case "..": if !components.isEmpty { components.removeLast() }
+            default: components.append(part)
+            }
+            guard index < parts.count - 1, part != ".." else { continue }
+            var info = stat()
+            if lstat(root + "/" + components.joined(separator: "/"), &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK {
+                return true
+            }
+        }
+        return false
     }
 
     static func kindName(_ mode: mode_t) -> String {

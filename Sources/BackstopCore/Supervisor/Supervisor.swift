@@ -282,7 +282,7 @@ public actor Supervisor {
                 terminate(name, signal: signal)
             case .switchContent(let version):
                 let slot = slots[name]!
-                do { try slot.store.activate(version, contentLink: slot.configuration.contentLink) } catch {
+                do { try slot.store.point(at: version, contentLink: slot.configuration.contentLink) } catch {
                     logger.error("Cannot switch the active link.", metadata: ["agent": "\(name)", "error": "\(error)"])
                 }
             case .arm(let timer, let deadline):

@@ -1,0 +1,213 @@
+import BackstopCore
+import Foundation
+import Testing
+
+/// Where the built binaries and the repository are.
+enum Paths {
+    /// The repository root, from this file's path.
+    static let repository: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// `BACKSTOP_BIN_DIR` (set by `make test`), else `.build/debug`.
+    static let binaries: String =
+        ProcessInfo.processInfo.environment["BACKSTOP_BIN_DIR"] ?? repository + "/.build/debug"
+
+    static func binary(_ name: String) -> String { binaries + "/" + name }
+
+    /// A sample content directory shipped in `examples/content`.
+    static func sample(_ name: String) -> String { repository + "/examples/content/" + name }
+}
+
+/// Collects a process's output lines and lets a test wait for one, without polling.
+final class LineCollector: @unchecked Sendable {
+    // @unchecked: `lines` and `partial` are only touched with `condition` locked.
+    private let condition = NSCondition()
+    private var lines: [String] = []
+    private var partial = Data()
+    private var closed = false
+
+    func attach(_ pipe: Pipe) {
+        pipe.fileHandleForReading.readabilityHandler = { [self] handle in
+            let data = handle.availableData
+            condition.lock()
+            if data.isEmpty {
+                closed = true
+                handle.readabilityHandler = nil
+            }
+            partial.append(data)
+            while let newline = partial.firstIndex(of: 0x0A) {
+                lines.append(String(decoding: partial[partial.startIndex..<newline], as: UTF8.self))
+                partial = Data(partial[(newline + 1)...])
+            }
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    var all: [String] {
+        condition.lock()
+        defer { condition.unlock() }
+        return lines
+    }
+
+    /// Waits until `count` lines contain `text`.
+    /// - Throws: ``HarnessError/timeout(_:)`` after `seconds`.
+    func wait(for text: String, count: Int = 1, seconds: Double) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        condition.lock()
+        defer { condition.unlock() }
+        while lines.filter({ $0.contains(text) }).count < count {
+            guard condition.wait(until: deadline) else {
+                throw HarnessError.timeout("\(count) line(s) with \"\(text)\"; saw:\n" + lines.suffix(40).joined(separator: "\n"))
+            }
+        }
+    }
+}
+
+enum HarnessError: Error, CustomStringConvertible {
+    case timeout(String)
+    case failed(String)
+
+    var description: String {
+        switch self {
+        case .timeout(let what): return "timed out waiting for \(what)"
+        case .failed(let what): return what
+        }
+    }
+}
+
+/// A real backstopd in a temporary directory, with its own configuration,
+/// state and runtime directories, driven through the real backstopctl.
+final class DaemonHarness: @unchecked Sendable {
+    // @unchecked: used from one test at a time (the suites are serialized).
+    let directory: String
+    let configPath: String
+    private(set) var process: Process?
+    private(set) var log = LineCollector()
+    private var exited = DispatchSemaphore(value: 0)
+
+    /// Writes a configuration with `agents` (TOML `[[agent]]` tables, without the header).
+    init(agents: [String]) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-test-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        configPath = directory + "/backstop.toml"
+        var toml = """
+            [daemon]
+            state_directory = "\(directory)/state"
+            runtime_directory = "\(directory)/run"
+
+            """
+        for agent in agents { toml += "\n[[agent]]\n" + agent + "\n" }
+        try toml.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// A `[[agent]]` body for the demo agent.
+    static func demoAgent(name: String = "demo", extra: String = "") -> String {
+        """
+        name = "\(name)"
+        exec = ["\(Paths.binary("backstop-demo-agent"))", "--content", "{content}"]
+        failure_window_sec = 60
+        \(extra)
+        """
+    }
+
+    /// Starts backstopd and waits until it serves its control socket.
+    /// - Throws: when it cannot be started or does not come up within 20 s.
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Paths.binary("backstopd"))
+        process.arguments = ["--config", configPath]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        log = LineCollector()
+        log.attach(pipe)
+        let exited = DispatchSemaphore(value: 0)
+        self.exited = exited
+        process.terminationHandler = { _ in exited.signal() }
+        try process.run()
+        self.process = process
+        try log.wait(for: "is running", seconds: 20)
+    }
+
+    /// Waits for the `count`-th decision of kind `event` in the daemon's log.
+    func wait(for event: String, count: Int = 1, seconds: Double = 30) throws {
+        try log.wait(for: "event=\(event) ", count: count, seconds: seconds)
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it (SIGKILL after 20 s).
+    func stop() {
+        guard let process, process.isRunning else { return }
+        process.terminate()
+        if exited.wait(timeout: .now() + 20) == .timedOut {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    /// SIGKILL to the daemon: a crash, leaving its agent behind.
+    func killDaemon() {
+        guard let process, process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// Runs backstopctl with `--config` and returns its exit code and output.
+    @discardableResult
+    func ctl(_ arguments: String...) throws -> (status: Int32, output: String, error: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
+        process.arguments = arguments + ["--config", configPath]
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+
+    /// `backstopctl status --json`, decoded, with its exit code.
+    func status() throws -> (report: StatusReport, exitCode: Int32) {
+        let result = try ctl("status", "--json")
+        do {
+            return (try JSONDecoder.backstop.decode(StatusReport.self, from: Data(result.output.utf8)), result.status)
+        } catch {
+            throw HarnessError.failed("status --json gave no JSON (exit \(result.status)): \(result.output) \(result.error)")
+        }
+    }
+
+    /// The status of the one agent called `name`.
+    func agent(_ name: String = "demo") throws -> StatusReport.Agent {
+        try #require(try status().report.agents.first { $0.name == name })
+    }
+
+    /// Stages `directory` as `version` and, when asked, activates it; fails the test on error.
+    func stage(_ directory: String, as version: String, agent: String = "demo", activate: Bool = true) throws {
+        var arguments = ["stage", agent, directory, "--version", version]
+        if activate { arguments.append("--activate") }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
+        process.arguments = arguments + ["--config", configPath]
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw HarnessError.failed("staging \(version) failed") }
+    }
+
+    /// Stops the daemon and removes the directory (read-only versions included).
+    func cleanUp() {
+        stop()
+        ContentStore.removeTree(directory)
+    }
+}
+
+/// Whether the tests can run as they must: root (agents, sockets in /run-like places) and built binaries.
+enum Environment {
+    static var isRoot: Bool { getuid() == 0 }
+    static var haveBinaries: Bool { FileManager.default.isExecutableFile(atPath: Paths.binary("backstopd")) }
+}
