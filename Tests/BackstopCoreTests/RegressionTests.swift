@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+@testable import BackstopCore
+
+/// Each test pins down a defect found once, so that it stays fixed.
+@Suite("Regressions")
+struct RegressionTests {
+    @Test("a new candidate's probation is not credited with the previous version's healthy run")
+    func probationStartsAfresh() throws {
+        var policy = AgentPolicy(
+            settings: policySettings(probationSeconds: 600),
+            ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
+        _ = policy.begin(at: moment(0))
+        policy.startAndBecomeReady(at: 0)  // v1 ready at 1
+        _ = try policy.activate("v2", at: moment(1001))
+        #expect(policy.probationBankedSeconds == 0)
+        let restart = policy.agentExited(.exited(code: 0), at: moment(1001.5))
+        #expect(restart.contains(.spawn(version: "v2", mode: .normal)))
+        let ready = policy.startAndBecomeReady(at: 1002)  // v2 ready at 1003
+        #expect(ready.deadline(of: .probation) == 1603)
+    }
+
+    @Test("failures of the version that ran before an activation do not count against the new candidate")
+    func failuresBelongToTheirVersion() throws {
+        var policy = AgentPolicy(
+            settings: policySettings(threshold: 3),
+            ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
+        _ = policy.begin(at: moment(0))
+        policy.startAndCrash(at: 1)
+        policy.fireRestart()
+        policy.startAndCrash(at: 3)
+        #expect(policy.failures.count == 2)
+        let activation = try policy.activate("v2", at: moment(5))
+        #expect(activation.contains(.spawn(version: "v2", mode: .normal)))
+        #expect(policy.failures.isEmpty)
+        let crash = policy.startAndCrash(at: 6)
+        #expect(crash.decision(.crashLoop) == nil)
+        #expect(policy.phase == .backoff)
+        #expect(policy.ledger.candidate == "v2")
+    }
+
+    @Test("a first version that crash-loops is quarantined and no longer active")
+    func firstVersionIsNotLeftActive() throws {
+        var policy = AgentPolicy(settings: policySettings(threshold: 2), ledger: makeLedger(staged: ["v1"], active: "v1"))
+        _ = policy.begin(at: moment(0))
+        let (actions, _) = policy.crashUntilCrashLoop(from: 0)
+        #expect(actions.contains(.switchContent(version: nil)))
+        #expect(policy.ledger.active == nil)
+        #expect(policy.ledger.quarantined == ["v1"])
+        #expect(policy.phase == .givenUp)
+    }
+
+    @Test("a symlink whose target walks through another link is refused even when the target does not exist yet")
+    func danglingEscapeThroughLinkRefused() throws {
+        let root = try makeTemporaryDirectory()
+        defer { ContentStore.removeTree(root) }
+        let source = root + "/source"
+        try FileManager.default.createDirectory(atPath: source, withIntermediateDirectories: true)
+        try write("rule", to: source + "/rules.conf")
+        #expect(symlink(".", source + "/s") == 0)
+        let target = String(repeating: "s/", count: 5) + String(repeating: "../", count: 5) + "planted-later"
+        #expect(symlink(target, source + "/x") == 0)
+        let store = ContentStore(stateDirectory: root + "/state", agent: "demo")
+        #expect(throws: StoreError.symlinkEscapes(path: source + "/x", target: target)) {
+            _ = try store.stage(from: source, id: "v1", existing: [], at: Date())
+        }
+        #expect(names(in: store.versionsDirectory).isEmpty)
+    }
+
+    @Test("errors in a file with CRLF line ends still name the line")
+    func crlfLines() throws {
+        let text = "[daemon]\r\nstate_directory = \"/var/lib/backstop\"\r\n\r\n[[agent]]\r\nname = \"demo\"\r\nexec = [\"/bin/true\"]\r\nfailure_threshold = 0\r\n"
+        #expect(throws: ConfigurationError(
+            path: "/x.toml", line: 7, key: "agent[0].failure_threshold", message: "must be greater than zero, not 0")) {
+            _ = try Configuration.parse(text, path: "/x.toml")
+        }
+    }
+}
