@@ -1,0 +1,138 @@
+import BackstopCore
+import Foundation
+import Testing
+
+/// Agents that nobody here wrote are rolled back the same way as the demo agent:
+/// a shell script, and ClamAV's clamd with its signature database as the content.
+@Suite(
+    .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: Environment.isRoot, "needs root: backstopd allows staging and activation to uid 0 only"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
+struct ForeignAgentTests {
+    @Test("A shell-script agent that crashes on some content is rolled back")
+    func shellScriptAgent() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let script = scratch.path + "/agent.sh"
+        try """
+            #!/bin/sh
+            # Loads every rule file; a rule file that says "overflow" crashes it.
+            for rule in "$1"/*.rules; do
+                if grep -q overflow "$rule"; then kill -SEGV $$; fi
+            done
+            echo "agent.sh: loaded $BACKSTOP_CONTENT_VERSION"
+            exec sleep 3600
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let good = try scratch.makeDirectory("good", files: ["base.rules": "allow all\n"])
+        let bad = try scratch.makeDirectory("bad", files: ["base.rules": "allow all\n", "new.rules": "overflow\n"])
+
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["\(script)", "{content}"]
+            failure_window_sec = 60
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(good, as: "r1", agent: "script")
+        try harness.wait(for: "agent-ready")
+        #expect(try harness.ctl("promote", "script", "r1").status == 0)
+        try harness.stage(bad, as: "r2", agent: "script")
+        try harness.wait(for: "rollback", seconds: 60)
+        try harness.wait(for: "agent-ready", count: 2)
+        let agent = try harness.agent("script")
+        #expect(agent.content.active == "r1")
+        #expect(agent.content.quarantined == ["r2"])
+        #expect(agent.lastRollback?.reason == "crash-loop")
+        #expect(agent.state == "running")
+        #expect(harness.log.all.filter { $0.contains("reason=crashed") && $0.contains("version=r2") }.count == 3)
+    }
+
+    @Test(
+        "clamd: a good signature database, then a malformed one, ends rolled back to the good one",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/sbin/clamd"),
+                 "needs clamd from Debian's clamav-daemon (`make test` installs it)"))
+    func clamdMalformedDatabase() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        // One MD5 signature for the EICAR test file (sigtool --md5), in ClamAV's .hdb format.
+        let eicar = "44d88612fea8a8f36de82e1278abb02f:68:Backstop.Test.EICAR\n"
+        let good = try scratch.makeDirectory("db-good", files: ["backstop.hdb": eicar])
+        // A body signature whose pattern is not hex: clamd refuses the whole database and exits 1.
+        let malformed = try scratch.makeDirectory(
+            "db-malformed", files: ["backstop.hdb": eicar, "update.ndb": "Backstop.Test.Bad:0:*:ZZZZ\n"])
+        let socketPath = scratch.path + "/clamd.sock"
+        try """
+            Foreground yes
+            LocalSocket \(socketPath)
+            FixStaleSocket yes
+            Bytecode no
+            """.write(toFile: scratch.path + "/clamd.conf", atomically: true, encoding: .utf8)
+
+        let harness = try DaemonHarness(agents: ["""
+            name = "clamav"
+            exec = ["/usr/sbin/clamd", "--config-file=\(scratch.path)/clamd.conf", "--datadir={content}"]
+            failure_window_sec = 60
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(good, as: "sigs-1", agent: "clamav")
+        try harness.wait(for: "agent-ready")
+        #expect(try clamdAnswersPing(socketPath))
+        #expect(try harness.ctl("promote", "clamav", "sigs-1").status == 0)
+
+        try harness.stage(malformed, as: "sigs-2", agent: "clamav")
+        try harness.wait(for: "rollback", seconds: 60)
+        try harness.wait(for: "agent-ready", count: 2)
+        let agent = try harness.agent("clamav")
+        #expect(agent.content.active == "sigs-1")
+        #expect(agent.content.knownGood == "sigs-1")
+        #expect(agent.content.quarantined == ["sigs-2"])
+        #expect(agent.state == "running")
+        #expect(harness.log.all.filter { $0.contains("reason=exited") && $0.contains("version=sigs-2") }.count == 3)
+        #expect(harness.log.all.contains { $0.contains("Malformed database") })
+        #expect(try clamdAnswersPing(socketPath), "clamd serves again on the good database")
+    }
+
+    /// Sends `zPING\0` to clamd's socket and expects `PONG\0` (clamd(8), COMMANDS).
+    func clamdAnswersPing(_ path: String) throws -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: Array(path.utf8) + [0])
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { return false }
+        let ping = Array("zPING".utf8) + [0]
+        guard send(fd, ping, ping.count, 0) == ping.count else { return false }
+        var reply = [UInt8](repeating: 0, count: 16)
+        let count = recv(fd, &reply, reply.count, 0)
+        return count > 0 && String(decoding: reply[..<count], as: UTF8.self).hasPrefix("PONG")
+    }
+}
+
+/// A scratch directory for a test's fixtures, removed by the test.
+struct TemporaryDirectory {
+    let path: String
+
+    init() throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-fixture-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    /// Creates `name/` holding `files` (name → text) and returns its path.
+    func makeDirectory(_ name: String, files: [String: String]) throws -> String {
+        let directory = path + "/" + name
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for (file, text) in files { try text.write(toFile: directory + "/" + file, atomically: true, encoding: .utf8) }
+        return directory
+    }
+
+    func remove() { ContentStore.removeTree(path) }
+}

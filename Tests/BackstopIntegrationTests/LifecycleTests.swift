@@ -1,0 +1,115 @@
+import BackstopCore
+import Foundation
+import Testing
+
+/// The daemon's own life: restarts, crashes, a stopped daemon, and bad configuration.
+@Suite(
+    .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: Environment.isRoot, "needs root: backstopd allows staging and activation to uid 0 only"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
+struct LifecycleTests {
+    /// Whether `pid` names a live (not zombie) process.
+    func isAlive(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        return !stat[stat.index(after: close)...].hasPrefix(" Z")
+    }
+
+    @Test("Stopping the daemon stops the agent; a restart resumes probation without counting a failure")
+    func restartResumes() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "notify = true")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1")
+        try harness.wait(for: "agent-ready")
+        let pid = try #require(try harness.agent().pid)
+        harness.stop()
+        #expect(!isAlive(pid), "the agent does not outlive the daemon")
+
+        let (saved, exitCode) = try harness.status()
+        #expect(exitCode == 3, "status exits 3 when the daemon is not running")
+        #expect(saved.daemon.running == false)
+        #expect(saved.agents.first?.content.candidate == "v1")
+        let down = try harness.ctl("status")
+        #expect(down.error.contains("not running"))
+        let refused = try harness.ctl("activate", "demo", "v1")
+        #expect(refused.status == 3)
+        #expect(refused.error.contains("backstopd is not running"))
+
+        try harness.start()
+        try harness.wait(for: "agent-ready")
+        let agent = try harness.agent()
+        #expect(agent.state == "running")
+        #expect(agent.failures.recent == 0, "the daemon's own restart is not an agent failure")
+        #expect(agent.content.candidate == "v1", "still in probation after the restart")
+        #expect(agent.content.knownGood == nil)
+        #expect(agent.pid != pid)
+    }
+
+    @Test("An agent left running by a killed daemon is stopped when the daemon comes back")
+    func orphanIsReaped() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "notify = true")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1")
+        try harness.wait(for: "agent-ready")
+        let orphan = try #require(try harness.agent().pid)
+        harness.killDaemon()
+        #expect(isAlive(orphan), "SIGKILL gives the daemon no chance to stop its agent")
+
+        try harness.start()
+        try harness.log.wait(for: "left running by a previous backstopd", seconds: 10)
+        try harness.wait(for: "agent-ready")
+        #expect(!isAlive(orphan))
+        let agent = try harness.agent()
+        #expect(agent.pid != orphan)
+        #expect(agent.failures.recent == 0)
+    }
+
+    @Test("A program that cannot be executed: its first version is quarantined and the agent given up")
+    func execFailureGivesUp() throws {
+        let harness = try DaemonHarness(agents: ["""
+            name = "missing"
+            exec = ["/nonexistent/agent", "{content}"]
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1", agent: "missing")
+        try harness.wait(for: "gave-up")
+        #expect(harness.log.all.filter { $0.contains("reason=exec-failed") }.count == 3)
+        #expect(harness.log.all.contains { $0.contains("event=safe-mode") })
+        let (report, exitCode) = try harness.status()
+        let agent = try #require(report.agents.first)
+        #expect(agent.state == "given-up")
+        #expect(agent.content.active == nil, "a quarantined version is never left active")
+        #expect(agent.content.quarantined == ["v1"])
+        #expect(exitCode == 1)
+        #expect(!FileManager.default.fileExists(atPath: harness.directory + "/state/missing/active"))
+    }
+
+    @Test("backstopd --check-config names the file, line and key, and the daemon refuses to start")
+    func badConfiguration() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let path = scratch.path + "/backstop.toml"
+        try """
+            [[agent]]
+            name = "demo"
+            exec = ["/bin/true"]
+            failure_window_sec = 0
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        for arguments in [["--check-config", "--config", path], ["--config", path]] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Paths.binary("backstopd"))
+            process.arguments = arguments
+            let error = Pipe()
+            process.standardError = error
+            try process.run()
+            let message = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 1)
+            #expect(message.contains("\(path):4: agent[0].failure_window_sec: must be greater than zero"))
+        }
+    }
+}
