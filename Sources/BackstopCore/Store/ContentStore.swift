@@ -67,10 +67,12 @@ public struct ContentStore: Sendable {
             }
     }
 
-    /// Creates the store's directories (mode 0700: content may be sensitive).
+    /// Creates the store's directories: `versions/` readable by all (an agent may run
+    /// as its own user and must read its content), `staging/` for root only.
     /// - Throws: the FileManager error.
     public func prepare() throws {
-        try DurableFile.makeDirectories(versionsDirectory, mode: 0o700)
+        try DurableFile.makeDirectories(root, mode: 0o755)
+        try DurableFile.makeDirectories(versionsDirectory, mode: 0o755)
         try DurableFile.makeDirectories(stagingDirectory, mode: 0o700)
     }
 
