@@ -88,6 +88,36 @@ struct LifecycleTests {
         #expect(!FileManager.default.fileExists(atPath: harness.directory + "/state/missing/active"))
     }
 
+    @Test("READY=1 from a process outside the agent's session is ignored")
+    func forgedReadinessIgnored() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "notify = true\nstart_timeout_sec = 30")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(Paths.sample("slow-start"), as: "v1")
+        try harness.wait(for: "agent-started")
+        try sendDatagram("READY=1", to: harness.directory + "/run/notify/demo")
+        try harness.log.wait(for: "Ignored a notify datagram", seconds: 10)
+        #expect(try harness.agent().state == "starting", "the forged READY=1 did not make the agent ready")
+        try harness.wait(for: "agent-ready")
+        #expect(try harness.agent().state == "running")
+    }
+
+    /// Sends one datagram to a Unix datagram socket, as sd_notify(3) does.
+    func sendDatagram(_ text: String, to path: String) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        let bytes = Array(text.utf8)
+        let sent = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        #expect(sent == bytes.count)
+    }
+
     @Test("backstopd --check-config names the file, line and key, and the daemon refuses to start")
     func badConfiguration() throws {
         let scratch = try TemporaryDirectory()

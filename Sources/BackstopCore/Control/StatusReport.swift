@@ -55,10 +55,23 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var at: Date
         public var exitStatus: Int32?
         public var signal: String?
+        /// nil when not killed by a signal, or when the kernel cannot tell (before Linux 6.15).
+        public var coreDumped: Bool?
 
         enum CodingKeys: String, CodingKey {
             case reason, version, at, signal
             case exitStatus = "exit_status"
+            case coreDumped = "core_dumped"
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(reason, forKey: .reason)
+            try container.encode(version, forKey: .version)
+            try container.encode(at, forKey: .at)
+            try container.encode(exitStatus, forKey: .exitStatus)
+            try container.encode(signal, forKey: .signal)
+            try container.encode(coreDumped, forKey: .coreDumped)
         }
     }
 
@@ -146,7 +159,7 @@ extension StatusReport.Agent {
             list: recentFailures.map {
                 StatusReport.Failure(
                     reason: $0.reason.rawValue, version: $0.version, at: $0.at, exitStatus: $0.exitStatus,
-                    signal: $0.signal.map(SignalName.of))
+                    signal: $0.signal.map(SignalName.of), coreDumped: $0.coreDumped)
             })
         self.lastRollback = lastRollback.map { StatusReport.Rollback(from: $0.from, to: $0.to, reason: $0.reason, at: $0.at) }
         self.degraded = degraded

@@ -118,6 +118,8 @@ public struct FailureRecord: Sendable, Equatable, Codable {
     public var at: Date
     public var exitStatus: Int32?
     public var signal: Int32?
+    /// Whether a core was dumped; nil when the agent was not killed by a signal or the kernel could not tell.
+    public var coreDumped: Bool?
 }
 
 /// The last rollback, for `status` and the degraded mark.
@@ -282,8 +284,6 @@ public struct AgentPolicy: Sendable, Equatable {
         var actions = disarmRunTimers()
         bankProbation(at: now)
         let version = ledger.active
-        let exitStatus: Int32? = if case .exited(let code) = termination { code } else { nil }
-        let signal: Int32? = if case .signaled(let number) = termination { number } else { nil }
         switch phase {
         case .stopping(.restart):
             actions.append(recordExit(termination, version: version, reason: nil, expected: true, at: now))
@@ -294,7 +294,7 @@ public struct AgentPolicy: Sendable, Equatable {
             return actions
         case .stopping(.failure(let reason)):
             actions.append(recordExit(termination, version: version, reason: reason, expected: false, at: now))
-            return actions + countFailure(reason, exitStatus: exitStatus, signal: signal, at: now)
+            return actions + countFailure(reason, termination: termination, at: now)
         case .starting, .running:
             if case .exited(0) = termination {
                 // A clean exit is not a content failure; restart it after the usual delay.
@@ -302,9 +302,9 @@ public struct AgentPolicy: Sendable, Equatable {
                 consecutiveFailures += 1
                 return actions + scheduleRestart(at: now)
             }
-            let reason: FailureReason = signal != nil ? .crashed : .exited
+            let reason: FailureReason = termination.signal != nil ? .crashed : .exited
             actions.append(recordExit(termination, version: version, reason: reason, expected: false, at: now))
-            return actions + countFailure(reason, exitStatus: exitStatus, signal: signal, at: now)
+            return actions + countFailure(reason, termination: termination, at: now)
         case .stopped, .backoff, .givenUp:
             return actions
         }
@@ -320,14 +320,14 @@ public struct AgentPolicy: Sendable, Equatable {
                 .agentExited, agent: settings.agent, version: ledger.active, failures: recentFailures(at: now).count + 1,
                 reason: FailureReason.execFailed.rawValue,
                 message: "Agent \(settings.agent) could not be started: \(message).")))
-            return actions + countFailure(.execFailed, exitStatus: nil, signal: nil, at: now)
+            return actions + countFailure(.execFailed, termination: nil, at: now)
         case .stopping(.shutdown):
             phase = .stopped
             return actions
         case .stopping(.restart):
             return actions + spawnActive(at: now)
         case .stopping(.failure(let reason)):
-            return actions + countFailure(reason, exitStatus: nil, signal: nil, at: now)
+            return actions + countFailure(reason, termination: nil, at: now)
         case .stopped, .running, .backoff, .givenUp:
             return actions
         }
@@ -536,13 +536,12 @@ public struct AgentPolicy: Sendable, Equatable {
         return actions
     }
 
-    private mutating func countFailure(
-        _ reason: FailureReason, exitStatus: Int32?, signal: Int32?, at now: Moment
-    ) -> [PolicyAction] {
+    /// Counts a failure; `termination` is nil when there was no process to end (exec failed).
+    private mutating func countFailure(_ reason: FailureReason, termination: Termination?, at now: Moment) -> [PolicyAction] {
         failures = recentFailures(at: now)
         failures.append(FailureRecord(
             reason: reason, version: ledger.active, monotonicSeconds: now.monotonicSeconds, at: now.wall,
-            exitStatus: exitStatus, signal: signal))
+            exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped))
         consecutiveFailures += 1
         // A failure interrupts the healthy run that probation needs.
         probationBankedSeconds = 0
@@ -685,11 +684,10 @@ public struct AgentPolicy: Sendable, Equatable {
     private func recordExit(
         _ termination: Termination, version: String?, reason: FailureReason?, expected: Bool, at now: Moment
     ) -> PolicyAction {
-        let exitStatus: Int32? = if case .exited(let code) = termination { code } else { nil }
-        let signal: Int32? = if case .signaled(let number) = termination { number } else { nil }
         let what = expected ? "as asked" : (reason.map { "(\($0.rawValue))" } ?? "cleanly")
         return .record(Decision(
-            .agentExited, agent: settings.agent, version: version, exitStatus: exitStatus, signal: signal,
+            .agentExited, agent: settings.agent, version: version, exitStatus: termination.exitStatus,
+            signal: termination.signal, coreDumped: termination.coreDumped,
             failures: reason == nil ? nil : recentFailures(at: now).count + 1,
             reason: reason?.rawValue,
             message: "Agent \(settings.agent) exited with \(termination.description) \(what)."))

@@ -64,14 +64,44 @@ public enum FailureReason: String, Sendable, Codable, Equatable {
 public enum Termination: Sendable, Equatable, Codable {
     /// `CLD_EXITED` with the exit code.
     case exited(code: Int32)
-    /// `CLD_KILLED` or `CLD_DUMPED` with the signal number.
-    case signaled(signal: Int32)
+    /// `CLD_KILLED` or `CLD_DUMPED` with the signal number; `coreDumped` is nil when
+    /// the kernel could not say (see ``ProcessExit``).
+    case signaled(signal: Int32, coreDumped: Bool? = nil)
 
-    /// "exit code 3", "signal SIGSEGV".
+    /// "exit code 3", "signal SIGSEGV (core dumped)".
     public var description: String {
         switch self {
         case .exited(let code): return "exit code \(code)"
-        case .signaled(let signal): return "signal \(SignalName.of(signal))"
+        case .signaled(let signal, let coreDumped):
+            return "signal \(SignalName.of(signal))" + (coreDumped == true ? " (core dumped)" : "")
+        }
+    }
+
+    /// The exit code, for `exited`.
+    public var exitStatus: Int32? {
+        if case .exited(let code) = self { return code }
+        return nil
+    }
+
+    /// The signal number, for `signaled`.
+    public var signal: Int32? {
+        if case .signaled(let signal, _) = self { return signal }
+        return nil
+    }
+
+    /// Whether a core was dumped, for `signaled` when the kernel told.
+    public var coreDumped: Bool? {
+        if case .signaled(_, let coreDumped) = self { return coreDumped }
+        return nil
+    }
+
+    /// The termination a waitid(2)/waitpid(2) status word describes (WIFEXITED, WTERMSIG, WCOREDUMP).
+    public init(waitStatus status: Int32) {
+        let signal = status & 0x7F
+        if signal == 0 {
+            self = .exited(code: (status >> 8) & 0xFF)
+        } else {
+            self = .signaled(signal: signal, coreDumped: status & 0x80 != 0)
         }
     }
 }
@@ -101,6 +131,8 @@ public struct Decision: Sendable, Equatable {
     public var previousVersion: String?
     public var exitStatus: Int32?
     public var signal: Int32?
+    /// Whether the agent dumped core, when it died by a signal and the kernel told.
+    public var coreDumped: Bool?
     /// Failures in the window at the time of the decision (`BACKSTOP_FAILURES`).
     public var failures: Int?
     public var reason: String?
@@ -109,9 +141,10 @@ public struct Decision: Sendable, Equatable {
 
     public init(
         _ event: EventKind, agent: String, version: String?, previousVersion: String? = nil,
-        exitStatus: Int32? = nil, signal: Int32? = nil, failures: Int? = nil, reason: String? = nil,
-        message: String
+        exitStatus: Int32? = nil, signal: Int32? = nil, coreDumped: Bool? = nil, failures: Int? = nil,
+        reason: String? = nil, message: String
     ) {
+        self.coreDumped = coreDumped
         self.event = event
         self.agent = agent
         self.version = version

@@ -52,6 +52,7 @@ public enum DirectRunner {
         for (key, value) in request.environment {
             if let key = Environment.Key(rawValue: key) { overrides[key] = value }
         }
+        let exitInfo = ProcessExit()
         do {
             let result = try await Subprocess.run(
                 executable,
@@ -62,11 +63,13 @@ public enum DirectRunner {
                 output: .fileDescriptor(.standardOutput, closeAfterSpawningProcess: false),
                 error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)
             ) { execution in
+                exitInfo.hold(execution.processIdentifier.processDescriptor)
                 await started(execution.processIdentifier.value)
             }
+            if let status = exitInfo.waitStatus() { return .success(Termination(waitStatus: status)) }
             switch result.terminationStatus {
             case .exited(let code): return .success(.exited(code: code))
-            case .signaled(let signal): return .success(.signaled(signal: signal))
+            case .signaled(let signal): return .success(.signaled(signal: signal, coreDumped: nil))
             }
         } catch let error as SubprocessError {
             return .failure(LaunchError(message: Self.describe(error, program: program)))
@@ -86,6 +89,53 @@ public enum DirectRunner {
         case .executableNotFound: return "\(program): no such executable"
         default: return "\(program): \(cause ?? "\(error)")"
         }
+    }
+}
+
+/// The full exit status of a reaped process, core-dump bit included, from its pidfd.
+///
+/// swift-subprocess reaps the agent itself and reports `CLD_DUMPED` like `CLD_KILLED`.
+/// Holding a duplicate of its pidfd lets Backstop ask the kernel afterwards with
+/// `ioctl(PIDFD_GET_INFO)` and `PIDFD_INFO_EXIT` (linux/pidfd.h, Linux 6.15 and later),
+/// which keeps the exit status of a reaped process for as long as a pidfd is open.
+/// On older kernels the ioctl fails and the core-dump bit stays unknown.
+// @unchecked: `descriptor` is written once in the spawn closure, before the run ends and it is read.
+final class ProcessExit: @unchecked Sendable {
+    private var descriptor: Int32 = -1
+
+    /// `struct pidfd_info` of linux/pidfd.h (Linux 6.16 layout, 72 bytes).
+    private struct PidfdInfo {
+        var mask: UInt64 = 0
+        var cgroupID: UInt64 = 0
+        var ids: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var exitCode: Int32 = 0
+        var coredumpMask: UInt32 = 0
+        var spare: UInt32 = 0
+    }
+
+    /// `PIDFD_INFO_EXIT`.
+    private static let exitMask: UInt64 = 1 << 3
+    /// `PIDFD_GET_INFO` = `_IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info)`.
+    private static let getInfoRequest = UInt(3 << 30 | MemoryLayout<PidfdInfo>.size << 16 | 0xFF << 8 | 11)
+
+    deinit {
+        if descriptor >= 0 { close(descriptor) }
+    }
+
+    /// Keeps a duplicate of the process's pidfd.
+    func hold(_ pidfd: Int32) {
+        descriptor = fcntl(pidfd, F_DUPFD_CLOEXEC, 0)
+    }
+
+    /// The wait status (as waitpid(2) gives it) of the reaped process, nil when the kernel cannot tell.
+    func waitStatus() -> Int32? {
+        guard descriptor >= 0 else { return nil }
+        var info = PidfdInfo()
+        info.mask = Self.exitMask
+        let result = withUnsafeMutablePointer(to: &info) { ioctl(descriptor, Self.getInfoRequest, UnsafeMutableRawPointer($0)) }
+        guard result == 0, info.mask & Self.exitMask != 0 else { return nil }
+        return info.exitCode
     }
 }
 

@@ -253,7 +253,7 @@ public actor Supervisor {
         guard let pid = slots[name]?.pid else { return }
         // Only the agent's own session may speak for it (SCM_CREDENTIALS is kernel-checked).
         guard message.senderPID == pid || getsid(message.senderPID) == pid else {
-            logger.debug("Ignored a notify datagram from a process outside the agent's session.",
+            logger.notice("Ignored a notify datagram from a process outside the agent's session.",
                          metadata: ["agent": "\(name)", "sender_pid": "\(message.senderPID)"])
             return
         }

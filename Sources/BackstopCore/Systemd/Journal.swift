@@ -112,6 +112,7 @@ extension Decision {
         add("BACKSTOP_PREVIOUS_VERSION", previousVersion)
         add("BACKSTOP_EXIT_STATUS", exitStatus.map(String.init))
         add("BACKSTOP_SIGNAL", signal.map(SignalName.of))
+        add("BACKSTOP_CORE_DUMPED", coreDumped.map { $0 ? "1" : "0" })
         add("BACKSTOP_FAILURES", failures.map(String.init))
         add("BACKSTOP_REASON", reason)
         return fields
