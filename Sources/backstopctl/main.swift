@@ -46,6 +46,18 @@ struct GlobalOptions: ParsableArguments {
     }
 }
 
+/// The `AGENT ID` arguments of the verbs that act on one version.
+struct VersionTarget: ParsableArguments {
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+    @Argument var version: String
+
+    /// Calls `method` with `agent` and `version`.
+    func call(_ method: String) throws {
+        try perform { try options.client().call(method, ["agent": agent, "version": version]) }
+    }
+}
+
 /// Runs a call, turning errors into a message and exit code 1 (3 when the daemon is down).
 func perform<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as ControlClient.ClientError {
@@ -140,25 +152,21 @@ struct Stage: ParsableCommand {
 
 struct Activate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Make a staged version active; it starts its probation.")
-    @OptionGroup var options: GlobalOptions
-    @Argument var agent: String
-    @Argument var version: String
+    @OptionGroup var target: VersionTarget
 
     func run() throws {
-        try perform { try options.client().call("Activate", ["agent": agent, "version": version]) }
-        print("Activated \(version) for \(agent).")
+        try target.call("Activate")
+        print("Activated \(target.version) for \(target.agent).")
     }
 }
 
 struct Promote: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Mark a version known-good now, ending its probation.")
-    @OptionGroup var options: GlobalOptions
-    @Argument var agent: String
-    @Argument var version: String
+    @OptionGroup var target: VersionTarget
 
     func run() throws {
-        try perform { try options.client().call("Promote", ["agent": agent, "version": version]) }
-        print("Promoted \(version) of \(agent) to known-good.")
+        try target.call("Promote")
+        print("Promoted \(target.version) of \(target.agent) to known-good.")
     }
 }
 
@@ -176,13 +184,11 @@ struct Rollback: ParsableCommand {
 
 struct Release: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Lift a version's quarantine so it can be activated again.")
-    @OptionGroup var options: GlobalOptions
-    @Argument var agent: String
-    @Argument var version: String
+    @OptionGroup var target: VersionTarget
 
     func run() throws {
-        try perform { try options.client().call("Release", ["agent": agent, "version": version]) }
-        print("Released \(version) of \(agent) from quarantine.")
+        try target.call("Release")
+        print("Released \(target.version) of \(target.agent) from quarantine.")
     }
 }
 

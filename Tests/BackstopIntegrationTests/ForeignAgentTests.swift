@@ -1,4 +1,4 @@
-import BackstopCore
+@testable import BackstopCore
 import Foundation
 import Testing
 
@@ -107,15 +107,7 @@ struct ForeignAgentTests {
         defer { close(fd) }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: Array(path.utf8) + [0])
-        }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else { return false }
+        guard try UnixSocketAddress.withAddress(path, { connect(fd, $0, $1) }) == 0 else { return false }
         let ping = Array("zPING".utf8) + [0]
         guard send(fd, ping, ping.count, 0) == ping.count else { return false }
         var reply = [UInt8](repeating: 0, count: 16)

@@ -1,4 +1,4 @@
-import BackstopCore
+@testable import BackstopCore
 import Foundation
 import Testing
 
@@ -106,15 +106,8 @@ struct LifecycleTests {
     func sendDatagram(_ text: String, to path: String) throws {
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
         let bytes = Array(text.utf8)
-        let sent = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
+        let sent = try UnixSocketAddress.withAddress(path) { sendto(fd, bytes, bytes.count, 0, $0, $1) }
         #expect(sent == bytes.count)
     }
 

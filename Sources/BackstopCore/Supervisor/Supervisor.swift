@@ -351,7 +351,7 @@ public actor Supervisor {
         var metadata: Logger.Metadata = ["event": "\(decision.event.rawValue)", "agent": "\(decision.agent)"]
         if let version = decision.version { metadata["version"] = "\(version)" }
         if let reason = decision.reason { metadata["reason"] = "\(reason)" }
-        logger.log(level: decision.event.priority.logLevel, "\(decision.message)", metadata: metadata)
+        logger.log(level: decision.priority.logLevel, "\(decision.message)", metadata: metadata)
         do { try Journal.send(decision.journalFields) } catch {
             logger.error("Cannot send a decision to the journal.", metadata: ["event": "\(decision.event.rawValue)", "error": "\(error)"])
         }

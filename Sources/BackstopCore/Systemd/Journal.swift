@@ -95,12 +95,18 @@ extension EventKind {
 }
 
 extension Decision {
+    /// The kind's priority, except that an exit which is not a failure (asked for, or
+    /// code 0) is only informational.
+    public var priority: Journal.Priority {
+        event == .agentExited && reason == nil ? .info : event.priority
+    }
+
     /// The journal fields of this decision (SPEC.md, Journal).
     public var journalFields: [(String, String)] {
         var fields: [(String, String)] = [
             ("MESSAGE", message),
             ("MESSAGE_ID", event.messageID),
-            ("PRIORITY", String(event.priority.rawValue)),
+            ("PRIORITY", String(priority.rawValue)),
             ("SYSLOG_IDENTIFIER", "backstopd"),
             ("BACKSTOP_EVENT", event.rawValue),
             ("BACKSTOP_AGENT", agent),
