@@ -53,13 +53,22 @@ final class LineCollector: @unchecked Sendable {
         return lines
     }
 
-    /// Waits until `count` lines contain `text`.
+    /// Waits until `count` lines contain `text` (counting only lines after the first
+    /// one that contains `marker`, when given).
     /// - Throws: ``HarnessError/timeout(_:)`` after `seconds`.
-    func wait(for text: String, count: Int = 1, seconds: Double) throws {
+    func wait(for text: String, count: Int = 1, after marker: String? = nil, seconds: Double) throws {
         let deadline = Date().addingTimeInterval(seconds)
         condition.lock()
         defer { condition.unlock() }
-        while lines.filter({ $0.contains(text) }).count < count {
+        func matches() -> Int {
+            var candidates = lines[...]
+            if let marker {
+                guard let start = lines.firstIndex(where: { $0.contains(marker) }) else { return 0 }
+                candidates = lines[(start + 1)...]
+            }
+            return candidates.filter { $0.contains(text) }.count
+        }
+        while matches() < count {
             guard condition.wait(until: deadline) else {
                 throw HarnessError.timeout("\(count) line(s) with \"\(text)\"; saw:\n" + lines.suffix(40).joined(separator: "\n"))
             }
@@ -133,9 +142,10 @@ final class DaemonHarness: @unchecked Sendable {
         try log.wait(for: "is running", seconds: 20)
     }
 
-    /// Waits for the `count`-th decision of kind `event` in the daemon's log.
-    func wait(for event: String, count: Int = 1, seconds: Double = 30) throws {
-        try log.wait(for: "event=\(event) ", count: count, seconds: seconds)
+    /// Waits for the `count`-th decision of kind `event` in the daemon's log (after the
+    /// first decision of kind `after`, when given).
+    func wait(for event: String, count: Int = 1, after: String? = nil, seconds: Double = 30) throws {
+        try log.wait(for: "event=\(event) ", count: count, after: after.map { "event=\($0) " }, seconds: seconds)
     }
 
     /// Stops the daemon with SIGTERM and waits for it (SIGKILL after 20 s).

@@ -41,7 +41,7 @@ struct ForeignAgentTests {
         #expect(try harness.ctl("promote", "script", "r1").status == 0)
         try harness.stage(bad, as: "r2", agent: "script")
         try harness.wait(for: "rollback", seconds: 60)
-        try harness.wait(for: "agent-ready", count: 2)
+        try harness.wait(for: "agent-ready", after: "rollback")
         let agent = try harness.agent("script")
         #expect(agent.content.active == "r1")
         #expect(agent.content.quarantined == ["r2"])
@@ -90,7 +90,7 @@ struct ForeignAgentTests {
 
         try harness.stage(malformed, as: "sigs-2", agent: "clamav")
         try harness.wait(for: "rollback", seconds: 60)
-        try harness.wait(for: "agent-ready", count: 2)
+        try harness.wait(for: "agent-ready", after: "rollback")
         let agent = try harness.agent("clamav")
         #expect(agent.content.active == "sigs-1")
         #expect(agent.content.knownGood == "sigs-1")

@@ -27,10 +27,10 @@ struct RollbackTests {
     }
 
     /// Activates `sample` as v2 and waits until Backstop has rolled back to v1 and the agent is ready on it.
-    func expectRollback(_ harness: DaemonHarness, to sample: String, reason: String, readyCount: Int = 2) throws -> StatusReport.Agent {
+    func expectRollback(_ harness: DaemonHarness, to sample: String, reason: String) throws -> StatusReport.Agent {
         try harness.stage(Paths.sample(sample), as: "v2")
         try harness.wait(for: "rollback", seconds: 60)
-        try harness.wait(for: "agent-ready", count: readyCount, seconds: 30)
+        try harness.wait(for: "agent-ready", after: "rollback")
         let (report, exitCode) = try harness.status()
         let agent = try #require(report.agents.first)
         #expect(agent.content.active == "v1")
