@@ -22,7 +22,7 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Connections served at once; more are closed on accept.
     public static let maximumConnections = 256
-    /// A connection with no complete message for this long is closed.
+    /// A connection with no complete message for this long (while no call of it runs) is closed.
     public static let idleTimeoutSeconds = 30
 
     /// Binds and listens. The socket is `0660 root:backstop` when group `backstop`
@@ -174,7 +174,8 @@ private final class Connection: @unchecked Sendable {
         guard !inFlight, !isClosed, let end = input.firstIndex(of: 0) else { return }
         let message = input[input.startIndex..<end]
         input = Data(input[(end + 1)...])
-        resetIdleTimer()
+        // A call may run long (staging a large tree): the idle clock stops meanwhile.
+        idleTimer?.cancel()
         let call: Varlink.Call
         do { call = try Varlink.Call.decode(Data(message)) } catch {
             fail("org.varlink.service.InvalidParameter", error.message)
@@ -187,6 +188,7 @@ private final class Connection: @unchecked Sendable {
             queue.async { [self] in
                 inFlight = false
                 if let reply, !call.oneway { send(reply.encoded) }
+                resetIdleTimer()
                 serveNext()
             }
         }
