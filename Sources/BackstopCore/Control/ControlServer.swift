@@ -139,6 +139,7 @@ private final class Connection: @unchecked Sendable {
 
     private func resetIdleTimer() {
         idleTimer?.cancel()
+        guard !isClosed else { return }
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + .seconds(ControlServer.idleTimeoutSeconds))
         timer.setEventHandler { [self] in close() }
