@@ -58,12 +58,13 @@ struct VersionTarget: ParsableArguments {
     }
 }
 
-/// Runs a call, turning errors into a message and exit code 1 (3 when the daemon is down).
+/// Runs a call, turning errors into a message and an exit code: 3 when the daemon is
+/// not running, 4 when it could not be asked (as LSB's "status unknown"), 1 otherwise.
 func perform<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as ControlClient.ClientError {
         FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
         if case .daemonNotRunning = error { throw ExitCode(3) }
-        throw ExitCode(1)
+        throw ExitCode(4)
     } catch let error as Varlink.RemoteError {
         FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
         throw ExitCode(1)
@@ -91,6 +92,9 @@ struct Status: ParsableCommand {
             FileHandle.standardError.write(Data(
                 "backstopctl: backstopd is not running; showing the state saved in \(configuration.daemon.stateDirectory)\n".utf8))
             for problem in problems { FileHandle.standardError.write(Data("backstopctl: \(problem)\n".utf8)) }
+        } catch let error as ControlClient.ClientError {
+            FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
+            throw ExitCode(4)
         } catch let error as Varlink.RemoteError {
             FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
             throw ExitCode(1)

@@ -76,3 +76,23 @@ struct RegressionTests {
         }
     }
 }
+
+@Suite("Exec failures")
+struct ExecFailureTests {
+    @Test("a program that cannot be executed is retried with backoff and its content is never quarantined")
+    func execFailuresDoNotBlameContent() throws {
+        var policy = AgentPolicy(
+            settings: policySettings(threshold: 3), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v2"))
+        _ = policy.begin(at: moment(0))
+        for attempt in 0..<6 {
+            let actions = policy.spawnFailed("/opt/agent: no such executable", at: moment(Double(attempt)))
+            #expect(actions.decision(.crashLoop) == nil)
+            #expect(policy.phase == .backoff)
+            #expect(policy.isDegraded)
+            policy.fireRestart()
+        }
+        #expect(policy.failures.count == 6)
+        #expect(policy.ledger.quarantined.isEmpty)
+        #expect(policy.ledger.candidate == "v2")
+    }
+}

@@ -67,8 +67,8 @@ struct LifecycleTests {
         #expect(agent.failures.recent == 0)
     }
 
-    @Test("A program that cannot be executed: its first version is quarantined and the agent given up")
-    func execFailureGivesUp() throws {
+    @Test("A program that cannot be executed is retried with backoff; its content is not blamed")
+    func execFailureIsNotBlamedOnContent() throws {
         let harness = try DaemonHarness(agents: ["""
             name = "missing"
             exec = ["/nonexistent/agent", "{content}"]
@@ -76,16 +76,15 @@ struct LifecycleTests {
         defer { harness.cleanUp() }
         try harness.start()
         try harness.stage(Paths.sample("v1-good"), as: "v1", agent: "missing")
-        try harness.wait(for: "gave-up")
-        #expect(harness.log.all.filter { $0.contains("reason=exec-failed") }.count == 3)
-        #expect(harness.log.all.contains { $0.contains("event=safe-mode") })
+        try harness.log.wait(for: "reason=exec-failed", count: 4, seconds: 20)
+        #expect(!harness.log.all.contains { $0.contains("event=crash-loop") || $0.contains("event=content-quarantined") })
         let (report, exitCode) = try harness.status()
         let agent = try #require(report.agents.first)
-        #expect(agent.state == "given-up")
-        #expect(agent.content.active == nil, "a quarantined version is never left active")
-        #expect(agent.content.quarantined == ["v1"])
+        #expect(agent.state == "backoff")
+        #expect(agent.content.candidate == "v1")
+        #expect(agent.content.quarantined.isEmpty)
+        #expect(agent.failures.list.allSatisfy { $0.reason == "exec-failed" })
         #expect(exitCode == 1)
-        #expect(!FileManager.default.fileExists(atPath: harness.directory + "/state/missing/active"))
     }
 
     @Test("READY=1 from a process outside the agent's session is ignored")

@@ -75,10 +75,17 @@ public final class ControlServer: @unchecked Sendable {
             guard fd >= 0 else { return }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            guard connections.count < Self.maximumConnections else {
-                logger.warning("Refused a control connection: too many open connections.")
-                Glibc.close(fd)
-                continue
+            if connections.count >= Self.maximumConnections {
+                // Make room by dropping the connection that has waited longest without a
+                // call, so that idle clients cannot lock the operator out.
+                guard let idlest = connections.values.filter(\.isIdle).min(by: { $0.lastActivity < $1.lastActivity }) else {
+                    logger.warning("Refused a control connection: every connection has a call running.")
+                    Glibc.close(fd)
+                    continue
+                }
+                logger.notice("Closed the longest-idle control connection to make room.",
+                              metadata: ["peer_pid": "\(idlest.peer.pid)"])
+                idlest.close()
             }
             guard let peer = try? PeerCredentials.of(socket: fd) else {
                 Glibc.close(fd)
@@ -119,6 +126,13 @@ private final class Connection: @unchecked Sendable {
     private var output = Data()
     private var inFlight = false
     private var isClosed = false
+    /// Reading stops while a full message's worth of input waits to be answered.
+    private var readingPaused = false
+    /// When the client last sent or was sent something.
+    private(set) var lastActivity = DispatchTime.now()
+
+    /// No call is running and no reply waits to be read.
+    var isIdle: Bool { !inFlight && output.isEmpty }
 
     init(fd: Int32, peer: PeerCredentials, queue: DispatchQueue, server: ControlServer) {
         self.fd = fd
@@ -149,32 +163,43 @@ private final class Connection: @unchecked Sendable {
 
     private func readAvailable() {
         var buffer = [UInt8](repeating: 0, count: 65536)
-        while !isClosed {
+        while !isClosed && input.count < Varlink.maximumMessageBytes {
             let count = read(fd, &buffer, buffer.count)
-            if count > 0 && closeAfterFlush { continue }
             if count > 0 {
-                input.append(contentsOf: buffer[..<count])
-                if input.count > Varlink.maximumMessageBytes && !input.contains(0) {
-                    fail("org.varlink.service.InvalidParameter", "message larger than \(Varlink.maximumMessageBytes) bytes")
-                    return
-                }
+                lastActivity = .now()
+                if !closeAfterFlush { input.append(contentsOf: buffer[..<count]) }
                 continue
             }
-            if count == 0 || (errno != EAGAIN && errno != EINTR) {
-                // The client closed its end (or the socket broke): replies in flight are dropped.
-                close()
+            if count < 0 && errno == EINTR { continue }
+            if count < 0 && errno == EAGAIN { break }
+            // The client closed its end (or the socket broke): replies in flight are dropped.
+            close()
+            return
+        }
+        if input.count >= Varlink.maximumMessageBytes {
+            guard input.contains(0) else {
+                fail("org.varlink.service.InvalidParameter", "message larger than \(Varlink.maximumMessageBytes) bytes")
                 return
             }
-            if errno == EAGAIN { break }
+            // A client that sends faster than it reads replies waits: memory stays bounded.
+            if !readingPaused {
+                readingPaused = true
+                readSource?.suspend()
+            }
         }
         serveNext()
     }
 
-    /// Calls are answered one at a time, in order, as Varlink requires on one connection.
+    /// Calls are answered one at a time, in order, as Varlink requires on one connection,
+    /// and the next only once the client has taken the previous reply.
     private func serveNext() {
-        guard !inFlight, !isClosed, let end = input.firstIndex(of: 0) else { return }
+        guard !inFlight, !isClosed, output.isEmpty, let end = input.firstIndex(of: 0) else { return }
         let message = input[input.startIndex..<end]
         input = Data(input[(end + 1)...])
+        if readingPaused && input.count < Varlink.maximumMessageBytes {
+            readingPaused = false
+            readSource?.resume()
+        }
         // A call may run long (staging a large tree): the idle clock stops meanwhile.
         idleTimer?.cancel()
         let call: Varlink.Call
@@ -188,9 +213,8 @@ private final class Connection: @unchecked Sendable {
             let reply = await server?.answer(call, peer: peer)
             queue.async { [self] in
                 inFlight = false
-                if let reply, !call.oneway { send(reply.encoded) }
                 resetIdleTimer()
-                serveNext()
+                if let reply, !call.oneway { send(reply.encoded) } else { serveNext() }
             }
         }
     }
@@ -205,12 +229,8 @@ private final class Connection: @unchecked Sendable {
     private var closeAfterFlush = false
 
     private func send(_ data: Data) {
+        lastActivity = .now()
         output.append(data)
-        // A client that does not read its replies is not allowed to grow our memory.
-        guard output.count <= 4 * Varlink.maximumMessageBytes else {
-            close()
-            return
-        }
         flush()
     }
 
@@ -228,7 +248,11 @@ private final class Connection: @unchecked Sendable {
             close()
             return
         }
-        if closeAfterFlush { close() }
+        if closeAfterFlush {
+            close()
+            return
+        }
+        serveNext()
     }
 
     private func waitForWritable() {
@@ -248,8 +272,13 @@ private final class Connection: @unchecked Sendable {
         isClosed = true
         idleTimer?.cancel()
         writeSource?.cancel()
-        // The read source's cancel handler closes the descriptor, after the last event.
+        // The read source's cancel handler closes the descriptor, after the last event;
+        // a suspended source runs no handler until it is resumed.
         readSource?.cancel()
+        if readingPaused {
+            readingPaused = false
+            readSource?.resume()
+        }
         server?.closed(self)
     }
 }

@@ -132,10 +132,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var boot: Boot
     public var agents: [Agent]
 
-    /// `status`'s exit code: 0 all agents healthy, 1 degraded, 3 daemon not running.
+    /// `status`'s exit code (SPEC.md): 0 no agent degraded, 1 degraded, 3 daemon not running.
     public var exitCode: Int32 {
         guard daemon.running else { return 3 }
-        return agents.allSatisfy { !$0.degraded && $0.state == "running" } ? 0 : 1
+        return agents.contains(where: \.degraded) ? 1 : 0
     }
 }
 

@@ -15,10 +15,15 @@ public struct DaemonService: Sendable {
     }
 
     /// Runs until `shutdownRequested` returns, then stops every agent.
-    /// - Throws: when the state or runtime directory, the boot ID or the control socket cannot be set up.
+    /// - Throws: ``InstanceLock/Busy`` when another daemon uses the state directory, or
+    ///   when the state or runtime directory, the boot ID or the control socket cannot be set up.
     public func run(until shutdownRequested: @Sendable () async -> Void) async throws {
+        let lock = try InstanceLock(stateDirectory: configuration.daemon.stateDirectory)
+        defer { withExtendedLifetime(lock) {} }
+        try DurableFile.makeDirectories(configuration.daemon.runtimeDirectory, mode: 0o755)
         let supervisor = try Supervisor(configuration: configuration, logger: logger)
-        try await supervisor.start()
+        // Listen first: recovery at start may take a while, and status calls then wait
+        // for it instead of finding no daemon.
         let server: ControlServer
         do {
             server = try ControlServer(path: configuration.daemon.controlSocketPath, supervisor: supervisor, logger: logger)
@@ -26,7 +31,10 @@ public struct DaemonService: Sendable {
             logger.critical("Cannot listen on the control socket.", metadata: [
                 "path": "\(configuration.daemon.controlSocketPath)", "error": "\(error)",
             ])
-            await supervisor.shutdown()
+            throw error
+        }
+        do { try await supervisor.start() } catch {
+            server.stop()
             throw error
         }
         Self.notifySystemd("READY=1\nSTATUS=Supervising \(configuration.agents.count) agent(s)")

@@ -204,7 +204,7 @@ public struct AgentPolicy: Sendable, Equatable {
     /// it was given up before (that needs an operator).
     /// A backoff that was running when the daemon stopped is waited out first.
     public mutating func begin(restartDueMonotonicSeconds: Double? = nil, at now: Moment) -> [PolicyAction] {
-        guard phase != .givenUp else { return [] }
+        guard phase == .stopped else { return [] }
         if let due = restartDueMonotonicSeconds, due > now.monotonicSeconds, ledger.active != nil {
             phase = .backoff
             return [arm(.restart, at: due)]
@@ -226,18 +226,23 @@ public struct AgentPolicy: Sendable, Equatable {
         return resetFailedAt.map { lastRollback.at > $0 } ?? true
     }
 
-    /// The active version failed verification (its files no longer match their digest):
-    /// quarantine it and roll back to the last known-good version, or stop.
+    /// The active version failed verification (its files no longer match their digest),
+    /// at start or when the host was about to switch to it: quarantine it and roll back
+    /// to the last known-good version (verified in turn by the host), or give up.
     public mutating func activeContentCorrupt(_ detail: String, at now: Moment) -> [PolicyAction] {
         guard let active = ledger.active else { return [] }
         ledger.quarantine(active, reason: "verification-failed", at: now.wall)
         var actions: [PolicyAction] = [.record(Decision(
             .contentQuarantined, agent: settings.agent, version: active, reason: "verification-failed",
             message: "Quarantined content \(active) of agent \(settings.agent): \(detail)."))]
+        // The host dropped what it had not yet carried out for the damaged version:
+        // a spawn still pending (phase starting) or the stop before a restart.
+        let pendingStop: [PolicyAction] = phase == .stopping(.restart) ? [.terminate(signal: SIGTERM)] : []
         guard let knownGood = ledger.knownGood else {
             ledger.deactivate()
-            phase = .stopped
-            return actions + [.switchContent(version: nil)]
+            actions.append(.switchContent(version: nil))
+            if !pendingStop.isEmpty { return actions + pendingStop }
+            return actions + enterSafeMode("content \(active) failed verification and no known-good version exists", at: now)
         }
         forgetRunHistory()
         ledger.activate(knownGood)
@@ -248,7 +253,8 @@ public struct AgentPolicy: Sendable, Equatable {
                 .rollback, agent: settings.agent, version: knownGood, previousVersion: active, reason: "verification-failed",
                 message: "Rolled agent \(settings.agent) back from content \(active) to known-good \(knownGood) (verification-failed).")),
         ]
-        return actions
+        if phase == .starting { return actions + [.spawn(version: knownGood, mode: mode)] }
+        return actions + pendingStop
     }
 
     /// The process was created (fork and exec succeeded).
@@ -545,7 +551,9 @@ public struct AgentPolicy: Sendable, Equatable {
         consecutiveFailures += 1
         // A failure interrupts the healthy run that probation needs.
         probationBankedSeconds = 0
-        guard failures.count >= settings.failureThreshold else {
+        // A program that cannot be executed fails the same way on every content: it is
+        // shown and retried with backoff, never blamed on the content.
+        guard failures.filter({ $0.reason != .execFailed }).count >= settings.failureThreshold else {
             return scheduleRestart(at: now)
         }
         return crashLoop(at: now)

@@ -14,15 +14,20 @@ public struct LaunchRequest: Sendable, Equatable {
         self.environment = environment
     }
 
+    /// The environment variable that marks every process of an agent with its store,
+    /// so that a restarted daemon finds what a killed one left behind.
+    public static let storeVariable = "BACKSTOP_STORE"
+
     /// The request for `exec` on a content version: `{content}` replaced by the
-    /// version's path; `BACKSTOP_CONTENT`, `BACKSTOP_CONTENT_VERSION`, `NOTIFY_SOCKET`
-    /// and, with a watchdog, `WATCHDOG_USEC` (sd_watchdog_enabled(3)) set.
+    /// version's path; `BACKSTOP_CONTENT`, `BACKSTOP_CONTENT_VERSION`, `BACKSTOP_STORE`,
+    /// `NOTIFY_SOCKET` and, with a watchdog, `WATCHDOG_USEC` (sd_watchdog_enabled(3)) set.
     public static func make(
-        exec: [String], contentPath: String, version: String, notifySocket: String?, watchdogSeconds: Int
+        exec: [String], store: String, contentPath: String, version: String, notifySocket: String?, watchdogSeconds: Int
     ) -> LaunchRequest {
         var environment = [
             "BACKSTOP_CONTENT": contentPath,
             "BACKSTOP_CONTENT_VERSION": version,
+            storeVariable: store,
         ]
         if let notifySocket { environment["NOTIFY_SOCKET"] = notifySocket }
         if watchdogSeconds > 0 { environment["WATCHDOG_USEC"] = String(watchdogSeconds * 1_000_000) }
@@ -146,14 +151,15 @@ public struct LaunchError: Error, Equatable, Sendable {
 
 /// Reads facts about processes from /proc (proc(5)).
 public enum ProcessTable {
-    /// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot), nil when the process is gone.
-    public static func startTicks(of pid: Int32) -> UInt64? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return nil }
-        // Fields after the command name (which may hold spaces) start with field 3.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 19 else { return nil }
-        return UInt64(fields[19])
+    /// The processes (other than this one) whose environment holds `NAME=value` exactly,
+    /// from `/proc/PID/environ`. Needs root to read other users' processes.
+    public static func processes(withEnvironment name: String, value: String) -> [Int32] {
+        let wanted = Array("\(name)=\(value)".utf8)
+        let own = getpid()
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { Int32($0) }.filter { pid in
+            guard pid != own, let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+            return environ.split(separator: 0).contains { $0.elementsEqual(wanted) }
+        }
     }
 }

@@ -23,10 +23,6 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
     public var resetFailedAt: Date?
     /// When the backoff that was running ends (monotonic, same boot).
     public var restartDueMonotonicSeconds: Double?
-    /// The agent's process when the state was written, to find a survivor after a daemon crash.
-    public var agentPID: Int32?
-    /// The agent process's start time in clock ticks since boot (/proc/PID/stat field 22), so that a reused PID is not mistaken for it.
-    public var agentStartTicks: UInt64?
 
     public init() {}
 
@@ -52,10 +48,15 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
         }
     }
 
-    /// Writes the state file crash-safely.
+    /// The previous generation of the state file at `path`, kept by ``save(path:)``.
+    public static func previousPath(_ path: String) -> String { path + ".prev" }
+
+    /// Writes the state file crash-safely, keeping the generation it replaces as
+    /// `state.json.prev`, so that one damaged file never loses the record of which
+    /// versions are known-good or quarantined.
     /// - Throws: `Errno` from the file system.
     public func save(path: String) throws {
-        try DurableFile.write(try JSONEncoder.backstop.encode(self), to: path)
+        try DurableFile.write(try JSONEncoder.backstop.encode(self), to: path, keepingPreviousAt: Self.previousPath(path))
     }
 }
 

@@ -128,6 +128,14 @@ public struct ContentStore: Sendable {
         }
     }
 
+    /// Moves whatever is not a symlink at `link` aside (`<link>.unexpected-<seconds>`), so
+    /// that rename(2) can put a link there; nothing found is deleted.
+    func clearNonLink(at link: String) {
+        var info = stat()
+        guard lstat(link, &info) == 0, (info.st_mode & S_IFMT) != S_IFLNK else { return }
+        _ = Glibc.rename(link, link + ".unexpected-" + String(Int(Date().timeIntervalSince1970)))
+    }
+
     /// Points the active link at version `id`, and `contentLink` too when given;
     /// with `id` nil both links are removed (no version is active).
     /// - Throws: ``StoreError/io(path:operation:errno:)``.
@@ -139,9 +147,14 @@ public struct ContentStore: Sendable {
             try Self.syscall(root, "fsync") { try DurableFile.syncDirectory(at: root) }
             return
         }
+        clearNonLink(at: activeLink)
         try Self.syscall(activeLink, "swap") { try DurableFile.replaceSymlink(at: activeLink, pointingTo: "versions/" + id) }
         if let contentLink {
-            try Self.syscall(contentLink, "swap") { try DurableFile.replaceSymlink(at: contentLink, pointingTo: path(of: id)) }
+            try Self.syscall(contentLink, "swap") {
+                try DurableFile.makeDirectories((contentLink as NSString).deletingLastPathComponent)
+                clearNonLink(at: contentLink)
+                try DurableFile.replaceSymlink(at: contentLink, pointingTo: path(of: id))
+            }
         }
     }
 
@@ -254,10 +267,12 @@ struct TreeCopier {
                 listing.update(data: Data("D \(relative)\n".utf8))
             case S_IFREG:
                 let executable = info.st_mode & 0o111 != 0
-                let hash = try Self.copyFile(from: from, to: to, executable: executable)
+                // The size is what was copied, not what lstat said: a file that grows or
+                // lies about its size (/proc) is recorded as it was stored.
+                let (hash, size) = try Self.copyFile(from: from, to: to, executable: executable)
                 fileCount += 1
-                totalBytes += Int64(info.st_size)
-                listing.update(data: Data("F \(relative) \(executable ? 755 : 644) \(info.st_size) \(hash)\n".utf8))
+                totalBytes += size
+                listing.update(data: Data("F \(relative) \(executable ? 755 : 644) \(size) \(hash)\n".utf8))
             case S_IFLNK:
                 let target = try Self.linkTarget(from)
                 guard Self.staysInside(link: relative, target: target) else {
@@ -325,8 +340,11 @@ struct TreeCopier {
         return result.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
 
-    static func copyFile(from: String, to: String, executable: Bool) throws(StoreError) -> String {
+    /// Copies one file, fsyncs it and makes it read-only.
+    /// - Returns: the SHA-256 in hex and the number of bytes copied.
+    static func copyFile(from: String, to: String, executable: Bool) throws(StoreError) -> (String, Int64) {
         var hasher = SHA256()
+        var copied: Int64 = 0
         do {
             let input = try FileDescriptor.open(FilePath(from), .readOnly, options: [.closeOnExec, .noFollow])
             defer { try? input.close() }
@@ -339,6 +357,7 @@ struct TreeCopier {
                 if count == 0 { break }
                 buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
                 _ = try buffer.withUnsafeBytes { try output.writeAll(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+                copied += Int64(count)
             }
             try DurableFile.fsync(output)
             guard fchmod(output.rawValue, executable ? 0o555 : 0o444) == 0 else { throw Errno(rawValue: errno) }
@@ -347,7 +366,7 @@ struct TreeCopier {
         } catch {
             throw .io(path: to, operation: "copy", errno: EIO)
         }
-        return hex(hasher.finalize())
+        return (hex(hasher.finalize()), copied)
     }
 
     static func hashFile(_ path: String) throws(StoreError) -> String {

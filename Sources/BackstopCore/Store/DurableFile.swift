@@ -6,14 +6,24 @@ import SystemPackage
 /// atomic; fsync(2) of the file and then of the directory makes it durable).
 public enum DurableFile {
     /// Writes `data` to `path` through `path.tmp`: write, fsync, rename, fsync the directory.
-    /// - Throws: `Errno` from open(2), write(2), fsync(2) or rename(2).
-    public static func write(_ data: Data, to path: String, mode: FilePermissions = [.ownerReadWrite]) throws {
+    /// With `previous`, the file being replaced is first hard-linked there (link(2) to a
+    /// temporary name, then rename(2)), so some complete generation exists at every instant.
+    /// - Throws: `Errno` from open(2), write(2), fsync(2), link(2) or rename(2).
+    public static func write(
+        _ data: Data, to path: String, mode: FilePermissions = [.ownerReadWrite], keepingPreviousAt previous: String? = nil
+    ) throws {
         let temporary = path + ".tmp"
         let descriptor = try FileDescriptor.open(
             FilePath(temporary), .writeOnly, options: [.create, .truncate, .closeOnExec], permissions: mode)
         try descriptor.closeAfter {
             _ = try descriptor.writeAll(data)
             try fsync(descriptor)
+        }
+        if let previous, access(path, F_OK) == 0 {
+            let link = previous + ".tmp"
+            _ = unlink(link)
+            guard Glibc.link(path, link) == 0 else { throw Errno(rawValue: errno) }
+            try rename(link, to: previous)
         }
         try rename(temporary, to: path)
         try syncDirectory(containing: path)

@@ -26,7 +26,6 @@ struct AgentSlot {
     /// Bumped at every spawn; events of older runs are ignored.
     var generation = 0
     var pid: Int32?
-    var pidStartTicks: UInt64?
     var timers: [PolicyTimer: Task<Void, Never>] = [:]
     var killEscalation: Task<Void, Never>?
     var notifySocket: NotifySocket?
@@ -214,7 +213,6 @@ public actor Supervisor {
     private func processStarted(_ name: String, generation: Int, pid: Int32) {
         guard slots[name]?.generation == generation else { return }
         slots[name]!.pid = pid
-        slots[name]!.pidStartTicks = ProcessTable.startTicks(of: pid)
         if slots[name]!.policy.isStopping {
             // A stop was asked for while the process was being created.
             terminate(name, signal: SIGTERM)
@@ -231,7 +229,6 @@ public actor Supervisor {
             DirectRunner.signalGroup(pid, SIGKILL)
         }
         slots[name]!.pid = nil
-        slots[name]!.pidStartTicks = nil
         slots[name]!.killEscalation?.cancel()
         slots[name]!.bootHealthTimer?.cancel()
         slots[name]!.statusText = nil
@@ -282,6 +279,13 @@ public actor Supervisor {
                 terminate(name, signal: signal)
             case .switchContent(let version):
                 let slot = slots[name]!
+                if let version, let record = slot.policy.ledger.record(version) {
+                    do { try slot.store.verify(record) } catch {
+                        // The rest of this batch was about running the damaged version.
+                        apply(slots[name]!.policy.activeContentCorrupt("\(error)", at: Moment.now()), to: name)
+                        return
+                    }
+                }
                 do { try slot.store.point(at: version, contentLink: slot.configuration.contentLink) } catch {
                     logger.error("Cannot switch the active link.", metadata: ["agent": "\(name)", "error": "\(error)"])
                 }
@@ -301,7 +305,7 @@ public actor Supervisor {
         let generation = slots[name]!.generation
         let slot = slots[name]!
         let request = LaunchRequest.make(
-            exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec,
+            exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec, store: slot.store.root,
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
         Task {
@@ -389,12 +393,7 @@ public actor Supervisor {
         do { try store.prepare() } catch {
             logger.error("Cannot create the content store.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
         }
-        var state: AgentStateFile
-        do {
-            state = try AgentStateFile.load(path: path) ?? AgentStateFile()
-        } catch {
-            state = recoverFromCorruptState(error, store: store, path: path)
-        }
+        let state = loadState(path: path, store: store)
         let sameBoot = state.bootID == bootID
         policy.restore(
             ledger: state.ledger, failures: sameBoot ? state.failures : [],
@@ -402,11 +401,7 @@ public actor Supervisor {
             probationBankedSeconds: sameBoot ? state.probationBankedSeconds : 0, givenUp: state.givenUp,
             mode: state.mode, escalationTried: state.escalationTried, lastRollback: state.lastRollback,
             resetFailedAt: state.resetFailedAt)
-        if sameBoot, let pid = state.agentPID, let ticks = state.agentStartTicks, ProcessTable.startTicks(of: pid) == ticks {
-            logger.warning("Killing the agent left running by a previous backstopd.",
-                           metadata: ["agent": "\(agent.name)", "pid": "\(pid)"])
-            DirectRunner.signalGroup(pid, SIGKILL)
-        }
+        killLeftovers(of: agent.name, store: store)
         do {
             let removed = try store.recover(ledger: policy.ledger, contentLink: agent.contentLink)
             if !removed.isEmpty {
@@ -418,25 +413,51 @@ public actor Supervisor {
         }
         var slot = AgentSlot(configuration: agent, store: store, policy: policy)
         slot.restartDue = sameBoot ? state.restartDueMonotonicSeconds : nil
-        if let active = policy.ledger.active, let record = policy.ledger.record(active) {
-            do { try store.verify(record) } catch {
-                let actions = slot.policy.activeContentCorrupt("\(error)", at: now)
-                slots[agent.name] = slot
-                apply(actions, to: agent.name)
-                slot = slots[agent.name]!
-            }
+        slots[agent.name] = slot
+        if let active = policy.ledger.active {
+            // Verified like every switch: a damaged active version is quarantined before the agent starts.
+            apply([.switchContent(version: active)], to: agent.name)
         }
-        return slot
+        return slots[agent.name]!
     }
 
-    /// A state file that cannot be read is kept aside, never overwritten, and the
-    /// versions on disk are adopted again so that nothing in the store is lost. The
-    /// active version re-enters probation: its standing was in the lost file.
-    private func recoverFromCorruptState(_ error: StateFileError, store: ContentStore, path: String) -> AgentStateFile {
-        let aside = path + ".corrupt-" + String(Int(Date().timeIntervalSince1970))
-        _ = rename(path, aside)
-        logger.critical("The agent's state file is unreadable; it was moved aside and the store re-adopted.",
-                        metadata: ["path": "\(path)", "moved_to": "\(aside)", "error": "\(error)"])
+    /// Kills every process a previous backstopd left running for this agent, found by
+    /// the `BACKSTOP_STORE` mark in its environment: a daemon killed at any instant,
+    /// even between spawning the agent and recording it, leaves none behind.
+    private func killLeftovers(of name: String, store: ContentStore) {
+        let ownSession = getsid(0)
+        for pid in ProcessTable.processes(withEnvironment: LaunchRequest.storeVariable, value: store.root) {
+            logger.warning("Killing the agent left running by a previous backstopd.",
+                           metadata: ["agent": "\(name)", "pid": "\(pid)"])
+            let session = getsid(pid)
+            if session > 1 && session != ownSession { kill(-session, SIGKILL) }
+            kill(pid, SIGKILL)
+        }
+    }
+
+    /// The agent's state: the state file, else its previous generation. A file that cannot
+    /// be read is moved aside, never overwritten. When both are lost, the versions on disk
+    /// are adopted again so that nothing in the store is lost; the active one re-enters
+    /// probation, since the standings were in the lost files.
+    private func loadState(path: String, store: ContentStore) -> AgentStateFile {
+        var errors: [String] = []
+        for candidate in [path, AgentStateFile.previousPath(path)] {
+            do {
+                guard let state = try AgentStateFile.load(path: candidate) else { continue }
+                if !errors.isEmpty {
+                    logger.critical("The agent's state file is unreadable; using its previous generation.",
+                                    metadata: ["path": "\(path)", "error": "\(errors.joined(separator: "; "))"])
+                }
+                return state
+            } catch {
+                errors.append(error.description)
+                let aside = candidate + ".corrupt-" + String(Int(Date().timeIntervalSince1970))
+                _ = rename(candidate, aside)
+            }
+        }
+        guard !errors.isEmpty else { return AgentStateFile() }
+        logger.critical("Both generations of the agent's state file are unreadable; they were moved aside and the store re-adopted.",
+                        metadata: ["path": "\(path)", "error": "\(errors.joined(separator: "; "))"])
         var state = AgentStateFile()
         state.ledger = store.adoptVersions(activeID: store.activeTarget(), at: Date())
         return state
@@ -456,8 +477,6 @@ public actor Supervisor {
         state.lastRollback = slot.policy.lastRollback
         state.resetFailedAt = slot.policy.resetFailedAt
         state.restartDueMonotonicSeconds = slot.policy.timers[.restart]
-        state.agentPID = slot.pid
-        state.agentStartTicks = slot.pidStartTicks
         do { try state.save(path: slot.store.stateFile) } catch {
             logger.error("Cannot write the agent's state file.", metadata: ["agent": "\(name)", "error": "\(error)"])
         }

@@ -1,0 +1,41 @@
+import Foundation
+import SystemPackage
+
+/// Makes sure one daemon at a time owns a state directory: flock(2) on
+/// `<state_directory>/backstopd.lock`, held for the life of the process (the kernel
+/// drops it when the process dies, however it dies). The file holds the owner's pid.
+public final class InstanceLock: Sendable {
+    private let descriptor: FileDescriptor
+
+    /// Another daemon holds the lock.
+    public struct Busy: Error, CustomStringConvertible {
+        public var path: String
+        public var ownerPID: String
+        public var description: String {
+            "another backstopd (pid \(ownerPID.isEmpty ? "unknown" : ownerPID)) is using \((path as NSString).deletingLastPathComponent); stop it first"
+        }
+    }
+
+    /// Takes the lock of `stateDirectory`, creating the directory when needed.
+    /// - Throws: ``Busy`` when another process holds it, `Errno` from open(2) or flock(2).
+    public init(stateDirectory: String) throws {
+        try DurableFile.makeDirectories(stateDirectory, mode: 0o755)
+        let path = stateDirectory + "/backstopd.lock"
+        let descriptor = try FileDescriptor.open(
+            FilePath(path), .readWrite, options: [.create, .closeOnExec], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        guard flock(descriptor.rawValue, LOCK_EX | LOCK_NB) == 0 else {
+            let code = errno
+            let owner = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            try? descriptor.close()
+            if code == EWOULDBLOCK { throw Busy(path: path, ownerPID: owner) }
+            throw Errno(rawValue: code)
+        }
+        _ = ftruncate(descriptor.rawValue, 0)
+        _ = try? descriptor.writeAll(toAbsoluteOffset: 0, Data("\(getpid())\n".utf8))
+        self.descriptor = descriptor
+    }
+
+    deinit {
+        try? descriptor.close()
+    }
+}
