@@ -1,0 +1,91 @@
+import BackstopCore
+import Foundation
+import Testing
+
+/// Damage done behind the daemon's back: edited content, a garbled state file, a second daemon.
+@Suite(
+    .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: Environment.isRoot, "needs root: backstopd allows staging and activation to uid 0 only"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
+struct TamperTests {
+    func harnessWithKnownGood() throws -> DaemonHarness {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        do {
+            try harness.start()
+            try harness.stage(Paths.sample("v1-good"), as: "v1")
+            try harness.wait(for: "agent-ready")
+            #expect(try harness.ctl("promote", "demo", "v1").status == 0)
+        } catch {
+            harness.cleanUp()
+            throw error
+        }
+        return harness
+    }
+
+    @Test("A known-good version edited on disk is not rolled back to: it is quarantined too")
+    func tamperedKnownGoodIsNotRun() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        let file = harness.directory + "/state/demo/versions/v1/channel-100.conf"
+        chmod(file, 0o644)
+        let handle = try #require(FileHandle(forWritingAtPath: file))
+        handle.seekToEndOfFile()
+        handle.write(Data("instance file_write tampered,1,2,3,4,5,6,7\n".utf8))
+        try handle.close()
+
+        try harness.stage(Paths.sample("v2-channel-291"), as: "v2")
+        try harness.wait(for: "gave-up", seconds: 60)
+        #expect(harness.log.all.contains { $0.contains("event=content-quarantined") && $0.contains("reason=verification-failed") && $0.contains("version=v1") })
+        let agent = try harness.agent()
+        #expect(agent.state == "given-up")
+        #expect(agent.content.active == nil)
+        #expect(Set(agent.content.quarantined) == ["v1", "v2"])
+        let startsOnV1AfterRollback = harness.log.all.drop { !$0.contains("event=crash-loop") }
+            .filter { $0.contains("event=agent-started") && $0.contains("version=v1") }
+        #expect(startsOnV1AfterRollback.isEmpty, "the tampered version was never started")
+    }
+
+    @Test("A garbled state file falls back to its previous generation: quarantine and known-good are remembered")
+    func garbledStateFile() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        try harness.stage(Paths.sample("v2-channel-291"), as: "v2")
+        try harness.wait(for: "rollback", seconds: 60)
+        try harness.wait(for: "agent-ready", after: "rollback")
+        harness.stop()
+        try Data("{\"schema\":1,".utf8).write(to: URL(fileURLWithPath: harness.directory + "/state/demo/state.json"))
+
+        try harness.start()
+        try harness.log.wait(for: "using its previous generation", seconds: 10)
+        try harness.wait(for: "agent-ready")
+        let agent = try harness.agent()
+        #expect(agent.content.active == "v1")
+        #expect(agent.content.knownGood == "v1")
+        #expect(agent.content.quarantined == ["v2"])
+        #expect(try harness.ctl("activate", "demo", "v2").status == 1, "v2 stays quarantined")
+        let aside = try FileManager.default.contentsOfDirectory(atPath: harness.directory + "/state/demo")
+            .filter { $0.hasPrefix("state.json.corrupt-") }
+        #expect(aside.count == 1, "the garbled file is kept for inspection")
+    }
+
+    @Test("A second daemon on the same state directory refuses to start; the first keeps serving")
+    func secondDaemonRefused() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        let second = Process()
+        second.executableURL = URL(fileURLWithPath: Paths.binary("backstopd"))
+        second.arguments = ["--config", harness.configPath]
+        let error = Pipe()
+        second.standardError = error
+        second.standardOutput = error
+        try second.run()
+        let message = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        second.waitUntilExit()
+        #expect(second.terminationStatus != 0)
+        #expect(message.contains("another backstopd (pid \(harness.process!.processIdentifier))"))
+        let (report, exitCode) = try harness.status()
+        #expect(exitCode == 0)
+        #expect(report.daemon.pid == harness.process!.processIdentifier)
+        #expect(report.agents.first?.state == "running")
+    }
+}
