@@ -1,0 +1,78 @@
+@testable import BackstopCore
+import Foundation
+import Testing
+
+/// Clients that misbehave on the control socket never stop the daemon from serving others.
+@Suite(
+    .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: Environment.isRoot, "needs root: the control socket is root's"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
+struct ControlSocketTests {
+    /// A connected, non-blocking client socket.
+    func connectClient(_ harness: DaemonHarness) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let connected = try UnixSocketAddress.withAddress(harness.directory + "/run/io.backstop.Manager") { connect(fd, $0, $1) }
+        try #require(connected == 0)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        return fd
+    }
+
+    /// Sends `text` and a NUL, then reads one reply (blocking up to 10 s).
+    func call(_ fd: Int32, _ text: String) -> String {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let message = Array(text.utf8) + [0]
+        _ = send(fd, message, message.count, Int32(MSG_NOSIGNAL))
+        var reply: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !reply.contains(0) {
+            let count = read(fd, &buffer, buffer.count)
+            guard count > 0 else { break }
+            reply += buffer[..<count]
+        }
+        return String(decoding: reply.prefix { $0 != 0 }, as: UTF8.self)
+    }
+
+    @Test("Invalid JSON and unknown methods get Varlink errors")
+    func protocolErrors() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        try harness.start()
+        let first = try connectClient(harness)
+        defer { close(first) }
+        #expect(call(first, "{not json").contains("org.varlink.service.InvalidParameter"))
+        let second = try connectClient(harness)
+        defer { close(second) }
+        #expect(call(second, #"{"method":"io.backstop.Manager.Explode","parameters":{}}"#).contains("org.varlink.service.MethodNotFound"))
+        #expect(call(second, #"{"method":"io.backstop.Manager.ListContent","parameters":{"agent":7}}"#).contains("InvalidParameter"))
+        #expect(call(second, #"{"method":"io.backstop.Manager.ListContent","parameters":{"agent":"nope"}}"#).contains("io.backstop.Manager.NoSuchAgent"))
+        #expect(call(second, #"{"method":"org.varlink.service.GetInfo"}"#).contains("io.backstop.Manager"))
+    }
+
+    @Test("A client that sends calls without reading replies, and hundreds of idle clients, do not lock others out")
+    func greedyAndIdleClients() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        try harness.start()
+        let greedy = try connectClient(harness)
+        defer { close(greedy) }
+        let flood = [UInt8](String(repeating: #"{"method":"io.backstop.Manager.GetStatus","parameters":{}}"# + "\0", count: 60_000).utf8)
+        var offset = 0
+        // Write until the daemon stops reading (the socket buffer fills): it does not read ahead without bound.
+        while offset < flood.count {
+            let written = flood[offset...].withUnsafeBytes { send(greedy, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard written > 0 else { break }
+            offset += written
+        }
+        #expect(offset < flood.count, "the daemon applies backpressure instead of buffering every call")
+
+        var idle: [Int32] = []
+        defer { idle.forEach { close($0) } }
+        for _ in 0..<(ControlServer.maximumConnections + 20) { idle.append(try connectClient(harness)) }
+        let (report, exitCode) = try harness.status()
+        #expect(exitCode == 0)
+        #expect(report.daemon.running)
+        #expect(harness.log.all.contains { $0.contains("longest-idle control connection") })
+    }
+}
