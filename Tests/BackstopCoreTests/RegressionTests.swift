@@ -96,3 +96,33 @@ struct ExecFailureTests {
         #expect(policy.ledger.candidate == "v2")
     }
 }
+
+@Suite("Operator requests that make no sense")
+struct OperatorRequestTests {
+    func policy() -> AgentPolicy {
+        var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
+        _ = policy.begin(at: moment(0))
+        return policy
+    }
+
+    @Test("rolling back to the version already active is refused")
+    func rollbackToActive() {
+        var policy = policy()
+        #expect(throws: PolicyError.noKnownGood) { _ = try policy.rollback(to: nil, at: moment(1)) }
+        #expect(throws: PolicyError.alreadyActive("v1")) { _ = try policy.rollback(to: "v1", at: moment(1)) }
+        #expect(policy.lastRollback == nil)
+    }
+
+    @Test("a rollback only returns to known-good content")
+    func rollbackToUntested() {
+        var policy = policy()
+        #expect(throws: PolicyError.notKnownGood("v2")) { _ = try policy.rollback(to: "v2", at: moment(1)) }
+        #expect(policy.ledger.active == "v1")
+    }
+
+    @Test("releasing a version that is not quarantined is refused")
+    func releaseNotQuarantined() {
+        var policy = policy()
+        #expect(throws: PolicyError.notQuarantined("v2")) { _ = try policy.release("v2") }
+    }
+}

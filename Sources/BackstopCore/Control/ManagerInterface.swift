@@ -37,6 +37,8 @@ public enum ManagerInterface {
         error NoSuchVersion (version: string, message: string)
         error VersionQuarantined (version: string, message: string)
         error NoKnownGood (message: string)
+        error AlreadyActive (version: string, message: string)
+        error NotQuarantined (version: string, message: string)
         error StagingRefused (message: string)
         error PermissionDenied (message: string)
         error ShuttingDown (message: string)
@@ -114,7 +116,9 @@ public enum ManagerInterface {
             return .failure(name + ".NoSuchVersion", ["version": id, "message": message])
         case .policy(.versionQuarantined(let id)):
             return .failure(name + ".VersionQuarantined", ["version": id, "message": message])
-        case .policy(.noKnownGood): return .failure(name + ".NoKnownGood", ["message": message])
+        case .policy(.noKnownGood), .policy(.notKnownGood): return .failure(name + ".NoKnownGood", ["message": message])
+        case .policy(.alreadyActive(let id)): return .failure(name + ".AlreadyActive", ["version": id, "message": message])
+        case .policy(.notQuarantined(let id)): return .failure(name + ".NotQuarantined", ["version": id, "message": message])
         case .store: return .failure(name + ".StagingRefused", ["message": message])
         case .shuttingDown: return .failure(name + ".ShuttingDown", ["message": message])
         }

@@ -135,13 +135,21 @@ public enum PolicyError: Error, Equatable, CustomStringConvertible {
     case noSuchVersion(String)
     case versionQuarantined(String)
     case noKnownGood
+    /// A rollback may only return to a known-good version (`activate` runs others).
+    case notKnownGood(String)
+    case alreadyActive(String)
+    case notQuarantined(String)
 
     public var description: String {
         switch self {
         case .noSuchVersion(let id): return "no content version \"\(id)\" is staged"
         case .versionQuarantined(let id):
             return "content version \"\(id)\" is quarantined; run `backstopctl release` first"
-        case .noKnownGood: return "there is no known-good version to roll back to"
+        case .noKnownGood: return "there is no other known-good version to roll back to"
+        case .notKnownGood(let id):
+            return "content version \"\(id)\" is not known-good; a rollback returns to known-good content (use `backstopctl activate` to try it)"
+        case .alreadyActive(let id): return "content version \"\(id)\" is already active"
+        case .notQuarantined(let id): return "content version \"\(id)\" is not quarantined"
         }
     }
 }
@@ -432,14 +440,17 @@ public struct AgentPolicy: Sendable, Equatable {
         return actions
     }
 
-    /// Operator rollback: activate `target` (default: the last known-good version).
-    /// The replaced candidate goes back to staged, not quarantined.
-    /// - Throws: ``PolicyError`` when there is no such known-good version.
+    /// Operator rollback: activate the known-good `target` (default: the newest
+    /// known-good version that is not active). The replaced candidate goes back to
+    /// staged, not quarantined.
+    /// - Throws: ``PolicyError``: no such version, quarantined, not known-good, already active.
     public mutating func rollback(to target: String?, at now: Moment) throws(PolicyError) -> [PolicyAction] {
-        guard let destination = target ?? ledger.knownGoodNewestFirst.first(where: { $0 != ledger.active }) ?? ledger.knownGood
+        guard let destination = target ?? ledger.knownGoodNewestFirst.first(where: { $0 != ledger.active })
         else { throw .noKnownGood }
         guard let record = ledger.record(destination) else { throw .noSuchVersion(destination) }
         guard record.standing != .quarantined else { throw .versionQuarantined(destination) }
+        guard record.standing == .knownGood else { throw .notKnownGood(destination) }
+        guard destination != ledger.active else { throw .alreadyActive(destination) }
         let from = ledger.active ?? "none"
         forgetRunHistory()
         ledger.activate(destination)
@@ -457,10 +468,10 @@ public struct AgentPolicy: Sendable, Equatable {
     }
 
     /// Lifts the quarantine of `id`.
-    /// - Throws: ``PolicyError/noSuchVersion(_:)``.
+    /// - Throws: ``PolicyError/noSuchVersion(_:)``, ``PolicyError/notQuarantined(_:)``.
     public mutating func release(_ id: String) throws(PolicyError) -> [PolicyAction] {
         guard let record = ledger.record(id) else { throw .noSuchVersion(id) }
-        guard record.standing == .quarantined else { return [] }
+        guard record.standing == .quarantined else { throw .notQuarantined(id) }
         ledger.release(id)
         return [.record(Decision(
             .contentReleased, agent: settings.agent, version: id, reason: "operator",
@@ -621,7 +632,10 @@ public struct AgentPolicy: Sendable, Equatable {
         phase = .givenUp
         return [.record(Decision(
             .gaveUp, agent: settings.agent, version: ledger.active, reason: why,
-            message: "Gave up on agent \(settings.agent): it is left stopped (\(why)); fix it and run `backstopctl reset-failed \(settings.agent)`."))]
+            message: "Gave up on agent \(settings.agent): it is left stopped (\(why)); "
+                + (ledger.active == nil
+                    ? "release or stage a version and activate it."
+                    : "fix the cause and run `backstopctl reset-failed \(settings.agent)`.")))]
     }
 
     private mutating func scheduleRestart(at now: Moment) -> [PolicyAction] {

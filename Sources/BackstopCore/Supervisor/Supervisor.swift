@@ -378,7 +378,8 @@ public actor Supervisor {
     private func bootHealthReached(_ name: String, generation: Int) {
         guard slots[name]?.generation == generation, slots[name]?.policy.phase == .running else { return }
         slots[name]!.bootHealthy = true
-        if slots.values.allSatisfy({ $0.bootHealthy || $0.policy.ledger.active == nil }) {
+        // An agent with no content yet does not hold the verdict back; a given-up one does.
+        if slots.values.allSatisfy({ $0.bootHealthy || ($0.policy.ledger.active == nil && $0.policy.phase != .givenUp) }) {
             bootGood = true
             logger.info("Boot \(bootID) is good: every agent stayed healthy.")
         }
