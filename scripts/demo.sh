@@ -99,7 +99,7 @@ echo "== backstopctl status"
 status=0
 ctl status || status=$?
 json=$(ctl status --json || true)
-if [ "$status" -ne 1 ] || ! grep -q '"active" : "v1"' <<<"$json" || ! grep -q '"v2"' <<<"$json"; then
+if [ "$status" -ne 1 ] || ! grep -q '"active":"v1"' <<<"$json" || ! grep -q '"v2"' <<<"$json"; then
     echo "demo: expected v1 active, v2 quarantined and status exit code 1 (rolled back); got $status" >&2
     exit 1
 fi

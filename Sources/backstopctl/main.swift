@@ -89,8 +89,9 @@ struct Status: ParsableCommand {
             let (saved, problems) = StatusReport.fromStateFiles(configuration)
             report = saved
             if let agent { report.agents = report.agents.filter { $0.name == agent } }
-            FileHandle.standardError.write(Data(
-                "backstopctl: backstopd is not running; showing the state saved in \(configuration.daemon.stateDirectory)\n".utf8))
+            let shown = FileManager.default.fileExists(atPath: configuration.daemon.stateDirectory)
+                ? "showing the state saved in \(configuration.daemon.stateDirectory)" : "no state has been saved yet"
+            FileHandle.standardError.write(Data("backstopctl: backstopd is not running; \(shown)\n".utf8))
             for problem in problems { FileHandle.standardError.write(Data("backstopctl: \(problem)\n".utf8)) }
         } catch let error as ControlClient.ClientError {
             FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
@@ -100,9 +101,7 @@ struct Status: ParsableCommand {
             throw ExitCode(1)
         }
         if json {
-            let encoder = JSONEncoder.backstop
-            encoder.outputFormatting.insert(.prettyPrinted)
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            print(String(decoding: try JSONEncoder.backstop.encode(report), as: UTF8.self))
         } else {
             print(StatusText.render(report, colour: isatty(STDOUT_FILENO) == 1), terminator: "")
         }
@@ -150,7 +149,8 @@ struct Stage: ParsableCommand {
             try options.client().call(
                 "Stage", Parameters(agent: agent, path: path, version: version, activate: activate), as: Reply.self)
         }
-        print("Staged \(reply.version.id) for \(agent) (\(reply.version.fileCount) files, sha256 \(reply.version.digest))\(activate ? "; activated" : "").")
+        let files = reply.version.fileCount == 1 ? "1 file" : "\(reply.version.fileCount) files"
+        print("Staged \(reply.version.id) for \(agent) (\(files), sha256 \(reply.version.digest))\(activate ? "; activated" : "").")
     }
 }
 

@@ -25,7 +25,11 @@ struct BackstopDaemon: AsyncParsableCommand {
             throw ExitCode(1)
         }
         if checkConfig {
-            print("\(config): OK (\(configuration.agents.count) agent(s))")
+            let count = configuration.agents.count
+            print("\(config): OK (\(count == 1 ? "1 agent" : "\(count) agents"))")
+            for warning in configuration.warnings {
+                FileHandle.standardError.write(Data("backstopd: warning: \(warning)\n".utf8))
+            }
             return
         }
         LoggingSystem.bootstrap { label in

@@ -126,3 +126,48 @@ struct OperatorRequestTests {
         #expect(throws: PolicyError.notQuarantined("v2")) { _ = try policy.release("v2") }
     }
 }
+
+@Suite("Configuration limits")
+struct ConfigurationLimitTests {
+    @Test("a runtime_directory too long for a Unix socket path is refused with its line")
+    func socketPathTooLong() {
+        let directory = "/run/" + String(repeating: "x", count: 100)
+        let text = "[daemon]\nruntime_directory = \"\(directory)\"\n"
+        #expect {
+            _ = try Configuration.parse(text, path: "/x.toml")
+        } throws: { error in
+            (error as? ConfigurationError)?.description.hasPrefix("/x.toml:2: daemon.runtime_directory: too long") == true
+        }
+    }
+
+    @Test("a content_link inside the state directory is refused")
+    func contentLinkInsideStore() {
+        let text = """
+            [[agent]]
+            name = "demo"
+            exec = ["/bin/true"]
+            content_link = "/var/lib/backstop/demo/active"
+            """
+        #expect {
+            _ = try Configuration.parse(text, path: "/x.toml")
+        } throws: { error in
+            (error as? ConfigurationError)?.description.hasPrefix("/x.toml:4: agent[0].content_link: must not be inside state_directory") == true
+        }
+    }
+
+    @Test("a directory given as the configuration file is named as such")
+    func directoryAsFile() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { ContentStore.removeTree(directory) }
+        #expect(throws: ConfigurationError(path: directory, line: nil, key: nil, message: "is a directory, not a configuration file")) {
+            _ = try Configuration.load(path: directory)
+        }
+    }
+
+    @Test("check-config warns about a program that is not there and about no agents")
+    func warnings() throws {
+        let configuration = try Configuration.parse("[[agent]]\nname = \"a\"\nexec = [\"/nonexistent/agent\"]\n", path: "/x.toml")
+        #expect(configuration.warnings == ["agent a: /nonexistent/agent is not an executable file (yet); starts will fail until it is"])
+        #expect(try Configuration.parse("", path: "/x.toml").warnings.count == 1)
+    }
+}

@@ -16,6 +16,21 @@ public struct Configuration: Sendable, Equatable {
         self.agents = agents
     }
 
+    /// Things that are valid but probably not meant: no agents, a program that is not
+    /// there (yet) or not executable. `backstopd --check-config` prints them.
+    public var warnings: [String] {
+        var warnings: [String] = []
+        if agents.isEmpty { warnings.append("\(path): no [[agent]] is configured; backstopd will supervise nothing") }
+        for agent in agents {
+            for program in [agent.exec.first, agent.safeModeExec.first].compactMap({ $0 }) where program.hasPrefix("/") {
+                if !FileManager.default.isExecutableFile(atPath: program) {
+                    warnings.append("agent \(agent.name): \(program) is not an executable file (yet); starts will fail until it is")
+                }
+            }
+        }
+        return warnings
+    }
+
     /// The agent called `name`, if configured.
     public func agent(named name: String) -> AgentConfiguration? {
         agents.first { $0.name == name }
@@ -33,6 +48,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
 
     /// `<runtime_directory>/io.backstop.Manager`, the Varlink control socket.
     public var controlSocketPath: String { runtimeDirectory + "/io.backstop.Manager" }
+
+    /// `<runtime_directory>/notify/<agent>`, the agent's `NOTIFY_SOCKET`.
+    public func notifySocketPath(agent: String) -> String { runtimeDirectory + "/notify/" + agent }
 }
 
 /// How an agent is run.

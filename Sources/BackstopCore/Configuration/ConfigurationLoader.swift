@@ -9,6 +9,10 @@ extension Configuration {
     ///   toml++ through TOMLKit), unknown keys, wrong types, duplicate or malformed
     ///   agent names, a missing or empty `exec`, and out-of-range numbers.
     public static func load(path: String) throws(ConfigurationError) -> Configuration {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw ConfigurationError(path: path, line: nil, key: nil, message: "is a directory, not a configuration file")
+        }
         let source: String
         do {
             source = try String(contentsOfFile: path, encoding: .utf8)
@@ -115,7 +119,25 @@ private struct TableReader {
                 configuration.agents.append(agent)
             }
         }
+        try checkSocketPaths(configuration)
+        for (index, agent) in configuration.agents.enumerated() {
+            if let link = agent.contentLink,
+                link == configuration.daemon.stateDirectory || link.hasPrefix(configuration.daemon.stateDirectory + "/")
+            {
+                throw fail("agent[\(index)].content_link", "must not be inside state_directory (\(configuration.daemon.stateDirectory))")
+            }
+        }
         return configuration
+    }
+
+    /// Unix socket paths must fit `sun_path` (108 bytes with its NUL, unix(7)).
+    func checkSocketPaths(_ configuration: Configuration) throws(ConfigurationError) {
+        let limit = MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1
+        let longest = configuration.agents.map { configuration.daemon.notifySocketPath(agent: $0.name) }
+            + [configuration.daemon.controlSocketPath]
+        if let tooLong = longest.first(where: { $0.utf8.count > limit }) {
+            throw fail("daemon.runtime_directory", "too long: the socket \(tooLong) exceeds the \(limit) bytes a Unix socket path may have")
+        }
     }
 
     func daemon(from table: TOMLTable) throws(ConfigurationError) -> DaemonConfiguration {

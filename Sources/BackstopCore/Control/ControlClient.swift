@@ -17,6 +17,8 @@ public struct ControlClient: Sendable {
     public enum ClientError: Error, CustomStringConvertible {
         /// Nothing listens on the socket (ENOENT, ECONNREFUSED).
         case daemonNotRunning(path: String)
+        /// The socket may not be opened by this user (root or group `backstop` only).
+        case permissionDenied(path: String)
         /// Another socket error.
         case io(operation: String, errno: Int32)
         case protocolError(String)
@@ -24,6 +26,8 @@ public struct ControlClient: Sendable {
         public var description: String {
             switch self {
             case .daemonNotRunning(let path): return "backstopd is not running (nothing listens on \(path))"
+            case .permissionDenied(let path):
+                return "permission denied on \(path): talking to backstopd needs root or membership of group backstop"
             case .io(let operation, let errno): return "\(operation): \(String(cString: strerror(errno)))"
             case .protocolError(let message): return "bad reply from backstopd: \(message)"
             }
@@ -54,6 +58,7 @@ public struct ControlClient: Sendable {
         let connected = try UnixSocketAddress.withAddress(path) { address, length in connect(fd, address, length) }
         guard connected == 0 else {
             if errno == ENOENT || errno == ECONNREFUSED { throw ClientError.daemonNotRunning(path: path) }
+            if errno == EACCES { throw ClientError.permissionDenied(path: path) }
             throw ClientError.io(operation: "connect to \(path)", errno: errno)
         }
         let message = try Varlink.Call.encode(method: qualifiedMethod, parameters: parameters)

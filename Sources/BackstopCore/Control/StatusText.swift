@@ -11,7 +11,7 @@ public enum StatusText {
         } else {
             text += "\(daemonDot) backstopd - not running (state as last saved)\n"
         }
-        text += "     Boot: \(report.boot.id.isEmpty ? "unknown" : report.boot.id) \(report.boot.state)"
+        text += "      Boot: \(report.boot.id.isEmpty ? "unknown" : report.boot.id) \(report.boot.state)"
         text += report.boot.consecutiveFailed > 0 ? ", \(report.boot.consecutiveFailed) failed boot(s) before it\n" : "\n"
         for agent in report.agents {
             text += "\n\(dot(agent.state, colour: colour)) \(agent.name) - \(agent.state)"

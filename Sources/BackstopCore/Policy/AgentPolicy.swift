@@ -706,13 +706,20 @@ public struct AgentPolicy: Sendable, Equatable {
     private func recordExit(
         _ termination: Termination, version: String?, reason: FailureReason?, expected: Bool, at now: Moment
     ) -> PolicyAction {
-        let what = expected ? "as asked" : (reason.map { "(\($0.rawValue))" } ?? "cleanly")
+        let content = version ?? "none"
+        let message: String
+        switch (expected, reason) {
+        case (true, _): message = "Agent \(settings.agent) stopped as asked (\(termination.description))."
+        case (false, nil): message = "Agent \(settings.agent) exited on its own with \(termination.description) on content \(content); restarting it."
+        case (false, let reason?):
+            message = "Agent \(settings.agent) failed (\(reason.rawValue)): \(termination.description) on content \(content)."
+        }
         return .record(Decision(
             .agentExited, agent: settings.agent, version: version, exitStatus: termination.exitStatus,
             signal: termination.signal, coreDumped: termination.coreDumped,
             failures: reason == nil ? nil : recentFailures(at: now).count + 1,
             reason: reason?.rawValue,
-            message: "Agent \(settings.agent) exited with \(termination.description) \(what)."))
+            message: message))
     }
 
     static func format(_ seconds: Double) -> String {

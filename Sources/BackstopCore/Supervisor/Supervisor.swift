@@ -485,7 +485,7 @@ public actor Supervisor {
 
     /// The agent's notify socket and the task that feeds its datagrams, in order, to the actor.
     private func openNotifySocket(for name: String) -> (NotifySocket?, Task<Void, Never>?) {
-        let path = configuration.daemon.runtimeDirectory + "/notify/" + name
+        let path = configuration.daemon.notifySocketPath(agent: name)
         let (stream, continuation) = AsyncStream.makeStream(of: NotifyMessage.self, bufferingPolicy: .bufferingNewest(64))
         do {
             let socket = try NotifySocket(path: path, queue: DispatchQueue(label: "backstop.notify.\(name)")) {
