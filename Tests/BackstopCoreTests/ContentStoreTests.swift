@@ -319,9 +319,13 @@ struct ContentStoreTests {
         let contentLink = fixture.directory + "/current"
         try fixture.store.point(at: "v1", contentLink: contentLink)
 
-        let removed = try fixture.store.recover(ledger: ledger, contentLink: contentLink)
-        #expect(removed == ["orphan"])
+        let recovery = try fixture.store.recover(ledger: ledger, contentLink: contentLink)
+        #expect(recovery.droppedVersions == ["orphan"])
         #expect(fixture.storeListing.versions == ["v1", "v2"])
+        // The leftover and the dropped version wait in staging/ for deletion off the critical path.
+        #expect(Set(recovery.garbage) == Set(fixture.storeListing.staging.map { fixture.store.stagingDirectory + "/" + $0 }))
+        #expect(recovery.garbage.count == 2)
+        recovery.garbage.forEach(ContentStore.removeTree)
         #expect(fixture.storeListing.staging.isEmpty)
         #expect(linkTarget(fixture.store.activeLink) == "versions/v2")
         #expect(linkTarget(contentLink) == fixture.store.path(of: "v2"))
@@ -336,7 +340,8 @@ struct ContentStoreTests {
         ledger.add(try fixture.stage("v1"))
         ledger.activate("v1")
         let contentLink = fixture.directory + "/current"
-        #expect(try fixture.store.recover(ledger: ledger, contentLink: contentLink).isEmpty)
+        let recovery = try fixture.store.recover(ledger: ledger, contentLink: contentLink)
+        #expect(recovery.droppedVersions.isEmpty && recovery.garbage.isEmpty)
         #expect(linkTarget(fixture.store.activeLink) == "versions/v1")
         #expect(linkTarget(contentLink) == fixture.store.path(of: "v1"))
     }

@@ -164,21 +164,28 @@ public struct ContentStore: Sendable {
         return (target as NSString).lastPathComponent
     }
 
-    /// Startup recovery: drops unfinished copies in `staging/` and versions the
-    /// ledger does not know (a stage interrupted before its record was written),
-    /// and makes the active link agree with the ledger.
-    /// - Returns: the ids of removed versions, for the log.
+    /// What startup recovery found.
+    public struct Recovery: Sendable {
+        /// Versions the ledger did not know (a stage interrupted before its record was written).
+        public var droppedVersions: [String]
+        /// Paths to delete: unfinished copies, and dropped versions moved into `staging/`.
+        /// Deleting a large tree takes a while, so the caller does it off the critical path.
+        public var garbage: [String]
+    }
+
+    /// Startup recovery: moves versions the ledger does not know into `staging/` (one
+    /// rename each), lists everything in `staging/` for deletion, and makes the active
+    /// link agree with the ledger.
     /// - Throws: ``StoreError/io(path:operation:errno:)`` when the link cannot be fixed.
-    public func recover(ledger: ContentLedger, contentLink: String?) throws(StoreError) -> [String] {
-        for leftover in (try? FileManager.default.contentsOfDirectory(atPath: stagingDirectory)) ?? [] {
-            Self.removeTree(stagingDirectory + "/" + leftover)
-        }
-        var removed: [String] = []
+    public func recover(ledger: ContentLedger, contentLink: String?) throws(StoreError) -> Recovery {
+        var dropped: [String] = []
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: versionsDirectory)) ?? []
         where ledger.record(entry) == nil {
-            Self.removeTree(path(of: entry))
-            removed.append(entry)
+            _ = Glibc.rename(path(of: entry), stagingDirectory + "/dropped-" + UUID().uuidString)
+            dropped.append(entry)
         }
+        let garbage = ((try? FileManager.default.contentsOfDirectory(atPath: stagingDirectory)) ?? [])
+            .map { stagingDirectory + "/" + $0 }
         let contentTarget = contentLink.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: $0) }
         if let active = ledger.active {
             if activeTarget() != active || (contentLink != nil && contentTarget != path(of: active)) {
@@ -187,7 +194,7 @@ public struct ContentStore: Sendable {
         } else if activeTarget() != nil || contentTarget != nil {
             try point(at: nil, contentLink: contentLink)
         }
-        return removed
+        return Recovery(droppedVersions: dropped, garbage: garbage)
     }
 
     /// Rebuilds a ledger from the versions on disk when the state file is lost: every

@@ -404,11 +404,13 @@ public actor Supervisor {
             resetFailedAt: state.resetFailedAt)
         killLeftovers(of: agent.name, store: store)
         do {
-            let removed = try store.recover(ledger: policy.ledger, contentLink: agent.contentLink)
-            if !removed.isEmpty {
-                logger.notice("Removed versions whose staging did not finish.",
-                              metadata: ["agent": "\(agent.name)", "versions": "\(removed.joined(separator: ","))"])
+            let recovery = try store.recover(ledger: policy.ledger, contentLink: agent.contentLink)
+            if !recovery.droppedVersions.isEmpty {
+                logger.notice("Dropped versions whose staging did not finish.",
+                              metadata: ["agent": "\(agent.name)", "versions": "\(recovery.droppedVersions.joined(separator: ","))"])
             }
+            // Deleting is not on the way to a running agent.
+            Task.detached(priority: .background) { recovery.garbage.forEach(ContentStore.removeTree) }
         } catch {
             logger.error("Cannot restore the active link.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
         }
