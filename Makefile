@@ -9,6 +9,7 @@ LIBEXECDIR = $(PREFIX)/libexec/backstop
 UNITDIR = $(PREFIX)/lib/systemd/system
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
+CATALOGDIR = $(PREFIX)/lib/systemd/catalog
 DATADIR = $(PREFIX)/share/backstop
 SYSCONFDIR = /etc
 
@@ -46,7 +47,8 @@ install: deps
 	$(SWIFT) build $(RELEASE_FLAGS)
 	$(eval RELEASE_BIN := $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path))
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DATADIR)/examples $(DESTDIR)$(SYSCONFDIR)/backstop
+		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(CATALOGDIR) $(DESTDIR)$(DATADIR)/examples \
+		$(DESTDIR)$(SYSCONFDIR)/backstop
 	install -m 0755 $(RELEASE_BIN)/backstopd $(DESTDIR)$(SBINDIR)/backstopd
 	install -m 0755 $(RELEASE_BIN)/backstopctl $(DESTDIR)$(BINDIR)/backstopctl
 	install -m 0755 $(RELEASE_BIN)/backstop-demo-agent $(DESTDIR)$(LIBEXECDIR)/backstop-demo-agent
@@ -54,6 +56,8 @@ install: deps
 	chmod 0644 $(DESTDIR)$(UNITDIR)/backstopd.service
 	install -m 0644 systemd/backstop.tmpfiles $(DESTDIR)$(TMPFILESDIR)/backstop.conf
 	install -m 0644 systemd/backstop.sysusers $(DESTDIR)$(SYSUSERSDIR)/backstop.conf
+	install -m 0644 systemd/backstop.catalog $(DESTDIR)$(CATALOGDIR)/backstop.catalog
+	@[ -n "$(DESTDIR)" ] || journalctl --update-catalog
 	cp -R examples/content $(DESTDIR)$(DATADIR)/examples/
 	test -e $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml || \
 		install -m 0644 examples/backstop.toml $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml

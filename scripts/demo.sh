@@ -68,9 +68,9 @@ start=$(date +%s%N)
 follow_log
 while IFS= read -r line; do
     case "$line" in
-    *" event="*)
+    *"[event="*)
         now=$(date +%s%N)
-        event=$(sed -E 's/.* event=([^ ]+).*/\1/' <<<"$line")
+        event=$(sed -E 's/.*\[event=([^ ]+).*/\1/' <<<"$line")
         printf '%7.3fs  %-20s %s\n' "$(bc -l <<<"($now - $start) / 1000000000")" "$event" "${line#*] }"
         ;;
     esac

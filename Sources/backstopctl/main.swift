@@ -9,7 +9,10 @@ struct BackstopControl: ParsableCommand {
         commandName: "backstopctl",
         abstract: "Query and control the Backstop daemon.",
         version: Backstop.version,
-        subcommands: [Status.self, Content.self, Stage.self, Activate.self, Promote.self, Rollback.self, Release.self, ResetFailed.self])
+        subcommands: [
+            Status.self, Content.self, Stage.self, Activate.self, Promote.self, Rollback.self, Release.self,
+            ResetFailed.self, History.self,
+        ])
 
     /// Lets `--config PATH` stand before the verb too (`backstopctl --config X status`),
     /// as systemctl's options do; the parser only reads it after the verb.
@@ -19,6 +22,12 @@ struct BackstopControl: ParsableCommand {
         while let first = arguments.first, first == "--config" || first.hasPrefix("--config=") {
             leading.append(arguments.removeFirst())
             if first == "--config", !arguments.isEmpty { leading.append(arguments.removeFirst()) }
+        }
+        // `--boot` alone means the current boot (journalctl's `--boot[=ID]`).
+        arguments = arguments.enumerated().map { index, argument in
+            guard argument == "--boot" else { return argument }
+            let next = index + 1 < arguments.count ? arguments[index + 1] : ""
+            return next.count == 32 && next.allSatisfy(\.isHexDigit) ? argument : "--boot=0"
         }
         var verbLength = 0
         while verbLength < arguments.count, !arguments[verbLength].hasPrefix("-"),
@@ -206,5 +215,40 @@ struct ResetFailed: ParsableCommand {
     func run() throws {
         try perform { try options.client().call("ResetFailed", ["agent": agent]) }
         print("Reset \(agent ?? "all agents").")
+    }
+}
+
+struct History: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show Backstop's decisions from the journal, oldest first.",
+        discussion: "Reads the journal with the sd-journal API; needs read access to it (root, or group systemd-journal or adm).")
+
+    @Argument(help: "Only this agent's decisions.") var agent: String?
+    @Option(name: .shortAndLong, help: "Only the last N decisions.") var lines: Int?
+    @Option(name: .long, help: "Only this boot: a 32-hex boot ID, or 0 (the default for --boot alone) for the current one.")
+    var boot: String?
+    @Option(name: [.customShort("D"), .long], help: "Read the journal files in this directory (as journalctl -D).")
+    var directory: String?
+    @Flag(name: .long, help: "One JSON object per line, with the BACKSTOP_ fields.") var json = false
+
+    func validate() throws {
+        if let lines, lines < 1 { throw ValidationError("-n must be at least 1") }
+        if let boot, boot != "0", !(boot.count == 32 && boot.allSatisfy(\.isHexDigit)) {
+            throw ValidationError("--boot takes a 32-hex boot ID or 0 (the current boot)")
+        }
+    }
+
+    func run() throws {
+        let bootID = try boot.map { $0 == "0" ? try BootID.current() : $0.lowercased() }
+        let entries: [JournalEntry]
+        do {
+            entries = try JournalReader(directory: directory).decisions(agent: agent, bootID: bootID, limit: lines)
+        } catch {
+            FileHandle.standardError.write(Data("backstopctl: cannot read the journal: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        for entry in entries {
+            print(json ? HistoryText.json(entry) : HistoryText.line(entry))
+        }
     }
 }

@@ -32,11 +32,7 @@ struct BackstopDaemon: AsyncParsableCommand {
             }
             return
         }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .info
-            return handler
-        }
+        LoggingSystem.bootstrap { _ in JournalLogHandler(identifier: "backstopd") }
         let logger = Logger(label: "backstopd")
         let daemon = DaemonService(configuration: configuration, logger: logger)
         let group = ServiceGroup(

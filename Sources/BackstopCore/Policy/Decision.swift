@@ -135,6 +135,8 @@ public struct Decision: Sendable, Equatable {
     public var coreDumped: Bool?
     /// Failures in the window at the time of the decision (`BACKSTOP_FAILURES`).
     public var failures: Int?
+    /// The boot a `boot-assessed` decision judges (`BACKSTOP_BOOT_ID`, 32 hex digits).
+    public var bootID: String?
     public var reason: String?
     /// One sentence an operator understands without the fields.
     public var message: String
@@ -142,8 +144,9 @@ public struct Decision: Sendable, Equatable {
     public init(
         _ event: EventKind, agent: String, version: String?, previousVersion: String? = nil,
         exitStatus: Int32? = nil, signal: Int32? = nil, coreDumped: Bool? = nil, failures: Int? = nil,
-        reason: String? = nil, message: String
+        bootID: String? = nil, reason: String? = nil, message: String
     ) {
+        self.bootID = bootID
         self.coreDumped = coreDumped
         self.event = event
         self.agent = agent

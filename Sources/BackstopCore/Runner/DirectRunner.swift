@@ -4,12 +4,15 @@ import SystemPackage
 
 /// What to run for one agent start.
 public struct LaunchRequest: Sendable, Equatable {
+    /// The `SYSLOG_IDENTIFIER` of the agent's output in the journal: its name.
+    public var identifier: String
     /// Program and arguments, `{content}` already replaced.
     public var arguments: [String]
     /// Added to (or replacing in) the daemon's environment.
     public var environment: [String: String]
 
-    public init(arguments: [String], environment: [String: String]) {
+    public init(identifier: String, arguments: [String], environment: [String: String]) {
+        self.identifier = identifier
         self.arguments = arguments
         self.environment = environment
     }
@@ -22,7 +25,8 @@ public struct LaunchRequest: Sendable, Equatable {
     /// version's path; `BACKSTOP_CONTENT`, `BACKSTOP_CONTENT_VERSION`, `BACKSTOP_STORE`,
     /// `NOTIFY_SOCKET` and, with a watchdog, `WATCHDOG_USEC` (sd_watchdog_enabled(3)) set.
     public static func make(
-        exec: [String], store: String, contentPath: String, version: String, notifySocket: String?, watchdogSeconds: Int
+        agent: String, exec: [String], store: String, contentPath: String, version: String, notifySocket: String?,
+        watchdogSeconds: Int
     ) -> LaunchRequest {
         var environment = [
             "BACKSTOP_CONTENT": contentPath,
@@ -32,6 +36,7 @@ public struct LaunchRequest: Sendable, Equatable {
         if let notifySocket { environment["NOTIFY_SOCKET"] = notifySocket }
         if watchdogSeconds > 0 { environment["WATCHDOG_USEC"] = String(watchdogSeconds * 1_000_000) }
         return LaunchRequest(
+            identifier: agent,
             arguments: exec.map { $0.replacingOccurrences(of: "{content}", with: contentPath) },
             environment: environment)
     }
@@ -41,7 +46,8 @@ public struct LaunchRequest: Sendable, Equatable {
 ///
 /// Each agent gets a session of its own (setsid(2)), so that its whole process
 /// group can be signalled; exit detection is swift-subprocess's pidfd/epoll
-/// monitor (no polling). The agent's stdout and stderr are the daemon's.
+/// monitor (no polling). The agent's stdout and stderr go to the journal under its
+/// own identifier (sd_journal_stream_fd(3)), or are the daemon's when no journald listens.
 public enum DirectRunner {
     /// Starts `request` and waits for the process to end.
     /// - Parameter started: called with the pid once the process exists.
@@ -58,6 +64,7 @@ public enum DirectRunner {
             if let key = Environment.Key(rawValue: key) { overrides[key] = value }
         }
         let exitInfo = ProcessExit()
+        let (output, error) = outputDescriptors(identifier: request.identifier)
         do {
             let result = try await Subprocess.run(
                 executable,
@@ -65,8 +72,8 @@ public enum DirectRunner {
                 environment: .inherit.updating(overrides),
                 platformOptions: options,
                 input: .none,
-                output: .fileDescriptor(.standardOutput, closeAfterSpawningProcess: false),
-                error: .fileDescriptor(.standardError, closeAfterSpawningProcess: false)
+                output: output,
+                error: error
             ) { execution in
                 exitInfo.hold(execution.processIdentifier.processDescriptor)
                 await started(execution.processIdentifier.value)
@@ -81,6 +88,20 @@ public enum DirectRunner {
         } catch {
             return .failure(LaunchError(message: "\(error)"))
         }
+    }
+
+    /// Journal streams for the agent's stdout and stderr, else the daemon's own.
+    private static func outputDescriptors(identifier: String) -> (FileDescriptorOutput, FileDescriptorOutput) {
+        if Journal.isAvailable, let stream = try? Journal.streamDescriptor(identifier: identifier) {
+            let duplicate = dup(stream)
+            if duplicate >= 0 {
+                return (.fileDescriptor(FileDescriptor(rawValue: stream), closeAfterSpawningProcess: true),
+                        .fileDescriptor(FileDescriptor(rawValue: duplicate), closeAfterSpawningProcess: true))
+            }
+            close(stream)
+        }
+        return (.fileDescriptor(.standardOutput, closeAfterSpawningProcess: false),
+                .fileDescriptor(.standardError, closeAfterSpawningProcess: false))
     }
 
     /// Sends `signal` to the agent's whole process group (kill(2) with `-pid`).

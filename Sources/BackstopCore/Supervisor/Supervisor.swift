@@ -305,7 +305,7 @@ public actor Supervisor {
         let generation = slots[name]!.generation
         let slot = slots[name]!
         let request = LaunchRequest.make(
-            exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec, store: slot.store.root,
+            agent: name, exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec, store: slot.store.root,
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
         Task {
@@ -351,14 +351,14 @@ public actor Supervisor {
         slots[name]?.bootHealthTimer?.cancel()
     }
 
+    /// One journal entry per decision, with its own fields and MESSAGE_ID (not a log line).
     private func record(_ decision: Decision) {
-        var metadata: Logger.Metadata = ["event": "\(decision.event.rawValue)", "agent": "\(decision.agent)"]
-        if let version = decision.version { metadata["version"] = "\(version)" }
-        if let reason = decision.reason { metadata["reason"] = "\(reason)" }
-        logger.log(level: decision.priority.logLevel, "\(decision.message)", metadata: metadata)
-        do { try Journal.send(decision.journalFields) } catch {
-            logger.error("Cannot send a decision to the journal.", metadata: ["event": "\(decision.event.rawValue)", "error": "\(error)"])
-        }
+        var context = [("event", decision.event.rawValue), ("agent", decision.agent)]
+        if let version = decision.version { context.append(("version", version)) }
+        if let reason = decision.reason { context.append(("reason", reason)) }
+        LogOutput.emit(
+            fields: decision.journalFields,
+            line: LogOutput.line(level: decision.priority.logLevel.rawValue, context: context, message: decision.message))
     }
 
     // MARK: - Boot verdict
@@ -381,7 +381,14 @@ public actor Supervisor {
         // An agent with no content yet does not hold the verdict back; a given-up one does.
         if slots.values.allSatisfy({ $0.bootHealthy || ($0.policy.ledger.active == nil && $0.policy.phase != .givenUp) }) {
             bootGood = true
-            logger.info("Boot \(bootID) is good: every agent stayed healthy.")
+            for slot in slots.values.sorted(by: { $0.configuration.name < $1.configuration.name }) {
+                let agent = slot.configuration.name
+                let health = slot.bootHealthy
+                    ? "stayed healthy for \(slot.configuration.bootGoodAfterSeconds) s" : "has no content yet"
+                record(Decision(
+                    .bootAssessed, agent: agent, version: slot.policy.ledger.active, bootID: bootID, reason: "good",
+                    message: "Boot \(bootID) is good: agent \(agent) \(health)\(slot.policy.ledger.active.map { " on content \($0)" } ?? "")."))
+            }
         }
     }
 

@@ -36,6 +36,15 @@ public enum Journal {
         }
     }
 
+    /// A stream connected to journald (`sd_journal_stream_fd(3)`): every line written to
+    /// it becomes an entry with `SYSLOG_IDENTIFIER=identifier` and priority `info`. The
+    /// stream protocol carries no fields of our own; the identifier names the agent.
+    /// - Returns: the descriptor, owned by the caller.
+    /// - Throws: `Errno` from `sd_journal_stream_fd` (no journald, for one).
+    public static func streamDescriptor(identifier: String) throws -> Int32 {
+        try SystemdCall.check(sd_journal_stream_fd(identifier, Int32(Priority.info.rawValue), 0))
+    }
+
     /// Whether a journald is listening on this machine (its native socket exists).
     public static var isAvailable: Bool {
         access("/run/systemd/journal/socket", F_OK) == 0
@@ -120,6 +129,7 @@ extension Decision {
         add("BACKSTOP_SIGNAL", signal.map(SignalName.of))
         add("BACKSTOP_CORE_DUMPED", coreDumped.map { $0 ? "1" : "0" })
         add("BACKSTOP_FAILURES", failures.map(String.init))
+        add("BACKSTOP_BOOT_ID", bootID)
         add("BACKSTOP_REASON", reason)
         return fields
     }
