@@ -13,9 +13,11 @@ daemon=""
 printer=""
 feeds=()
 
+# The timeline's helpers get SIGKILL: a caller may have left SIGTERM blocked in the
+# signal mask they inherit.
 cleanup() {
-    [ -n "$printer" ] && kill "$printer" 2>/dev/null || true
-    [ ${#feeds[@]} -gt 0 ] && kill "${feeds[@]}" 2>/dev/null || true
+    [ -n "$printer" ] && kill -KILL "$printer" 2>/dev/null || true
+    [ ${#feeds[@]} -gt 0 ] && kill -KILL "${feeds[@]}" 2>/dev/null || true
     if [ -n "$daemon" ] && kill -0 "$daemon" 2>/dev/null; then
         kill -TERM "$daemon"
         wait "$daemon" 2>/dev/null || true
@@ -54,7 +56,7 @@ wait_for() {
     follow_log
     # Not >/dev/null: GNU grep then stops at the first match, whatever -m says.
     timeout 60 grep -a -m "$count" -F "event=$event " <&$feed >"$work/wait.out" || found=$?
-    kill "${feeds[-1]}" 2>/dev/null || true
+    kill -KILL "${feeds[-1]}" 2>/dev/null || true
     exec {feed}<&-
     if [ "$found" -ne 0 ]; then
         echo "demo: timed out waiting for $event" >&2
@@ -91,7 +93,7 @@ ctl stage demo "$repo/examples/content/v2-channel-291" --version v2 --activate >
 wait_for rollback
 wait_for agent-ready 2
 sleep 0.2
-kill "$printer" 2>/dev/null || true
+kill -KILL "$printer" 2>/dev/null || true
 printer=""
 
 echo

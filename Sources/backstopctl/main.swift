@@ -224,7 +224,7 @@ struct History: ParsableCommand {
         discussion: "Reads the journal with the sd-journal API; needs read access to it (root, or group systemd-journal or adm).")
 
     @Argument(help: "Only this agent's decisions.") var agent: String?
-    @Option(name: .shortAndLong, help: "Only the last N decisions.") var lines: Int?
+    @Option(name: [.customShort("n"), .customLong("lines")], help: "Only the last N decisions.") var lines: Int?
     @Option(name: .long, help: "Only this boot: a 32-hex boot ID, or 0 (the default for --boot alone) for the current one.")
     var boot: String?
     @Option(name: [.customShort("D"), .long], help: "Read the journal files in this directory (as journalctl -D).")
