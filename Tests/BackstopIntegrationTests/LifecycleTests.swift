@@ -87,6 +87,20 @@ struct LifecycleTests {
         #expect(exitCode == 1)
     }
 
+    @Test("The boot is judged good once every agent has been ready for boot_good_after_sec")
+    func bootAssessed() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "boot_good_after_sec = 1")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        #expect(try harness.status().report.boot.state == "pending")
+        try harness.stage(Paths.sample("v1-good"), as: "v1")
+        try harness.wait(for: "boot-assessed", seconds: 10)
+        let report = try harness.status().report
+        #expect(report.boot.state == "good")
+        #expect(report.boot.id.count == 32)
+        #expect(harness.log.all.contains { $0.contains("[event=boot-assessed agent=demo version=v1 reason=good]") })
+    }
+
     @Test("READY=1 from a process outside the agent's session is ignored")
     func forgedReadinessIgnored() throws {
         let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "notify = true\nstart_timeout_sec = 30")])
