@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 
 /// Where backstopd's entries go: journald when it listens (sd_journal_sendv), and also
 /// stderr unless stderr already is the journal (`JOURNAL_STREAM`, systemd.exec(5)), so
@@ -19,7 +20,13 @@ public enum LogOutput {
         var echo = !stderrIsJournal
         var note = ""
         if Journal.isAvailable {
-            do { try Journal.send(fields) } catch {
+            do { try Journal.send(fields) } catch let error as Errno where error == .connectionRefused {
+                // A socket left behind by a journald that is gone: said once, then stderr only.
+                echo = true
+                if unreachableReported.claim() {
+                    note = " (journald is not running behind /run/systemd/journal/socket: \(error); logging to stderr)"
+                }
+            } catch {
                 echo = true
                 note = " (journal send failed: \(error))"
             }
@@ -31,10 +38,27 @@ public enum LogOutput {
         }
     }
 
+    private static let unreachableReported = OnceFlag()
+
     /// `2026-11-29T07:05:20Z warning [key=value ...] message`, the stderr form of an entry.
     public static func line(level: String, context: [(String, String)], message: String) -> String {
         let stamp = ISO8601DateFormatter().string(from: Date())
         let tags = context.isEmpty ? "" : "[" + context.map { "\($0.0)=\($0.1)" }.joined(separator: " ") + "] "
         return "\(stamp) \(level) \(tags)\(message)"
+    }
+}
+
+/// True for the first caller of ``claim()`` only, from any thread.
+final class OnceFlag: @unchecked Sendable {
+    // @unchecked: `claimed` is only touched with `lock` held.
+    private let lock = NSLock()
+    private var claimed = false
+
+    func claim() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !claimed else { return false }
+        claimed = true
+        return true
     }
 }
