@@ -167,19 +167,8 @@ final class DaemonHarness: @unchecked Sendable {
 
     /// Runs backstopctl with `--config` and returns its exit code and output.
     @discardableResult
-    func ctl(_ arguments: String...) throws -> (status: Int32, output: String, error: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
-        process.arguments = arguments + ["--config", configPath]
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    func ctl(_ arguments: String...) throws -> CommandResult {
+        try Command.run(Paths.binary("backstopctl"), arguments + ["--config", configPath])
     }
 
     /// `backstopctl status --json`, decoded, with its exit code.
@@ -199,20 +188,44 @@ final class DaemonHarness: @unchecked Sendable {
 
     /// Stages `directory` as `version` and, when asked, activates it; fails the test on error.
     func stage(_ directory: String, as version: String, agent: String = "demo", activate: Bool = true) throws {
-        var arguments = ["stage", agent, directory, "--version", version]
+        var arguments = ["stage", agent, directory, "--version", version, "--config", configPath]
         if activate { arguments.append("--activate") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
-        process.arguments = arguments + ["--config", configPath]
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw HarnessError.failed("staging \(version) failed") }
+        let result = try Command.run(Paths.binary("backstopctl"), arguments)
+        guard result.status == 0 else { throw HarnessError.failed("staging \(version) failed: \(result.error)") }
     }
 
     /// Stops the daemon and removes the directory (read-only versions included).
     func cleanUp() {
         stop()
         ContentStore.removeTree(directory)
+    }
+}
+
+/// What a finished command left: its exit code and its output.
+struct CommandResult {
+    var status: Int32
+    var output: String
+    var error: String
+}
+
+/// Runs programs to completion.
+enum Command {
+    /// Runs `path` with `arguments` and collects stdout and stderr.
+    static func run(_ path: String, _ arguments: [String]) throws -> CommandResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return CommandResult(
+            status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
+            error: String(decoding: err, as: UTF8.self))
     }
 }
 

@@ -138,19 +138,11 @@ struct JournalTests {
         try FileManager.default.createDirectory(atPath: root + "/usr/lib/systemd/catalog", withIntermediateDirectories: true)
         try catalog.write(toFile: root + "/usr/lib/systemd/catalog/backstop.catalog", atomically: true, encoding: .utf8)
         for arguments in [["--root", root, "--update-catalog"], ["--root", root, "--list-catalog"]] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/journalctl")
-            process.arguments = arguments
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 0, "journalctl \(arguments.joined(separator: " ")): \(text)")
+            let result = try Command.run("/usr/bin/journalctl", arguments)
+            #expect(result.status == 0, "journalctl \(arguments.joined(separator: " ")): \(result.error)")
             if arguments.contains("--list-catalog") {
                 for event in EventKind.allCases {
-                    #expect(text.contains(event.messageID), "no catalog entry for \(event.rawValue)")
+                    #expect(result.output.contains(event.messageID), "no catalog entry for \(event.rawValue)")
                 }
             }
         }

@@ -136,16 +136,9 @@ struct LifecycleTests {
             failure_window_sec = 0
             """.write(toFile: path, atomically: true, encoding: .utf8)
         for arguments in [["--check-config", "--config", path], ["--config", path]] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: Paths.binary("backstopd"))
-            process.arguments = arguments
-            let error = Pipe()
-            process.standardError = error
-            try process.run()
-            let message = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 1)
-            #expect(message.contains("\(path):4: agent[0].failure_window_sec: must be greater than zero"))
+            let result = try Command.run(Paths.binary("backstopd"), arguments)
+            #expect(result.status == 1)
+            #expect(result.error.contains("\(path):4: agent[0].failure_window_sec: must be greater than zero"))
         }
     }
 }

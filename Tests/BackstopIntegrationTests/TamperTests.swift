@@ -72,17 +72,9 @@ struct TamperTests {
     func secondDaemonRefused() throws {
         let harness = try harnessWithKnownGood()
         defer { harness.cleanUp() }
-        let second = Process()
-        second.executableURL = URL(fileURLWithPath: Paths.binary("backstopd"))
-        second.arguments = ["--config", harness.configPath]
-        let error = Pipe()
-        second.standardError = error
-        second.standardOutput = error
-        try second.run()
-        let message = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        second.waitUntilExit()
-        #expect(second.terminationStatus != 0)
-        #expect(message.contains("another backstopd (pid \(harness.process!.processIdentifier))"))
+        let second = try Command.run(Paths.binary("backstopd"), ["--config", harness.configPath])
+        #expect(second.status != 0)
+        #expect((second.output + second.error).contains("another backstopd (pid \(harness.process!.processIdentifier))"))
         let (report, exitCode) = try harness.status()
         #expect(exitCode == 0)
         #expect(report.daemon.pid == harness.process!.processIdentifier)
