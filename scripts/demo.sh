@@ -78,6 +78,7 @@ while IFS= read -r line; do
     esac
 done <&$feed &
 printer=$!
+disown "$printer"
 
 echo "== Backstop demo (work directory $work)"
 "$bin/backstopd" --config "$work/backstop.toml" >>"$log" 2>&1 &

@@ -38,7 +38,9 @@ if [ -n "$catalog" ]; then
 fi
 
 # journald says READY=1 over sd_notify once it listens: a listener starts it, waits
-# for exactly that, and prints its pid.
+# for exactly that, and prints its pid. The listener then stays, as a service manager
+# would, taking the stream descriptors journald hands over (and closing them), until
+# journald is gone.
 journald=$(python3 -c '
 import os, socket, subprocess
 path = "/run/journald-notify"
@@ -49,7 +51,17 @@ journald = subprocess.Popen(["/lib/systemd/systemd-journald"], env=dict(os.envir
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 while b"READY=1" not in listener.recv(4096).split(b"\n"):
     pass
-print(journald.pid)
+print(journald.pid, flush=True)
+if os.fork() > 0:
+    os._exit(0)
+os.close(1)
+import select
+gone = os.pidfd_open(journald.pid)
+listener.setblocking(False)
+while gone not in select.select([listener, gone], [], [])[0]:
+    message, fds, _, _ = socket.recv_fds(listener, 4096, 16)
+    for fd in fds:
+        os.close(fd)
 ')
 trap 'kill "$journald" 2>/dev/null || true' EXIT
 

@@ -27,7 +27,7 @@ struct BackstopControl: ParsableCommand {
         arguments = arguments.enumerated().map { index, argument in
             guard argument == "--boot" else { return argument }
             let next = index + 1 < arguments.count ? arguments[index + 1] : ""
-            return next.count == 32 && next.allSatisfy(\.isHexDigit) ? argument : "--boot=0"
+            return History.bootID(next) != nil || next == "0" ? argument : "--boot=0"
         }
         var verbLength = 0
         while verbLength < arguments.count, !arguments[verbLength].hasPrefix("-"),
@@ -223,6 +223,8 @@ struct History: ParsableCommand {
         abstract: "Show Backstop's decisions from the journal, oldest first.",
         discussion: "Reads the journal with the sd-journal API; needs read access to it (root, or group systemd-journal or adm).")
 
+    /// Accepted like every verb's; the journal does not depend on the configuration.
+    @OptionGroup var options: GlobalOptions
     @Argument(help: "Only this agent's decisions.") var agent: String?
     @Option(name: [.customShort("n"), .customLong("lines")], help: "Only the last N decisions.") var lines: Int?
     @Option(name: .long, help: "Only this boot: a 32-hex boot ID, or 0 (the default for --boot alone) for the current one.")
@@ -231,21 +233,33 @@ struct History: ParsableCommand {
     var directory: String?
     @Flag(name: .long, help: "One JSON object per line, with the BACKSTOP_ fields.") var json = false
 
+    /// A boot ID in 32 hex digits, also accepted with dashes (as /proc/sys/kernel/random/boot_id has it).
+    static func bootID(_ text: String) -> String? {
+        let digits = text.replacingOccurrences(of: "-", with: "").lowercased()
+        return digits.count == 32 && digits.allSatisfy(\.isHexDigit) ? digits : nil
+    }
+
     func validate() throws {
         if let lines, lines < 1 { throw ValidationError("-n must be at least 1") }
-        if let boot, boot != "0", !(boot.count == 32 && boot.allSatisfy(\.isHexDigit)) {
-            throw ValidationError("--boot takes a 32-hex boot ID or 0 (the current boot)")
+        if let boot, boot != "0", Self.bootID(boot) == nil {
+            throw ValidationError("--boot takes a boot ID (32 hex digits) or 0 for the current boot")
+        }
+        if let directory, !FileManager.default.fileExists(atPath: directory) {
+            throw ValidationError("\(directory): no such directory")
         }
     }
 
     func run() throws {
-        let bootID = try boot.map { $0 == "0" ? try BootID.current() : $0.lowercased() }
+        let bootID = try boot.map { $0 == "0" ? try BootID.current() : Self.bootID($0)! }
         let entries: [JournalEntry]
         do {
             entries = try JournalReader(directory: directory).decisions(agent: agent, bootID: bootID, limit: lines)
         } catch {
-            FileHandle.standardError.write(Data("backstopctl: cannot read the journal: \(error)\n".utf8))
+            FileHandle.standardError.write(Data("backstopctl: cannot read the journal\(directory.map { " in \($0)" } ?? ""): \(error)\n".utf8))
             throw ExitCode(1)
+        }
+        if entries.isEmpty && !json {
+            FileHandle.standardError.write(Data("-- No entries --\n".utf8))
         }
         for entry in entries {
             print(json ? HistoryText.json(entry) : HistoryText.line(entry))

@@ -69,18 +69,26 @@ public enum StatusText {
 
 /// The forms of `backstopctl history`.
 public enum HistoryText {
-    /// `2026-11-29T07:05:26Z rollback            demo  v1  Rolled agent demo back ...`
+    /// `2026-11-29T07:05:26.123Z rollback            demo     v1       Rolled agent demo back ...`
     public static func line(_ entry: JournalEntry) -> String {
         let agent = entry.fields["BACKSTOP_AGENT"] ?? "-"
         let version = entry.fields["BACKSTOP_CONTENT_VERSION"] ?? "-"
-        return "\(StatusText.rfc3339(entry.time)) \(StatusText.pad(entry.event, 20)) \(agent) \(version) \(entry.fields["MESSAGE"] ?? "")"
+        return "\(time(entry.time)) \(StatusText.pad(entry.event, 20)) \(StatusText.pad(agent, 8)) "
+            + "\(StatusText.pad(version, 8)) \(entry.fields["MESSAGE"] ?? "")"
     }
 
-    /// One JSON object: `time` (RFC 3339) and the entry's fields, keys sorted.
+    /// One JSON object: `time` (RFC 3339 with milliseconds) and the entry's fields, keys sorted.
     public static func json(_ entry: JournalEntry) -> String {
         var object = entry.fields
-        object["time"] = StatusText.rfc3339(entry.time)
+        object["time"] = time(entry.time)
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Decisions come in bursts: milliseconds keep them apart.
+    static func time(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: date)
     }
 }

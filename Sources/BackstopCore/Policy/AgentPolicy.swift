@@ -122,6 +122,31 @@ public struct FailureRecord: Sendable, Equatable, Codable {
     public var coreDumped: Bool?
 }
 
+/// Why the escalation ladder reached safe mode or gave up (`BACKSTOP_REASON`).
+public enum EscalationReason: String, Sendable {
+    /// The failing content has no known-good version behind it (or none intact).
+    case noKnownGood = "no-known-good"
+    /// Every known-good version crash-looped too.
+    case knownGoodCrashLoops = "known-good-crash-loops"
+    /// The agent crash-looped in safe mode.
+    case safeModeCrashLoops = "safe-mode-crash-loop"
+    /// Safe mode means "do not start": `safe_mode_exec` is empty.
+    case noSafeModeExec = "no-safe-mode-exec"
+    /// No content is left to run safe mode on.
+    case noContent = "no-content"
+
+    /// Part of a sentence: "no known-good version is left".
+    public var explanation: String {
+        switch self {
+        case .noKnownGood: return "the failing content has no intact known-good version behind it"
+        case .knownGoodCrashLoops: return "every known-good version crash-loops too"
+        case .safeModeCrashLoops: return "it crash-loops in safe mode as well"
+        case .noSafeModeExec: return "no safe_mode_exec is configured"
+        case .noContent: return "no content is left to run"
+        }
+    }
+}
+
 /// The last rollback, for `status` and the degraded mark.
 public struct RollbackRecord: Sendable, Equatable, Codable {
     public var from: String
@@ -250,7 +275,7 @@ public struct AgentPolicy: Sendable, Equatable {
             ledger.deactivate()
             actions.append(.switchContent(version: nil))
             if !pendingStop.isEmpty { return actions + pendingStop }
-            return actions + enterSafeMode("content \(active) failed verification and no known-good version exists", at: now)
+            return actions + enterSafeMode(.noKnownGood, version: active, at: now)
         }
         forgetRunHistory()
         ledger.activate(knownGood)
@@ -579,7 +604,7 @@ public struct AgentPolicy: Sendable, Equatable {
             .crashLoop, agent: settings.agent, version: from, failures: count,
             message: "Agent \(settings.agent) failed \(count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(from ?? "none"): crash loop."))]
         if mode == .safeMode {
-            return actions + giveUp("the agent crash-loops in safe mode", at: now)
+            return actions + giveUp(.safeModeCrashLoops, version: from, at: now)
         }
         if let candidate = ledger.candidate {
             ledger.quarantine(candidate, reason: "crash-loop", at: now.wall)
@@ -590,7 +615,7 @@ public struct AgentPolicy: Sendable, Equatable {
                 // The first version: nothing to roll back to, and a quarantined version is never left active.
                 ledger.deactivate()
                 actions.append(.switchContent(version: nil))
-                return actions + enterSafeMode("content \(candidate) crash-looped and no known-good version exists", at: now)
+                return actions + enterSafeMode(.noKnownGood, version: candidate, at: now)
             }
             return actions + rollBack(from: candidate, to: knownGood, reason: "crash-loop", at: now)
         }
@@ -598,7 +623,7 @@ public struct AgentPolicy: Sendable, Equatable {
         if let older = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) {
             return actions + rollBack(from: from ?? "none", to: older, reason: "crash-loop-on-known-good", at: now)
         }
-        return actions + enterSafeMode("every known-good version crash-loops", at: now)
+        return actions + enterSafeMode(.knownGoodCrashLoops, version: from, at: now)
     }
 
     private mutating func rollBack(from: String, to: String, reason: String, at now: Moment) -> [PolicyAction] {
@@ -613,29 +638,29 @@ public struct AgentPolicy: Sendable, Equatable {
         ] + spawnActive(at: now)
     }
 
-    private mutating func enterSafeMode(_ why: String, at now: Moment) -> [PolicyAction] {
+    private mutating func enterSafeMode(_ reason: EscalationReason, version: String?, at now: Moment) -> [PolicyAction] {
         guard settings.hasSafeModeExec, ledger.active != nil else {
-            let missing = settings.hasSafeModeExec ? "no content to run it on" : "no safe_mode_exec"
+            let next: EscalationReason = settings.hasSafeModeExec ? .noContent : .noSafeModeExec
             let decision = PolicyAction.record(Decision(
-                .safeMode, agent: settings.agent, version: ledger.active, reason: why,
-                message: "Agent \(settings.agent) enters safe mode without starting (\(why); \(missing))."))
-            return [decision] + giveUp(why, at: now)
+                .safeMode, agent: settings.agent, version: version, reason: reason.rawValue,
+                message: "Agent \(settings.agent) enters safe mode without starting: \(reason.explanation), and \(next.explanation)."))
+            return [decision] + giveUp(next, version: version, at: now)
         }
         mode = .safeMode
         return [.record(Decision(
-            .safeMode, agent: settings.agent, version: ledger.active, reason: why,
-            message: "Agent \(settings.agent) enters safe mode: starting it with safe_mode_exec (\(why))."))]
+            .safeMode, agent: settings.agent, version: version, reason: reason.rawValue,
+            message: "Agent \(settings.agent) enters safe mode: \(reason.explanation); starting it with safe_mode_exec."))]
             + spawnActive(at: now)
     }
 
-    private mutating func giveUp(_ why: String, at now: Moment) -> [PolicyAction] {
+    private mutating func giveUp(_ reason: EscalationReason, version: String?, at now: Moment) -> [PolicyAction] {
         phase = .givenUp
         return [.record(Decision(
-            .gaveUp, agent: settings.agent, version: ledger.active, reason: why,
-            message: "Gave up on agent \(settings.agent): it is left stopped (\(why)); "
+            .gaveUp, agent: settings.agent, version: version, reason: reason.rawValue,
+            message: "Gave up on agent \(settings.agent): \(reason.explanation); it is left stopped, "
                 + (ledger.active == nil
-                    ? "release or stage a version and activate it."
-                    : "fix the cause and run `backstopctl reset-failed \(settings.agent)`.")))]
+                    ? "until a version is released or staged and activated."
+                    : "until the cause is fixed and `backstopctl reset-failed \(settings.agent)` is run.")))]
     }
 
     private mutating func scheduleRestart(at now: Moment) -> [PolicyAction] {

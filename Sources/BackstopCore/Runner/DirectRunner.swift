@@ -90,15 +90,14 @@ public enum DirectRunner {
         }
     }
 
-    /// Journal streams for the agent's stdout and stderr, else the daemon's own.
+    /// Journal streams for the agent's stdout (priority info) and stderr (warning), else the daemon's own.
     private static func outputDescriptors(identifier: String) -> (FileDescriptorOutput, FileDescriptorOutput) {
-        if Journal.isAvailable, let stream = try? Journal.streamDescriptor(identifier: identifier) {
-            let duplicate = dup(stream)
-            if duplicate >= 0 {
-                return (.fileDescriptor(FileDescriptor(rawValue: stream), closeAfterSpawningProcess: true),
-                        .fileDescriptor(FileDescriptor(rawValue: duplicate), closeAfterSpawningProcess: true))
+        if Journal.isAvailable, let output = try? Journal.streamDescriptor(identifier: identifier, priority: .info) {
+            if let error = try? Journal.streamDescriptor(identifier: identifier, priority: .warning) {
+                return (.fileDescriptor(FileDescriptor(rawValue: output), closeAfterSpawningProcess: true),
+                        .fileDescriptor(FileDescriptor(rawValue: error), closeAfterSpawningProcess: true))
             }
-            close(stream)
+            close(output)
         }
         return (.fileDescriptor(.standardOutput, closeAfterSpawningProcess: false),
                 .fileDescriptor(.standardError, closeAfterSpawningProcess: false))

@@ -146,7 +146,7 @@ public actor Supervisor {
         persist(agent)
         apply([.record(Decision(
             .contentStaged, agent: agent, version: record.id,
-            message: "Staged content \(record.id) for agent \(agent): \(record.fileCount) files, \(record.totalBytes) bytes, sha256 \(record.digest.prefix(16))."))],
+            message: "Staged content \(record.id) for agent \(agent): \(record.fileCount == 1 ? "1 file" : "\(record.fileCount) files"), \(record.totalBytes) bytes, sha256 \(record.digest.prefix(16))."))],
             to: agent)
         if activate { try await self.activate(agent: agent, version: record.id) }
         return record
@@ -330,7 +330,7 @@ public actor Supervisor {
 
     private func escalateKill(_ name: String, generation: Int) {
         guard slots[name]?.generation == generation, let pid = slots[name]?.pid else { return }
-        logger.warning("Agent did not exit within the grace period; sending SIGKILL.",
+        logger.warning("Agent \(name) (pid \(pid)) did not exit within the grace period; sending SIGKILL.",
                        metadata: ["agent": "\(name)", "pid": "\(pid)"])
         DirectRunner.signalGroup(pid, SIGKILL)
     }
@@ -381,13 +381,13 @@ public actor Supervisor {
         // An agent with no content yet does not hold the verdict back; a given-up one does.
         if slots.values.allSatisfy({ $0.bootHealthy || ($0.policy.ledger.active == nil && $0.policy.phase != .givenUp) }) {
             bootGood = true
-            for slot in slots.values.sorted(by: { $0.configuration.name < $1.configuration.name }) {
+            // One entry per agent that the verdict rests on, so that each carries its version.
+            for slot in slots.values.sorted(by: { $0.configuration.name < $1.configuration.name }) where slot.bootHealthy {
                 let agent = slot.configuration.name
-                let health = slot.bootHealthy
-                    ? "stayed healthy for \(slot.configuration.bootGoodAfterSeconds) s" : "has no content yet"
+                let version = slot.policy.ledger.active ?? "none"
                 record(Decision(
                     .bootAssessed, agent: agent, version: slot.policy.ledger.active, bootID: bootID, reason: "good",
-                    message: "Boot \(bootID) is good: agent \(agent) \(health)\(slot.policy.ledger.active.map { " on content \($0)" } ?? "")."))
+                    message: "Boot \(bootID) is good: agent \(agent) stayed healthy for \(slot.configuration.bootGoodAfterSeconds) s on content \(version)."))
             }
         }
     }
@@ -437,7 +437,7 @@ public actor Supervisor {
     private func killLeftovers(of name: String, store: ContentStore) {
         let ownSession = getsid(0)
         for pid in ProcessTable.processes(withEnvironment: LaunchRequest.storeVariable, value: store.root) {
-            logger.warning("Killing the agent left running by a previous backstopd.",
+            logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
                            metadata: ["agent": "\(name)", "pid": "\(pid)"])
             let session = getsid(pid)
             if session > 1 && session != ownSession { kill(-session, SIGKILL) }

@@ -37,12 +37,13 @@ public enum Journal {
     }
 
     /// A stream connected to journald (`sd_journal_stream_fd(3)`): every line written to
-    /// it becomes an entry with `SYSLOG_IDENTIFIER=identifier` and priority `info`. The
+    /// it becomes an entry with `SYSLOG_IDENTIFIER=identifier` and `priority`, unless the
+    /// line starts with a `<N>` prefix (sd-daemon(3)), as under systemd's services. The
     /// stream protocol carries no fields of our own; the identifier names the agent.
     /// - Returns: the descriptor, owned by the caller.
     /// - Throws: `Errno` from `sd_journal_stream_fd` (no journald, for one).
-    public static func streamDescriptor(identifier: String) throws -> Int32 {
-        try SystemdCall.check(sd_journal_stream_fd(identifier, Int32(Priority.info.rawValue), 0))
+    public static func streamDescriptor(identifier: String, priority: Priority) throws -> Int32 {
+        try SystemdCall.check(sd_journal_stream_fd(identifier, Int32(priority.rawValue), 1))
     }
 
     /// Whether a journald is listening on this machine (its native socket exists).
