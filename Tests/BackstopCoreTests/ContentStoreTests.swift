@@ -299,7 +299,7 @@ struct ContentStoreTests {
         #expect(throws: StoreError.missingVersion("v9")) { try fixture.store.verify(ghost) }
     }
 
-    @Test("recover removes staging leftovers and unknown versions, and repairs the links")
+    @Test("recover adopts complete versions it did not record, lists staging leftovers, and repairs the links")
     func recoverCleansUp() throws {
         let fixture = try StoreFixture()
         defer { fixture.remove() }
@@ -309,7 +309,7 @@ struct ContentStoreTests {
         ledger.add(try fixture.stage("v2", existing: ["v1"]))
         ledger.activate("v2")
         // A stage interrupted after its rename but before its record was written.
-        _ = try fixture.stage("orphan", existing: ["v1", "v2"])
+        let orphan = try fixture.stage("orphan", existing: ["v1", "v2"])
         // An unfinished copy in staging/, read-only like a real one.
         let leftover = fixture.store.stagingDirectory + "/5C1D2C5E-unfinished"
         try write("half", to: leftover + "/sub/file", mode: 0o444)
@@ -319,12 +319,16 @@ struct ContentStoreTests {
         let contentLink = fixture.directory + "/current"
         try fixture.store.point(at: "v1", contentLink: contentLink)
 
-        let recovery = try fixture.store.recover(ledger: ledger, contentLink: contentLink)
-        #expect(recovery.droppedVersions == ["orphan"])
-        #expect(fixture.storeListing.versions == ["v1", "v2"])
-        // The leftover and the dropped version wait in staging/ for deletion off the critical path.
-        #expect(Set(recovery.garbage) == Set(fixture.storeListing.staging.map { fixture.store.stagingDirectory + "/" + $0 }))
-        #expect(recovery.garbage.count == 2)
+        let recovery = try fixture.store.recover(ledger: &ledger, contentLink: contentLink, at: Date())
+        // A complete version is never deleted: it is adopted as staged, with its digest.
+        #expect(recovery.adoptedVersions == ["orphan"])
+        #expect(ledger.record("orphan")?.standing == .staged)
+        #expect(ledger.record("orphan")?.digest == orphan.digest)
+        #expect(ledger.record("orphan")?.fileCount == orphan.fileCount)
+        #expect(ledger.record("orphan")?.totalBytes == orphan.totalBytes)
+        #expect(fixture.storeListing.versions == ["orphan", "v1", "v2"])
+        // The unfinished copy waits in staging/ for deletion off the critical path.
+        #expect(recovery.garbage == [leftover])
         recovery.garbage.forEach(ContentStore.removeTree)
         #expect(fixture.storeListing.staging.isEmpty)
         #expect(linkTarget(fixture.store.activeLink) == "versions/v2")
@@ -340,8 +344,8 @@ struct ContentStoreTests {
         ledger.add(try fixture.stage("v1"))
         ledger.activate("v1")
         let contentLink = fixture.directory + "/current"
-        let recovery = try fixture.store.recover(ledger: ledger, contentLink: contentLink)
-        #expect(recovery.droppedVersions.isEmpty && recovery.garbage.isEmpty)
+        let recovery = try fixture.store.recover(ledger: &ledger, contentLink: contentLink, at: Date())
+        #expect(recovery.adoptedVersions.isEmpty && recovery.garbage.isEmpty)
         #expect(linkTarget(fixture.store.activeLink) == "versions/v1")
         #expect(linkTarget(contentLink) == fixture.store.path(of: "v1"))
     }

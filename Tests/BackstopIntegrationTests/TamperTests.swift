@@ -68,6 +68,47 @@ struct TamperTests {
         #expect(aside.count == 1, "the garbled file is kept for inspection")
     }
 
+    @Test("Both state files lost: no version is deleted; the versions are adopted and the active one runs again")
+    func lostStateFiles() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        try harness.stage(Paths.sample("v3-good"), as: "v3", activate: false)
+        harness.stop()
+        let agentDirectory = harness.directory + "/state/demo"
+        try FileManager.default.removeItem(atPath: agentDirectory + "/state.json")
+        try FileManager.default.removeItem(atPath: agentDirectory + "/state.json.prev")
+
+        try harness.start()
+        try harness.wait(for: "agent-ready")
+        let agent = try harness.agent()
+        #expect(agent.content.active == "v1")
+        #expect(agent.content.candidate == "v1", "its standing was in the lost files: probation again")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: agentDirectory + "/versions").sorted() == ["v1", "v3"])
+        let listing = try harness.ctl("content", "list", "demo")
+        #expect(listing.output.contains("v3"))
+    }
+
+    @Test("A state file whose active version points outside the store is repaired to the known-good version")
+    func activeOutsideTheStore() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        harness.stop()
+        let path = harness.directory + "/state/demo/state.json"
+        var state = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        var ledger = try #require(state["ledger"] as? [String: Any])
+        ledger["active"] = "../../../etc"
+        state["ledger"] = ledger
+        try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: path))
+
+        try harness.start()
+        try harness.wait(for: "agent-ready")
+        #expect(harness.log.all.contains { $0.contains("was inconsistent and has been repaired") })
+        #expect(!harness.log.all.contains { $0.contains("etc") && $0.contains("event=agent-started") })
+        let agent = try harness.agent()
+        #expect(agent.content.active == "v1")
+        #expect(agent.state == "running")
+    }
+
     @Test("A second daemon on the same state directory refuses to start; the first keeps serving")
     func secondDaemonRefused() throws {
         let harness = try harnessWithKnownGood()

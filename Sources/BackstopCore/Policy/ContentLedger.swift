@@ -135,6 +135,24 @@ public struct ContentLedger: Codable, Sendable, Equatable {
         }
     }
 
+    /// Makes a state read from disk safe to act on: records whose id could name a path
+    /// outside the store are dropped, and an active version that is unknown or
+    /// quarantined is replaced by the last known-good version (or by none).
+    /// - Returns: what was wrong, for the log; empty when nothing was.
+    public mutating func repair(isValidID: (String) -> Bool) -> [String] {
+        var problems: [String] = []
+        let invalid = versions.filter { !isValidID($0.id) }.map(\.id)
+        if !invalid.isEmpty {
+            versions.removeAll { !isValidID($0.id) }
+            problems.append("dropped records with invalid ids: \(invalid.joined(separator: ", "))")
+        }
+        if let active, record(active) == nil || record(active)?.standing == .quarantined {
+            problems.append("the active version \(active) is \(record(active) == nil ? "unknown" : "quarantined")")
+            self.active = knownGood
+        }
+        return problems
+    }
+
     /// Clears the active version (the agent then has nothing to run).
     public mutating func deactivate() {
         active = nil

@@ -166,24 +166,21 @@ public struct ContentStore: Sendable {
 
     /// What startup recovery found.
     public struct Recovery: Sendable {
-        /// Versions the ledger did not know (a stage interrupted before its record was written).
-        public var droppedVersions: [String]
-        /// Paths to delete: unfinished copies, and dropped versions moved into `staging/`.
-        /// Deleting a large tree takes a while, so the caller does it off the critical path.
+        /// Complete versions the ledger did not know (a stage interrupted between its
+        /// rename into `versions/` and its record, or a state file from before them):
+        /// adopted as staged, never deleted.
+        public var adoptedVersions: [String]
+        /// Paths to delete: unfinished copies in `staging/`. Deleting a large tree takes a
+        /// while, so the caller does it off the critical path.
         public var garbage: [String]
     }
 
-    /// Startup recovery: moves versions the ledger does not know into `staging/` (one
-    /// rename each), lists everything in `staging/` for deletion, and makes the active
-    /// link agree with the ledger.
+    /// Startup recovery: adopts complete versions the ledger does not know (anything in
+    /// `versions/` was renamed there only once complete), lists `staging/` for deletion,
+    /// and makes the active link agree with the ledger.
     /// - Throws: ``StoreError/io(path:operation:errno:)`` when the link cannot be fixed.
-    public func recover(ledger: ContentLedger, contentLink: String?) throws(StoreError) -> Recovery {
-        var dropped: [String] = []
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: versionsDirectory)) ?? []
-        where ledger.record(entry) == nil {
-            _ = Glibc.rename(path(of: entry), stagingDirectory + "/dropped-" + UUID().uuidString)
-            dropped.append(entry)
-        }
+    public func recover(ledger: inout ContentLedger, contentLink: String?, at date: Date) throws(StoreError) -> Recovery {
+        let adopted = adoptUnknown(into: &ledger, at: date)
         let garbage = ((try? FileManager.default.contentsOfDirectory(atPath: stagingDirectory)) ?? [])
             .map { stagingDirectory + "/" + $0 }
         let contentTarget = contentLink.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: $0) }
@@ -194,7 +191,7 @@ public struct ContentStore: Sendable {
         } else if activeTarget() != nil || contentTarget != nil {
             try point(at: nil, contentLink: contentLink)
         }
-        return Recovery(droppedVersions: dropped, garbage: garbage)
+        return Recovery(adoptedVersions: adopted, garbage: garbage)
     }
 
     /// Rebuilds a ledger from the versions on disk when the state file is lost: every
@@ -202,13 +199,23 @@ public struct ContentStore: Sendable {
     /// active again, as a candidate.
     public func adoptVersions(activeID: String?, at date: Date) -> ContentLedger {
         var ledger = ContentLedger()
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: versionsDirectory)) ?? []).sorted()
-        for id in names where Self.isValidVersionID(id) {
-            guard let digest = try? TreeCopier.digest(of: path(of: id)) else { continue }
-            ledger.add(VersionRecord(id: id, digest: digest, fileCount: 0, totalBytes: 0, stagedAt: date))
-        }
+        _ = adoptUnknown(into: &ledger, at: date)
         if let activeID, ledger.record(activeID) != nil { ledger.activate(activeID) }
         return ledger
+    }
+
+    /// Adds every readable version directory the ledger lacks, as staged.
+    /// - Returns: the adopted ids.
+    private func adoptUnknown(into ledger: inout ContentLedger, at date: Date) -> [String] {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: versionsDirectory)) ?? []).sorted()
+        var adopted: [String] = []
+        for id in names where Self.isValidVersionID(id) && ledger.record(id) == nil {
+            guard let summary = try? TreeCopier.summary(of: path(of: id)) else { continue }
+            ledger.add(VersionRecord(
+                id: id, digest: summary.digest, fileCount: summary.fileCount, totalBytes: summary.totalBytes, stagedAt: date))
+            adopted.append(id)
+        }
+        return adopted
     }
 
     /// Removes a tree that may be read-only (restoring write permission on directories first).
@@ -309,7 +316,14 @@ struct TreeCopier {
 
     /// The tree digest of an already stored directory.
     static func digest(of root: String) throws(StoreError) -> String {
+        try summary(of: root).digest
+    }
+
+    /// The digest, file count and size of an already stored directory.
+    static func summary(of root: String) throws(StoreError) -> TreeSummary {
         var listing = SHA256()
+        var fileCount = 0
+        var totalBytes: Int64 = 0
         for relative in try entries(under: root) {
             let full = root + "/" + relative
             var info = stat()
@@ -319,12 +333,14 @@ struct TreeCopier {
             case S_IFREG:
                 let hash = try hashFile(full)
                 let executable = info.st_mode & 0o111 != 0
+                fileCount += 1
+                totalBytes += Int64(info.st_size)
                 listing.update(data: Data("F \(relative) \(executable ? 755 : 644) \(info.st_size) \(hash)\n".utf8))
             case S_IFLNK: listing.update(data: Data("L \(relative) \(try linkTarget(full))\n".utf8))
             default: throw .unsupportedEntry(path: full, kind: kindName(info.st_mode))
             }
         }
-        return hex(listing.finalize())
+        return TreeSummary(digest: hex(listing.finalize()), fileCount: fileCount, totalBytes: totalBytes)
     }
 
     /// Relative paths of every entry below `root`, parents before children, sorted by bytes.

@@ -401,7 +401,24 @@ public actor Supervisor {
         do { try store.prepare() } catch {
             logger.error("Cannot create the content store.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
         }
-        let state = loadState(path: path, store: store)
+        var state = loadState(path: path, store: store)
+        let problems = state.ledger.repair(isValidID: ContentStore.isValidVersionID)
+        if !problems.isEmpty {
+            logger.critical("The agent's state file was inconsistent and has been repaired.",
+                            metadata: ["agent": "\(agent.name)", "problems": "\(problems.joined(separator: "; "))"])
+        }
+        killLeftovers(of: agent.name, store: store)
+        do {
+            let recovery = try store.recover(ledger: &state.ledger, contentLink: agent.contentLink, at: now.wall)
+            if !recovery.adoptedVersions.isEmpty {
+                logger.notice("Adopted complete versions that the state file did not record, as staged.",
+                              metadata: ["agent": "\(agent.name)", "versions": "\(recovery.adoptedVersions.joined(separator: ","))"])
+            }
+            // Deleting is not on the way to a running agent.
+            Task.detached(priority: .background) { recovery.garbage.forEach(ContentStore.removeTree) }
+        } catch {
+            logger.error("Cannot restore the active link.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
+        }
         let sameBoot = state.bootID == bootID
         policy.restore(
             ledger: state.ledger, failures: sameBoot ? state.failures : [],
@@ -409,18 +426,6 @@ public actor Supervisor {
             probationBankedSeconds: sameBoot ? state.probationBankedSeconds : 0, givenUp: state.givenUp,
             mode: state.mode, escalationTried: state.escalationTried, lastRollback: state.lastRollback,
             resetFailedAt: state.resetFailedAt)
-        killLeftovers(of: agent.name, store: store)
-        do {
-            let recovery = try store.recover(ledger: policy.ledger, contentLink: agent.contentLink)
-            if !recovery.droppedVersions.isEmpty {
-                logger.notice("Dropped versions whose staging did not finish.",
-                              metadata: ["agent": "\(agent.name)", "versions": "\(recovery.droppedVersions.joined(separator: ","))"])
-            }
-            // Deleting is not on the way to a running agent.
-            Task.detached(priority: .background) { recovery.garbage.forEach(ContentStore.removeTree) }
-        } catch {
-            logger.error("Cannot restore the active link.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
-        }
         var slot = AgentSlot(configuration: agent, store: store, policy: policy)
         slot.restartDue = sameBoot ? state.restartDueMonotonicSeconds : nil
         slots[agent.name] = slot
@@ -465,9 +470,10 @@ public actor Supervisor {
                 _ = rename(candidate, aside)
             }
         }
-        guard !errors.isEmpty else { return AgentStateFile() }
-        logger.critical("Both generations of the agent's state file are unreadable; they were moved aside and the store re-adopted.",
-                        metadata: ["path": "\(path)", "error": "\(errors.joined(separator: "; "))"])
+        let versionsOnDisk = !((try? FileManager.default.contentsOfDirectory(atPath: store.versionsDirectory)) ?? []).isEmpty
+        guard !errors.isEmpty || versionsOnDisk else { return AgentStateFile() }
+        logger.critical("The agent's state file is lost or unreadable (both generations); the versions on disk were adopted again.",
+                        metadata: ["path": "\(path)", "error": "\(errors.isEmpty ? "missing" : errors.joined(separator: "; "))"])
         var state = AgentStateFile()
         state.ledger = store.adoptVersions(activeID: store.activeTarget(), at: Date())
         return state
