@@ -50,8 +50,14 @@ struct GlobalOptions: ParsableArguments {
         }
     }
 
+    /// A client for quick calls (15 s for a reply).
     func client() throws -> ControlClient {
         ControlClient(path: try load().daemon.controlSocketPath)
+    }
+
+    /// A client for calls that copy or verify content (10 min for a reply).
+    func slowClient() throws -> ControlClient {
+        ControlClient(path: try load().daemon.controlSocketPath, replyTimeoutSeconds: 600)
     }
 }
 
@@ -61,9 +67,9 @@ struct VersionTarget: ParsableArguments {
     @Argument var agent: String
     @Argument var version: String
 
-    /// Calls `method` with `agent` and `version`.
+    /// Calls `method` with `agent` and `version` (allowing for verification of the content).
     func call(_ method: String) throws {
-        try perform { try options.client().call(method, ["agent": agent, "version": version]) }
+        try perform { try options.slowClient().call(method, ["agent": agent, "version": version]) }
     }
 }
 
@@ -155,7 +161,7 @@ struct Stage: ParsableCommand {
     func run() throws {
         let path = URL(fileURLWithPath: directory).standardizedFileURL.path
         let reply = try perform {
-            try options.client().call(
+            try options.slowClient().call(
                 "Stage", Parameters(agent: agent, path: path, version: version, activate: activate), as: Reply.self)
         }
         let files = reply.version.fileCount == 1 ? "1 file" : "\(reply.version.fileCount) files"
@@ -190,7 +196,7 @@ struct Rollback: ParsableCommand {
     @Option(name: .long, help: "The version to return to.") var to: String?
 
     func run() throws {
-        try perform { try options.client().call("Rollback", ["agent": agent, "to": to]) }
+        try perform { try options.slowClient().call("Rollback", ["agent": agent, "to": to]) }
         print("Rolled \(agent) back\(to.map { " to \($0)" } ?? " to its last known-good version").")
     }
 }

@@ -171,3 +171,22 @@ struct ConfigurationLimitTests {
         #expect(try Configuration.parse("", path: "/x.toml").warnings.count == 1)
     }
 }
+
+@Suite("Escalation with damaged content")
+struct DamagedEscalationTests {
+    @Test("when the older known-good version is damaged, the ladder does not return to the one that crash-loops")
+    func noReturnToFailingKnownGood() throws {
+        var policy = AgentPolicy(
+            settings: policySettings(threshold: 2), ledger: makeLedger(knownGood: ["v1", "v3"], active: "v3"))
+        _ = policy.begin(at: moment(0))
+        let (actions, end) = policy.crashUntilCrashLoop(from: 0)
+        #expect(actions.contains(.switchContent(version: "v1")))
+        // The host finds v1's files changed when it is about to switch.
+        let corrupt = policy.activeContentCorrupt("digest mismatch", at: moment(end))
+        #expect(!corrupt.contains(.switchContent(version: "v3")))
+        #expect(!corrupt.contains(.spawn(version: "v3", mode: .normal)))
+        #expect(corrupt.decision(.safeMode)?.reason == "no-known-good")
+        #expect(policy.phase == .givenUp)
+        #expect(policy.ledger.quarantined == ["v1"])
+    }
+}

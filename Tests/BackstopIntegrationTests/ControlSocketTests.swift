@@ -67,6 +67,17 @@ struct ControlSocketTests {
         }
         #expect(offset < flood.count, "the daemon applies backpressure instead of buffering every call")
 
+        // Many greedy clients at once: each is held to a small buffer, and they can be
+        // closed to make room, since none has a call running while it does not read.
+        var greedyMany: [Int32] = []
+        defer { greedyMany.forEach { close($0) } }
+        for _ in 0..<(ControlServer.maximumConnections + 20) {
+            let fd = try connectClient(harness)
+            _ = flood.prefix(200_000).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            greedyMany.append(fd)
+        }
+        #expect(try harness.status().exitCode == 0)
+
         var idle: [Int32] = []
         defer { idle.forEach { close($0) } }
         for _ in 0..<(ControlServer.maximumConnections + 20) { idle.append(try connectClient(harness)) }

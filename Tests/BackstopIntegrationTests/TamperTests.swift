@@ -109,6 +109,41 @@ struct TamperTests {
         #expect(agent.state == "running")
     }
 
+    @Test("A rollback to a version whose files changed is refused, and the running agent is left alone")
+    func rollbackToTamperedVersionRefused() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        try harness.stage(Paths.sample("v3-good"), as: "v3")
+        try harness.wait(for: "agent-ready", after: "content-activated")
+        #expect(try harness.ctl("promote", "demo", "v3").status == 0)
+        let file = harness.directory + "/state/demo/versions/v1/templates.conf"
+        chmod(file, 0o644)
+        try "template tampered fields=1\n".write(toFile: file, atomically: false, encoding: .utf8)
+        let pid = try harness.agent().pid
+        let refused = try harness.ctl("rollback", "demo", "--to", "v1")
+        #expect(refused.status == 1)
+        #expect(refused.error.contains("does not match its recorded digest"))
+        let agent = try harness.agent()
+        #expect(agent.content.active == "v3")
+        #expect(agent.pid == pid, "the healthy agent was not restarted")
+    }
+
+    @Test("A second daemon sharing only the runtime directory refuses to start too")
+    func secondDaemonSharingRuntimeDirectory() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        let other = harness.directory + "/other.toml"
+        try """
+            [daemon]
+            state_directory = "\(harness.directory)/other-state"
+            runtime_directory = "\(harness.directory)/run"
+            """.write(toFile: other, atomically: true, encoding: .utf8)
+        let second = try Command.run(Paths.binary("backstopd"), ["--config", other])
+        #expect(second.status != 0)
+        #expect((second.output + second.error).contains("another backstopd"))
+        #expect(try harness.status().exitCode == 0, "the first daemon's sockets are untouched")
+    }
+
     @Test("A second daemon on the same state directory refuses to start; the first keeps serving")
     func secondDaemonRefused() throws {
         let harness = try harnessWithKnownGood()

@@ -5,10 +5,11 @@ import SystemPackage
 public struct ControlClient: Sendable {
     /// The control socket's path.
     public var path: String
-    /// How long to wait for a reply, in seconds (staging a large tree takes a while).
+    /// How long to wait for a reply, in seconds: long enough for staging a large tree,
+    /// short for reading the status, so that a stopped daemon does not hang the caller.
     public var replyTimeoutSeconds: Int
 
-    public init(path: String, replyTimeoutSeconds: Int = 600) {
+    public init(path: String, replyTimeoutSeconds: Int = 15) {
         self.path = path
         self.replyTimeoutSeconds = replyTimeoutSeconds
     }
@@ -55,6 +56,7 @@ public struct ControlClient: Sendable {
         defer { close(fd) }
         var timeout = timeval(tv_sec: replyTimeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let connected = try UnixSocketAddress.withAddress(path) { address, length in connect(fd, address, length) }
         guard connected == 0 else {
             if errno == ENOENT || errno == ECONNREFUSED { throw ClientError.daemonNotRunning(path: path) }
@@ -75,6 +77,9 @@ public struct ControlClient: Sendable {
         while !reply.contains(0) {
             let count = read(fd, &buffer, buffer.count)
             if count < 0 && errno == EINTR { continue }
+            if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                throw ClientError.io(operation: "no reply within \(replyTimeoutSeconds) s; read", errno: ETIMEDOUT)
+            }
             guard count > 0 else {
                 throw count == 0 ? ClientError.protocolError("connection closed before the reply") : ClientError.io(operation: "read", errno: errno)
             }

@@ -128,11 +128,18 @@ private final class Connection: @unchecked Sendable {
     private var isClosed = false
     /// Reading stops while a full message's worth of input waits to be answered.
     private var readingPaused = false
+    /// Input waiting to be answered is capped: at a whole message of up to
+    /// ``Varlink/maximumMessageBytes``, and at 64 KiB once a complete message is queued,
+    /// so that many pipelining clients together stay small.
+    private var inputIsFull: Bool {
+        input.count >= Varlink.maximumMessageBytes || (input.count >= 65536 && input.contains(0))
+    }
+
     /// When the client last sent or was sent something.
     private(set) var lastActivity = DispatchTime.now()
 
-    /// No call is running and no reply waits to be read.
-    var isIdle: Bool { !inFlight && output.isEmpty }
+    /// No call of it is running: it waits for the client (to send, or to read its reply).
+    var isIdle: Bool { !inFlight }
 
     init(fd: Int32, peer: PeerCredentials, queue: DispatchQueue, server: ControlServer) {
         self.fd = fd
@@ -163,7 +170,7 @@ private final class Connection: @unchecked Sendable {
 
     private func readAvailable() {
         var buffer = [UInt8](repeating: 0, count: 65536)
-        while !isClosed && input.count < Varlink.maximumMessageBytes {
+        while !isClosed && !inputIsFull {
             let count = read(fd, &buffer, buffer.count)
             if count > 0 {
                 lastActivity = .now()
@@ -176,7 +183,7 @@ private final class Connection: @unchecked Sendable {
             close()
             return
         }
-        if input.count >= Varlink.maximumMessageBytes {
+        if inputIsFull {
             guard input.contains(0) else {
                 fail("org.varlink.service.InvalidParameter", "message larger than \(Varlink.maximumMessageBytes) bytes")
                 return
@@ -196,7 +203,7 @@ private final class Connection: @unchecked Sendable {
         guard !inFlight, !isClosed, output.isEmpty, let end = input.firstIndex(of: 0) else { return }
         let message = input[input.startIndex..<end]
         input = Data(input[(end + 1)...])
-        if readingPaused && input.count < Varlink.maximumMessageBytes {
+        if readingPaused && !inputIsFull {
             readingPaused = false
             readSource?.resume()
         }

@@ -18,9 +18,12 @@ public struct DaemonService: Sendable {
     /// - Throws: ``InstanceLock/Busy`` when another daemon uses the state directory, or
     ///   when the state or runtime directory, the boot ID or the control socket cannot be set up.
     public func run(until shutdownRequested: @Sendable () async -> Void) async throws {
-        let lock = try InstanceLock(stateDirectory: configuration.daemon.stateDirectory)
-        defer { withExtendedLifetime(lock) {} }
-        try DurableFile.makeDirectories(configuration.daemon.runtimeDirectory, mode: 0o755)
+        // A second daemon must not share either directory: it would take over the sockets.
+        let locks = [
+            try InstanceLock(directory: configuration.daemon.stateDirectory),
+            try InstanceLock(directory: configuration.daemon.runtimeDirectory),
+        ]
+        defer { withExtendedLifetime(locks) {} }
         let supervisor = try Supervisor(configuration: configuration, logger: logger)
         // Listen first: recovery at start may take a while, and status calls then wait
         // for it instead of finding no daemon.

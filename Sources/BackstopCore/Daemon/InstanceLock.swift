@@ -1,9 +1,10 @@
 import Foundation
 import SystemPackage
 
-/// Makes sure one daemon at a time owns a state directory: flock(2) on
-/// `<state_directory>/backstopd.lock`, held for the life of the process (the kernel
-/// drops it when the process dies, however it dies). The file holds the owner's pid.
+/// Makes sure one daemon at a time owns a directory (the state and the runtime
+/// directory each get one): flock(2) on `<directory>/backstopd.lock`, held for the life
+/// of the process (the kernel drops it when the process dies, however it dies). The
+/// file holds the owner's pid.
 public final class InstanceLock: Sendable {
     private let descriptor: FileDescriptor
 
@@ -16,11 +17,11 @@ public final class InstanceLock: Sendable {
         }
     }
 
-    /// Takes the lock of `stateDirectory`, creating the directory when needed.
+    /// Takes the lock of `directory`, creating the directory when needed.
     /// - Throws: ``Busy`` when another process holds it, `Errno` from open(2) or flock(2).
-    public init(stateDirectory: String) throws {
-        try DurableFile.makeDirectories(stateDirectory, mode: 0o755)
-        let path = stateDirectory + "/backstopd.lock"
+    public init(directory: String) throws {
+        try DurableFile.makeDirectories(directory, mode: 0o755)
+        let path = directory + "/backstopd.lock"
         let descriptor = try FileDescriptor.open(
             FilePath(path), .readWrite, options: [.create, .closeOnExec], permissions: [.ownerReadWrite, .groupRead, .otherRead])
         guard flock(descriptor.rawValue, LOCK_EX | LOCK_NB) == 0 else {

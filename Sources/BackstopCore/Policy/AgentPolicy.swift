@@ -198,6 +198,8 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var probationBankedSeconds: Double = 0
     /// When the current run became ready (monotonic), nil when not running.
     public private(set) var readySinceMonotonic: Double?
+    /// The version the last spawn ran, which an exit is about even after an activation.
+    public private(set) var runningVersion: String?
     /// Known-good versions already tried in the current escalation.
     public private(set) var escalationTried: [String] = []
     public private(set) var lastRollback: RollbackRecord?
@@ -271,7 +273,8 @@ public struct AgentPolicy: Sendable, Equatable {
         // The host dropped what it had not yet carried out for the damaged version:
         // a spawn still pending (phase starting) or the stop before a restart.
         let pendingStop: [PolicyAction] = phase == .stopping(.restart) ? [.terminate(signal: SIGTERM)] : []
-        guard let knownGood = ledger.knownGood else {
+        // Not back to a known-good version that already failed in this escalation.
+        guard let knownGood = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) else {
             ledger.deactivate()
             actions.append(.switchContent(version: nil))
             if !pendingStop.isEmpty { return actions + pendingStop }
@@ -322,7 +325,7 @@ public struct AgentPolicy: Sendable, Equatable {
     public mutating func agentExited(_ termination: Termination, at now: Moment) -> [PolicyAction] {
         var actions = disarmRunTimers()
         bankProbation(at: now)
-        let version = ledger.active
+        let version = runningVersion ?? ledger.active
         switch phase {
         case .stopping(.restart):
             actions.append(recordExit(termination, version: version, reason: nil, expected: true, at: now))
@@ -695,6 +698,7 @@ public struct AgentPolicy: Sendable, Equatable {
             return []
         }
         phase = .starting
+        runningVersion = active
         return [.spawn(version: active, mode: mode)]
     }
 

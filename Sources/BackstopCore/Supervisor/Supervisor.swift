@@ -157,11 +157,7 @@ public actor Supervisor {
     public func activate(agent: String, version id: String) async throws(ManagerError) {
         let current = try slot(agent)
         guard let record = current.policy.ledger.record(id) else { throw .policy(.noSuchVersion(id)) }
-        let store = current.store
-        let verification = await Task.detached { () -> StoreError? in
-            do throws(StoreError) { try store.verify(record); return nil } catch { return error }
-        }.value
-        if let verification { throw .store(verification) }
+        try await verify(record, in: current.store)
         try operate(agent) { policy, now throws(PolicyError) in try policy.activate(id, at: now) }
     }
 
@@ -171,10 +167,25 @@ public actor Supervisor {
         try operate(agent) { policy, now throws(PolicyError) in try policy.promote(id, at: now) }
     }
 
-    /// Rolls back to `target`, or to the last known-good version.
+    /// Rolls back to `target`, or to the last known-good version, once its files are verified.
     /// - Throws: ``ManagerError``.
-    public func rollback(agent: String, to target: String?) throws(ManagerError) {
+    public func rollback(agent: String, to target: String?) async throws(ManagerError) {
+        let current = try slot(agent)
+        let ledger = current.policy.ledger
+        if let destination = target ?? ledger.knownGoodNewestFirst.first(where: { $0 != ledger.active }),
+            let record = ledger.record(destination)
+        {
+            try await verify(record, in: current.store)
+        }
         try operate(agent) { policy, now throws(PolicyError) in try policy.rollback(to: target, at: now) }
+    }
+
+    /// Checks a version's files against its digest off the actor.
+    private func verify(_ record: VersionRecord, in store: ContentStore) async throws(ManagerError) {
+        let failure = await Task.detached { () -> StoreError? in
+            do throws(StoreError) { try store.verify(record); return nil } catch { return error }
+        }.value
+        if let failure { throw .store(failure) }
     }
 
     /// Lifts the quarantine of `id`.
@@ -225,8 +236,10 @@ public actor Supervisor {
     private func processEnded(_ name: String, generation: Int, result: Result<Termination, LaunchError>) {
         guard slots[name]?.generation == generation else { return }
         if let pid = slots[name]!.pid {
-            // The session may hold children that outlived the leader: none survives its agent.
+            // The session may hold children that outlived the leader, and a child may have
+            // left it (setsid): none survives its agent.
             DirectRunner.signalGroup(pid, SIGKILL)
+            killLeftovers(of: name, store: slots[name]!.store, quietly: true)
         }
         slots[name]!.pid = nil
         slots[name]!.killEscalation?.cancel()
@@ -436,14 +449,16 @@ public actor Supervisor {
         return slots[agent.name]!
     }
 
-    /// Kills every process a previous backstopd left running for this agent, found by
+    /// Kills every process a previous backstopd (or the agent that just ended) left running, found by
     /// the `BACKSTOP_STORE` mark in its environment: a daemon killed at any instant,
     /// even between spawning the agent and recording it, leaves none behind.
-    private func killLeftovers(of name: String, store: ContentStore) {
+    private func killLeftovers(of name: String, store: ContentStore, quietly: Bool = false) {
         let ownSession = getsid(0)
         for pid in ProcessTable.processes(withEnvironment: LaunchRequest.storeVariable, value: store.root) {
-            logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
-                           metadata: ["agent": "\(name)", "pid": "\(pid)"])
+            if !quietly {
+                logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
+                               metadata: ["agent": "\(name)", "pid": "\(pid)"])
+            }
             let session = getsid(pid)
             if session > 1 && session != ownSession { kill(-session, SIGKILL) }
             kill(pid, SIGKILL)
