@@ -132,17 +132,32 @@ struct Content: ParsableCommand {
         @OptionGroup var options: GlobalOptions
         @Argument var agent: String
         @Flag(name: .long, help: "Print JSON.") var json = false
+        @Flag(name: .long, help: "Leave out the column headings.") var noLegend = false
 
         struct Reply: Codable { var versions: [VersionRecord] }
 
         func run() throws {
-            let reply = try perform { try options.client().call("ListContent", ["agent": agent], as: Reply.self) }
-            let status = try perform { try options.client().call("GetStatus", ["agent": agent], as: StatusReport.self) }
+            let configuration = try options.load()
+            guard let agentConfiguration = configuration.agent(named: agent) else {
+                throw ValidationError("no agent \"\(agent)\" in \(configuration.path)")
+            }
+            let ledger: ContentLedger
+            do {
+                let client = ControlClient(path: configuration.daemon.controlSocketPath)
+                let reply = try client.call("ListContent", ["agent": agent], as: Reply.self)
+                let status = try client.call("GetStatus", ["agent": agent], as: StatusReport.self)
+                ledger = ContentLedger(versions: reply.versions, active: status.agents.first?.content.active)
+            } catch ControlClient.ClientError.daemonNotRunning {
+                // Read-only: the state file says the same while the daemon is down.
+                let store = ContentStore(stateDirectory: configuration.daemon.stateDirectory, agent: agentConfiguration.name)
+                FileHandle.standardError.write(Data("backstopctl: backstopd is not running; showing the state saved in \(store.stateFile)\n".utf8))
+                ledger = (try? AgentStateFile.load(path: store.stateFile))??.ledger ?? ContentLedger()
+            }
             if json {
-                print(String(decoding: try JSONEncoder.backstop.encode(reply), as: UTF8.self))
+                print(String(decoding: try JSONEncoder.backstop.encode(Reply(versions: ledger.versions)), as: UTF8.self))
                 return
             }
-            print(StatusText.versionTable(reply.versions, active: status.agents.first?.content.active), terminator: "")
+            print(StatusText.versionTable(ledger.versions, active: ledger.active, legend: !noLegend), terminator: "")
         }
     }
 }

@@ -35,9 +35,9 @@ public enum StatusText {
         return text
     }
 
-    /// One line per version, oldest first, the active one marked with `*`.
-    public static func versionTable(_ versions: [VersionRecord], active: String?) -> String {
-        var text = "  VERSION                          STANDING     FILES  STAGED                SHA256\n"
+    /// One line per version, oldest first, the active one marked with `*`; `legend` adds the headings.
+    public static func versionTable(_ versions: [VersionRecord], active: String?, legend: Bool = true) -> String {
+        var text = legend ? "  VERSION                          STANDING     FILES  STAGED                SHA256\n" : ""
         for version in versions {
             let marker = version.id == active ? "*" : " "
             text += "\(marker) \(pad(version.id, 32)) \(pad(version.standing.rawValue, 12)) \(pad(String(version.fileCount), 6)) "

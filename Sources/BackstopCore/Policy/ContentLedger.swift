@@ -63,6 +63,12 @@ public struct ContentLedger: Codable, Sendable, Equatable {
 
     public init() {}
 
+    /// A ledger as the daemon reported it (`ListContent` and the active version of `GetStatus`).
+    public init(versions: [VersionRecord], active: String?) {
+        self.versions = versions
+        self.active = active
+    }
+
     /// The record for `id`, if staged.
     public func record(_ id: String) -> VersionRecord? {
         versions.first { $0.id == id }
