@@ -10,6 +10,10 @@ UNITDIR = $(PREFIX)/lib/systemd/system
 TMPFILESDIR = $(PREFIX)/lib/tmpfiles.d
 SYSUSERSDIR = $(PREFIX)/lib/sysusers.d
 CATALOGDIR = $(PREFIX)/lib/systemd/catalog
+MANDIR = $(PREFIX)/share/man
+BASHCOMPLETIONDIR = $(PREFIX)/share/bash-completion/completions
+ZSHCOMPLETIONDIR = $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPLETIONDIR = $(PREFIX)/share/fish/vendor_completions.d
 DATADIR = $(PREFIX)/share/backstop
 SYSCONFDIR = /etc
 
@@ -48,7 +52,8 @@ install: deps
 	$(eval RELEASE_BIN := $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path))
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(CATALOGDIR) $(DESTDIR)$(DATADIR)/examples \
-		$(DESTDIR)$(SYSCONFDIR)/backstop
+		$(DESTDIR)$(SYSCONFDIR)/backstop $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(BASHCOMPLETIONDIR) $(DESTDIR)$(ZSHCOMPLETIONDIR) $(DESTDIR)$(FISHCOMPLETIONDIR)
 	install -m 0755 $(RELEASE_BIN)/backstopd $(DESTDIR)$(SBINDIR)/backstopd
 	install -m 0755 $(RELEASE_BIN)/backstopctl $(DESTDIR)$(BINDIR)/backstopctl
 	install -m 0755 $(RELEASE_BIN)/backstop-demo-agent $(DESTDIR)$(LIBEXECDIR)/backstop-demo-agent
@@ -57,6 +62,11 @@ install: deps
 	install -m 0644 systemd/backstop.tmpfiles $(DESTDIR)$(TMPFILESDIR)/backstop.conf
 	install -m 0644 systemd/backstop.sysusers $(DESTDIR)$(SYSUSERSDIR)/backstop.conf
 	install -m 0644 systemd/backstop.catalog $(DESTDIR)$(CATALOGDIR)/backstop.catalog
+	install -m 0644 docs/man/backstopctl.1 $(DESTDIR)$(MANDIR)/man1/backstopctl.1
+	install -m 0644 docs/man/backstopd.8 $(DESTDIR)$(MANDIR)/man8/backstopd.8
+	$(RELEASE_BIN)/backstopctl --generate-completion-script bash > $(DESTDIR)$(BASHCOMPLETIONDIR)/backstopctl
+	$(RELEASE_BIN)/backstopctl --generate-completion-script zsh > $(DESTDIR)$(ZSHCOMPLETIONDIR)/_backstopctl
+	$(RELEASE_BIN)/backstopctl --generate-completion-script fish > $(DESTDIR)$(FISHCOMPLETIONDIR)/backstopctl.fish
 	@[ -n "$(DESTDIR)" ] || journalctl --update-catalog
 	cp -R examples/content $(DESTDIR)$(DATADIR)/examples/
 	test -e $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml || \
