@@ -11,7 +11,7 @@ struct BackstopControl: ParsableCommand {
         version: Backstop.version,
         subcommands: [
             Status.self, Content.self, Stage.self, Activate.self, Promote.self, Rollback.self, Release.self,
-            ResetFailed.self, History.self,
+            ResetFailed.self, Boots.self, History.self,
         ])
 
     /// Lets `--config PATH` stand before the verb too (`backstopctl --config X status`),
@@ -285,5 +285,34 @@ struct History: ParsableCommand {
         for entry in entries {
             print(json ? HistoryText.json(entry) : HistoryText.line(entry))
         }
+    }
+}
+
+struct Boots: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the recent boots, their state and the versions active in them.")
+    @OptionGroup var options: GlobalOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Flag(name: .long, help: "Leave out the column headings.") var noLegend = false
+
+    struct Reply: Codable { var boots: [BootRecord] }
+
+    func run() throws {
+        let configuration = try options.load()
+        let boots: [BootRecord]
+        do {
+            boots = try perform {
+                do {
+                    return try ControlClient(path: configuration.daemon.controlSocketPath).call("ListBoots", [String: String](), as: Reply.self).boots
+                } catch ControlClient.ClientError.daemonNotRunning {
+                    FileHandle.standardError.write(Data("backstopctl: backstopd is not running; showing the boots saved in \(BootLog.path(stateDirectory: configuration.daemon.stateDirectory))\n".utf8))
+                    return BootLog.load(stateDirectory: configuration.daemon.stateDirectory).boots
+                }
+            }
+        }
+        if json {
+            print(String(decoding: try JSONEncoder.backstop.encode(Reply(boots: boots)), as: UTF8.self))
+            return
+        }
+        print(StatusText.bootTable(boots, current: try? BootID.current(), legend: !noLegend), terminator: "")
     }
 }

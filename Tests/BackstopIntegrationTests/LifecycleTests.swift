@@ -103,6 +103,20 @@ struct LifecycleTests {
         #expect(report.boot.state == "good")
         #expect(report.boot.id.count == 32)
         #expect(harness.log.all.contains { $0.contains("[event=boot-assessed agent=demo version=v1 reason=good]") })
+
+        // `boots` lists it, from the daemon and from the saved log when the daemon is down.
+        let live = try harness.ctl("boots", "--json")
+        #expect(live.status == 0)
+        let boots = try JSONDecoder.backstop.decode([String: [BootRecord]].self, from: Data(live.output.utf8))["boots"] ?? []
+        #expect(boots.last?.id == report.boot.id)
+        #expect(boots.last?.state == "good")
+        harness.stop()
+        let saved = try harness.ctl("boots", "--no-legend")
+        #expect(saved.status == 0)
+        #expect(saved.output.hasPrefix("* \(report.boot.id) "))
+        #expect(saved.output.contains(" good "))
+        #expect(saved.error.contains("not running"))
+        #expect(try harness.status().report.boot.state == "good", "status without the daemon reads the boot log too")
     }
 
     @Test("READY=1 from a process outside the agent's session is ignored")

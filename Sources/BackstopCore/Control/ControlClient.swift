@@ -120,7 +120,10 @@ extension StatusReport {
         }
         let report = StatusReport(
             daemon: .init(running: false, pid: nil, version: Backstop.version),
-            boot: .init(id: bootID, state: "pending", consecutiveFailed: 0), agents: agents)
+            boot: .init(
+                id: bootID, state: BootLog.load(stateDirectory: configuration.daemon.stateDirectory).state(of: bootID),
+                consecutiveFailed: 0),
+            agents: agents)
         return (report, problems)
     }
 }

@@ -25,6 +25,8 @@ public enum ManagerInterface {
         # The daemon, the boot and every agent (or only one); see backstopctl status --json.
         method GetStatus(agent: ?string) -> (daemon: object, boot: object, agents: []object)
         method ListContent(agent: string) -> (versions: []Version)
+        # The recent boots, oldest first, with their state and the versions active in them.
+        method ListBoots() -> (boots: []object)
         # Copies the directory at path into the store; needs root.
         method Stage(agent: string, path: string, version: ?string, activate: ?bool) -> (version: Version)
         method Activate(agent: string, version: string) -> ()
@@ -53,6 +55,7 @@ public enum ManagerInterface {
     struct StageParameters: Codable { var agent: String; var path: String; var version: String?; var activate: Bool? }
     struct RollbackParameters: Codable { var agent: String; var to: String? }
     struct VersionsReply: Codable { var versions: [VersionRecord] }
+    struct BootsReply: Codable { var boots: [BootRecord] }
     struct StageReply: Codable { var version: VersionRecord }
     struct Empty: Codable {}
 
@@ -70,6 +73,8 @@ public enum ManagerInterface {
             case "GetStatus":
                 let parameters = try decode(OptionalAgentParameter.self, call)
                 return .of(try await supervisor.status(agent: parameters.agent))
+            case "ListBoots":
+                return .of(BootsReply(boots: await supervisor.boots()))
             case "ListContent":
                 let parameters = try decode(AgentParameter.self, call)
                 return .of(VersionsReply(versions: try await supervisor.versions(agent: parameters.agent)))

@@ -46,6 +46,17 @@ public enum StatusText {
         return text
     }
 
+    /// One line per boot, oldest first, the current one marked with `*`.
+    public static func bootTable(_ boots: [BootRecord], current: String?, legend: Bool = true) -> String {
+        var text = legend ? "  BOOT                             STARTED               STATE    VERSIONS\n" : ""
+        for boot in boots {
+            let marker = boot.id == current ? "*" : " "
+            let versions = boot.versions.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            text += "\(marker) \(boot.id) \(rfc3339(boot.startedAt)) \(pad(boot.state, 8)) \(versions)\n"
+        }
+        return text
+    }
+
     static func dot(_ state: String, colour: Bool) -> String {
         guard colour else { return "●" }
         let code: String

@@ -46,6 +46,7 @@ public actor Supervisor {
     private var slots: [String: AgentSlot] = [:]
     private var shuttingDown = false
     private var bootGood = false
+    private var bootLog = BootLog()
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
 
     /// Grace between SIGTERM (or SIGABRT for a hang) and SIGKILL, in seconds.
@@ -67,6 +68,8 @@ public actor Supervisor {
         try DurableFile.makeDirectories(configuration.daemon.stateDirectory, mode: 0o755)
         try DurableFile.makeDirectories(configuration.daemon.runtimeDirectory + "/notify", mode: 0o755)
         let now = Moment.now()
+        bootLog = BootLog.load(stateDirectory: configuration.daemon.stateDirectory)
+        bootGood = bootLog.state(of: bootID) == "good"
         for agent in configuration.agents {
             var slot = restore(agent, at: now)
             (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
@@ -75,6 +78,10 @@ public actor Supervisor {
             apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: restartDue, at: now), to: agent.name)
             persist(agent.name)
         }
+        var versions: [String: String] = [:]
+        for (name, slot) in slots { versions[name] = slot.policy.ledger.active }
+        bootLog.enter(BootRecord(id: bootID, startedAt: now.wall, state: "pending", versions: versions))
+        saveBootLog()
     }
 
     /// Stops every agent (SIGTERM, grace, SIGKILL) and returns when all have exited.
@@ -119,6 +126,17 @@ public actor Supervisor {
             daemon: .init(running: true, pid: getpid(), version: Backstop.version),
             boot: .init(id: bootID, state: bootGood ? "good" : "pending", consecutiveFailed: 0),
             agents: agents)
+    }
+
+    /// The recent boots, oldest first.
+    public func boots() -> [BootRecord] {
+        bootLog.boots
+    }
+
+    private func saveBootLog() {
+        do { try bootLog.save(stateDirectory: configuration.daemon.stateDirectory) } catch {
+            logger.error("Cannot write the boot log.", metadata: ["error": "\(error)"])
+        }
     }
 
     /// The versions of `agent`, in staging order.
@@ -394,6 +412,8 @@ public actor Supervisor {
         // An agent with no content yet does not hold the verdict back; a given-up one does.
         if slots.values.allSatisfy({ $0.bootHealthy || ($0.policy.ledger.active == nil && $0.policy.phase != .givenUp) }) {
             bootGood = true
+            bootLog.markGood(bootID)
+            saveBootLog()
             // One entry per agent that the verdict rests on, so that each carries its version.
             for slot in slots.values.sorted(by: { $0.configuration.name < $1.configuration.name }) where slot.bootHealthy {
                 let agent = slot.configuration.name
