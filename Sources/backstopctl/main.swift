@@ -44,6 +44,10 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .long, help: "The configuration file (for the runtime and state directories).")
     var config = BackstopCore.Configuration.defaultPath
 
+    /// Accepted as systemctl's is; backstopctl never starts a pager.
+    @Flag(name: .long, help: "Do not pipe output into a pager (backstopctl never does).")
+    var noPager = false
+
     func load() throws -> BackstopCore.Configuration {
         do { return try .load(path: config) } catch {
             throw ValidationError("\(error)")

@@ -50,6 +50,31 @@ struct ControlSocketTests {
         #expect(call(second, #"{"method":"org.varlink.service.GetInfo"}"#).contains("io.backstop.Manager"))
     }
 
+    @Test("An oversized message is refused, and a client that leaves mid-reply does not disturb the daemon")
+    func oversizedAndVanishingClients() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        try harness.start()
+        let big = try connectClient(harness)
+        defer { close(big) }
+        let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 2 * Varlink.maximumMessageBytes)
+        _ = fcntl(big, F_SETFL, fcntl(big, F_GETFL) & ~O_NONBLOCK)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(big, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        _ = chunk.withUnsafeBytes { send(big, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        #expect(call(big, "").contains("message larger than"))
+
+        for _ in 0..<50 {
+            let vanishing = try connectClient(harness)
+            let message = Array(#"{"method":"io.backstop.Manager.GetStatus","parameters":{}}"#.utf8) + [0]
+            _ = send(vanishing, message, message.count, Int32(MSG_NOSIGNAL))
+            close(vanishing)
+        }
+        let (report, exitCode) = try harness.status()
+        #expect(exitCode == 0)
+        #expect(report.daemon.running)
+    }
+
     @Test("A client that sends calls without reading replies, and hundreds of idle clients, do not lock others out")
     func greedyAndIdleClients() throws {
         let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
@@ -77,10 +102,17 @@ struct ControlSocketTests {
             greedyMany.append(fd)
         }
         #expect(try harness.status().exitCode == 0)
+        greedyMany.forEach { close($0) }
+        greedyMany = []
 
+        // A thousand clients that connect and never send.
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        limit.rlim_cur = max(limit.rlim_cur, min(limit.rlim_max, 4096))
+        setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         var idle: [Int32] = []
         defer { idle.forEach { close($0) } }
-        for _ in 0..<(ControlServer.maximumConnections + 20) { idle.append(try connectClient(harness)) }
+        for _ in 0..<1000 { idle.append(try connectClient(harness)) }
         let (report, exitCode) = try harness.status()
         #expect(exitCode == 0)
         #expect(report.daemon.running)
