@@ -233,4 +233,12 @@ enum Command {
 enum Environment {
     static var isRoot: Bool { getuid() == 0 }
     static var haveBinaries: Bool { FileManager.default.isExecutableFile(atPath: Paths.binary("backstopd")) }
+
+    /// Whether uid 65534 can execute the built backstopctl at all.
+    static var nobodyCanRunBackstopctl: Bool {
+        guard isRoot, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else { return false }
+        let result = try? Command.run(
+            "/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.binary("backstopctl"), "--version"])
+        return result?.status == 0
+    }
 }

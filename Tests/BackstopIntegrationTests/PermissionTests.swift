@@ -9,15 +9,8 @@ import Testing
     .enabled(if: Environment.isRoot, "needs root: it creates group backstop and runs clients as nobody"),
     .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), "needs setpriv (util-linux)"),
     .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"),
-    .enabled(if: PermissionTests.nobodyCanRunBackstopctl, "user nobody cannot execute the built backstopctl (a build tree below a private directory)"))
+    .enabled(if: Environment.nobodyCanRunBackstopctl, "user nobody cannot execute the built backstopctl (a build tree below a private directory)"))
 struct PermissionTests {
-    /// Whether uid 65534 can execute the built backstopctl at all.
-    static var nobodyCanRunBackstopctl: Bool {
-        let result = try? Command.run(
-            "/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.binary("backstopctl"), "--version"])
-        return result?.status == 0
-    }
-
     /// Runs backstopctl as uid/gid 65534 (nobody), with `groups` as supplementary groups.
     func ctlAsNobody(_ harness: DaemonHarness, groups: [UInt32], _ arguments: String...) throws -> CommandResult {
         let groupList = groups.isEmpty ? ["--clear-groups"] : ["--groups=" + groups.map(String.init).joined(separator: ",")]
