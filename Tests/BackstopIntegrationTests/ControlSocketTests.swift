@@ -48,6 +48,14 @@ struct ControlSocketTests {
         #expect(call(second, #"{"method":"io.backstop.Manager.ListContent","parameters":{"agent":7}}"#).contains("InvalidParameter"))
         #expect(call(second, #"{"method":"io.backstop.Manager.ListContent","parameters":{"agent":"nope"}}"#).contains("io.backstop.Manager.NoSuchAgent"))
         #expect(call(second, #"{"method":"org.varlink.service.GetInfo"}"#).contains("io.backstop.Manager"))
+        let description = call(second, #"{"method":"org.varlink.service.GetInterfaceDescription","parameters":{"interface":"io.backstop.Manager"}}"#)
+        #expect(description.contains("method ListBoots()"))
+        #expect(description.contains("error VersionQuarantined"))
+        if BackstopGroup.id == nil {
+            var info = stat()
+            stat(harness.directory + "/run/io.backstop.Manager", &info)
+            #expect(info.st_mode & 0o777 == 0o600, "without group backstop the socket is root's alone")
+        }
     }
 
     @Test("An oversized message is refused, and a client that leaves mid-reply does not disturb the daemon")
@@ -116,6 +124,6 @@ struct ControlSocketTests {
         let (report, exitCode) = try harness.status()
         #expect(exitCode == 0)
         #expect(report.daemon.running)
-        #expect(harness.log.all.contains { $0.contains("longest-idle control connection") })
+        #expect(harness.log.all.contains { $0.contains("oldest control connection") })
     }
 }

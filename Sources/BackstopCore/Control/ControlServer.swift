@@ -19,6 +19,8 @@ public final class ControlServer: @unchecked Sendable {
     private let listener: Int32
     private var acceptSource: (any DispatchSourceRead)?
     private var connections: [Int32: Connection] = [:]
+    /// Connections accepted so far; numbers them in order of arrival.
+    private var acceptedCount = 0
 
     /// Connections served at once; more are closed on accept.
     public static let maximumConnections = 256
@@ -76,22 +78,25 @@ public final class ControlServer: @unchecked Sendable {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             if connections.count >= Self.maximumConnections {
-                // Make room by dropping the connection that has waited longest without a
-                // call, so that idle clients cannot lock the operator out.
-                guard let idlest = connections.values.filter(\.isIdle).min(by: { $0.lastActivity < $1.lastActivity }) else {
-                    logger.warning("Refused a control connection: every connection has a call running.")
-                    Glibc.close(fd)
-                    continue
+                // Make room, so that no crowd of clients can lock the operator out: first a
+                // client that does not read its replies, then the oldest connection without a
+                // call running, then the oldest one (its call still completes; only the reply
+                // is lost). The newcomer, such as an operator's status call, stays.
+                func rank(_ connection: Connection) -> (Int, Int, Int) {
+                    (connection.isBlocked ? 0 : 1, connection.isIdle ? 0 : 1, connection.serial)
                 }
-                logger.notice("Closed the longest-idle control connection to make room.",
-                              metadata: ["peer_pid": "\(idlest.peer.pid)"])
-                idlest.close()
+                if let evicted = connections.values.min(by: { rank($0) < rank($1) }) {
+                    logger.notice("Closed the oldest control connection to make room.",
+                                  metadata: ["peer_pid": "\(evicted.peer.pid)"])
+                    evicted.close()
+                }
             }
             guard let peer = try? PeerCredentials.of(socket: fd) else {
                 Glibc.close(fd)
                 continue
             }
-            let connection = Connection(fd: fd, peer: peer, queue: queue, server: self)
+            acceptedCount += 1
+            let connection = Connection(fd: fd, peer: peer, serial: acceptedCount, queue: queue, server: self)
             connections[fd] = connection
             connection.start()
         }
@@ -117,6 +122,8 @@ public final class ControlServer: @unchecked Sendable {
 private final class Connection: @unchecked Sendable {
     let fd: Int32
     let peer: PeerCredentials
+    /// The order of arrival: lower is older.
+    let serial: Int
     let queue: DispatchQueue
     weak var server: ControlServer?
     private var readSource: (any DispatchSourceRead)?
@@ -135,15 +142,17 @@ private final class Connection: @unchecked Sendable {
         input.count >= Varlink.maximumMessageBytes || (input.count >= 65536 && input.contains(0))
     }
 
-    /// When the client last sent or was sent something.
-    private(set) var lastActivity = DispatchTime.now()
 
     /// No call of it is running: it waits for the client (to send, or to read its reply).
     var isIdle: Bool { !inFlight }
 
-    init(fd: Int32, peer: PeerCredentials, queue: DispatchQueue, server: ControlServer) {
+    /// A reply waits for the client to read it.
+    var isBlocked: Bool { !output.isEmpty }
+
+    init(fd: Int32, peer: PeerCredentials, serial: Int, queue: DispatchQueue, server: ControlServer) {
         self.fd = fd
         self.peer = peer
+        self.serial = serial
         self.queue = queue
         self.server = server
     }
@@ -173,7 +182,6 @@ private final class Connection: @unchecked Sendable {
         while !isClosed && !inputIsFull {
             let count = read(fd, &buffer, buffer.count)
             if count > 0 {
-                lastActivity = .now()
                 if !closeAfterFlush { input.append(contentsOf: buffer[..<count]) }
                 continue
             }
@@ -236,7 +244,6 @@ private final class Connection: @unchecked Sendable {
     private var closeAfterFlush = false
 
     private func send(_ data: Data) {
-        lastActivity = .now()
         output.append(data)
         flush()
     }
