@@ -19,7 +19,7 @@ SYSCONFDIR = /etc
 
 # Packages the build needs, and the ones the tests use as real parts.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = clamav-daemon clamav systemd
+TEST_PACKAGES = clamav-daemon clamav systemd python3 groff-base
 
 SWIFT ?= swift
 DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path 2>/dev/null)

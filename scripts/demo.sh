@@ -73,7 +73,8 @@ while IFS= read -r line; do
     *"[event="*)
         now=$(date +%s%N)
         event=$(sed -E 's/.*\[event=([^ ]+).*/\1/' <<<"$line")
-        printf '%7.3fs  %-20s %s\n' "$(bc -l <<<"($now - $start) / 1000000000")" "$event" "${line#*] }"
+        elapsed=$(( (now - start) / 1000000 ))
+        printf '%3d.%03ds  %-20s %s\n' $(( elapsed / 1000 )) $(( elapsed % 1000 )) "$event" "${line#*] }"
         ;;
     esac
 done <&$feed &

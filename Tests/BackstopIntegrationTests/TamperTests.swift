@@ -40,6 +40,7 @@ struct TamperTests {
         #expect(agent.state == "given-up")
         #expect(agent.content.active == nil)
         #expect(Set(agent.content.quarantined) == ["v1", "v2"])
+        #expect(agent.lastRollback == nil, "the rollback to v1 never happened")
         let startsOnV1AfterRollback = harness.log.all.drop { !$0.contains("event=crash-loop") }
             .filter { $0.contains("event=agent-started") && $0.contains("version=v1") }
         #expect(startsOnV1AfterRollback.isEmpty, "the tampered version was never started")

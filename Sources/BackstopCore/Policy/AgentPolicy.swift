@@ -267,6 +267,8 @@ public struct AgentPolicy: Sendable, Equatable {
     public mutating func activeContentCorrupt(_ detail: String, at now: Moment) -> [PolicyAction] {
         guard let active = ledger.active else { return [] }
         ledger.quarantine(active, reason: "verification-failed", at: now.wall)
+        // A rollback to this version never happened: status must not claim it.
+        if lastRollback?.to == active { lastRollback = nil }
         var actions: [PolicyAction] = [.record(Decision(
             .contentQuarantined, agent: settings.agent, version: active, reason: "verification-failed",
             message: "Quarantined content \(active) of agent \(settings.agent): \(detail)."))]
