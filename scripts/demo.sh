@@ -76,6 +76,7 @@ while IFS= read -r line; do
         elapsed=$(( (now - start) / 1000000 ))
         printf '%3d.%03ds  %-20s %s\n' $(( elapsed / 1000 )) $(( elapsed % 1000 )) "$event" "${line#*] }"
         ;;
+    "== "*) echo "$line" ;;
     esac
 done <&$feed &
 printer=$!
@@ -86,11 +87,13 @@ echo "== Backstop demo (work directory $work)"
 daemon=$!
 timeout 10 bash -c "until [ -S '$work/run/io.backstop.Manager' ]; do sleep 0.1; done"
 
-echo "== Stage and activate good content v1; it is promoted after its probation"
+# Steps go through the log too, so that they print in order with the decisions.
+step() { echo "== $*" >>"$log"; }
+step "Stage and activate good content v1; it is promoted after its probation"
 ctl stage demo "$repo/examples/content/v1-good" --version v1 --activate >/dev/null
 wait_for content-promoted
 
-echo "== Stage and activate v2, whose channel file has 21 fields for a 20-field template"
+step "Stage and activate v2, whose channel file has 21 fields for a 20-field template"
 ctl stage demo "$repo/examples/content/v2-channel-291" --version v2 --activate >/dev/null
 wait_for rollback
 wait_for agent-ready 2
