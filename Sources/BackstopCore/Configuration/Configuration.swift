@@ -7,9 +7,12 @@ public struct Configuration: Sendable, Equatable {
 
     /// The file it was read from, for messages.
     public var path: String
+    /// The `[daemon]` table; its defaults when the file has none.
     public var daemon: DaemonConfiguration
+    /// The `[[agent]]` tables in file order; names are unique.
     public var agents: [AgentConfiguration]
 
+    /// A configuration as if read from `path`; by default `[daemon]` defaults and no agents.
     public init(path: String, daemon: DaemonConfiguration = DaemonConfiguration(), agents: [AgentConfiguration] = []) {
         self.path = path
         self.daemon = daemon
@@ -67,27 +70,38 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var name: String
     /// `exec`: the command line; `{content}` is replaced by the active version's path.
     public var exec: [String]
+    /// `runner`, default `direct`: how the agent is run (`systemd` is refused by this version).
     public var runner: RunnerKind = .direct
     /// `unit`: the systemd unit, with `runner = "systemd"`.
     public var unit: String?
+    /// `notify`, default false: true means ready is `READY=1` on `NOTIFY_SOCKET` and `watchdog_sec` applies.
     public var notify = false
     /// `content_link`: a path made a symlink to the active version, nil when unset.
     public var contentLink: String?
+    /// `failure_threshold`, default 3: failures within the window that make a crash loop.
     public var failureThreshold = 3
+    /// `failure_window_sec`, default 120: the sliding window failures are counted in, in seconds.
     public var failureWindowSeconds = 120
+    /// `probation_sec`, default 600: seconds of healthy running a candidate needs to become known-good.
     public var probationSeconds = 600
+    /// `restart_delay_ms`, default 100: the first backoff step in milliseconds, doubled per further failure.
     public var restartDelayMilliseconds = 100
+    /// `restart_delay_max_sec`, default 30: the backoff cap in seconds; a healthy run this long resets the backoff.
     public var restartDelayMaxSeconds = 30
+    /// `start_timeout_sec`, default 90: seconds the agent has to become ready before the start counts as a failure.
     public var startTimeoutSeconds = 90
     /// 0 = off.
     public var watchdogSeconds = 0
+    /// `boot_good_after_sec`, default 120: seconds the agent must stay healthy for the boot to count as good.
     public var bootGoodAfterSeconds = 120
+    /// `boot_failure_threshold`, default 2: consecutive failed boots that make a boot loop.
     public var bootFailureThreshold = 2
     /// Empty: safe mode means "do not start".
     public var safeModeExec: [String] = []
     /// 0 = off.
     public var preflightSeconds = 0
 
+    /// An agent with `name` and `exec` and every other key at its default.
     public init(name: String, exec: [String]) {
         self.name = name
         self.exec = exec
@@ -111,13 +125,16 @@ public struct AgentConfiguration: Sendable, Equatable {
 
 /// A configuration file that cannot be used, with the place and key at fault.
 public struct ConfigurationError: Error, Equatable, CustomStringConvertible {
+    /// The configuration file at fault.
     public var path: String
     /// 1-based line, when known.
     public var line: Int?
     /// The dotted key, e.g. `agent[1].exec`, when one is at fault.
     public var key: String?
+    /// What is wrong, without the place (that is `path`, `line` and `key`).
     public var message: String
 
+    /// An error in `path`, at `line` and `key` when known.
     public init(path: String, line: Int?, key: String?, message: String) {
         self.path = path
         self.line = line

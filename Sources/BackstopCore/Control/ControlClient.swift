@@ -9,6 +9,7 @@ public struct ControlClient: Sendable {
     /// short for reading the status, so that a stopped daemon does not hang the caller.
     public var replyTimeoutSeconds: Int
 
+    /// A client of the socket at `path` (`<runtime_directory>/io.backstop.Manager`); connects only when calling.
     public init(path: String, replyTimeoutSeconds: Int = 15) {
         self.path = path
         self.replyTimeoutSeconds = replyTimeoutSeconds
@@ -24,6 +25,7 @@ public struct ControlClient: Sendable {
         case io(operation: String, errno: Int32)
         case protocolError(String)
 
+        /// One sentence for `backstopctl` to print, with the socket path or errno text (strerror(3)).
         public var description: String {
             switch self {
             case .daemonNotRunning(let path): return "backstopd is not running (nothing listens on \(path))"

@@ -12,6 +12,7 @@ import SystemPackage
 /// ``idleTimeoutSeconds``, or when it does not read its replies.
 // @unchecked: mutable state (the connection table) is touched only on `queue`.
 public final class ControlServer: @unchecked Sendable {
+    /// The socket's path, `<runtime_directory>/io.backstop.Manager`.
     public let path: String
     private let supervisor: Supervisor
     private let logger: Logger

@@ -3,6 +3,7 @@ import Foundation
 /// The `io.backstop.Manager` Varlink interface: method names, parameters, errors,
 /// authorization, and dispatch to the ``Supervisor``.
 public enum ManagerInterface {
+    /// The interface name, also the socket's file name and the prefix of its error names.
     public static let name = "io.backstop.Manager"
 
     /// The interface in Varlink's IDL, as `org.varlink.service.GetInterfaceDescription` returns it.

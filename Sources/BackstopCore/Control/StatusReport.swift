@@ -3,11 +3,16 @@ import Foundation
 /// The answer of `GetStatus` and the shape of `backstopctl status --json` (SPEC.md, backstopctl).
 /// Optional fields that SPEC.md shows as `null` are written as `null`, not left out.
 public struct StatusReport: Codable, Sendable, Equatable {
+    /// The `daemon` object of `status --json`.
     public struct Daemon: Codable, Sendable, Equatable {
+        /// `running`: false when backstopctl read the state files because no daemon answered.
         public var running: Bool
+        /// `pid`: the daemon's process ID, null when it is not running.
         public var pid: Int32?
+        /// `version`: the daemon's ``Backstop/version`` (backstopctl's own when the daemon is not running).
         public var version: String
 
+        /// Writes a missing `pid` as an explicit `null`, as SPEC.md shows it.
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(running, forKey: .running)
@@ -16,11 +21,13 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
+    /// The `boot` object of `status --json`: the current boot.
     public struct Boot: Codable, Sendable, Equatable {
         /// 32 hex digits.
         public var id: String
         /// `pending` or `good`.
         public var state: String
+        /// `consecutive_failed`: failed boots in a row before this one; this version always reports 0.
         public var consecutiveFailed: Int
 
         enum CodingKeys: String, CodingKey {
@@ -29,10 +36,15 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
+    /// An agent's `content` object: its active, known-good, candidate and quarantined versions.
     public struct Content: Codable, Sendable, Equatable {
+        /// `active`: the version the active link names, null when none.
         public var active: String?
+        /// `known_good`: the last known-good version, the one a rollback returns to; null when none.
         public var knownGood: String?
+        /// `candidate`: the active version when it is in probation, else null.
         public var candidate: String?
+        /// `quarantined`: quarantined version ids in staging order.
         public var quarantined: [String]
 
         enum CodingKeys: String, CodingKey {
@@ -40,6 +52,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
             case knownGood = "known_good"
         }
 
+        /// Writes missing versions as explicit `null`s, as SPEC.md shows them.
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(active, forKey: .active)
@@ -49,11 +62,17 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
+    /// One entry of `failures.list`: a failure inside the window.
     public struct Failure: Codable, Sendable, Equatable {
+        /// `reason`: a ``FailureReason`` value, e.g. `crashed`, `exited`, `hung`, `start-timeout`.
         public var reason: String
+        /// `version`: the version active at the failure, null when none was.
         public var version: String?
+        /// `at`: when it failed, RFC 3339.
         public var at: Date
+        /// `exit_status`: the exit code, null when the agent died by a signal or never ran.
         public var exitStatus: Int32?
+        /// `signal`: the signal's name, e.g. `SIGSEGV`, null when none.
         public var signal: String?
         /// nil when not killed by a signal, or when the kernel cannot tell (before Linux 6.15).
         public var coreDumped: Bool?
@@ -64,6 +83,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
             case coreDumped = "core_dumped"
         }
 
+        /// Writes missing fields as explicit `null`s, consistent with the `null`s SPEC.md shows.
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(reason, forKey: .reason)
@@ -75,10 +95,13 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
+    /// An agent's `failures` object: the failures counted toward a crash loop.
     public struct Failures: Codable, Sendable, Equatable {
         /// Failures inside the window now.
         public var recent: Int
+        /// `threshold`: `failure_threshold`, failures in the window that make a crash loop.
         public var threshold: Int
+        /// `window_sec`: `failure_window_sec`, the window's length in seconds.
         public var windowSec: Int
         /// Each of the recent failures, oldest first.
         public var list: [Failure]
@@ -89,20 +112,31 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
+    /// An agent's `last_rollback` object.
     public struct Rollback: Codable, Sendable, Equatable {
+        /// `from`: the version rolled back from.
         public var from: String
+        /// `to`: the known-good version made active.
         public var to: String
+        /// `reason`: `crash-loop`, `crash-loop-on-known-good`, `verification-failed` or `operator`.
         public var reason: String
+        /// `at`: when it happened, RFC 3339.
         public var at: Date
     }
 
+    /// One element of `agents`: an agent's state, content, failures and last rollback.
     public struct Agent: Codable, Sendable, Equatable {
+        /// `name`: the agent's name, `name` in `[[agent]]`.
         public var name: String
         /// `starting`, `running`, `backoff`, `safe-mode`, `given-up` or `stopped`.
         public var state: String
+        /// `pid`: the agent's process ID, null when it is not running.
         public var pid: Int32?
+        /// `content`: the agent's versions.
         public var content: Content
+        /// `failures`: recent failures and the crash-loop threshold.
         public var failures: Failures
+        /// `last_rollback`: the last rollback, null if none.
         public var lastRollback: Rollback?
         /// Whether this agent makes `status` exit 1.
         public var degraded: Bool
@@ -115,6 +149,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
             case statusText = "status_text"
         }
 
+        /// Writes missing fields as explicit `null`s, as SPEC.md shows `candidate` and `last_rollback`.
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(name, forKey: .name)
@@ -128,8 +163,11 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
+    /// `daemon`: whether backstopd runs, its pid and version.
     public var daemon: Daemon
+    /// `boot`: the current boot and whether it is good yet.
     public var boot: Boot
+    /// `agents`: every configured agent, or the one asked for (by name from the daemon, in file order from the state files).
     public var agents: [Agent]
 
     /// `status`'s exit code (SPEC.md): 0 no agent degraded, 1 degraded, 3 daemon not running.

@@ -8,6 +8,7 @@ public enum Varlink {
 
     /// A call: `{"method": "iface.Method", "parameters": {...}, "oneway": true?}`.
     public struct Call: Sendable {
+        /// The qualified method name, e.g. `io.backstop.Manager.GetStatus`.
         public var method: String
         /// The `parameters` object re-encoded as JSON (`{}` when absent).
         public var parameters: Data
@@ -81,7 +82,9 @@ public enum Varlink {
 
     /// A message that breaks the protocol.
     public struct ProtocolError: Error, Equatable, CustomStringConvertible {
+        /// What is wrong with the message, one sentence.
         public var message: String
+        /// The ``message``.
         public var description: String { message }
     }
 

@@ -6,9 +6,12 @@ import Logging
 /// it is ready (sd_notify(3) `READY=1`; a no-op outside systemd), and on shutdown
 /// stop the agents before returning.
 public struct DaemonService: Sendable {
+    /// The validated configuration the daemon runs with.
     public let configuration: Configuration
+    /// Where the daemon's own entries go (normally a ``JournalLogHandler``).
     public let logger: Logger
 
+    /// Prepares the service; nothing starts before ``run(until:)``.
     public init(configuration: Configuration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger

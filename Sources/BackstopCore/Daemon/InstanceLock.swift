@@ -10,8 +10,11 @@ public final class InstanceLock: Sendable {
 
     /// Another daemon holds the lock.
     public struct Busy: Error, CustomStringConvertible {
+        /// The lock file, `<directory>/backstopd.lock`.
         public var path: String
+        /// The pid written in the lock file, as text; empty when unreadable.
         public var ownerPID: String
+        /// One sentence naming the other daemon's pid and the directory, for the operator.
         public var description: String {
             "another backstopd (pid \(ownerPID.isEmpty ? "unknown" : ownerPID)) is using \((path as NSString).deletingLastPathComponent); stop it first"
         }

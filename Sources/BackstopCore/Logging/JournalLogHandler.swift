@@ -8,19 +8,25 @@ import Logging
 public struct JournalLogHandler: LogHandler {
     /// The `SYSLOG_IDENTIFIER` of every entry.
     public let identifier: String
+    /// Metadata added to every entry, each key becoming a `BACKSTOP_` field (swift-log `LogHandler`).
     public var metadata: Logger.Metadata = [:]
+    /// Supplies further metadata per entry; its keys win over ``metadata``'s (swift-log `LogHandler`).
     public var metadataProvider: Logger.MetadataProvider?
+    /// The least severe level written, default `info` (swift-log `LogHandler`).
     public var logLevel: Logger.Level = .info
 
+    /// A handler whose entries carry `SYSLOG_IDENTIFIER=identifier`, e.g. `backstopd`.
     public init(identifier: String) {
         self.identifier = identifier
     }
 
+    /// One key of ``metadata`` (swift-log `LogHandler`).
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
+    /// Sends one entry through ``LogOutput/emit(fields:line:)``: journald fields and a stderr line (swift-log `LogHandler`).
     public func log(event: LogEvent) {
         var merged = metadata
         if let provided = metadataProvider?.get() { merged.merge(provided) { $1 } }

@@ -2,6 +2,7 @@ import Foundation
 
 /// The numbers that drive one agent's policy, taken from its `[[agent]]` table.
 public struct PolicySettings: Sendable, Equatable {
+    /// The agent's name, `name` in `[[agent]]`, for decisions and messages.
     public var agent: String
     /// `failure_threshold`: failures within the window that make a crash loop.
     public var failureThreshold: Int
@@ -22,6 +23,7 @@ public struct PolicySettings: Sendable, Equatable {
     /// Whether `safe_mode_exec` is set; without it safe mode means "do not start".
     public var hasSafeModeExec: Bool
 
+    /// Settings for `agent`; numbers not given take the TOML keys' defaults (SPEC.md).
     public init(
         agent: String, failureThreshold: Int = 3, failureWindowSeconds: Double = 120,
         probationSeconds: Double = 600, restartDelayMilliseconds: Int = 100, restartDelayMaxSeconds: Double = 30,
@@ -112,11 +114,17 @@ public enum PolicyAction: Sendable, Equatable {
 
 /// A failure the policy counted, kept while it is inside the failure window.
 public struct FailureRecord: Sendable, Equatable, Codable {
+    /// Why the run counted as a failure.
     public var reason: FailureReason
+    /// The version that was active at the failure, nil when none was.
     public var version: String?
+    /// When it happened on CLOCK_BOOTTIME, in seconds; compared only within the same boot.
     public var monotonicSeconds: Double
+    /// Wall-clock time of the failure, for `status` and the state file.
     public var at: Date
+    /// The exit code, nil when the process died by a signal or never ran.
     public var exitStatus: Int32?
+    /// The number of the signal that ended the process, nil when it exited or never ran.
     public var signal: Int32?
     /// Whether a core was dumped; nil when the agent was not killed by a signal or the kernel could not tell.
     public var coreDumped: Bool?
@@ -149,9 +157,13 @@ public enum EscalationReason: String, Sendable {
 
 /// The last rollback, for `status` and the degraded mark.
 public struct RollbackRecord: Sendable, Equatable, Codable {
+    /// The version rolled back from (`none` when nothing was active).
     public var from: String
+    /// The known-good version made active.
     public var to: String
+    /// `crash-loop`, `crash-loop-on-known-good`, `verification-failed` or `operator`.
     public var reason: String
+    /// Wall-clock time of the rollback.
     public var at: Date
 }
 
@@ -165,6 +177,7 @@ public enum PolicyError: Error, Equatable, CustomStringConvertible {
     case alreadyActive(String)
     case notQuarantined(String)
 
+    /// One sentence naming the version and what to do instead, for operators and Varlink error messages.
     public var description: String {
         switch self {
         case .noSuchVersion(let id): return "no content version \"\(id)\" is staged"
@@ -186,9 +199,13 @@ public enum PolicyError: Error, Equatable, CustomStringConvertible {
 /// injected clock, so tests drive it without processes or sleeps (the model is
 /// s6-supervise's state × event table).
 public struct AgentPolicy: Sendable, Equatable {
+    /// The agent's numbers from its `[[agent]]` table.
     public let settings: PolicySettings
+    /// The agent's content versions and which is active.
     public private(set) var ledger: ContentLedger
+    /// Where the agent's current run is: starting, running, in backoff, stopped, ...
     public private(set) var phase: AgentPhase = .stopped
+    /// Whether the agent runs `exec` or, after escalation, `safe_mode_exec`.
     public private(set) var mode: RunMode = .normal
     /// Failures inside the sliding window, oldest first.
     public private(set) var failures: [FailureRecord] = []
@@ -202,12 +219,14 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var runningVersion: String?
     /// Known-good versions already tried in the current escalation.
     public private(set) var escalationTried: [String] = []
+    /// The last rollback, nil if none; with ``resetFailedAt`` it decides the degraded mark.
     public private(set) var lastRollback: RollbackRecord?
     /// When an operator last ran `reset-failed`: rollbacks before it no longer mark the agent degraded.
     public private(set) var resetFailedAt: Date?
     /// Deadlines of armed timers.
     public private(set) var timers: [PolicyTimer: Double] = [:]
 
+    /// A policy for a stopped agent in normal mode, with no failures counted.
     public init(settings: PolicySettings, ledger: ContentLedger = ContentLedger()) {
         self.settings = settings
         self.ledger = ledger

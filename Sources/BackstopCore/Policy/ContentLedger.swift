@@ -25,6 +25,7 @@ public struct VersionRecord: Codable, Sendable, Equatable {
     public var fileCount: Int
     /// Total size of the regular files in bytes.
     public var totalBytes: Int64
+    /// Where the version stands: staged, candidate, known-good or quarantined.
     public var standing: Standing
     /// Wall-clock time of staging.
     public var stagedAt: Date
@@ -32,6 +33,7 @@ public struct VersionRecord: Codable, Sendable, Equatable {
     public var promotedAt: Date?
     /// Wall-clock time and reason of the quarantine.
     public var quarantinedAt: Date?
+    /// Why it was quarantined, e.g. `crash-loop` or `verification-failed`; nil unless quarantined.
     public var quarantineReason: String?
 
     enum CodingKeys: String, CodingKey {
@@ -44,6 +46,7 @@ public struct VersionRecord: Codable, Sendable, Equatable {
         case quarantineReason = "quarantine_reason"
     }
 
+    /// A freshly staged version: standing `staged`, never promoted or quarantined.
     public init(id: String, digest: String, fileCount: Int, totalBytes: Int64, stagedAt: Date) {
         self.id = id
         self.digest = digest

@@ -9,6 +9,7 @@ public struct Moment: Sendable, Equatable {
     /// Wall-clock time, for RFC 3339 fields only; never used for durations.
     public var wall: Date
 
+    /// An instant from given readings; tests use it to drive the policy without a clock.
     public init(monotonicSeconds: Double, wall: Date) {
         self.monotonicSeconds = monotonicSeconds
         self.wall = wall
@@ -123,13 +124,17 @@ public enum SignalName {
 
 /// One decision of the policy, as it goes to the journal and the timeline.
 public struct Decision: Sendable, Equatable {
+    /// The kind of decision, `BACKSTOP_EVENT`; also picks `MESSAGE_ID` and `PRIORITY`.
     public var event: EventKind
+    /// The agent it is about (`BACKSTOP_AGENT`).
     public var agent: String
     /// The version the decision is about (`BACKSTOP_CONTENT_VERSION`).
     public var version: String?
     /// The version active before (`BACKSTOP_PREVIOUS_VERSION`), for rollbacks and activations.
     public var previousVersion: String?
+    /// The agent's exit code (`BACKSTOP_EXIT_STATUS`), when it exited.
     public var exitStatus: Int32?
+    /// The signal number that ended the agent, written by name (`BACKSTOP_SIGNAL`, e.g. `SIGSEGV`).
     public var signal: Int32?
     /// Whether the agent dumped core, when it died by a signal and the kernel told.
     public var coreDumped: Bool?
@@ -137,10 +142,12 @@ public struct Decision: Sendable, Equatable {
     public var failures: Int?
     /// The boot a `boot-assessed` decision judges (`BACKSTOP_BOOT_ID`, 32 hex digits).
     public var bootID: String?
+    /// Why (`BACKSTOP_REASON`), e.g. a ``FailureReason`` or `crash-loop`; nil for an exit that is no failure.
     public var reason: String?
     /// One sentence an operator understands without the fields.
     public var message: String
 
+    /// A decision; every field but the kind, agent, version and message is optional.
     public init(
         _ event: EventKind, agent: String, version: String?, previousVersion: String? = nil,
         exitStatus: Int32? = nil, signal: Int32? = nil, coreDumped: Bool? = nil, failures: Int? = nil,

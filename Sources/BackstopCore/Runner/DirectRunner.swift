@@ -11,6 +11,7 @@ public struct LaunchRequest: Sendable, Equatable {
     /// Added to (or replacing in) the daemon's environment.
     public var environment: [String: String]
 
+    /// A request as given; ``make(agent:exec:store:contentPath:version:notifySocket:watchdogSeconds:)`` builds the usual one.
     public init(identifier: String, arguments: [String], environment: [String: String]) {
         self.identifier = identifier
         self.arguments = arguments
@@ -166,6 +167,7 @@ final class ProcessExit: @unchecked Sendable {
 
 /// An agent that could not be started (`exec-failed`).
 public struct LaunchError: Error, Equatable, Sendable {
+    /// Why, e.g. the program is missing or not executable; becomes the `exec-failed` decision's message.
     public var message: String
 }
 

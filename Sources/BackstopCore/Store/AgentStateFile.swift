@@ -9,17 +9,27 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
     /// Bumped when the format changes incompatibly.
     public static let currentSchema = 1
 
+    /// The format version, `schema`; ``load(path:)`` refuses any other than ``currentSchema``.
     public var schema = AgentStateFile.currentSchema
+    /// Every content version of the agent and which one is active (`ledger`).
     public var ledger = ContentLedger()
     /// The boot the monotonic readings below belong to (32 hex digits).
     public var bootID: String = ""
+    /// Failures inside the window, oldest first; dropped in another boot.
     public var failures: [FailureRecord] = []
+    /// Failures since the last healthy run, which set the backoff; reset in another boot.
     public var consecutiveFailures = 0
+    /// Healthy seconds the candidate had accumulated; reset in another boot.
     public var probationBankedSeconds: Double = 0
+    /// Whether the escalation ladder gave up on the agent; kept across boots.
     public var givenUp = false
+    /// Whether the agent runs `exec` or `safe_mode_exec`.
     public var mode: RunMode = .normal
+    /// Known-good version ids already tried in the current escalation.
     public var escalationTried: [String] = []
+    /// The last rollback, nil if none: `status`'s `last_rollback` and the degraded mark.
     public var lastRollback: RollbackRecord?
+    /// When an operator last ran `reset-failed`; rollbacks before it no longer mark the agent degraded.
     public var resetFailedAt: Date?
     /// When the backoff that was running ends (monotonic, same boot).
     public var restartDueMonotonicSeconds: Double?
@@ -62,8 +72,11 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
 
 /// A state file that exists but cannot be used.
 public struct StateFileError: Error, Equatable, CustomStringConvertible {
+    /// The state file at fault.
     public var path: String
+    /// What is wrong, e.g. `schema 2 is not supported (expected 1)`.
     public var message: String
+    /// `PATH: message`.
     public var description: String { "\(path): \(message)" }
 }
 

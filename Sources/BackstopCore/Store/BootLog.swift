@@ -17,6 +17,7 @@ public struct BootRecord: Codable, Sendable, Equatable {
         case startedAt = "started_at"
     }
 
+    /// A record of boot `id`; `state` is `pending` or `good`.
     public init(id: String, startedAt: Date, state: String, versions: [String: String]) {
         self.id = id
         self.startedAt = startedAt
@@ -30,6 +31,7 @@ public struct BootLog: Codable, Sendable, Equatable {
     /// How many boots are kept; older ones are dropped, so the file stays small.
     public static let capacity = 100
 
+    /// The boots, oldest first, at most ``capacity``.
     public var boots: [BootRecord] = []
 
     public init() {}

@@ -13,6 +13,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case digestMismatch(version: String, expected: String, actual: String)
     case missingVersion(String)
 
+    /// One sentence naming the path or version at fault; the `message` of the Varlink error.
     public var description: String {
         switch self {
         case .notADirectory(let path): return "\(path) is not a directory"
@@ -44,11 +45,14 @@ public struct ContentStore: Sendable {
     /// `<state_directory>/<agent>`.
     public let root: String
 
+    /// The store of `agent` at `<stateDirectory>/<agent>`; touches no file.
     public init(stateDirectory: String, agent: String) {
         root = stateDirectory + "/" + agent
     }
 
+    /// `<root>/versions`: one immutable directory per staged version.
     public var versionsDirectory: String { root + "/versions" }
+    /// `<root>/staging`: copies in progress, removed at startup.
     public var stagingDirectory: String { root + "/staging" }
     /// The active link.
     public var activeLink: String { root + "/active" }

@@ -8,6 +8,7 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
     case store(StoreError)
     case shuttingDown
 
+    /// One sentence for operators; the `message` parameter of the Varlink error.
     public var description: String {
         switch self {
         case .noSuchAgent(let name): return "no agent \"\(name)\" is configured"
@@ -40,6 +41,7 @@ struct AgentSlot {
 /// The daemon's core: owns every agent's policy, runs the actions it asks for, and
 /// answers control requests. One actor, so every event is handled in order.
 public actor Supervisor {
+    /// The configuration the daemon was started with; one slot per `[[agent]]`.
     public let configuration: Configuration
     private let logger: Logger
     private let bootID: String

@@ -7,10 +7,12 @@ import SystemPackage
 public struct NotifyMessage: Sendable, Equatable {
     /// The sending process, as the kernel reports it (not as the sender claims).
     public var senderPID: Int32
+    /// The sending process's user ID, from SCM_CREDENTIALS.
     public var senderUID: UInt32
     /// The assignments, in order; a later duplicate wins in ``value(_:)``.
     public var assignments: [(String, String)]
 
+    /// A message as received; tests build them directly.
     public init(senderPID: Int32, senderUID: UInt32, assignments: [(String, String)]) {
         self.senderPID = senderPID
         self.senderUID = senderUID
@@ -31,6 +33,7 @@ public struct NotifyMessage: Sendable, Equatable {
         }
     }
 
+    /// Same sender and the same assignments in order (tuples are not `Equatable`, so written out).
     public static func == (lhs: NotifyMessage, rhs: NotifyMessage) -> Bool {
         lhs.senderPID == rhs.senderPID && lhs.senderUID == rhs.senderUID
             && lhs.assignments.elementsEqual(rhs.assignments) { $0 == $1 }
@@ -151,8 +154,11 @@ public final class NotifySocket: @unchecked Sendable {
 /// `struct ucred` of socket(7) and unix(7): what SO_PEERCRED and SCM_CREDENTIALS report.
 /// Declared here because Glibc hides `ucred` behind `_GNU_SOURCE`; the layout is the kernel's.
 public struct PeerCredentials: Sendable, Equatable {
+    /// The peer's process ID.
     public var pid: Int32
+    /// The peer's user ID.
     public var uid: UInt32
+    /// The peer's group ID.
     public var gid: UInt32
 
     /// `SCM_CREDENTIALS` (linux/socket.h).
