@@ -253,19 +253,43 @@ struct TreeSummary {
     var totalBytes: Int64
 }
 
+/// The tree digest's input, one line per entry in byte order of the relative paths:
+/// `D path`, `F path mode size sha256`, `L path target`. Copying and verifying build
+/// it through this one type, so the two can never disagree on the format.
+struct TreeListing {
+    private var hasher = SHA256()
+    private var fileCount = 0
+    private var totalBytes: Int64 = 0
+
+    mutating func addDirectory(_ relative: String) {
+        hasher.update(data: Data("D \(relative)\n".utf8))
+    }
+
+    mutating func addFile(_ relative: String, executable: Bool, size: Int64, hash: String) {
+        fileCount += 1
+        totalBytes += size
+        hasher.update(data: Data("F \(relative) \(executable ? 755 : 644) \(size) \(hash)\n".utf8))
+    }
+
+    mutating func addLink(_ relative: String, target: String) {
+        hasher.update(data: Data("L \(relative) \(target)\n".utf8))
+    }
+
+    var summary: TreeSummary {
+        TreeSummary(digest: TreeCopier.hex(hasher.finalize()), fileCount: fileCount, totalBytes: totalBytes)
+    }
+}
+
 /// Copies and hashes a content tree with lstat(2), so that no symlink is followed.
 ///
-/// The tree digest is SHA-256 over one line per entry in byte order of the
-/// relative paths: `D path`, `F path mode size sha256`, `L path target`. It
-/// depends only on names, contents, the executable bit and link targets.
+/// The tree digest is SHA-256 over a ``TreeListing``: it depends only on names,
+/// contents, the executable bit and link targets.
 struct TreeCopier {
     let source: String
     let destination: String
 
     func copy() throws(StoreError) -> TreeSummary {
-        var listing = SHA256()
-        var fileCount = 0
-        var totalBytes: Int64 = 0
+        var listing = TreeListing()
         try ContentStore.syscall(destination, "create") {
             guard mkdir(destination, 0o700) == 0 else { throw Errno(rawValue: errno) }
         }
@@ -282,15 +306,13 @@ struct TreeCopier {
                     guard mkdir(to, 0o700) == 0 else { throw Errno(rawValue: errno) }
                 }
                 directories.append(to)
-                listing.update(data: Data("D \(relative)\n".utf8))
+                listing.addDirectory(relative)
             case S_IFREG:
                 let executable = info.st_mode & 0o111 != 0
                 // The size is what was copied, not what lstat said: a file that grows or
                 // lies about its size (/proc) is recorded as it was stored.
                 let (hash, size) = try Self.copyFile(from: from, to: to, executable: executable)
-                fileCount += 1
-                totalBytes += size
-                listing.update(data: Data("F \(relative) \(executable ? 755 : 644) \(size) \(hash)\n".utf8))
+                listing.addFile(relative, executable: executable, size: size, hash: hash)
             case S_IFLNK:
                 let target = try Self.linkTarget(from)
                 guard Self.staysInside(link: relative, target: target) else {
@@ -300,7 +322,7 @@ struct TreeCopier {
                     guard symlink(target, to) == 0 else { throw Errno(rawValue: errno) }
                 }
                 links.append((from, to, target))
-                listing.update(data: Data("L \(relative) \(target)\n".utf8))
+                listing.addLink(relative, target: target)
             default:
                 throw .unsupportedEntry(path: from, kind: Self.kindName(info.st_mode))
             }
@@ -315,7 +337,7 @@ struct TreeCopier {
             try ContentStore.syscall(directory, "fsync") { try DurableFile.syncDirectory(at: directory) }
             _ = chmod(directory, 0o555)
         }
-        return TreeSummary(digest: Self.hex(listing.finalize()), fileCount: fileCount, totalBytes: totalBytes)
+        return listing.summary
     }
 
     /// The tree digest of an already stored directory.
@@ -325,26 +347,21 @@ struct TreeCopier {
 
     /// The digest, file count and size of an already stored directory.
     static func summary(of root: String) throws(StoreError) -> TreeSummary {
-        var listing = SHA256()
-        var fileCount = 0
-        var totalBytes: Int64 = 0
+        var listing = TreeListing()
         for relative in try entries(under: root) {
             let full = root + "/" + relative
             var info = stat()
             guard lstat(full, &info) == 0 else { throw .io(path: full, operation: "lstat", errno: errno) }
             switch info.st_mode & S_IFMT {
-            case S_IFDIR: listing.update(data: Data("D \(relative)\n".utf8))
+            case S_IFDIR: listing.addDirectory(relative)
             case S_IFREG:
-                let hash = try hashFile(full)
-                let executable = info.st_mode & 0o111 != 0
-                fileCount += 1
-                totalBytes += Int64(info.st_size)
-                listing.update(data: Data("F \(relative) \(executable ? 755 : 644) \(info.st_size) \(hash)\n".utf8))
-            case S_IFLNK: listing.update(data: Data("L \(relative) \(try linkTarget(full))\n".utf8))
+                let (hash, size) = try hashFile(full)
+                listing.addFile(relative, executable: info.st_mode & 0o111 != 0, size: size, hash: hash)
+            case S_IFLNK: listing.addLink(relative, target: try linkTarget(full))
             default: throw .unsupportedEntry(path: full, kind: kindName(info.st_mode))
             }
         }
-        return TreeSummary(digest: hex(listing.finalize()), fileCount: fileCount, totalBytes: totalBytes)
+        return listing.summary
     }
 
     /// Relative paths of every entry below `root`, parents before children, sorted by bytes.
@@ -370,49 +387,54 @@ struct TreeCopier {
     /// Copies one file, fsyncs it and makes it read-only.
     /// - Returns: the SHA-256 in hex and the number of bytes copied.
     static func copyFile(from: String, to: String, executable: Bool) throws(StoreError) -> (String, Int64) {
-        var hasher = SHA256()
-        var copied: Int64 = 0
         do {
             let input = try FileDescriptor.open(FilePath(from), .readOnly, options: [.closeOnExec, .noFollow])
             defer { try? input.close() }
             let output = try FileDescriptor.open(
                 FilePath(to), .writeOnly, options: [.create, .exclusiveCreate, .closeOnExec], permissions: [.ownerReadWrite])
             defer { try? output.close() }
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
-                if count == 0 { break }
-                buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
-                _ = try buffer.withUnsafeBytes { try output.writeAll(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
-                copied += Int64(count)
-            }
+            let result = try stream(input, copyingTo: output)
             try DurableFile.fsync(output)
             guard fchmod(output.rawValue, executable ? 0o555 : 0o444) == 0 else { throw Errno(rawValue: errno) }
+            return result
         } catch let error as Errno {
             throw .io(path: to, operation: "copy", errno: error.rawValue)
         } catch {
             throw .io(path: to, operation: "copy", errno: EIO)
         }
-        return (hex(hasher.finalize()), copied)
     }
 
-    static func hashFile(_ path: String) throws(StoreError) -> String {
-        var hasher = SHA256()
+    /// Hashes one stored file.
+    /// - Returns: the SHA-256 in hex and the number of bytes read.
+    static func hashFile(_ path: String) throws(StoreError) -> (String, Int64) {
         do {
             let input = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec, .noFollow])
             defer { try? input.close() }
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
-                if count == 0 { break }
-                buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
-            }
+            return try stream(input, copyingTo: nil)
         } catch let error as Errno {
             throw .io(path: path, operation: "read", errno: error.rawValue)
         } catch {
             throw .io(path: path, operation: "read", errno: EIO)
         }
-        return hex(hasher.finalize())
+    }
+
+    /// Reads `input` to its end, hashing what it reads and writing it to `output` when given.
+    /// - Returns: the SHA-256 in hex and the number of bytes read.
+    private static func stream(_ input: FileDescriptor, copyingTo output: FileDescriptor?) throws -> (String, Int64) {
+        var hasher = SHA256()
+        var total: Int64 = 0
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+            if count == 0 { break }
+            try buffer.withUnsafeBytes { bytes in
+                let chunk = UnsafeRawBufferPointer(rebasing: bytes[..<count])
+                hasher.update(bufferPointer: chunk)
+                _ = try output?.writeAll(chunk)
+            }
+            total += Int64(count)
+        }
+        return (hex(hasher.finalize()), total)
     }
 
     static func linkTarget(_ path: String) throws(StoreError) -> String {
