@@ -480,8 +480,7 @@ public struct AgentPolicy: Sendable, Equatable {
         var actions: [PolicyAction] = []
         if ledger.active == id {
             probationBankedSeconds = 0
-            actions.append(.disarm(.probation))
-            timers[.probation] = nil
+            actions += disarm([.probation])
         }
         actions.append(.record(Decision(
             .contentPromoted, agent: settings.agent, version: id, reason: "operator",
@@ -541,11 +540,7 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// The daemon is stopping: terminate the agent; it is left stopped.
     public mutating func shutdown(at now: Moment) -> [PolicyAction] {
-        var actions: [PolicyAction] = PolicyTimer.allCases.compactMap { timer in
-            guard timers[timer] != nil else { return nil }
-            return .disarm(timer)
-        }
-        timers = [:]
+        var actions = disarm(PolicyTimer.allCases)
         switch phase {
         case .starting, .running, .stopping:
             bankProbation(at: now)
@@ -585,9 +580,7 @@ public struct AgentPolicy: Sendable, Equatable {
     private mutating func becomeReady(at now: Moment) -> [PolicyAction] {
         phase = .running
         readySinceMonotonic = now.monotonicSeconds
-        var actions: [PolicyAction] = [.disarm(.startTimeout), .disarm(.startedAfter)]
-        timers[.startTimeout] = nil
-        timers[.startedAfter] = nil
+        var actions = disarm([.startTimeout, .startedAfter])
         actions.append(.record(Decision(
             .agentReady, agent: settings.agent, version: ledger.active,
             message: "Agent \(settings.agent) is ready on content \(ledger.active ?? "none").")))
@@ -706,10 +699,7 @@ public struct AgentPolicy: Sendable, Equatable {
             phase = .stopping(.restart)
             return []
         case .stopped, .backoff, .givenUp:
-            var actions: [PolicyAction] = timers[.restart] != nil ? [.disarm(.restart)] : []
-            timers[.restart] = nil
-            actions += spawnActive(at: now)
-            return actions
+            return disarm([.restart]) + spawnActive(at: now)
         }
     }
 
@@ -739,9 +729,14 @@ public struct AgentPolicy: Sendable, Equatable {
         readySinceMonotonic = nil
     }
 
+    /// The timers of one run, which end with it.
     private mutating func disarmRunTimers() -> [PolicyAction] {
-        let runTimers: [PolicyTimer] = [.startTimeout, .startedAfter, .watchdog, .probation, .backoffReset]
-        return runTimers.compactMap { timer in
+        disarm([.startTimeout, .startedAfter, .watchdog, .probation, .backoffReset])
+    }
+
+    /// Forgets the armed ones among `list` and asks the host to cancel them.
+    private mutating func disarm(_ list: [PolicyTimer]) -> [PolicyAction] {
+        list.compactMap { timer in
             guard timers.removeValue(forKey: timer) != nil else { return nil }
             return .disarm(timer)
         }
