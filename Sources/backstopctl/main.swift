@@ -77,6 +77,17 @@ struct VersionTarget: ParsableArguments {
     }
 }
 
+/// For read-only verbs: asks the daemon, and when it is not running says so on stderr
+/// and reads what it saved instead. Other errors are handled as ``perform(_:)`` does.
+func askOrReadSaved<T>(_ shown: String, ask: () throws -> T, saved: () -> T) throws -> T {
+    try perform {
+        do { return try ask() } catch ControlClient.ClientError.daemonNotRunning {
+            FileHandle.standardError.write(Data("backstopctl: backstopd is not running; \(shown)\n".utf8))
+            return saved()
+        }
+    }
+}
+
 /// Runs a call, turning errors into a message and an exit code: 3 when the daemon is
 /// not running, 4 when it could not be asked (as LSB's "status unknown"), 1 otherwise.
 func perform<T>(_ body: () throws -> T) throws -> T {
@@ -100,24 +111,16 @@ struct Status: ParsableCommand {
 
     func run() throws {
         let configuration = try options.load()
-        var report: StatusReport
-        do {
-            report = try ControlClient(path: configuration.daemon.controlSocketPath)
+        let shown = FileManager.default.fileExists(atPath: configuration.daemon.stateDirectory)
+            ? "showing the state saved in \(configuration.daemon.stateDirectory)" : "no state has been saved yet"
+        let report = try askOrReadSaved(shown) {
+            try ControlClient(path: configuration.daemon.controlSocketPath)
                 .call("GetStatus", ["agent": agent], as: StatusReport.self)
-        } catch ControlClient.ClientError.daemonNotRunning {
-            let (saved, problems) = StatusReport.fromStateFiles(configuration)
-            report = saved
+        } saved: {
+            var (report, problems) = StatusReport.fromStateFiles(configuration)
             if let agent { report.agents = report.agents.filter { $0.name == agent } }
-            let shown = FileManager.default.fileExists(atPath: configuration.daemon.stateDirectory)
-                ? "showing the state saved in \(configuration.daemon.stateDirectory)" : "no state has been saved yet"
-            FileHandle.standardError.write(Data("backstopctl: backstopd is not running; \(shown)\n".utf8))
             for problem in problems { FileHandle.standardError.write(Data("backstopctl: \(problem)\n".utf8)) }
-        } catch let error as ControlClient.ClientError {
-            FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
-            throw ExitCode(4)
-        } catch let error as Varlink.RemoteError {
-            FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
-            throw ExitCode(1)
+            return report
         }
         if json {
             print(String(decoding: try JSONEncoder.backstop.encode(report), as: UTF8.self))
@@ -145,17 +148,14 @@ struct Content: ParsableCommand {
             guard let agentConfiguration = configuration.agent(named: agent) else {
                 throw ValidationError("no agent \"\(agent)\" in \(configuration.path)")
             }
-            let ledger: ContentLedger
-            do {
+            let store = ContentStore(stateDirectory: configuration.daemon.stateDirectory, agent: agentConfiguration.name)
+            let ledger = try askOrReadSaved("showing the state saved in \(store.stateFile)") {
                 let client = ControlClient(path: configuration.daemon.controlSocketPath)
                 let reply = try client.call("ListContent", ["agent": agent], as: Reply.self)
                 let status = try client.call("GetStatus", ["agent": agent], as: StatusReport.self)
-                ledger = ContentLedger(versions: reply.versions, active: status.agents.first?.content.active)
-            } catch ControlClient.ClientError.daemonNotRunning {
-                // Read-only: the state file says the same while the daemon is down.
-                let store = ContentStore(stateDirectory: configuration.daemon.stateDirectory, agent: agentConfiguration.name)
-                FileHandle.standardError.write(Data("backstopctl: backstopd is not running; showing the state saved in \(store.stateFile)\n".utf8))
-                ledger = (try? AgentStateFile.load(path: store.stateFile))??.ledger ?? ContentLedger()
+                return ContentLedger(versions: reply.versions, active: status.agents.first?.content.active)
+            } saved: {
+                (try? AgentStateFile.load(path: store.stateFile))??.ledger ?? ContentLedger()
             }
             if json {
                 print(String(decoding: try JSONEncoder.backstop.encode(Reply(versions: ledger.versions)), as: UTF8.self))
@@ -302,16 +302,12 @@ struct Boots: ParsableCommand {
 
     func run() throws {
         let configuration = try options.load()
-        let boots: [BootRecord]
-        do {
-            boots = try perform {
-                do {
-                    return try ControlClient(path: configuration.daemon.controlSocketPath).call("ListBoots", [String: String](), as: Reply.self).boots
-                } catch ControlClient.ClientError.daemonNotRunning {
-                    FileHandle.standardError.write(Data("backstopctl: backstopd is not running; showing the boots saved in \(BootLog.path(stateDirectory: configuration.daemon.stateDirectory))\n".utf8))
-                    return BootLog.load(stateDirectory: configuration.daemon.stateDirectory).boots
-                }
-            }
+        let stateDirectory = configuration.daemon.stateDirectory
+        let boots = try askOrReadSaved("showing the boots saved in \(BootLog.path(stateDirectory: stateDirectory))") {
+            try ControlClient(path: configuration.daemon.controlSocketPath)
+                .call("ListBoots", [String: String](), as: Reply.self).boots
+        } saved: {
+            BootLog.load(stateDirectory: stateDirectory).boots
         }
         if json {
             print(String(decoding: try JSONEncoder.backstop.encode(Reply(boots: boots)), as: UTF8.self))
