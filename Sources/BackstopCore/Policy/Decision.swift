@@ -21,11 +21,6 @@ public struct Moment: Sendable, Equatable {
         clock_gettime(CLOCK_BOOTTIME, &spec)
         return Moment(monotonicSeconds: Double(spec.tv_sec) + Double(spec.tv_nsec) / 1e9, wall: Date())
     }
-
-    /// The moment `seconds` later.
-    public func adding(seconds: Double) -> Moment {
-        Moment(monotonicSeconds: monotonicSeconds + seconds, wall: wall.addingTimeInterval(seconds))
-    }
 }
 
 /// The kinds of decision Backstop reports: the values of `BACKSTOP_EVENT` (SPEC.md, Journal).

@@ -126,7 +126,7 @@ public struct ContentStore: Sendable {
         let directory = path(of: record.id)
         var info = stat()
         guard lstat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { throw .missingVersion(record.id) }
-        let actual = try TreeCopier.digest(of: directory)
+        let actual = try TreeCopier.summary(of: directory).digest
         guard actual == record.digest else {
             throw .digestMismatch(version: record.id, expected: record.digest, actual: actual)
         }
@@ -338,11 +338,6 @@ struct TreeCopier {
             _ = chmod(directory, 0o555)
         }
         return listing.summary
-    }
-
-    /// The tree digest of an already stored directory.
-    static func digest(of root: String) throws(StoreError) -> String {
-        try summary(of: root).digest
     }
 
     /// The digest, file count and size of an already stored directory.
