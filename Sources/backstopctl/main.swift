@@ -11,7 +11,7 @@ struct BackstopControl: ParsableCommand {
         version: Backstop.version,
         subcommands: [
             Status.self, Content.self, Stage.self, Activate.self, Promote.self, Rollback.self, Release.self,
-            ResetFailed.self, Boots.self, History.self,
+            ResetFailed.self, Stop.self, Start.self, Boots.self, History.self,
         ])
 
     /// Lets `--config PATH` stand before the verb too (`backstopctl --config X status`),
@@ -240,6 +240,31 @@ struct ResetFailed: ParsableCommand {
     func run() throws {
         try perform { try options.client().call("ResetFailed", ["agent": agent]) }
         print("Reset \(agent ?? "all agents").")
+    }
+}
+
+struct Stop: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop an agent and keep it stopped (across daemon restarts and reboots) until `start`.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+
+    func run() throws {
+        // Requests are applied in order: this one may wait for a verification before it.
+        try perform { try options.slowClient().call("Stop", ["agent": agent]) }
+        print("Stopped \(agent); it stays stopped until `backstopctl start \(agent)`.")
+    }
+}
+
+struct Start: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start an agent now: after `stop`, during a restart delay, or after Backstop gave up on it.")
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+
+    func run() throws {
+        try perform { try options.slowClient().call("Start", ["agent": agent]) }
+        print("Started \(agent).")
     }
 }
 

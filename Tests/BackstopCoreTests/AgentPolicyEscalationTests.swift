@@ -48,8 +48,8 @@ struct AgentPolicyEscalationTests {
         #expect(actions.decision(.rollback)?.version == "v1")
         #expect(actions.spawns.last == .spawn(version: "v1", mode: .normal))
 
-        // Step 2: the known-good crash-loops too: the older known-good v0.
-        (actions, now) = policy.crashUntilCrashLoop(from: now)
+        // Step 2: the known-good crash-loops too, another way: the older known-good v0.
+        (actions, now) = policy.crashUntilCrashLoop(from: now, signal: SIGABRT)
         let older = try #require(actions.decision(.rollback))
         #expect(older.version == "v0")
         #expect(older.previousVersion == "v1")
@@ -58,7 +58,7 @@ struct AgentPolicyEscalationTests {
         #expect(policy.ledger.quarantined == ["v2"], "known-good versions are not quarantined")
 
         // Step 3: every known-good crash-loops: safe mode, started with safe_mode_exec.
-        (actions, now) = policy.crashUntilCrashLoop(from: now)
+        (actions, now) = policy.crashUntilCrashLoop(from: now, signal: SIGBUS)
         #expect(actions.events.suffix(2) == [.crashLoop, .safeMode])
         #expect(actions.last == .spawn(version: "v0", mode: .safeMode))
         #expect(policy.mode == .safeMode)

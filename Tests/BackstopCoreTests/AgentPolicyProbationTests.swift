@@ -88,12 +88,10 @@ struct AgentPolicyProbationTests {
     func probationBankedAcrossRestore() throws {
         var before = try candidatePolicy(policySettings(probationSeconds: 600))
         before.startAndBecomeReady(at: 0)  // ready at 1
-        let banked = before.probationElapsedSeconds(at: moment(451))  // killed at 451: 450 s banked
+        let saved = before.stateFile(bootID: "boot-a", at: moment(451))  // killed at 451: 450 s banked
 
         var after = AgentPolicy(settings: before.settings)
-        after.restore(
-            ledger: before.ledger, failures: [], consecutiveFailures: 0, probationBankedSeconds: banked,
-            givenUp: false, mode: .normal, escalationTried: [], lastRollback: nil, resetFailedAt: nil)
+        after.restore(from: saved, currentBootID: "boot-a")
         #expect(after.begin(at: moment(1000)) == [.spawn(version: "v2", mode: .normal)])
         let ready = after.startAndBecomeReady(at: 1000)  // ready at 1001
         #expect(ready.deadline(of: .probation) == 1001.0 + 150)

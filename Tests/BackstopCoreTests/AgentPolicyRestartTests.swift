@@ -134,14 +134,15 @@ struct AgentPolicyThresholdTests {
             policy.startAndBecomeReady(at: start)
             let actions = policy.agentExited(.exited(code: 0), at: moment(start + 5))
             let exit = try #require(actions.decision(.agentExited))
-            #expect(exit.reason == nil)
+            #expect(exit.reason == "clean-exit")
             #expect(exit.failures == nil)
             #expect(exit.exitStatus == 0)
             #expect(!actions.events.contains(.crashLoop))
             #expect(policy.phase == .backoff)
             #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
         }
-        #expect(policy.failures.isEmpty)
+        #expect(policy.recentFailures(at: moment(50)).map(\.reason) == Array(repeating: .cleanExit, count: 5))
+        #expect(policy.countedFailures(at: moment(50)).isEmpty)
         #expect(policy.ledger.candidate == "v2")
     }
 }

@@ -86,13 +86,13 @@ extension AgentPolicy {
         return actions
     }
 
-    /// The agent the policy asked to spawn starts at `seconds` and dies of SIGSEGV right away
+    /// The agent the policy asked to spawn starts at `seconds` and dies of `signal` right away
     /// (before it counts as ready).
     @discardableResult
-    mutating func startAndCrash(at seconds: Double) -> [PolicyAction] {
+    mutating func startAndCrash(at seconds: Double, signal: Int32 = SIGSEGV) -> [PolicyAction] {
         precondition(phase == .starting, "the policy has not asked for a spawn (phase \(phase))")
         return agentStarted(pid: 4242, at: moment(seconds))
-            + agentExited(.signaled(signal: SIGSEGV), at: moment(seconds + 0.5))
+            + agentExited(.signaled(signal: signal), at: moment(seconds + 0.5))
     }
 
     /// Fires the armed restart timer at its deadline.
@@ -105,11 +105,11 @@ extension AgentPolicy {
     /// Crashes the agent on every start until the policy stops restarting it from backoff
     /// (a crash loop and whatever the escalation does next), starting at `seconds`.
     /// - Returns: all actions, and the time after the last crash.
-    mutating func crashUntilCrashLoop(from seconds: Double) -> (actions: [PolicyAction], end: Double) {
+    mutating func crashUntilCrashLoop(from seconds: Double, signal: Int32 = SIGSEGV) -> (actions: [PolicyAction], end: Double) {
         var now = seconds
         var actions: [PolicyAction] = []
         for _ in 0..<settings.failureThreshold {
-            actions += startAndCrash(at: now)
+            actions += startAndCrash(at: now, signal: signal)
             now += 1
             guard phase == .backoff else { break }
             actions += fireRestart()

@@ -25,7 +25,8 @@ public struct Configuration: Sendable, Equatable {
         var warnings: [String] = []
         if agents.isEmpty { warnings.append("\(path): no [[agent]] is configured; backstopd will supervise nothing") }
         for agent in agents {
-            for program in [agent.exec.first, agent.safeModeExec.first].compactMap({ $0 }) where program.hasPrefix("/") {
+            let programs = [agent.exec, agent.safeModeExec, agent.readyCheckExec, agent.healthCheckExec].compactMap(\.first)
+            for program in programs where program.hasPrefix("/") {
                 if !FileManager.default.isExecutableFile(atPath: program) {
                     warnings.append("agent \(agent.name): \(program) is not an executable file (yet); starts will fail until it is")
                 }
@@ -100,6 +101,20 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var safeModeExec: [String] = []
     /// 0 = off.
     public var preflightSeconds = 0
+    /// `ready_check_exec`, default `[]`: a command run after each start (again after
+    /// a pause while it fails) until it exits 0; the agent is ready only then.
+    public var readyCheckExec: [String] = []
+    /// `health_check_exec`, default `[]`: a command run every `health_check_interval_sec`
+    /// while the agent is ready; a non-zero exit, a signal or a timeout is a failed check.
+    public var healthCheckExec: [String] = []
+    /// `health_check_interval_sec`, default 30: seconds between health checks.
+    public var healthCheckIntervalSeconds = 30
+    /// `health_check_timeout_sec`, default 10: seconds after which a ready or health check is killed and failed.
+    public var healthCheckTimeoutSeconds = 10
+    /// `health_check_failures`, default 3: failed health checks in a row that make one failure of the agent.
+    public var healthCheckFailures = 3
+    /// `clean_exit_is_failure`, default false: an exit with code 0 counts against the content.
+    public var cleanExitIsFailure = false
 
     /// An agent with `name` and `exec` and every other key at its default.
     public init(name: String, exec: [String]) {
@@ -113,7 +128,10 @@ public struct AgentConfiguration: Sendable, Equatable {
             agent: name, failureThreshold: failureThreshold, failureWindowSeconds: Double(failureWindowSeconds),
             probationSeconds: Double(probationSeconds), restartDelayMilliseconds: restartDelayMilliseconds,
             restartDelayMaxSeconds: Double(restartDelayMaxSeconds), startTimeoutSeconds: Double(startTimeoutSeconds),
-            watchdogSeconds: Double(watchdogSeconds), notify: notify, hasSafeModeExec: !safeModeExec.isEmpty)
+            watchdogSeconds: Double(watchdogSeconds), notify: notify, hasSafeModeExec: !safeModeExec.isEmpty,
+            cleanExitIsFailure: cleanExitIsFailure, hasReadyCheck: !readyCheckExec.isEmpty,
+            healthCheckIntervalSeconds: healthCheckExec.isEmpty ? nil : Double(healthCheckIntervalSeconds),
+            healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures)
     }
 
     /// Whether `name` is a valid agent name: `[a-z0-9_-]+`, at most 64 characters.

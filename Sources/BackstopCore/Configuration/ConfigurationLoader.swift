@@ -193,12 +193,14 @@ private struct TableReader {
             case "watchdog_sec": agent.watchdogSeconds = try integer(table, key, full, minimum: 0)
             case "boot_good_after_sec": agent.bootGoodAfterSeconds = try integer(table, key, full, minimum: 1)
             case "boot_failure_threshold": agent.bootFailureThreshold = try integer(table, key, full, minimum: 1)
-            case "safe_mode_exec":
-                agent.safeModeExec = try stringArray(table, key, full)
-                if let program = agent.safeModeExec.first, program.isEmpty {
-                    throw fail(full, "the program must not be empty")
-                }
+            case "safe_mode_exec": agent.safeModeExec = try command(table, key, full)
             case "preflight_sec": agent.preflightSeconds = try integer(table, key, full, minimum: 0)
+            case "ready_check_exec": agent.readyCheckExec = try command(table, key, full)
+            case "health_check_exec": agent.healthCheckExec = try command(table, key, full)
+            case "health_check_interval_sec": agent.healthCheckIntervalSeconds = try integer(table, key, full, minimum: 1)
+            case "health_check_timeout_sec": agent.healthCheckTimeoutSeconds = try integer(table, key, full, minimum: 1)
+            case "health_check_failures": agent.healthCheckFailures = try integer(table, key, full, minimum: 1)
+            case "clean_exit_is_failure": agent.cleanExitIsFailure = try bool(table, key, full)
             case "sandbox":
                 throw fail(full, "[agent.sandbox] is not supported by this version of backstopd")
             default:
@@ -215,6 +217,13 @@ private struct TableReader {
             throw fail(prefix + ".watchdog_sec", "needs notify = true: heartbeats arrive as WATCHDOG=1 on the notify socket")
         }
         return agent
+    }
+
+    /// An optional command line: `[]` (unset) or an array whose first string names the program.
+    func command(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> [String] {
+        let words = try stringArray(table, key, full)
+        if let program = words.first, program.isEmpty { throw fail(full, "the program must not be empty") }
+        return words
     }
 
     func string(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> String {

@@ -110,15 +110,8 @@ extension StatusReport {
                 problems.append("\(error)")
             }
             var policy = AgentPolicy(settings: agent.policySettings)
-            let sameBoot = state.bootID == bootID
-            policy.restore(
-                ledger: state.ledger, failures: sameBoot ? state.failures : [], consecutiveFailures: 0,
-                probationBankedSeconds: 0, givenUp: state.givenUp, mode: state.mode, escalationTried: [],
-                lastRollback: state.lastRollback, resetFailedAt: state.resetFailedAt)
-            return StatusReport.Agent(
-                name: agent.name, state: policy.stateWord, pid: nil, ledger: state.ledger,
-                recentFailures: policy.recentFailures(at: now), settings: policy.settings,
-                lastRollback: state.lastRollback, degraded: policy.isDegraded, statusText: nil)
+            policy.restore(from: state, currentBootID: bootID)
+            return StatusReport.Agent(policy: policy, pid: nil, statusText: nil, at: now)
         }
         let report = StatusReport(
             daemon: .init(running: false, pid: nil, version: Backstop.version),

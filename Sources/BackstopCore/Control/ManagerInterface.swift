@@ -35,6 +35,10 @@ public enum ManagerInterface {
         method Rollback(agent: string, to: ?string) -> ()
         method Release(agent: string, version: string) -> ()
         method ResetFailed(agent: ?string) -> ()
+        # Stops the agent until Start; needs root.
+        method Stop(agent: string) -> ()
+        # Starts the agent now (after Stop, during a backoff, or after giving up); needs root.
+        method Start(agent: string) -> ()
 
         error NoSuchAgent (agent: string, message: string)
         error NoSuchVersion (version: string, message: string)
@@ -48,7 +52,7 @@ public enum ManagerInterface {
         """
 
     /// Methods that change anything; they need uid 0.
-    static let mutating: Set<String> = ["Stage", "Activate", "Promote", "Rollback", "Release", "ResetFailed"]
+    static let mutating: Set<String> = ["Stage", "Activate", "Promote", "Rollback", "Release", "ResetFailed", "Stop", "Start"]
 
     struct AgentParameter: Codable { var agent: String }
     struct OptionalAgentParameter: Codable { var agent: String? }
@@ -100,6 +104,10 @@ public enum ManagerInterface {
             case "ResetFailed":
                 let parameters = try decode(OptionalAgentParameter.self, call)
                 try await supervisor.resetFailed(agent: parameters.agent)
+            case "Stop":
+                try await supervisor.stop(agent: try decode(AgentParameter.self, call).agent)
+            case "Start":
+                try await supervisor.start(agent: try decode(AgentParameter.self, call).agent)
             default:
                 return .failure("org.varlink.service.MethodNotFound", ["method": call.method])
             }

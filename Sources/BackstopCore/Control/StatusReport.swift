@@ -66,6 +66,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public struct Failure: Codable, Sendable, Equatable {
         /// `reason`: a ``FailureReason`` value, e.g. `crashed`, `exited`, `hung`, `start-timeout`.
         public var reason: String
+        /// `attribution`: what the failure says about the content, an ``Attribution`` value
+        /// (`content` counts toward the crash loop; `restart-only`, `configuration` do not).
+        public var attribution: String
         /// `version`: the version active at the failure, null when none was.
         public var version: String?
         /// `at`: when it failed, RFC 3339.
@@ -78,7 +81,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var coreDumped: Bool?
 
         enum CodingKeys: String, CodingKey {
-            case reason, version, at, signal
+            case reason, attribution, version, at, signal
             case exitStatus = "exit_status"
             case coreDumped = "core_dumped"
         }
@@ -87,6 +90,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(reason, forKey: .reason)
+            try container.encode(attribution, forKey: .attribution)
             try container.encode(version, forKey: .version)
             try container.encode(at, forKey: .at)
             try container.encode(exitStatus, forKey: .exitStatus)
@@ -95,15 +99,15 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
-    /// An agent's `failures` object: the failures counted toward a crash loop.
+    /// An agent's `failures` object: the failures inside the window.
     public struct Failures: Codable, Sendable, Equatable {
-        /// Failures inside the window now.
+        /// Failures inside the window now that count toward a crash loop (attribution `content`).
         public var recent: Int
         /// `threshold`: `failure_threshold`, failures in the window that make a crash loop.
         public var threshold: Int
         /// `window_sec`: `failure_window_sec`, the window's length in seconds.
         public var windowSec: Int
-        /// Each of the recent failures, oldest first.
+        /// Every failure inside the window, whatever its attribution, oldest first.
         public var list: [Failure]
 
         enum CodingKeys: String, CodingKey {
@@ -140,12 +144,15 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var lastRollback: Rollback?
         /// Whether this agent makes `status` exit 1.
         public var degraded: Bool
+        /// `degraded_reason`: why, e.g. `rollback did not help`; null when not degraded.
+        public var degradedReason: String?
         /// The agent's last `STATUS=` text, if it sent one.
         public var statusText: String?
 
         enum CodingKeys: String, CodingKey {
             case name, state, pid, content, failures, degraded
             case lastRollback = "last_rollback"
+            case degradedReason = "degraded_reason"
             case statusText = "status_text"
         }
 
@@ -159,6 +166,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
             try container.encode(failures, forKey: .failures)
             try container.encode(lastRollback, forKey: .lastRollback)
             try container.encode(degraded, forKey: .degraded)
+            try container.encode(degradedReason, forKey: .degradedReason)
             try container.encode(statusText, forKey: .statusText)
         }
     }
@@ -178,29 +186,32 @@ public struct StatusReport: Codable, Sendable, Equatable {
 }
 
 extension StatusReport.Agent {
-    /// The status of one agent from its persisted state and, when the daemon runs, its live phase.
+    /// The status of one agent from its policy: the live one in the daemon, or one
+    /// restored from the state file when the daemon is not running.
     /// - Parameters:
-    ///   - state: the `state` word (SPEC.md's list).
-    ///   - recentFailures: failures inside the window now.
-    public init(
-        name: String, state: String, pid: Int32?, ledger: ContentLedger, recentFailures: [FailureRecord],
-        settings: PolicySettings, lastRollback: RollbackRecord?, degraded: Bool, statusText: String?
-    ) {
-        self.name = name
-        self.state = state
+    ///   - pid: the agent's process, nil when none runs.
+    ///   - statusText: the agent's last `STATUS=`.
+    ///   - now: the instant the failure window ends at.
+    public init(policy: AgentPolicy, pid: Int32?, statusText: String?, at now: Moment) {
+        let ledger = policy.ledger
+        let settings = policy.settings
+        name = settings.agent
+        state = policy.stateWord
         self.pid = pid
         content = StatusReport.Content(
             active: ledger.active, knownGood: ledger.knownGood, candidate: ledger.candidate, quarantined: ledger.quarantined)
         failures = StatusReport.Failures(
-            recent: recentFailures.count, threshold: settings.failureThreshold,
+            recent: policy.countedFailures(at: now).count, threshold: settings.failureThreshold,
             windowSec: Int(settings.failureWindowSeconds),
-            list: recentFailures.map {
+            list: policy.recentFailures(at: now).map {
                 StatusReport.Failure(
-                    reason: $0.reason.rawValue, version: $0.version, at: $0.at, exitStatus: $0.exitStatus,
+                    reason: $0.reason.rawValue, attribution: settings.attribution(of: $0.reason).rawValue,
+                    version: $0.version, at: $0.at, exitStatus: $0.exitStatus,
                     signal: $0.signal.map(SignalName.of), coreDumped: $0.coreDumped)
             })
-        self.lastRollback = lastRollback.map { StatusReport.Rollback(from: $0.from, to: $0.to, reason: $0.reason, at: $0.at) }
-        self.degraded = degraded
+        lastRollback = policy.lastRollback.map { StatusReport.Rollback(from: $0.from, to: $0.to, reason: $0.reason, at: $0.at) }
+        degraded = policy.isDegraded
+        degradedReason = policy.degradedReason
         self.statusText = statusText
     }
 }
@@ -213,8 +224,8 @@ extension AgentPolicy {
         case _ where mode == .safeMode: return "safe-mode"
         case .starting, .stopping(.restart): return "starting"
         case .running: return "running"
-        case .backoff, .stopping(.failure): return "backoff"
-        case .stopped, .stopping(.shutdown): return "stopped"
+        case .backoff, .daemonized, .stopping(.failure): return "backoff"
+        case .stopped, .stopping(.shutdown), .stopping(.operatorStop): return "stopped"
         }
     }
 }

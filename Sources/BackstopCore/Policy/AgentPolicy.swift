@@ -22,14 +22,30 @@ public struct PolicySettings: Sendable, Equatable {
     public var notify: Bool
     /// Whether `safe_mode_exec` is set; without it safe mode means "do not start".
     public var hasSafeModeExec: Bool
+    /// `clean_exit_is_failure`: a clean exit (code 0) counts against the content like any other exit.
+    public var cleanExitIsFailure: Bool
+    /// Whether `ready_check_exec` is set: the agent is ready only once it succeeds.
+    public var hasReadyCheck: Bool
+    /// `health_check_interval_sec` when `health_check_exec` is set, nil without health checks.
+    public var healthCheckIntervalSeconds: Double?
+    /// `health_check_timeout_sec`: a probe still running after this long is killed and counts as failed.
+    public var healthCheckTimeoutSeconds: Double
+    /// `health_check_failures`: failed health checks in a row that make one failure.
+    public var healthCheckFailures: Int
 
-    /// Settings for `agent`; numbers not given take the TOML keys' defaults (SPEC.md).
+    /// Settings for `agent`; numbers not given take the TOML keys' defaults (SPEC.md, README.md).
     public init(
         agent: String, failureThreshold: Int = 3, failureWindowSeconds: Double = 120,
         probationSeconds: Double = 600, restartDelayMilliseconds: Int = 100, restartDelayMaxSeconds: Double = 30,
         startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false,
-        hasSafeModeExec: Bool = false
+        hasSafeModeExec: Bool = false, cleanExitIsFailure: Bool = false, hasReadyCheck: Bool = false,
+        healthCheckIntervalSeconds: Double? = nil, healthCheckTimeoutSeconds: Double = 10, healthCheckFailures: Int = 3
     ) {
+        self.cleanExitIsFailure = cleanExitIsFailure
+        self.hasReadyCheck = hasReadyCheck
+        self.healthCheckIntervalSeconds = healthCheckIntervalSeconds
+        self.healthCheckTimeoutSeconds = healthCheckTimeoutSeconds
+        self.healthCheckFailures = healthCheckFailures
         self.agent = agent
         self.failureThreshold = failureThreshold
         self.failureWindowSeconds = failureWindowSeconds
@@ -42,8 +58,27 @@ public struct PolicySettings: Sendable, Equatable {
         self.hasSafeModeExec = hasSafeModeExec
     }
 
-    /// With `notify = false` an agent counts as started once it has run this long.
+    /// With neither `notify` nor `ready_check_exec` an agent counts as started once it has run this long.
     public static let startedAfterSeconds: Double = 1
+
+    /// The pause after the first failed ready check, in seconds; it doubles per failed
+    /// check up to ``readyCheckRetryMaxSeconds``.
+    public static let readyCheckRetrySeconds: Double = 0.1
+    /// The longest pause between two ready checks, in seconds.
+    public static let readyCheckRetryMaxSeconds: Double = 2
+
+    /// The attribution of `reason` under these settings (`clean_exit_is_failure`).
+    public func attribution(of reason: FailureReason) -> Attribution {
+        reason.attribution(cleanExitIsFailure: cleanExitIsFailure)
+    }
+}
+
+/// A check Backstop runs beside the agent (`ready_check_exec`, `health_check_exec`).
+public enum Probe: String, Sendable, Equatable, Codable {
+    /// `ready_check_exec`: run after each start until it succeeds.
+    case ready
+    /// `health_check_exec`: run every `health_check_interval_sec` while the agent is ready.
+    case health
 }
 
 /// Which command line the agent runs with.
@@ -62,6 +97,8 @@ public enum StopIntent: Sendable, Equatable, Codable {
     case restart
     /// The daemon is stopping: leave it stopped.
     case shutdown
+    /// An operator ran `backstopctl stop`: leave it stopped until `backstopctl start`.
+    case operatorStop
 }
 
 /// The life of one supervised agent: one explicit state, changed only in ``AgentPolicy``.
@@ -76,15 +113,18 @@ public enum AgentPhase: Sendable, Equatable, Codable {
     case stopping(StopIntent)
     /// Waiting out a restart delay after a failure.
     case backoff
+    /// The program exited 0 and left processes running in the background: it is not
+    /// started again (that would run two) until they are gone.
+    case daemonized
     /// The escalation ladder ran out: left stopped until an operator acts.
     case givenUp
 }
 
 /// Timers the policy asks its host to run; each fires at most once per arming.
 public enum PolicyTimer: String, Sendable, CaseIterable, Codable {
-    /// `start_timeout_sec` after spawn (with `notify`).
+    /// `start_timeout_sec` after spawn (with `notify` or `ready_check_exec`).
     case startTimeout
-    /// One second after spawn (without `notify`): the agent counts as started.
+    /// One second after spawn (without `notify` or `ready_check_exec`): the agent counts as started.
     case startedAfter
     /// `watchdog_sec` after the last heartbeat.
     case watchdog
@@ -94,6 +134,10 @@ public enum PolicyTimer: String, Sendable, CaseIterable, Codable {
     case backoffReset
     /// The end of a restart delay.
     case restart
+    /// The next `ready_check_exec` run.
+    case readyCheck
+    /// The next `health_check_exec` run.
+    case healthCheck
 }
 
 /// What the policy asks its host to do, in order.
@@ -110,6 +154,9 @@ public enum PolicyAction: Sendable, Equatable {
     case disarm(PolicyTimer)
     /// Report a decision to the journal and the timeline.
     case record(Decision)
+    /// Run a probe; its process is killed after `timeoutSeconds` and the result fed to
+    /// ``AgentPolicy/probeFinished(_:passed:detail:at:)``.
+    case probe(Probe, timeoutSeconds: Double)
 }
 
 /// A failure the policy counted, kept while it is inside the failure window.
@@ -128,6 +175,12 @@ public struct FailureRecord: Sendable, Equatable, Codable {
     public var signal: Int32?
     /// Whether a core was dumped; nil when the agent was not killed by a signal or the kernel could not tell.
     public var coreDumped: Bool?
+
+    /// How it failed, as two failures are compared to tell whether a rollback helped:
+    /// the reason, and the signal for a crash (`crashed SIGSEGV`, `hung`, `exited`).
+    public var signature: String {
+        signal.map { "\(reason.rawValue) \(SignalName.of($0))" } ?? reason.rawValue
+    }
 }
 
 /// Why the escalation ladder reached safe mode or gave up (`BACKSTOP_REASON`).
@@ -142,6 +195,8 @@ public enum EscalationReason: String, Sendable {
     case noSafeModeExec = "no-safe-mode-exec"
     /// No content is left to run safe mode on.
     case noContent = "no-content"
+    /// After a rollback the agent failed the same way on known-good content.
+    case rollbackDidNotHelp = "rollback-did-not-help"
 
     /// Part of a sentence: "no known-good version is left".
     public var explanation: String {
@@ -151,6 +206,7 @@ public enum EscalationReason: String, Sendable {
         case .safeModeCrashLoops: return "it crash-loops in safe mode as well"
         case .noSafeModeExec: return "no safe_mode_exec is configured"
         case .noContent: return "no content is left to run"
+        case .rollbackDidNotHelp: return "rolling back did not help, the agent fails the same way on known-good content"
         }
     }
 }
@@ -165,6 +221,9 @@ public struct RollbackRecord: Sendable, Equatable, Codable {
     public var reason: String
     /// Wall-clock time of the rollback.
     public var at: Date
+    /// How the agent failed on `from` for a crash-loop rollback, e.g. `crashed SIGSEGV`
+    /// (``FailureRecord/signature``); nil for other rollbacks.
+    public var failure: String?
 }
 
 /// Errors of operator requests the policy refuses.
@@ -225,6 +284,19 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var resetFailedAt: Date?
     /// Deadlines of armed timers.
     public private(set) var timers: [PolicyTimer: Double] = [:]
+    /// Whether an operator stopped the agent (`backstopctl stop`); it stays stopped until `start`.
+    public private(set) var operatorStopped = false
+    /// Whether a rollback was followed by the same failure on known-good content: Backstop
+    /// then stops switching versions. Cleared by `reset-failed`, `activate` and `rollback`.
+    public private(set) var rollbackDidNotHelp = false
+    /// Whether READY=1 arrived in the current run.
+    private var readyNotified = false
+    /// Whether `ready_check_exec` succeeded in the current run.
+    private var readyCheckPassed = false
+    /// Failed ready checks in the current run; sets the pause before the next one.
+    private var readyCheckFailuresInARow = 0
+    /// Failed health checks in a row in the current run.
+    public private(set) var healthCheckFailuresInARow = 0
 
     /// A policy for a stopped agent in normal mode, with no failures counted.
     public init(settings: PolicySettings, ledger: ContentLedger = ContentLedger()) {
@@ -234,9 +306,14 @@ public struct AgentPolicy: Sendable, Equatable {
 
     // MARK: - Queries
 
-    /// Failures inside the window ending at `now`.
+    /// Failures of every reason inside the window ending at `now`, oldest first.
     public func recentFailures(at now: Moment) -> [FailureRecord] {
         failures.filter { now.monotonicSeconds - $0.monotonicSeconds < settings.failureWindowSeconds }
+    }
+
+    /// The failures inside the window that count against the content (``Attribution/content``).
+    public func countedFailures(at now: Moment) -> [FailureRecord] {
+        recentFailures(at: now).filter { settings.attribution(of: $0.reason) == .content }
     }
 
     /// The delay before the next restart after `consecutiveFailures` failures, in seconds:
@@ -259,7 +336,7 @@ public struct AgentPolicy: Sendable, Equatable {
     /// A backoff that was running when the daemon stopped is waited out first.
     public mutating func begin(restartDueMonotonicSeconds: Double? = nil, at now: Moment) -> [PolicyAction] {
         guard phase == .stopped else { return [] }
-        if let due = restartDueMonotonicSeconds, due > now.monotonicSeconds, ledger.active != nil {
+        if let due = restartDueMonotonicSeconds, due > now.monotonicSeconds, ledger.active != nil, !operatorStopped {
             phase = .backoff
             return [arm(.restart, at: due)]
         }
@@ -275,9 +352,21 @@ public struct AgentPolicy: Sendable, Equatable {
     /// Whether an operator should look at this agent: it is in backoff, safe mode or
     /// given up, or it was rolled back since the last `reset-failed`.
     public var isDegraded: Bool {
-        if phase == .backoff || phase == .givenUp || mode == .safeMode { return true }
-        guard let lastRollback else { return false }
-        return resetFailedAt.map { lastRollback.at > $0 } ?? true
+        degradedReason != nil
+    }
+
+    /// Why the agent is degraded, for `status`; nil when it is not.
+    public var degradedReason: String? {
+        if rollbackDidNotHelp { return "rollback did not help" }
+        switch phase {
+        case .givenUp: return "given up"
+        case .daemonized: return "its program forked into the background (daemonized)"
+        case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
+        default: break
+        }
+        if mode == .safeMode { return "in safe mode" }
+        guard let lastRollback, resetFailedAt.map({ lastRollback.at > $0 }) ?? true else { return nil }
+        return "rolled back from \(lastRollback.from) to \(lastRollback.to) (\(lastRollback.reason))"
     }
 
     /// The active version failed verification (its files no longer match their digest),
@@ -322,8 +411,9 @@ public struct AgentPolicy: Sendable, Equatable {
                 .agentStarted, agent: settings.agent, version: ledger.active,
                 message: "Started agent \(settings.agent) (pid \(pid)) on content \(ledger.active ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
         ]
-        if settings.notify {
+        if settings.notify || settings.hasReadyCheck {
             actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))
+            if settings.hasReadyCheck { actions.append(arm(.readyCheck, at: now.monotonicSeconds)) }
         } else {
             actions.append(arm(.startedAfter, at: now.monotonicSeconds + PolicySettings.startedAfterSeconds))
         }
@@ -332,8 +422,45 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// READY=1 arrived on the agent's notify socket.
     public mutating func agentReady(at now: Moment) -> [PolicyAction] {
-        guard settings.notify, phase == .starting else { return [] }
-        return becomeReady(at: now)
+        guard settings.notify, phase == .starting, !readyNotified else { return [] }
+        readyNotified = true
+        return readinessComplete ? becomeReady(at: now) : []
+    }
+
+    /// Whether every readiness signal the agent is configured for arrived in this run.
+    private var readinessComplete: Bool {
+        (!settings.notify || readyNotified) && (!settings.hasReadyCheck || readyCheckPassed)
+    }
+
+    /// A probe the policy asked for (``PolicyAction/probe(_:timeoutSeconds:)``) ended;
+    /// `passed` is false for a non-zero exit, a signal or a timeout, which `detail` describes.
+    public mutating func probeFinished(_ probe: Probe, passed: Bool, detail: String, at now: Moment) -> [PolicyAction] {
+        switch probe {
+        case .ready:
+            guard settings.hasReadyCheck, phase == .starting, !readyCheckPassed else { return [] }
+            if passed {
+                readyCheckPassed = true
+                return readinessComplete ? becomeReady(at: now) : []
+            }
+            readyCheckFailuresInARow += 1
+            let pause = min(
+                PolicySettings.readyCheckRetrySeconds * pow(2, Double(min(readyCheckFailuresInARow - 1, 30))),
+                PolicySettings.readyCheckRetryMaxSeconds)
+            return [arm(.readyCheck, at: now.monotonicSeconds + pause)]
+        case .health:
+            guard let interval = settings.healthCheckIntervalSeconds, phase == .running else { return [] }
+            healthCheckFailuresInARow = passed ? 0 : healthCheckFailuresInARow + 1
+            guard healthCheckFailuresInARow >= settings.healthCheckFailures else {
+                return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
+            }
+            phase = .stopping(.failure(.healthCheck))
+            return [
+                .record(Decision(
+                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.healthCheck.rawValue,
+                    message: "Agent \(settings.agent) failed its health check \(healthCheckFailuresInARow) times in a row (last: \(detail)); stopping it.")),
+                .terminate(signal: SIGTERM),
+            ]
+        }
     }
 
     /// WATCHDOG=1 arrived: push the hang deadline out.
@@ -343,33 +470,53 @@ public struct AgentPolicy: Sendable, Equatable {
     }
 
     /// The agent process ended (reaped with waitid(2)).
-    public mutating func agentExited(_ termination: Termination, at now: Moment) -> [PolicyAction] {
+    /// - Parameters:
+    ///   - oomKilled: the kernel log records an OOM kill of the process.
+    ///   - survivors: processes of the agent's session still alive after it ended (the
+    ///     host leaves them running only when this makes the exit `daemonized`).
+    public mutating func agentExited(
+        _ termination: Termination, oomKilled: Bool = false, survivors: [Int32] = [], at now: Moment
+    ) -> [PolicyAction] {
         var actions = disarmRunTimers()
         bankProbation(at: now)
         let version = runningVersion ?? ledger.active
         switch phase {
         case .stopping(.restart):
-            actions.append(recordExit(termination, version: version, reason: nil, expected: true, at: now))
+            actions.append(recordExit(termination, version: version, reason: nil, at: now))
             return actions + spawnActive(at: now)
-        case .stopping(.shutdown):
+        case .stopping(.shutdown), .stopping(.operatorStop):
             phase = .stopped
-            actions.append(recordExit(termination, version: version, reason: nil, expected: true, at: now))
+            actions.append(recordExit(termination, version: version, reason: nil, at: now))
             return actions
         case .stopping(.failure(let reason)):
-            actions.append(recordExit(termination, version: version, reason: reason, expected: false, at: now))
+            actions.append(recordExit(termination, version: version, reason: reason, at: now))
             return actions + countFailure(reason, termination: termination, at: now)
         case .starting, .running:
-            if case .exited(0) = termination {
-                // A clean exit is not a content failure; restart it after the usual delay.
-                actions.append(recordExit(termination, version: version, reason: nil, expected: false, at: now))
-                consecutiveFailures += 1
-                return actions + scheduleRestart(at: now)
+            let reason = FailureReason.classify(termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty)
+            var exit = recordExit(termination, version: version, reason: reason, at: now)
+            if reason == .daemonized, case .record(var decision) = exit {
+                decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))."
+                exit = .record(decision)
             }
-            let reason: FailureReason = termination.signal != nil ? .crashed : .exited
-            actions.append(recordExit(termination, version: version, reason: reason, expected: false, at: now))
+            actions.append(exit)
             return actions + countFailure(reason, termination: termination, at: now)
-        case .stopped, .backoff, .givenUp:
+        case .stopped, .backoff, .givenUp, .daemonized:
             return actions
+        }
+    }
+
+    /// The processes a `daemonized` agent left running have all exited (or were stopped).
+    public mutating func backgroundProcessesExited(at now: Moment) -> [PolicyAction] {
+        switch phase {
+        case .daemonized:
+            return scheduleRestart(at: now)
+        case .stopping(.restart):
+            return spawnActive(at: now)
+        case .stopping(.shutdown), .stopping(.operatorStop):
+            phase = .stopped
+            return []
+        case .stopping(.failure), .starting, .running, .backoff, .stopped, .givenUp:
+            return []
         }
     }
 
@@ -380,18 +527,18 @@ public struct AgentPolicy: Sendable, Equatable {
         switch phase {
         case .starting:
             actions.append(.record(Decision(
-                .agentExited, agent: settings.agent, version: ledger.active, failures: recentFailures(at: now).count + 1,
+                .agentExited, agent: settings.agent, version: ledger.active, failures: countedFailures(at: now).count,
                 reason: FailureReason.execFailed.rawValue,
-                message: "Agent \(settings.agent) could not be started: \(message).")))
+                message: "Agent \(settings.agent) could not be started: \(message); \(FailureReason.execFailed.remedy!).")))
             return actions + countFailure(.execFailed, termination: nil, at: now)
-        case .stopping(.shutdown):
+        case .stopping(.shutdown), .stopping(.operatorStop):
             phase = .stopped
             return actions
         case .stopping(.restart):
             return actions + spawnActive(at: now)
         case .stopping(.failure(let reason)):
             return actions + countFailure(reason, termination: nil, at: now)
-        case .stopped, .running, .backoff, .givenUp:
+        case .stopped, .running, .backoff, .givenUp, .daemonized:
             return actions
         }
     }
@@ -425,6 +572,10 @@ public struct AgentPolicy: Sendable, Equatable {
             ]
         case .probation:
             guard phase == .running, let candidate = ledger.candidate else { return [] }
+            // Healthy means the last health check passed too: wait for the next one.
+            if healthCheckFailuresInARow > 0, let interval = settings.healthCheckIntervalSeconds {
+                return [arm(.probation, at: now.monotonicSeconds + interval)]
+            }
             ledger.promote(candidate, at: now.wall)
             probationBankedSeconds = 0
             return [.record(Decision(
@@ -436,6 +587,12 @@ public struct AgentPolicy: Sendable, Equatable {
         case .restart:
             guard phase == .backoff else { return [] }
             return spawnActive(at: now)
+        case .readyCheck:
+            guard phase == .starting else { return [] }
+            return [.probe(.ready, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
+        case .healthCheck:
+            guard phase == .running else { return [] }
+            return [.probe(.health, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
         }
     }
 
@@ -457,6 +614,7 @@ public struct AgentPolicy: Sendable, Equatable {
         forgetRunHistory()
         ledger.activate(id)
         escalationTried = []
+        rollbackDidNotHelp = false
         mode = .normal
         let probation = ledger.candidate == id
             ? "; probation \(Self.format(settings.probationSeconds)) s starts when it is ready" : ""
@@ -504,6 +662,7 @@ public struct AgentPolicy: Sendable, Equatable {
         ledger.activate(destination)
         lastRollback = RollbackRecord(from: from, to: destination, reason: "operator", at: now.wall)
         escalationTried = []
+        rollbackDidNotHelp = false
         mode = .normal
         var actions: [PolicyAction] = [
             .switchContent(version: destination),
@@ -532,17 +691,57 @@ public struct AgentPolicy: Sendable, Equatable {
         failures = []
         consecutiveFailures = 0
         escalationTried = []
+        rollbackDidNotHelp = false
         resetFailedAt = now.wall
         guard phase == .givenUp || mode == .safeMode else { return [] }
         mode = .normal
         return restartOnActive(at: now)
     }
 
+    /// `backstopctl stop`: terminate the agent (and what it left in the background) and
+    /// keep it stopped, across daemon restarts and reboots, until ``start(at:)``.
+    public mutating func stop(at now: Moment) -> [PolicyAction] {
+        operatorStopped = true
+        var actions = disarm([.restart])
+        switch phase {
+        case .starting, .running, .daemonized:
+            bankProbation(at: now)
+            actions += disarmRunTimers()
+            phase = .stopping(.operatorStop)
+            actions.append(.terminate(signal: SIGTERM))
+        case .stopping(.shutdown):
+            break
+        case .stopping:
+            // A restart or a failure in progress: the exit ends in stopped instead.
+            phase = .stopping(.operatorStop)
+        case .backoff:
+            phase = .stopped
+        case .stopped, .givenUp:
+            break
+        }
+        return actions
+    }
+
+    /// `backstopctl start`: lift an operator stop and start the agent now: from stopped,
+    /// from backoff (the delay is skipped) or from given-up (the escalation is kept).
+    public mutating func start(at now: Moment) -> [PolicyAction] {
+        operatorStopped = false
+        switch phase {
+        case .stopping(.operatorStop):
+            phase = .stopping(.restart)
+            return []
+        case .stopped, .backoff, .givenUp:
+            return disarm([.restart]) + spawnActive(at: now)
+        case .starting, .running, .stopping, .daemonized:
+            return []
+        }
+    }
+
     /// The daemon is stopping: terminate the agent; it is left stopped.
     public mutating func shutdown(at now: Moment) -> [PolicyAction] {
         var actions = disarm(PolicyTimer.allCases)
         switch phase {
-        case .starting, .running, .stopping:
+        case .starting, .running, .stopping, .daemonized:
             bankProbation(at: now)
             phase = .stopping(.shutdown)
             actions.append(.terminate(signal: SIGTERM))
@@ -556,23 +755,42 @@ public struct AgentPolicy: Sendable, Equatable {
 
     // MARK: - Restoring persisted state
 
-    /// Restores what survives a daemon restart within one boot (failures with their
-    /// monotonic times, the backoff count, banked probation, the given-up state).
+    /// Restores what the state file keeps. Within the boot that wrote it: failures with
+    /// their monotonic times, the backoff count, banked probation. Across boots too: the
+    /// versions, the escalation, given-up, an operator stop, the last rollback.
     /// The daemon's own restart is not an agent failure, so nothing is counted here.
-    public mutating func restore(
-        ledger: ContentLedger, failures: [FailureRecord], consecutiveFailures: Int,
-        probationBankedSeconds: Double, givenUp: Bool, mode: RunMode, escalationTried: [String],
-        lastRollback: RollbackRecord?, resetFailedAt: Date?
-    ) {
-        self.resetFailedAt = resetFailedAt
-        self.ledger = ledger
-        self.failures = failures
-        self.consecutiveFailures = consecutiveFailures
-        self.probationBankedSeconds = probationBankedSeconds
-        self.phase = givenUp ? .givenUp : .stopped
-        self.mode = mode
-        self.escalationTried = escalationTried
-        self.lastRollback = lastRollback
+    public mutating func restore(from state: AgentStateFile, currentBootID: String) {
+        let sameBoot = state.bootID == currentBootID
+        ledger = state.ledger
+        failures = sameBoot ? state.failures : []
+        consecutiveFailures = sameBoot ? state.consecutiveFailures : 0
+        probationBankedSeconds = sameBoot ? state.probationBankedSeconds : 0
+        phase = state.givenUp ? .givenUp : .stopped
+        mode = state.mode
+        escalationTried = state.escalationTried
+        lastRollback = state.lastRollback
+        resetFailedAt = state.resetFailedAt
+        operatorStopped = state.operatorStopped ?? false
+        rollbackDidNotHelp = state.rollbackDidNotHelp ?? false
+    }
+
+    /// What ``restore(from:currentBootID:)`` needs after a daemon restart, as of `now`.
+    public func stateFile(bootID: String, at now: Moment) -> AgentStateFile {
+        var state = AgentStateFile()
+        state.ledger = ledger
+        state.bootID = bootID
+        state.failures = failures
+        state.consecutiveFailures = consecutiveFailures
+        state.probationBankedSeconds = probationElapsedSeconds(at: now)
+        state.givenUp = phase == .givenUp
+        state.mode = mode
+        state.escalationTried = escalationTried
+        state.lastRollback = lastRollback
+        state.resetFailedAt = resetFailedAt
+        state.restartDueMonotonicSeconds = timers[.restart]
+        state.operatorStopped = operatorStopped ? true : nil
+        state.rollbackDidNotHelp = rollbackDidNotHelp ? true : nil
+        return state
     }
 
     // MARK: - Rules
@@ -588,6 +806,9 @@ public struct AgentPolicy: Sendable, Equatable {
             actions.append(arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds))
         }
         actions.append(arm(.backoffReset, at: now.monotonicSeconds + settings.restartDelayMaxSeconds))
+        if let interval = settings.healthCheckIntervalSeconds {
+            actions.append(arm(.healthCheck, at: now.monotonicSeconds + interval))
+        }
         if ledger.candidate != nil, mode == .normal {
             let remaining = max(0, settings.probationSeconds - probationBankedSeconds)
             actions.append(arm(.probation, at: now.monotonicSeconds + remaining))
@@ -595,33 +816,56 @@ public struct AgentPolicy: Sendable, Equatable {
         return actions
     }
 
-    /// Counts a failure; `termination` is nil when there was no process to end (exec failed).
+    /// Records a failure and acts on its attribution (``FailureReason/attribution(cleanExitIsFailure:)``);
+    /// `termination` is nil when there was no process to end (exec failed).
     private mutating func countFailure(_ reason: FailureReason, termination: Termination?, at now: Moment) -> [PolicyAction] {
         failures = recentFailures(at: now)
         failures.append(FailureRecord(
-            reason: reason, version: ledger.active, monotonicSeconds: now.monotonicSeconds, at: now.wall,
+            reason: reason, version: runningVersion ?? ledger.active, monotonicSeconds: now.monotonicSeconds, at: now.wall,
             exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped))
         consecutiveFailures += 1
-        // A failure interrupts the healthy run that probation needs.
-        probationBankedSeconds = 0
-        // A program that cannot be executed fails the same way on every content: it is
-        // shown and retried with backoff, never blamed on the content.
-        guard failures.filter({ $0.reason != .execFailed }).count >= settings.failureThreshold else {
+        switch settings.attribution(of: reason) {
+        case .restartOnly, .configuration:
+            // Not the content's doing: restarted with backoff, never rolled back. A daemonized
+            // agent still runs in the background; starting it again would run it twice.
+            if reason == .daemonized {
+                phase = .daemonized
+                return []
+            }
             return scheduleRestart(at: now)
+        case .content:
+            // A failure interrupts the healthy run that probation needs.
+            probationBankedSeconds = 0
+            guard countedFailures(at: now).count >= settings.failureThreshold else { return scheduleRestart(at: now) }
+            return crashLoop(at: now)
         }
-        return crashLoop(at: now)
     }
 
     private mutating func crashLoop(at now: Moment) -> [PolicyAction] {
-        let count = failures.count
+        let counted = countedFailures(at: now)
+        let count = counted.count
+        let signature = counted.last?.signature
         let from = ledger.active
         failures = []
         consecutiveFailures = 0
+        // The same failure again on the version a crash-loop rollback went to: switching
+        // versions does not help, so Backstop stops doing it (no ping-pong).
+        let rollbackFailed = mode == .normal && ledger.candidate == nil && from != nil && lastRollback?.to == from
+            && lastRollback?.failure != nil && lastRollback?.failure == signature
+        var message = "Agent \(settings.agent) failed \(count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(from ?? "none"): crash loop."
+        if rollbackFailed, let lastRollback {
+            message += " Rolling back from \(lastRollback.from) did not help: it fails the same way (\(signature ?? "")), so the content is not switched again."
+        }
         var actions: [PolicyAction] = [.record(Decision(
             .crashLoop, agent: settings.agent, version: from, failures: count,
-            message: "Agent \(settings.agent) failed \(count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(from ?? "none"): crash loop."))]
+            reason: rollbackFailed ? EscalationReason.rollbackDidNotHelp.rawValue : signature, message: message))]
         if mode == .safeMode {
             return actions + giveUp(.safeModeCrashLoops, version: from, at: now)
+        }
+        if rollbackFailed {
+            rollbackDidNotHelp = true
+            if let from { escalationTried.append(from) }
+            return actions + enterSafeMode(.rollbackDidNotHelp, version: from, at: now)
         }
         if let candidate = ledger.candidate {
             ledger.quarantine(candidate, reason: "crash-loop", at: now.wall)
@@ -634,19 +878,20 @@ public struct AgentPolicy: Sendable, Equatable {
                 actions.append(.switchContent(version: nil))
                 return actions + enterSafeMode(.noKnownGood, version: candidate, at: now)
             }
-            return actions + rollBack(from: candidate, to: knownGood, reason: "crash-loop", at: now)
+            return actions + rollBack(from: candidate, to: knownGood, reason: "crash-loop", failure: signature, at: now)
         }
         if let from { escalationTried.append(from) }
         if let older = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) {
-            return actions + rollBack(from: from ?? "none", to: older, reason: "crash-loop-on-known-good", at: now)
+            return actions + rollBack(
+                from: from ?? "none", to: older, reason: "crash-loop-on-known-good", failure: signature, at: now)
         }
         return actions + enterSafeMode(.knownGoodCrashLoops, version: from, at: now)
     }
 
-    private mutating func rollBack(from: String, to: String, reason: String, at now: Moment) -> [PolicyAction] {
+    private mutating func rollBack(from: String, to: String, reason: String, failure: String?, at now: Moment) -> [PolicyAction] {
         forgetRunHistory()
         ledger.activate(to)
-        lastRollback = RollbackRecord(from: from, to: to, reason: reason, at: now.wall)
+        lastRollback = RollbackRecord(from: from, to: to, reason: reason, at: now.wall, failure: failure)
         return [
             .switchContent(version: to),
             .record(Decision(
@@ -695,6 +940,11 @@ public struct AgentPolicy: Sendable, Equatable {
             phase = .stopping(.restart)
             actions.append(.terminate(signal: SIGTERM))
             return actions
+        case .daemonized:
+            phase = .stopping(.restart)
+            return [.terminate(signal: SIGTERM)]
+        case .stopping(.operatorStop), .stopping(.shutdown):
+            return []
         case .stopping:
             phase = .stopping(.restart)
             return []
@@ -703,13 +953,18 @@ public struct AgentPolicy: Sendable, Equatable {
         }
     }
 
+    /// Starts a run on the active version, unless there is none to run or an operator stopped the agent.
     private mutating func spawnActive(at now: Moment) -> [PolicyAction] {
-        guard let active = ledger.active, ledger.record(active)?.standing != .quarantined else {
+        guard let active = ledger.active, ledger.record(active)?.standing != .quarantined, !operatorStopped else {
             phase = .stopped
             return []
         }
         phase = .starting
         runningVersion = active
+        readyNotified = false
+        readyCheckPassed = false
+        readyCheckFailuresInARow = 0
+        healthCheckFailuresInARow = 0
         return [.spawn(version: active, mode: mode)]
     }
 
@@ -731,7 +986,7 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// The timers of one run, which end with it.
     private mutating func disarmRunTimers() -> [PolicyAction] {
-        disarm([.startTimeout, .startedAfter, .watchdog, .probation, .backoffReset])
+        disarm([.startTimeout, .startedAfter, .watchdog, .probation, .backoffReset, .readyCheck, .healthCheck])
     }
 
     /// Forgets the armed ones among `list` and asks the host to cancel them.
@@ -747,24 +1002,28 @@ public struct AgentPolicy: Sendable, Equatable {
         return .arm(timer, atMonotonicSeconds: deadline)
     }
 
-    /// The `agent-exited` decision; for a failure it carries the window's count including this one.
-    private func recordExit(
-        _ termination: Termination, version: String?, reason: FailureReason?, expected: Bool, at now: Moment
-    ) -> PolicyAction {
+    /// The `agent-exited` decision, with `reason` nil for an exit Backstop asked for. For a
+    /// failure that counts it carries the window's count including this one.
+    private func recordExit(_ termination: Termination, version: String?, reason: FailureReason?, at now: Moment) -> PolicyAction {
         let content = version ?? "none"
-        let message: String
-        switch (expected, reason) {
-        case (true, _): message = "Agent \(settings.agent) stopped as asked (\(termination.description))."
-        case (false, nil): message = "Agent \(settings.agent) exited on its own with \(termination.description) on content \(content); restarting it."
-        case (false, let reason?):
-            message = "Agent \(settings.agent) failed (\(reason.rawValue)): \(termination.description) on content \(content)."
+        var message: String
+        var counted: Int?
+        switch reason.map(settings.attribution(of:)) {
+        case nil:
+            message = "Agent \(settings.agent) stopped as asked (\(termination.description))."
+        case .content?:
+            counted = countedFailures(at: now).count + 1
+            message = "Agent \(settings.agent) failed (\(reason!.rawValue)): \(termination.description) on content \(content)."
+        case .restartOnly?:
+            message = "Agent \(settings.agent) ended (\(reason!.rawValue)): \(termination.description) on content \(content); restarting it without blaming the content."
+        case .configuration?:
+            message = "Agent \(settings.agent) cannot be supervised as configured (\(reason!.rawValue)): \(termination.description) on content \(content)."
         }
+        if let remedy = reason?.remedy { message += " " + remedy.prefix(1).uppercased() + remedy.dropFirst() + "." }
         return .record(Decision(
             .agentExited, agent: settings.agent, version: version, exitStatus: termination.exitStatus,
-            signal: termination.signal, coreDumped: termination.coreDumped,
-            failures: reason == nil ? nil : recentFailures(at: now).count + 1,
-            reason: reason?.rawValue,
-            message: message))
+            signal: termination.signal, coreDumped: termination.coreDumped, failures: counted,
+            reason: reason?.rawValue, message: message))
     }
 
     static func format(_ seconds: Double) -> String {

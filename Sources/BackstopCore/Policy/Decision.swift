@@ -42,18 +42,30 @@ public enum EventKind: String, Sendable, CaseIterable, Codable {
     case gaveUp = "gave-up"
 }
 
-/// Why an agent run counted as a failure (`BACKSTOP_REASON` of `agent-exited` and `agent-hung`).
-public enum FailureReason: String, Sendable, Codable, Equatable {
-    /// Killed by a signal it did not get from Backstop.
+/// Why an agent run ended without Backstop asking it to (`BACKSTOP_REASON` of
+/// `agent-exited` and `agent-hung`). Whether a reason counts against the content is
+/// ``FailureReason/attribution(cleanExitIsFailure:)``.
+public enum FailureReason: String, Sendable, Codable, Equatable, CaseIterable {
+    /// Killed by a signal it raised or the kernel sent (SIGSEGV, SIGABRT, SIGBUS, ...).
     case crashed
     /// Exited with a non-zero code.
     case exited
+    /// Exited with code 0.
+    case cleanExit = "clean-exit"
     /// Missed a watchdog heartbeat for `watchdog_sec`.
     case hung
     /// Not ready within `start_timeout_sec`.
     case startTimeout = "start-timeout"
-    /// The program could not be executed at all.
+    /// `health_check_exec` failed `health_check_failures` times in a row.
+    case healthCheck = "health-check"
+    /// Killed by the kernel's OOM killer (its `Killed process PID` record in the kernel log).
+    case oomKilled = "oom-killed"
+    /// Ended by a SIGTERM or SIGKILL that Backstop did not send.
+    case killedExternally = "killed-externally"
+    /// The program could not be executed at all (missing, not executable, bad working directory).
     case execFailed = "exec-failed"
+    /// Exited 0 soon after start and left processes of its session running: it forked into the background.
+    case daemonized
 }
 
 /// How an agent process ended, from waitid(2)'s `si_code`/`si_status`.

@@ -10,6 +10,9 @@ public struct LaunchRequest: Sendable, Equatable {
     public var arguments: [String]
     /// Added to (or replacing in) the daemon's environment.
     public var environment: [String: String]
+    /// Whether stdout goes to /dev/null instead of the journal (probes: `PONG` every
+    /// few seconds is noise; their stderr still reaches the journal).
+    public var discardsStandardOutput = false
 
     /// A request as given; ``make(agent:exec:store:contentPath:version:notifySocket:watchdogSeconds:)`` builds the usual one.
     public init(identifier: String, arguments: [String], environment: [String: String]) {
@@ -65,7 +68,14 @@ public enum DirectRunner {
             if let key = Environment.Key(rawValue: key) { overrides[key] = value }
         }
         let exitInfo = ProcessExit()
-        let (output, error) = outputDescriptors(identifier: request.identifier)
+        var (output, error) = outputDescriptors(identifier: request.identifier)
+        if request.discardsStandardOutput {
+            let null = open("/dev/null", O_WRONLY | O_CLOEXEC)
+            if null >= 0 { output = .fileDescriptor(FileDescriptor(rawValue: null), closeAfterSpawningProcess: true) }
+        }
+        // Registered with the reaper, so that it never mistakes this child for an adopted one.
+        let registration = StartRegistration()
+        defer { registration.finish() }
         do {
             let result = try await Subprocess.run(
                 executable,
@@ -76,6 +86,7 @@ public enum DirectRunner {
                 output: output,
                 error: error
             ) { execution in
+                registration.started(execution.processIdentifier.value)
                 exitInfo.hold(execution.processIdentifier.processDescriptor)
                 await started(execution.processIdentifier.value)
             }
@@ -102,6 +113,26 @@ public enum DirectRunner {
         }
         return (.fileDescriptor(.standardOutput, closeAfterSpawningProcess: false),
                 .fileDescriptor(.standardError, closeAfterSpawningProcess: false))
+    }
+
+    /// Runs a probe command and says whether it passed: exit code 0 within `timeoutSeconds`.
+    /// A probe still running at the timeout is killed with its process group (SIGKILL).
+    /// - Returns: `passed`, and for a failure what happened ("exit code 1", "timed out after 10 s").
+    /// - Parameter started: called with the probe's pid once it exists.
+    public static func probe(
+        _ request: LaunchRequest, timeoutSeconds: Double, started: @Sendable (Int32) async -> Void
+    ) async -> (passed: Bool, detail: String) {
+        let deadline = ProbeDeadline()
+        let result = await run(request) { pid in
+            deadline.arm(pid: pid, seconds: timeoutSeconds)
+            await started(pid)
+        }
+        if deadline.finish() { return (false, "timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
+        switch result {
+        case .success(.exited(code: 0)): return (true, "exit code 0")
+        case .success(let termination): return (false, termination.description)
+        case .failure(let error): return (false, error.message)
+        }
     }
 
     /// Sends `signal` to the agent's whole process group (kill(2) with `-pid`).
@@ -165,23 +196,60 @@ final class ProcessExit: @unchecked Sendable {
     }
 }
 
+/// Announces one start to ``ChildReaper`` and ends it exactly once.
+// @unchecked: the fields are only touched with `lock` held.
+private final class StartRegistration: @unchecked Sendable {
+    private let lock = NSLock()
+    private var pid: Int32?
+
+    init() {
+        ChildReaper.shared.startBegins()
+    }
+
+    /// The child exists: it is known to the reaper from now on.
+    func started(_ pid: Int32) {
+        lock.withLock { self.pid = pid }
+        ChildReaper.shared.startEnded(pid: pid)
+    }
+
+    /// The run is over: the child (if one was made) has been reaped by swift-subprocess.
+    func finish() {
+        if let pid = lock.withLock({ pid }) {
+            ChildReaper.shared.reapedByStarter(pid)
+        } else {
+            ChildReaper.shared.startEnded(pid: nil)
+        }
+    }
+}
+
+/// Kills a probe's process group when its time is up.
+// @unchecked: the fields are only touched with `lock` held.
+private final class ProbeDeadline: @unchecked Sendable {
+    private let lock = NSLock()
+    private var timer: Task<Void, Never>?
+    private var fired = false
+
+    func arm(pid: Int32, seconds: Double) {
+        let task = Task {
+            try? await Task.sleep(for: .seconds(seconds))
+            guard !Task.isCancelled else { return }
+            self.lock.withLock { self.fired = true }
+            DirectRunner.signalGroup(pid, SIGKILL)
+        }
+        lock.withLock { timer = task }
+    }
+
+    /// Cancels the timer; returns whether it had fired.
+    func finish() -> Bool {
+        lock.withLock {
+            timer?.cancel()
+            return fired
+        }
+    }
+}
+
 /// An agent that could not be started (`exec-failed`).
 public struct LaunchError: Error, Equatable, Sendable {
     /// Why, e.g. the program is missing or not executable; becomes the `exec-failed` decision's message.
     public var message: String
-}
-
-/// Reads facts about processes from /proc (proc(5)).
-public enum ProcessTable {
-    /// The processes (other than this one) whose environment holds `NAME=value` exactly,
-    /// from `/proc/PID/environ`. Needs root to read other users' processes.
-    public static func processes(withEnvironment name: String, value: String) -> [Int32] {
-        let wanted = Array("\(name)=\(value)".utf8)
-        let own = getpid()
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        return entries.compactMap { Int32($0) }.filter { pid in
-            guard pid != own, let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
-            return environ.split(separator: 0).contains { $0.elementsEqual(wanted) }
-        }
-    }
 }

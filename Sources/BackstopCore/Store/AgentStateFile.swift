@@ -33,6 +33,10 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
     public var resetFailedAt: Date?
     /// When the backoff that was running ends (monotonic, same boot).
     public var restartDueMonotonicSeconds: Double?
+    /// `backstopctl stop` was run and no `start` since; absent means false.
+    public var operatorStopped: Bool?
+    /// A rollback did not help and Backstop stopped switching versions; absent means false.
+    public var rollbackDidNotHelp: Bool?
 
     public init() {}
 

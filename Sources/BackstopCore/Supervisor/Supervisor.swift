@@ -34,6 +34,12 @@ struct AgentSlot {
     var statusText: String?
     var bootHealthTimer: Task<Void, Never>?
     var bootHealthy = false
+    /// When the current run started, on CLOCK_MONOTONIC in microseconds (the kernel log's clock).
+    var startedAtKernelMicroseconds: UInt64 = 0
+    /// Processes a `daemonized` agent left running in the background.
+    var strays: Set<Int32> = []
+    /// Probe processes running for the current run, by probe.
+    var probePIDs: [Probe: Int32] = [:]
     /// A backoff restored from the state file (monotonic deadline, same boot).
     var restartDue: Double?
 }
@@ -50,6 +56,10 @@ public actor Supervisor {
     private var bootGood = false
     private var bootLog = BootLog()
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Operator requests per agent are carried out one at a time, in the order they arrived.
+    private var turnsTaken: [String: Int] = [:]
+    private var turnsServed: [String: Int] = [:]
+    private var turnWaiters: [String: [Int: CheckedContinuation<Void, Never>]] = [:]
 
     /// Grace between SIGTERM (or SIGABRT for a hang) and SIGKILL, in seconds.
     public static let terminationGraceSeconds: Double = 5
@@ -69,6 +79,12 @@ public actor Supervisor {
     public func start() throws {
         try DurableFile.makeDirectories(configuration.daemon.stateDirectory, mode: 0o755)
         try DurableFile.makeDirectories(configuration.daemon.runtimeDirectory + "/notify", mode: 0o755)
+        do {
+            try ChildReaper.shared.start { pid in Task { await self.adoptedChildReaped(pid) } }
+        } catch {
+            logger.error("Cannot become a child subreaper; processes an agent leaves in the background are not tracked.",
+                         metadata: ["error": "\(error)"])
+        }
         let now = Moment.now()
         bootLog = BootLog.load(stateDirectory: configuration.daemon.stateDirectory)
         bootGood = bootLog.state(of: bootID) == "good"
@@ -102,12 +118,27 @@ public actor Supervisor {
         for name in slots.keys {
             slots[name]?.notifySocket?.invalidate()
             slots[name]?.notifyPump?.cancel()
+            stopProbes(name)
             persist(name)
+        }
+        // Anything else re-parented here descends from an agent: none outlives the daemon.
+        for pid in ProcessTable.adoptedChildren(isStartedHere: ChildReaper.shared.isKnown) {
+            logger.warning("Killing pid \(pid), left behind by an agent.", metadata: ["pid": "\(pid)"])
+            kill(pid, SIGKILL)
         }
     }
 
     private var allStopped: Bool {
-        slots.values.allSatisfy { $0.pid == nil && $0.policy.phase != .starting && !$0.policy.isStopping }
+        slots.values.allSatisfy {
+            $0.pid == nil && $0.strays.isEmpty && $0.policy.phase != .starting && !$0.policy.isStopping
+        }
+    }
+
+    private func resumeStopWaitersIfDone() {
+        if shuttingDown, allStopped {
+            stopWaiters.forEach { $0.resume() }
+            stopWaiters = []
+        }
     }
 
     // MARK: - Control requests
@@ -119,10 +150,7 @@ public actor Supervisor {
         let now = Moment.now()
         let agents = slots.keys.sorted().filter { agent == nil || $0 == agent }.map { name in
             let slot = slots[name]!
-            return StatusReport.Agent(
-                name: name, state: slot.policy.stateWord, pid: slot.pid, ledger: slot.policy.ledger,
-                recentFailures: slot.policy.recentFailures(at: now), settings: slot.policy.settings,
-                lastRollback: slot.policy.lastRollback, degraded: slot.policy.isDegraded, statusText: slot.statusText)
+            return StatusReport.Agent(policy: slot.policy, pid: slot.pid ?? slot.strays.min(), statusText: slot.statusText, at: now)
         }
         return StatusReport(
             daemon: .init(running: true, pid: getpid(), version: Backstop.version),
@@ -175,29 +203,35 @@ public actor Supervisor {
     /// Verifies version `id` and makes it active; the agent restarts on it.
     /// - Throws: ``ManagerError`` (no such agent or version, quarantined, or failed verification).
     public func activate(agent: String, version id: String) async throws(ManagerError) {
-        let current = try slot(agent)
-        guard let record = current.policy.ledger.record(id) else { throw .policy(.noSuchVersion(id)) }
-        try await verify(record, in: current.store)
-        try operate(agent) { policy, now throws(PolicyError) in try policy.activate(id, at: now) }
+        try await inTurn(agent) { () async throws(ManagerError) in
+            let current = try slot(agent)
+            guard let record = current.policy.ledger.record(id) else { throw .policy(.noSuchVersion(id)) }
+            try await verify(record, in: current.store)
+            try operate(agent) { policy, now throws(PolicyError) in try policy.activate(id, at: now) }
+        }
     }
 
     /// Promotes `id` to known-good now.
     /// - Throws: ``ManagerError``.
-    public func promote(agent: String, version id: String) throws(ManagerError) {
-        try operate(agent) { policy, now throws(PolicyError) in try policy.promote(id, at: now) }
+    public func promote(agent: String, version id: String) async throws(ManagerError) {
+        try await inTurn(agent) { () throws(ManagerError) in
+            try operate(agent) { policy, now throws(PolicyError) in try policy.promote(id, at: now) }
+        }
     }
 
     /// Rolls back to `target`, or to the last known-good version, once its files are verified.
     /// - Throws: ``ManagerError``.
     public func rollback(agent: String, to target: String?) async throws(ManagerError) {
-        let current = try slot(agent)
-        let ledger = current.policy.ledger
-        if let destination = target ?? ledger.knownGoodNewestFirst.first(where: { $0 != ledger.active }),
-            let record = ledger.record(destination)
-        {
-            try await verify(record, in: current.store)
+        try await inTurn(agent) { () async throws(ManagerError) in
+            let current = try slot(agent)
+            let ledger = current.policy.ledger
+            if let destination = target ?? ledger.knownGoodNewestFirst.first(where: { $0 != ledger.active }),
+                let record = ledger.record(destination)
+            {
+                try await verify(record, in: current.store)
+            }
+            try operate(agent) { policy, now throws(PolicyError) in try policy.rollback(to: target, at: now) }
         }
-        try operate(agent) { policy, now throws(PolicyError) in try policy.rollback(to: target, at: now) }
     }
 
     /// Checks a version's files against its digest off the actor.
@@ -210,17 +244,53 @@ public actor Supervisor {
 
     /// Lifts the quarantine of `id`.
     /// - Throws: ``ManagerError``.
-    public func release(agent: String, version id: String) throws(ManagerError) {
-        try operate(agent) { policy, _ throws(PolicyError) in try policy.release(id) }
+    public func release(agent: String, version id: String) async throws(ManagerError) {
+        try await inTurn(agent) { () throws(ManagerError) in
+            try operate(agent) { policy, _ throws(PolicyError) in try policy.release(id) }
+        }
     }
 
     /// Clears failures and the degraded mark of `agent` (or of all agents); a given-up agent starts again.
     /// - Throws: ``ManagerError/noSuchAgent(_:)``.
-    public func resetFailed(agent: String?) throws(ManagerError) {
+    public func resetFailed(agent: String?) async throws(ManagerError) {
         let names = try agent.map { name throws(ManagerError) in _ = try slot(name); return [name] } ?? slots.keys.sorted()
         for name in names {
-            try operate(name) { policy, now in policy.resetFailed(at: now) }
+            try await inTurn(name) { () throws(ManagerError) in
+                try operate(name) { policy, now in policy.resetFailed(at: now) }
+            }
         }
+    }
+
+    /// Stops `agent` (and what it left in the background) and keeps it stopped until ``start(agent:)``.
+    /// - Throws: ``ManagerError/noSuchAgent(_:)``, ``ManagerError/shuttingDown``.
+    public func stop(agent: String) async throws(ManagerError) {
+        try await inTurn(agent) { () throws(ManagerError) in
+            try operate(agent) { policy, now in policy.stop(at: now) }
+        }
+    }
+
+    /// Starts `agent` now: after an operator stop, during a backoff, or after it was given up.
+    /// - Throws: ``ManagerError/noSuchAgent(_:)``, ``ManagerError/shuttingDown``.
+    public func start(agent: String) async throws(ManagerError) {
+        try await inTurn(agent) { () throws(ManagerError) in
+            try operate(agent) { policy, now in policy.start(at: now) }
+        }
+    }
+
+    /// Runs `request` after every earlier operator request for `agent` has finished, so that
+    /// requests that wait (verification runs off the actor) are still applied in arrival order.
+    private func inTurn(_ agent: String, _ request: () async throws(ManagerError) -> Void) async throws(ManagerError) {
+        _ = try slot(agent)
+        let ticket = turnsTaken[agent, default: 0]
+        turnsTaken[agent] = ticket + 1
+        if turnsServed[agent, default: 0] != ticket {
+            await withCheckedContinuation { turnWaiters[agent, default: [:]][ticket] = $0 }
+        }
+        defer {
+            turnsServed[agent] = ticket + 1
+            turnWaiters[agent]?.removeValue(forKey: ticket + 1)?.resume()
+        }
+        try await request()
     }
 
     private func operate(
@@ -255,28 +325,100 @@ public actor Supervisor {
 
     private func processEnded(_ name: String, generation: Int, result: Result<Termination, LaunchError>) {
         guard slots[name]?.generation == generation else { return }
-        if let pid = slots[name]!.pid {
-            // The session may hold children that outlived the leader, and a child may have
-            // left it (setsid): none survives its agent.
-            DirectRunner.signalGroup(pid, SIGKILL)
-            killLeftovers(of: name, store: slots[name]!.store, quietly: true)
-        }
+        let leader = slots[name]!.pid
         slots[name]!.pid = nil
         slots[name]!.killEscalation?.cancel()
         slots[name]!.bootHealthTimer?.cancel()
         slots[name]!.statusText = nil
+        stopProbes(name)
         let now = Moment.now()
         switch result {
         case .success(let termination):
-            apply(slots[name]!.policy.agentExited(termination, at: now), to: name)
+            let policy = slots[name]!.policy
+            let unasked = policy.phase == .starting || policy.phase == .running
+            // What the run left: children in its session, or ones that left the session
+            // and were re-parented here (subreaper) with the agent's mark.
+            let survivors = leader.map {
+                ProcessTable.survivors(
+                    ofSession: $0, environment: LaunchRequest.storeVariable, value: slots[name]!.store.root,
+                    isStartedHere: ChildReaper.shared.isKnown)
+            } ?? []
+            // An agent that forked into the background keeps running there until it ends or
+            // is stopped; anything else an agent leaves behind ends with it.
+            let daemonized = unasked && termination == .exited(code: 0) && !survivors.isEmpty
+            if !daemonized {
+                if let leader { DirectRunner.signalGroup(leader, SIGKILL) }
+                survivors.forEach { _ = kill($0, SIGKILL) }
+            }
+            let oomKilled = unasked && termination.signal == SIGKILL
+                && leader.map { KernelLog.recordsOOMKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } == true
+            apply(slots[name]!.policy.agentExited(
+                termination, oomKilled: oomKilled, survivors: daemonized ? survivors : [], at: now), to: name)
+            if daemonized { slots[name]!.strays = Set(survivors) }
         case .failure(let error):
             apply(slots[name]!.policy.spawnFailed(error.message, at: now), to: name)
         }
         persist(name)
-        if shuttingDown, allStopped {
-            stopWaiters.forEach { $0.resume() }
-            stopWaiters = []
+        resumeStopWaitersIfDone()
+    }
+
+    /// A child re-parented to this process (subreaper) ended: if it was the last process a
+    /// daemonized agent left running, the agent may start again.
+    private func adoptedChildReaped(_ pid: Int32) {
+        for name in slots.keys.sorted() where !slots[name]!.strays.isEmpty {
+            slots[name]!.strays = slots[name]!.strays.filter(ProcessTable.isAlive)
+            guard slots[name]!.strays.isEmpty else { continue }
+            slots[name]!.killEscalation?.cancel()
+            logger.notice("The processes agent \(name) left in the background have exited.", metadata: ["agent": "\(name)"])
+            apply(slots[name]!.policy.backgroundProcessesExited(at: Moment.now()), to: name)
+            persist(name)
         }
+        resumeStopWaitersIfDone()
+    }
+
+    /// Runs a ready or health check of the current run, off the actor.
+    private func runProbe(_ name: String, _ probe: Probe, timeoutSeconds: Double) {
+        let slot = slots[name]!
+        guard let version = slot.policy.runningVersion else { return }
+        let generation = slot.generation
+        var request = LaunchRequest.make(
+            agent: name, exec: probe == .ready ? slot.configuration.readyCheckExec : slot.configuration.healthCheckExec,
+            store: slot.store.root, contentPath: slot.store.path(of: version), version: version, notifySocket: nil,
+            watchdogSeconds: 0)
+        request.discardsStandardOutput = true
+        if let pid = slot.pid { request.environment["BACKSTOP_AGENT_PID"] = String(pid) }
+        Task {
+            let (passed, detail) = await DirectRunner.probe(request, timeoutSeconds: timeoutSeconds) { pid in
+                await self.probeStarted(name, generation: generation, probe, pid: pid)
+            }
+            self.probeFinished(name, generation: generation, probe, passed: passed, detail: detail)
+        }
+    }
+
+    private func probeStarted(_ name: String, generation: Int, _ probe: Probe, pid: Int32) {
+        guard slots[name]?.generation == generation, slots[name]?.pid != nil else {
+            // The run it checks is already over.
+            DirectRunner.signalGroup(pid, SIGKILL)
+            return
+        }
+        slots[name]!.probePIDs[probe] = pid
+    }
+
+    private func probeFinished(_ name: String, generation: Int, _ probe: Probe, passed: Bool, detail: String) {
+        guard slots[name]?.generation == generation, !shuttingDown else { return }
+        slots[name]!.probePIDs[probe] = nil
+        if !passed {
+            logger.notice("The \(probe.rawValue) check of agent \(name) failed: \(detail).",
+                          metadata: ["agent": "\(name)", "probe": "\(probe.rawValue)"])
+        }
+        apply(slots[name]!.policy.probeFinished(probe, passed: passed, detail: detail, at: Moment.now()), to: name)
+        persist(name)
+    }
+
+    /// Kills the probes of the run that ended; their results are ignored.
+    private func stopProbes(_ name: String) {
+        slots[name]?.probePIDs.values.forEach { DirectRunner.signalGroup($0, SIGKILL) }
+        slots[name]?.probePIDs = [:]
     }
 
     private func notified(_ name: String, _ message: NotifyMessage) {
@@ -329,6 +471,8 @@ public actor Supervisor {
             case .record(let decision):
                 record(decision)
                 if decision.event == .agentReady { startBootHealthTimer(name) }
+            case .probe(let probe, let timeoutSeconds):
+                runProbe(name, probe, timeoutSeconds: timeoutSeconds)
             }
         }
     }
@@ -341,6 +485,7 @@ public actor Supervisor {
             agent: name, exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec, store: slot.store.root,
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
+        slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
         Task {
             let result = await DirectRunner.run(request) { pid in
                 await self.processStarted(name, generation: generation, pid: pid)
@@ -349,9 +494,11 @@ public actor Supervisor {
         }
     }
 
+    /// Signals the agent's session and what a daemonized agent left running; SIGKILL after the grace.
     private func terminate(_ name: String, signal: Int32) {
-        guard let pid = slots[name]?.pid else { return }
-        DirectRunner.signalGroup(pid, signal)
+        guard let slot = slots[name], slot.pid != nil || !slot.strays.isEmpty else { return }
+        if let pid = slot.pid { DirectRunner.signalGroup(pid, signal) }
+        slot.strays.forEach { _ = kill($0, signal) }
         let generation = slots[name]!.generation
         slots[name]!.killEscalation?.cancel()
         slots[name]!.killEscalation = Task {
@@ -362,10 +509,13 @@ public actor Supervisor {
     }
 
     private func escalateKill(_ name: String, generation: Int) {
-        guard slots[name]?.generation == generation, let pid = slots[name]?.pid else { return }
-        logger.warning("Agent \(name) (pid \(pid)) did not exit within the grace period; sending SIGKILL.",
-                       metadata: ["agent": "\(name)", "pid": "\(pid)"])
-        DirectRunner.signalGroup(pid, SIGKILL)
+        guard let slot = slots[name], slot.generation == generation else { return }
+        let pids = (slot.pid.map { [$0] } ?? []) + slot.strays.sorted()
+        guard !pids.isEmpty else { return }
+        logger.warning("Agent \(name) (pid \(pids.map(String.init).joined(separator: ", "))) did not exit within the grace period; sending SIGKILL.",
+                       metadata: ["agent": "\(name)", "pid": "\(pids[0])"])
+        if let pid = slot.pid { DirectRunner.signalGroup(pid, SIGKILL) }
+        slot.strays.forEach { _ = kill($0, SIGKILL) }
     }
 
     private func arm(_ name: String, _ timer: PolicyTimer, deadline: Double) {
@@ -454,15 +604,9 @@ public actor Supervisor {
         } catch {
             logger.error("Cannot restore the active link.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
         }
-        let sameBoot = state.bootID == bootID
-        policy.restore(
-            ledger: state.ledger, failures: sameBoot ? state.failures : [],
-            consecutiveFailures: sameBoot ? state.consecutiveFailures : 0,
-            probationBankedSeconds: sameBoot ? state.probationBankedSeconds : 0, givenUp: state.givenUp,
-            mode: state.mode, escalationTried: state.escalationTried, lastRollback: state.lastRollback,
-            resetFailedAt: state.resetFailedAt)
+        policy.restore(from: state, currentBootID: bootID)
         var slot = AgentSlot(configuration: agent, store: store, policy: policy)
-        slot.restartDue = sameBoot ? state.restartDueMonotonicSeconds : nil
+        slot.restartDue = state.bootID == bootID ? state.restartDueMonotonicSeconds : nil
         slots[agent.name] = slot
         if let active = policy.ledger.active {
             // Verified like every switch: a damaged active version is quarantined before the agent starts.
@@ -471,16 +615,14 @@ public actor Supervisor {
         return slots[agent.name]!
     }
 
-    /// Kills every process a previous backstopd (or the agent that just ended) left running, found by
-    /// the `BACKSTOP_STORE` mark in its environment: a daemon killed at any instant,
-    /// even between spawning the agent and recording it, leaves none behind.
-    private func killLeftovers(of name: String, store: ContentStore, quietly: Bool = false) {
+    /// Kills every process a previous backstopd left running, found by the `BACKSTOP_STORE`
+    /// mark in its environment: a daemon killed at any instant, even between spawning
+    /// the agent and recording it, leaves none behind.
+    private func killLeftovers(of name: String, store: ContentStore) {
         let ownSession = getsid(0)
         for pid in ProcessTable.processes(withEnvironment: LaunchRequest.storeVariable, value: store.root) {
-            if !quietly {
-                logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
-                               metadata: ["agent": "\(name)", "pid": "\(pid)"])
-            }
+            logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
+                           metadata: ["agent": "\(name)", "pid": "\(pid)"])
             let session = getsid(pid)
             if session > 1 && session != ownSession { kill(-session, SIGKILL) }
             kill(pid, SIGKILL)
@@ -518,19 +660,7 @@ public actor Supervisor {
 
     private func persist(_ name: String) {
         guard let slot = slots[name] else { return }
-        var state = AgentStateFile()
-        state.ledger = slot.policy.ledger
-        state.bootID = bootID
-        state.failures = slot.policy.failures
-        state.consecutiveFailures = slot.policy.consecutiveFailures
-        state.probationBankedSeconds = slot.policy.probationElapsedSeconds(at: Moment.now())
-        state.givenUp = slot.policy.phase == .givenUp
-        state.mode = slot.policy.mode
-        state.escalationTried = slot.policy.escalationTried
-        state.lastRollback = slot.policy.lastRollback
-        state.resetFailedAt = slot.policy.resetFailedAt
-        state.restartDueMonotonicSeconds = slot.policy.timers[.restart]
-        do { try state.save(path: slot.store.stateFile) } catch {
+        do { try slot.policy.stateFile(bootID: bootID, at: Moment.now()).save(path: slot.store.stateFile) } catch {
             logger.error("Cannot write the agent's state file.", metadata: ["agent": "\(name)", "error": "\(error)"])
         }
     }

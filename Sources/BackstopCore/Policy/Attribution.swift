@@ -1,0 +1,64 @@
+import Foundation
+
+/// What a failure says about the content that was active when it happened.
+///
+/// This is the one place that decides it; README.md ("Which failures count against
+/// content") shows the same table, and a unit test keeps the two in step.
+public enum Attribution: String, Sendable, Equatable {
+    /// Counts toward the crash loop of the active version: enough of them in the
+    /// window roll a candidate back (or walk the escalation ladder on known-good content).
+    case content
+    /// The agent is restarted with backoff; the content is not blamed.
+    case restartOnly = "restart-only"
+    /// The agent's setup is wrong, not its content: reported with the fix, retried
+    /// with backoff, never rolled back.
+    case configuration
+}
+
+extension FailureReason {
+    /// The attribution table (README.md shows it too).
+    /// - Parameter cleanExitIsFailure: `clean_exit_is_failure`: a clean exit then counts like any other exit.
+    public func attribution(cleanExitIsFailure: Bool) -> Attribution {
+        switch self {
+        case .crashed, .exited, .hung, .startTimeout, .healthCheck, .oomKilled: return .content
+        case .cleanExit: return cleanExitIsFailure ? .content : .restartOnly
+        case .killedExternally: return .restartOnly
+        case .execFailed, .daemonized: return .configuration
+        }
+    }
+
+    /// What an operator should do about a failure of this kind, when there is something
+    /// beyond the content to fix; appended to the failure's journal message.
+    public var remedy: String? {
+        switch self {
+        case .execFailed:
+            return "check that the first word of exec names an executable program; Backstop keeps retrying with backoff and does not blame the content"
+        case .daemonized:
+            return "configure the agent to stay in the foreground (for clamd: Foreground yes); Backstop starts it again once the background processes have exited"
+        case .oomKilled:
+            return "the agent ran out of memory; raise its memory limit or check what grew"
+        case .killedExternally:
+            return "something outside Backstop stopped the agent; Backstop restarts it and does not blame the content"
+        case .crashed, .exited, .cleanExit, .hung, .startTimeout, .healthCheck:
+            return nil
+        }
+    }
+}
+
+extension FailureReason {
+    /// The reason for an exit Backstop did not ask for.
+    /// - Parameters:
+    ///   - termination: how the process ended (waitid(2)).
+    ///   - oomKilled: the kernel log records an OOM kill of the process.
+    ///   - survivorsRemain: processes of the agent's session outlived it.
+    public static func classify(_ termination: Termination, oomKilled: Bool, survivorsRemain: Bool) -> FailureReason {
+        switch termination {
+        case .exited(0): return survivorsRemain ? .daemonized : .cleanExit
+        case .exited: return .exited
+        case .signaled(SIGKILL, _) where oomKilled: return .oomKilled
+        // Backstop signals only an agent it is stopping, so these came from elsewhere.
+        case .signaled(SIGTERM, _), .signaled(SIGKILL, _): return .killedExternally
+        case .signaled: return .crashed
+        }
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+
+/// Reads facts about processes from /proc (proc(5)).
+public enum ProcessTable {
+    /// One line of `/proc/PID/stat`, the fields Backstop uses.
+    struct Entry {
+        var pid: Int32
+        /// `S`, `R`, `Z`, ...: one letter, field 3.
+        var state: Character
+        var parent: Int32
+        var session: Int32
+    }
+
+    /// The processes (other than this one) whose environment holds `NAME=value` exactly,
+    /// from `/proc/PID/environ`. Needs root to read other users' processes.
+    public static func processes(withEnvironment name: String, value: String) -> [Int32] {
+        let own = getpid()
+        return pids().filter { $0 != own && hasEnvironment($0, name: name, value: value) }
+    }
+
+    /// The live processes an agent whose leader `leader` has just been reaped left behind:
+    /// those of its session (the leader's pid is the session id, setsid(2)), the
+    /// children this process adopted as subreaper that carry the agent's `NAME=value`
+    /// mark in their environment, and every descendant of either.
+    /// - Parameter isStartedHere: whether a pid is a child this process started itself (not adopted).
+    public static func survivors(
+        ofSession leader: Int32, environment name: String, value: String, isStartedHere: (Int32) -> Bool
+    ) -> [Int32] {
+        let own = getpid()
+        let live = entries().filter { $0.state != "Z" && $0.pid != own }
+        var found = Set(live.filter { entry in
+            entry.session == leader
+                || (entry.parent == own && !isStartedHere(entry.pid) && hasEnvironment(entry.pid, name: name, value: value))
+        }.map(\.pid))
+        var grew = true
+        while grew {
+            let children = live.filter { found.contains($0.parent) && !found.contains($0.pid) }.map(\.pid)
+            grew = !children.isEmpty
+            found.formUnion(children)
+        }
+        return found.sorted()
+    }
+
+    /// The children this process adopted as subreaper and did not start, still alive.
+    /// - Parameter isStartedHere: whether a pid is a child this process started itself.
+    public static func adoptedChildren(isStartedHere: (Int32) -> Bool) -> [Int32] {
+        let own = getpid()
+        return entries().filter { $0.parent == own && $0.state != "Z" && !isStartedHere($0.pid) }.map(\.pid)
+    }
+
+    /// Whether `pid` names a process that has not ended (a zombie has ended).
+    public static func isAlive(_ pid: Int32) -> Bool {
+        guard let entry = entry(pid) else { return false }
+        return entry.state != "Z" && entry.state != "X"
+    }
+
+    static func pids() -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+    }
+
+    static func entries() -> [Entry] {
+        pids().compactMap(entry)
+    }
+
+    /// `/proc/PID/stat`: the command name in parentheses may hold spaces and parentheses,
+    /// so the fields are counted from the last `)`.
+    static func entry(_ pid: Int32) -> Entry? {
+        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/stat"),
+            let text = String(data: data, encoding: .utf8), let close = text.lastIndex(of: ")")
+        else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // state ppid pgrp session ...
+        guard fields.count >= 4, let state = fields[0].first, let parent = Int32(fields[1]), let session = Int32(fields[3])
+        else { return nil }
+        return Entry(pid: pid, state: state, parent: parent, session: session)
+    }
+
+    static func hasEnvironment(_ pid: Int32, name: String, value: String) -> Bool {
+        guard let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+        let wanted = Array("\(name)=\(value)".utf8)
+        return environ.split(separator: 0).contains { $0.elementsEqual(wanted) }
+    }
+}
+
+/// Reads the kernel log (`/dev/kmsg`, the kernel's dev-kmsg ABI) for what only the
+/// kernel knows about a process's end.
+public enum KernelLog {
+    /// Whether the kernel's OOM killer killed `pid` at or after `sinceMonotonicMicroseconds`
+    /// (CLOCK_MONOTONIC, the clock of kmsg records): the record `Killed process PID (name)`
+    /// that the OOM killer writes for the whole machine and for a memory cgroup alike.
+    /// False when the log cannot be read (it needs CAP_SYSLOG) or holds no such record.
+    public static func recordsOOMKill(of pid: Int32, sinceMonotonicMicroseconds: UInt64) -> Bool {
+        let descriptor = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        let needle = "Killed process \(pid) ("
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        while true {
+            let count = read(descriptor, &buffer, buffer.count)
+            if count < 0 {
+                // EPIPE: the record was overwritten while reading; the next read goes on.
+                if errno == EPIPE || errno == EINTR { continue }
+                return false  // EAGAIN: the end of the log.
+            }
+            guard count > 0 else { return false }
+            // "PRIORITY,SEQUENCE,TIMESTAMP_USEC,FLAGS;MESSAGE"
+            let record = String(decoding: buffer[0..<count], as: UTF8.self)
+            guard let semicolon = record.firstIndex(of: ";"), record.contains(needle) else { continue }
+            let prefix = record[..<semicolon].split(separator: ",")
+            if prefix.count >= 3, let stamp = UInt64(prefix[2]), stamp >= sinceMonotonicMicroseconds { return true }
+        }
+    }
+
+    /// CLOCK_MONOTONIC now, in microseconds: the clock of kmsg timestamps.
+    public static func monotonicMicroseconds() -> UInt64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &spec)
+        return UInt64(spec.tv_sec) * 1_000_000 + UInt64(spec.tv_nsec) / 1000
+    }
+}

@@ -1,0 +1,9 @@
+// Linux calls whose C declarations are variadic, which Swift cannot call directly.
+#pragma once
+#include <sys/prctl.h>
+
+/// prctl(PR_SET_CHILD_SUBREAPER, 1) (prctl(2)): orphaned descendants are re-parented
+/// to the calling process instead of to PID 1. Returns 0, or -1 with errno set.
+static inline int backstop_become_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1UL, 0UL, 0UL, 0UL);
+}
