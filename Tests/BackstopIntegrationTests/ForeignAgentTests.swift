@@ -47,7 +47,7 @@ struct ForeignAgentTests {
         #expect(agent.content.quarantined == ["r2"])
         #expect(agent.lastRollback?.reason == "crash-loop")
         #expect(agent.state == "running")
-        let crashes = harness.log.all.filter { $0.contains("reason=crashed") && $0.contains("version=r2") }
+        let crashes = harness.log.all.filter { $0.contains("event=agent-exited") && $0.contains("reason=crashed") && $0.contains("version=r2") }
         #expect(crashes.count == 3)
         // The kernel keeps the core-dump bit for a pidfd holder from Linux 6.15 on (PIDFD_INFO_EXIT).
         if KernelRelease.atLeast(6, 15) {
@@ -96,9 +96,55 @@ struct ForeignAgentTests {
         #expect(agent.content.knownGood == "sigs-1")
         #expect(agent.content.quarantined == ["sigs-2"])
         #expect(agent.state == "running")
-        #expect(harness.log.all.filter { $0.contains("reason=exited") && $0.contains("version=sigs-2") }.count == 3)
+        #expect(harness.log.all.filter { $0.contains("event=agent-exited") && $0.contains("reason=exited") && $0.contains("version=sigs-2") }.count == 3)
         #expect(harness.log.all.contains { $0.contains("Malformed database") })
         #expect(try clamdAnswersPing(socketPath), "clamd serves again on the good database")
+    }
+
+    @Test(
+        "clamd with a ready_check_exec PING is ready, and promoted, only once it has loaded its database and answers",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/clamdscan"),
+                 "needs clamd and clamdscan from Debian's clamav-daemon (`make test` installs them)"))
+    func clamdReadyCheck() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        // 200,000 MD5 signatures: enough that clamd needs a moment to load them before it listens.
+        var signatures = "44d88612fea8a8f36de82e1278abb02f:68:Backstop.Test.EICAR\n"
+        for index in 0..<200_000 {
+            signatures += String(format: "%016llx%016llx:%d:Backstop.Test.%d\n", UInt64(index) &* 0x9E37_79B9_7F4A_7C15, UInt64(index), 1000 + index % 5000, index)
+        }
+        let database = try scratch.makeDirectory("db", files: ["backstop.hdb": signatures])
+        let socketPath = scratch.path + "/clamd.sock"
+        let conf = scratch.path + "/clamd.conf"
+        try """
+            Foreground yes
+            LocalSocket \(socketPath)
+            FixStaleSocket yes
+            Bytecode no
+            """.write(toFile: conf, atomically: true, encoding: .utf8)
+        let harness = try DaemonHarness(agents: ["""
+            name = "clamav"
+            exec = ["/usr/sbin/clamd", "--config-file=\(conf)", "--datadir={content}"]
+            ready_check_exec = ["/usr/bin/clamdscan", "--config-file=\(conf)", "--ping", "1"]
+            health_check_exec = ["/usr/bin/clamdscan", "--config-file=\(conf)", "--ping", "1"]
+            health_check_interval_sec = 1
+            probation_sec = 3
+            start_timeout_sec = 120
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(database, as: "sigs-1", agent: "clamav")
+        try harness.wait(for: "agent-ready", seconds: 120)
+        #expect(try clamdAnswersPing(socketPath), "ready means clamd answers")
+        let lines = harness.log.all
+        let ready = try #require(lines.firstIndex { $0.contains("event=agent-ready") })
+        let started = try #require(lines.firstIndex { $0.contains("event=agent-started") })
+        let failedChecks = lines[started..<ready].filter { $0.contains("The ready check of agent clamav failed") }
+        #expect(!failedChecks.isEmpty, "while clamd loads its database the check fails and the agent stays starting")
+        try harness.wait(for: "content-promoted", seconds: 30)
+        let agent = try harness.agent("clamav")
+        #expect(agent.content.knownGood == "sigs-1")
+        #expect(agent.failures.list.isEmpty, "the health checks passed")
     }
 
     /// Sends `zPING\0` to clamd's socket and expects `PONG\0` (clamd(8), COMMANDS).

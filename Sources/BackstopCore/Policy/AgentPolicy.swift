@@ -857,8 +857,9 @@ public struct AgentPolicy: Sendable, Equatable {
             message += " Rolling back from \(lastRollback.from) did not help: it fails the same way (\(signature ?? "")), so the content is not switched again."
         }
         var actions: [PolicyAction] = [.record(Decision(
-            .crashLoop, agent: settings.agent, version: from, failures: count,
-            reason: rollbackFailed ? EscalationReason.rollbackDidNotHelp.rawValue : signature, message: message))]
+            .crashLoop, agent: settings.agent, version: from, signal: counted.last?.signal, failures: count,
+            reason: rollbackFailed ? EscalationReason.rollbackDidNotHelp.rawValue : counted.last?.reason.rawValue,
+            message: message))]
         if mode == .safeMode {
             return actions + giveUp(.safeModeCrashLoops, version: from, at: now)
         }

@@ -85,8 +85,9 @@ public enum ProcessTable {
 /// Reads the kernel log (`/dev/kmsg`, the kernel's dev-kmsg ABI) for what only the
 /// kernel knows about a process's end.
 public enum KernelLog {
-    /// Whether the kernel's OOM killer killed `pid` at or after `sinceMonotonicMicroseconds`
-    /// (CLOCK_MONOTONIC, the clock of kmsg records): the record `Killed process PID (name)`
+    /// Whether the kernel's OOM killer killed `pid` after `sinceMonotonicMicroseconds`
+    /// (CLOCK_MONOTONIC; kmsg stamps come from the kernel's local clock, which may lag
+    /// it slightly, so 5 s of slack is allowed): the record `Killed process PID (name)`
     /// that the OOM killer writes for the whole machine and for a memory cgroup alike.
     /// False when the log cannot be read (it needs CAP_SYSLOG) or holds no such record.
     public static func recordsOOMKill(of pid: Int32, sinceMonotonicMicroseconds: UInt64) -> Bool {
@@ -107,7 +108,7 @@ public enum KernelLog {
             let record = String(decoding: buffer[0..<count], as: UTF8.self)
             guard let semicolon = record.firstIndex(of: ";"), record.contains(needle) else { continue }
             let prefix = record[..<semicolon].split(separator: ",")
-            if prefix.count >= 3, let stamp = UInt64(prefix[2]), stamp >= sinceMonotonicMicroseconds { return true }
+            if prefix.count >= 3, let stamp = UInt64(prefix[2]), stamp + 5_000_000 >= sinceMonotonicMicroseconds { return true }
         }
     }
 
