@@ -41,5 +41,17 @@ struct JournalFieldTests {
         #expect(askedFor.priority == .info)
         let crashed = Decision(.agentExited, agent: "demo", version: "v1", reason: "crashed", message: "failed")
         #expect(crashed.priority == .warning)
+        let clean = Decision(.agentExited, agent: "demo", version: "v1", reason: "clean-exit", message: "exited 0")
+        #expect(clean.priority == .notice)
+        let daemonized = Decision(.agentExited, agent: "demo", version: "v1", reason: "daemonized", message: "forked")
+        #expect(daemonized.priority == .error)
+    }
+
+    @Test("every failure reason reaches the journal as BACKSTOP_REASON, with the signal by name", arguments: FailureReason.allCases)
+    func reasonField(reason: FailureReason) {
+        let decision = Decision(.agentExited, agent: "demo", version: "v1", signal: SIGKILL, reason: reason.rawValue, message: "ended")
+        let fields = Dictionary(decision.journalFields) { first, _ in first }
+        #expect(fields["BACKSTOP_REASON"] == reason.rawValue)
+        #expect(fields["BACKSTOP_SIGNAL"] == "SIGKILL")
     }
 }

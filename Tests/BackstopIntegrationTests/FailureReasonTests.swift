@@ -20,7 +20,7 @@ struct FailureReasonTests {
             script = scratch.path + "/agent.sh"
             try """
                 #!/bin/sh
-                read -r behaviour cgroup < "$1/behaviour"
+                read -r behaviour argument < "$1/behaviour"
                 case "$behaviour" in
                 run) exec sleep 3600 ;;
                 exit3) sleep 0.2; exit 3 ;;
@@ -28,7 +28,11 @@ struct FailureReasonTests {
                 # Fork into the background (a new session, so only the subreaper keeps it in view) and exit 0.
                 daemonize) setsid sleep 3600 </dev/null >/dev/null 2>&1 & exit 0 ;;
                 # Join the memory cgroup the test made, then grow without bound until the OOM killer comes.
-                oom) echo $$ > "$cgroup/cgroup.procs" && exec tail /dev/zero ;;
+                oom) echo $$ > "$argument/cgroup.procs" && exec tail /dev/zero ;;
+                # Runs unless the file named in the content exists; then it crashes, whatever the version.
+                fragile) if [ -e "$argument" ]; then kill -SEGV $$; fi; exec sleep 3600 ;;
+                # Leaves a child in a session of its own, then crashes.
+                escape) setsid sleep 3600 </dev/null >/dev/null 2>&1 & sleep 0.3; kill -SEGV $$ ;;
                 esac
                 exit 9
                 """.write(toFile: script, atomically: true, encoding: .utf8)
@@ -251,6 +255,46 @@ struct FailureReasonTests {
         let exits = harness.log.all.filter { $0.contains("event=agent-exited") && $0.contains("version=v2") }
         #expect(exits.count == 2)
         #expect(exits.allSatisfy { $0.contains("reason=oom-killed") && $0.contains("ran out of memory") })
+    }
+
+    @Test("when the known-good version fails the same way after a rollback, versions are not switched again")
+    func rollbackThatDidNotHelp() throws {
+        let agent = try ScriptAgent()
+        defer { agent.scratch.remove() }
+        let broken = agent.scratch.path + "/broken"
+        let harness = try DaemonHarness(agents: [agent.agent("failure_threshold = 2")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        for version in ["v0", "v1"] {
+            try harness.stage(try agent.content(version, "fragile \(broken)"), as: version, agent: "script")
+            try harness.wait(for: "agent-ready", count: version == "v0" ? 1 : 2)
+            #expect(try harness.ctl("promote", "script", version).status == 0)
+        }
+        // Something outside the content breaks the agent just as v2 arrives.
+        FileManager.default.createFile(atPath: broken, contents: nil)
+        try harness.stage(try agent.content("v2", "fragile \(broken)"), as: "v2", agent: "script")
+        try harness.wait(for: "gave-up", seconds: 30)
+        let status = try harness.agent("script")
+        #expect(status.state == "given-up")
+        #expect(status.degradedReason == "rollback did not help")
+        #expect(status.content.active == "v1", "no further switch to the older known-good v0")
+        #expect(status.content.quarantined == ["v2"])
+        #expect(harness.log.all.filter { $0.contains("event=rollback") }.count == 1)
+        #expect(harness.log.all.contains { $0.contains("event=crash-loop") && $0.contains("reason=rollback-did-not-help") })
+        #expect(agentProcesses(harness).isEmpty)
+    }
+
+    @Test("a process that left the agent's session is killed when the agent crashes")
+    func escapedChildDiesWithItsAgent() throws {
+        let agent = try ScriptAgent()
+        defer { agent.scratch.remove() }
+        let harness = try DaemonHarness(agents: [agent.agent("failure_threshold = 1")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(try agent.content("bad", "escape"), as: "v1", agent: "script")
+        try harness.wait(for: "gave-up", seconds: 20)
+        #expect(harness.log.all.contains { $0.contains("event=agent-exited") && $0.contains("reason=crashed") })
+        #expect(agentProcesses(harness).isEmpty, "the setsid child was killed with its agent")
     }
 
     @Test("requests during a backoff are applied at once and in order: activate, stop, start")

@@ -105,10 +105,17 @@ extension EventKind {
 }
 
 extension Decision {
-    /// The kind's priority, except that an exit which is not a failure (asked for, or
-    /// code 0) is only informational.
+    /// The kind's priority, except for exits: one Backstop asked for is informational, one
+    /// that only restarts the agent (a clean exit, an outside kill) a notice, one that needs
+    /// the operator to fix the setup (exec-failed, daemonized) an error.
     public var priority: Journal.Priority {
-        event == .agentExited && reason == nil ? .info : event.priority
+        guard event == .agentExited else { return event.priority }
+        guard let reason else { return .info }
+        switch FailureReason(rawValue: reason)?.attribution(cleanExitIsFailure: false) {
+        case .restartOnly?: return .notice
+        case .configuration?: return .error
+        case .content?, nil: return event.priority
+        }
     }
 
     /// The journal fields of this decision (SPEC.md, Journal).
