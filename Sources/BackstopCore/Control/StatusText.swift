@@ -17,15 +17,17 @@ public enum StatusText {
             text += "\n\(dot(agent.state, colour: colour)) \(agent.name) - \(agent.state)"
             text += agent.pid.map { " (pid \($0))" } ?? ""
             text += agent.degraded ? " [degraded]\n" : "\n"
+            if let reason = agent.degradedReason { text += "  Degraded: \(reason)\n" }
             text += "   Content: active \(agent.content.active ?? "-"), known-good \(agent.content.knownGood ?? "-")"
             text += ", candidate \(agent.content.candidate ?? "-")\n"
             if !agent.content.quarantined.isEmpty {
                 text += "Quarantine: \(agent.content.quarantined.joined(separator: ", "))\n"
             }
-            text += "  Failures: \(agent.failures.recent) in the last \(agent.failures.windowSec) s (crash loop at \(agent.failures.threshold))\n"
+            text += "  Failures: \(agent.failures.recent) against the content in the last \(agent.failures.windowSec) s (crash loop at \(agent.failures.threshold))\n"
             for failure in agent.failures.list {
                 let detail = failure.signal ?? failure.exitStatus.map { "exit code \($0)" } ?? ""
-                text += "            \(rfc3339(failure.at)) \(failure.reason) \(detail) on \(failure.version ?? "-")\n"
+                let counted = failure.attribution == Attribution.content.rawValue ? "" : " (\(failure.attribution), not counted)"
+                text += "            \(rfc3339(failure.at)) \(failure.reason) \(detail) on \(failure.version ?? "-")\(counted)\n"
             }
             if let rollback = agent.lastRollback {
                 text += "  Rollback: \(rollback.from) -> \(rollback.to) (\(rollback.reason)) at \(rfc3339(rollback.at))\n"
