@@ -45,7 +45,7 @@ demo: build
 # tests that run the built binaries against real agents.
 test: test-deps
 	$(SWIFT) build --build-tests
-	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" $(SWIFT) test --skip-build
+	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" $(SWIFT) test --skip-build --disable-xctest
 
 install: deps
 	$(SWIFT) build $(RELEASE_FLAGS)

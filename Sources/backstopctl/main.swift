@@ -50,7 +50,7 @@ struct GlobalOptions: ParsableArguments {
 
     func load() throws -> BackstopCore.Configuration {
         do { return try .load(path: config) } catch {
-            throw ValidationError("\(error)")
+            throw failure("\(error)")
         }
     }
 
@@ -86,6 +86,12 @@ func askOrReadSaved<T>(_ shown: String, ask: () throws -> T, saved: () -> T) thr
             return saved()
         }
     }
+}
+
+/// Prints `backstopctl: message` on stderr and returns exit code 1 to throw.
+func failure(_ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data("backstopctl: \(message)\n".utf8))
+    return ExitCode(1)
 }
 
 /// Runs a call, turning errors into a message and an exit code: 3 when the daemon is
@@ -146,7 +152,7 @@ struct Content: ParsableCommand {
         func run() throws {
             let configuration = try options.load()
             guard let agentConfiguration = configuration.agent(named: agent) else {
-                throw ValidationError("no agent \"\(agent)\" in \(configuration.path)")
+                throw failure("no agent \"\(agent)\" is configured in \(configuration.path)")
             }
             let store = ContentStore(stateDirectory: configuration.daemon.stateDirectory, agent: agentConfiguration.name)
             let ledger = try askOrReadSaved("showing the state saved in \(store.stateFile)") {
@@ -214,9 +220,11 @@ struct Rollback: ParsableCommand {
     @Argument var agent: String
     @Option(name: .long, help: "The version to return to.") var to: String?
 
+    struct Reply: Codable { var version: String? }
+
     func run() throws {
-        try perform { try options.slowClient().call("Rollback", ["agent": agent, "to": to]) }
-        print("Rolled \(agent) back\(to.map { " to \($0)" } ?? " to its last known-good version").")
+        let reply = try perform { try options.slowClient().call("Rollback", ["agent": agent, "to": to], as: Reply.self) }
+        print("Rolled \(agent) back to \(reply.version ?? to ?? "its last known-good version").")
     }
 }
 
@@ -247,7 +255,7 @@ struct Stop: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stop an agent and keep it stopped (across daemon restarts and reboots) until `start`.")
     @OptionGroup var options: GlobalOptions
-    @Argument var agent: String
+    @Argument(help: "The agent's name, as in the configuration.") var agent: String
 
     func run() throws {
         // Requests are applied in order: this one may wait for a verification before it.
@@ -260,11 +268,17 @@ struct Start: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start an agent now: after `stop`, during a restart delay, or after Backstop gave up on it.")
     @OptionGroup var options: GlobalOptions
-    @Argument var agent: String
+    @Argument(help: "The agent's name, as in the configuration.") var agent: String
+
+    struct Reply: Codable { var state: String }
 
     func run() throws {
-        try perform { try options.slowClient().call("Start", ["agent": agent]) }
-        print("Started \(agent).")
+        let reply = try perform { try options.slowClient().call("Start", ["agent": agent], as: Reply.self) }
+        switch reply.state {
+        case "starting": print("Started \(agent).")
+        case "stopped": print("\(agent) has no content to start; stage and activate a version.")
+        default: print("\(agent) is already \(reply.state); nothing to start.")
+        }
     }
 }
 
@@ -294,12 +308,12 @@ struct History: ParsableCommand {
         if let boot, boot != "0", Self.bootID(boot) == nil {
             throw ValidationError("--boot takes a boot ID (32 hex digits) or 0 for the current boot")
         }
-        if let directory, !FileManager.default.fileExists(atPath: directory) {
-            throw ValidationError("\(directory): no such directory")
-        }
     }
 
     func run() throws {
+        if let directory, !FileManager.default.fileExists(atPath: directory) {
+            throw failure("\(directory): no such directory")
+        }
         let bootID = try boot.map { $0 == "0" ? try BootID.current() : Self.bootID($0)! }
         let entries: [JournalEntry]
         do {
@@ -309,7 +323,9 @@ struct History: ParsableCommand {
             throw ExitCode(1)
         }
         if entries.isEmpty && !json {
-            FileHandle.standardError.write(Data("-- No entries --\n".utf8))
+            let hint = directory == nil && !FileManager.default.fileExists(atPath: "/run/systemd/journal/socket")
+                ? " (no journald runs here: backstopd then writes its decisions to its standard error)" : ""
+            FileHandle.standardError.write(Data("-- No entries --\(hint)\n".utf8))
         }
         for entry in entries {
             print(json ? HistoryText.json(entry) : HistoryText.line(entry))

@@ -131,7 +131,7 @@ struct FailureReasonTests {
         #expect(status.content.quarantined.isEmpty)
         #expect(reasons(status).contains("exec-failed"))
         #expect(status.failures.list.filter { $0.reason == "exec-failed" }.allSatisfy { $0.attribution == "configuration" })
-        #expect(harness.log.all.contains { $0.contains("reason=exec-failed") && $0.contains("no such executable") })
+        #expect(harness.log.all.contains { $0.contains("reason=exec-failed") && $0.contains("\(agent.script): no such file") })
         #expect(!harness.log.all.contains { $0.contains("event=rollback") })
     }
 

@@ -31,6 +31,12 @@ public struct Configuration: Sendable, Equatable {
                     warnings.append("agent \(agent.name): \(program) is not an executable file (yet); starts will fail until it is")
                 }
             }
+            // Probation must outlast the time it takes to notice a hang, or a hanging version is promoted first.
+            let detection = max(
+                agent.watchdogSeconds, agent.healthCheckExec.isEmpty ? 0 : agent.healthCheckIntervalSeconds * agent.healthCheckFailures)
+            if detection > 0, agent.probationSeconds <= detection {
+                warnings.append("agent \(agent.name): probation_sec (\(agent.probationSeconds)) is not longer than the \(detection) s it takes to notice a hang (watchdog_sec, or health_check_interval_sec × health_check_failures); a version that hangs could be promoted before it is caught")
+            }
         }
         return warnings
     }

@@ -30,7 +30,9 @@ public struct ControlClient: Sendable {
             switch self {
             case .daemonNotRunning(let path): return "backstopd is not running (nothing listens on \(path))"
             case .permissionDenied(let path):
-                return "permission denied on \(path): talking to backstopd needs root or membership of group backstop"
+                let group = getgrnam("backstop") == nil
+                    ? " (there is no group backstop on this host: `systemd-sysusers` creates it from backstop.sysusers)" : ""
+                return "permission denied on \(path): talking to backstopd needs root or membership of group backstop\(group)"
             case .io(let operation, let errno): return "\(operation): \(String(cString: strerror(errno)))"
             case .protocolError(let message): return "bad reply from backstopd: \(message)"
             }

@@ -109,10 +109,21 @@ public final class ControlServer: @unchecked Sendable {
 
     fileprivate func answer(_ call: Varlink.Call, peer: PeerCredentials) async -> Varlink.Reply {
         let reply = await ManagerInterface.handle(call, peer: peer, supervisor: supervisor)
-        if case .error(let name, _) = reply, name.hasSuffix(".PermissionDenied") {
-            logger.warning("Denied a control request.", metadata: [
-                "method": "\(call.method)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)",
-            ])
+        let method = call.method.split(separator: ".").last.map(String.init) ?? call.method
+        let metadata: Logger.Metadata = ["method": "\(call.method)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)"]
+        switch reply {
+        case .error(let name, _) where name.hasSuffix(".PermissionDenied"):
+            logger.warning("Denied a control request.", metadata: metadata)
+        case .error(let name, _) where ManagerInterface.mutating.contains(method):
+            logger.notice("Refused the operator request \(method) (\(name)).", metadata: metadata)
+        case .parameters where ManagerInterface.mutating.contains(method):
+            // Who changed what, for the record (the decisions it led to are logged on their own).
+            let parameters = (try? JSONSerialization.jsonObject(with: call.parameters) as? [String: Any]) ?? [:]
+            let target = ["agent", "version", "to"].compactMap { key in parameters[key].map { "\(key) \($0)" } }
+            logger.notice("Operator request \(method)\(target.isEmpty ? "" : " (" + target.joined(separator: ", ") + ")") carried out.",
+                          metadata: metadata)
+        default:
+            break
         }
         return reply
     }

@@ -32,13 +32,14 @@ public enum ManagerInterface {
         method Stage(agent: string, path: string, version: ?string, activate: ?bool) -> (version: Version)
         method Activate(agent: string, version: string) -> ()
         method Promote(agent: string, version: string) -> ()
-        method Rollback(agent: string, to: ?string) -> ()
+        # Returns the version now active.
+        method Rollback(agent: string, to: ?string) -> (version: ?string)
         method Release(agent: string, version: string) -> ()
         method ResetFailed(agent: ?string) -> ()
         # Stops the agent until Start; needs root.
         method Stop(agent: string) -> ()
         # Starts the agent now (after Stop, during a backoff, or after giving up); needs root.
-        method Start(agent: string) -> ()
+        method Start(agent: string) -> (state: string)
 
         error NoSuchAgent (agent: string, message: string)
         error NoSuchVersion (version: string, message: string)
@@ -97,7 +98,8 @@ public enum ManagerInterface {
                 try await supervisor.promote(agent: parameters.agent, version: parameters.version)
             case "Rollback":
                 let parameters = try decode(RollbackParameters.self, call)
-                try await supervisor.rollback(agent: parameters.agent, to: parameters.to)
+                let version = try await supervisor.rollback(agent: parameters.agent, to: parameters.to)
+                return .of(["version": version])
             case "Release":
                 let parameters = try decode(VersionParameters.self, call)
                 try await supervisor.release(agent: parameters.agent, version: parameters.version)
@@ -107,7 +109,8 @@ public enum ManagerInterface {
             case "Stop":
                 try await supervisor.stop(agent: try decode(AgentParameter.self, call).agent)
             case "Start":
-                try await supervisor.start(agent: try decode(AgentParameter.self, call).agent)
+                let state = try await supervisor.start(agent: try decode(AgentParameter.self, call).agent)
+                return .of(["state": state])
             default:
                 return .failure("org.varlink.service.MethodNotFound", ["method": call.method])
             }

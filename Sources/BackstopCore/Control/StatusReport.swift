@@ -116,6 +116,19 @@ public struct StatusReport: Codable, Sendable, Equatable {
         }
     }
 
+    /// An agent's `probation` object: how far the candidate is.
+    public struct Probation: Codable, Sendable, Equatable {
+        /// `elapsed_sec`: healthy seconds so far (whole seconds).
+        public var elapsedSec: Int
+        /// `required_sec`: `probation_sec`.
+        public var requiredSec: Int
+
+        enum CodingKeys: String, CodingKey {
+            case elapsedSec = "elapsed_sec"
+            case requiredSec = "required_sec"
+        }
+    }
+
     /// An agent's `last_rollback` object.
     public struct Rollback: Codable, Sendable, Equatable {
         /// `from`: the version rolled back from.
@@ -146,6 +159,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var degraded: Bool
         /// `degraded_reason`: why, e.g. `rollback did not help`; null when not degraded.
         public var degradedReason: String?
+        /// `stopped_by_operator`: `backstopctl stop` holds it until `backstopctl start`.
+        public var stoppedByOperator: Bool
+        /// `probation`: the candidate's progress, null when there is no candidate.
+        public var probation: Probation?
         /// The agent's last `STATUS=` text, if it sent one.
         public var statusText: String?
 
@@ -153,6 +170,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
             case name, state, pid, content, failures, degraded
             case lastRollback = "last_rollback"
             case degradedReason = "degraded_reason"
+            case stoppedByOperator = "stopped_by_operator"
+            case probation
             case statusText = "status_text"
         }
 
@@ -167,6 +186,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
             try container.encode(lastRollback, forKey: .lastRollback)
             try container.encode(degraded, forKey: .degraded)
             try container.encode(degradedReason, forKey: .degradedReason)
+            try container.encode(stoppedByOperator, forKey: .stoppedByOperator)
+            try container.encode(probation, forKey: .probation)
             try container.encode(statusText, forKey: .statusText)
         }
     }
@@ -212,6 +233,12 @@ extension StatusReport.Agent {
         lastRollback = policy.lastRollback.map { StatusReport.Rollback(from: $0.from, to: $0.to, reason: $0.reason, at: $0.at) }
         degraded = policy.isDegraded
         degradedReason = policy.degradedReason
+        stoppedByOperator = policy.operatorStopped
+        probation = ledger.candidate.map { _ in
+            StatusReport.Probation(
+                elapsedSec: Int(min(policy.probationElapsedSeconds(at: now), settings.probationSeconds)),
+                requiredSec: Int(settings.probationSeconds))
+        }
         self.statusText = statusText
     }
 }

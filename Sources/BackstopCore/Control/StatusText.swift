@@ -15,19 +15,26 @@ public enum StatusText {
         text += report.boot.consecutiveFailed > 0 ? ", \(report.boot.consecutiveFailed) failed boot(s) before it\n" : "\n"
         for agent in report.agents {
             text += "\n\(dot(agent.state, colour: colour)) \(agent.name) - \(agent.state)"
+            text += agent.stoppedByOperator ? " (by an operator; `backstopctl start \(agent.name)` starts it)" : ""
             text += agent.pid.map { " (pid \($0))" } ?? ""
             text += agent.degraded ? " [degraded]\n" : "\n"
             if let reason = agent.degradedReason { text += "  Degraded: \(reason)\n" }
             text += "   Content: active \(agent.content.active ?? "-"), known-good \(agent.content.knownGood ?? "-")"
             text += ", candidate \(agent.content.candidate ?? "-")\n"
+            if let probation = agent.probation {
+                text += " Probation: \(probation.elapsedSec) of \(probation.requiredSec) s of healthy running\n"
+            }
             if !agent.content.quarantined.isEmpty {
                 text += "Quarantine: \(agent.content.quarantined.joined(separator: ", "))\n"
             }
             text += "  Failures: \(agent.failures.recent) against the content in the last \(agent.failures.windowSec) s (crash loop at \(agent.failures.threshold))\n"
             for failure in agent.failures.list {
-                let detail = failure.signal ?? failure.exitStatus.map { "exit code \($0)" } ?? ""
+                var detail = failure.signal ?? failure.exitStatus.map { "exit code \($0)" }
+                let stoppedByBackstop: Set<String> = [FailureReason.hung.rawValue, FailureReason.startTimeout.rawValue, FailureReason.healthCheck.rawValue]
+                if stoppedByBackstop.contains(failure.reason), let signal = failure.signal { detail = "(stopped with \(signal))" }
                 let counted = failure.attribution == Attribution.content.rawValue ? "" : " (\(failure.attribution), not counted)"
-                text += "            \(rfc3339(failure.at)) \(failure.reason) \(detail) on \(failure.version ?? "-")\(counted)\n"
+                let words = [rfc3339(failure.at), failure.reason, detail, "on \(failure.version ?? "-")"].compactMap { $0 }
+                text += "            \(words.joined(separator: " "))\(counted)\n"
             }
             if let rollback = agent.lastRollback {
                 text += "  Rollback: \(rollback.from) -> \(rollback.to) (\(rollback.reason)) at \(rfc3339(rollback.at))\n"

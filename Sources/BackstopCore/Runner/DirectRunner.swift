@@ -143,7 +143,12 @@ public enum DirectRunner {
     private static func describe(_ error: SubprocessError, program: String) -> String {
         let cause = error.underlyingError.map { String(cString: strerror($0.rawValue)) }
         switch error.code {
-        case .executableNotFound: return "\(program): no such executable"
+        case .executableNotFound:
+            guard program.contains("/") else { return "\(program): not found in PATH" }
+            var info = stat()
+            guard stat(program, &info) == 0 else { return "\(program): no such file" }
+            if info.st_mode & S_IFMT == S_IFDIR { return "\(program): is a directory" }
+            return "\(program): not executable (mode \(String(info.st_mode & 0o7777, radix: 8)))"
         default: return "\(program): \(cause ?? "\(error)")"
         }
     }

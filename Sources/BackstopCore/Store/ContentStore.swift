@@ -16,7 +16,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     /// One sentence naming the path or version at fault; the `message` of the Varlink error.
     public var description: String {
         switch self {
-        case .notADirectory(let path): return "\(path) is not a directory"
+        case .notADirectory(let path):
+            return FileManager.default.fileExists(atPath: path) ? "\(path) is not a directory" : "\(path) does not exist"
         case .invalidVersionID(let id):
             return "\"\(id)\" is not a valid version id; use 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-', not starting with '.'"
         case .versionExists(let id): return "a content version \"\(id)\" is already staged"

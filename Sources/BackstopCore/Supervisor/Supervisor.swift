@@ -40,6 +40,8 @@ struct AgentSlot {
     var strays: Set<Int32> = []
     /// Probe processes running for the current run, by probe.
     var probePIDs: [Probe: Int32] = [:]
+    /// Whether a failed ready check was logged in the current run (the rest go to debug).
+    var readyCheckFailureSaid = false
     /// A backoff restored from the state file (monotonic deadline, same boot).
     var restartDue: Double?
 }
@@ -148,7 +150,7 @@ public actor Supervisor {
     public func status(agent: String? = nil) throws(ManagerError) -> StatusReport {
         if let agent, slots[agent] == nil { throw .noSuchAgent(agent) }
         let now = Moment.now()
-        let agents = slots.keys.sorted().filter { agent == nil || $0 == agent }.map { name in
+        let agents = configuration.agents.map(\.name).filter { agent == nil || $0 == agent }.map { name in
             let slot = slots[name]!
             return StatusReport.Agent(policy: slot.policy, pid: slot.pid ?? slot.strays.min(), statusText: slot.statusText, at: now)
         }
@@ -220,8 +222,10 @@ public actor Supervisor {
     }
 
     /// Rolls back to `target`, or to the last known-good version, once its files are verified.
+    /// - Returns: the version now active.
     /// - Throws: ``ManagerError``.
-    public func rollback(agent: String, to target: String?) async throws(ManagerError) {
+    @discardableResult
+    public func rollback(agent: String, to target: String?) async throws(ManagerError) -> String? {
         try await inTurn(agent) { () async throws(ManagerError) in
             let current = try slot(agent)
             let ledger = current.policy.ledger
@@ -232,6 +236,7 @@ public actor Supervisor {
             }
             try operate(agent) { policy, now throws(PolicyError) in try policy.rollback(to: target, at: now) }
         }
+        return slots[agent]?.policy.ledger.active
     }
 
     /// Checks a version's files against its digest off the actor.
@@ -270,11 +275,14 @@ public actor Supervisor {
     }
 
     /// Starts `agent` now: after an operator stop, during a backoff, or after it was given up.
+    /// - Returns: the agent's state word afterwards (`starting`, or `running` when it already ran).
     /// - Throws: ``ManagerError/noSuchAgent(_:)``, ``ManagerError/shuttingDown``.
-    public func start(agent: String) async throws(ManagerError) {
+    @discardableResult
+    public func start(agent: String) async throws(ManagerError) -> String {
         try await inTurn(agent) { () throws(ManagerError) in
             try operate(agent) { policy, now in policy.start(at: now) }
         }
+        return slots[agent]?.policy.stateWord ?? "stopped"
     }
 
     /// Runs `request` after every earlier operator request for `agent` has finished, so that
@@ -405,11 +413,19 @@ public actor Supervisor {
     }
 
     private func probeFinished(_ name: String, generation: Int, _ probe: Probe, passed: Bool, detail: String) {
-        guard slots[name]?.generation == generation, !shuttingDown else { return }
+        // A probe of a run that is over was killed with it; its result means nothing.
+        guard slots[name]?.generation == generation, slots[name]?.pid != nil, !shuttingDown else { return }
         slots[name]!.probePIDs[probe] = nil
         if !passed {
-            logger.notice("The \(probe.rawValue) check of agent \(name) failed: \(detail).",
-                          metadata: ["agent": "\(name)", "probe": "\(probe.rawValue)"])
+            let message = "The \(probe.rawValue) check of agent \(name) failed: \(detail)."
+            let metadata: Logger.Metadata = ["agent": "\(name)", "probe": "\(probe.rawValue)"]
+            // A ready check fails until the agent is up: said once per start, then only in debug output.
+            if probe == .ready, slots[name]!.readyCheckFailureSaid {
+                logger.debug("\(message)", metadata: metadata)
+            } else {
+                logger.notice("\(message)\(probe == .ready ? " Retrying until the agent is ready or start_timeout_sec runs out." : "")", metadata: metadata)
+                if probe == .ready { slots[name]!.readyCheckFailureSaid = true }
+            }
         }
         apply(slots[name]!.policy.probeFinished(probe, passed: passed, detail: detail, at: Moment.now()), to: name)
         persist(name)
@@ -486,6 +502,7 @@ public actor Supervisor {
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
+        slots[name]!.readyCheckFailureSaid = false
         Task {
             let result = await DirectRunner.run(request) { pid in
                 await self.processStarted(name, generation: generation, pid: pid)
