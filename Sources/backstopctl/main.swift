@@ -270,14 +270,15 @@ struct Start: ParsableCommand {
     @OptionGroup var options: GlobalOptions
     @Argument(help: "The agent's name, as in the configuration.") var agent: String
 
-    struct Reply: Codable { var state: String }
+    struct Reply: Codable { var state: String; var reason: String? }
 
     func run() throws {
         let reply = try perform { try options.slowClient().call("Start", ["agent": agent], as: Reply.self) }
         switch reply.state {
         case "starting": print("Started \(agent).")
+        case "running": print("\(agent) is already running; nothing to start.")
         case "stopped": print("\(agent) has no content to start; stage and activate a version.")
-        default: print("\(agent) is already \(reply.state); nothing to start.")
+        default: print("\(agent) was not started: it is \(reply.state)\(reply.reason.map { " (\($0))" } ?? "").")
         }
     }
 }

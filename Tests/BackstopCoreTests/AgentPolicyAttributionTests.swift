@@ -107,6 +107,37 @@ struct FailureAttributionTests {
         #expect(policy.ledger.active == "v2")
     }
 
+    @Test("exec-failed counts against the content when the program is part of the content")
+    func execFailedOfContentProgram() throws {
+        var settings = policySettings(threshold: 2)
+        settings.programIsContent = true
+        var policy = try candidatePolicy(settings)
+        _ = policy.spawnFailed("/var/lib/backstop/demo/versions/v2/run: not executable (mode 644)", at: moment(0))
+        policy.fireRestart()
+        let second = policy.spawnFailed("/var/lib/backstop/demo/versions/v2/run: not executable (mode 644)", at: moment(1))
+        #expect(second.decision(.agentExited)?.failures == 2)
+        #expect(second.decision(.agentExited)?.message.contains("part of content v2") == true)
+        #expect(second.events.contains(.rollback))
+        #expect(policy.ledger.active == "v1")
+        #expect(policy.ledger.quarantined == ["v2"])
+    }
+
+    @Test("failures that do not count are kept to the most recent 20; counted ones are all kept")
+    func uncountedFailuresAreCapped() throws {
+        var policy = try candidatePolicy(policySettings(threshold: 5, windowSeconds: 100_000))
+        var now = 0.0
+        for index in 0..<60 {
+            policy.startAndBecomeReady(at: now)
+            _ = policy.agentExited(index % 30 == 29 ? .signaled(signal: SIGSEGV) : .exited(code: 0), at: moment(now + 2))
+            now = policy.timers[.restart]!
+            policy.fireRestart()
+        }
+        let kept = policy.recentFailures(at: moment(now))
+        #expect(kept.filter { $0.reason == .cleanExit }.count == AgentPolicy.uncountedFailuresKept)
+        #expect(kept.filter { $0.reason == .crashed }.count == 2)
+        #expect(kept.last?.reason == .crashed)
+    }
+
     @Test("a daemonized agent is not started again, nor rolled back, until its background processes are gone")
     func daemonizedWaitsForItsProcesses() throws {
         var policy = try candidatePolicy(policySettings(threshold: 1))
@@ -165,7 +196,7 @@ struct AgentPolicyProbeTests {
         var now = 0.0
         for _ in 0..<6 {
             now += 0.05
-            let retry = policy.probeFinished(.ready, passed: false, detail: "exit code 1", at: moment(now))
+            let retry = policy.probeFinished(.ready, result: .failed("exit code 1"), at: moment(now))
             let next = try #require(retry.deadline(of: .readyCheck))
             pauses.append(next - now)
             #expect(policy.phase == .starting)
@@ -173,7 +204,7 @@ struct AgentPolicyProbeTests {
             now = next
         }
         #expect(pauses.map { ($0 * 100).rounded() / 100 } == [0.1, 0.2, 0.4, 0.8, 1.6, 2])
-        let ready = policy.probeFinished(.ready, passed: true, detail: "exit code 0", at: moment(now + 0.1))
+        let ready = policy.probeFinished(.ready, result: .passed, at: moment(now + 0.1))
         #expect(ready.events == [.agentReady])
         #expect(policy.phase == .running)
         #expect(ready.contains(.disarm(.startTimeout)))
@@ -185,7 +216,7 @@ struct AgentPolicyProbeTests {
         _ = policy.agentStarted(pid: 10, at: moment(0))
         #expect(policy.agentReady(at: moment(1)).isEmpty)
         #expect(policy.phase == .starting)
-        #expect(policy.probeFinished(.ready, passed: true, detail: "", at: moment(2)).events == [.agentReady])
+        #expect(policy.probeFinished(.ready, result: .passed, at: moment(2)).events == [.agentReady])
     }
 
     @Test("a candidate whose agent never becomes ready is not promoted: start timeouts crash-loop it")
@@ -217,7 +248,7 @@ struct AgentPolicyProbeTests {
         #expect(next == 11)
         func check(_ passed: Bool) -> [PolicyAction] {
             #expect(policy.timerFired(.healthCheck, deadline: next, at: moment(next)) == [.probe(.health, timeoutSeconds: 5)])
-            let actions = policy.probeFinished(.health, passed: passed, detail: passed ? "exit code 0" : "timed out after 5 s and was killed", at: moment(next + 1))
+            let actions = policy.probeFinished(.health, result: passed ? .passed : .failed("timed out after 5 s and was killed"), at: moment(next + 1))
             next = actions.deadline(of: .healthCheck) ?? next
             return actions
         }
@@ -240,14 +271,46 @@ struct AgentPolicyProbeTests {
         let ready = policy.startAndBecomeReady(at: 0)
         let probation = try #require(ready.deadline(of: .probation))
         _ = policy.timerFired(.healthCheck, deadline: 51, at: moment(51))
-        _ = policy.probeFinished(.health, passed: false, detail: "exit code 1", at: moment(52))
+        _ = policy.probeFinished(.health, result: .failed("exit code 1"), at: moment(52))
         let deferred = policy.timerFired(.probation, deadline: probation, at: moment(probation))
         #expect(deferred.events.isEmpty)
         #expect(policy.ledger.candidate == "v2")
         _ = policy.timerFired(.healthCheck, deadline: 102, at: moment(102))
-        _ = policy.probeFinished(.health, passed: true, detail: "exit code 0", at: moment(103))
+        _ = policy.probeFinished(.health, result: .passed, at: moment(103))
         let later = try #require(deferred.deadline(of: .probation))
         #expect(policy.timerFired(.probation, deadline: later, at: moment(later)).events == [.contentPromoted])
+    }
+
+    @Test("a ready check that cannot run stops the agent as exec-failed, a configuration error even when the program is content")
+    func readyCheckCannotRun() throws {
+        var settings = probeSettings()
+        settings.programIsContent = true
+        settings.failureThreshold = 1
+        var policy = try candidatePolicy(settings)
+        _ = policy.agentStarted(pid: 10, at: moment(0))
+        let stop = policy.probeFinished(.ready, result: .couldNotRun("/opt/check: no such file"), at: moment(0.1))
+        #expect(stop.contains(.terminate(signal: SIGTERM)))
+        #expect(stop.deadline(of: .startTimeout) == nil)
+        let exit = policy.agentExited(.signaled(signal: SIGTERM), at: moment(0.2))
+        #expect(exit.decision(.agentExited)?.reason == "exec-failed")
+        #expect(exit.decision(.agentExited)?.failures == nil, "not counted")
+        #expect(!exit.events.contains(.crashLoop))
+        #expect(policy.phase == .backoff)
+        #expect(policy.countedFailures(at: moment(1)).isEmpty)
+        #expect(policy.recentFailures(at: moment(1)).first?.attribution == .configuration)
+    }
+
+    @Test("a health check that cannot run is not counted")
+    func healthCheckCannotRun() throws {
+        var policy = try candidatePolicy(probeSettings(readyCheck: false, healthInterval: 10))
+        policy.startAndBecomeReady(at: 0)
+        for check in 0..<5 {
+            let at = 11 + Double(check) * 10
+            let next = policy.probeFinished(.health, result: .couldNotRun("/opt/check: no such file"), at: moment(at))
+            #expect(next == [.arm(.healthCheck, atMonotonicSeconds: at + 10)])
+        }
+        #expect(policy.phase == .running)
+        #expect(policy.healthCheckFailuresInARow == 0)
     }
 
     @Test("results of probes of an earlier run are ignored")
@@ -255,7 +318,7 @@ struct AgentPolicyProbeTests {
         var policy = try candidatePolicy(probeSettings())
         _ = policy.agentStarted(pid: 10, at: moment(0))
         _ = policy.agentExited(.signaled(signal: SIGSEGV), at: moment(1))
-        #expect(policy.probeFinished(.ready, passed: true, detail: "", at: moment(1.5)).isEmpty)
+        #expect(policy.probeFinished(.ready, result: .passed, at: moment(1.5)).isEmpty)
         #expect(policy.phase == .backoff)
     }
 }

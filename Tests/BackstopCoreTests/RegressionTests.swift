@@ -167,7 +167,7 @@ struct ConfigurationLimitTests {
     @Test("check-config warns about a program that is not there and about no agents")
     func warnings() throws {
         let configuration = try Configuration.parse("[[agent]]\nname = \"a\"\nexec = [\"/nonexistent/agent\"]\n", path: "/x.toml")
-        #expect(configuration.warnings == ["agent a: /nonexistent/agent is not an executable file (yet); starts will fail until it is"])
+        #expect(configuration.warnings == ["agent a: exec: /nonexistent/agent is not an executable file (yet); starts will fail until it is"])
         #expect(try Configuration.parse("", path: "/x.toml").warnings.count == 1)
     }
 }

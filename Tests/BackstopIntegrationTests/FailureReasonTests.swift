@@ -27,6 +27,10 @@ struct FailureReasonTests {
                 clean) sleep 1.5; exit 0 ;;
                 # Fork into the background (a new session, so only the subreaper keeps it in view) and exit 0.
                 daemonize) setsid sleep 3600 </dev/null >/dev/null 2>&1 & exit 0 ;;
+                # The same, clearing the environment (and so Backstop's mark) on the way.
+                daemonize-unmarked) setsid env -i /bin/sleep 3600 </dev/null >/dev/null 2>&1 & sleep 0.2; exit 0 ;;
+                # A background process that starts the real worker later, in a session of its own, and ends.
+                daemonize-late) ( sleep 0.5; setsid sleep 3600 </dev/null >/dev/null 2>&1 & sleep 0.3; exit 0 ) </dev/null >/dev/null 2>&1 & exit 0 ;;
                 # Join the memory cgroup the test made, then grow without bound until the OOM killer comes.
                 oom) echo $$ > "$argument/cgroup.procs" && exec tail /dev/zero ;;
                 # Runs unless the file named in the content exists; then it crashes, whatever the version.
@@ -175,6 +179,80 @@ struct FailureReasonTests {
         #expect(try harness.agent("script").state == "stopped")
     }
 
+    @Test("an agent that forks into the background and clears its environment is still daemonized, and stop ends it")
+    func daemonizingWithoutMark() throws {
+        let agent = try ScriptAgent()
+        defer { agent.scratch.remove() }
+        let harness = try DaemonHarness(agents: [agent.agent("failure_threshold = 1")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(try agent.content("bg", "daemonize-unmarked"), as: "v1", agent: "script")
+        try harness.log.wait(for: "reason=daemonized", seconds: 20)
+        let pid = try #require(try harness.agent("script").pid)
+        #expect(!ProcessTable.hasMark(pid), "the background process carries no mark")
+        usleep(1_500_000)  // 30 times restart_delay_ms: no second instance starts meanwhile
+        #expect(harness.log.all.filter { $0.contains("event=agent-started") }.count == 1)
+        #expect(try harness.ctl("stop", "script").status == 0)
+        try harness.log.wait(for: "have exited", seconds: 20)
+        #expect(!ProcessTable.isAlive(pid))
+    }
+
+    @Test("a daemonized agent whose background process hands over to a new one is still not started twice")
+    func daemonizedHandOver() throws {
+        let agent = try ScriptAgent()
+        defer { agent.scratch.remove() }
+        let harness = try DaemonHarness(agents: [agent.agent()])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(try agent.content("bg", "daemonize-late"), as: "v1", agent: "script")
+        try harness.log.wait(for: "reason=daemonized", seconds: 20)
+        // The first background process starts the worker after 0.5 s and ends 0.3 s later.
+        usleep(2_000_000)
+        #expect(harness.log.all.filter { $0.contains("event=agent-started") }.count == 1)
+        let workers = agentProcesses(harness)
+        #expect(workers.count == 1, "only the worker is left: \(workers)")
+        #expect(try harness.agent("script").state == "backoff")
+        #expect(try harness.ctl("stop", "script").status == 0)
+        try harness.log.wait(for: "have exited", seconds: 20)
+        #expect(agentProcesses(harness).isEmpty)
+    }
+
+    @Test("what a probe leaves behind is killed with it and never taken for the agent's")
+    func probeLeftovers() throws {
+        let agent = try ScriptAgent()
+        defer { agent.scratch.remove() }
+        let probe = agent.scratch.path + "/leaky-check.sh"
+        try "#!/bin/sh\nsetsid sleep 3600 </dev/null >/dev/null 2>&1 &\nexit 0\n".write(toFile: probe, atomically: true, encoding: .utf8)
+        chmod(probe, 0o755)
+        let harness = try DaemonHarness(agents: [agent.agent("ready_check_exec = [\"\(probe)\"]")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(try agent.content("clean", "clean"), as: "v1", agent: "script")
+        try harness.wait(for: "agent-exited", count: 2, seconds: 20)
+        let status = try harness.agent("script")
+        #expect(reasons(status).allSatisfy { $0 == "clean-exit" }, "\(reasons(status))")
+        #expect(ProcessTable.processes(withEnvironment: LaunchRequest.probeStoreVariable, value: harness.directory + "/state/script").isEmpty)
+    }
+
+    @Test("a ready check whose program is missing is a configuration error: no rollback")
+    func missingReadyCheckProgram() throws {
+        let agent = try ScriptAgent()
+        defer { agent.scratch.remove() }
+        let harness = try DaemonHarness(agents: [agent.agent("""
+            failure_threshold = 1
+            ready_check_exec = ["\(agent.scratch.path)/missing-check"]
+            """)])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(try agent.content("good", "run"), as: "v1", agent: "script")
+        try harness.log.wait(for: "reason=exec-failed", count: 2, seconds: 20)
+        let status = try harness.agent("script")
+        #expect(status.content.active == "v1")
+        #expect(status.content.quarantined.isEmpty)
+        #expect(status.failures.list.allSatisfy { $0.reason == "exec-failed" && $0.attribution == "configuration" })
+        #expect(harness.log.all.contains { $0.contains("cannot run") && $0.contains("missing-check: no such file") })
+    }
+
     @Test("a health check that hangs is killed at its timeout and counted as health-check")
     func hangingHealthCheck() throws {
         let agent = try ScriptAgent()
@@ -316,6 +394,7 @@ struct FailureReasonTests {
         #expect(try harness.ctl("stop", "script").status == 0)
         var status = try harness.agent("script")
         #expect(status.state == "stopped")
+        #expect(status.stoppedByOperator)
         #expect(!status.degraded, "stopped by an operator is not degraded")
         try harness.wait(for: "agent-exited", count: 2, seconds: 10)
         #expect(agentProcesses(harness).isEmpty)
@@ -324,6 +403,9 @@ struct FailureReasonTests {
         status = try harness.agent("script")
         #expect(status.state == "running")
         #expect(status.content.active == "v2")
+        #expect(status.probation?.requiredSec == 600)
+        #expect(!status.stoppedByOperator)
+        #expect(try harness.ctl("start", "script").output.contains("already running"))
 
         // A stop survives a daemon restart.
         #expect(try harness.ctl("stop", "script").status == 0)

@@ -25,11 +25,17 @@ public struct Configuration: Sendable, Equatable {
         var warnings: [String] = []
         if agents.isEmpty { warnings.append("\(path): no [[agent]] is configured; backstopd will supervise nothing") }
         for agent in agents {
-            let programs = [agent.exec, agent.safeModeExec, agent.readyCheckExec, agent.healthCheckExec].compactMap(\.first)
-            for program in programs where program.hasPrefix("/") {
-                if !FileManager.default.isExecutableFile(atPath: program) {
-                    warnings.append("agent \(agent.name): \(program) is not an executable file (yet); starts will fail until it is")
-                }
+            let programs: [(key: String, words: [String], consequence: String)] = [
+                ("exec", agent.exec, "starts will fail until it is"),
+                ("safe_mode_exec", agent.safeModeExec, "safe mode will fail until it is"),
+                ("ready_check_exec", agent.readyCheckExec, "the agent will be stopped as a configuration error (exec-failed) until it is"),
+                ("health_check_exec", agent.healthCheckExec, "health checks will not be counted until it is"),
+            ]
+            for (key, words, consequence) in programs {
+                guard let program = words.first, program.hasPrefix("/"), !program.contains("{content}"),
+                    !FileManager.default.isExecutableFile(atPath: program)
+                else { continue }
+                warnings.append("agent \(agent.name): \(key): \(program) is not an executable file (yet); \(consequence)")
             }
             // Probation must outlast the time it takes to notice a hang, or a hanging version is promoted first.
             let detection = max(
@@ -137,7 +143,8 @@ public struct AgentConfiguration: Sendable, Equatable {
             watchdogSeconds: Double(watchdogSeconds), notify: notify, hasSafeModeExec: !safeModeExec.isEmpty,
             cleanExitIsFailure: cleanExitIsFailure, hasReadyCheck: !readyCheckExec.isEmpty,
             healthCheckIntervalSeconds: healthCheckExec.isEmpty ? nil : Double(healthCheckIntervalSeconds),
-            healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures)
+            healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures,
+            programIsContent: exec.first?.contains("{content}") == true)
     }
 
     /// Whether `name` is a valid agent name: `[a-z0-9_-]+`, at most 64 characters.

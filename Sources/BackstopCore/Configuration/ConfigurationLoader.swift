@@ -64,7 +64,8 @@ struct KeyLocator {
                 prefix = name.hasPrefix("agent.") && agentIndex >= 0 ? "agent[\(agentIndex)]" + name.dropFirst(5) : name
                 lines[prefix] = lines[prefix] ?? number
             } else if let equals = line.firstIndex(of: "=") {
-                let key = line[..<equals].trimmingCharacters(in: .whitespaces)
+                // A bare key or a quoted one ("key" = or 'key' =).
+                let key = line[..<equals].trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
                 guard !key.isEmpty, key.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) || $0 == "_" || $0 == "-" })
                 else { continue }
                 let full = prefix.isEmpty ? key : prefix + "." + key

@@ -39,7 +39,7 @@ public enum ManagerInterface {
         # Stops the agent until Start; needs root.
         method Stop(agent: string) -> ()
         # Starts the agent now (after Stop, during a backoff, or after giving up); needs root.
-        method Start(agent: string) -> (state: string)
+        method Start(agent: string) -> (state: string, reason: ?string)
 
         error NoSuchAgent (agent: string, message: string)
         error NoSuchVersion (version: string, message: string)
@@ -109,8 +109,8 @@ public enum ManagerInterface {
             case "Stop":
                 try await supervisor.stop(agent: try decode(AgentParameter.self, call).agent)
             case "Start":
-                let state = try await supervisor.start(agent: try decode(AgentParameter.self, call).agent)
-                return .of(["state": state])
+                let (state, reason) = try await supervisor.start(agent: try decode(AgentParameter.self, call).agent)
+                return .of(["state": state, "reason": reason])
             default:
                 return .failure("org.varlink.service.MethodNotFound", ["method": call.method])
             }

@@ -226,7 +226,7 @@ extension StatusReport.Agent {
             windowSec: Int(settings.failureWindowSeconds),
             list: policy.recentFailures(at: now).map {
                 StatusReport.Failure(
-                    reason: $0.reason.rawValue, attribution: settings.attribution(of: $0.reason).rawValue,
+                    reason: $0.reason.rawValue, attribution: policy.attribution(of: $0).rawValue,
                     version: $0.version, at: $0.at, exitStatus: $0.exitStatus,
                     signal: $0.signal.map(SignalName.of), coreDumped: $0.coreDumped)
             })
@@ -251,7 +251,7 @@ extension AgentPolicy {
         case _ where mode == .safeMode: return "safe-mode"
         case .starting, .stopping(.restart): return "starting"
         case .running: return "running"
-        case .backoff, .daemonized, .stopping(.failure): return "backoff"
+        case .backoff, .daemonized, .stopping(.failure), .stopping(.readyCheckCannotRun): return "backoff"
         case .stopped, .stopping(.shutdown), .stopping(.operatorStop): return "stopped"
         }
     }

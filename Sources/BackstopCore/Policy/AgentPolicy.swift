@@ -32,6 +32,8 @@ public struct PolicySettings: Sendable, Equatable {
     public var healthCheckTimeoutSeconds: Double
     /// `health_check_failures`: failed health checks in a row that make one failure.
     public var healthCheckFailures: Int
+    /// Whether the program the agent runs comes from its content (`{content}` in the first word of `exec`).
+    public var programIsContent: Bool
 
     /// Settings for `agent`; numbers not given take the TOML keys' defaults (SPEC.md, README.md).
     public init(
@@ -39,8 +41,10 @@ public struct PolicySettings: Sendable, Equatable {
         probationSeconds: Double = 600, restartDelayMilliseconds: Int = 100, restartDelayMaxSeconds: Double = 30,
         startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false,
         hasSafeModeExec: Bool = false, cleanExitIsFailure: Bool = false, hasReadyCheck: Bool = false,
-        healthCheckIntervalSeconds: Double? = nil, healthCheckTimeoutSeconds: Double = 10, healthCheckFailures: Int = 3
+        healthCheckIntervalSeconds: Double? = nil, healthCheckTimeoutSeconds: Double = 10, healthCheckFailures: Int = 3,
+        programIsContent: Bool = false
     ) {
+        self.programIsContent = programIsContent
         self.cleanExitIsFailure = cleanExitIsFailure
         self.hasReadyCheck = hasReadyCheck
         self.healthCheckIntervalSeconds = healthCheckIntervalSeconds
@@ -67,10 +71,21 @@ public struct PolicySettings: Sendable, Equatable {
     /// The longest pause between two ready checks, in seconds.
     public static let readyCheckRetryMaxSeconds: Double = 2
 
-    /// The attribution of `reason` under these settings (`clean_exit_is_failure`).
+    /// The attribution of `reason` under these settings (`clean_exit_is_failure`, and
+    /// whether the program is part of the content).
     public func attribution(of reason: FailureReason) -> Attribution {
-        reason.attribution(cleanExitIsFailure: cleanExitIsFailure)
+        reason.attribution(cleanExitIsFailure: cleanExitIsFailure, programIsContent: programIsContent)
     }
+}
+
+/// How a probe run ended.
+public enum ProbeResult: Sendable, Equatable {
+    /// It exited 0 in time.
+    case passed
+    /// A non-zero exit, a signal or a timeout, as described.
+    case failed(String)
+    /// Its program could not be executed (missing, not executable): a configuration error, not the agent's.
+    case couldNotRun(String)
 }
 
 /// A check Backstop runs beside the agent (`ready_check_exec`, `health_check_exec`).
@@ -99,6 +114,9 @@ public enum StopIntent: Sendable, Equatable, Codable {
     case shutdown
     /// An operator ran `backstopctl stop`: leave it stopped until `backstopctl start`.
     case operatorStop
+    /// `ready_check_exec` cannot be run, so readiness cannot be judged: an `exec-failed`
+    /// configuration error, whatever the content.
+    case readyCheckCannotRun
 }
 
 /// The life of one supervised agent: one explicit state, changed only in ``AgentPolicy``.
@@ -155,7 +173,7 @@ public enum PolicyAction: Sendable, Equatable {
     /// Report a decision to the journal and the timeline.
     case record(Decision)
     /// Run a probe; its process is killed after `timeoutSeconds` and the result fed to
-    /// ``AgentPolicy/probeFinished(_:passed:detail:at:)``.
+    /// ``AgentPolicy/probeFinished(_:result:at:)``.
     case probe(Probe, timeoutSeconds: Double)
 }
 
@@ -175,6 +193,9 @@ public struct FailureRecord: Sendable, Equatable, Codable {
     public var signal: Int32?
     /// Whether a core was dumped; nil when the agent was not killed by a signal or the kernel could not tell.
     public var coreDumped: Bool?
+    /// Set when the attribution is not the reason's usual one (a ready check that cannot run
+    /// is a configuration error even when the program is part of the content).
+    public var attribution: Attribution?
 
     /// How it failed, as two failures are compared to tell whether a rollback helped:
     /// the reason, and the signal for a crash (`crashed SIGSEGV`, `hung`, `exited`).
@@ -313,8 +334,17 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// The failures inside the window that count against the content (``Attribution/content``).
     public func countedFailures(at now: Moment) -> [FailureRecord] {
-        recentFailures(at: now).filter { settings.attribution(of: $0.reason) == .content }
+        recentFailures(at: now).filter { attribution(of: $0) == .content }
     }
+
+    /// What `failure` says about the content: its own attribution, else its reason's.
+    public func attribution(of failure: FailureRecord) -> Attribution {
+        failure.attribution ?? settings.attribution(of: failure.reason)
+    }
+
+    /// How many failures that do not count against the content are kept (the most recent):
+    /// an agent that exits cleanly many times a second must not grow the state without bound.
+    public static let uncountedFailuresKept = 20
 
     /// The delay before the next restart after `consecutiveFailures` failures, in seconds:
     /// `restart_delay_ms` doubled per further failure, capped at `restart_delay_max_sec`.
@@ -432,15 +462,22 @@ public struct AgentPolicy: Sendable, Equatable {
         (!settings.notify || readyNotified) && (!settings.hasReadyCheck || readyCheckPassed)
     }
 
-    /// A probe the policy asked for (``PolicyAction/probe(_:timeoutSeconds:)``) ended;
-    /// `passed` is false for a non-zero exit, a signal or a timeout, which `detail` describes.
-    public mutating func probeFinished(_ probe: Probe, passed: Bool, detail: String, at now: Moment) -> [PolicyAction] {
+    /// A probe the policy asked for (``PolicyAction/probe(_:timeoutSeconds:)``) ended.
+    /// A ready check that cannot run at all stops the agent as an `exec-failed` configuration
+    /// error; a health check that cannot run is not counted (the host reports it).
+    public mutating func probeFinished(_ probe: Probe, result: ProbeResult, at now: Moment) -> [PolicyAction] {
         switch probe {
         case .ready:
             guard settings.hasReadyCheck, phase == .starting, !readyCheckPassed else { return [] }
-            if passed {
+            switch result {
+            case .passed:
                 readyCheckPassed = true
                 return readinessComplete ? becomeReady(at: now) : []
+            case .couldNotRun:
+                phase = .stopping(.readyCheckCannotRun)
+                return disarmRunTimers() + [.terminate(signal: SIGTERM)]
+            case .failed:
+                break
             }
             readyCheckFailuresInARow += 1
             let pause = min(
@@ -449,7 +486,12 @@ public struct AgentPolicy: Sendable, Equatable {
             return [arm(.readyCheck, at: now.monotonicSeconds + pause)]
         case .health:
             guard let interval = settings.healthCheckIntervalSeconds, phase == .running else { return [] }
-            healthCheckFailuresInARow = passed ? 0 : healthCheckFailuresInARow + 1
+            let detail: String
+            switch result {
+            case .passed: healthCheckFailuresInARow = 0; detail = ""
+            case .failed(let what): healthCheckFailuresInARow += 1; detail = what
+            case .couldNotRun: return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
+            }
             guard healthCheckFailuresInARow >= settings.healthCheckFailures else {
                 return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
             }
@@ -491,6 +533,9 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping(.failure(let reason)):
             actions.append(recordExit(termination, version: version, reason: reason, at: now))
             return actions + countFailure(reason, termination: termination, at: now)
+        case .stopping(.readyCheckCannotRun):
+            actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
+            return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
         case .starting, .running:
             let reason = FailureReason.classify(termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty)
             var exit = recordExit(termination, version: version, reason: reason, at: now)
@@ -515,7 +560,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping(.shutdown), .stopping(.operatorStop):
             phase = .stopped
             return []
-        case .stopping(.failure), .starting, .running, .backoff, .stopped, .givenUp:
+        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .stopped, .givenUp:
             return []
         }
     }
@@ -526,10 +571,14 @@ public struct AgentPolicy: Sendable, Equatable {
         var actions = disarmRunTimers()
         switch phase {
         case .starting:
+            let counts = settings.attribution(of: .execFailed) == .content
+            let why = counts
+                ? "the program is part of content \(ledger.active ?? "none"), so this counts against it"
+                : FailureReason.execFailed.remedy!
             actions.append(.record(Decision(
-                .agentExited, agent: settings.agent, version: ledger.active, failures: countedFailures(at: now).count,
-                reason: FailureReason.execFailed.rawValue,
-                message: "Agent \(settings.agent) could not be started: \(message); \(FailureReason.execFailed.remedy!).")))
+                .agentExited, agent: settings.agent, version: ledger.active,
+                failures: counts ? countedFailures(at: now).count + 1 : nil, reason: FailureReason.execFailed.rawValue,
+                message: "Agent \(settings.agent) could not be started: \(message); \(why).")))
             return actions + countFailure(.execFailed, termination: nil, at: now)
         case .stopping(.shutdown), .stopping(.operatorStop):
             phase = .stopped
@@ -538,6 +587,8 @@ public struct AgentPolicy: Sendable, Equatable {
             return actions + spawnActive(at: now)
         case .stopping(.failure(let reason)):
             return actions + countFailure(reason, termination: nil, at: now)
+        case .stopping(.readyCheckCannotRun):
+            return actions + countFailure(.execFailed, termination: nil, attribution: .configuration, at: now)
         case .stopped, .running, .backoff, .givenUp, .daemonized:
             return actions
         }
@@ -818,13 +869,21 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// Records a failure and acts on its attribution (``FailureReason/attribution(cleanExitIsFailure:)``);
     /// `termination` is nil when there was no process to end (exec failed).
-    private mutating func countFailure(_ reason: FailureReason, termination: Termination?, at now: Moment) -> [PolicyAction] {
-        failures = recentFailures(at: now)
-        failures.append(FailureRecord(
+    private mutating func countFailure(
+        _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, at now: Moment
+    ) -> [PolicyAction] {
+        let record = FailureRecord(
             reason: reason, version: runningVersion ?? ledger.active, monotonicSeconds: now.monotonicSeconds, at: now.wall,
-            exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped))
+            exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped,
+            attribution: attribution)
+        var uncounted = 0
+        failures = (recentFailures(at: now) + [record]).reversed().filter { failure in
+            guard self.attribution(of: failure) != .content else { return true }
+            uncounted += 1
+            return uncounted <= Self.uncountedFailuresKept
+        }.reversed()
         consecutiveFailures += 1
-        switch settings.attribution(of: reason) {
+        switch self.attribution(of: record) {
         case .restartOnly, .configuration:
             // Not the content's doing: restarted with backoff, never rolled back. A daemonized
             // agent still runs in the background; starting it again would run it twice.
@@ -1005,11 +1064,14 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// The `agent-exited` decision, with `reason` nil for an exit Backstop asked for. For a
     /// failure that counts it carries the window's count including this one.
-    private func recordExit(_ termination: Termination, version: String?, reason: FailureReason?, at now: Moment) -> PolicyAction {
+    private func recordExit(
+        _ termination: Termination, version: String?, reason: FailureReason?, attribution: Attribution? = nil, at now: Moment
+    ) -> PolicyAction {
         let content = version ?? "none"
         var message: String
         var counted: Int?
-        switch reason.map(settings.attribution(of:)) {
+        let attribution = attribution ?? reason.map(settings.attribution(of:))
+        switch attribution {
         case nil:
             message = "Agent \(settings.agent) stopped as asked (\(termination.description))."
         case .content?:
@@ -1020,7 +1082,9 @@ public struct AgentPolicy: Sendable, Equatable {
         case .configuration?:
             message = "Agent \(settings.agent) cannot be supervised as configured (\(reason!.rawValue)): \(termination.description) on content \(content)."
         }
-        if let remedy = reason?.remedy { message += " " + remedy.prefix(1).uppercased() + remedy.dropFirst() + "." }
+        if let reason, let remedy = reason.remedy, reason == .oomKilled || attribution != .content {
+            message += " " + remedy.prefix(1).uppercased() + remedy.dropFirst() + "."
+        }
         return .record(Decision(
             .agentExited, agent: settings.agent, version: version, exitStatus: termination.exitStatus,
             signal: termination.signal, coreDumped: termination.coreDumped, failures: counted,

@@ -4,7 +4,7 @@ import Foundation
 ///
 /// This is the one place that decides it; README.md ("Which failures count against
 /// content") shows the same table, and a unit test keeps the two in step.
-public enum Attribution: String, Sendable, Equatable {
+public enum Attribution: String, Sendable, Equatable, Codable {
     /// Counts toward the crash loop of the active version: enough of them in the
     /// window roll a candidate back (or walk the escalation ladder on known-good content).
     case content
@@ -17,13 +17,17 @@ public enum Attribution: String, Sendable, Equatable {
 
 extension FailureReason {
     /// The attribution table (README.md shows it too).
-    /// - Parameter cleanExitIsFailure: `clean_exit_is_failure`: a clean exit then counts like any other exit.
-    public func attribution(cleanExitIsFailure: Bool) -> Attribution {
+    /// - Parameters:
+    ///   - cleanExitIsFailure: `clean_exit_is_failure`: a clean exit then counts like any other exit.
+    ///   - programIsContent: the program itself comes from the content (`{content}` in the
+    ///     first word of `exec`): then a program that cannot be executed is the content's fault.
+    public func attribution(cleanExitIsFailure: Bool, programIsContent: Bool = false) -> Attribution {
         switch self {
         case .crashed, .exited, .hung, .startTimeout, .healthCheck, .oomKilled: return .content
         case .cleanExit: return cleanExitIsFailure ? .content : .restartOnly
         case .killedExternally: return .restartOnly
-        case .execFailed, .daemonized: return .configuration
+        case .execFailed: return programIsContent ? .content : .configuration
+        case .daemonized: return .configuration
         }
     }
 
@@ -32,7 +36,7 @@ extension FailureReason {
     public var remedy: String? {
         switch self {
         case .execFailed:
-            return "check that the first word of exec names an executable program; Backstop keeps retrying with backoff and does not blame the content"
+            return "check that exec (or ready_check_exec) names an executable program; Backstop keeps retrying with backoff and does not blame the content"
         case .daemonized:
             return "configure the agent to stay in the foreground (for clamd: Foreground yes); Backstop starts it again once the background processes have exited"
         case .oomKilled:

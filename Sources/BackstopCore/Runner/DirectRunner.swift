@@ -25,6 +25,10 @@ public struct LaunchRequest: Sendable, Equatable {
     /// so that a restarted daemon finds what a killed one left behind.
     public static let storeVariable = "BACKSTOP_STORE"
 
+    /// The same mark for the processes of the agent's probes, kept apart from the
+    /// agent's so that what a probe leaves is never taken for the agent's.
+    public static let probeStoreVariable = "BACKSTOP_PROBE_STORE"
+
     /// The request for `exec` on a content version: `{content}` replaced by the
     /// version's path; `BACKSTOP_CONTENT`, `BACKSTOP_CONTENT_VERSION`, `BACKSTOP_STORE`,
     /// `NOTIFY_SOCKET` and, with a watchdog, `WATCHDOG_USEC` (sd_watchdog_enabled(3)) set.
@@ -117,21 +121,29 @@ public enum DirectRunner {
 
     /// Runs a probe command and says whether it passed: exit code 0 within `timeoutSeconds`.
     /// A probe still running at the timeout is killed with its process group (SIGKILL).
-    /// - Returns: `passed`, and for a failure what happened ("exit code 1", "timed out after 10 s").
+    /// - Returns: passed; failed with what happened ("exit code 1", "timed out after 10 s");
+    ///   or could not run (its program is missing or not executable).
     /// - Parameter started: called with the probe's pid once it exists.
     public static func probe(
         _ request: LaunchRequest, timeoutSeconds: Double, started: @Sendable (Int32) async -> Void
-    ) async -> (passed: Bool, detail: String) {
+    ) async -> ProbeResult {
         let deadline = ProbeDeadline()
         let result = await run(request) { pid in
             deadline.arm(pid: pid, seconds: timeoutSeconds)
             await started(pid)
         }
-        if deadline.finish() { return (false, "timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
+        // Nothing a probe starts outlives it: its session, and what left the session with its mark.
+        if let pid = deadline.pid, let mark = request.environment[LaunchRequest.probeStoreVariable] {
+            signalGroup(pid, SIGKILL)
+            ProcessTable.killTree(
+                ofSession: pid, environment: LaunchRequest.probeStoreVariable, value: mark,
+                isStartedHere: ChildReaper.shared.isKnown)
+        }
+        if deadline.finish() { return .failed("timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
         switch result {
-        case .success(.exited(code: 0)): return (true, "exit code 0")
-        case .success(let termination): return (false, termination.description)
-        case .failure(let error): return (false, error.message)
+        case .success(.exited(code: 0)): return .passed
+        case .success(let termination): return .failed(termination.description)
+        case .failure(let error): return .couldNotRun(error.message)
         }
     }
 
@@ -233,8 +245,13 @@ private final class ProbeDeadline: @unchecked Sendable {
     private let lock = NSLock()
     private var timer: Task<Void, Never>?
     private var fired = false
+    private var probePID: Int32?
+
+    /// The probe's pid, once it started.
+    var pid: Int32? { lock.withLock { probePID } }
 
     func arm(pid: Int32, seconds: Double) {
+        lock.withLock { probePID = pid }
         let task = Task {
             try? await Task.sleep(for: .seconds(seconds))
             guard !Task.isCancelled else { return }

@@ -22,15 +22,21 @@ public enum ProcessTable {
     /// those of its session (the leader's pid is the session id, setsid(2)), the
     /// children this process adopted as subreaper that carry the agent's `NAME=value`
     /// mark in their environment, and every descendant of either.
-    /// - Parameter isStartedHere: whether a pid is a child this process started itself (not adopted).
+    /// - Parameters:
+    ///   - isStartedHere: whether a pid is a child this process started itself (not adopted).
+    ///   - unmarkedAdopted: also count adopted children with no Backstop mark at all (they
+    ///     cleared their environment); right when only this agent can have left them.
     public static func survivors(
-        ofSession leader: Int32, environment name: String, value: String, isStartedHere: (Int32) -> Bool
+        ofSession leader: Int32, environment name: String, value: String, isStartedHere: (Int32) -> Bool,
+        unmarkedAdopted: Bool = false
     ) -> [Int32] {
         let own = getpid()
         let live = entries().filter { $0.state != "Z" && $0.pid != own }
         var found = Set(live.filter { entry in
-            entry.session == leader
-                || (entry.parent == own && !isStartedHere(entry.pid) && hasEnvironment(entry.pid, name: name, value: value))
+            if entry.session == leader { return true }
+            guard entry.parent == own, !isStartedHere(entry.pid) else { return false }
+            if hasEnvironment(entry.pid, name: name, value: value) { return true }
+            return unmarkedAdopted && !hasMark(entry.pid)
         }.map(\.pid))
         var grew = true
         while grew {
@@ -39,6 +45,25 @@ public enum ProcessTable {
             found.formUnion(children)
         }
         return found.sorted()
+    }
+
+    /// SIGKILLs the ``survivors(ofSession:environment:value:isStartedHere:unmarkedAdopted:)``,
+    /// again until none is left (one may fork between the scan and the kill), at most 5 rounds.
+    /// - Returns: the pids killed.
+    @discardableResult
+    public static func killTree(
+        ofSession leader: Int32, environment name: String, value: String, isStartedHere: (Int32) -> Bool,
+        unmarkedAdopted: Bool = false
+    ) -> [Int32] {
+        var killed: [Int32] = []
+        for _ in 0..<5 {
+            let found = survivors(
+                ofSession: leader, environment: name, value: value, isStartedHere: isStartedHere, unmarkedAdopted: unmarkedAdopted)
+            guard !found.isEmpty else { break }
+            found.forEach { _ = kill($0, SIGKILL) }
+            killed += found
+        }
+        return killed
     }
 
     /// The children this process adopted as subreaper and did not start, still alive.
@@ -73,6 +98,13 @@ public enum ProcessTable {
         guard fields.count >= 4, let state = fields[0].first, let parent = Int32(fields[1]), let session = Int32(fields[3])
         else { return nil }
         return Entry(pid: pid, state: state, parent: parent, session: session)
+    }
+
+    /// Whether the process carries any Backstop mark (an agent's or a probe's).
+    static func hasMark(_ pid: Int32) -> Bool {
+        guard let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return true }
+        let prefixes = [LaunchRequest.storeVariable, LaunchRequest.probeStoreVariable].map { Array("\($0)=".utf8) }
+        return environ.split(separator: 0).contains { entry in prefixes.contains { entry.starts(with: $0) } }
     }
 
     static func hasEnvironment(_ pid: Int32, name: String, value: String) -> Bool {

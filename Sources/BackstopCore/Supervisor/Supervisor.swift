@@ -38,6 +38,8 @@ struct AgentSlot {
     var startedAtKernelMicroseconds: UInt64 = 0
     /// Processes a `daemonized` agent left running in the background.
     var strays: Set<Int32> = []
+    /// The session of the run that left ``strays``, to find what they leave in turn.
+    var straySession: Int32?
     /// Probe processes running for the current run, by probe.
     var probePIDs: [Probe: Int32] = [:]
     /// Whether a failed ready check was logged in the current run (the rest go to debug).
@@ -275,14 +277,16 @@ public actor Supervisor {
     }
 
     /// Starts `agent` now: after an operator stop, during a backoff, or after it was given up.
-    /// - Returns: the agent's state word afterwards (`starting`, or `running` when it already ran).
+    /// - Returns: the agent's state word afterwards (`starting` when it was started) and,
+    ///   when it was not started, why not (its degraded reason), if there is one.
     /// - Throws: ``ManagerError/noSuchAgent(_:)``, ``ManagerError/shuttingDown``.
     @discardableResult
-    public func start(agent: String) async throws(ManagerError) -> String {
+    public func start(agent: String) async throws(ManagerError) -> (state: String, reason: String?) {
         try await inTurn(agent) { () throws(ManagerError) in
             try operate(agent) { policy, now in policy.start(at: now) }
         }
-        return slots[agent]?.policy.stateWord ?? "stopped"
+        let policy = slots[agent]!.policy
+        return (policy.stateWord, policy.degradedReason)
     }
 
     /// Runs `request` after every earlier operator request for `agent` has finished, so that
@@ -344,25 +348,24 @@ public actor Supervisor {
         case .success(let termination):
             let policy = slots[name]!.policy
             let unasked = policy.phase == .starting || policy.phase == .running
-            // What the run left: children in its session, or ones that left the session
-            // and were re-parented here (subreaper) with the agent's mark.
-            let survivors = leader.map {
-                ProcessTable.survivors(
-                    ofSession: $0, environment: LaunchRequest.storeVariable, value: slots[name]!.store.root,
-                    isStartedHere: ChildReaper.shared.isKnown)
-            } ?? []
+            let survivors = leader.map { leftovers(of: name, session: $0) } ?? []
             // An agent that forked into the background keeps running there until it ends or
             // is stopped; anything else an agent leaves behind ends with it.
             let daemonized = unasked && termination == .exited(code: 0) && !survivors.isEmpty
-            if !daemonized {
-                if let leader { DirectRunner.signalGroup(leader, SIGKILL) }
-                survivors.forEach { _ = kill($0, SIGKILL) }
+            if !daemonized, let leader {
+                DirectRunner.signalGroup(leader, SIGKILL)
+                ProcessTable.killTree(
+                    ofSession: leader, environment: LaunchRequest.storeVariable, value: slots[name]!.store.root,
+                    isStartedHere: ChildReaper.shared.isKnown, unmarkedAdopted: aloneWithProcesses(name))
             }
             let oomKilled = unasked && termination.signal == SIGKILL
                 && leader.map { KernelLog.recordsOOMKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } == true
             apply(slots[name]!.policy.agentExited(
                 termination, oomKilled: oomKilled, survivors: daemonized ? survivors : [], at: now), to: name)
-            if daemonized { slots[name]!.strays = Set(survivors) }
+            if daemonized {
+                slots[name]!.strays = Set(survivors)
+                slots[name]!.straySession = leader
+            }
         case .failure(let error):
             apply(slots[name]!.policy.spawnFailed(error.message, at: now), to: name)
         }
@@ -374,7 +377,9 @@ public actor Supervisor {
     /// daemonized agent left running, the agent may start again.
     private func adoptedChildReaped(_ pid: Int32) {
         for name in slots.keys.sorted() where !slots[name]!.strays.isEmpty {
-            slots[name]!.strays = slots[name]!.strays.filter(ProcessTable.isAlive)
+            // A stray that ended may have left children of its own, re-parented here: they are the agent's too.
+            let found = slots[name]!.straySession.map { leftovers(of: name, session: $0) } ?? []
+            slots[name]!.strays = slots[name]!.strays.filter(ProcessTable.isAlive).union(found)
             guard slots[name]!.strays.isEmpty else { continue }
             slots[name]!.killEscalation?.cancel()
             logger.notice("The processes agent \(name) left in the background have exited.", metadata: ["agent": "\(name)"])
@@ -382,6 +387,21 @@ public actor Supervisor {
             persist(name)
         }
         resumeStopWaitersIfDone()
+    }
+
+    /// What a run of agent `name` whose leader (session) was `session` left running: its
+    /// session, what left the session with the agent's mark, and their descendants; also
+    /// adopted processes that cleared their environment when no other agent can have left them.
+    private func leftovers(of name: String, session: Int32) -> [Int32] {
+        ProcessTable.survivors(
+            ofSession: session, environment: LaunchRequest.storeVariable, value: slots[name]!.store.root,
+            isStartedHere: ChildReaper.shared.isKnown, unmarkedAdopted: aloneWithProcesses(name))
+    }
+
+    /// Whether no agent but `name` has processes running: then an adopted process without
+    /// any mark can only be `name`'s. (With several, it is stopped when backstopd stops.)
+    private func aloneWithProcesses(_ name: String) -> Bool {
+        slots.allSatisfy { $0.key == name || ($0.value.pid == nil && $0.value.strays.isEmpty) }
     }
 
     /// Runs a ready or health check of the current run, off the actor.
@@ -394,12 +414,14 @@ public actor Supervisor {
             store: slot.store.root, contentPath: slot.store.path(of: version), version: version, notifySocket: nil,
             watchdogSeconds: 0)
         request.discardsStandardOutput = true
+        request.environment[LaunchRequest.storeVariable] = nil
+        request.environment[LaunchRequest.probeStoreVariable] = slot.store.root
         if let pid = slot.pid { request.environment["BACKSTOP_AGENT_PID"] = String(pid) }
         Task {
-            let (passed, detail) = await DirectRunner.probe(request, timeoutSeconds: timeoutSeconds) { pid in
+            let result = await DirectRunner.probe(request, timeoutSeconds: timeoutSeconds) { pid in
                 await self.probeStarted(name, generation: generation, probe, pid: pid)
             }
-            self.probeFinished(name, generation: generation, probe, passed: passed, detail: detail)
+            self.probeFinished(name, generation: generation, probe, result: result)
         }
     }
 
@@ -412,13 +434,16 @@ public actor Supervisor {
         slots[name]!.probePIDs[probe] = pid
     }
 
-    private func probeFinished(_ name: String, generation: Int, _ probe: Probe, passed: Bool, detail: String) {
+    private func probeFinished(_ name: String, generation: Int, _ probe: Probe, result: ProbeResult) {
         // A probe of a run that is over was killed with it; its result means nothing.
         guard slots[name]?.generation == generation, slots[name]?.pid != nil, !shuttingDown else { return }
         slots[name]!.probePIDs[probe] = nil
-        if !passed {
+        let metadata: Logger.Metadata = ["agent": "\(name)", "probe": "\(probe.rawValue)"]
+        switch result {
+        case .passed:
+            break
+        case .failed(let detail):
             let message = "The \(probe.rawValue) check of agent \(name) failed: \(detail)."
-            let metadata: Logger.Metadata = ["agent": "\(name)", "probe": "\(probe.rawValue)"]
             // A ready check fails until the agent is up: said once per start, then only in debug output.
             if probe == .ready, slots[name]!.readyCheckFailureSaid {
                 logger.debug("\(message)", metadata: metadata)
@@ -426,8 +451,13 @@ public actor Supervisor {
                 logger.notice("\(message)\(probe == .ready ? " Retrying until the agent is ready or start_timeout_sec runs out." : "")", metadata: metadata)
                 if probe == .ready { slots[name]!.readyCheckFailureSaid = true }
             }
+        case .couldNotRun(let detail):
+            let consequence = probe == .ready
+                ? "readiness cannot be judged, so the agent is stopped (a configuration error, not the content's); fix ready_check_exec"
+                : "this check is not counted until health_check_exec is fixed"
+            logger.error("The \(probe.rawValue) check of agent \(name) cannot run: \(detail); \(consequence).", metadata: metadata)
         }
-        apply(slots[name]!.policy.probeFinished(probe, passed: passed, detail: detail, at: Moment.now()), to: name)
+        apply(slots[name]!.policy.probeFinished(probe, result: result, at: Moment.now()), to: name)
         persist(name)
     }
 
