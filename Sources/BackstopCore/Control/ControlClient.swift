@@ -115,11 +115,10 @@ extension StatusReport {
             policy.restore(from: state, currentBootID: bootID)
             return StatusReport.Agent(policy: policy, pid: nil, statusText: nil, at: now)
         }
+        let bootLog = BootLog.load(stateDirectory: configuration.daemon.stateDirectory)
         let report = StatusReport(
             daemon: .init(running: false, pid: nil, version: Backstop.version),
-            boot: .init(
-                id: bootID, state: BootLog.load(stateDirectory: configuration.daemon.stateDirectory).state(of: bootID),
-                consecutiveFailed: 0),
+            boot: .init(id: bootID, state: bootLog.state(of: bootID), consecutiveFailed: bootLog.consecutiveFailed(before: bootID)),
             agents: agents)
         return (report, problems)
     }

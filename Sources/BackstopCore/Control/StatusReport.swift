@@ -27,7 +27,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var id: String
         /// `pending` or `good`.
         public var state: String
-        /// `consecutive_failed`: failed boots in a row before this one; this version always reports 0.
+        /// `consecutive_failed`: failed boots in a row just before this one.
         public var consecutiveFailed: Int
 
         enum CodingKeys: String, CodingKey {

@@ -47,12 +47,30 @@ public struct DaemonService: Sendable {
         logger.info("backstopd \(Backstop.version) is running.", metadata: [
             "config": "\(configuration.path)", "agents": "\(configuration.agents.map(\.name).joined(separator: ","))",
         ])
+        let watchdog = Task { await Self.pingWatchdog(through: supervisor) }
         await shutdownRequested()
+        watchdog.cancel()
         Self.notifySystemd("STOPPING=1\nSTATUS=Stopping agents")
         logger.info("Stopping: terminating the agents.")
         server.stop()
         await supervisor.shutdown()
         logger.info("Stopped.")
+    }
+
+    /// Sends `WATCHDOG=1` at half the interval systemd asks for (`WatchdogSec=`, read with
+    /// sd_watchdog_enabled(3)), each time after a round trip through the supervisor, so that
+    /// a wedged supervisor stops the pings and systemd restarts the daemon. Returns at once
+    /// when no watchdog is asked for; the only periodic wakeup of an idle daemon.
+    static func pingWatchdog(through supervisor: Supervisor) async {
+        var microseconds: UInt64 = 0
+        guard sd_watchdog_enabled(0, &microseconds) > 0, microseconds > 0 else { return }
+        let interval = Duration.microseconds(Int64(microseconds / 2))
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            guard !Task.isCancelled else { return }
+            await supervisor.heartbeat()
+            notifySystemd("WATCHDOG=1")
+        }
     }
 
     /// sd_notify(3) to the service manager; errors are ignored, as outside systemd there is none.

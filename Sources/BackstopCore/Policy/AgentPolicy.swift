@@ -212,6 +212,10 @@ public enum EscalationReason: String, Sendable {
     case knownGoodCrashLoops = "known-good-crash-loops"
     /// The agent crash-looped in safe mode.
     case safeModeCrashLoops = "safe-mode-crash-loop"
+    /// Every known-good version boot-looped too.
+    case knownGoodBootLoops = "known-good-boot-loops"
+    /// The machine boot-looped with the agent in safe mode.
+    case safeModeBootLoops = "safe-mode-boot-loop"
     /// Safe mode means "do not start": `safe_mode_exec` is empty.
     case noSafeModeExec = "no-safe-mode-exec"
     /// No content is left to run safe mode on.
@@ -225,6 +229,8 @@ public enum EscalationReason: String, Sendable {
         case .noKnownGood: return "the failing content has no intact known-good version behind it"
         case .knownGoodCrashLoops: return "every known-good version crash-loops too"
         case .safeModeCrashLoops: return "it crash-loops in safe mode as well"
+        case .knownGoodBootLoops: return "the machine fails to boot with every known-good version too"
+        case .safeModeBootLoops: return "the machine fails to boot with it in safe mode as well"
         case .noSafeModeExec: return "no safe_mode_exec is configured"
         case .noContent: return "no content is left to run"
         case .rollbackDidNotHelp: return "rolling back did not help, the agent fails the same way on known-good content"
@@ -907,45 +913,86 @@ public struct AgentPolicy: Sendable, Equatable {
         let from = ledger.active
         failures = []
         consecutiveFailures = 0
-        // The same failure again on the version a crash-loop rollback went to: switching
-        // versions does not help, so Backstop stops doing it (no ping-pong).
-        let rollbackFailed = mode == .normal && ledger.candidate == nil && from != nil && lastRollback?.to == from
-            && lastRollback?.failure != nil && lastRollback?.failure == signature
+        let rollbackFailed = rollbackWouldRepeat(signature)
         var message = "Agent \(settings.agent) failed \(count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(from ?? "none"): crash loop."
         if rollbackFailed, let lastRollback {
             message += " Rolling back from \(lastRollback.from) did not help: it fails the same way (\(signature ?? "")), so the content is not switched again."
         }
-        var actions: [PolicyAction] = [.record(Decision(
+        let decision = PolicyAction.record(Decision(
             .crashLoop, agent: settings.agent, version: from, signal: counted.last?.signal, failures: count,
             reason: rollbackFailed ? EscalationReason.rollbackDidNotHelp.rawValue : counted.last?.reason.rawValue,
-            message: message))]
+            message: message))
+        return [decision] + escalate(.crash, count: count, signature: signature, rollbackFailed: rollbackFailed, at: now)
+    }
+
+    /// A boot loop, judged at the daemon's start before the agent runs: the machine failed to
+    /// boot `failedBoots` times in a row (`boot_failure_threshold` or more) with the agent on
+    /// its current content. Walks the same ladder as a crash loop, before the agent starts:
+    /// a candidate is quarantined and rolled back; known-good content goes to an older
+    /// known-good version, then safe mode, then give up.
+    public mutating func bootLoop(failedBoots: Int, at now: Moment) -> [PolicyAction] {
+        guard phase == .stopped, let active = ledger.active else { return [] }
+        let signature = "failed-boot"
+        let rollbackFailed = rollbackWouldRepeat(signature)
+        var message = "The machine failed to boot \(failedBoots) times in a row with agent \(settings.agent) on content \(active)\(mode == .safeMode ? " in safe mode" : ""): boot loop."
+        if rollbackFailed, let lastRollback {
+            message += " Rolling back from \(lastRollback.from) did not help, so the content is not switched again."
+        }
+        let decision = PolicyAction.record(Decision(
+            .bootAssessed, agent: settings.agent, version: active, failures: failedBoots,
+            reason: rollbackFailed ? EscalationReason.rollbackDidNotHelp.rawValue : "boot-loop", message: message))
+        return [decision] + escalate(.boot, count: failedBoots, signature: signature, rollbackFailed: rollbackFailed, at: now)
+    }
+
+    /// What set off an escalation: failures within the window, or failed boots in a row.
+    private enum Loop {
+        case crash, boot
+
+        /// `crash-loop` or `boot-loop`: the quarantine and rollback reason.
+        var word: String { self == .crash ? "crash-loop" : "boot-loop" }
+    }
+
+    /// The same failure again on the version a loop's rollback went to: switching versions
+    /// does not help, so Backstop stops doing it (no ping-pong).
+    private func rollbackWouldRepeat(_ signature: String?) -> Bool {
+        mode == .normal && ledger.candidate == nil && ledger.active != nil && lastRollback?.to == ledger.active
+            && lastRollback?.failure != nil && lastRollback?.failure == signature
+    }
+
+    /// The escalation ladder after a crash loop or a boot loop on the active content.
+    private mutating func escalate(
+        _ loop: Loop, count: Int, signature: String?, rollbackFailed: Bool, at now: Moment
+    ) -> [PolicyAction] {
+        let from = ledger.active
         if mode == .safeMode {
-            return actions + giveUp(.safeModeCrashLoops, version: from, at: now)
+            return giveUp(loop == .crash ? .safeModeCrashLoops : .safeModeBootLoops, version: from, at: now)
         }
         if rollbackFailed {
             rollbackDidNotHelp = true
             if let from { escalationTried.append(from) }
-            return actions + enterSafeMode(.rollbackDidNotHelp, version: from, at: now)
+            return enterSafeMode(.rollbackDidNotHelp, version: from, at: now)
         }
         if let candidate = ledger.candidate {
-            ledger.quarantine(candidate, reason: "crash-loop", at: now.wall)
-            actions.append(.record(Decision(
-                .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: "crash-loop",
-                message: "Quarantined content \(candidate) of agent \(settings.agent): it crash-looped in probation.")))
+            ledger.quarantine(candidate, reason: loop.word, at: now.wall)
+            let why = loop == .crash
+                ? "it crash-looped in probation"
+                : "the machine failed to boot \(count) times in a row with it in probation"
+            var actions: [PolicyAction] = [.record(Decision(
+                .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: loop.word,
+                message: "Quarantined content \(candidate) of agent \(settings.agent): \(why)."))]
             guard let knownGood = ledger.knownGood else {
                 // The first version: nothing to roll back to, and a quarantined version is never left active.
                 ledger.deactivate()
                 actions.append(.switchContent(version: nil))
                 return actions + enterSafeMode(.noKnownGood, version: candidate, at: now)
             }
-            return actions + rollBack(from: candidate, to: knownGood, reason: "crash-loop", failure: signature, at: now)
+            return actions + rollBack(from: candidate, to: knownGood, reason: loop.word, failure: signature, at: now)
         }
         if let from { escalationTried.append(from) }
         if let older = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) {
-            return actions + rollBack(
-                from: from ?? "none", to: older, reason: "crash-loop-on-known-good", failure: signature, at: now)
+            return rollBack(from: from ?? "none", to: older, reason: loop.word + "-on-known-good", failure: signature, at: now)
         }
-        return actions + enterSafeMode(.knownGoodCrashLoops, version: from, at: now)
+        return enterSafeMode(loop == .crash ? .knownGoodCrashLoops : .knownGoodBootLoops, version: from, at: now)
     }
 
     private mutating func rollBack(from: String, to: String, reason: String, failure: String?, at now: Moment) -> [PolicyAction] {

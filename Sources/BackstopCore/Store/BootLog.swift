@@ -1,32 +1,72 @@
 import Foundation
 
+/// What one agent ran in a boot, as last recorded in it.
+public struct BootAgentRecord: Codable, Sendable, Equatable {
+    /// The active version, nil when none.
+    public var active: String?
+    /// The candidate in probation, nil when the active version is known-good (or none is active).
+    public var candidate: String?
+    /// `normal` or `safe-mode`.
+    public var mode: RunMode
+
+    /// A record of what an agent runs.
+    public init(active: String?, candidate: String?, mode: RunMode) {
+        self.active = active
+        self.candidate = candidate
+        self.mode = mode
+    }
+}
+
 /// One boot as backstopd saw it.
 public struct BootRecord: Codable, Sendable, Equatable {
     /// The kernel's boot ID (32 hex digits, sd_id128_get_boot(3)).
     public var id: String
     /// When backstopd first started in this boot.
     public var startedAt: Date
-    /// `pending` until every agent with content stayed healthy for its
-    /// `boot_good_after_sec`, then `good`.
+    /// The current boot: `pending` until every agent with content stayed healthy for its
+    /// `boot_good_after_sec`, then `good`. A past boot, once the next one assessed it:
+    /// `good`, `failed` (neither good nor shut down cleanly, or ended uncleanly with a
+    /// candidate in probation) or `stopped` (shut down cleanly before it was judged good).
     public var state: String
-    /// The active version of each agent when backstopd started in this boot.
+    /// The active version of each agent, as last recorded in this boot.
     public var versions: [String: String]
+    /// What each agent ran, as last recorded in this boot; nil in records written before it was kept.
+    public var agents: [String: BootAgentRecord]?
+    /// Whether backstopd stopped cleanly (SIGTERM: a shutdown, or an operator stopping it) in
+    /// this boot and did not start again in it.
+    public var cleanShutdown: Bool?
 
     enum CodingKeys: String, CodingKey {
-        case id, state, versions
+        case id, state, versions, agents
         case startedAt = "started_at"
+        case cleanShutdown = "clean_shutdown"
     }
 
     /// A record of boot `id`; `state` is `pending` or `good`.
-    public init(id: String, startedAt: Date, state: String, versions: [String: String]) {
+    public init(id: String, startedAt: Date, state: String, agents: [String: BootAgentRecord]) {
         self.id = id
         self.startedAt = startedAt
         self.state = state
-        self.versions = versions
+        self.agents = agents
+        self.versions = agents.compactMapValues(\.active)
     }
 }
 
+/// The verdict on a boot that is over, made at the first start of backstopd in the next boot.
+public struct BootVerdict: Sendable, Equatable {
+    /// The boot judged.
+    public var record: BootRecord
+    /// `good`, `failed` or `stopped` (see ``BootRecord/state``).
+    public var state: String
+    /// Why, in a few words: "it was judged good", "it shut down cleanly", ...
+    public var explanation: String
+}
+
 /// The recent boots, oldest first: `<state_directory>/boots.json`, written crash-safely.
+///
+/// Boot assessment (SPEC.md's failed boot and boot loop) works on this log: at the first start
+/// in a new boot, the previous boot is judged (``enter(_:)``), and the failed boots in a row
+/// with the same content decide a boot loop (``failedBootsInARow(agent:running:)``).
 public struct BootLog: Codable, Sendable, Equatable {
     /// How many boots are kept; older ones are dropped, so the file stays small.
     public static let capacity = 100
@@ -54,11 +94,50 @@ public struct BootLog: Codable, Sendable, Equatable {
         try DurableFile.write(try JSONEncoder.backstop.encode(self), to: Self.path(stateDirectory: stateDirectory))
     }
 
-    /// Adds the current boot unless it is there already (a daemon restart within one boot).
-    public mutating func enter(_ record: BootRecord) {
-        guard !boots.contains(where: { $0.id == record.id }) else { return }
+    /// Starts recording the current boot. At the first start in a boot, the boot before it is
+    /// judged and its verdict returned; at a later start in the same boot (a daemon restart)
+    /// the boot goes on and is no longer marked as cleanly shut down.
+    public mutating func enter(_ record: BootRecord) -> BootVerdict? {
+        if let index = boots.firstIndex(where: { $0.id == record.id }) {
+            boots[index].cleanShutdown = nil
+            return nil
+        }
+        let verdict = boots.indices.last.map { judge(at: $0) }
         boots.append(record)
         if boots.count > Self.capacity { boots.removeFirst(boots.count - Self.capacity) }
+        return verdict
+    }
+
+    /// Judges the boot at `index`, which is over, and records the verdict in its state.
+    private mutating func judge(at index: Int) -> BootVerdict {
+        let boot = boots[index]
+        let candidates = (boot.agents ?? [:]).compactMap { name, agent in agent.candidate.map { "\(name) \($0)" } }.sorted()
+        let state: String
+        let explanation: String
+        if boot.cleanShutdown == true {
+            state = boot.state == "good" ? "good" : "stopped"
+            explanation = "backstopd was stopped cleanly in it"
+        } else if boot.state == "good" && candidates.isEmpty {
+            state = "good"
+            explanation = "every agent stayed healthy for its boot_good_after_sec"
+        } else if boot.state == "good" {
+            state = "failed"
+            explanation = "it ended without a clean shutdown while a candidate was in probation (\(candidates.joined(separator: ", ")))"
+        } else {
+            state = "failed"
+            explanation = "it was never judged good and did not shut down cleanly"
+        }
+        boots[index].state = state
+        return BootVerdict(record: boots[index], state: state, explanation: explanation)
+    }
+
+    /// Records what `agent` runs in boot `id` (a new activation, a rollback, a promotion).
+    /// - Returns: whether anything changed (and the log needs saving).
+    public mutating func record(_ agent: String, _ running: BootAgentRecord, in id: String) -> Bool {
+        guard let index = boots.firstIndex(where: { $0.id == id }), boots[index].agents?[agent] != running else { return false }
+        boots[index].agents = (boots[index].agents ?? [:]).merging([agent: running]) { _, new in new }
+        boots[index].versions[agent] = running.active
+        return true
     }
 
     /// Marks boot `id` good.
@@ -67,8 +146,26 @@ public struct BootLog: Codable, Sendable, Equatable {
         boots[index].state = "good"
     }
 
+    /// Marks boot `id` as cleanly shut down (backstopd stopped on SIGTERM).
+    public mutating func markCleanShutdown(_ id: String) {
+        guard let index = boots.firstIndex(where: { $0.id == id }) else { return }
+        boots[index].cleanShutdown = true
+    }
+
     /// The state of boot `id`, `pending` when unknown.
     public func state(of id: String) -> String {
         boots.first { $0.id == id }?.state ?? "pending"
+    }
+
+    /// Failed boots in a row just before boot `id` (the current one), newest first.
+    public func consecutiveFailed(before id: String) -> Int {
+        boots.filter { $0.id != id }.reversed().prefix { $0.state == "failed" }.count
+    }
+
+    /// Failed boots in a row, just before boot `id`, in which `agent` ran exactly `running`
+    /// (the same candidate, or the same known-good version in the same mode): the count a
+    /// boot loop is judged on.
+    public func failedBootsInARow(agent: String, running: BootAgentRecord, before id: String) -> Int {
+        boots.filter { $0.id != id }.reversed().prefix { $0.state == "failed" && $0.agents?[agent] == running }.count
     }
 }

@@ -90,20 +90,51 @@ public actor Supervisor {
                          metadata: ["error": "\(error)"])
         }
         let now = Moment.now()
-        bootLog = BootLog.load(stateDirectory: configuration.daemon.stateDirectory)
-        bootGood = bootLog.state(of: bootID) == "good"
         for agent in configuration.agents {
             var slot = restore(agent, at: now)
             (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
             slots[agent.name] = slot
-            let restartDue = slot.restartDue
-            apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: restartDue, at: now), to: agent.name)
+        }
+        // Boot assessment, before any agent starts: at the first start in a boot the
+        // previous boot is judged, and a boot loop is broken before the agent runs again.
+        bootLog = BootLog.load(stateDirectory: configuration.daemon.stateDirectory)
+        let verdict = bootLog.enter(BootRecord(
+            id: bootID, startedAt: now.wall, state: "pending", agents: slots.mapValues { Self.bootRecord(of: $0.policy) }))
+        bootGood = bootLog.state(of: bootID) == "good"
+        if let verdict { recordVerdict(verdict) }
+        for agent in configuration.agents {
+            let policy = slots[agent.name]!.policy
+            let failedBoots = verdict == nil
+                ? 0 : bootLog.failedBootsInARow(agent: agent.name, running: Self.bootRecord(of: policy), before: bootID)
+            if failedBoots >= agent.bootFailureThreshold {
+                apply(slots[agent.name]!.policy.bootLoop(failedBoots: failedBoots, at: now), to: agent.name)
+            } else {
+                let restartDue = slots[agent.name]!.restartDue
+                apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: restartDue, at: now), to: agent.name)
+            }
             persist(agent.name)
         }
-        var versions: [String: String] = [:]
-        for (name, slot) in slots { versions[name] = slot.policy.ledger.active }
-        bootLog.enter(BootRecord(id: bootID, startedAt: now.wall, state: "pending", versions: versions))
         saveBootLog()
+    }
+
+    /// What an agent runs, as the boot log keeps it.
+    private static func bootRecord(of policy: AgentPolicy) -> BootAgentRecord {
+        BootAgentRecord(active: policy.ledger.active, candidate: policy.ledger.candidate, mode: policy.mode)
+    }
+
+    /// One `boot-assessed` entry per agent for the verdict on the previous boot.
+    private func recordVerdict(_ verdict: BootVerdict) {
+        let failedInARow = bootLog.consecutiveFailed(before: bootID)
+        for agent in configuration.agents {
+            let version = verdict.record.agents?[agent.name]?.active ?? verdict.record.versions[agent.name]
+            var message = "The previous boot \(verdict.record.id) was \(verdict.state): \(verdict.explanation)."
+            if verdict.state == "failed" {
+                message += " Failed boots in a row: \(failedInARow) (agent \(agent.name) on content \(version ?? "none"); boot_failure_threshold \(agent.bootFailureThreshold))."
+            }
+            record(Decision(
+                .bootAssessed, agent: agent.name, version: version, failures: verdict.state == "failed" ? failedInARow : nil,
+                bootID: verdict.record.id, reason: verdict.state, message: message))
+        }
     }
 
     /// Stops every agent (SIGTERM, grace, SIGKILL) and returns when all have exited.
@@ -130,6 +161,9 @@ public actor Supervisor {
             logger.warning("Killing pid \(pid), left behind by an agent.", metadata: ["pid": "\(pid)"])
             kill(pid, SIGKILL)
         }
+        // Every agent is stopped: this boot did not end in a crash.
+        bootLog.markCleanShutdown(bootID)
+        saveBootLog()
     }
 
     private var allStopped: Bool {
@@ -145,6 +179,9 @@ public actor Supervisor {
         }
     }
 
+    /// Returns as soon as the actor is free: the watchdog's proof that supervision is not wedged.
+    public func heartbeat() {}
+
     // MARK: - Control requests
 
     /// The status of the daemon and of every agent (or only `agent`).
@@ -158,7 +195,7 @@ public actor Supervisor {
         }
         return StatusReport(
             daemon: .init(running: true, pid: getpid(), version: Backstop.version),
-            boot: .init(id: bootID, state: bootGood ? "good" : "pending", consecutiveFailed: 0),
+            boot: .init(id: bootID, state: bootGood ? "good" : "pending", consecutiveFailed: bootLog.consecutiveFailed(before: bootID)),
             agents: agents)
     }
 
@@ -707,6 +744,8 @@ public actor Supervisor {
 
     private func persist(_ name: String) {
         guard let slot = slots[name] else { return }
+        // What ran at the end of a boot decides its verdict (a candidate in probation at a crash counts).
+        if bootLog.record(name, Self.bootRecord(of: slot.policy), in: bootID) { saveBootLog() }
         do { try slot.policy.stateFile(bootID: bootID, at: Moment.now()).save(path: slot.store.stateFile) } catch {
             logger.error("Cannot write the agent's state file.", metadata: ["agent": "\(name)", "error": "\(error)"])
         }

@@ -105,10 +105,13 @@ extension EventKind {
 }
 
 extension Decision {
-    /// The kind's priority, except for exits: one Backstop asked for is informational, one
+    /// The kind's priority, except that a failed boot or a boot loop warns, and for exits: one Backstop asked for is informational, one
     /// that only restarts the agent (a clean exit, an outside kill) a notice, one that needs
     /// the operator to fix the setup (exec-failed, daemonized) an error.
     public var priority: Journal.Priority {
+        if event == .bootAssessed, reason == "failed" || reason == "boot-loop" || reason == EscalationReason.rollbackDidNotHelp.rawValue {
+            return .warning
+        }
         guard event == .agentExited else { return event.priority }
         guard let reason else { return .info }
         switch FailureReason(rawValue: reason)?.attribution(cleanExitIsFailure: false) {
