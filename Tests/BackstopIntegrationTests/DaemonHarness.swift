@@ -124,11 +124,15 @@ final class DaemonHarness: @unchecked Sendable {
     }
 
     /// Starts backstopd and waits until it serves its control socket.
+    /// - Parameter environment: added to the daemon's environment (what systemd would set).
     /// - Throws: when it cannot be started or does not come up within 20 s.
-    func start() throws {
+    func start(environment: [String: String] = [:]) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Paths.binary("backstopd"))
         process.arguments = ["--config", configPath]
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe

@@ -160,3 +160,33 @@ struct LifecycleTests {
         }
     }
 }
+
+/// backstopd as systemd sees it: the sd_notify(3) messages it sends to `NOTIFY_SOCKET`.
+@Suite(
+    .serialized, .timeLimit(.minutes(1)),
+    .enabled(if: Environment.isRoot, "needs root: backstopd allows staging and activation to uid 0 only"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
+struct ServiceManagerTests {
+    @Test("READY=1 after the agents are started, WATCHDOG=1 at half WATCHDOG_USEC, STOPPING=1 on SIGTERM")
+    func notifyAndWatchdog() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let received = LineCollector()
+        let pipe = Pipe()
+        received.attach(pipe)
+        let writer = pipe.fileHandleForWriting
+        let socket = try NotifySocket(path: scratch.path + "/notify", queue: DispatchQueue(label: "test.notify")) { message in
+            writer.write(Data((message.assignments.map { "\($0.0)=\($0.1)" }.joined(separator: " ") + "\n").utf8))
+        }
+        defer { socket.invalidate() }
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        try harness.start(environment: ["NOTIFY_SOCKET": scratch.path + "/notify", "WATCHDOG_USEC": "400000"])
+        try received.wait(for: "READY=1", seconds: 10)
+        // 200 ms apart: three pings come within a second.
+        try received.wait(for: "WATCHDOG=1", count: 3, seconds: 5)
+        harness.stop()
+        try received.wait(for: "STOPPING=1", seconds: 10)
+        #expect(received.all.firstIndex { $0.contains("READY=1") }! < received.all.firstIndex { $0.contains("WATCHDOG=1") }!)
+    }
+}
