@@ -19,7 +19,7 @@ SYSCONFDIR = /etc
 
 # Packages the build needs, and the ones the tests use as real parts.
 BUILD_PACKAGES = libsystemd-dev pkg-config
-TEST_PACKAGES = clamav-daemon clamav systemd python3 groff-base
+TEST_PACKAGES = clamav-daemon clamav systemd systemd-container python3 groff-base
 
 SWIFT ?= swift
 DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path 2>/dev/null)
@@ -42,10 +42,15 @@ demo: build
 	scripts/demo.sh "$(DEBUG_BIN)"
 
 # One debug build serves every test stage: the unit tests, then the integration
-# tests that run the built binaries against real agents.
+# tests that run the built binaries against real agents. The container tests boot
+# systemd in systemd-nspawn with Backstop installed from a `make install` tree, whose
+# binaries carry their Swift runtime (nothing in the container may come from /opt).
+TEST_INSTALL_DIR = $(CURDIR)/.build-install
 test: test-deps
 	$(SWIFT) build --build-tests
-	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" $(SWIFT) test --skip-build --disable-xctest
+	rm -rf "$(TEST_INSTALL_DIR)"
+	$(MAKE) install DESTDIR="$(TEST_INSTALL_DIR)"
+	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" BACKSTOP_INSTALL_DIR="$(TEST_INSTALL_DIR)" $(SWIFT) test --skip-build --disable-xctest
 
 install: deps
 	$(SWIFT) build $(RELEASE_FLAGS)

@@ -47,10 +47,31 @@ final class LineCollector: @unchecked Sendable {
         }
     }
 
+    /// Forgets the lines so far (a new source is attached next).
+    func reset() {
+        condition.lock()
+        lines = []
+        partial = Data()
+        condition.unlock()
+    }
+
     var all: [String] {
         condition.lock()
         defer { condition.unlock() }
         return lines
+    }
+
+    /// Waits until `holds` is true of the lines so far.
+    /// - Throws: ``HarnessError/timeout(_:)`` after `seconds`, naming `what`.
+    func wait(_ what: String, seconds: Double, until holds: ([String]) -> Bool) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        condition.lock()
+        defer { condition.unlock() }
+        while !holds(lines) {
+            guard condition.wait(until: deadline) else {
+                throw HarnessError.timeout("\(what); saw:\n" + lines.suffix(40).joined(separator: "\n"))
+            }
+        }
     }
 
     /// Waits until `count` lines contain `text` (counting only lines after the first

@@ -1,0 +1,203 @@
+@testable import BackstopCore
+import Foundation
+import Testing
+
+/// This machine's own tree booted with a real systemd as PID 1 in systemd-nspawn, with
+/// Backstop installed (`make install DESTDIR=...`, laid over /usr) and enabled as a service.
+/// State and the journal live in host directories bound into the container, so they survive
+/// "reboots" (new container boots, each with its own boot ID, one machine ID).
+final class Container: @unchecked Sendable {
+    // @unchecked: used from one test at a time (the suite is serialized).
+
+    /// `BACKSTOP_INSTALL_DIR`: the DESTDIR of `make install` (set by `make test`).
+    static let installTree = ProcessInfo.processInfo.environment["BACKSTOP_INSTALL_DIR"]
+
+    /// Whether containers can run here: root, systemd-nspawn, and an install tree.
+    static var available: Bool {
+        Environment.isRoot && FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-nspawn")
+            && installTree.map { FileManager.default.isExecutableFile(atPath: $0 + "/usr/sbin/backstopd") } == true
+    }
+
+    /// Units of this tree that wait for a network or set it up, which a container without one never finishes.
+    static let masked = [
+        "systemd-networkd-wait-online.service", "clamav-daemon.service", "clamav-freshclam.service", "clamav-clamonacc.service",
+        "systemd-resolved.service", "systemd-timesyncd.service",
+    ]
+
+    let directory: String
+    let machineID = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+    private var nspawn: Process?
+    private var notify: NotifySocket?
+    private var notifyPipe: Pipe?
+    private var followerPipe: Pipe?
+    private let leader = LineCollector()
+    private(set) var leaderPID: Int32?
+    private(set) var boots = 0
+    /// The boot ID of the current boot (inside the container).
+    private(set) var bootID = ""
+    /// `journalctl -f` on the host over the container's persistent journal: Backstop's
+    /// entries of every boot, as JSON lines, waited for without polling.
+    private var follower: Process?
+    let journalLines = LineCollector()
+
+    /// A container whose Backstop configuration is `config` (the TOML text).
+    init(config: String) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-container-\(UUID().uuidString.prefix(8))").path
+        for sub in ["state", "journal", "etc"] {
+            try FileManager.default.createDirectory(atPath: directory + "/" + sub, withIntermediateDirectories: true)
+        }
+        try config.write(toFile: directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
+    }
+
+    /// Boots the container and waits until systemd has finished booting it.
+    /// - Throws: when it does not come up within 90 s.
+    func boot() throws {
+        let pipe = Pipe()
+        leader.attach(pipe)
+        notifyPipe = pipe  // kept open for as long as the notify socket may write to it
+        let writer = pipe.fileHandleForWriting
+        notify?.invalidate()
+        let socketPath = directory + "/nspawn.notify"
+        unlink(socketPath)
+        // systemd-nspawn reports the container's PID 1 as X_NSPAWN_LEADER_PID (sd_notify) and
+        // READY=1 once that systemd is up (--notify-ready=yes).
+        notify = try NotifySocket(path: socketPath, queue: DispatchQueue(label: "container.notify")) { message in
+            writer.write(Data((message.assignments.map { "\($0.0)=\($0.1)" }.joined(separator: " ") + "\n").utf8))
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-nspawn")
+        var arguments = [
+            "-D", "/", "--volatile=yes", "--private-network", "--register=no", "--keep-unit", "--notify-ready=yes",
+            "--uuid=\(machineID)", "--overlay-ro=/usr:\(Self.installTree!)/usr:/usr",
+            "--bind=\(directory)/state:/var/lib/backstop", "--bind=\(directory)/journal:/var/log/journal/\(machineID)",
+            "--bind-ro=\(directory)/etc:/etc/backstop", "-b", "--",
+            "systemd.firstboot=off", "systemd.wants=backstopd.service",
+        ]
+        arguments += Self.masked.map { "systemd.mask=\($0)" }
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(["NOTIFY_SOCKET": socketPath]) { _, new in new }
+        // A file, not a pipe: the console output of a whole boot must never block the container.
+        let console = directory + "/console-\(boots + 1).log"
+        FileManager.default.createFile(atPath: console, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: console))
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        nspawn = process
+        boots += 1
+        try leader.wait(for: "X_NSPAWN_LEADER_PID=", count: boots, seconds: 30)
+        let line = leader.all.last { $0.contains("X_NSPAWN_LEADER_PID=") }!
+        leaderPID = line.split(separator: " ").first { $0.hasPrefix("X_NSPAWN_LEADER_PID=") }
+            .flatMap { Int32($0.dropFirst("X_NSPAWN_LEADER_PID=".count)) }
+        try leader.wait(for: "READY=1", count: boots, seconds: 90)
+        bootID = try run("/bin/cat", "/proc/sys/kernel/random/boot_id").output
+            .trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "-", with: "")
+        try followJournal()
+    }
+
+    /// (Re)starts the follower: journald starts a new file at each boot, which a running
+    /// `journalctl -f` does not always pick up, so each boot gets its own from the start.
+    private func followJournal() throws {
+        stopFollowing()
+        journalLines.reset()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/journalctl")
+        process.arguments = ["-D", directory + "/journal", "-f", "-n", "all", "-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=backstopd"]
+        let pipe = Pipe()
+        journalLines.attach(pipe)
+        followerPipe = pipe
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        follower = process
+    }
+
+    /// Runs `arguments` inside the container (nsenter into all its namespaces).
+    @discardableResult
+    func run(_ arguments: String...) throws -> CommandResult {
+        guard let leaderPID else { throw HarnessError.failed("the container is not running") }
+        return try Command.run("/usr/bin/nsenter", ["-t", String(leaderPID), "-a"] + arguments)
+    }
+
+    /// `backstopctl status --json` inside the container.
+    func status() throws -> StatusReport {
+        let result = try run("/usr/bin/backstopctl", "status", "--json")
+        do { return try JSONDecoder.backstop.decode(StatusReport.self, from: Data(result.output.utf8)) } catch {
+            throw HarnessError.failed("status --json inside the container gave no JSON (exit \(result.status)): \(result.output) \(result.error)")
+        }
+    }
+
+    /// Waits until `holds` is true of backstopd's journal lines (JSON) of the current boot.
+    /// - Throws: after `seconds`, with the end of the current boot's journal.
+    func waitInBoot(_ what: String, seconds: Double = 60, until holds: ([String]) -> Bool) throws {
+        let boot = "\"_BOOT_ID\":\"\(bootID)\""
+        do {
+            try journalLines.wait("\(what) in boot \(bootID)", seconds: seconds) { lines in holds(lines.filter { $0.contains(boot) }) }
+        } catch {
+            throw HarnessError.failed("no \(what) within \(Int(seconds)) s; journal:\n\(journal())")
+        }
+    }
+
+    /// Waits until the current boot holds `count` Backstop decisions of kind `event` (with
+    /// `reason` and `version`, when given).
+    func waitForDecision(
+        _ event: String, reason: String? = nil, version: String? = nil, count: Int = 1, seconds: Double = 60
+    ) throws {
+        let wanted = ["\"BACKSTOP_EVENT\":\"\(event)\""] + (reason.map { ["\"BACKSTOP_REASON\":\"\($0)\""] } ?? [])
+            + (version.map { ["\"BACKSTOP_CONTENT_VERSION\":\"\($0)\""] } ?? [])
+        try waitInBoot("\(count) \(event)\(reason.map { " (\($0))" } ?? "")\(version.map { " on \($0)" } ?? "")", seconds: seconds) { lines in
+            lines.filter { line in wanted.allSatisfy { line.contains($0) } }.count >= count
+        }
+    }
+
+    /// Backstop's decisions in boot `offset` (0 the current one, -1 the one before) as JSON objects.
+    func decisions(boot offset: Int = 0) throws -> [[String: String]] {
+        let result = try run("/bin/journalctl", "-b", String(offset), "-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=backstopd")
+        return result.output.split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
+        }.filter { $0["BACKSTOP_EVENT"] != nil }.map { $0.compactMapValues { $0 as? String } }
+    }
+
+    /// The journal of the current boot, for a failing scenario's report.
+    func journal() -> String {
+        ((try? run("/bin/journalctl", "-b", "--no-pager", "-o", "short-monotonic"))?.output ?? "").split(separator: "\n").suffix(200)
+            .joined(separator: "\n")
+    }
+
+    /// A power cut: SIGKILL to the container's PID 1; nothing inside gets to shut down.
+    func powerCut() {
+        guard let leaderPID else { return }
+        kill(leaderPID, SIGKILL)
+        nspawn?.waitUntilExit()
+        self.leaderPID = nil
+    }
+
+    /// A clean shutdown: `systemctl poweroff` inside, then wait for the container to end.
+    func shutDown() throws {
+        try run("/bin/systemctl", "poweroff")
+        nspawn?.waitUntilExit()
+        leaderPID = nil
+    }
+
+    /// Ends the container (if it still runs) and removes its directories.
+    func remove() {
+        powerCut()
+        if let nspawn, nspawn.isRunning {
+            kill(nspawn.processIdentifier, SIGKILL)
+            nspawn.waitUntilExit()
+        }
+        notify?.invalidate()
+        stopFollowing()
+        ContentStore.removeTree(directory)
+    }
+
+    private func stopFollowing() {
+        if let follower, follower.isRunning {
+            // SIGKILL: a child of Foundation's Process may start with SIGTERM blocked.
+            kill(follower.processIdentifier, SIGKILL)
+            follower.waitUntilExit()
+        }
+        follower = nil
+    }
+}
