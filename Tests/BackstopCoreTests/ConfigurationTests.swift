@@ -280,10 +280,42 @@ struct ConfigurationTests {
             source: minimalAgent + "\ncontent_link = \"current\"\n",
             line: 4, key: "agent[0].content_link", message: "must be an absolute path"),
         Fault(
+            what: "runner systemd without unit",
+            source: "[[agent]]\nname = \"av\"\nrunner = \"systemd\"\ncontent_link = \"/var/lib/av\"\n",
+            line: 1, key: "agent[0]", message: "missing key \"unit\""),
+        Fault(
+            what: "runner systemd with a unit that is not a service",
+            source: "[[agent]]\nname = \"av\"\nrunner = \"systemd\"\nunit = \"av.socket\"\ncontent_link = \"/var/lib/av\"\n",
+            line: 4, key: "agent[0].unit", message: "must name a service unit"),
+        Fault(
+            what: "runner systemd without content_link",
+            source: "[[agent]]\nname = \"av\"\nrunner = \"systemd\"\nunit = \"av.service\"\n",
+            line: 1, key: "agent[0]", message: "missing key \"content_link\""),
+        Fault(
+            what: "runner systemd with exec",
+            source: "[[agent]]\nname = \"av\"\nrunner = \"systemd\"\nunit = \"av.service\"\ncontent_link = \"/var/lib/av\"\nexec = [\"/x\"]\n",
+            line: 6, key: "agent[0].exec", message: "not used with runner = \"systemd\""),
+        Fault(
+            what: "unit without runner systemd",
+            source: minimalAgent + "\nunit = \"demo.service\"\n",
+            line: 4, key: "agent[0].unit", message: "only meaningful with runner = \"systemd\""),
+        Fault(
             what: "safe_mode_exec with an empty program",
             source: minimalAgent + "\nsafe_mode_exec = [\"\"]\n",
             line: 4, key: "agent[0].safe_mode_exec", message: "must not be empty"),
     ]
+
+    @Test("runner = \"systemd\" supervises a unit: no exec needed, ready means active")
+    func systemdRunner() throws {
+        let configuration = try Configuration.parse(
+            "[[agent]]\nname = \"av\"\nrunner = \"systemd\"\nunit = \"clamav-daemon.service\"\ncontent_link = \"/var/lib/clamav\"\n",
+            path: Self.path)
+        let agent = try #require(configuration.agents.first)
+        #expect(agent.runner == .systemd)
+        #expect(agent.unit == "clamav-daemon.service")
+        #expect(agent.exec.isEmpty)
+        #expect(agent.policySettings.notify, "a unit is ready when systemd reports it active")
+    }
 
     @Test("errors name the file, the line and the key", arguments: faults)
     func errorNamesFileLineAndKey(_ fault: Fault) throws {

@@ -40,13 +40,18 @@ final class Container: @unchecked Sendable {
     private var follower: Process?
     let journalLines = LineCollector()
 
-    /// A container whose Backstop configuration is `config` (the TOML text).
-    init(config: String) throws {
+    /// Unit files (name → text) placed in the container's /etc/systemd/system.
+    let units: [String: String]
+
+    /// A container whose Backstop configuration is `config` (the TOML text), with `units` installed.
+    init(config: String, units: [String: String] = [:]) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-container-\(UUID().uuidString.prefix(8))").path
-        for sub in ["state", "journal", "etc"] {
+        self.units = units
+        for sub in ["state", "journal", "etc", "units"] {
             try FileManager.default.createDirectory(atPath: directory + "/" + sub, withIntermediateDirectories: true)
         }
         try config.write(toFile: directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
+        for (name, text) in units { try text.write(toFile: directory + "/units/" + name, atomically: true, encoding: .utf8) }
     }
 
     /// Boots the container and waits until systemd has finished booting it.
@@ -70,7 +75,9 @@ final class Container: @unchecked Sendable {
             "-D", "/", "--volatile=yes", "--private-network", "--register=no", "--keep-unit", "--notify-ready=yes",
             "--uuid=\(machineID)", "--overlay-ro=/usr:\(Self.installTree!)/usr:/usr",
             "--bind=\(directory)/state:/var/lib/backstop", "--bind=\(directory)/journal:/var/log/journal/\(machineID)",
-            "--bind-ro=\(directory)/etc:/etc/backstop", "-b", "--",
+            "--bind-ro=\(directory)/etc:/etc/backstop",
+        ] + units.keys.sorted().map { "--bind-ro=\(directory)/units/\($0):/etc/systemd/system/\($0)" } + [
+            "-b", "--",
             "systemd.firstboot=off", "systemd.wants=backstopd.service",
         ]
         arguments += Self.masked.map { "systemd.mask=\($0)" }

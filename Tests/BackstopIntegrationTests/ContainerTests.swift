@@ -120,6 +120,66 @@ struct ContainerTests {
         }
     }
 
+    static let unitConfig = """
+        [[agent]]
+        name = "demo"
+        runner = "systemd"
+        unit = "demo-agent.service"
+        content_link = "/var/lib/demo-content"
+        failure_window_sec = 60
+        restart_delay_ms = 100
+        boot_good_after_sec = 2
+        """
+
+    /// The demo agent as a unit of its own, with the Restart= an operator would give it.
+    static let demoUnit = """
+        [Unit]
+        Description=The Backstop demo agent, as a unit of its own
+
+        [Service]
+        Type=notify
+        ExecStart=/usr/libexec/backstop/backstop-demo-agent --content /var/lib/demo-content
+        Restart=on-failure
+        RestartSec=0
+        """
+
+    @Test("the systemd runner: the agent as its own unit is rolled back, restarted by Backstop alone, and an operator's stop is no failure")
+    func systemdRunner() throws {
+        let container = try Container(config: Self.unitConfig, units: ["demo-agent.service": Self.demoUnit])
+        defer { container.remove() }
+        try container.boot()
+        do {
+            try knownGoodThenCandidate(container, candidate: "v2-channel-291")
+            try container.waitForDecision("rollback", reason: "crash-loop")
+            try container.waitForDecision("agent-ready", version: "v1", count: 2)
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.quarantined == ["v2"])
+            #expect(agent.state == "running")
+            let crashes = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_REASON"] == "crashed" }
+            #expect(crashes.count == 3)
+            #expect(crashes.allSatisfy { $0["BACKSTOP_SIGNAL"] == "SIGSEGV" })
+            let shown = try container.run("/bin/systemctl", "show", "demo-agent", "-p", "ActiveState", "-p", "NRestarts", "-p", "MainPID").output
+            #expect(shown.contains("ActiveState=active"))
+            #expect(shown.contains("NRestarts=0"), "systemd's own Restart= is handed to Backstop: \(shown)")
+            #expect(shown.contains("MainPID=\(agent.pid ?? -1)"))
+
+            // An operator stops the unit: not a failure, and it stays stopped until started again.
+            try container.run("/bin/systemctl", "stop", "demo-agent")
+            try container.waitForDecision("agent-exited", version: "v1")
+            var status = try #require(try container.status().agents.first)
+            #expect(status.state == "stopped")
+            #expect(status.stoppedByOperator)
+            #expect(status.failures.list.allSatisfy { $0.version == "v2" }, "the stop is not a failure")
+            try #require(try container.run("/usr/bin/backstopctl", "start", "demo").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1", count: 3)
+            status = try #require(try container.status().agents.first)
+            #expect(status.state == "running")
+        } catch {
+            throw HarnessError.failed("\(error)\n--- journal of the container's current boot ---\n\(container.journal())")
+        }
+    }
+
     @Test("backstopd killed with SIGKILL in the middle of a rollback is restarted by systemd and ends consistent")
     func daemonKilledDuringRollback() throws {
         try withContainer { container in

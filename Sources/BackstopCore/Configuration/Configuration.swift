@@ -83,7 +83,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var name: String
     /// `exec`: the command line; `{content}` is replaced by the active version's path.
     public var exec: [String]
-    /// `runner`, default `direct`: how the agent is run (`systemd` is refused by this version).
+    /// `runner`, default `direct`: Backstop runs `exec` itself, or (`systemd`) supervises the existing unit `unit`.
     public var runner: RunnerKind = .direct
     /// `unit`: the systemd unit, with `runner = "systemd"`.
     public var unit: String?
@@ -140,7 +140,8 @@ public struct AgentConfiguration: Sendable, Equatable {
             agent: name, failureThreshold: failureThreshold, failureWindowSeconds: Double(failureWindowSeconds),
             probationSeconds: Double(probationSeconds), restartDelayMilliseconds: restartDelayMilliseconds,
             restartDelayMaxSeconds: Double(restartDelayMaxSeconds), startTimeoutSeconds: Double(startTimeoutSeconds),
-            watchdogSeconds: Double(watchdogSeconds), notify: notify, hasSafeModeExec: !safeModeExec.isEmpty,
+            // A unit is ready when systemd says it is active, as for READY=1.
+            watchdogSeconds: Double(watchdogSeconds), notify: notify || runner == .systemd, hasSafeModeExec: !safeModeExec.isEmpty,
             cleanExitIsFailure: cleanExitIsFailure, hasReadyCheck: !readyCheckExec.isEmpty,
             healthCheckIntervalSeconds: healthCheckExec.isEmpty ? nil : Double(healthCheckIntervalSeconds),
             healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures,

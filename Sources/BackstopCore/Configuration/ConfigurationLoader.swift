@@ -160,7 +160,6 @@ private struct TableReader {
         guard AgentConfiguration.isValidName(name) else {
             throw fail(prefix + ".name", "\"\(name)\" is not a valid agent name; use 1 to 64 of a-z, 0-9, _ and -")
         }
-        guard table["exec"] != nil else { throw fail(prefix, "missing key \"exec\" (the agent's command line)") }
         var agent = AgentConfiguration(name: name, exec: [])
         for key in table.keys {
             let full = prefix + "." + key
@@ -208,11 +207,21 @@ private struct TableReader {
                 throw fail(full, "unknown key in [[agent]]")
             }
         }
-        if agent.runner == .systemd {
-            throw fail(prefix + ".runner", "runner \"systemd\" is not supported by this version of backstopd; use \"direct\"")
-        }
-        if agent.unit != nil {
-            throw fail(prefix + ".unit", "only meaningful with runner = \"systemd\"")
+        switch agent.runner {
+        case .direct:
+            guard table["exec"] != nil else { throw fail(prefix, "missing key \"exec\" (the agent's command line)") }
+            if agent.unit != nil { throw fail(prefix + ".unit", "only meaningful with runner = \"systemd\"") }
+        case .systemd:
+            guard let unit = agent.unit else { throw fail(prefix, "missing key \"unit\": runner = \"systemd\" supervises an existing unit") }
+            guard unit.hasSuffix(".service"), unit.count > ".service".count, !unit.contains("/") else {
+                throw fail(prefix + ".unit", "must name a service unit, such as \"clamav-daemon.service\", not \"\(unit)\"")
+            }
+            guard agent.contentLink != nil else {
+                throw fail(prefix, "missing key \"content_link\": with runner = \"systemd\" the unit finds its content there")
+            }
+            for key in ["exec", "safe_mode_exec", "watchdog_sec", "notify"] where table[key] != nil {
+                throw fail(prefix + "." + key, "not used with runner = \"systemd\": the unit's own settings (ExecStart=, WatchdogSec=, Type=) apply")
+            }
         }
         if agent.watchdogSeconds > 0 && !agent.notify {
             throw fail(prefix + ".watchdog_sec", "needs notify = true: heartbeats arrive as WATCHDOG=1 on the notify socket")

@@ -46,6 +46,8 @@ struct AgentSlot {
     var readyCheckFailureSaid = false
     /// A backoff restored from the state file (monotonic deadline, same boot).
     var restartDue: Double?
+    /// With `runner = "systemd"`: the unit and what Backstop knows of its current run.
+    var unit: UnitHost?
 }
 
 /// The daemon's core: owns every agent's policy, runs the actions it asks for, and
@@ -53,10 +55,10 @@ struct AgentSlot {
 public actor Supervisor {
     /// The configuration the daemon was started with; one slot per `[[agent]]`.
     public let configuration: Configuration
-    private let logger: Logger
+    let logger: Logger
     private let bootID: String
-    private var slots: [String: AgentSlot] = [:]
-    private var shuttingDown = false
+    var slots: [String: AgentSlot] = [:]
+    var shuttingDown = false
     private var bootGood = false
     private var bootLog = BootLog()
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
@@ -95,6 +97,7 @@ public actor Supervisor {
             (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
             slots[agent.name] = slot
         }
+        let unwatchable = attachUnits()
         // Boot assessment, before any agent starts: at the first start in a boot the
         // previous boot is judged, and a boot loop is broken before the agent runs again.
         bootLog = BootLog.load(stateDirectory: configuration.daemon.stateDirectory)
@@ -102,7 +105,7 @@ public actor Supervisor {
             id: bootID, startedAt: now.wall, state: "pending", agents: slots.mapValues { Self.bootRecord(of: $0.policy) }))
         bootGood = bootLog.state(of: bootID) == "good"
         if let verdict { recordVerdict(verdict) }
-        for agent in configuration.agents {
+        for agent in configuration.agents where !unwatchable.contains(agent.name) {
             let policy = slots[agent.name]!.policy
             let failedBoots = verdict == nil
                 ? 0 : bootLog.failedBootsInARow(agent: agent.name, running: Self.bootRecord(of: policy), before: bootID)
@@ -144,7 +147,8 @@ public actor Supervisor {
         let now = Moment.now()
         for name in slots.keys.sorted() {
             cancelTimers(name)
-            apply(slots[name]!.policy.shutdown(at: now), to: name)
+            // A unit is systemd's to run: it goes on without backstopd (and is watched again at the next start).
+            if slots[name]!.unit == nil { apply(slots[name]!.policy.shutdown(at: now), to: name) }
             persist(name)
         }
         if !allStopped {
@@ -168,11 +172,11 @@ public actor Supervisor {
 
     private var allStopped: Bool {
         slots.values.allSatisfy {
-            $0.pid == nil && $0.strays.isEmpty && $0.policy.phase != .starting && !$0.policy.isStopping
+            $0.unit != nil || ($0.pid == nil && $0.strays.isEmpty && $0.policy.phase != .starting && !$0.policy.isStopping)
         }
     }
 
-    private func resumeStopWaitersIfDone() {
+    func resumeStopWaitersIfDone() {
         if shuttingDown, allStopped {
             stopWaiters.forEach { $0.resume() }
             stopWaiters = []
@@ -499,7 +503,7 @@ public actor Supervisor {
     }
 
     /// Kills the probes of the run that ended; their results are ignored.
-    private func stopProbes(_ name: String) {
+    func stopProbes(_ name: String) {
         slots[name]?.probePIDs.values.forEach { DirectRunner.signalGroup($0, SIGKILL) }
         slots[name]?.probePIDs = [:]
     }
@@ -528,13 +532,13 @@ public actor Supervisor {
 
     // MARK: - Carrying out actions
 
-    private func apply(_ actions: [PolicyAction], to name: String) {
+    func apply(_ actions: [PolicyAction], to name: String) {
         for action in actions {
             switch action {
             case .spawn(let version, let mode):
-                spawn(name, version: version, mode: mode)
+                if slots[name]!.configuration.runner == .systemd { startUnit(name) } else { spawn(name, version: version, mode: mode) }
             case .terminate(let signal):
-                terminate(name, signal: signal)
+                if slots[name]!.unit != nil { stopUnit(name, signal: signal) } else { terminate(name, signal: signal) }
             case .switchContent(let version):
                 let slot = slots[name]!
                 if let version, let record = slot.policy.ledger.record(version) {
@@ -676,7 +680,7 @@ public actor Supervisor {
             logger.critical("The agent's state file was inconsistent and has been repaired.",
                             metadata: ["agent": "\(agent.name)", "problems": "\(problems.joined(separator: "; "))"])
         }
-        killLeftovers(of: agent.name, store: store)
+        if agent.runner == .direct { killLeftovers(of: agent.name, store: store) }
         do {
             let recovery = try store.recover(ledger: &state.ledger, contentLink: agent.contentLink, at: now.wall)
             if !recovery.adoptedVersions.isEmpty {
@@ -742,7 +746,7 @@ public actor Supervisor {
         return state
     }
 
-    private func persist(_ name: String) {
+    func persist(_ name: String) {
         guard let slot = slots[name] else { return }
         // What ran at the end of a boot decides its verdict (a candidate in probation at a crash counts).
         if bootLog.record(name, Self.bootRecord(of: slot.policy), in: bootID) { saveBootLog() }

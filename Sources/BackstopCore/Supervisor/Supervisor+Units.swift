@@ -1,0 +1,161 @@
+import Foundation
+import Logging
+
+/// An agent that is a systemd unit (`runner = "systemd"`), as the supervisor tracks it.
+struct UnitHost {
+    /// `unit`, e.g. `clamav-daemon.service`.
+    let name: String
+    /// Its D-Bus object path.
+    let path: String
+    /// The bus for calls (shared by all units).
+    let bus: UnitBus
+    /// Watches the unit's state changes; kept for as long as the daemon runs.
+    let watcher: UnitWatcher
+    /// Feeds the watcher's reports to the actor in the order they came.
+    let pump: Task<Void, Never>
+    /// Whether the policy was told that the current run started (and not yet that it ended).
+    var runReported = false
+    /// The state last reported by the watcher.
+    var lastState: UnitState?
+}
+
+/// The systemd runner: the agent is an existing unit, started, stopped and watched over
+/// D-Bus (org.freedesktop.systemd1(5)); its state changes arrive as `PropertiesChanged`
+/// signals and drive the same policy as a process Backstop runs itself.
+extension Supervisor {
+    /// The runtime drop-in that hands restarts of a unit to Backstop (systemd.unit(5)):
+    /// its own `Restart=` would restart bad content behind Backstop's back, and its start
+    /// limit would refuse the start after a rollback.
+    static let unitDropIn = """
+        # Written by backstopd at each start: Backstop restarts this unit itself, with
+        # backoff, and rolls its content back when it keeps failing.
+        [Unit]
+        StartLimitIntervalSec=0
+
+        [Service]
+        Restart=no
+
+        """
+
+    /// Connects the agents with `runner = "systemd"` to their units: writes the drop-ins,
+    /// reloads systemd, and starts watching each unit.
+    /// - Returns: the agents that cannot be supervised (no system bus, unknown unit); they stay stopped.
+    func attachUnits() -> Set<String> {
+        let agents = configuration.agents.filter { $0.runner == .systemd }
+        guard !agents.isEmpty else { return [] }
+        let bus: UnitBus
+        do { bus = try UnitBus() } catch {
+            logger.critical("Cannot reach systemd over D-Bus; agents with runner = \"systemd\" are not supervised.",
+                            metadata: ["error": "\(error)"])
+            return Set(agents.map(\.name))
+        }
+        for agent in agents {
+            let directory = "/run/systemd/system/\(agent.unit!).d"
+            do {
+                try DurableFile.makeDirectories(directory, mode: 0o755)
+                try DurableFile.write(Data(Self.unitDropIn.utf8), to: directory + "/50-backstop.conf", mode: [.ownerReadWrite, .groupRead, .otherRead])
+            } catch {
+                logger.error("Cannot write the unit's drop-in; its own Restart= and start limit stay in force.",
+                             metadata: ["agent": "\(agent.name)", "unit": "\(agent.unit!)", "error": "\(error)"])
+            }
+        }
+        do { try bus.reload() } catch {
+            logger.error("Cannot make systemd reload its units.", metadata: ["error": "\(error)"])
+        }
+        var unwatchable: Set<String> = []
+        for agent in agents {
+            let name = agent.name
+            do {
+                let path = try bus.loadUnit(agent.unit!)
+                let (stream, continuation) = AsyncStream.makeStream(of: UnitState.self, bufferingPolicy: .bufferingNewest(64))
+                let watcher = try UnitWatcher(path: path) { continuation.yield($0) }
+                let pump = Task { for await state in stream { self.unitChanged(name, state) } }
+                slots[name]!.unit = UnitHost(name: agent.unit!, path: path, bus: bus, watcher: watcher, pump: pump)
+            } catch {
+                logger.critical("Cannot watch the agent's unit (\(error)); the agent is not supervised.",
+                                metadata: ["agent": "\(name)", "unit": "\(agent.unit!)", "error": "\(error)"])
+                unwatchable.insert(name)
+            }
+        }
+        return unwatchable
+    }
+
+    /// `.spawn` for a unit: clear a failed state and start it. The watcher then reports the
+    /// unit's state, also when it was up already (started before backstopd, or by an operator).
+    func startUnit(_ name: String) {
+        guard let unit = slots[name]?.unit else {
+            let unit = slots[name]!.configuration.unit ?? ""
+            apply(slots[name]!.policy.spawnFailed("\(unit) cannot be watched over D-Bus (see the error at backstopd's start)", at: Moment.now()), to: name)
+            return
+        }
+        slots[name]!.generation += 1
+        slots[name]!.unit!.runReported = false
+        do {
+            // Best effort: a unit that is not failed, or not loaded at the moment, has nothing to reset.
+            try? unit.bus.resetFailedUnit(unit.name)
+            try unit.bus.startUnit(unit.name)
+            unit.watcher.refresh()
+        } catch {
+            apply(slots[name]!.policy.spawnFailed("\(error)", at: Moment.now()), to: name)
+            persist(name)
+        }
+    }
+
+    /// `.terminate` for a unit: SIGABRT (a hang) to its main process, otherwise a stop job.
+    func stopUnit(_ name: String, signal: Int32) {
+        guard let unit = slots[name]?.unit else { return }
+        do {
+            if signal == SIGABRT {
+                try unit.bus.killMainProcess(unit.name, signal: SIGABRT)
+            } else {
+                try unit.bus.stopUnit(unit.name)
+            }
+        } catch {
+            logger.error("Cannot stop the agent's unit.", metadata: ["agent": "\(name)", "unit": "\(unit.name)", "error": "\(error)"])
+        }
+    }
+
+    /// A state of an agent's unit, from its watcher, in order.
+    func unitChanged(_ name: String, _ state: UnitState) {
+        guard let unit = slots[name]?.unit, !shuttingDown else { return }
+        let now = Moment.now()
+        let phase = slots[name]!.policy.phase
+        let previous = unit.lastState
+        slots[name]!.unit!.lastState = state
+        defer { persist(name) }
+        if state.isUp {
+            if !unit.runReported {
+                guard phase == .starting else {
+                    // Started outside Backstop (systemctl start): supervised from now on, as after `backstopctl start`.
+                    if previous?.isUp != true, phase == .stopped || phase == .backoff || phase == .givenUp {
+                        logger.notice("The agent's unit was started outside Backstop; supervising it.", metadata: ["agent": "\(name)"])
+                        apply(slots[name]!.policy.start(at: now), to: name)
+                    }
+                    return
+                }
+                slots[name]!.unit!.runReported = true
+                apply(slots[name]!.policy.agentStarted(pid: state.mainPID, at: now), to: name)
+            }
+            if state.mainPID > 0 { slots[name]!.pid = state.mainPID }
+            if state.activeState == "active" { apply(slots[name]!.policy.agentReady(at: now), to: name) }
+        } else if state.activeState == "inactive" || state.activeState == "failed" {
+            // A start that failed before its activation was seen is a run that ended too.
+            let failedEarly = !unit.runReported && phase == .starting && state.activeState == "failed"
+                && previous?.activeState != "failed"
+            guard unit.runReported || failedEarly else { return }
+            if failedEarly { apply(slots[name]!.policy.agentStarted(pid: state.mainPID, at: now), to: name) }
+            slots[name]!.unit!.runReported = false
+            slots[name]!.pid = nil
+            stopProbes(name)
+            let termination = state.termination ?? .exited(code: 0)
+            let unasked = phase == .starting || phase == .running
+            if unasked && state.result == "success" {
+                // `systemctl stop`: an operator's decision, not a failure; it stays stopped until started again.
+                logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
+                              metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+                apply(slots[name]!.policy.stop(at: now), to: name)
+            }
+            apply(slots[name]!.policy.agentExited(termination, oomKilled: state.result == "oom-kill", at: now), to: name)
+        }
+    }
+}

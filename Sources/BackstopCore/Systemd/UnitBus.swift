@@ -1,0 +1,350 @@
+import CSystemd
+import Foundation
+
+/// A systemd unit's state as org.freedesktop.systemd1 reports it (org.freedesktop.systemd1(5)).
+public struct UnitState: Sendable, Equatable {
+    /// `ActiveState`: `active`, `activating`, `deactivating`, `inactive`, `failed`, `reloading`.
+    public var activeState: String
+    /// `SubState`, e.g. `running`, `dead`, `failed`, `auto-restart`.
+    public var subState: String
+    /// The service's `Result`: `success`, `exit-code`, `signal`, `core-dump`, `watchdog`, `timeout`, `oom-kill`, ...
+    public var result: String
+    /// `MainPID`, 0 when none.
+    public var mainPID: Int32
+    /// `ExecMainCode`: the `si_code` of the main process's end (1 CLD_EXITED, 2 CLD_KILLED, 3 CLD_DUMPED), 0 while it runs.
+    public var execMainCode: Int32
+    /// `ExecMainStatus`: the exit code or signal number.
+    public var execMainStatus: Int32
+    /// `ExecMainStartTimestampMonotonic`: when the current (or last) main process started,
+    /// in µs; tells one run from the next.
+    public var execMainStartMonotonic: UInt64
+
+    /// Whether the unit runs or is on its way up.
+    public var isUp: Bool { ["active", "activating", "reloading"].contains(activeState) }
+
+    /// How the main process ended, from `ExecMainCode` and `ExecMainStatus`; nil when it has not.
+    public var termination: Termination? {
+        switch execMainCode {
+        case 1: return .exited(code: execMainStatus)
+        case 2: return .signaled(signal: execMainStatus, coreDumped: false)
+        case 3: return .signaled(signal: execMainStatus, coreDumped: true)
+        default: return nil
+        }
+    }
+}
+
+/// An error of a D-Bus call, with sd-bus's error name and message (sd_bus_error(3)).
+public struct BusError: Error, CustomStringConvertible, Equatable {
+    /// What was being done, e.g. `StartUnit demo.service`.
+    public var operation: String
+    /// The D-Bus error name, or the errno's text.
+    public var message: String
+    /// `operation: message`.
+    public var description: String { "\(operation): \(message)" }
+}
+
+/// A connection to the system bus for talking to systemd about units, through sd-bus
+/// (sd-bus(3)). Calls are synchronous and serialized with a lock; sd-bus connections
+/// are not thread-safe, so watching happens on a connection of its own (``UnitWatcher``).
+public final class UnitBus: @unchecked Sendable {
+    // @unchecked: `bus` is only used with `lock` held.
+    private var bus: OpaquePointer?
+    private let lock = NSLock()
+
+    static let destination = "org.freedesktop.systemd1"
+    static let managerPath = "/org/freedesktop/systemd1"
+    static let manager = "org.freedesktop.systemd1.Manager"
+
+    /// Connects to systemd (see ``connect()``).
+    /// - Throws: ``BusError`` when systemd cannot be reached.
+    public init() throws {
+        bus = try Self.connect()
+    }
+
+    /// systemd's own socket, which it serves to root from early boot on, before the
+    /// D-Bus daemon runs (backstopd starts before basic.target, the D-Bus daemon after it).
+    static let privateSocket = "/run/systemd/private"
+
+    /// A connection to systemd: its private socket when it is there and we are root
+    /// (as systemctl does), else the system bus (sd_bus_open_system(3)).
+    /// - Throws: ``BusError``.
+    static func connect() throws(BusError) -> OpaquePointer? {
+        var bus: OpaquePointer?
+        var result: Int32
+        if getuid() == 0, access(privateSocket, F_OK) == 0 {
+            result = sd_bus_new(&bus)
+            if result >= 0 { result = sd_bus_set_address(bus, "unix:path=" + privateSocket) }
+            if result >= 0 { result = sd_bus_start(bus) }
+        } else {
+            result = sd_bus_open_system(&bus)
+        }
+        guard result >= 0 else {
+            sd_bus_unref(bus)
+            throw BusError(operation: "connecting to systemd", message: String(cString: strerror(-result)))
+        }
+        return bus
+    }
+
+    deinit {
+        sd_bus_flush_close_unref(bus)
+    }
+
+    /// The unit's object path (Manager.LoadUnit).
+    /// - Throws: ``BusError``.
+    public func loadUnit(_ name: String) throws(BusError) -> String {
+        try call("LoadUnit", [name], operation: "LoadUnit \(name)", readsObjectPath: true) ?? ""
+    }
+
+    /// Manager.StartUnit with mode `replace`; returns once the job is queued.
+    /// - Throws: ``BusError``.
+    public func startUnit(_ name: String) throws(BusError) {
+        _ = try call("StartUnit", [name, "replace"], operation: "StartUnit \(name)")
+    }
+
+    /// Manager.StopUnit with mode `replace`.
+    /// - Throws: ``BusError``.
+    public func stopUnit(_ name: String) throws(BusError) {
+        _ = try call("StopUnit", [name, "replace"], operation: "StopUnit \(name)")
+    }
+
+    /// Manager.ResetFailedUnit: clears the failed state and the start-rate counter.
+    /// - Throws: ``BusError`` (a unit that is not failed is no error).
+    public func resetFailedUnit(_ name: String) throws(BusError) {
+        _ = try call("ResetFailedUnit", [name], operation: "ResetFailedUnit \(name)")
+    }
+
+    /// Manager.KillUnit: sends `signal` to the unit's main process only.
+    /// - Throws: ``BusError``.
+    public func killMainProcess(_ name: String, signal: Int32) throws(BusError) {
+        _ = try call("KillUnit", [name, "main"], int32: signal, operation: "KillUnit \(name)")
+    }
+
+    /// Manager.Reload: systemd re-reads its unit files (daemon-reload); returns when done.
+    /// - Throws: ``BusError``.
+    public func reload() throws(BusError) {
+        _ = try call("Reload", [], operation: "Reload")
+    }
+
+    /// The unit's state, read property by property (sd_bus_get_property(3)).
+    /// - Throws: ``BusError``.
+    public func state(path: String) throws(BusError) -> UnitState {
+        lock.lock()
+        defer { lock.unlock() }
+        return try Self.state(bus: bus, path: path)
+    }
+
+    /// Reads a unit's state on `bus`; the caller owns the connection.
+    static func state(bus: OpaquePointer?, path: String) throws(BusError) -> UnitState {
+        func string(_ interface: String, _ member: String) throws(BusError) -> String {
+            var error = sd_bus_error()
+            defer { sd_bus_error_free(&error) }
+            var value: UnsafeMutablePointer<CChar>?
+            let result = sd_bus_get_property_string(bus, destination, path, interface, member, &error, &value)
+            guard result >= 0, let value else { throw busError("reading \(member)", result, error) }
+            defer { free(value) }
+            return String(cString: value)
+        }
+        func number(_ interface: String, _ member: String, type: Character) throws(BusError) -> Int64 {
+            var error = sd_bus_error()
+            defer { sd_bus_error_free(&error) }
+            var value: Int64 = 0
+            let result = sd_bus_get_property_trivial(
+                bus, destination, path, interface, member, &error, CChar(type.asciiValue!), &value)
+            guard result >= 0 else { throw busError("reading \(member)", result, error) }
+            // 'i' and 'u' fill the first four bytes (little-endian here); read them back at that width.
+            switch type {
+            case "i": return Int64(Int32(truncatingIfNeeded: value))
+            case "u": return Int64(UInt32(truncatingIfNeeded: value))
+            default: return value
+            }
+        }
+        let unit = "org.freedesktop.systemd1.Unit"
+        let service = "org.freedesktop.systemd1.Service"
+        return UnitState(
+            activeState: try string(unit, "ActiveState"), subState: try string(unit, "SubState"),
+            result: try string(service, "Result"), mainPID: Int32(try number(service, "MainPID", type: "u")),
+            execMainCode: Int32(try number(service, "ExecMainCode", type: "i")),
+            execMainStatus: Int32(try number(service, "ExecMainStatus", type: "i")),
+            execMainStartMonotonic: UInt64(bitPattern: try number(service, "ExecMainStartTimestampMonotonic", type: "t")))
+    }
+
+    /// Calls a Manager method with string arguments (and an optional int32 after them).
+    /// - Returns: the reply's object path when `readsObjectPath`.
+    private func call(
+        _ member: String, _ strings: [String], int32: Int32? = nil, operation: String, readsObjectPath: Bool = false
+    ) throws(BusError) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        var message: OpaquePointer?
+        var result = sd_bus_message_new_method_call(bus, &message, Self.destination, Self.managerPath, Self.manager, member)
+        guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
+        defer { sd_bus_message_unref(message) }
+        for string in strings {
+            result = string.withCString { sd_bus_message_append_basic(message, CChar(UInt8(ascii: "s")), $0) }
+            guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
+        }
+        if var value = int32 {
+            result = sd_bus_message_append_basic(message, CChar(UInt8(ascii: "i")), &value)
+            guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
+        }
+        var error = sd_bus_error()
+        defer { sd_bus_error_free(&error) }
+        var reply: OpaquePointer?
+        result = sd_bus_call(bus, message, 0, &error, &reply)
+        guard result >= 0 else { throw Self.busError(operation, result, error) }
+        defer { sd_bus_message_unref(reply) }
+        guard readsObjectPath else { return nil }
+        var path: UnsafePointer<CChar>?
+        result = sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "o")), &path)
+        guard result >= 0, let path else { throw Self.busError(operation, result, sd_bus_error()) }
+        return String(cString: path)
+    }
+
+    static func busError(_ operation: String, _ result: Int32, _ error: sd_bus_error) -> BusError {
+        if let message = error.message { return BusError(operation: operation, message: String(cString: message)) }
+        if let name = error.name { return BusError(operation: operation, message: String(cString: name)) }
+        return BusError(operation: operation, message: String(cString: strerror(-result)))
+    }
+}
+
+/// Watches one unit for state changes: a connection of its own, a match on the unit's
+/// `PropertiesChanged` signals (sd_bus_match_signal(3)), and a thread that sleeps in
+/// poll(2) on the connection and on an eventfd for ``refresh()``: no polling.
+///
+/// The state is pieced together from the signals themselves, in their order: systemd
+/// unloads an inactive unit nobody refers to, and reading it then loads it afresh with
+/// its history gone. systemd sends a change first for the service interface, then for the
+/// unit interface "so that clients may rely on this order to get atomic behavior"
+/// (src/core/dbus-unit.c), so a state is reported after the unit interface's change.
+public final class UnitWatcher: @unchecked Sendable {
+    // @unchecked: `bus`, `slot` and `snapshot` are used only on the watcher's thread after init.
+    private var bus: OpaquePointer?
+    private var slot: OpaquePointer?
+    private let path: String
+    /// A pipe whose read end wakes the thread for ``refresh()``.
+    private let wakeup: (read: Int32, write: Int32)
+    private let onChange: @Sendable (UnitState) -> Void
+    private var snapshot = UnitState(
+        activeState: "inactive", subState: "dead", result: "success", mainPID: 0, execMainCode: 0, execMainStatus: 0,
+        execMainStartMonotonic: 0)
+
+    /// Starts watching the unit at object `path`; `onChange` runs on the watcher's thread,
+    /// once per change and once per ``refresh()``, in order.
+    /// - Throws: ``BusError`` when the bus or the match cannot be set up.
+    public init(path: String, onChange: @escaping @Sendable (UnitState) -> Void) throws {
+        self.path = path
+        self.onChange = onChange
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw BusError(operation: "pipe", message: String(cString: strerror(errno))) }
+        for end in ends {
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFL, O_NONBLOCK)
+        }
+        wakeup = (ends[0], ends[1])
+        bus = try UnitBus.connect()
+        // Manager.Subscribe: without it systemd does not send unit signals to this client.
+        var error = sd_bus_error()
+        defer { sd_bus_error_free(&error) }
+        var message: OpaquePointer?
+        var reply: OpaquePointer?
+        sd_bus_message_new_method_call(bus, &message, UnitBus.destination, UnitBus.managerPath, UnitBus.manager, "Subscribe")
+        var result = sd_bus_call(bus, message, 0, &error, &reply)
+        sd_bus_message_unref(message)
+        sd_bus_message_unref(reply)
+        guard result >= 0 else { throw UnitBus.busError("Subscribe", result, error) }
+        if let state = try? UnitBus.state(bus: bus, path: path) { snapshot = state }
+        // No sender in the match: on systemd's private socket messages carry none.
+        result = sd_bus_match_signal(
+            bus, &slot, nil, path, "org.freedesktop.DBus.Properties", "PropertiesChanged",
+            { message, userdata, _ in
+                let watcher = Unmanaged<UnitWatcher>.fromOpaque(userdata!).takeUnretainedValue()
+                watcher.received(message)
+                return 0
+            }, Unmanaged.passUnretained(self).toOpaque())
+        guard result >= 0 else { throw BusError(operation: "watching \(path)", message: String(cString: strerror(-result))) }
+        let thread = Thread { [self] in run() }
+        thread.name = "backstop-unit-watch"
+        thread.start()
+    }
+
+    /// Asks for the current state to be reported, after every change already received
+    /// (a start of a unit that is up already changes nothing, so no signal tells it).
+    /// The state is the one read when watching began, updated by every signal since.
+    public func refresh() {
+        var one: UInt8 = 1
+        _ = write(wakeup.write, &one, 1)
+    }
+
+    private func received(_ message: OpaquePointer?) {
+        if Self.merge(message, into: &snapshot) == "org.freedesktop.systemd1.Unit" { onChange(snapshot) }
+    }
+
+    private func run() {
+        let busDescriptor = sd_bus_get_fd(bus)
+        while true {
+            var result = sd_bus_process(bus, nil)
+            while result > 0 { result = sd_bus_process(bus, nil) }
+            if result < 0 { return }
+            var descriptors = [
+                pollfd(fd: busDescriptor, events: Int16(truncatingIfNeeded: sd_bus_get_events(bus)), revents: 0),
+                pollfd(fd: wakeup.read, events: Int16(POLLIN), revents: 0),
+            ]
+            // sd_bus_get_timeout(3): an absolute CLOCK_MONOTONIC deadline in µs, UINT64_MAX for none.
+            var deadline = UInt64.max
+            _ = sd_bus_get_timeout(bus, &deadline)
+            let milliseconds = deadline == UInt64.max
+                ? -1 : Int32(clamping: (deadline > KernelLog.monotonicMicroseconds() ? deadline - KernelLog.monotonicMicroseconds() : 0) / 1000)
+            guard poll(&descriptors, 2, milliseconds) >= 0 || errno == EINTR else { return }
+            if descriptors[1].revents & Int16(POLLIN) != 0 {
+                var drained = [UInt8](repeating: 0, count: 64)
+                _ = read(wakeup.read, &drained, drained.count)
+                // The state as the signals so far tell it. Not a fresh read: signals that came
+                // before its reply would be processed after it and turn the state back.
+                onChange(snapshot)
+            }
+        }
+    }
+
+    /// Applies a `PropertiesChanged(s interface, a{sv} changed, as invalidated)` signal
+    /// (D-Bus specification, org.freedesktop.DBus.Properties) to `state`.
+    /// - Returns: the interface the change is about.
+    @discardableResult
+    static func merge(_ message: OpaquePointer?, into state: inout UnitState) -> String? {
+        let string = CChar(UInt8(ascii: "s"))
+        var interface: UnsafePointer<CChar>?
+        guard sd_bus_message_read_basic(message, string, &interface) >= 0, let interface,
+            sd_bus_message_enter_container(message, CChar(UInt8(ascii: "a")), "{sv}") > 0
+        else { return nil }
+        while sd_bus_message_enter_container(message, CChar(UInt8(ascii: "e")), "sv") > 0 {
+            var key: UnsafePointer<CChar>?
+            var type: CChar = 0
+            var contents: UnsafePointer<CChar>?
+            guard sd_bus_message_read_basic(message, string, &key) >= 0, let key,
+                sd_bus_message_peek_type(message, &type, &contents) >= 0, let contents
+            else { break }
+            let signature = String(cString: contents)
+            guard sd_bus_message_enter_container(message, CChar(UInt8(ascii: "v")), contents) > 0 else { break }
+            var text: UnsafePointer<CChar>?
+            var number: UInt64 = 0
+            switch signature {
+            case "s": sd_bus_message_read_basic(message, string, &text)
+            case "i", "u", "t": sd_bus_message_read_basic(message, contents.pointee, &number)
+            default: sd_bus_message_skip(message, contents)
+            }
+            switch String(cString: key) {
+            case "ActiveState": state.activeState = text.map { String(cString: $0) } ?? state.activeState
+            case "SubState": state.subState = text.map { String(cString: $0) } ?? state.subState
+            case "Result": state.result = text.map { String(cString: $0) } ?? state.result
+            case "MainPID": state.mainPID = Int32(truncatingIfNeeded: number)
+            case "ExecMainCode": state.execMainCode = Int32(truncatingIfNeeded: number)
+            case "ExecMainStatus": state.execMainStatus = Int32(truncatingIfNeeded: number)
+            case "ExecMainStartTimestampMonotonic": state.execMainStartMonotonic = number
+            default: break
+            }
+            sd_bus_message_exit_container(message)
+            sd_bus_message_exit_container(message)
+        }
+        sd_bus_message_exit_container(message)
+        return String(cString: interface)
+    }
+}
