@@ -52,6 +52,9 @@ struct ContainerTests {
             let status = try container.run("/bin/systemctl", "status", "backstopd", "--no-pager").output
             #expect(status.contains("Status: \"Supervising 1 agent(s)\""), "\(status)")
             #expect(try container.status().daemon.running)
+            // As after `make install`: the unit can be enabled.
+            try #require(try container.run("/bin/systemctl", "enable", "backstopd").status == 0)
+            #expect(try container.run("/bin/systemctl", "is-enabled", "backstopd").output.hasPrefix("enabled"))
         }
     }
 
