@@ -15,9 +15,6 @@ public struct UnitState: Sendable, Equatable {
     public var execMainCode: Int32
     /// `ExecMainStatus`: the exit code or signal number.
     public var execMainStatus: Int32
-    /// `ExecMainStartTimestampMonotonic`: when the current (or last) main process started,
-    /// in µs; tells one run from the next.
-    public var execMainStartMonotonic: UInt64
 
     /// Whether the unit runs or is on its way up.
     public var isUp: Bool { ["active", "activating", "reloading"].contains(activeState) }
@@ -125,15 +122,9 @@ public final class UnitBus: @unchecked Sendable {
         _ = try call("Reload", [], operation: "Reload")
     }
 
-    /// The unit's state, read property by property (sd_bus_get_property(3)).
+    /// Reads a unit's state on `bus`, property by property (sd_bus_get_property(3)); the
+    /// caller owns the connection.
     /// - Throws: ``BusError``.
-    public func state(path: String) throws(BusError) -> UnitState {
-        lock.lock()
-        defer { lock.unlock() }
-        return try Self.state(bus: bus, path: path)
-    }
-
-    /// Reads a unit's state on `bus`; the caller owns the connection.
     static func state(bus: OpaquePointer?, path: String) throws(BusError) -> UnitState {
         func string(_ interface: String, _ member: String) throws(BusError) -> String {
             var error = sd_bus_error()
@@ -152,11 +143,7 @@ public final class UnitBus: @unchecked Sendable {
                 bus, destination, path, interface, member, &error, CChar(type.asciiValue!), &value)
             guard result >= 0 else { throw busError("reading \(member)", result, error) }
             // 'i' and 'u' fill the first four bytes (little-endian here); read them back at that width.
-            switch type {
-            case "i": return Int64(Int32(truncatingIfNeeded: value))
-            case "u": return Int64(UInt32(truncatingIfNeeded: value))
-            default: return value
-            }
+            return type == "i" ? Int64(Int32(truncatingIfNeeded: value)) : Int64(UInt32(truncatingIfNeeded: value))
         }
         let unit = "org.freedesktop.systemd1.Unit"
         let service = "org.freedesktop.systemd1.Service"
@@ -164,8 +151,7 @@ public final class UnitBus: @unchecked Sendable {
             activeState: try string(unit, "ActiveState"), subState: try string(unit, "SubState"),
             result: try string(service, "Result"), mainPID: Int32(try number(service, "MainPID", type: "u")),
             execMainCode: Int32(try number(service, "ExecMainCode", type: "i")),
-            execMainStatus: Int32(try number(service, "ExecMainStatus", type: "i")),
-            execMainStartMonotonic: UInt64(bitPattern: try number(service, "ExecMainStartTimestampMonotonic", type: "t")))
+            execMainStatus: Int32(try number(service, "ExecMainStatus", type: "i")))
     }
 
     /// Calls a Manager method with string arguments (and an optional int32 after them).
@@ -225,8 +211,7 @@ public final class UnitWatcher: @unchecked Sendable {
     private let wakeup: (read: Int32, write: Int32)
     private let onChange: @Sendable (UnitState) -> Void
     private var snapshot = UnitState(
-        activeState: "inactive", subState: "dead", result: "success", mainPID: 0, execMainCode: 0, execMainStatus: 0,
-        execMainStartMonotonic: 0)
+        activeState: "inactive", subState: "dead", result: "success", mainPID: 0, execMainCode: 0, execMainStatus: 0)
 
     /// Starts watching the unit at object `path`; `onChange` runs on the watcher's thread,
     /// once per change and once per ``refresh()``, in order.
@@ -328,7 +313,7 @@ public final class UnitWatcher: @unchecked Sendable {
             var number: UInt64 = 0
             switch signature {
             case "s": sd_bus_message_read_basic(message, string, &text)
-            case "i", "u", "t": sd_bus_message_read_basic(message, contents.pointee, &number)
+            case "i", "u": sd_bus_message_read_basic(message, contents.pointee, &number)
             default: sd_bus_message_skip(message, contents)
             }
             switch String(cString: key) {
@@ -338,7 +323,6 @@ public final class UnitWatcher: @unchecked Sendable {
             case "MainPID": state.mainPID = Int32(truncatingIfNeeded: number)
             case "ExecMainCode": state.execMainCode = Int32(truncatingIfNeeded: number)
             case "ExecMainStatus": state.execMainStatus = Int32(truncatingIfNeeded: number)
-            case "ExecMainStartTimestampMonotonic": state.execMainStartMonotonic = number
             default: break
             }
             sd_bus_message_exit_container(message)
