@@ -135,9 +135,12 @@ public enum DirectRunner {
         // Nothing a probe starts outlives it: its session, and what left the session with its mark.
         if let pid = deadline.pid, let mark = request.environment[LaunchRequest.probeStoreVariable] {
             signalGroup(pid, SIGKILL)
-            ProcessTable.killTree(
-                ofSession: pid, environment: LaunchRequest.probeStoreVariable, value: mark,
-                isStartedHere: ChildReaper.shared.isKnown)
+            let find = {
+                ProcessTable.survivors(
+                    ofSession: pid, environment: LaunchRequest.probeStoreVariable, value: mark,
+                    isStartedHere: ChildReaper.shared.isKnown)
+            }
+            ProcessTable.kill(find(), thenWhat: find)
         }
         if deadline.finish() { return .failed("timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
         switch result {

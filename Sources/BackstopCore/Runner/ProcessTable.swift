@@ -47,23 +47,14 @@ public enum ProcessTable {
         return found.sorted()
     }
 
-    /// SIGKILLs the ``survivors(ofSession:environment:value:isStartedHere:unmarkedAdopted:)``,
-    /// again until none is left (one may fork between the scan and the kill), at most 5 rounds.
-    /// - Returns: the pids killed.
-    @discardableResult
-    public static func killTree(
-        ofSession leader: Int32, environment name: String, value: String, isStartedHere: (Int32) -> Bool,
-        unmarkedAdopted: Bool = false
-    ) -> [Int32] {
-        var killed: [Int32] = []
-        for _ in 0..<5 {
-            let found = survivors(
-                ofSession: leader, environment: name, value: value, isStartedHere: isStartedHere, unmarkedAdopted: unmarkedAdopted)
-            guard !found.isEmpty else { break }
-            found.forEach { _ = kill($0, SIGKILL) }
-            killed += found
+    /// SIGKILLs `found`, then what `find` still finds (one may have forked between the scan
+    /// and the kill), again until nothing is left, at most 5 rounds.
+    public static func kill(_ found: [Int32], thenWhat find: () -> [Int32]) {
+        var found = found
+        for _ in 0..<5 where !found.isEmpty {
+            found.forEach { _ = Glibc.kill($0, SIGKILL) }
+            found = find()
         }
-        return killed
     }
 
     /// The children this process adopted as subreaper and did not start, still alive.

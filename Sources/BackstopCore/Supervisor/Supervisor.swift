@@ -395,9 +395,7 @@ public actor Supervisor {
             let daemonized = unasked && termination == .exited(code: 0) && !survivors.isEmpty
             if !daemonized, let leader {
                 DirectRunner.signalGroup(leader, SIGKILL)
-                ProcessTable.killTree(
-                    ofSession: leader, environment: LaunchRequest.storeVariable, value: slots[name]!.store.root,
-                    isStartedHere: ChildReaper.shared.isKnown, unmarkedAdopted: aloneWithProcesses(name))
+                ProcessTable.kill(survivors) { self.leftovers(of: name, session: leader) }
             }
             let oomKilled = unasked && termination.signal == SIGKILL
                 && leader.map { KernelLog.recordsOOMKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } == true
@@ -585,8 +583,7 @@ public actor Supervisor {
     /// Signals the agent's session and what a daemonized agent left running; SIGKILL after the grace.
     private func terminate(_ name: String, signal: Int32) {
         guard let slot = slots[name], slot.pid != nil || !slot.strays.isEmpty else { return }
-        if let pid = slot.pid { DirectRunner.signalGroup(pid, signal) }
-        slot.strays.forEach { _ = kill($0, signal) }
+        Self.signalRun(slot, signal)
         let generation = slots[name]!.generation
         slots[name]!.killEscalation?.cancel()
         slots[name]!.killEscalation = Task {
@@ -602,8 +599,13 @@ public actor Supervisor {
         guard !pids.isEmpty else { return }
         logger.warning("Agent \(name) (pid \(pids.map(String.init).joined(separator: ", "))) did not exit within the grace period; sending SIGKILL.",
                        metadata: ["agent": "\(name)", "pid": "\(pids[0])"])
-        if let pid = slot.pid { DirectRunner.signalGroup(pid, SIGKILL) }
-        slot.strays.forEach { _ = kill($0, SIGKILL) }
+        Self.signalRun(slot, SIGKILL)
+    }
+
+    /// Sends `signal` to the agent's session and to what a daemonized run left in the background.
+    private static func signalRun(_ slot: AgentSlot, _ signal: Int32) {
+        if let pid = slot.pid { DirectRunner.signalGroup(pid, signal) }
+        slot.strays.forEach { _ = kill($0, signal) }
     }
 
     private func arm(_ name: String, _ timer: PolicyTimer, deadline: Double) {

@@ -161,6 +161,15 @@ public final class UnitBus: @unchecked Sendable {
     ) throws(BusError) -> String? {
         lock.lock()
         defer { lock.unlock() }
+        return try Self.call(
+            bus: bus, member, strings, int32: int32, operation: operation, readsObjectPath: readsObjectPath)
+    }
+
+    /// Calls a Manager method on `bus`, which the caller owns.
+    static func call(
+        bus: OpaquePointer?, _ member: String, _ strings: [String], int32: Int32? = nil, operation: String,
+        readsObjectPath: Bool = false
+    ) throws(BusError) -> String? {
         var message: OpaquePointer?
         var result = sd_bus_message_new_method_call(bus, &message, Self.destination, Self.managerPath, Self.manager, member)
         guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
@@ -228,18 +237,10 @@ public final class UnitWatcher: @unchecked Sendable {
         wakeup = (ends[0], ends[1])
         bus = try UnitBus.connect()
         // Manager.Subscribe: without it systemd does not send unit signals to this client.
-        var error = sd_bus_error()
-        defer { sd_bus_error_free(&error) }
-        var message: OpaquePointer?
-        var reply: OpaquePointer?
-        sd_bus_message_new_method_call(bus, &message, UnitBus.destination, UnitBus.managerPath, UnitBus.manager, "Subscribe")
-        var result = sd_bus_call(bus, message, 0, &error, &reply)
-        sd_bus_message_unref(message)
-        sd_bus_message_unref(reply)
-        guard result >= 0 else { throw UnitBus.busError("Subscribe", result, error) }
+        _ = try UnitBus.call(bus: bus, "Subscribe", [], operation: "Subscribe")
         if let state = try? UnitBus.state(bus: bus, path: path) { snapshot = state }
         // No sender in the match: on systemd's private socket messages carry none.
-        result = sd_bus_match_signal(
+        let result = sd_bus_match_signal(
             bus, &slot, nil, path, "org.freedesktop.DBus.Properties", "PropertiesChanged",
             { message, userdata, _ in
                 let watcher = Unmanaged<UnitWatcher>.fromOpaque(userdata!).takeUnretainedValue()
