@@ -46,6 +46,8 @@ struct AgentSlot {
     var readyCheckFailureSaid = false
     /// A backoff restored from the state file (monotonic deadline, same boot).
     var restartDue: Double?
+    /// Notify datagrams that came while the agent was starting, before its pid was known.
+    var notifiedEarly: [NotifyMessage] = []
     /// With `runner = "systemd"`: the unit and what Backstop knows of its current run.
     var unit: UnitHost?
 }
@@ -372,6 +374,9 @@ public actor Supervisor {
             terminate(name, signal: SIGTERM)
         } else {
             apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
+            let early = slots[name]!.notifiedEarly
+            slots[name]!.notifiedEarly = []
+            early.forEach { notified(name, $0) }
         }
         persist(name)
     }
@@ -507,7 +512,11 @@ public actor Supervisor {
     }
 
     private func notified(_ name: String, _ message: NotifyMessage) {
-        guard let pid = slots[name]?.pid else { return }
+        guard let pid = slots[name]?.pid else {
+            // A fast agent's READY=1 can come before its start is recorded: kept for then.
+            if slots[name]?.policy.phase == .starting { slots[name]!.notifiedEarly.append(message) }
+            return
+        }
         // Only the agent's own session may speak for it (SCM_CREDENTIALS is kernel-checked).
         guard message.senderPID == pid || getsid(message.senderPID) == pid else {
             logger.notice("Ignored a notify datagram from a process outside the agent's session.",
@@ -564,6 +573,7 @@ public actor Supervisor {
 
     private func spawn(_ name: String, version: String, mode: RunMode) {
         slots[name]!.generation += 1
+        slots[name]!.notifiedEarly = []
         let generation = slots[name]!.generation
         let slot = slots[name]!
         let request = LaunchRequest.make(
