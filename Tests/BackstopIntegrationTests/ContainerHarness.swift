@@ -18,10 +18,11 @@ final class Container: @unchecked Sendable {
             && installTree.map { FileManager.default.isExecutableFile(atPath: $0 + "/usr/sbin/backstopd") } == true
     }
 
-    /// Units of this tree that wait for a network or set it up, which a container without one never finishes.
+    /// Units of this tree that wait for a network or set it up, which a container without one
+    /// never finishes, and clamd, which the first boot's presets would enable.
     static let masked = [
         "systemd-networkd-wait-online.service", "clamav-daemon.service", "clamav-freshclam.service", "clamav-clamonacc.service",
-        "systemd-resolved.service", "systemd-timesyncd.service",
+        "clamav-freshclam-once.timer", "systemd-resolved.service", "systemd-timesyncd.service",
     ]
 
     let directory: String
@@ -40,18 +41,25 @@ final class Container: @unchecked Sendable {
     private var follower: Process?
     let journalLines = LineCollector()
 
-    /// Unit files (name → text) placed in the container's /etc/systemd/system.
-    let units: [String: String]
+    /// Files (path in the container → text) bound read-only into it, such as unit files in
+    /// /etc/systemd/system: the container's /etc starts empty at each boot.
+    let files: [String: String]
+    /// The units masked at boot (`systemd.mask=`).
+    let masked: [String]
 
-    /// A container whose Backstop configuration is `config` (the TOML text), with `units` installed.
-    init(config: String, units: [String: String] = [:]) throws {
+    /// A container whose Backstop configuration is `config` (the TOML text), with `files`
+    /// in place and the `masked` units masked.
+    init(config: String, files: [String: String] = [:], masked: [String] = Container.masked) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-container-\(UUID().uuidString.prefix(8))").path
-        self.units = units
-        for sub in ["state", "journal", "etc", "units"] {
+        self.files = files
+        self.masked = masked
+        for sub in ["state", "journal", "etc", "files"] {
             try FileManager.default.createDirectory(atPath: directory + "/" + sub, withIntermediateDirectories: true)
         }
         try config.write(toFile: directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
-        for (name, text) in units { try text.write(toFile: directory + "/units/" + name, atomically: true, encoding: .utf8) }
+        for (index, path) in files.keys.sorted().enumerated() {
+            try files[path]!.write(toFile: directory + "/files/\(index)", atomically: true, encoding: .utf8)
+        }
     }
 
     /// Boots the container and waits until systemd has finished booting it.
@@ -76,11 +84,11 @@ final class Container: @unchecked Sendable {
             "--uuid=\(machineID)", "--overlay-ro=/usr:\(Self.installTree!)/usr:/usr",
             "--bind=\(directory)/state:/var/lib/backstop", "--bind=\(directory)/journal:/var/log/journal/\(machineID)",
             "--bind-ro=\(directory)/etc:/etc/backstop",
-        ] + units.keys.sorted().map { "--bind-ro=\(directory)/units/\($0):/etc/systemd/system/\($0)" } + [
+        ] + files.keys.sorted().enumerated().map { "--bind-ro=\(directory)/files/\($0.offset):\($0.element)" } + [
             "-b", "--",
             "systemd.firstboot=off", "systemd.wants=backstopd.service",
         ]
-        arguments += Self.masked.map { "systemd.mask=\($0)" }
+        arguments += masked.map { "systemd.mask=\($0)" }
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(["NOTIFY_SOCKET": socketPath]) { _, new in new }
         // A file, not a pipe: the console output of a whole boot must never block the container.

@@ -23,9 +23,13 @@ struct ContainerTests {
     /// The example content shipped by `make install`.
     static func sample(_ name: String) -> String { "/usr/share/backstop/examples/content/" + name }
 
-    /// Runs `body` with a booted container; any failure carries the journal of the boot it happened in.
-    func withContainer(_ body: (Container) throws -> Void) throws {
-        let container = try Container(config: Self.config)
+    /// Runs `body` with a booted container (see ``Container/init(config:files:masked:)``);
+    /// any failure carries the journal of the boot it happened in.
+    func withContainer(
+        config: String = Self.config, files: [String: String] = [:], masked: [String] = Container.masked,
+        _ body: (Container) throws -> Void
+    ) throws {
+        let container = try Container(config: config, files: files, masked: masked)
         defer { container.remove() }
         try container.boot()
         do { try body(container) } catch {
@@ -33,12 +37,27 @@ struct ContainerTests {
         }
     }
 
-    /// Stages v1 and promotes it, then stages `candidate` as v2 and activates it.
-    func knownGoodThenCandidate(_ container: Container, candidate: String) throws {
-        try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+    /// Stages `good` (a directory in the container) as v1 and promotes it, then stages `candidate` as v2 and activates it.
+    func knownGoodThenCandidate(
+        _ container: Container, agent: String = "demo", good: String = Self.sample("v1-good"), candidate: String
+    ) throws {
+        try #require(try container.run("/usr/bin/backstopctl", "stage", agent, good, "--version", "v1", "--activate").status == 0)
         try container.waitForDecision("agent-ready")
-        try #require(try container.run("/usr/bin/backstopctl", "promote", "demo", "v1").status == 0)
-        try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample(candidate), "--version", "v2", "--activate").status == 0)
+        try #require(try container.run("/usr/bin/backstopctl", "promote", agent, "v1").status == 0)
+        try #require(try container.run("/usr/bin/backstopctl", "stage", agent, candidate, "--version", "v2", "--activate").status == 0)
+    }
+
+    /// Waits for the crash-loop rollback from v2 to v1 and for the agent to be ready on v1 again.
+    /// - Returns: the agent's status after it.
+    @discardableResult
+    func expectRolledBack(_ container: Container) throws -> StatusReport.Agent {
+        try container.waitForDecision("rollback", reason: "crash-loop")
+        try container.waitForDecision("agent-ready", version: "v1", count: 2)
+        let agent = try #require(try container.status().agents.first)
+        #expect(agent.content.active == "v1")
+        #expect(agent.content.quarantined == ["v2"])
+        #expect(agent.state == "running")
+        return agent
     }
 
     @Test("backstopd runs as a healthy notify service with a watchdog")
@@ -61,12 +80,8 @@ struct ContainerTests {
     @Test("a bad update crash-loops at runtime and is rolled back without a reboot")
     func runtimeCrashLoop() throws {
         try withContainer { container in
-            try knownGoodThenCandidate(container, candidate: "v2-channel-291")
-            try container.waitForDecision("rollback", reason: "crash-loop")
-            try container.waitForDecision("agent-ready", version: "v1", count: 2, seconds: 30)
-            let agent = try #require(try container.status().agents.first)
-            #expect(agent.content.active == "v1")
-            #expect(agent.content.quarantined == ["v2"])
+            try knownGoodThenCandidate(container, candidate: Self.sample("v2-channel-291"))
+            try expectRolledBack(container)
             #expect(try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_SIGNAL"] == "SIGSEGV" }.count == 3)
         }
     }
@@ -74,7 +89,7 @@ struct ContainerTests {
     @Test("boot loop: power cut after the bad content loaded, boot after boot; on the boot after the threshold it is rolled back before the agent starts")
     func bootLoop() throws {
         try withContainer { container in
-            try knownGoodThenCandidate(container, candidate: "v3-good")
+            try knownGoodThenCandidate(container, candidate: Self.sample("v3-good"))
             // The candidate takes the machine down once the agent has loaded it, on every boot.
             for _ in 0..<2 {
                 try container.waitForDecision("agent-ready", version: "v2")
@@ -110,7 +125,7 @@ struct ContainerTests {
     @Test("a clean reboot during probation is not a failed boot")
     func cleanReboot() throws {
         try withContainer { container in
-            try knownGoodThenCandidate(container, candidate: "v3-good")
+            try knownGoodThenCandidate(container, candidate: Self.sample("v3-good"))
             try container.waitForDecision("agent-ready", version: "v2")
             try container.shutDown()
             try container.boot()
@@ -148,17 +163,9 @@ struct ContainerTests {
 
     @Test("the systemd runner: the agent as its own unit is rolled back, restarted by Backstop alone, and an operator's stop is no failure")
     func systemdRunner() throws {
-        let container = try Container(config: Self.unitConfig, units: ["demo-agent.service": Self.demoUnit])
-        defer { container.remove() }
-        try container.boot()
-        do {
-            try knownGoodThenCandidate(container, candidate: "v2-channel-291")
-            try container.waitForDecision("rollback", reason: "crash-loop")
-            try container.waitForDecision("agent-ready", version: "v1", count: 2)
-            let agent = try #require(try container.status().agents.first)
-            #expect(agent.content.active == "v1")
-            #expect(agent.content.quarantined == ["v2"])
-            #expect(agent.state == "running")
+        try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in
+            try knownGoodThenCandidate(container, candidate: Self.sample("v2-channel-291"))
+            let agent = try expectRolledBack(container)
             let crashes = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_REASON"] == "crashed" }
             #expect(crashes.count == 3)
             #expect(crashes.allSatisfy { $0["BACKSTOP_SIGNAL"] == "SIGSEGV" })
@@ -178,15 +185,123 @@ struct ContainerTests {
             try container.waitForDecision("agent-ready", version: "v1", count: 3)
             status = try #require(try container.status().agents.first)
             #expect(status.state == "running")
-        } catch {
-            throw HarnessError.failed("\(error)\n--- journal of the container's current boot ---\n\(container.journal())")
+
+            // backstopd restarting leaves the unit alone; the next one supervises the same process.
+            let pid = try #require(status.pid)
+            try container.run("/bin/systemctl", "restart", "backstopd")
+            try container.waitForDecision("agent-ready", version: "v1", count: 4)
+            status = try #require(try container.status().agents.first)
+            #expect(status.state == "running")
+            #expect(status.pid == pid)
+            #expect(try container.run("/bin/systemctl", "show", "demo-agent", "-p", "MainPID").output.contains("MainPID=\(pid)"))
+        }
+    }
+
+    /// The demo agent's unit, refused by systemd until the operator fixes its surroundings:
+    /// it needs a unit that fails until /run/prerequisite-ok exists, and /run/demo-enabled.
+    static let refusedUnits = [
+        "/etc/systemd/system/demo-agent.service": demoUnit.replacingOccurrences(of: "[Service]", with: """
+            Requires=demo-prerequisite.service
+            After=demo-prerequisite.service
+            ConditionPathExists=/run/demo-enabled
+
+            [Service]
+            """),
+        "/etc/systemd/system/demo-prerequisite.service": """
+            [Service]
+            Type=oneshot
+            ExecStart=/bin/test -e /run/prerequisite-ok
+            """,
+    ]
+
+    @Test("a unit that systemd refuses to start (a failed requirement, a condition not met) is a configuration error, not the content's")
+    func refusedUnit() throws {
+        try withContainer(config: Self.unitConfig, files: Self.refusedUnits) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitInBoot("the start refused for a failed requirement") { lines in
+                lines.contains { $0.contains("\"BACKSTOP_REASON\":\"exec-failed\"") && $0.contains("a unit it requires did not start") }
+            }
+            try container.run("/bin/touch", "/run/prerequisite-ok")
+            try container.waitInBoot("the start refused for a condition") { lines in
+                lines.contains { $0.contains("\"BACKSTOP_REASON\":\"exec-failed\"") && $0.contains("a condition of the unit is not met") }
+            }
+            try container.run("/bin/touch", "/run/demo-enabled")
+            try container.waitForDecision("agent-ready", version: "v1")
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.quarantined.isEmpty)
+            #expect(agent.failures.recent == 0, "refused starts do not count against the content")
+            #expect(!agent.failures.list.isEmpty && agent.failures.list.allSatisfy { $0.reason == "exec-failed" })
+            #expect(!(try container.decisions()).contains { $0["BACKSTOP_EVENT"] == "agent-hung" }, "no start timeout stood in for the refusal")
+        }
+    }
+
+    static let clamdConfig = """
+        [[agent]]
+        name = "clamd"
+        runner = "systemd"
+        unit = "clamav-daemon.service"
+        content_link = "/var/lib/clamav"
+        failure_window_sec = 60
+        restart_delay_ms = 100
+        boot_good_after_sec = 2
+        """
+
+    /// What Debian's clamav-daemon package sets up at installation, which a volatile container's
+    /// empty /etc lacks: clamd.conf (this machine's), the clamav user, its log and run
+    /// directories. The package's units start only when the official databases are there;
+    /// this content is a signature database of its own, so that condition becomes "any".
+    static func clamavFiles() throws -> [String: String] {
+        let condition = "[Unit]\nConditionPathExistsGlob=\nConditionPathExists=/var/lib/clamav\n"
+        return [
+            "/etc/clamav/clamd.conf": try String(contentsOfFile: "/etc/clamav/clamd.conf", encoding: .utf8),
+            "/etc/sysusers.d/clamav.conf": "u clamav - \"Clam AntiVirus\" /var/lib/clamav\n",
+            "/etc/tmpfiles.d/clamav.conf": "d /var/log/clamav 0755 clamav clamav -\nd /run/clamav 0755 clamav clamav -\n",
+            "/etc/systemd/system/clamav-daemon.service.d/content.conf": condition,
+            "/etc/systemd/system/clamav-daemon.socket.d/content.conf": condition,
+        ]
+    }
+
+    /// Asks clamd, over its socket, to scan `path`; returns its answer.
+    func clamdScan(_ container: Container, _ path: String) throws -> String {
+        let script = """
+            import socket; s = socket.socket(socket.AF_UNIX); s.connect("/run/clamav/clamd.ctl")
+            s.sendall(b"SCAN \(path)\\n"); print(s.recv(4096).decode().strip())
+            """
+        return try container.run("/usr/bin/python3", "-c", script).output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test("clamav-daemon.service under the systemd runner: a malformed signature database is rolled back and clamd scans with the known-good one")
+    func clamavDaemon() throws {
+        try withContainer(
+            config: Self.clamdConfig, files: try Self.clamavFiles(), masked: Container.masked.filter { $0 != "clamav-daemon.service" }
+        ) { container in
+            // A signature for the EICAR test file; the bad version adds a line clamd cannot parse.
+            let eicar = #"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"#
+            try container.run("/bin/sh", "-c", """
+                mkdir -p /srv/v1 /srv/v2 && echo '44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature' > /srv/v1/test.hdb
+                cp /srv/v1/test.hdb /srv/v2/ && echo 'Backstop.Malformed:0:*:not-hex' > /srv/v2/channel.ndb
+                printf '%s' '\(eicar)' > /srv/eicar.com && chmod 0644 /srv/eicar.com
+                """)
+            try knownGoodThenCandidate(container, agent: "clamd", good: "/srv/v1", candidate: "/srv/v2")
+            let agent = try expectRolledBack(container)
+            let exits = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
+            #expect(exits.count == 3)
+            #expect(exits.allSatisfy { $0["BACKSTOP_REASON"] == "exited" }, "\(exits)")
+            let shown = try container.run("/bin/systemctl", "show", "clamav-daemon", "-p", "ActiveState", "-p", "MainPID").output
+            #expect(shown.contains("ActiveState=active"))
+            #expect(shown.contains("MainPID=\(agent.pid ?? -1)"))
+            // clamd answers with the known-good database loaded.
+            let answer = try clamdScan(container, "/srv/eicar.com")
+            #expect(answer == "/srv/eicar.com: Eicar-Test-Signature.UNOFFICIAL FOUND", "\(answer)")
         }
     }
 
     @Test("backstopd killed with SIGKILL in the middle of a rollback is restarted by systemd and ends consistent")
     func daemonKilledDuringRollback() throws {
         try withContainer { container in
-            try knownGoodThenCandidate(container, candidate: "v2-channel-291")
+            try knownGoodThenCandidate(container, candidate: Self.sample("v2-channel-291"))
             try container.waitForDecision("crash-loop")
             try container.run("/bin/systemctl", "kill", "--signal=SIGKILL", "--kill-whom=main", "backstopd")
             // systemd starts it again (Restart=always); the new daemon finishes on v1.

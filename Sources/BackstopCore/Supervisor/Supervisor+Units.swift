@@ -17,6 +17,8 @@ struct UnitHost {
     var runReported = false
     /// The state last reported by the watcher.
     var lastState: UnitState?
+    /// The object path of Backstop's start job while it is queued or running.
+    var startJob: String?
 }
 
 /// The systemd runner: the agent is an existing unit, started, stopped and watched over
@@ -67,9 +69,16 @@ extension Supervisor {
             let name = agent.name
             do {
                 let path = try bus.loadUnit(agent.unit!)
-                let (stream, continuation) = AsyncStream.makeStream(of: UnitState.self, bufferingPolicy: .bufferingNewest(64))
-                let watcher = try UnitWatcher(path: path) { continuation.yield($0) }
-                let pump = Task { for await state in stream { self.unitChanged(name, state) } }
+                let (stream, continuation) = AsyncStream.makeStream(of: UnitEvent.self, bufferingPolicy: .bufferingNewest(64))
+                let watcher = try UnitWatcher(unit: agent.unit!, path: path) { continuation.yield($0) }
+                let pump = Task {
+                    for await event in stream {
+                        switch event {
+                        case .changed(let state): self.unitChanged(name, state)
+                        case .jobRemoved(let job, let result, let state): self.unitJobRemoved(name, job: job, result: result, state: state)
+                        }
+                    }
+                }
                 slots[name]!.unit = UnitHost(name: agent.unit!, path: path, bus: bus, watcher: watcher, pump: pump)
             } catch {
                 logger.critical("Cannot watch the agent's unit (\(error)); the agent is not supervised.",
@@ -93,7 +102,7 @@ extension Supervisor {
         do {
             // Best effort: a unit that is not failed, or not loaded at the moment, has nothing to reset.
             try? unit.bus.resetFailedUnit(unit.name)
-            try unit.bus.startUnit(unit.name)
+            slots[name]!.unit!.startJob = try unit.bus.startUnit(unit.name)
             unit.watcher.refresh()
         } catch {
             apply(slots[name]!.policy.spawnFailed("\(error)", at: Moment.now()), to: name)
@@ -113,6 +122,31 @@ extension Supervisor {
         } catch {
             logger.error("Cannot stop the agent's unit.", metadata: ["agent": "\(name)", "unit": "\(unit.name)", "error": "\(error)"])
         }
+    }
+
+    /// The end of a job for an agent's unit, and the unit's state as it left it. When it is
+    /// Backstop's start job and the unit is not up and never was, systemd refused the start: a
+    /// `Condition…=` not met, a unit it requires that failed, a start limit. That is a
+    /// configuration matter, as when a program cannot be executed; a start that another job
+    /// replaced (`systemctl stop` while it started) is an operator's stop.
+    func unitJobRemoved(_ name: String, job: String, result: String, state: UnitState) {
+        guard let unit = slots[name]?.unit, job == unit.startJob, !shuttingDown else { return }
+        slots[name]!.unit!.startJob = nil
+        guard slots[name]!.policy.phase == .starting, !unit.runReported, !state.isUp, state.activeState != "failed" else { return }
+        let now = Moment.now()
+        defer { persist(name) }
+        let why: String
+        switch result {
+        case "canceled":
+            logger.notice("The start of the agent's unit was canceled outside Backstop; it stays stopped until `backstopctl start \(name)`.",
+                          metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+            apply(slots[name]!.policy.stop(at: now), to: name)
+            why = "its start was canceled by another job"
+        case "done": why = "systemd skipped it because a condition of the unit is not met (systemctl status \(unit.name))"
+        case "dependency": why = "a unit it requires did not start (systemctl list-dependencies \(unit.name))"
+        default: why = "its start job ended with result \"\(result)\" (systemctl status \(unit.name))"
+        }
+        apply(slots[name]!.policy.spawnFailed("\(unit.name) did not start: \(why)", at: now), to: name)
     }
 
     /// A state of an agent's unit, from its watcher, in order.

@@ -93,9 +93,10 @@ public final class UnitBus: @unchecked Sendable {
     }
 
     /// Manager.StartUnit with mode `replace`; returns once the job is queued.
+    /// - Returns: the job's object path, which ``UnitEvent/jobRemoved(job:result:)`` names when it ends.
     /// - Throws: ``BusError``.
-    public func startUnit(_ name: String) throws(BusError) {
-        _ = try call("StartUnit", [name, "replace"], operation: "StartUnit \(name)")
+    public func startUnit(_ name: String) throws(BusError) -> String {
+        try call("StartUnit", [name, "replace"], operation: "StartUnit \(name)", readsObjectPath: true) ?? ""
     }
 
     /// Manager.StopUnit with mode `replace`.
@@ -202,32 +203,49 @@ public final class UnitBus: @unchecked Sendable {
     }
 }
 
-/// Watches one unit for state changes: a connection of its own, a match on the unit's
-/// `PropertiesChanged` signals (sd_bus_match_signal(3)), and a thread that sleeps in
-/// poll(2) on the connection and on an eventfd for ``refresh()``: no polling.
+/// What a ``UnitWatcher`` reports about its unit, in the order systemd sent it.
+public enum UnitEvent: Sendable, Equatable {
+    /// The unit's state after a change (or as asked for by ``UnitWatcher/refresh()``).
+    case changed(UnitState)
+    /// A job for the unit ended: Manager's `JobRemoved(u id, o job, s unit, s result)`, with
+    /// `result` one of `done`, `canceled`, `timeout`, `failed`, `dependency`, `skipped`, ...
+    /// (org.freedesktop.systemd1(5)), and the unit's `state` as the job left it. A start whose
+    /// unit then is not up was refused: a condition not met (`done`), a unit it requires
+    /// failed (`dependency`), and so on.
+    case jobRemoved(job: String, result: String, state: UnitState)
+}
+
+/// Watches one unit: a connection of its own, matches on the unit's `PropertiesChanged`
+/// signals and on the Manager's `JobRemoved` (sd_bus_match_signal(3)), and a thread that
+/// sleeps in poll(2) on the connection and on a pipe for ``refresh()``: no polling.
 ///
 /// The state is pieced together from the signals themselves, in their order: systemd
 /// unloads an inactive unit nobody refers to, and reading it then loads it afresh with
 /// its history gone. systemd sends a change first for the service interface, then for the
 /// unit interface "so that clients may rely on this order to get atomic behavior"
-/// (src/core/dbus-unit.c), so a state is reported after the unit interface's change.
+/// (src/core/dbus-unit.c), so a state is reported after the unit interface's change. It
+/// also flushes a unit's pending change before it sends a job's `JobRemoved`
+/// (src/core/dbus-job.c), so a job's end is reported after the state it left.
 public final class UnitWatcher: @unchecked Sendable {
-    // @unchecked: `bus`, `slot` and `snapshot` are used only on the watcher's thread after init.
+    // @unchecked: `bus`, the slots and `snapshot` are used only on the watcher's thread after init.
     private var bus: OpaquePointer?
     private var slot: OpaquePointer?
+    private var jobSlot: OpaquePointer?
     private let path: String
+    private let unit: String
     /// A pipe whose read end wakes the thread for ``refresh()``.
     private let wakeup: (read: Int32, write: Int32)
-    private let onChange: @Sendable (UnitState) -> Void
+    private let onEvent: @Sendable (UnitEvent) -> Void
     private var snapshot = UnitState(
         activeState: "inactive", subState: "dead", result: "success", mainPID: 0, execMainCode: 0, execMainStatus: 0)
 
-    /// Starts watching the unit at object `path`; `onChange` runs on the watcher's thread,
-    /// once per change and once per ``refresh()``, in order.
-    /// - Throws: ``BusError`` when the bus or the match cannot be set up.
-    public init(path: String, onChange: @escaping @Sendable (UnitState) -> Void) throws {
+    /// Starts watching `unit` (e.g. `clamav-daemon.service`) at object `path`; `onEvent`
+    /// runs on the watcher's thread, once per change, per ended job and per ``refresh()``, in order.
+    /// - Throws: ``BusError`` when the bus or the matches cannot be set up.
+    public init(unit: String, path: String, onEvent: @escaping @Sendable (UnitEvent) -> Void) throws {
+        self.unit = unit
         self.path = path
-        self.onChange = onChange
+        self.onEvent = onEvent
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { throw BusError(operation: "pipe", message: String(cString: strerror(errno))) }
         for end in ends {
@@ -248,6 +266,14 @@ public final class UnitWatcher: @unchecked Sendable {
                 return 0
             }, Unmanaged.passUnretained(self).toOpaque())
         guard result >= 0 else { throw BusError(operation: "watching \(path)", message: String(cString: strerror(-result))) }
+        let jobs = sd_bus_match_signal(
+            bus, &jobSlot, nil, UnitBus.managerPath, UnitBus.manager, "JobRemoved",
+            { message, userdata, _ in
+                let watcher = Unmanaged<UnitWatcher>.fromOpaque(userdata!).takeUnretainedValue()
+                watcher.jobRemoved(message)
+                return 0
+            }, Unmanaged.passUnretained(self).toOpaque())
+        guard jobs >= 0 else { throw BusError(operation: "watching jobs", message: String(cString: strerror(-jobs))) }
         let thread = Thread { [self] in run() }
         thread.name = "backstop-unit-watch"
         thread.start()
@@ -262,7 +288,22 @@ public final class UnitWatcher: @unchecked Sendable {
     }
 
     private func received(_ message: OpaquePointer?) {
-        if Self.merge(message, into: &snapshot) == "org.freedesktop.systemd1.Unit" { onChange(snapshot) }
+        if Self.merge(message, into: &snapshot) == "org.freedesktop.systemd1.Unit" { onEvent(.changed(snapshot)) }
+    }
+
+    /// `JobRemoved(u id, o job, s unit, s result)`: reported when it is about this unit.
+    private func jobRemoved(_ message: OpaquePointer?) {
+        var id: UInt32 = 0
+        var job: UnsafePointer<CChar>?
+        var name: UnsafePointer<CChar>?
+        var result: UnsafePointer<CChar>?
+        guard sd_bus_message_read_basic(message, CChar(UInt8(ascii: "u")), &id) >= 0,
+            sd_bus_message_read_basic(message, CChar(UInt8(ascii: "o")), &job) >= 0, let job,
+            sd_bus_message_read_basic(message, CChar(UInt8(ascii: "s")), &name) >= 0, let name,
+            sd_bus_message_read_basic(message, CChar(UInt8(ascii: "s")), &result) >= 0, let result,
+            String(cString: name) == unit
+        else { return }
+        onEvent(.jobRemoved(job: String(cString: job), result: String(cString: result), state: snapshot))
     }
 
     private func run() {
@@ -286,7 +327,7 @@ public final class UnitWatcher: @unchecked Sendable {
                 _ = read(wakeup.read, &drained, drained.count)
                 // The state as the signals so far tell it. Not a fresh read: signals that came
                 // before its reply would be processed after it and turn the state back.
-                onChange(snapshot)
+                onEvent(.changed(snapshot))
             }
         }
     }
