@@ -79,11 +79,11 @@ struct VersionTarget: ParsableArguments {
 
 /// For read-only verbs: asks the daemon, and when it is not running says so on stderr
 /// and reads what it saved instead. Other errors are handled as ``perform(_:)`` does.
-func askOrReadSaved<T>(_ shown: String, ask: () throws -> T, saved: () -> T) throws -> T {
+func askOrReadSaved<T>(_ shown: String, ask: () throws -> T, saved: () throws -> T) throws -> T {
     try perform {
         do { return try ask() } catch ControlClient.ClientError.daemonNotRunning {
             FileHandle.standardError.write(Data("backstopctl: backstopd is not running; \(shown)\n".utf8))
-            return saved()
+            return try saved()
         }
     }
 }
@@ -349,7 +349,7 @@ struct Boots: ParsableCommand {
             try ControlClient(path: configuration.daemon.controlSocketPath)
                 .call("ListBoots", [String: String](), as: Reply.self).boots
         } saved: {
-            BootLog.load(stateDirectory: stateDirectory).boots
+            try BootLog.load(stateDirectory: stateDirectory).boots
         }
         if json {
             print(String(decoding: try JSONEncoder.backstop.encode(Reply(boots: boots)), as: UTF8.self))

@@ -300,6 +300,15 @@ struct AgentPolicyProbeTests {
         #expect(policy.recentFailures(at: moment(1)).first?.attribution == .configuration)
     }
 
+    @Test("a reason the runner knows (systemd's start timeout) wins over the signal that ended the agent")
+    func knownReason() throws {
+        var policy = try candidatePolicy(probeSettings(readyCheck: false))
+        _ = policy.agentStarted(pid: 10, at: moment(0))
+        let exit = policy.agentExited(.signaled(signal: SIGTERM), reason: .startTimeout, at: moment(5))
+        #expect(exit.decision(.agentExited)?.reason == "start-timeout")
+        #expect(exit.decision(.agentExited)?.failures == 1, "counted against the content, unlike killed-externally")
+    }
+
     @Test("a health check that cannot run is not counted")
     func healthCheckCannotRun() throws {
         var policy = try candidatePolicy(probeSettings(readyCheck: false, healthInterval: 10))

@@ -80,6 +80,31 @@ struct BootAssessmentTests {
         #expect(log.failedBootsInARow(agent: "other", running: candidate, before: "b4") == 0)
     }
 
+    @Test("a failed boot in which the agent was held stopped is no evidence against its content, and ends the row")
+    func agentNotStarted() {
+        var log = BootLog()
+        var held = candidate
+        held.started = false
+        _ = log.enter(boot("b1", held))
+        let marked = log.markStarted("demo", in: "b1")
+        let markedAgain = log.markStarted("demo", in: "b1")
+        let recordedAgain = log.record("demo", held, in: "b1")
+        #expect(marked)
+        #expect(!markedAgain, "unchanged: nothing to save")
+        #expect(!recordedAgain, "the same content keeps its started mark")
+        _ = log.enter(boot("b2", held))  // the agent was stopped by an operator in b2
+        _ = log.enter(boot("b3", held))
+        #expect(log.state(of: "b2") == "failed", "the machine still failed to boot")
+        #expect(log.failedBootsInARow(agent: "demo", running: candidate, before: "b3") == 0)
+        _ = log.markStarted("demo", in: "b3")
+        _ = log.enter(boot("b4", held))
+        #expect(log.failedBootsInARow(agent: "demo", running: candidate, before: "b4") == 1, "b3 counts, b2 ends the row")
+        // A good boot that ended uncleanly fails for a candidate only if the agent ran it.
+        log.markGood("b4")
+        let verdict = log.enter(boot("b5", held))
+        #expect(verdict?.state == "good")
+    }
+
     @Test("the log keeps the last 100 boots and reads records written before agents were kept")
     func capacityAndOldRecords() throws {
         var log = BootLog()

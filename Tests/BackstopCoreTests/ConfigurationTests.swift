@@ -300,6 +300,35 @@ struct ConfigurationTests {
             source: minimalAgent + "\nunit = \"demo.service\"\n",
             line: 4, key: "agent[0].unit", message: "only meaningful with runner = \"systemd\""),
         Fault(
+            what: "runner systemd with a template unit",
+            source: "[[agent]]\nname = \"av\"\nrunner = \"systemd\"\nunit = \"av@.service\"\ncontent_link = \"/var/lib/av\"\n",
+            line: 4, key: "agent[0].unit", message: "av@.service is a template"),
+        Fault(
+            what: "runner systemd with backstopd's own unit",
+            source: "[[agent]]\nname = \"av\"\nrunner = \"systemd\"\nunit = \"backstopd.service\"\ncontent_link = \"/var/lib/av\"\n",
+            line: 4, key: "agent[0].unit", message: "is Backstop itself"),
+        Fault(
+            what: "two agents with one unit",
+            source: "[[agent]]\nname = \"a\"\nrunner = \"systemd\"\nunit = \"av.service\"\ncontent_link = \"/var/lib/a\"\n"
+                + "[[agent]]\nname = \"b\"\nrunner = \"systemd\"\nunit = \"av.service\"\ncontent_link = \"/var/lib/b\"\n",
+            line: 9, key: "agent[1].unit", message: "already agent \"a\"'s unit"),
+        Fault(
+            what: "content_link above state_directory",
+            source: minimalAgent + "\ncontent_link = \"/var/lib/\"\n",
+            line: 4, key: "agent[0].content_link", message: "/var/lib holds state_directory"),
+        Fault(
+            what: "content_link at the root",
+            source: minimalAgent + "\ncontent_link = \"/\"\n",
+            line: 4, key: "agent[0].content_link", message: "/ holds state_directory"),
+        Fault(
+            what: "content_link at a system directory",
+            source: minimalAgent + "\ncontent_link = \"/etc\"\n",
+            line: 4, key: "agent[0].content_link", message: "/etc is a system directory"),
+        Fault(
+            what: "two agents with one content_link",
+            source: minimalAgent + "\ncontent_link = \"/srv/rules\"\n[[agent]]\nname = \"b\"\nexec = [\"/usr/bin/b\"]\ncontent_link = \"/srv/rules/\"\n",
+            line: 8, key: "agent[1].content_link", message: "already agent \"demo\"'s content_link"),
+        Fault(
             what: "safe_mode_exec with an empty program",
             source: minimalAgent + "\nsafe_mode_exec = [\"\"]\n",
             line: 4, key: "agent[0].safe_mode_exec", message: "must not be empty"),

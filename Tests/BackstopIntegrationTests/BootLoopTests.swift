@@ -32,7 +32,7 @@ struct BootLoopTests {
     /// `failedBefore` failed boots with the same candidate before it.
     func reboot(_ harness: DaemonHarness, failedBefore: Int) throws -> String {
         let current = try BootID.current()
-        let past = String(repeating: "a", count: 31) + "1"
+        let past = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         let bootsPath = harness.directory + "/state/boots.json"
         var text = try String(contentsOfFile: bootsPath, encoding: .utf8).replacingOccurrences(of: current, with: past)
         var log = try JSONDecoder.backstop.decode(BootLog.self, from: Data(text.utf8))
@@ -95,6 +95,48 @@ struct BootLoopTests {
         let agent = try #require(report.agents.first)
         #expect(agent.content.candidate == "v2")
         #expect(agent.probation?.elapsedSec ?? 600 < 60, "probation starts again after a reboot")
+    }
+
+    @Test("failed boots in which the agent was held stopped roll nothing back")
+    func stoppedAgentIsNotBlamed() throws {
+        let harness = try daemonWithCandidate()
+        defer { harness.cleanUp() }
+        #expect(try harness.ctl("stop", "demo").status == 0)
+        // A power cut in the boot that ran v2, then one in a boot in which it stayed stopped.
+        harness.killDaemon()
+        _ = try reboot(harness, failedBefore: 0)
+        try harness.start()
+        try harness.wait(for: "boot-assessed")
+        harness.killDaemon()
+        _ = try reboot(harness, failedBefore: 0)
+        try harness.start()
+        try harness.wait(for: "boot-assessed")
+        let verdict = try #require(harness.log.all.first { $0.contains("event=boot-assessed") })
+        #expect(verdict.contains("Failed boots in a row: 2; with agent demo started on content v2: 0"), "\(verdict)")
+        #expect(!harness.log.all.contains { $0.contains("event=rollback") })
+        #expect(try harness.status().0.boot.consecutiveFailed == 2, "the machine did fail to boot twice")
+        let agent = try harness.agent()
+        #expect(agent.content.active == "v2")
+        #expect(agent.content.quarantined.isEmpty)
+        #expect(agent.stoppedByOperator)
+    }
+
+    @Test("an unreadable boots.json is set aside and logged; the daemon starts a new log and runs the agent")
+    func corruptBootLog() throws {
+        let harness = try daemonWithCandidate()
+        defer { harness.cleanUp() }
+        harness.killDaemon()
+        let bootsPath = harness.directory + "/state/boots.json"
+        try #"{"boots":[{"id":"#.write(toFile: bootsPath, atomically: true, encoding: .utf8)
+        try harness.start()
+        try harness.wait(for: "agent-ready")
+        let complaint = try #require(harness.log.all.first { $0.contains("The boot log is unreadable") })
+        #expect(complaint.contains(bootsPath))
+        let aside = try FileManager.default.contentsOfDirectory(atPath: harness.directory + "/state").filter { $0.hasPrefix("boots.json.corrupt-") }
+        #expect(aside.count == 1)
+        #expect(try String(contentsOfFile: harness.directory + "/state/" + aside[0], encoding: .utf8) == #"{"boots":[{"id":"#)
+        let boots = try harness.ctl("boots", "--no-legend").output.split(separator: "\n")
+        #expect(boots.count == 1, "a new log with the current boot: \(boots)")
     }
 
     @Test("one failed boot, below boot_failure_threshold, is recorded but rolls nothing back")

@@ -197,6 +197,68 @@ struct ContainerTests {
         }
     }
 
+    @Test("the systemd runner under systemctl restart, a SIGTERM to the agent, a systemd re-exec and a reboot")
+    func unitOutsideActions() throws {
+        try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            func mainPID() throws -> String {
+                try container.run("/bin/systemctl", "show", "demo-agent", "-p", "MainPID", "--value").output.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+
+            // systemctl restart: one new process, still supervised, no fight over the unit.
+            let before = try mainPID()
+            #expect(try container.run("/bin/systemctl", "restart", "demo-agent").status == 0)
+            try container.waitInBoot("the restart seen") { $0.contains { $0.contains("restarted outside Backstop") } }
+            var agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(agent.pid.map(String.init) == (try mainPID()))
+            #expect(try mainPID() != before)
+            let lines = try container.run("/bin/journalctl", "-b", "-u", "demo-agent", "--no-pager", "-o", "cat").output
+            #expect(lines.components(separatedBy: "Started demo-agent.service").count - 1 == 2, "started once by Backstop, once by the restart:\n\(lines)")
+            #expect(!(try container.decisions()).contains { $0["BACKSTOP_EVENT"] == "agent-exited" }, "a restart is no end of the run")
+
+            // A SIGTERM from someone else (the demo agent exits 0 on it): restarted, not counted, not an operator's stop.
+            try container.run("/bin/kill", "-TERM", try mainPID())
+            try container.waitForDecision("agent-exited", reason: "clean-exit")
+            try container.waitForDecision("agent-ready", version: "v1", count: 2)
+            agent = try #require(try container.status().agents.first)
+            #expect(!agent.stoppedByOperator)
+            #expect(agent.failures.recent == 0)
+
+            // A clean reboot: systemd stops the unit before backstopd, which is no operator's stop.
+            try container.shutDown()
+            try container.boot()
+            try container.waitForDecision("agent-ready", version: "v1")
+            agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(!agent.stoppedByOperator)
+
+            // systemd re-executes itself (as on its upgrade): Backstop watches the unit again and sees the next crash.
+            try container.run("/bin/systemctl", "daemon-reexec")
+            try container.waitInBoot("watching again after the re-exec") { $0.contains { $0.contains("Watching the agent's unit again") } }
+            try container.run("/bin/kill", "-SEGV", try mainPID())
+            try container.waitForDecision("agent-exited", reason: "crashed")
+            try container.waitForDecision("agent-ready", version: "v1", count: 2)
+        }
+    }
+
+    @Test("systemd's own start timeout of the unit is a start timeout, counted against the content")
+    func unitStartTimeout() throws {
+        let unit = """
+            [Service]
+            Type=notify
+            ExecStart=/bin/sleep infinity
+            TimeoutStartSec=1
+            """
+        try withContainer(config: Self.unitConfig + "\nfailure_threshold = 5\n", files: ["/etc/systemd/system/demo-agent.service": unit]) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-exited", reason: "start-timeout", seconds: 30)
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.failures.recent >= 1)
+        }
+    }
+
     /// The demo agent's unit, refused by systemd until the operator fixes its surroundings:
     /// it needs a unit that fails until /run/prerequisite-ok exists, and /run/demo-enabled.
     static let refusedUnits = [

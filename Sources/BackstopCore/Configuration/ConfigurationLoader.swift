@@ -121,15 +121,39 @@ private struct TableReader {
             }
         }
         try checkSocketPaths(configuration)
+        let stateDirectory = configuration.daemon.stateDirectory
         for (index, agent) in configuration.agents.enumerated() {
-            if let link = agent.contentLink,
-                link == configuration.daemon.stateDirectory || link.hasPrefix(configuration.daemon.stateDirectory + "/")
-            {
-                throw fail("agent[\(index)].content_link", "must not be inside state_directory (\(configuration.daemon.stateDirectory))")
+            let earlier = configuration.agents.prefix(index)
+            if let unit = agent.unit, let other = earlier.first(where: { $0.unit == unit }) {
+                throw fail("agent[\(index)].unit", "\(unit) is already agent \"\(other.name)\"'s unit; one agent per unit")
+            }
+            guard let link = agent.contentLink.map({ ($0 as NSString).standardizingPath }) else { continue }
+            let key = "agent[\(index)].content_link"
+            if link == stateDirectory || link.hasPrefix(stateDirectory + "/") {
+                throw fail(key, "must not be inside state_directory (\(stateDirectory))")
+            }
+            if stateDirectory.hasPrefix(link + "/") || link == "/" {
+                throw fail(key, "\(link) holds state_directory (\(stateDirectory)); the link would replace it")
+            }
+            if Self.systemDirectories.contains(link) {
+                throw fail(key, "\(link) is a system directory; Backstop would move it aside and put a symlink in its place")
+            }
+            if let other = earlier.first(where: { $0.contentLink.map { ($0 as NSString).standardizingPath } == link }) {
+                throw fail(key, "\(link) is already agent \"\(other.name)\"'s content_link; one agent per link")
             }
         }
         return configuration
     }
+
+    /// Directories of the file system hierarchy (hier(7)) that a `content_link` must never be:
+    /// Backstop sets aside whatever is at the link and replaces it with a symlink.
+    static let systemDirectories: Set<String> = {
+        let top = ["bin", "boot", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "media", "mnt", "opt", "proc",
+                   "root", "run", "sbin", "srv", "sys", "tmp", "usr", "var"]
+        let usr = ["bin", "include", "lib", "lib32", "lib64", "libexec", "local", "sbin", "share", "src"]
+        let var_ = ["backups", "cache", "lib", "local", "lock", "log", "mail", "opt", "run", "spool", "tmp"]
+        return Set(top.map { "/" + $0 } + usr.map { "/usr/" + $0 } + var_.map { "/var/" + $0 } + ["/etc/systemd", "/run/systemd"])
+    }()
 
     /// Unix socket paths must fit `sun_path` (108 bytes with its NUL, unix(7)).
     func checkSocketPaths(_ configuration: Configuration) throws(ConfigurationError) {
@@ -215,6 +239,12 @@ private struct TableReader {
             guard let unit = agent.unit else { throw fail(prefix, "missing key \"unit\": runner = \"systemd\" supervises an existing unit") }
             guard unit.hasSuffix(".service"), unit.count > ".service".count, !unit.contains("/") else {
                 throw fail(prefix + ".unit", "must name a service unit, such as \"clamav-daemon.service\", not \"\(unit)\"")
+            }
+            if unit.hasSuffix("@.service") {
+                throw fail(prefix + ".unit", "\(unit) is a template; name one instance, such as \"\(unit.dropLast(".service".count))main.service\"")
+            }
+            if unit == "backstopd.service" {
+                throw fail(prefix + ".unit", "backstopd.service is Backstop itself, not an agent")
             }
             guard agent.contentLink != nil else {
                 throw fail(prefix, "missing key \"content_link\": with runner = \"systemd\" the unit finds its content there")

@@ -115,7 +115,8 @@ extension StatusReport {
             policy.restore(from: state, currentBootID: bootID)
             return StatusReport.Agent(policy: policy, pid: nil, statusText: nil, at: now)
         }
-        let bootLog = BootLog.load(stateDirectory: configuration.daemon.stateDirectory)
+        var bootLog = BootLog()
+        do { bootLog = try BootLog.load(stateDirectory: configuration.daemon.stateDirectory) } catch { problems.append("\(error)") }
         let report = StatusReport(
             daemon: .init(running: false, pid: nil, version: Backstop.version),
             boot: .init(id: bootID, state: bootLog.state(of: bootID), consecutiveFailed: bootLog.consecutiveFailed(before: bootID)),

@@ -522,8 +522,11 @@ public struct AgentPolicy: Sendable, Equatable {
     ///   - oomKilled: the kernel log records an OOM kill of the process.
     ///   - survivors: processes of the agent's session still alive after it ended (the
     ///     host leaves them running only when this makes the exit `daemonized`).
+    ///   - known: the reason when the runner knows better than the termination does
+    ///     (systemd's `Result=timeout` while starting is a start timeout, `Result=watchdog` a hang).
     public mutating func agentExited(
-        _ termination: Termination, oomKilled: Bool = false, survivors: [Int32] = [], at now: Moment
+        _ termination: Termination, oomKilled: Bool = false, survivors: [Int32] = [], reason known: FailureReason? = nil,
+        at now: Moment
     ) -> [PolicyAction] {
         var actions = disarmRunTimers()
         bankProbation(at: now)
@@ -543,7 +546,7 @@ public struct AgentPolicy: Sendable, Equatable {
             actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
             return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
         case .starting, .running:
-            let reason = FailureReason.classify(termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty)
+            let reason = known ?? FailureReason.classify(termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty)
             var exit = recordExit(termination, version: version, reason: reason, at: now)
             if reason == .daemonized, case .record(var decision) = exit {
                 decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))."

@@ -8,13 +8,33 @@ public struct BootAgentRecord: Codable, Sendable, Equatable {
     public var candidate: String?
     /// `normal` or `safe-mode`.
     public var mode: RunMode
+    /// Whether the agent was started on this content in this boot; nil in records written
+    /// before it was kept (taken as started). A boot in which the agent was held stopped is
+    /// no evidence against content it never ran.
+    public var started: Bool?
 
     /// A record of what an agent runs.
-    public init(active: String?, candidate: String?, mode: RunMode) {
+    public init(active: String?, candidate: String?, mode: RunMode, started: Bool? = nil) {
         self.active = active
         self.candidate = candidate
         self.mode = mode
+        self.started = started
     }
+
+    /// Whether `other` names the same content in the same mode (started or not).
+    public func sameContent(as other: BootAgentRecord) -> Bool {
+        active == other.active && candidate == other.candidate && mode == other.mode
+    }
+}
+
+/// A `boots.json` that cannot be read as a boot log.
+public struct BootLogUnreadable: Error, CustomStringConvertible {
+    /// The file.
+    public var path: String
+    /// The decoder's complaint.
+    public var reason: String
+    /// For an operator.
+    public var description: String { "\(path) is not a boot log: \(reason)" }
 }
 
 /// One boot as backstopd saw it.
@@ -79,13 +99,24 @@ public struct BootLog: Codable, Sendable, Equatable {
     /// The file below `stateDirectory`.
     public static func path(stateDirectory: String) -> String { stateDirectory + "/boots.json" }
 
-    /// Reads the log; a missing or unreadable file is an empty log (it is a record, not a control input).
-    public static func load(stateDirectory: String) -> BootLog {
+    /// Reads the log; a missing file is an empty log.
+    /// - Throws: ``BootLogUnreadable`` when the file is there but is not a boot log (corrupt,
+    ///   truncated, empty).
+    public static func load(stateDirectory: String) throws(BootLogUnreadable) -> BootLog {
         let path = path(stateDirectory: stateDirectory)
-        guard let data = FileManager.default.contents(atPath: path),
-            let log = try? JSONDecoder.backstop.decode(BootLog.self, from: data)
-        else { return BootLog() }
-        return log
+        guard let data = FileManager.default.contents(atPath: path) else { return BootLog() }
+        do { return try JSONDecoder.backstop.decode(BootLog.self, from: data) } catch {
+            throw BootLogUnreadable(path: path, reason: "\(error)")
+        }
+    }
+
+    /// Moves an unreadable log aside to `boots.json.corrupt-<seconds since 1970>`, so that
+    /// nothing is lost and the next write starts a new log.
+    /// - Returns: the new path, nil when it could not be moved.
+    public static func setAside(stateDirectory: String) -> String? {
+        let path = path(stateDirectory: stateDirectory)
+        let aside = path + ".corrupt-" + String(Int(Date().timeIntervalSince1970))
+        return rename(path, aside) == 0 ? aside : nil
     }
 
     /// Writes the log crash-safely.
@@ -111,7 +142,8 @@ public struct BootLog: Codable, Sendable, Equatable {
     /// Judges the boot at `index`, which is over, and records the verdict in its state.
     private mutating func judge(at index: Int) -> BootVerdict {
         let boot = boots[index]
-        let candidates = (boot.agents ?? [:]).compactMap { name, agent in agent.candidate.map { "\(name) \($0)" } }.sorted()
+        let candidates = (boot.agents ?? [:]).filter { $0.value.started != false }
+            .compactMap { name, agent in agent.candidate.map { "\(name) \($0)" } }.sorted()
         let state: String
         let explanation: String
         if boot.cleanShutdown == true {
@@ -131,12 +163,26 @@ public struct BootLog: Codable, Sendable, Equatable {
         return BootVerdict(record: boots[index], state: state, explanation: explanation)
     }
 
-    /// Records what `agent` runs in boot `id` (a new activation, a rollback, a promotion).
+    /// Records what `agent` runs in boot `id` (a new activation, a rollback, a promotion);
+    /// whether it was started on that content is kept while the content stays the same.
     /// - Returns: whether anything changed (and the log needs saving).
     public mutating func record(_ agent: String, _ running: BootAgentRecord, in id: String) -> Bool {
-        guard let index = boots.firstIndex(where: { $0.id == id }), boots[index].agents?[agent] != running else { return false }
+        guard let index = boots.firstIndex(where: { $0.id == id }) else { return false }
+        var running = running
+        if let previous = boots[index].agents?[agent], previous.sameContent(as: running) { running.started = previous.started }
+        guard boots[index].agents?[agent] != running else { return false }
         boots[index].agents = (boots[index].agents ?? [:]).merging([agent: running]) { _, new in new }
         boots[index].versions[agent] = running.active
+        return true
+    }
+
+    /// Marks that `agent` was started, on the content last recorded for it, in boot `id`.
+    /// - Returns: whether anything changed (and the log needs saving).
+    public mutating func markStarted(_ agent: String, in id: String) -> Bool {
+        guard let index = boots.firstIndex(where: { $0.id == id }), let record = boots[index].agents?[agent],
+            record.started != true
+        else { return false }
+        boots[index].agents![agent]!.started = true
         return true
     }
 
@@ -162,10 +208,14 @@ public struct BootLog: Codable, Sendable, Equatable {
         boots.filter { $0.id != id }.reversed().prefix { $0.state == "failed" }.count
     }
 
-    /// Failed boots in a row, just before boot `id`, in which `agent` ran exactly `running`
-    /// (the same candidate, or the same known-good version in the same mode): the count a
-    /// boot loop is judged on.
+    /// Failed boots in a row, just before boot `id`, in which `agent` was started on exactly
+    /// the content of `running` (the same candidate, or the same known-good version in the same
+    /// mode): the count a boot loop is judged on. A failed boot in which the agent was not
+    /// started (held stopped by an operator, say) ends the row.
     public func failedBootsInARow(agent: String, running: BootAgentRecord, before id: String) -> Int {
-        boots.filter { $0.id != id }.reversed().prefix { $0.state == "failed" && $0.agents?[agent] == running }.count
+        boots.filter { $0.id != id }.reversed().prefix { boot in
+            guard boot.state == "failed", let record = boot.agents?[agent] else { return false }
+            return record.sameContent(as: running) && record.started != false
+        }.count
     }
 }

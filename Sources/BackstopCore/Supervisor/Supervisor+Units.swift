@@ -19,6 +19,10 @@ struct UnitHost {
     var lastState: UnitState?
     /// The object path of Backstop's start job while it is queued or running.
     var startJob: String?
+    /// Someone else asked the unit to stop while it ran; a stop or a restart, to be told apart.
+    var stopAsked = false
+    /// The watcher lost its connection to systemd and has not reported since.
+    var disconnected = false
 }
 
 /// The systemd runner: the agent is an existing unit, started, stopped and watched over
@@ -76,6 +80,7 @@ extension Supervisor {
                         switch event {
                         case .changed(let state): self.unitChanged(name, state)
                         case .jobRemoved(let job, let result, let state): self.unitJobRemoved(name, job: job, result: result, state: state)
+                        case .disconnected(let reason): self.unitDisconnected(name, reason: reason)
                         }
                     }
                 }
@@ -124,17 +129,36 @@ extension Supervisor {
         }
     }
 
-    /// The end of a job for an agent's unit, and the unit's state as it left it. When it is
-    /// Backstop's start job and the unit is not up and never was, systemd refused the start: a
-    /// `Condition…=` not met, a unit it requires that failed, a start limit. That is a
-    /// configuration matter, as when a program cannot be executed; a start that another job
-    /// replaced (`systemctl stop` while it started) is an operator's stop.
+    /// The end of a job for an agent's unit, and the unit's state as it left it.
+    ///
+    /// Backstop's start job: when the unit is not up and never was, systemd refused the
+    /// start (a `Condition…=` not met, a unit it requires that failed, a start limit). That
+    /// is a configuration matter, as when a program cannot be executed; a start that another
+    /// job replaced (`systemctl stop` while it started) is an operator's stop.
+    ///
+    /// Someone else's job after they asked the unit to stop: a unit that is still down
+    /// was stopped (`systemctl stop`, or the system shutting down), not restarted.
     func unitJobRemoved(_ name: String, job: String, result: String, state: UnitState) {
-        guard let unit = slots[name]?.unit, job == unit.startJob, !shuttingDown else { return }
-        slots[name]!.unit!.startJob = nil
-        guard slots[name]!.policy.phase == .starting, !unit.runReported, !state.isUp, state.activeState != "failed" else { return }
+        guard let unit = slots[name]?.unit, !shuttingDown else { return }
         let now = Moment.now()
         defer { persist(name) }
+        if unit.stopAsked, !state.isUp {
+            slots[name]!.unit!.stopAsked = false
+            if (try? unit.bus.systemState()) == "stopping" {
+                // The machine shuts down: systemd stops the agent before backstopd. Not an
+                // operator's decision; the agent starts again at the next boot.
+                apply(slots[name]!.policy.shutdown(at: now), to: name)
+            } else {
+                logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
+                              metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+                apply(slots[name]!.policy.stop(at: now), to: name)
+            }
+            runEnded(name, state, at: now)
+            return
+        }
+        guard job == unit.startJob else { return }
+        slots[name]!.unit!.startJob = nil
+        guard slots[name]!.policy.phase == .starting, !unit.runReported, !state.isUp, state.activeState != "failed" else { return }
         let why: String
         switch result {
         case "canceled":
@@ -149,6 +173,14 @@ extension Supervisor {
         apply(slots[name]!.policy.spawnFailed("\(unit.name) did not start: \(why)", at: now), to: name)
     }
 
+    /// The connection to systemd was lost; the watcher reconnects and reports the state afresh.
+    func unitDisconnected(_ name: String, reason: String) {
+        guard let unit = slots[name]?.unit, !shuttingDown else { return }
+        logger.warning("Lost the connection to systemd (\(reason)); watching the agent's unit again as soon as systemd answers.",
+                       metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+        slots[name]!.unit!.disconnected = true
+    }
+
     /// A state of an agent's unit, from its watcher, in order.
     func unitChanged(_ name: String, _ state: UnitState) {
         guard let unit = slots[name]?.unit, !shuttingDown else { return }
@@ -157,7 +189,17 @@ extension Supervisor {
         let previous = unit.lastState
         slots[name]!.unit!.lastState = state
         defer { persist(name) }
+        if unit.disconnected {
+            slots[name]!.unit!.disconnected = false
+            logger.notice("Watching the agent's unit again.", metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+        }
         if state.isUp {
+            if unit.stopAsked {
+                // Stopped and started again by someone else (`systemctl restart`): the run goes
+                // on, with a new main process.
+                slots[name]!.unit!.stopAsked = false
+                logger.notice("The agent's unit was restarted outside Backstop.", metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+            }
             if !unit.runReported {
                 guard phase == .starting else {
                     // Started outside Backstop (systemctl start): supervised from now on, as after `backstopctl start`.
@@ -172,24 +214,39 @@ extension Supervisor {
             }
             if state.mainPID > 0 { slots[name]!.pid = state.mainPID }
             if state.activeState == "active" { apply(slots[name]!.policy.agentReady(at: now), to: name) }
+        } else if state.activeState == "deactivating" {
+            // Stopping for a job that is not Backstop's (Backstop's own stops happen while the
+            // policy is stopping): someone's stop or restart job. Which one, the next states tell.
+            // Without a job, the main process ended by itself, or systemd's own timeout hit.
+            if unit.runReported, let job = state.job, job != unit.startJob, phase == .starting || phase == .running {
+                slots[name]!.unit!.stopAsked = true
+            }
         } else if state.activeState == "inactive" || state.activeState == "failed" {
+            // Down after someone asked it to stop: a stop, unless it comes up again (a
+            // restart); the end of their job tells (``unitJobRemoved(_:job:result:state:)``).
+            guard !unit.stopAsked else { return }
             // A start that failed before its activation was seen is a run that ended too.
             let failedEarly = !unit.runReported && phase == .starting && state.activeState == "failed"
                 && previous?.activeState != "failed"
             guard unit.runReported || failedEarly else { return }
             if failedEarly { apply(slots[name]!.policy.agentStarted(pid: state.mainPID, at: now), to: name) }
-            slots[name]!.unit!.runReported = false
-            slots[name]!.pid = nil
-            stopProbes(name)
-            let termination = state.termination ?? .exited(code: 0)
-            let unasked = phase == .starting || phase == .running
-            if unasked && state.result == "success" {
-                // `systemctl stop`: an operator's decision, not a failure; it stays stopped until started again.
-                logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
-                              metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
-                apply(slots[name]!.policy.stop(at: now), to: name)
-            }
-            apply(slots[name]!.policy.agentExited(termination, oomKilled: state.result == "oom-kill", at: now), to: name)
+            runEnded(name, state, at: now)
         }
+    }
+
+    /// The end of a unit's run, told to the policy: how its main process ended, and what
+    /// systemd's `Result` adds (its start timeout, its watchdog).
+    private func runEnded(_ name: String, _ state: UnitState, at now: Moment) {
+        slots[name]!.unit!.runReported = false
+        slots[name]!.pid = nil
+        stopProbes(name)
+        let phase = slots[name]!.policy.phase
+        let known: FailureReason? = switch state.result {
+        case "timeout" where phase == .starting: .startTimeout
+        case "watchdog": .hung
+        default: nil
+        }
+        apply(slots[name]!.policy.agentExited(
+            state.termination ?? .exited(code: 0), oomKilled: state.result == "oom-kill", reason: known, at: now), to: name)
     }
 }

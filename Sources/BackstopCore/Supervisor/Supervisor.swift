@@ -102,7 +102,12 @@ public actor Supervisor {
         let unwatchable = attachUnits()
         // Boot assessment, before any agent starts: at the first start in a boot the
         // previous boot is judged, and a boot loop is broken before the agent runs again.
-        bootLog = BootLog.load(stateDirectory: configuration.daemon.stateDirectory)
+        do { bootLog = try BootLog.load(stateDirectory: configuration.daemon.stateDirectory) } catch {
+            let aside = BootLog.setAside(stateDirectory: configuration.daemon.stateDirectory)
+            logger.error("The boot log is unreadable; it was set aside and a new one begins, so the previous boot cannot be judged.",
+                         metadata: ["path": "\(error.path)", "set_aside_to": "\(aside ?? "(could not be moved)")", "error": "\(error.reason)"])
+            bootLog = BootLog()
+        }
         let verdict = bootLog.enter(BootRecord(
             id: bootID, startedAt: now.wall, state: "pending", agents: slots.mapValues { Self.bootRecord(of: $0.policy) }))
         bootGood = bootLog.state(of: bootID) == "good"
@@ -124,7 +129,7 @@ public actor Supervisor {
 
     /// What an agent runs, as the boot log keeps it.
     private static func bootRecord(of policy: AgentPolicy) -> BootAgentRecord {
-        BootAgentRecord(active: policy.ledger.active, candidate: policy.ledger.candidate, mode: policy.mode)
+        BootAgentRecord(active: policy.ledger.active, candidate: policy.ledger.candidate, mode: policy.mode, started: false)
     }
 
     /// One `boot-assessed` entry per agent for the verdict on the previous boot.
@@ -134,7 +139,11 @@ public actor Supervisor {
             let version = verdict.record.agents?[agent.name]?.active ?? verdict.record.versions[agent.name]
             var message = "The previous boot \(verdict.record.id) was \(verdict.state): \(verdict.explanation)."
             if verdict.state == "failed" {
-                message += " Failed boots in a row: \(failedInARow) (agent \(agent.name) on content \(version ?? "none"); boot_failure_threshold \(agent.bootFailureThreshold))."
+                // The row a boot loop is judged on: boots in which the agent was started on this content.
+                let withAgent = verdict.record.agents?[agent.name].map {
+                    bootLog.failedBootsInARow(agent: agent.name, running: $0, before: bootID)
+                } ?? failedInARow
+                message += " Failed boots in a row: \(failedInARow); with agent \(agent.name) started on content \(version ?? "none"): \(withAgent) (boot_failure_threshold \(agent.bootFailureThreshold))."
             }
             record(Decision(
                 .bootAssessed, agent: agent.name, version: version, failures: verdict.state == "failed" ? failedInARow : nil,
@@ -565,6 +574,7 @@ public actor Supervisor {
             case .record(let decision):
                 record(decision)
                 if decision.event == .agentReady { startBootHealthTimer(name) }
+                if decision.event == .agentStarted, bootLog.markStarted(name, in: bootID) { saveBootLog() }
             case .probe(let probe, let timeoutSeconds):
                 runProbe(name, probe, timeoutSeconds: timeoutSeconds)
             }

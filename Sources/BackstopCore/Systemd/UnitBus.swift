@@ -15,6 +15,10 @@ public struct UnitState: Sendable, Equatable {
     public var execMainCode: Int32
     /// `ExecMainStatus`: the exit code or signal number.
     public var execMainStatus: Int32
+    /// The object path of the unit's `Job` (the one job queued or running for it), nil when
+    /// none; sent in the same change as `ActiveState`, so a stop job is seen with the
+    /// `deactivating` it causes.
+    public var job: String? = nil
 
     /// Whether the unit runs or is on its way up.
     public var isUp: Bool { ["active", "activating", "reloading"].contains(activeState) }
@@ -162,8 +166,31 @@ public final class UnitBus: @unchecked Sendable {
     ) throws(BusError) -> String? {
         lock.lock()
         defer { lock.unlock() }
-        return try Self.call(
-            bus: bus, member, strings, int32: int32, operation: operation, readsObjectPath: readsObjectPath)
+        do {
+            return try Self.call(
+                bus: bus, member, strings, int32: int32, operation: operation, readsObjectPath: readsObjectPath)
+        } catch where sd_bus_is_open(bus) <= 0 {
+            // The connection is gone (systemd re-executed itself): once more on a new one.
+            sd_bus_flush_close_unref(bus)
+            bus = nil
+            bus = try Self.connect()
+            return try Self.call(
+                bus: bus, member, strings, int32: int32, operation: operation, readsObjectPath: readsObjectPath)
+        }
+    }
+
+    /// Manager's `SystemState` (`running`, `degraded`, `stopping`, ...; org.freedesktop.systemd1(5)).
+    /// - Throws: ``BusError``.
+    public func systemState() throws(BusError) -> String {
+        lock.lock()
+        defer { lock.unlock() }
+        var error = sd_bus_error()
+        defer { sd_bus_error_free(&error) }
+        var value: UnsafeMutablePointer<CChar>?
+        let result = sd_bus_get_property_string(bus, Self.destination, Self.managerPath, Self.manager, "SystemState", &error, &value)
+        guard result >= 0, let value else { throw Self.busError("reading SystemState", result, error) }
+        defer { free(value) }
+        return String(cString: value)
     }
 
     /// Calls a Manager method on `bus`, which the caller owns.
@@ -213,6 +240,9 @@ public enum UnitEvent: Sendable, Equatable {
     /// unit then is not up was refused: a condition not met (`done`), a unit it requires
     /// failed (`dependency`), and so on.
     case jobRemoved(job: String, result: String, state: UnitState)
+    /// The connection to systemd was lost (`systemctl daemon-reexec`, a systemd upgrade);
+    /// the watcher reconnects, reads the unit's state afresh and reports it as a change.
+    case disconnected(reason: String)
 }
 
 /// Watches one unit: a connection of its own, matches on the unit's `PropertiesChanged`
@@ -253,7 +283,25 @@ public final class UnitWatcher: @unchecked Sendable {
             _ = fcntl(end, F_SETFL, O_NONBLOCK)
         }
         wakeup = (ends[0], ends[1])
+        try connect()
+        let thread = Thread { [self] in run() }
+        thread.name = "backstop-unit-watch"
+        thread.start()
+    }
+
+    /// Connects, subscribes to systemd's signals, matches the unit's and reads its state.
+    /// - Throws: ``BusError``; the connection is closed again then.
+    private func connect() throws(BusError) {
         bus = try UnitBus.connect()
+        do {
+            try subscribe()
+        } catch {
+            disconnect()
+            throw error
+        }
+    }
+
+    private func subscribe() throws(BusError) {
         // Manager.Subscribe: without it systemd does not send unit signals to this client.
         _ = try UnitBus.call(bus: bus, "Subscribe", [], operation: "Subscribe")
         if let state = try? UnitBus.state(bus: bus, path: path) { snapshot = state }
@@ -274,9 +322,12 @@ public final class UnitWatcher: @unchecked Sendable {
                 return 0
             }, Unmanaged.passUnretained(self).toOpaque())
         guard jobs >= 0 else { throw BusError(operation: "watching jobs", message: String(cString: strerror(-jobs))) }
-        let thread = Thread { [self] in run() }
-        thread.name = "backstop-unit-watch"
-        thread.start()
+    }
+
+    private func disconnect() {
+        slot = sd_bus_slot_unref(slot)
+        jobSlot = sd_bus_slot_unref(jobSlot)
+        bus = sd_bus_flush_close_unref(bus)
     }
 
     /// Asks for the current state to be reported, after every change already received
@@ -306,12 +357,35 @@ public final class UnitWatcher: @unchecked Sendable {
         onEvent(.jobRemoved(job: String(cString: job), result: String(cString: result), state: snapshot))
     }
 
+    /// Serves the connection; when it is lost, reconnects (after 0.1 s, doubling to 5 s:
+    /// systemd's socket is back within moments of a re-exec) and reports the state read afresh.
     private func run() {
+        while true {
+            let reason = serve()
+            disconnect()
+            onEvent(.disconnected(reason: reason))
+            var delaySeconds = 0.1
+            while true {
+                Thread.sleep(forTimeInterval: delaySeconds)
+                do {
+                    try connect()
+                    break
+                } catch {
+                    delaySeconds = min(delaySeconds * 2, 5)
+                }
+            }
+            onEvent(.changed(snapshot))
+        }
+    }
+
+    /// Processes the connection's messages until it fails.
+    /// - Returns: why it ended.
+    private func serve() -> String {
         let busDescriptor = sd_bus_get_fd(bus)
         while true {
             var result = sd_bus_process(bus, nil)
             while result > 0 { result = sd_bus_process(bus, nil) }
-            if result < 0 { return }
+            if result < 0 { return String(cString: strerror(-result)) }
             var descriptors = [
                 pollfd(fd: busDescriptor, events: Int16(truncatingIfNeeded: sd_bus_get_events(bus)), revents: 0),
                 pollfd(fd: wakeup.read, events: Int16(POLLIN), revents: 0),
@@ -321,7 +395,7 @@ public final class UnitWatcher: @unchecked Sendable {
             _ = sd_bus_get_timeout(bus, &deadline)
             let milliseconds = deadline == UInt64.max
                 ? -1 : Int32(clamping: (deadline > KernelLog.monotonicMicroseconds() ? deadline - KernelLog.monotonicMicroseconds() : 0) / 1000)
-            guard poll(&descriptors, 2, milliseconds) >= 0 || errno == EINTR else { return }
+            guard poll(&descriptors, 2, milliseconds) >= 0 || errno == EINTR else { return String(cString: strerror(errno)) }
             if descriptors[1].revents & Int16(POLLIN) != 0 {
                 var drained = [UInt8](repeating: 0, count: 64)
                 _ = read(wakeup.read, &drained, drained.count)
@@ -356,6 +430,13 @@ public final class UnitWatcher: @unchecked Sendable {
             switch signature {
             case "s": sd_bus_message_read_basic(message, string, &text)
             case "i", "u": sd_bus_message_read_basic(message, contents.pointee, &number)
+            case "(uo)":
+                // Job: (id, path), id 0 when there is none.
+                if sd_bus_message_enter_container(message, CChar(UInt8(ascii: "r")), "uo") > 0 {
+                    sd_bus_message_read_basic(message, CChar(UInt8(ascii: "u")), &number)
+                    sd_bus_message_read_basic(message, CChar(UInt8(ascii: "o")), &text)
+                    sd_bus_message_exit_container(message)
+                }
             default: sd_bus_message_skip(message, contents)
             }
             switch String(cString: key) {
@@ -365,6 +446,7 @@ public final class UnitWatcher: @unchecked Sendable {
             case "MainPID": state.mainPID = Int32(truncatingIfNeeded: number)
             case "ExecMainCode": state.execMainCode = Int32(truncatingIfNeeded: number)
             case "ExecMainStatus": state.execMainStatus = Int32(truncatingIfNeeded: number)
+            case "Job": state.job = number == 0 ? nil : text.map { String(cString: $0) }
             default: break
             }
             sd_bus_message_exit_container(message)
