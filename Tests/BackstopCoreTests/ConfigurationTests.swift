@@ -325,6 +325,10 @@ struct ConfigurationTests {
             source: minimalAgent + "\ncontent_link = \"/etc\"\n",
             line: 4, key: "agent[0].content_link", message: "/etc is a system directory"),
         Fault(
+            what: "content_link that is a system directory once resolved lexically",
+            source: minimalAgent + "\ncontent_link = \"/srv/../var/./log\"\n",
+            line: 4, key: "agent[0].content_link", message: "/var/log is a system directory"),
+        Fault(
             what: "two agents with one content_link",
             source: minimalAgent + "\ncontent_link = \"/srv/rules\"\n[[agent]]\nname = \"b\"\nexec = [\"/usr/bin/b\"]\ncontent_link = \"/srv/rules/\"\n",
             line: 8, key: "agent[1].content_link", message: "already agent \"demo\"'s content_link"),
@@ -333,6 +337,18 @@ struct ConfigurationTests {
             source: minimalAgent + "\nsafe_mode_exec = [\"\"]\n",
             line: 4, key: "agent[0].safe_mode_exec", message: "must not be empty"),
     ]
+
+    @Test("a content_link that already points into state_directory (as Backstop keeps it) is judged by the link, not its target")
+    func contentLinkIntoStateDirectory() throws {
+        let directory = try makeTemporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory + "/state/demo/versions/v1", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: directory + "/rules", withDestinationPath: directory + "/state/demo/versions/v1")
+        let configuration = try Configuration.parse(
+            "[daemon]\nstate_directory = \"\(directory)/state\"\n" + Self.minimalAgent + "\ncontent_link = \"\(directory)/rules\"\n",
+            path: Self.path)
+        #expect(configuration.agents.first?.contentLink == directory + "/rules")
+    }
 
     @Test("runner = \"systemd\" supervises a unit: no exec needed, ready means active")
     func systemdRunner() throws {

@@ -127,7 +127,7 @@ private struct TableReader {
             if let unit = agent.unit, let other = earlier.first(where: { $0.unit == unit }) {
                 throw fail("agent[\(index)].unit", "\(unit) is already agent \"\(other.name)\"'s unit; one agent per unit")
             }
-            guard let link = agent.contentLink.map({ ($0 as NSString).standardizingPath }) else { continue }
+            guard let link = agent.contentLink.map(Self.lexicalPath) else { continue }
             let key = "agent[\(index)].content_link"
             if link == stateDirectory || link.hasPrefix(stateDirectory + "/") {
                 throw fail(key, "must not be inside state_directory (\(stateDirectory))")
@@ -138,11 +138,21 @@ private struct TableReader {
             if Self.systemDirectories.contains(link) {
                 throw fail(key, "\(link) is a system directory; Backstop would move it aside and put a symlink in its place")
             }
-            if let other = earlier.first(where: { $0.contentLink.map { ($0 as NSString).standardizingPath } == link }) {
+            if let other = earlier.first(where: { $0.contentLink.map(Self.lexicalPath) == link }) {
                 throw fail(key, "\(link) is already agent \"\(other.name)\"'s content_link; one agent per link")
             }
         }
         return configuration
+    }
+
+    /// `path` without empty, `.` and `..` components, worked out on the text alone: the link
+    /// itself is what matters, not where it points now.
+    static func lexicalPath(_ path: String) -> String {
+        var components: [Substring] = []
+        for component in path.split(separator: "/") where component != "." {
+            if component == ".." { _ = components.popLast() } else { components.append(component) }
+        }
+        return "/" + components.joined(separator: "/")
     }
 
     /// Directories of the file system hierarchy (hier(7)) that a `content_link` must never be:
