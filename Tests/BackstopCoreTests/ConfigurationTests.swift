@@ -329,6 +329,14 @@ struct ConfigurationTests {
             source: minimalAgent + "\ncontent_link = \"/srv/../var/./log\"\n",
             line: 4, key: "agent[0].content_link", message: "/var/log is a system directory"),
         Fault(
+            what: "content_link inside a state_directory written with a trailing slash",
+            source: "[daemon]\nstate_directory = \"/srv/state/\"\n" + minimalAgent + "\ncontent_link = \"/srv/state/demo\"\n",
+            line: 6, key: "agent[0].content_link", message: "must not be inside state_directory (/srv/state)"),
+        Fault(
+            what: "two agents with nested content_links",
+            source: minimalAgent + "\ncontent_link = \"/srv/rules\"\n[[agent]]\nname = \"b\"\nexec = [\"/usr/bin/b\"]\ncontent_link = \"/srv/rules/b\"\n",
+            line: 8, key: "agent[1].content_link", message: "are nested"),
+        Fault(
             what: "two agents with one content_link",
             source: minimalAgent + "\ncontent_link = \"/srv/rules\"\n[[agent]]\nname = \"b\"\nexec = [\"/usr/bin/b\"]\ncontent_link = \"/srv/rules/\"\n",
             line: 8, key: "agent[1].content_link", message: "already agent \"demo\"'s content_link"),

@@ -243,6 +243,32 @@ struct ContainerTests {
         }
     }
 
+    @Test("the systemd runner: an operator's stop during a backoff holds; backstopd stopping hands restarts back to the unit")
+    func unitStopDuringBackoffAndDetach() throws {
+        let config = Self.unitConfig.replacingOccurrences(of: "restart_delay_ms = 100", with: "restart_delay_ms = 5000")
+        try withContainer(config: config, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            let pid = try container.run("/bin/systemctl", "show", "demo-agent", "-p", "MainPID", "--value").output
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            try container.run("/bin/kill", "-SEGV", pid)
+            try container.waitForDecision("agent-exited", reason: "crashed")
+            #expect(try container.status().agents.first?.state == "backoff")
+            #expect(try container.run("/bin/systemctl", "stop", "demo-agent").status == 0)
+            try container.waitInBoot("the stop seen") { $0.contains { $0.contains("stopped outside Backstop") } }
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "stopped")
+            #expect(agent.stoppedByOperator)
+
+            let dropIn = "/run/systemd/system/demo-agent.service.d/50-backstop.conf"
+            #expect(try container.run("/bin/test", "-e", dropIn).status == 0)
+            #expect(try container.run("/bin/systemctl", "show", "demo-agent", "-p", "Restart", "--value").output.hasPrefix("no"))
+            try #require(try container.run("/bin/systemctl", "stop", "backstopd").status == 0)
+            #expect(try container.run("/bin/test", "-e", dropIn).status != 0, "the drop-in goes with backstopd")
+            #expect(try container.run("/bin/systemctl", "show", "demo-agent", "-p", "Restart", "--value").output.hasPrefix("on-failure"))
+        }
+    }
+
     @Test("systemd's own start timeout of the unit is a start timeout, counted against the content")
     func unitStartTimeout() throws {
         let unit = """

@@ -121,7 +121,7 @@ private struct TableReader {
             }
         }
         try checkSocketPaths(configuration)
-        let stateDirectory = configuration.daemon.stateDirectory
+        let stateDirectory = Self.lexicalPath(configuration.daemon.stateDirectory)
         for (index, agent) in configuration.agents.enumerated() {
             let earlier = configuration.agents.prefix(index)
             if let unit = agent.unit, let other = earlier.first(where: { $0.unit == unit }) {
@@ -138,8 +138,14 @@ private struct TableReader {
             if Self.systemDirectories.contains(link) {
                 throw fail(key, "\(link) is a system directory; Backstop would move it aside and put a symlink in its place")
             }
-            if let other = earlier.first(where: { $0.contentLink.map(Self.lexicalPath) == link }) {
-                throw fail(key, "\(link) is already agent \"\(other.name)\"'s content_link; one agent per link")
+            for other in earlier {
+                guard let otherLink = other.contentLink.map(Self.lexicalPath) else { continue }
+                if otherLink == link {
+                    throw fail(key, "\(link) is already agent \"\(other.name)\"'s content_link; one agent per link")
+                }
+                if otherLink.hasPrefix(link + "/") || link.hasPrefix(otherLink + "/") {
+                    throw fail(key, "\(link) and agent \"\(other.name)\"'s content_link \(otherLink) are nested; one would land in the other's content")
+                }
             }
         }
         return configuration

@@ -56,10 +56,10 @@ extension Supervisor {
             return Set(agents.map(\.name))
         }
         for agent in agents {
-            let directory = "/run/systemd/system/\(agent.unit!).d"
+            let path = Self.dropInPath(unit: agent.unit!)
             do {
-                try DurableFile.makeDirectories(directory, mode: 0o755)
-                try DurableFile.write(Data(Self.unitDropIn.utf8), to: directory + "/50-backstop.conf", mode: [.ownerReadWrite, .groupRead, .otherRead])
+                try DurableFile.makeDirectories((path as NSString).deletingLastPathComponent, mode: 0o755)
+                try DurableFile.write(Data(Self.unitDropIn.utf8), to: path, mode: [.ownerReadWrite, .groupRead, .otherRead])
             } catch {
                 logger.error("Cannot write the unit's drop-in; its own Restart= and start limit stay in force.",
                              metadata: ["agent": "\(agent.name)", "unit": "\(agent.unit!)", "error": "\(error)"])
@@ -92,6 +92,24 @@ extension Supervisor {
             }
         }
         return unwatchable
+    }
+
+    /// Where the drop-in for `unit` goes: under /run, so it never outlives the boot.
+    static func dropInPath(unit: String) -> String { "/run/systemd/system/\(unit).d/50-backstop.conf" }
+
+    /// At a clean stop of backstopd: the drop-ins go, so that while Backstop is away the
+    /// units restart as their own `Restart=` says. Not while the machine shuts down (systemd
+    /// refuses reloads then, and /run goes with the boot anyway).
+    func detachUnits() {
+        let units = slots.values.compactMap(\.unit)
+        guard !units.isEmpty else { return }
+        for unit in units where unlink(Self.dropInPath(unit: unit.name)) != 0 && errno != ENOENT {
+            logger.error("Cannot remove the unit's drop-in.", metadata: ["unit": "\(unit.name)", "error": "\(String(cString: strerror(errno)))"])
+        }
+        guard (try? units[0].bus.systemState()) != "stopping" else { return }
+        do { try units[0].bus.reload() } catch {
+            logger.error("Cannot make systemd reload its units; the drop-ins stay in force until it does.", metadata: ["error": "\(error)"])
+        }
     }
 
     /// `.spawn` for a unit: clear a failed state and start it. The watcher then reports the
@@ -154,6 +172,14 @@ extension Supervisor {
                 apply(slots[name]!.policy.stop(at: now), to: name)
             }
             runEnded(name, state, at: now)
+            return
+        }
+        if job != unit.startJob, slots[name]!.policy.phase == .backoff, !state.isUp, result == "done" {
+            // `systemctl stop` of a unit that is down while Backstop waits to restart it: a
+            // stop job with nothing to stop, and the operator's word all the same.
+            logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
+                          metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+            apply(slots[name]!.policy.stop(at: now), to: name)
             return
         }
         guard job == unit.startJob else { return }

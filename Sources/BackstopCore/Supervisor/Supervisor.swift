@@ -176,6 +176,7 @@ public actor Supervisor {
             logger.warning("Killing pid \(pid), left behind by an agent.", metadata: ["pid": "\(pid)"])
             kill(pid, SIGKILL)
         }
+        detachUnits()
         // Every agent is stopped: this boot did not end in a crash.
         bootLog.markCleanShutdown(bootID)
         saveBootLog()
