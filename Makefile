@@ -20,12 +20,13 @@ SYSCONFDIR = /etc
 # Packages the build needs, and the ones the tests use as real parts.
 BUILD_PACKAGES = libsystemd-dev pkg-config
 TEST_PACKAGES = clamav-daemon clamav systemd systemd-container python3 groff-base
+BENCH_PACKAGES = python3-venv
 
 SWIFT ?= swift
 DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path 2>/dev/null)
 RELEASE_FLAGS = -c release --static-swift-stdlib
 
-.PHONY: all deps test-deps build demo test install clean
+.PHONY: all deps test-deps build demo test bench install clean
 
 all: build
 
@@ -51,6 +52,21 @@ test: test-deps
 	rm -rf "$(TEST_INSTALL_DIR)"
 	$(MAKE) install DESTDIR="$(TEST_INSTALL_DIR)"
 	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" BACKSTOP_INSTALL_DIR="$(TEST_INSTALL_DIR)" $(SWIFT) test --skip-build --disable-xctest
+
+# Benchmarks of the release build, side by side with systemd (in a container, like the
+# tests) and supervisord (from PyPI, in a virtualenv of its own). Prints the table and
+# writes it into docs/benchmarks.md.
+BENCH_DIR = $(CURDIR)/.build-bench
+SUPERVISOR_VERSION = 4.3.0
+bench: test-deps
+	@scripts/install-packages.sh $(BENCH_PACKAGES)
+	rm -rf "$(BENCH_DIR)/install"
+	$(MAKE) install DESTDIR="$(BENCH_DIR)/install"
+	[ -x "$(BENCH_DIR)/venv/bin/supervisord" ] || { /usr/bin/python3 -m venv "$(BENCH_DIR)/venv" && \
+		"$(BENCH_DIR)/venv/bin/pip" install --quiet supervisor==$(SUPERVISOR_VERSION); }
+	/usr/bin/python3 bench/bench.py --bin "$(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)" \
+		--install-tree "$(BENCH_DIR)/install" --supervisord "$(BENCH_DIR)/venv/bin/supervisord" \
+		--markdown docs/benchmarks.md
 
 install: deps
 	$(SWIFT) build $(RELEASE_FLAGS)
@@ -79,3 +95,4 @@ install: deps
 
 clean:
 	$(SWIFT) package clean
+	rm -rf .build-install .build-bench

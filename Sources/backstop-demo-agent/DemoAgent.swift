@@ -17,21 +17,23 @@ struct DemoAgent: ParsableCommand {
     @Option(help: ArgumentHelp("Content version directory to load.", valueName: "dir"))
     var content: String
 
-    /// Where to timestamp an imminent overrun, for crash-detection benchmarks.
+    /// Where to timestamp starts and overruns, for benchmarks.
     @Option(help: ArgumentHelp(
-        "Write the CLOCK_MONOTONIC time in nanoseconds to this file just before an input-array overrun.",
+        "Append \"start PID NS\" to this file as the agent starts and \"crash PID NS\" just before an input-array overrun (NS: CLOCK_MONOTONIC nanoseconds).",
         valueName: "path"))
-    var crashTimestampFile: String?
+    var timestampFile: String?
 
     /// Loads and evaluates the content, then runs until stopped; never
     /// returns normally.
     func run() throws {
+        let timestamps = timestampFile.map(TimestampLog.init)
+        timestamps?.record("start")
         restoreDefaultFaultHandling()
         let version = contentVersion()
         recordStart(version: version)
         let contentSet = try loadContent()
-        let interpreter = try ContentInterpreter(templates: contentSet.templates) { [crashTimestampFile] in
-            if let crashTimestampFile { recordCrashTimestamp(to: crashTimestampFile) }
+        let interpreter = try ContentInterpreter(templates: contentSet.templates) {
+            timestamps?.record("crash")
         }
         Console.out(
             "loaded content \(version) (\(contentSet.templates.count) templates, "
@@ -90,13 +92,27 @@ struct DemoAgent: ParsableCommand {
     }
 }
 
-/// Timestamps the imminent overrun for benchmarks; failure only warns,
-/// because the crash itself is the point.
-private func recordCrashTimestamp(to path: String) {
-    do {
-        try Files.replaceDurably(path, with: "\(monotonicNanoseconds())\n")
-    } catch {
-        Console.error("warning: cannot write crash timestamp to \(path): \(error)")
+/// The `--timestamp-file`, opened once at start so that a timestamp costs one
+/// write(2) (no fsync: the page cache keeps what a dying process wrote). Failures
+/// only warn: the agent's behaviour is the point, not the benchmark aid.
+private struct TimestampLog {
+    let file: FileDescriptor?
+    let path: String
+
+    init(path: String) {
+        self.path = path
+        do { file = try FileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND) } catch {
+            Console.error("warning: cannot open the timestamp file \(path): \(error)")
+            file = nil
+        }
+    }
+
+    /// Appends `event PID NS`, NS taken just before the write.
+    func record(_ event: String) {
+        guard let file else { return }
+        do { try file.writeAll("\(event) \(getpid()) \(monotonicNanoseconds())\n") } catch {
+            Console.error("warning: cannot write to the timestamp file \(path): \(error)")
+        }
     }
 }
 

@@ -32,15 +32,6 @@ enum Files {
         try file.writeAll(text)
     }
 
-    /// Replaces the contents of `path` with `text` and fsyncs it, so the data
-    /// survives the crash that the caller is about to cause.
-    static func replaceDurably(_ path: String, with text: String) throws(SystemCallError) {
-        let file = try FileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC)
-        defer { file.close() }
-        try file.writeAll(text)
-        guard fsync(file.raw) == 0 else { throw SystemCallError(call: "fsync \(path)") }
-    }
-
     /// The whole content of `path`, which must be UTF-8 text.
     static func readText(_ path: String) throws(SystemCallError) -> String {
         let file = try FileDescriptor.open(path, flags: O_RDONLY)

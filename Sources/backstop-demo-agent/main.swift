@@ -1,7 +1,7 @@
 // backstop-demo-agent: a stand-in for an EDR sensor, used to re-enact the
 // July 2024 "Channel File 291" failure under Backstop's supervision.
 //
-// Usage: backstop-demo-agent --content DIR [--crash-timestamp-file PATH]
+// Usage: backstop-demo-agent --content DIR [--timestamp-file PATH]
 //
 // Content format
 // ==============
