@@ -427,9 +427,13 @@ class Container:
              "-b", "--", "systemd.firstboot=off", *[f"systemd.mask={unit}" for unit in MASKED]],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.leader = None
-        wait_for("the container's PID 1", self._find_leader, 30)
-        wait_for("the container to boot", lambda: self.run("systemctl", "is-system-running").stdout.strip()
-                 in ("running", "degraded"), 90)
+        try:
+            wait_for("the container's PID 1", self._find_leader, 30)
+            wait_for("the container to boot", lambda: self.run("systemctl", "is-system-running").stdout.strip()
+                     in ("running", "degraded"), 90)
+        except BaseException:
+            self.remove()
+            raise
 
     def _find_leader(self):
         for entry in os.listdir("/proc"):
