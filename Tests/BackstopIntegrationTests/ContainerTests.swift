@@ -269,6 +269,26 @@ struct ContainerTests {
         }
     }
 
+    @Test("a systemctl restart merged into Backstop's own start job is a restart, not an end of the run")
+    func restartDuringStart() throws {
+        let unit = Self.demoUnit.replacingOccurrences(of: "[Service]", with: "[Service]\nExecStartPre=/bin/sleep 2")
+        try withContainer(config: Self.unitConfig + "\nclean_exit_is_failure = true\n",
+                          files: ["/etc/systemd/system/demo-agent.service": unit]) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-started", version: "v1")
+            #expect(try container.run("/bin/systemctl", "restart", "--no-block", "demo-agent").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1", seconds: 30)
+            try container.waitInBoot("the restart seen") { $0.contains { $0.contains("restarted outside Backstop") } }
+            let decisions = try container.decisions()
+            #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == "agent-exited" }, "\(decisions.map { $0["MESSAGE"] ?? "" })")
+            #expect(decisions.first { $0["BACKSTOP_EVENT"] == "agent-started" }?["MESSAGE"]?.contains("pid") == false,
+                    "no pid 0 while ExecStartPre= runs")
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.failures.list.isEmpty)
+            #expect(agent.state == "running")
+        }
+    }
+
     @Test("systemd's own start timeout of the unit is a start timeout, counted against the content")
     func unitStartTimeout() throws {
         let unit = """

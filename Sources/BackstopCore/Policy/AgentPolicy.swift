@@ -439,13 +439,14 @@ public struct AgentPolicy: Sendable, Equatable {
         return actions + pendingStop
     }
 
-    /// The process was created (fork and exec succeeded).
+    /// The process was created (fork and exec succeeded), or a unit began to activate;
+    /// `pid` is 0 while a unit has no main process yet (its `ExecStartPre=` runs).
     public mutating func agentStarted(pid: Int32, at now: Moment) -> [PolicyAction] {
         guard phase == .starting else { return [] }
         var actions: [PolicyAction] = [
             .record(Decision(
                 .agentStarted, agent: settings.agent, version: ledger.active,
-                message: "Started agent \(settings.agent) (pid \(pid)) on content \(ledger.active ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
+                message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(ledger.active ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
         ]
         if settings.notify || settings.hasReadyCheck {
             actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))

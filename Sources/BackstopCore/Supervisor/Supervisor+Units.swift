@@ -162,6 +162,13 @@ extension Supervisor {
         defer { persist(name) }
         if unit.stopAsked, !state.isUp {
             slots[name]!.unit!.stopAsked = false
+            if job == unit.startJob, result != "done" {
+                // Backstop's own start failed (systemd's TimeoutStartSec=, a failing ExecStartPre=):
+                // the end of the run, not a stop.
+                slots[name]!.unit!.startJob = nil
+                runEnded(name, state, at: now)
+                return
+            }
             if (try? unit.bus.systemState()) == "stopping" {
                 // The machine shuts down: systemd stops the agent before backstopd. Not an
                 // operator's decision; the agent starts again at the next boot.
@@ -243,8 +250,12 @@ extension Supervisor {
         } else if state.activeState == "deactivating" {
             // Stopping for a job that is not Backstop's (Backstop's own stops happen while the
             // policy is stopping): someone's stop or restart job. Which one, the next states tell.
-            // Without a job, the main process ended by itself, or systemd's own timeout hit.
-            if unit.runReported, let job = state.job, job != unit.startJob, phase == .starting || phase == .running {
+            // While Backstop's own start job runs, a `systemctl restart` is merged into it, and
+            // systemd's giving up on the start looks the same until that job ends. Without a
+            // job, the main process ended by itself.
+            if unit.runReported, let job = state.job, phase == .starting || phase == .running,
+                job != unit.startJob || phase == .starting
+            {
                 slots[name]!.unit!.stopAsked = true
             }
         } else if state.activeState == "inactive" || state.activeState == "failed" {

@@ -182,13 +182,17 @@ public final class UnitBus: @unchecked Sendable {
     /// Manager's `SystemState` (`running`, `degraded`, `stopping`, ...; org.freedesktop.systemd1(5)).
     /// - Throws: ``BusError``.
     public func systemState() throws(BusError) -> String {
+        try stringProperty(path: Self.managerPath, interface: Self.manager, member: "SystemState")
+    }
+
+    private func stringProperty(path: String, interface: String, member: String) throws(BusError) -> String {
         lock.lock()
         defer { lock.unlock() }
         var error = sd_bus_error()
         defer { sd_bus_error_free(&error) }
         var value: UnsafeMutablePointer<CChar>?
-        let result = sd_bus_get_property_string(bus, Self.destination, Self.managerPath, Self.manager, "SystemState", &error, &value)
-        guard result >= 0, let value else { throw Self.busError("reading SystemState", result, error) }
+        let result = sd_bus_get_property_string(bus, Self.destination, path, interface, member, &error, &value)
+        guard result >= 0, let value else { throw Self.busError("reading \(member)", result, error) }
         defer { free(value) }
         return String(cString: value)
     }
