@@ -560,7 +560,8 @@ def report(backstop, systemd, supervisord, sizes, settings):
     for count in (1, 10):
         f = footprint[count]
         add(f"| Idle with {count} agent(s): VmRSS / VmHWM MiB | {f['rss_kib'] / 1024:.1f} / {f['hwm_kib'] / 1024:.1f} | | |")
-        add(f"| Idle with {count} agent(s): CPU ms per minute, wakeups (context switches) per minute | {f['cpu_ms_per_min']:.1f}, {f['wakeups_per_min']:.0f} | | |")
+        add(f"| Idle with {count} agent(s): CPU ms per minute (in steps of {2 * 1000 / os.sysconf('SC_CLK_TCK') * 60 / settings.idle_seconds:.0f}: clock ticks), "
+            f"wakeups (context switches) per minute | {f['cpu_ms_per_min']:.0f}, {f['wakeups_per_min']:.0f} | | |")
     boot = backstop["boot"]
     add(f"| Boot assessment, exec → agent started, ms min / median / max: empty history | {ms(boot['empty'], ('min', 'median', 'max'))} | | |")
     add(f"| … with {settings.boots} boot records and {settings.versions} versions | {ms(boot['large'], ('min', 'median', 'max'))} | | |")
@@ -568,11 +569,39 @@ def report(backstop, systemd, supervisord, sizes, settings):
     add(f"| Crash storm ({settings.stress_seconds} s, no backoff): `status --json` latency ms median / p99 / max | {ms(stress['status'], ('median', 'p99', 'max'))} | | |")
     add(f"| … VmRSS at start → end MiB; decisions lost | {stress['rss_start_kib'] / 1024:.1f} → {stress['rss_end_kib'] / 1024:.1f}; {stress['lost']} of {stress['crashes']} | | |")
     add("| Binary sizes, MiB (static Swift runtime) | " + ", ".join(f"{name} {size / 1048576:.1f}" for name, size in sizes.items()) + " | | |")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + "\n\n" + goals(backstop, systemd, settings)
     machine = (f"{platform.node()}: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs, "
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-               f"{subprocess.run(['systemctl', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+               f"{subprocess.run(['systemctl', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}, "
+               f"load average {os.getloadavg()[0]:.1f} at the end (figures from a busy machine are inflated)")
     return table, machine
+
+
+def goals(backstop, systemd, settings):
+    """The goals set for Backstop, each with the figure that shows it and by how much it is missed."""
+    def verdict(value, goal, unit):
+        return "met" if value <= goal else f"missed by {value - goal:.1f} {unit} ({value / goal:.1f}×)" if goal else f"missed ({value:.0f} {unit})"
+    detection = backstop["detection"]["p99"]
+    restart, systemd_restart = backstop["restart"]["median"], systemd["restart"]["median"]
+    one = next(f for f in backstop["footprint"] if f["agents"] == 1)
+    rss = one["rss_kib"] / 1024
+    assessment = backstop["boot"]["large"]["median"] - backstop["boot"]["empty"]["median"]
+    stress = backstop["stress"]
+    flat = stress["rss_end_kib"] - stress["rss_start_kib"] <= 2048 and stress["lost"] == 0
+    rows = [
+        ("Crash detection p99 under 1 ms", f"{detection:.2f} ms", verdict(detection, 1, "ms")),
+        ("Restart latency (median) no worse than systemd's", f"{restart:.2f} ms against {systemd_restart:.2f} ms",
+         verdict(restart, systemd_restart, "ms")),
+        ("Idle VmRSS under 15 MiB (1 agent)", f"{rss:.1f} MiB", verdict(rss, 15, "MiB")),
+        ("No periodic wakeups beyond the watchdog ping (idle, 1 agent, not under systemd)",
+         f"{one['wakeups_per_min']:.0f} per minute", verdict(one["wakeups_per_min"], 0, "per minute")),
+        (f"Boot assessment under 10 ms with {settings.boots} boots and {settings.versions} versions "
+         "(median exec → start, large history minus empty)", f"{assessment:.1f} ms", verdict(assessment, 10, "ms")),
+        ("Crash storm: memory flat (under 2 MiB growth), no decision lost",
+         f"+{(stress['rss_end_kib'] - stress['rss_start_kib']) / 1024:.1f} MiB, {stress['lost']} lost of {stress['crashes']}",
+         "met" if flat else "missed"),
+    ]
+    return "\n".join(["| Goal | Measured | Verdict |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
 
 
 def main():
