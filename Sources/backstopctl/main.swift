@@ -109,14 +109,16 @@ func perform<T>(_ body: () throws -> T) throws -> T {
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show the daemon, the boot and each agent. Exit 0 healthy, 1 degraded, 3 daemon not running.")
+        abstract: "Show the daemon, the boot and each agent. Exit 0 healthy, 1 degraded, 3 daemon not running, 4 unknown (no readable configuration, or the daemon did not answer).")
 
     @OptionGroup var options: GlobalOptions
     @Argument(help: "Only this agent.") var agent: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() throws {
-        let configuration = try options.load()
+        let configuration: BackstopCore.Configuration
+        // Said on stderr by load(); for a monitoring script the status is unknown (LSB's 4), not degraded.
+        do { configuration = try options.load() } catch { throw ExitCode(4) }
         let shown = FileManager.default.fileExists(atPath: configuration.daemon.stateDirectory)
             ? "showing the state saved in \(configuration.daemon.stateDirectory)" : "no state has been saved yet"
         let report = try askOrReadSaved(shown) {

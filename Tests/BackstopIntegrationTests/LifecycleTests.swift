@@ -142,6 +142,13 @@ struct LifecycleTests {
         #expect(sent == bytes.count)
     }
 
+    @Test("status without a readable configuration exits 4 (unknown), not 1 (degraded)")
+    func statusWithoutConfiguration() throws {
+        let result = try Command.run(Paths.binary("backstopctl"), ["status", "--config", "/nonexistent/backstop.toml"])
+        #expect(result.status == 4)
+        #expect(result.error.contains("/nonexistent/backstop.toml"))
+    }
+
     @Test("backstopd --check-config names the file, line and key, and the daemon refuses to start")
     func badConfiguration() throws {
         let scratch = try TemporaryDirectory()
