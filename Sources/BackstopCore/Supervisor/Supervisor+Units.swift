@@ -174,9 +174,7 @@ extension Supervisor {
                 // operator's decision; the agent starts again at the next boot.
                 apply(slots[name]!.policy.shutdown(at: now), to: name)
             } else {
-                logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
-                              metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
-                apply(slots[name]!.policy.stop(at: now), to: name)
+                stoppedOutside(name, at: now)
             }
             runEnded(name, state, at: now)
             return
@@ -184,9 +182,7 @@ extension Supervisor {
         if job != unit.startJob, slots[name]!.policy.phase == .backoff, !state.isUp, result == "done" {
             // `systemctl stop` of a unit that is down while Backstop waits to restart it: a
             // stop job with nothing to stop, and the operator's word all the same.
-            logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
-                          metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
-            apply(slots[name]!.policy.stop(at: now), to: name)
+            stoppedOutside(name, at: now)
             return
         }
         guard job == unit.startJob else { return }
@@ -204,6 +200,14 @@ extension Supervisor {
         default: why = "its start job ended with result \"\(result)\" (systemctl status \(unit.name))"
         }
         apply(slots[name]!.policy.spawnFailed("\(unit.name) did not start: \(why)", at: now), to: name)
+    }
+
+    /// An operator stopped the unit with systemctl: not a failure, and the agent stays
+    /// stopped (across restarts of backstopd and reboots) until it is started again.
+    private func stoppedOutside(_ name: String, at now: Moment) {
+        logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
+                      metadata: ["agent": "\(name)", "unit": "\(slots[name]!.configuration.unit ?? "")"])
+        apply(slots[name]!.policy.stop(at: now), to: name)
     }
 
     /// The connection to systemd was lost; the watcher reconnects and reports the state afresh.
