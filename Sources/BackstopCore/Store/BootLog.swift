@@ -86,7 +86,7 @@ public struct BootVerdict: Sendable, Equatable {
 ///
 /// Boot assessment (SPEC.md's failed boot and boot loop) works on this log: at the first start
 /// in a new boot, the previous boot is judged (``enter(_:)``), and the failed boots in a row
-/// with the same content decide a boot loop (``failedBootsInARow(agent:running:)``).
+/// with the same content decide a boot loop (``failedBootsInARow(agent:running:before:)``).
 public struct BootLog: Codable, Sendable, Equatable {
     /// How many boots are kept; older ones are dropped, so the file stays small.
     public static let capacity = 100

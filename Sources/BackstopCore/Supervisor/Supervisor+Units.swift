@@ -5,8 +5,6 @@ import Logging
 struct UnitHost {
     /// `unit`, e.g. `clamav-daemon.service`.
     let name: String
-    /// Its D-Bus object path.
-    let path: String
     /// The bus for calls (shared by all units).
     let bus: UnitBus
     /// Watches the unit's state changes; kept for as long as the daemon runs.
@@ -84,7 +82,7 @@ extension Supervisor {
                         }
                     }
                 }
-                slots[name]!.unit = UnitHost(name: agent.unit!, path: path, bus: bus, watcher: watcher, pump: pump)
+                slots[name]!.unit = UnitHost(name: agent.unit!, bus: bus, watcher: watcher, pump: pump)
             } catch {
                 logger.critical("Cannot watch the agent's unit (\(error)); the agent is not supervised.",
                                 metadata: ["agent": "\(name)", "unit": "\(agent.unit!)", "error": "\(error)"])

@@ -168,6 +168,7 @@ public actor Supervisor {
         for name in slots.keys {
             slots[name]?.notifySocket?.invalidate()
             slots[name]?.notifyPump?.cancel()
+            slots[name]?.unit?.pump.cancel()
             stopProbes(name)
             persist(name)
         }

@@ -97,7 +97,7 @@ public final class UnitBus: @unchecked Sendable {
     }
 
     /// Manager.StartUnit with mode `replace`; returns once the job is queued.
-    /// - Returns: the job's object path, which ``UnitEvent/jobRemoved(job:result:)`` names when it ends.
+    /// - Returns: the job's object path, which ``UnitEvent/jobRemoved(job:result:state:)`` names when it ends.
     /// - Throws: ``BusError``.
     public func startUnit(_ name: String) throws(BusError) -> String {
         try call("StartUnit", [name, "replace"], operation: "StartUnit \(name)", readsObjectPath: true) ?? ""
@@ -132,13 +132,7 @@ public final class UnitBus: @unchecked Sendable {
     /// - Throws: ``BusError``.
     static func state(bus: OpaquePointer?, path: String) throws(BusError) -> UnitState {
         func string(_ interface: String, _ member: String) throws(BusError) -> String {
-            var error = sd_bus_error()
-            defer { sd_bus_error_free(&error) }
-            var value: UnsafeMutablePointer<CChar>?
-            let result = sd_bus_get_property_string(bus, destination, path, interface, member, &error, &value)
-            guard result >= 0, let value else { throw busError("reading \(member)", result, error) }
-            defer { free(value) }
-            return String(cString: value)
+            try stringProperty(bus: bus, path: path, interface: interface, member: member)
         }
         func number(_ interface: String, _ member: String, type: Character) throws(BusError) -> Int64 {
             var error = sd_bus_error()
@@ -182,17 +176,18 @@ public final class UnitBus: @unchecked Sendable {
     /// Manager's `SystemState` (`running`, `degraded`, `stopping`, ...; org.freedesktop.systemd1(5)).
     /// - Throws: ``BusError``.
     public func systemState() throws(BusError) -> String {
-        try stringProperty(path: Self.managerPath, interface: Self.manager, member: "SystemState")
-    }
-
-    private func stringProperty(path: String, interface: String, member: String) throws(BusError) -> String {
         lock.lock()
         defer { lock.unlock() }
+        return try Self.stringProperty(bus: bus, path: Self.managerPath, interface: Self.manager, member: "SystemState")
+    }
+
+    /// Reads a string property of object `path` on `bus`, which the caller owns (sd_bus_get_property_string(3)).
+    static func stringProperty(bus: OpaquePointer?, path: String, interface: String, member: String) throws(BusError) -> String {
         var error = sd_bus_error()
         defer { sd_bus_error_free(&error) }
         var value: UnsafeMutablePointer<CChar>?
-        let result = sd_bus_get_property_string(bus, Self.destination, path, interface, member, &error, &value)
-        guard result >= 0, let value else { throw Self.busError("reading \(member)", result, error) }
+        let result = sd_bus_get_property_string(bus, destination, path, interface, member, &error, &value)
+        guard result >= 0, let value else { throw busError("reading \(member)", result, error) }
         defer { free(value) }
         return String(cString: value)
     }
