@@ -76,6 +76,11 @@ def read_timestamps(path):
     return rows
 
 
+def count(path, event):
+    """How many times `event` (`start` or `crash`) is in the timestamp file at `path`."""
+    return sum(1 for row in read_timestamps(path) if row[0] == event)
+
+
 def restart_latencies(rows):
     """From each crash to the next start, in ns."""
     latencies = []
@@ -202,7 +207,7 @@ def storm(bin_dir, name):
 def bench_crashes(bin_dir, crashes):
     """Detection and restart latency over `crashes` crashes of a crash-looping agent."""
     with storm(bin_dir, "storm") as (daemon, timestamps):
-        wait_for(f"{crashes} crashes", lambda: sum(1 for r in read_timestamps(timestamps) if r[0] == "crash") >= crashes + 1, 300)
+        wait_for(f"{crashes} crashes", lambda: count(timestamps, "crash") >= crashes + 1, 300)
         daemon.stop()
         rows = read_timestamps(timestamps)
         exits = [e for e in journal("storm", "agent-exited") if e.get("BACKSTOP_REASON") == "crashed"]
@@ -349,9 +354,9 @@ def bench_boot(bin_dir, runs, boots, versions):
             times = []
             for _ in range(runs):
                 new_boot(state)
-                starts = sum(1 for r in read_timestamps(timestamps) if r[0] == "start")
+                starts = count(timestamps, "start")
                 daemon.start()
-                wait_for("the agent's start", lambda: sum(1 for r in read_timestamps(timestamps) if r[0] == "start") > starts, 60)
+                wait_for("the agent's start", lambda: count(timestamps, "start") > starts, 60)
                 start_ns = [ns for event, _, ns in read_timestamps(timestamps) if event == "start"][-1]
                 times.append(start_ns - daemon.started_ns)
                 daemon.stop()
@@ -376,7 +381,7 @@ def bench_stress(bin_dir, seconds):
             time.sleep(0.05)
         figures = process_figures(daemon.process.pid)
         daemon.stop()
-        crashes = sum(1 for row in read_timestamps(timestamps) if row[0] == "crash")
+        crashes = count(timestamps, "crash")
         # The run that the daemon's stop ends is an exit but no crash: count the crashes only.
         exits = [e for e in journal("stress", "agent-exited") if e.get("BACKSTOP_REASON") == "crashed"]
         return {"status": summary(latencies), "crashes": crashes, "lost": crashes - len(exits),
@@ -494,19 +499,20 @@ def bench_supervisord(supervisord, bin_dir, restarts, alone_seconds):
                    "autorestart=true\nstartsecs=0\nstartretries=1000000\n")
         # What an operator would write: autorestart with supervisord's defaults otherwise.
         file.write(f"[program:alone]\ncommand={agent} --content {bad} --timestamp-file {directory}/alone\nautorestart=true\n")
+    supervisorctl = os.path.join(os.path.dirname(supervisord), "supervisorctl")
     process = subprocess.Popen([supervisord, "-c", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     try:
         restart_file = os.path.join(directory, "restart")
         wait_for(f"{restarts} supervisord restarts",
-                 lambda: sum(1 for r in read_timestamps(restart_file) if r[0] == "start") > restarts, 300)
+                 lambda: count(restart_file, "start") > restarts, 300)
         latencies = restart_latencies(read_timestamps(restart_file))[:restarts]
-        subprocess.run([os.path.join(os.path.dirname(supervisord), "supervisorctl"), "-c", config, "stop", "restart"],
+        subprocess.run([supervisorctl, "-c", config, "stop", "restart"],
                        capture_output=True)
         time.sleep(max(0, alone_seconds - (time.monotonic() - started)))
-        state = subprocess.run([os.path.join(os.path.dirname(supervisord), "supervisorctl"), "-c", config, "status", "alone"],
+        state = subprocess.run([supervisorctl, "-c", config, "status", "alone"],
                                capture_output=True, text=True).stdout.split()
-        crashes = sum(1 for r in read_timestamps(os.path.join(directory, "alone")) if r[0] == "crash")
+        crashes = count(os.path.join(directory, "alone"), "crash")
         return {"restart": summary(latencies), "alone": {"state": state[1] if len(state) > 1 else "unknown", "crashes": crashes}}
     finally:
         process.send_signal(signal.SIGTERM)
@@ -525,13 +531,13 @@ def bench_systemd(install_tree, restarts, alone_seconds):
         container.run("systemctl", "start", "--no-block", "bench-restart.service", "bench-alone.service")
         restart_file = os.path.join(container.bench, "restart")
         wait_for(f"{restarts} systemd restarts",
-                 lambda: sum(1 for r in read_timestamps(restart_file) if r[0] == "start") > restarts, 300)
+                 lambda: count(restart_file, "start") > restarts, 300)
         container.run("systemctl", "stop", "bench-restart.service")
         latencies = restart_latencies(read_timestamps(restart_file))[:restarts]
         time.sleep(max(0, alone_seconds - (time.monotonic() - started)))
         shown = container.run("systemctl", "show", "bench-alone.service", "-p", "ActiveState", "-p", "Result").stdout
         state = dict(line.split("=", 1) for line in shown.split())
-        crashes = sum(1 for r in read_timestamps(os.path.join(container.bench, "alone")) if r[0] == "crash")
+        crashes = count(os.path.join(container.bench, "alone"), "crash")
         return {"restart": summary(latencies),
                 "alone": {"state": f"{state.get('ActiveState')} ({state.get('Result')})", "crashes": crashes}}
     finally:
