@@ -11,7 +11,7 @@ struct BackstopControl: ParsableCommand {
         version: Backstop.version,
         subcommands: [
             Status.self, Content.self, Stage.self, Activate.self, Promote.self, Rollback.self, Release.self,
-            ResetFailed.self, Stop.self, Start.self, Boots.self, History.self,
+            ResetFailed.self, Stop.self, Start.self, Boots.self, History.self, Manifest.self, Sign.self,
         ])
 
     /// Lets `--config PATH` stand before the verb too (`backstopctl --config X status`),
@@ -175,10 +175,12 @@ struct Content: ParsableCommand {
 }
 
 struct Stage: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Copy a content directory into the store and verify it.")
+    static let configuration = CommandConfiguration(
+        abstract: "Copy a content bundle into the store and verify it.",
+        discussion: "A bundle is a directory or a tar archive (plain, gzip, xz or zstd), with an optional manifest and signature in .backstop/ (see `backstopctl sign`).")
     @OptionGroup var options: GlobalOptions
     @Argument var agent: String
-    @Argument(help: "The content directory.") var directory: String
+    @Argument(help: "The content directory or tar archive.") var directory: String
     @Option(name: .long, help: "The version id (default: derived from the SHA-256 of the tree).") var version: String?
     @Flag(name: .long, help: "Activate the version once staged.") var activate = false
 
@@ -193,6 +195,39 @@ struct Stage: ParsableCommand {
         }
         let files = reply.version.fileCount == 1 ? "1 file" : "\(reply.version.fileCount) files"
         print("Staged \(reply.version.id) for \(agent) (\(files), sha256 \(reply.version.digest))\(activate ? "; activated" : "").")
+    }
+}
+
+struct Manifest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write the manifest of a content directory into its .backstop/manifest.",
+        discussion: "Lists every file with its SHA-256 and size, every symlink and every empty directory. Sign it with `backstopctl sign` or `openssl pkeyutl -sign -rawin`. A signature left from before is removed.")
+    @Argument(help: "The content directory.") var directory: String
+
+    func run() throws {
+        let manifest: BundleManifest
+        do { manifest = try BundleManifest.write(into: directory, signingKey: nil) } catch { throw failure("\(error)") }
+        print("Wrote \(directory)/\(BundleManifest.directoryName)/\(BundleManifest.manifestName) (\(manifest.files.count) files).")
+    }
+}
+
+struct Sign: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write and sign the manifest of a content directory (.backstop/manifest and .backstop/manifest.sig).",
+        discussion: "KEY is an Ed25519 private key in PEM, as `openssl genpkey -algorithm ed25519 -out KEY` makes it; hosts trust its public key (`openssl pkey -in KEY -pubout`) as a *.pem file in /etc/backstop/keys/.")
+    @Argument(help: "The content directory.") var directory: String
+    @Option(name: .long, help: "The Ed25519 private key (PEM).") var key: String
+
+    func run() throws {
+        guard let text = try? String(contentsOfFile: key, encoding: .utf8) else { throw failure("\(key): cannot be read") }
+        let manifest: BundleManifest
+        switch Result(catching: { () throws(StoreError) in try SigningKey.privateKey(pem: text) }) {
+        case .failure(let error): throw failure("\(key): \(error)")
+        case .success(let signingKey):
+            do { manifest = try BundleManifest.write(into: directory, signingKey: signingKey) } catch { throw failure("\(error)") }
+        }
+        let metadata = "\(directory)/\(BundleManifest.directoryName)"
+        print("Wrote \(metadata)/\(BundleManifest.manifestName) (\(manifest.files.count) files) and \(metadata)/\(BundleManifest.signatureName).")
     }
 }
 

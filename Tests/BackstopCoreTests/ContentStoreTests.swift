@@ -26,7 +26,7 @@ struct StoreFixture {
     }
 
     func stage(_ id: String?, from tree: String? = nil, existing: Set<String> = []) throws(StoreError) -> VersionRecord {
-        try store.stage(from: tree ?? source, id: id, existing: existing, at: moment(0).wall)
+        try store.stage(from: tree ?? source, id: id, existing: existing, rules: StagingRules(), at: moment(0).wall)
     }
 
     /// Stages and asserts the refusal; returns the error.
@@ -92,13 +92,13 @@ struct ContentStoreTests {
         try write("rule a\nrule b\n", to: twin + "/rules/main.rules")
         try write("signature-set 1\n", to: twin + "/signatures.db")
         let other = ContentStore(stateDirectory: fixture.directory + "/other-state", agent: "demo")
-        let second = try other.stage(from: twin, id: nil, existing: [], at: moment(5).wall)
+        let second = try other.stage(from: twin, id: nil, existing: [], rules: StagingRules(), at: moment(5).wall)
         #expect(second.id == first.id)
         #expect(second.digest == first.digest)
 
         // One changed byte changes the id.
         try write("signature-set 2\n", to: twin + "/signatures.db")
-        let third = try other.stage(from: twin, id: nil, existing: [second.id], at: moment(6).wall)
+        let third = try other.stage(from: twin, id: nil, existing: [second.id], rules: StagingRules(), at: moment(6).wall)
         #expect(third.id != first.id)
     }
 
@@ -144,13 +144,17 @@ struct ContentStoreTests {
         try fixture.store.verify(first)
     }
 
-    @Test("a source that is not a directory is refused")
+    @Test("a source that is neither a directory nor a tar archive is refused, and nothing is left behind")
     func sourceNotADirectory() throws {
         let fixture = try StoreFixture()
         defer { fixture.remove() }
         let file = fixture.source + "/signatures.db"
-        #expect(fixture.refusal("v1", from: file) == .notADirectory(file))
-        #expect(fixture.refusal("v1", from: fixture.directory + "/absent") == .notADirectory(fixture.directory + "/absent"))
+        let refusal = fixture.refusal("v1", from: file)
+        #expect(refusal?.description.hasPrefix("\(file) is not a readable tar archive") == true)
+        #expect(fixture.refusal("v1", from: fixture.directory + "/absent")?.description == "\(fixture.directory)/absent does not exist")
+        #expect(mkfifo(fixture.directory + "/fifo", 0o600) == 0)
+        #expect(fixture.refusal("v1", from: fixture.directory + "/fifo") == .notADirectory(fixture.directory + "/fifo"))
+        #expect(fixture.storeListing.versions.isEmpty && fixture.storeListing.staging.isEmpty)
     }
 
     @Test("symlinks that stay inside the tree are kept as symlinks")

@@ -241,6 +241,11 @@ private struct TableReader {
             case "health_check_timeout_sec": agent.healthCheckTimeoutSeconds = try integer(table, key, full, minimum: 1)
             case "health_check_failures": agent.healthCheckFailures = try integer(table, key, full, minimum: 1)
             case "clean_exit_is_failure": agent.cleanExitIsFailure = try bool(table, key, full)
+            case "max_bundle_bytes": agent.stagingRules.maxBundleBytes = Int64(try integer(table, key, full, minimum: 1))
+            case "max_files": agent.stagingRules.maxFiles = try integer(table, key, full, minimum: 1)
+            case "require_signature": agent.stagingRules.requireSignature = try bool(table, key, full)
+            case "trusted_keys": agent.stagingRules.trustedKeysDirectory = Self.lexicalPath(try absolutePath(table, key, full))
+            case "keep_versions": agent.keepVersions = try integer(table, key, full, minimum: 0)
             case "sandbox":
                 throw fail(full, "[agent.sandbox] is not supported by this version of backstopd")
             default:

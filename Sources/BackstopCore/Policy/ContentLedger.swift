@@ -35,6 +35,8 @@ public struct VersionRecord: Codable, Sendable, Equatable {
     public var quarantinedAt: Date?
     /// Why it was quarantined, e.g. `crash-loop` or `verification-failed`; nil unless quarantined.
     public var quarantineReason: String?
+    /// The file name of the trusted key that signed the bundle's manifest; nil when unsigned.
+    public var signedBy: String?
 
     enum CodingKeys: String, CodingKey {
         case id, digest, standing
@@ -44,6 +46,7 @@ public struct VersionRecord: Codable, Sendable, Equatable {
         case promotedAt = "promoted_at"
         case quarantinedAt = "quarantined_at"
         case quarantineReason = "quarantine_reason"
+        case signedBy = "signed_by"
     }
 
     /// A freshly staged version: standing `staged`, never promoted or quarantined.

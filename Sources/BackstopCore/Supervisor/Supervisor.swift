@@ -238,9 +238,10 @@ public actor Supervisor {
     /// - Throws: ``ManagerError`` with the store's or the policy's reason.
     public func stage(agent: String, path: String, version: String?, activate: Bool) async throws(ManagerError) -> VersionRecord {
         let store = try slot(agent).store
+        let rules = try slot(agent).configuration.stagingRules
         let existing = Set(try slot(agent).policy.ledger.versions.map(\.id))
         let result = await Task.detached { () -> Result<VersionRecord, StoreError> in
-            Result { () throws(StoreError) in try store.stage(from: path, id: version, existing: existing, at: Date()) }
+            Result { () throws(StoreError) in try store.stage(from: path, id: version, existing: existing, rules: rules, at: Date()) }
         }.value
         let record: VersionRecord
         switch result {

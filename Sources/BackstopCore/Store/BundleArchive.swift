@@ -1,0 +1,213 @@
+import CArchive
+import Foundation
+import SystemPackage
+
+/// Reads a tar archive (plain, gzip, xz or zstd) with libarchive (archive_read(3)) and
+/// writes its tree into an empty directory, checking each entry before anything of it
+/// reaches the disk.
+///
+/// Refused, naming the entry: absolute paths, `..` components, names with control
+/// characters, a name that comes twice, hard links, device nodes, FIFOs, sockets,
+/// setuid or setgid bits, symlinks whose target leaves the tree, unknown entries in
+/// the metadata directory, and more entries or bytes than the ``StagingRules`` allow
+/// (counted while decompressing, so a bomb stops at the limit). Symlinks are made
+/// after every other entry, so no entry is ever written through one.
+struct BundleArchive {
+    /// Where the archive's bytes come from.
+    enum Source {
+        /// A file, by path.
+        case file(String)
+        /// Bytes in memory (the fuzz target).
+        case memory([UInt8])
+    }
+
+    let source: Source
+    let destination: String
+    let rules: StagingRules
+
+    /// The name shown for the archive in errors.
+    private var name: String {
+        switch source {
+        case .file(let path): return path
+        case .memory: return "bundle"
+        }
+    }
+
+    /// Extracts the tree into `destination` (which exists and is empty); files end
+    /// fsynced and read-only, directories writable for ``TreeCopier/sealDirectories(under:)``.
+    /// - Returns: the manifest and signature found under ``BundleManifest/directoryName``.
+    /// - Throws: ``StoreError``: ``StoreError/notABundle(path:message:)`` for what libarchive
+    ///   cannot read, ``StoreError/refusedEntry(path:reason:)`` and the others for what it finds.
+    func extract() throws(StoreError) -> BundleMetadata {
+        guard let archive = archive_read_new() else { throw .io(path: name, operation: "read", errno: ENOMEM) }
+        defer { archive_read_free(archive) }
+        archive_read_support_format_tar(archive)
+        archive_read_support_filter_gzip(archive)
+        archive_read_support_filter_xz(archive)
+        archive_read_support_filter_zstd(archive)
+        switch source {
+        case .file(let path):
+            guard archive_read_open_filename(archive, path, 1 << 16) == ARCHIVE_OK else {
+                throw .notABundle(path: name, message: Self.message(archive))
+            }
+            return try entries(of: archive)
+        case .memory(let bytes):
+            // libarchive reads the buffer until archive_read_free, within this scope.
+            let result = bytes.withUnsafeBytes { buffer in
+                Result { () throws(StoreError) -> BundleMetadata in
+                    guard archive_read_open_memory(archive, buffer.baseAddress, buffer.count) == ARCHIVE_OK else {
+                        throw .notABundle(path: name, message: Self.message(archive))
+                    }
+                    return try entries(of: archive)
+                }
+            }
+            return try result.get()
+        }
+    }
+
+    private func entries(of archive: OpaquePointer) throws(StoreError) -> BundleMetadata {
+        var budget = StagingBudget(rules)
+        var metadata = BundleMetadata()
+        var links: [(path: String, target: String)] = []
+        var seen = Set<String>()
+        while true {
+            var entry: OpaquePointer?
+            let status = archive_read_next_header(archive, &entry)
+            if status == ARCHIVE_EOF { break }
+            guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
+                throw .notABundle(path: name, message: Self.message(archive))
+            }
+            let raw = archive_entry_pathname(entry).map { String(cString: $0) } ?? ""
+            let path = try Self.normalizedPath(raw)
+            if path.isEmpty { continue }  // "./", the root itself
+            try budget.admitEntry(path)
+            let type = archive_entry_filetype(entry)
+            if type != S_IFDIR, !seen.insert(path).inserted {
+                throw .refusedEntry(path: path, reason: "appears twice in the bundle")
+            }
+            if archive_entry_hardlink(entry) != nil { throw .refusedEntry(path: path, reason: "is a hard link") }
+            if archive_entry_mode(entry) & (S_ISUID | S_ISGID) != 0 {
+                throw .refusedEntry(path: path, reason: "has the setuid or setgid bit")
+            }
+            if path == BundleManifest.directoryName || path.hasPrefix(BundleManifest.directoryName + "/") {
+                try readMetadata(archive, entry: entry, path: path, type: type, into: &metadata)
+                continue
+            }
+            let full = destination + "/" + path
+            switch type {
+            case S_IFDIR:
+                try makeDirectories(path)
+            case S_IFREG:
+                try makeDirectories((path as NSString).deletingLastPathComponent)
+                try write(archive, to: full, path: path, executable: archive_entry_mode(entry) & 0o111 != 0, budget: &budget)
+            case S_IFLNK:
+                let target = archive_entry_symlink(entry).map { String(cString: $0) } ?? ""
+                try Self.checkName(target, of: path)
+                guard TreeCopier.staysInside(link: path, target: target) else {
+                    throw .symlinkEscapes(path: path, target: target)
+                }
+                links.append((path, target))
+            default:
+                throw .unsupportedEntry(path: path, kind: TreeCopier.kindName(type))
+            }
+        }
+        for link in links {
+            try makeDirectories((link.path as NSString).deletingLastPathComponent)
+            let full = destination + "/" + link.path
+            guard symlink(link.target, full) == 0 else {
+                if errno == EEXIST { throw .refusedEntry(path: link.path, reason: "appears twice in the bundle") }
+                throw .io(path: full, operation: "symlink", errno: errno)
+            }
+        }
+        for link in links where TreeCopier.passesThroughLink(link: destination + "/" + link.path, target: link.target, root: destination) {
+            throw .symlinkEscapes(path: link.path, target: link.target)
+        }
+        return metadata
+    }
+
+    /// Keeps the manifest and the signature in memory; nothing else may sit in the metadata directory.
+    private func readMetadata(
+        _ archive: OpaquePointer, entry: OpaquePointer, path: String, type: mode_t, into metadata: inout BundleMetadata
+    ) throws(StoreError) {
+        let directory = BundleManifest.directoryName
+        if path == directory, type == S_IFDIR { return }
+        guard type == S_IFREG,
+            path == directory + "/" + BundleManifest.manifestName || path == directory + "/" + BundleManifest.signatureName
+        else {
+            throw .refusedEntry(path: path, reason: "is not a manifest or signature; \(directory)/ holds only those")
+        }
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { archive_read_data(archive, $0.baseAddress, $0.count) }
+            if count == 0 { break }
+            guard count > 0 else { throw .notABundle(path: name, message: Self.message(archive)) }
+            data.append(contentsOf: buffer[..<count])
+            if data.count > BundleManifest.maxManifestBytes {
+                throw .refusedEntry(path: path, reason: "is larger than \(BundleManifest.maxManifestBytes) bytes")
+            }
+        }
+        if path.hasSuffix("/" + BundleManifest.manifestName) { metadata.manifest = data } else { metadata.signature = data }
+    }
+
+    /// mkdir -p below the destination; an existing component must be a directory made here.
+    private func makeDirectories(_ relative: String) throws(StoreError) {
+        var current = destination
+        for component in relative.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, 0o700) == 0 { continue }
+            var info = stat()
+            guard errno == EEXIST, lstat(current, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
+                throw .refusedEntry(path: String(current.dropFirst(destination.count + 1)), reason: "appears twice in the bundle")
+            }
+        }
+    }
+
+    private func write(
+        _ archive: OpaquePointer, to full: String, path: String, executable: Bool, budget: inout StagingBudget
+    ) throws(StoreError) {
+        let file: StoredFile
+        do { file = try StoredFile(path: full, executable: executable) } catch let error as Errno {
+            if error == .fileExists { throw .refusedEntry(path: path, reason: "appears twice in the bundle") }
+            throw .io(path: full, operation: "create", errno: error.rawValue)
+        } catch {
+            throw .io(path: full, operation: "create", errno: EIO)
+        }
+        defer { file.close() }
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { archive_read_data(archive, $0.baseAddress, $0.count) }
+            if count == 0 { break }
+            guard count > 0 else { throw .notABundle(path: name, message: Self.message(archive)) }
+            try budget.admitBytes(Int64(count), path: path)
+            try ContentStore.syscall(full, "write") {
+                try buffer.withUnsafeBytes { try file.write(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+            }
+        }
+        try ContentStore.syscall(full, "fsync") { try file.seal() }
+    }
+
+    /// An entry's path relative to the tree: `./` and empty components dropped.
+    /// - Throws: ``StoreError/refusedEntry(path:reason:)`` for an absolute path, a `..`
+    ///   component or a control character.
+    static func normalizedPath(_ raw: String) throws(StoreError) -> String {
+        if raw.hasPrefix("/") { throw .refusedEntry(path: raw, reason: "is an absolute path") }
+        let components = raw.split(separator: "/", omittingEmptySubsequences: true).filter { $0 != "." }
+        if components.contains("..") { throw .refusedEntry(path: raw, reason: "has a \"..\" component") }
+        let path = components.joined(separator: "/")
+        try checkName(path, of: raw)
+        return path
+    }
+
+    /// Refuses names and link targets with control characters: they would be ambiguous in
+    /// the tree digest's lines and in every listing an operator reads.
+    static func checkName(_ text: String, of path: String) throws(StoreError) {
+        if text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+            throw .refusedEntry(path: path, reason: "has a control character in its name or target")
+        }
+    }
+
+    private static func message(_ archive: OpaquePointer) -> String {
+        archive_error_string(archive).map { String(cString: $0) } ?? "not a tar archive"
+    }
+}

@@ -1,0 +1,359 @@
+import Crypto
+import Foundation
+import SystemPackage
+
+/// The limits and the signature rule a bundle must meet to be staged (per agent:
+/// `max_bundle_bytes`, `max_files`, `require_signature`, `trusted_keys`).
+public struct StagingRules: Sendable, Equatable {
+    /// Most bytes of regular-file data a bundle may hold (after decompression), `max_bundle_bytes`.
+    public var maxBundleBytes: Int64 = 2 << 30
+    /// Most entries (files, directories and symlinks) a bundle may hold, `max_files`.
+    public var maxFiles = 100_000
+    /// Whether a bundle must carry a manifest signed by a trusted key, `require_signature`.
+    public var requireSignature = false
+    /// The directory of trusted Ed25519 public keys (`*.pem`), `trusted_keys`.
+    public var trustedKeysDirectory = "/etc/backstop/keys"
+
+    public init() {}
+}
+
+/// What a copy or an extraction produced besides the tree: the bundle's manifest
+/// and signature, when it carried them (``BundleManifest/directoryName``).
+struct BundleMetadata {
+    var manifest: Data?
+    var signature: Data?
+}
+
+/// Counts what a bundle holds against ``StagingRules`` while it is read, so that a
+/// bundle over a limit is refused before it fills the disk.
+struct StagingBudget {
+    let rules: StagingRules
+    private(set) var entries = 0
+    private(set) var bytes: Int64 = 0
+
+    init(_ rules: StagingRules) { self.rules = rules }
+
+    /// Counts one more entry.
+    /// - Throws: ``StoreError/limitExceeded(_:)`` past `max_files`.
+    mutating func admitEntry(_ path: String) throws(StoreError) {
+        entries += 1
+        if entries > rules.maxFiles {
+            throw .limitExceeded("the bundle holds more than max_files = \(rules.maxFiles) entries (at \(path))")
+        }
+    }
+
+    /// Counts `count` more bytes of file data.
+    /// - Throws: ``StoreError/limitExceeded(_:)`` past `max_bundle_bytes`.
+    mutating func admitBytes(_ count: Int64, path: String) throws(StoreError) {
+        bytes += count
+        if bytes > rules.maxBundleBytes {
+            throw .limitExceeded("the bundle holds more than max_bundle_bytes = \(rules.maxBundleBytes) bytes (at \(path))")
+        }
+    }
+}
+
+/// What a tree holds, entry by entry, in byte order of the relative paths.
+///
+/// The tree digest is SHA-256 over one line per entry: `D path`, `F path mode size sha256`
+/// (mode 755 or 644), `L path target`. It depends only on names, contents, the executable
+/// bit and link targets, so a version keeps its digest wherever it is stored.
+struct TreeInventory {
+    enum Entry: Equatable {
+        case directory
+        case file(executable: Bool, size: Int64, sha256: String)
+        case symlink(target: String)
+    }
+
+    private(set) var entries: [(path: String, entry: Entry)] = []
+
+    /// Reads every entry below `root` with lstat(2) (no symlink is followed) and hashes every file.
+    /// - Parameter excluding: a top-level name left out (the bundle's metadata directory).
+    /// - Throws: ``StoreError`` for an entry that is not a directory, regular file or symlink, or an I/O error.
+    static func scan(_ root: String, excluding: String? = nil) throws(StoreError) -> TreeInventory {
+        var inventory = TreeInventory()
+        for relative in try TreeCopier.entries(under: root, excluding: excluding) {
+            let full = root + "/" + relative
+            var info = stat()
+            guard lstat(full, &info) == 0 else { throw .io(path: full, operation: "lstat", errno: errno) }
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR: inventory.entries.append((relative, .directory))
+            case S_IFREG:
+                let (hash, size) = try TreeCopier.hashFile(full)
+                inventory.entries.append((relative, .file(executable: info.st_mode & 0o111 != 0, size: size, sha256: hash)))
+            case S_IFLNK: inventory.entries.append((relative, .symlink(target: try TreeCopier.linkTarget(full))))
+            default: throw .unsupportedEntry(path: full, kind: TreeCopier.kindName(info.st_mode))
+            }
+        }
+        return inventory
+    }
+
+    /// The digest, file count and size.
+    var summary: TreeSummary {
+        var hasher = SHA256()
+        var fileCount = 0
+        var totalBytes: Int64 = 0
+        for (path, entry) in entries {
+            let line: String
+            switch entry {
+            case .directory: line = "D \(path)\n"
+            case .file(let executable, let size, let sha256):
+                fileCount += 1
+                totalBytes += size
+                line = "F \(path) \(executable ? 755 : 644) \(size) \(sha256)\n"
+            case .symlink(let target): line = "L \(path) \(target)\n"
+            }
+            hasher.update(data: Data(line.utf8))
+        }
+        return TreeSummary(digest: TreeCopier.hex(hasher.finalize()), fileCount: fileCount, totalBytes: totalBytes)
+    }
+}
+
+/// A tree's digest, file count and size.
+struct TreeSummary {
+    var digest: String
+    var fileCount: Int
+    var totalBytes: Int64
+}
+
+/// Copies a content directory with lstat(2), so that no symlink is followed, refusing
+/// what content may not hold: FIFOs, sockets, device nodes, hard links, setuid or setgid
+/// bits, symlinks that leave the tree, and more than the ``StagingRules`` allow.
+struct TreeCopier {
+    let source: String
+    let destination: String
+    let rules: StagingRules
+
+    /// Copies the tree (files fsynced and read-only; directories left writable for
+    /// ``sealDirectories(under:)``) and reads the bundle metadata next to it.
+    /// - Throws: ``StoreError`` naming the entry at fault.
+    func copy() throws(StoreError) -> BundleMetadata {
+        var budget = StagingBudget(rules)
+        var links: [(from: String, to: String, target: String)] = []
+        for relative in try Self.entries(under: source, excluding: BundleManifest.directoryName) {
+            try budget.admitEntry(relative)
+            let from = source + "/" + relative
+            try BundleArchive.checkName(relative, of: from)
+            let to = destination + "/" + relative
+            var info = stat()
+            guard lstat(from, &info) == 0 else { throw .io(path: from, operation: "lstat", errno: errno) }
+            if info.st_mode & (S_ISUID | S_ISGID) != 0 { throw .refusedEntry(path: from, reason: "has the setuid or setgid bit") }
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR:
+                try ContentStore.syscall(to, "create") {
+                    guard mkdir(to, 0o700) == 0 else { throw Errno(rawValue: errno) }
+                }
+            case S_IFREG:
+                // Another name of the same file may sit outside the tree, where it can change.
+                if info.st_nlink > 1 { throw .refusedEntry(path: from, reason: "is a hard link") }
+                try Self.copyFile(from: from, to: to, executable: info.st_mode & 0o111 != 0, budget: &budget)
+            case S_IFLNK:
+                let target = try Self.linkTarget(from)
+                try BundleArchive.checkName(target, of: from)
+                guard Self.staysInside(link: relative, target: target) else {
+                    throw .symlinkEscapes(path: from, target: target)
+                }
+                try ContentStore.syscall(to, "symlink") {
+                    guard symlink(target, to) == 0 else { throw Errno(rawValue: errno) }
+                }
+                links.append((from, to, target))
+            default:
+                throw .unsupportedEntry(path: from, kind: Self.kindName(info.st_mode))
+            }
+        }
+        // The lexical check alone misses a target that walks through another link
+        // ("s/../x" with s -> "."): no component before the last may be a link.
+        for link in links where Self.passesThroughLink(link: link.to, target: link.target, root: destination) {
+            throw .symlinkEscapes(path: link.from, target: link.target)
+        }
+        let metadata = source + "/" + BundleManifest.directoryName
+        return BundleMetadata(
+            manifest: try Self.readSmallFile(metadata + "/" + BundleManifest.manifestName),
+            signature: try Self.readSmallFile(metadata + "/" + BundleManifest.signatureName))
+    }
+
+    /// Makes every directory below `root` (and `root`) read-only and durable, from the leaves up.
+    /// - Throws: ``StoreError/io(path:operation:errno:)``.
+    static func sealDirectories(under root: String) throws(StoreError) {
+        var directories = [root]
+        for relative in try entries(under: root) {
+            var info = stat()
+            if lstat(root + "/" + relative, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR {
+                directories.append(root + "/" + relative)
+            }
+        }
+        for directory in directories.reversed() {
+            try ContentStore.syscall(directory, "fsync") { try DurableFile.syncDirectory(at: directory) }
+            _ = chmod(directory, 0o555)
+        }
+    }
+
+    /// The contents of a bundle metadata file, nil when there is none.
+    /// - Throws: ``StoreError/refusedEntry(path:reason:)`` for a non-regular or oversized file.
+    static func readSmallFile(_ path: String) throws(StoreError) -> Data? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .refusedEntry(path: path, reason: "is not a regular file") }
+        guard info.st_size <= BundleManifest.maxManifestBytes else {
+            throw .refusedEntry(path: path, reason: "is larger than \(BundleManifest.maxManifestBytes) bytes")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .io(path: path, operation: "read", errno: errno)
+        }
+        return data
+    }
+
+    /// Relative paths of every entry below `root`, parents before children, sorted by bytes.
+    /// - Parameter excluding: a top-level name left out.
+    static func entries(under root: String, excluding: String? = nil) throws(StoreError) -> [String] {
+        var result: [String] = []
+        var pending = [""]
+        while let relative = pending.popLast() {
+            let directory = relative.isEmpty ? root : root + "/" + relative
+            let names: [String]
+            do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
+                throw .io(path: directory, operation: "read directory", errno: EACCES)
+            }
+            for name in names where !(relative.isEmpty && name == excluding) {
+                let child = relative.isEmpty ? name : relative + "/" + name
+                result.append(child)
+                var info = stat()
+                if lstat(root + "/" + child, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR { pending.append(child) }
+            }
+        }
+        return result.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+    }
+
+    /// Copies one file, fsyncs it and makes it read-only, counting its bytes against `budget`.
+    static func copyFile(from: String, to: String, executable: Bool, budget: inout StagingBudget) throws(StoreError) {
+        do {
+            let input = try FileDescriptor.open(FilePath(from), .readOnly, options: [.closeOnExec, .noFollow])
+            defer { try? input.close() }
+            let output = try StoredFile(path: to, executable: executable)
+            defer { output.close() }
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+                if count == 0 { break }
+                try budget.admitBytes(Int64(count), path: from)
+                try buffer.withUnsafeBytes { try output.write(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+            }
+            try output.seal()
+        } catch let error as StoreError {
+            throw error
+        } catch let error as Errno {
+            throw .io(path: to, operation: "copy", errno: error.rawValue)
+        } catch {
+            throw .io(path: to, operation: "copy", errno: EIO)
+        }
+    }
+
+    /// Hashes one stored file.
+    /// - Returns: the SHA-256 in hex and the number of bytes read.
+    static func hashFile(_ path: String) throws(StoreError) -> (String, Int64) {
+        do {
+            let input = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec, .noFollow])
+            defer { try? input.close() }
+            var hasher = SHA256()
+            var total: Int64 = 0
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+                if count == 0 { break }
+                buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+                total += Int64(count)
+            }
+            return (hex(hasher.finalize()), total)
+        } catch let error as Errno {
+            throw .io(path: path, operation: "read", errno: error.rawValue)
+        } catch {
+            throw .io(path: path, operation: "read", errno: EIO)
+        }
+    }
+
+    static func linkTarget(_ path: String) throws(StoreError) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink(path, &buffer, buffer.count - 1)
+        guard count >= 0 else { throw .io(path: path, operation: "readlink", errno: errno) }
+        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Whether a relative symlink at `link` (relative to the tree root) resolves, lexically, inside the tree.
+    static func staysInside(link: String, target: String) -> Bool {
+        guard !target.hasPrefix("/"), !target.isEmpty else { return false }
+        var components = link.split(separator: "/").dropLast().map(String.init)
+        for part in target.split(separator: "/") {
+            switch part {
+            case ".": continue
+            case "..":
+                guard !components.isEmpty else { return false }
+                components.removeLast()
+            default: components.append(String(part))
+            }
+        }
+        return true
+    }
+
+    /// Whether resolving `target` from the link at absolute path `link` (inside `root`)
+    /// passes through a symlink before its last component. Components that do not exist
+    /// stay so (the copy is immutable), so a lexically contained path stays contained.
+    static func passesThroughLink(link: String, target: String, root: String) -> Bool {
+        var components = link.dropFirst(root.count).split(separator: "/").dropLast().map(String.init)
+        let parts = target.split(separator: "/").map(String.init)
+        for (index, part) in parts.enumerated() {
+            switch part {
+            case ".": continue
+            case "..": if !components.isEmpty { components.removeLast() }
+            default: components.append(part)
+            }
+            guard index < parts.count - 1, part != ".." else { continue }
+            var info = stat()
+            if lstat(root + "/" + components.joined(separator: "/"), &info) == 0, (info.st_mode & S_IFMT) == S_IFLNK {
+                return true
+            }
+        }
+        return false
+    }
+
+    static func kindName(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: return "FIFO"
+        case S_IFSOCK: return "socket"
+        case S_IFCHR: return "character device"
+        case S_IFBLK: return "block device"
+        default: return "special file"
+        }
+    }
+
+    static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
+        digest.map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// A file being written into a staged copy: created exclusively (a name that comes
+/// twice is refused), fsynced and made read-only (0444, or 0555 when executable) by ``seal()``.
+struct StoredFile {
+    private let descriptor: FileDescriptor
+    private let executable: Bool
+
+    /// - Throws: `Errno` from open(2); `EEXIST` when the name exists.
+    init(path: String, executable: Bool) throws {
+        descriptor = try FileDescriptor.open(
+            FilePath(path), .writeOnly, options: [.create, .exclusiveCreate, .closeOnExec, .noFollow],
+            permissions: [.ownerReadWrite])
+        self.executable = executable
+    }
+
+    /// - Throws: `Errno` from write(2).
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        _ = try descriptor.writeAll(bytes)
+    }
+
+    /// fsync(2), then read-only.
+    /// - Throws: `Errno` from fsync(2) or fchmod(2).
+    func seal() throws {
+        try DurableFile.fsync(descriptor)
+        guard fchmod(descriptor.rawValue, executable ? 0o555 : 0o444) == 0 else { throw Errno(rawValue: errno) }
+    }
+
+    func close() { try? descriptor.close() }
+}
