@@ -98,7 +98,7 @@ struct BundleArchive {
             case S_IFDIR:
                 try makeDirectories(path)
             case S_IFREG:
-                try makeDirectories((path as NSString).deletingLastPathComponent)
+                try makeDirectories(Self.parent(of: path))
                 try write(archive, to: full, path: path, executable: archive_entry_mode(entry) & 0o111 != 0, budget: &budget)
             case S_IFLNK:
                 let target = archive_entry_symlink(entry).map { String(cString: $0) } ?? ""
@@ -112,7 +112,7 @@ struct BundleArchive {
             }
         }
         for link in links {
-            try makeDirectories((link.path as NSString).deletingLastPathComponent)
+            try makeDirectories(Self.parent(of: link.path))
             let full = destination + "/" + link.path
             guard symlink(link.target, full) == 0 else {
                 if errno == EEXIST { throw .refusedEntry(path: link.path, reason: "appears twice in the bundle") }
@@ -205,6 +205,11 @@ struct BundleArchive {
         if text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
             throw .refusedEntry(path: path, reason: "has a control character in its name or target")
         }
+    }
+
+    /// The relative path of the directory holding `path`, "" at the top.
+    private static func parent(of path: String) -> String {
+        path.split(separator: "/").dropLast().joined(separator: "/")
     }
 
     private static func message(_ archive: OpaquePointer) -> String {

@@ -1,0 +1,287 @@
+import BackstopCore
+import Foundation
+import Testing
+
+/// A store for agent "demo" in a temporary directory, a copy of the v1-good sample to
+/// bundle, and a directory of trusted keys.
+struct BundleFixture {
+    let directory: String
+    let store: ContentStore
+    let content: String
+    let keys: String
+
+    init() throws {
+        directory = NSTemporaryDirectory() + "backstop-bundle-" + UUID().uuidString
+        store = ContentStore(stateDirectory: directory + "/state", agent: "demo")
+        content = directory + "/content"
+        keys = directory + "/keys"
+        try FileManager.default.createDirectory(atPath: keys, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Paths.sample("v1-good"), toPath: content)
+    }
+
+    func remove() { ContentStore.removeTree(directory) }
+
+    /// Rules that trust the keys in `keys`.
+    func rules(requireSignature: Bool = false, maxBundleBytes: Int64? = nil, maxFiles: Int? = nil) -> StagingRules {
+        var rules = StagingRules()
+        rules.trustedKeysDirectory = keys
+        rules.requireSignature = requireSignature
+        if let maxBundleBytes { rules.maxBundleBytes = maxBundleBytes }
+        if let maxFiles { rules.maxFiles = maxFiles }
+        return rules
+    }
+
+    func stage(_ source: String, as id: String? = nil, rules: StagingRules? = nil) throws(StoreError) -> VersionRecord {
+        try store.stage(from: source, id: id, existing: [], rules: rules ?? self.rules(), at: Date())
+    }
+
+    /// Stages and returns the refusal, recording an issue when staging succeeds.
+    func refusal(_ source: String, rules: StagingRules? = nil, sourceLocation: SourceLocation = #_sourceLocation) -> StoreError? {
+        do {
+            let record = try stage(source, rules: rules)
+            Issue.record("staging was expected to fail, got version \(record.id)", sourceLocation: sourceLocation)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// Whether the store holds no version and no staging leftover.
+    var storeIsEmpty: Bool {
+        let fileManager = FileManager.default
+        return ((try? fileManager.contentsOfDirectory(atPath: store.versionsDirectory)) ?? []).isEmpty
+            && ((try? fileManager.contentsOfDirectory(atPath: store.stagingDirectory)) ?? []).isEmpty
+    }
+
+    /// Makes an Ed25519 key pair with openssl: the private key's path; the public key is
+    /// trusted (put in `keys`) when asked.
+    func makeKey(_ name: String, trusted: Bool) throws -> String {
+        let key = directory + "/" + name + ".key"
+        try run("/usr/bin/openssl", "genpkey", "-algorithm", "ed25519", "-out", key)
+        let publicKey = (trusted ? keys : directory) + "/" + name + ".pem"
+        try run("/usr/bin/openssl", "pkey", "-in", key, "-pubout", "-out", publicKey)
+        return key
+    }
+
+    @discardableResult
+    func run(_ program: String, _ arguments: String...) throws -> CommandResult {
+        let result = try Command.run(program, arguments)
+        if result.status != 0 { Issue.record("\(program) \(arguments.joined(separator: " ")) failed: \(result.error)") }
+        return result
+    }
+
+    /// Builds a tar archive with Python's tarfile from `members`, a Python list of
+    /// (name, type, extra) tuples: type "file" (extra: contents), "dir", "symlink" and
+    /// "hardlink" (extra: target), "chr", "blk", "fifo"; a mode may follow.
+    func craftedArchive(_ members: String, compression: String = "") throws -> String {
+        let path = directory + "/crafted-" + UUID().uuidString + ".tar"
+        let script = """
+            import io, sys, tarfile
+            members = \(members)
+            with tarfile.open(sys.argv[1], "w:\(compression)") as archive:
+                for name, kind, extra, *mode in members:
+                    info = tarfile.TarInfo(name)
+                    info.mode = mode[0] if mode else 0o644
+                    data = None
+                    if kind == "file":
+                        data = extra.encode() if isinstance(extra, str) else extra
+                        info.size = len(data)
+                    elif kind == "dir": info.type = tarfile.DIRTYPE; info.mode = mode[0] if mode else 0o755
+                    elif kind == "symlink": info.type = tarfile.SYMTYPE; info.linkname = extra
+                    elif kind == "hardlink": info.type = tarfile.LNKTYPE; info.linkname = extra
+                    elif kind == "chr": info.type = tarfile.CHRTYPE; info.devmajor = 1; info.devminor = 3
+                    elif kind == "blk": info.type = tarfile.BLKTYPE; info.devmajor = 7; info.devminor = 0
+                    elif kind == "fifo": info.type = tarfile.FIFOTYPE
+                    archive.addfile(info, io.BytesIO(data) if data is not None else None)
+            """
+        try run("/usr/bin/python3", "-c", script, path)
+        return path
+    }
+}
+
+@Suite(
+    .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: Environment.isRoot, "needs root: device nodes and setuid bits in bundles are made as root"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
+struct BundleTests {
+    @Test("a tar archive, plain or gzip, xz or zstd, stages to the same version as its directory")
+    func archivesStage() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let fromDirectory = try fixture.stage(fixture.content, as: "dir")
+        for (flag, suffix) in [("-cf", "tar"), ("-czf", "tar.gz"), ("-cJf", "tar.xz"), ("--zstd -cf", "tar.zst")] {
+            let archive = fixture.directory + "/bundle." + suffix
+            let arguments = flag.split(separator: " ").map(String.init) + [archive, "-C", fixture.content, "."]
+            try #require(try Command.run("/usr/bin/tar", arguments).status == 0)
+            let record = try fixture.stage(archive, as: suffix.replacingOccurrences(of: ".", with: "-"))
+            #expect(record.digest == fromDirectory.digest, "\(suffix)")
+            #expect(record.fileCount == 3)
+            try fixture.store.verify(record)
+        }
+        // The copy is read-only, owned by root, whatever the archive said.
+        let file = fixture.store.path(of: "tar-zst") + "/channel-100.conf"
+        let attributes = try FileManager.default.attributesOfItem(atPath: file)
+        #expect(attributes[.posixPermissions] as? Int == 0o444)
+        #expect(attributes[.ownerAccountID] as? Int == 0)
+    }
+
+    @Test(
+        "a hostile archive entry is refused, naming it, and nothing is left in the store",
+        arguments: [
+            ("[('/etc/backstop-evil', 'file', 'x')]", "/etc/backstop-evil is an absolute path"),
+            ("[('../evil', 'file', 'x')]", "../evil has a \"..\" component"),
+            ("[('rules/../../evil', 'file', 'x')]", "rules/../../evil has a \"..\" component"),
+            ("[('a', 'file', 'x'), ('b', 'hardlink', 'a')]", "b is a hard link"),
+            ("[('null', 'chr', None)]", "null is a character device"),
+            ("[('disk', 'blk', None)]", "disk is a block device"),
+            ("[('pipe', 'fifo', None)]", "pipe is a FIFO"),
+            ("[('tool', 'file', 'x', 0o4755)]", "tool has the setuid or setgid bit"),
+            ("[('shared', 'dir', None, 0o2775)]", "shared has the setuid or setgid bit"),
+            ("[('etc', 'symlink', '/etc')]", "etc is a symlink to /etc, which leaves the content tree"),
+            ("[('up', 'symlink', '..')]", "up is a symlink to .., which leaves the content tree"),
+            ("[('s', 'symlink', '.'), ('x', 'symlink', 's/..')]", "x is a symlink to s/.., which leaves the content tree"),
+            ("[('l', 'symlink', 'sub'), ('l/file', 'file', 'x')]", "l appears twice in the bundle"),
+            ("[('a', 'file', 'x'), ('a', 'file', 'y')]", "a appears twice in the bundle"),
+            ("[('a', 'dir', None), ('a', 'file', 'y')]", "a appears twice in the bundle"),
+            ("[('evil\\nname', 'file', 'x')]", "has a control character in its name or target"),
+            ("[('.backstop/hook.sh', 'file', 'x')]", ".backstop/hook.sh is not a manifest or signature"),
+        ])
+    func hostileEntries(members: String, expected: String) throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let archive = try fixture.craftedArchive("[('ok.conf', 'file', 'fine')] + " + members)
+        let refusal = fixture.refusal(archive)
+        #expect(refusal?.description.contains(expected) == true, "\(refusal?.description ?? "staged")")
+        #expect(fixture.storeIsEmpty)
+    }
+
+    @Test("a directory with a hard link, a setuid file or a control character in a name is refused")
+    func hostileDirectoryEntries() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let outside = fixture.directory + "/secret"
+        try Data("not content\n".utf8).write(to: URL(fileURLWithPath: outside))
+        #expect(link(outside, fixture.content + "/linked") == 0)
+        #expect(fixture.refusal(fixture.content)?.description == "\(fixture.content)/linked is a hard link; the bundle is refused")
+        #expect(unlink(fixture.content + "/linked") == 0)
+
+        try Data("#!/bin/sh\n".utf8).write(to: URL(fileURLWithPath: fixture.content + "/tool"))
+        #expect(chmod(fixture.content + "/tool", 0o4755) == 0)
+        #expect(fixture.refusal(fixture.content)?.description.hasSuffix("/tool has the setuid or setgid bit; the bundle is refused") == true)
+        #expect(unlink(fixture.content + "/tool") == 0)
+
+        try Data().write(to: URL(fileURLWithPath: fixture.content + "/bad\u{1b}[2Jname"))
+        #expect(fixture.refusal(fixture.content)?.description.contains("has a control character") == true)
+        #expect(fixture.storeIsEmpty)
+    }
+
+    @Test("max_files and max_bundle_bytes stop a bundle while it is read, a decompression bomb included")
+    func limits() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let tooMany = fixture.refusal(fixture.content, rules: fixture.rules(maxFiles: 2))
+        #expect(tooMany?.description.hasPrefix("the bundle holds more than max_files = 2 entries") == true)
+        let tooLarge = fixture.refusal(fixture.content, rules: fixture.rules(maxBundleBytes: 100))
+        #expect(tooLarge?.description.hasPrefix("the bundle holds more than max_bundle_bytes = 100 bytes") == true)
+
+        // 256 MiB of zeros, about 250 KiB compressed: refused at the first MiB past the limit.
+        let bomb = try fixture.craftedArchive("[('zeros', 'file', bytes(256 << 20))]", compression: "gz")
+        let size = try FileManager.default.attributesOfItem(atPath: bomb)[.size] as? Int ?? 0
+        #expect(size < 1 << 20)
+        let refusal = fixture.refusal(bomb, rules: fixture.rules(maxBundleBytes: 4 << 20))
+        #expect(refusal?.description == "the bundle holds more than max_bundle_bytes = \(4 << 20) bytes (at zeros)")
+        #expect(fixture.storeIsEmpty)
+        #expect(try fixture.stage(bomb, rules: fixture.rules(maxBundleBytes: 256 << 20)).totalBytes == 256 << 20)
+    }
+
+    @Test("a manifest that does not match the tree is refused, naming the entry")
+    func manifestMismatch() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.content)
+        let file = fixture.content + "/channel-200.conf"
+        let original = try Data(contentsOf: URL(fileURLWithPath: file))
+
+        try Data("instance changed,1\n".utf8).write(to: URL(fileURLWithPath: file))
+        #expect(fixture.refusal(fixture.content)?.description.hasPrefix(
+            "the bundle does not match its manifest: channel-200.conf is a file of 19 bytes") == true)
+        try original.write(to: URL(fileURLWithPath: file))
+
+        try Data("x\n".utf8).write(to: URL(fileURLWithPath: fixture.content + "/extra.conf"))
+        #expect(fixture.refusal(fixture.content)?.description
+            == "the bundle does not match its manifest: extra.conf is in the bundle but not in the manifest")
+        #expect(unlink(fixture.content + "/extra.conf") == 0)
+
+        #expect(unlink(file) == 0)
+        #expect(fixture.refusal(fixture.content)?.description
+            == "the bundle does not match its manifest: channel-200.conf is in the manifest but not in the bundle")
+        try original.write(to: URL(fileURLWithPath: file))
+
+        try Data("{\"format\": \"backstop-manifest/2\", \"files\": []}".utf8)
+            .write(to: URL(fileURLWithPath: fixture.content + "/.backstop/manifest"))
+        #expect(fixture.refusal(fixture.content)?.description
+            == "the bundle's manifest is invalid: format \"backstop-manifest/2\" is not supported (expected \"backstop-manifest/1\")")
+        #expect(fixture.storeIsEmpty)
+
+        try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.content)
+        let record = try fixture.stage(fixture.content)
+        #expect(record.signedBy == nil)
+        #expect(!FileManager.default.fileExists(atPath: fixture.store.path(of: record.id) + "/.backstop"))
+    }
+
+    @Test("with require_signature, only a manifest signed by a trusted key is staged; OpenSSL and backstopctl sign interoperate")
+    func signatures() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let required = fixture.rules(requireSignature: true)
+        let metadata = fixture.content + "/.backstop"
+
+        #expect(fixture.refusal(fixture.content, rules: required)?.description
+            == "require_signature is set and the bundle has no .backstop/manifest")
+        try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.content)
+        #expect(fixture.refusal(fixture.content, rules: required)?.description
+            == "require_signature is set and the bundle has no .backstop/manifest.sig")
+
+        let vendor = try fixture.makeKey("vendor", trusted: true)
+        let stranger = try fixture.makeKey("stranger", trusted: false)
+        #expect(fixture.refusal(fixture.content, rules: required)?.description.contains("no trusted key") == false)
+
+        // Signed by a key the host does not trust: refused, required or not.
+        try fixture.run(Paths.binary("backstopctl"), "sign", fixture.content, "--key", stranger)
+        let untrusted = "the manifest's signature is not valid for any key in \(fixture.keys) (vendor.pem)"
+        #expect(fixture.refusal(fixture.content, rules: required)?.description == untrusted)
+        #expect(fixture.refusal(fixture.content)?.description == untrusted)
+
+        // Signed by the vendor with backstopctl: OpenSSL verifies it, and it stages as a tar.zst too.
+        try fixture.run(Paths.binary("backstopctl"), "sign", fixture.content, "--key", vendor)
+        let verified = try fixture.run(
+            "/usr/bin/openssl", "pkeyutl", "-verify", "-pubin", "-inkey", fixture.keys + "/vendor.pem", "-rawin",
+            "-in", metadata + "/manifest", "-sigfile", metadata + "/manifest.sig")
+        #expect(verified.output.contains("Signature Verified Successfully"))
+        let archive = fixture.directory + "/signed.tar.zst"
+        try fixture.run("/usr/bin/tar", "--zstd", "-cf", archive, "-C", fixture.content, ".")
+        #expect(try fixture.stage(archive, as: "signed", rules: required).signedBy == "vendor.pem")
+
+        // A signature made by OpenSSL over backstopctl's manifest is accepted.
+        try fixture.run(
+            "/usr/bin/openssl", "pkeyutl", "-sign", "-inkey", vendor, "-rawin", "-in", metadata + "/manifest",
+            "-out", metadata + "/manifest.sig")
+        #expect(try fixture.stage(fixture.content, as: "openssl", rules: required).signedBy == "vendor.pem")
+
+        // A file changed after signing: the manifest no longer matches.
+        try Data("instance changed,1\n".utf8).write(to: URL(fileURLWithPath: fixture.content + "/templates.conf"))
+        #expect(fixture.refusal(fixture.content, rules: required)?.description.hasPrefix(
+            "the bundle does not match its manifest: templates.conf") == true)
+        // The manifest rewritten to match, keeping the old signature: the signature no longer holds.
+        let signature = try Data(contentsOf: URL(fileURLWithPath: metadata + "/manifest.sig"))
+        try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.content)
+        try signature.write(to: URL(fileURLWithPath: metadata + "/manifest.sig"))
+        #expect(fixture.refusal(fixture.content, rules: required)?.description == untrusted)
+
+        // No trusted key at all: required signatures cannot be checked, so nothing is staged.
+        for name in ["vendor.pem"] { #expect(unlink(fixture.keys + "/" + name) == 0) }
+        #expect(fixture.refusal(fixture.content, rules: required)?.description
+            == "require_signature is set but \(fixture.keys) holds no trusted key (*.pem)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.store.versionsDirectory).sorted() == ["openssl", "signed"])
+    }
+}
