@@ -74,6 +74,7 @@ public enum ManagerInterface {
         }
         let method = String(call.method.dropFirst(name.count + 1))
         if let denial = authorize(method, peer: peer) { return denial }
+        if mutating.contains(method) { FaultInjection.arm() }
         do {
             switch method {
             case "GetStatus":

@@ -664,6 +664,12 @@ public struct AgentPolicy: Sendable, Equatable {
         ledger.add(record)
     }
 
+    /// Records that garbage collection removed the files of `id` (never the active version).
+    public mutating func filesRemoved(_ id: String, at date: Date) {
+        guard id != ledger.active else { return }
+        ledger.filesRemoved(id, at: date)
+    }
+
     /// Makes `id` the active version and (re)starts the agent on it. A staged version
     /// becomes the candidate and starts its probation; activating resets the
     /// escalation, since the operator has chosen what to run.

@@ -37,6 +37,9 @@ public struct VersionRecord: Codable, Sendable, Equatable {
     public var quarantineReason: String?
     /// The file name of the trusted key that signed the bundle's manifest; nil when unsigned.
     public var signedBy: String?
+    /// When garbage collection removed the files of this quarantined version; its record
+    /// stays so that the version remains refused. Nil while the files are in the store.
+    public var filesRemovedAt: Date?
 
     enum CodingKeys: String, CodingKey {
         case id, digest, standing
@@ -47,6 +50,7 @@ public struct VersionRecord: Codable, Sendable, Equatable {
         case quarantinedAt = "quarantined_at"
         case quarantineReason = "quarantine_reason"
         case signedBy = "signed_by"
+        case filesRemovedAt = "files_removed_at"
     }
 
     /// A freshly staged version: standing `staged`, never promoted or quarantined.
@@ -138,12 +142,38 @@ public struct ContentLedger: Codable, Sendable, Equatable {
         }
     }
 
-    /// Lifts a quarantine: the version is staged again and may be activated.
+    /// Lifts a quarantine: the version is staged again and may be activated. A version
+    /// whose files were removed is forgotten instead, so that it can be staged again.
     public mutating func release(_ id: String) {
+        if record(id)?.filesRemovedAt != nil {
+            versions.removeAll { $0.id == id }
+            return
+        }
         update(id) {
             $0.standing = .staged
             $0.quarantinedAt = nil
             $0.quarantineReason = nil
+        }
+    }
+
+    /// Versions whose files garbage collection may remove: all but the active version, the
+    /// last known-good, the candidate and the `keeping` most recently staged others
+    /// (quarantined versions whose files are gone do not count), oldest first.
+    public func garbage(keeping: Int) -> [String] {
+        let protected = Set([active, knownGood, candidate].compactMap { $0 })
+        let others = versions.filter { !protected.contains($0.id) && $0.filesRemovedAt == nil }
+            .sorted { $0.stagedAt > $1.stagedAt }
+        return others.dropFirst(keeping).reversed().map(\.id)
+    }
+
+    /// Records that the files of `id` are gone: a quarantined version keeps its record
+    /// (marked with `date`), so it stays refused; any other is forgotten.
+    public mutating func filesRemoved(_ id: String, at date: Date) {
+        guard let existing = record(id) else { return }
+        if existing.standing == .quarantined {
+            update(id) { $0.filesRemovedAt = date }
+        } else {
+            versions.removeAll { $0.id == id }
         }
     }
 

@@ -199,8 +199,9 @@ public struct ContentStore: Sendable {
     /// - Throws: ``StoreError/io(path:operation:errno:)``.
     public func point(at id: String?, contentLink: String?) throws(StoreError) {
         guard let id else {
-            for link in [activeLink] + (contentLink.map { [$0] } ?? []) where unlink(link) != 0 && errno != ENOENT {
-                throw .io(path: link, operation: "remove", errno: errno)
+            for link in [activeLink] + (contentLink.map { [$0] } ?? []) {
+                guard unlink(link) == 0 || errno == ENOENT else { throw .io(path: link, operation: "remove", errno: errno) }
+                FaultInjection.step("unlink \(link)")
             }
             try Self.syscall(root, "fsync") { try DurableFile.syncDirectory(at: root) }
             return
@@ -228,17 +229,26 @@ public struct ContentStore: Sendable {
         /// rename into `versions/` and its record, or a state file from before them):
         /// adopted as staged, never deleted.
         public var adoptedVersions: [String]
-        /// Paths to delete: unfinished copies in `staging/`. Deleting a large tree takes a
-        /// while, so the caller does it off the critical path.
+        /// Versions the ledger recorded whose files are gone (a removal by garbage collection
+        /// interrupted between its rename and its record): forgotten, or for a quarantined
+        /// version marked as removed. The active version is never among them.
+        public var missingVersions: [String]
+        /// Paths to delete: unfinished copies and removed versions in `staging/`. Deleting a
+        /// large tree takes a while, so the caller does it off the critical path.
         public var garbage: [String]
     }
 
     /// Startup recovery: adopts complete versions the ledger does not know (anything in
-    /// `versions/` was renamed there only once complete), lists `staging/` for deletion,
-    /// and makes the active link agree with the ledger.
+    /// `versions/` was renamed there only once complete), finishes removals whose files
+    /// are gone, lists `staging/` for deletion, and makes the active link agree with the ledger.
     /// - Throws: ``StoreError/io(path:operation:errno:)`` when the link cannot be fixed.
     public func recover(ledger: inout ContentLedger, contentLink: String?, at date: Date) throws(StoreError) -> Recovery {
         let adopted = adoptUnknown(into: &ledger, at: date)
+        let missing = ledger.versions.filter { record in
+            var info = stat()
+            return record.id != ledger.active && record.filesRemovedAt == nil && lstat(path(of: record.id), &info) != 0
+        }.map(\.id)
+        for id in missing { ledger.filesRemoved(id, at: date) }
         let garbage = ((try? FileManager.default.contentsOfDirectory(atPath: stagingDirectory)) ?? [])
             .map { stagingDirectory + "/" + $0 }
         let contentTarget = contentLink.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: $0) }
@@ -249,7 +259,22 @@ public struct ContentStore: Sendable {
         } else if activeTarget() != nil || contentTarget != nil {
             try point(at: nil, contentLink: contentLink)
         }
-        return Recovery(adoptedVersions: adopted, garbage: garbage)
+        return Recovery(adoptedVersions: adopted, missingVersions: missing, garbage: garbage)
+    }
+
+    /// Takes version `id` out of `versions/` for garbage collection: renamed into
+    /// `staging/` (atomic, then fsync of `versions/`), where it is no version any more and
+    /// is deleted by the caller, or at the next startup.
+    /// - Returns: the path to delete.
+    /// - Throws: ``StoreError/io(path:operation:errno:)``.
+    public func discard(_ id: String) throws(StoreError) -> String {
+        let trash = stagingDirectory + "/removed-" + id + "-" + UUID().uuidString
+        try Self.syscall(path(of: id), "remove") {
+            try DurableFile.makeDirectories(stagingDirectory, mode: 0o700)
+            try DurableFile.rename(path(of: id), to: trash)
+            try DurableFile.syncDirectory(at: versionsDirectory)
+        }
+        return trash
     }
 
     /// Rebuilds a ledger from the versions on disk when the state file is lost: every

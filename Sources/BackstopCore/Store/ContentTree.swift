@@ -333,6 +333,7 @@ struct TreeCopier {
 /// twice is refused), fsynced and made read-only (0444, or 0555 when executable) by ``seal()``.
 struct StoredFile {
     private let descriptor: FileDescriptor
+    private let path: String
     private let executable: Bool
 
     /// - Throws: `Errno` from open(2); `EEXIST` when the name exists.
@@ -340,6 +341,7 @@ struct StoredFile {
         descriptor = try FileDescriptor.open(
             FilePath(path), .writeOnly, options: [.create, .exclusiveCreate, .closeOnExec, .noFollow],
             permissions: [.ownerReadWrite])
+        self.path = path
         self.executable = executable
     }
 
@@ -351,7 +353,7 @@ struct StoredFile {
     /// fsync(2), then read-only.
     /// - Throws: `Errno` from fsync(2) or fchmod(2).
     func seal() throws {
-        try DurableFile.fsync(descriptor)
+        try DurableFile.fsync(descriptor, of: path)
         guard fchmod(descriptor.rawValue, executable ? 0o555 : 0o444) == 0 else { throw Errno(rawValue: errno) }
     }
 

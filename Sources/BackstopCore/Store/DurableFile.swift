@@ -17,12 +17,13 @@ public enum DurableFile {
             FilePath(temporary), .writeOnly, options: [.create, .truncate, .closeOnExec], permissions: mode)
         try descriptor.closeAfter {
             _ = try descriptor.writeAll(data)
-            try fsync(descriptor)
+            try fsync(descriptor, of: temporary)
         }
         if let previous, access(path, F_OK) == 0 {
             let link = previous + ".tmp"
             _ = unlink(link)
             guard Glibc.link(path, link) == 0 else { throw Errno(rawValue: errno) }
+            FaultInjection.step("link \(path) to \(link)")
             try rename(link, to: previous)
         }
         try rename(temporary, to: path)
@@ -36,6 +37,7 @@ public enum DurableFile {
         let temporary = path + ".tmp"
         _ = unlink(temporary)
         guard symlink(target, temporary) == 0 else { throw Errno(rawValue: errno) }
+        FaultInjection.step("symlink \(temporary) -> \(target)")
         try rename(temporary, to: path)
         try syncDirectory(containing: path)
     }
@@ -44,6 +46,7 @@ public enum DurableFile {
     /// - Throws: `Errno`.
     public static func rename(_ from: String, to: String) throws {
         guard Glibc.rename(from, to) == 0 else { throw Errno(rawValue: errno) }
+        FaultInjection.step("rename \(from) to \(to)")
     }
 
     /// fsync(2) of the directory that holds `path`, so that a rename in it is durable.
@@ -56,13 +59,15 @@ public enum DurableFile {
     /// - Throws: `Errno` from open(2) or fsync(2).
     public static func syncDirectory(at path: String) throws {
         let directory = try FileDescriptor.open(FilePath(path.isEmpty ? "." : path), .readOnly, options: [.directory, .closeOnExec])
-        try directory.closeAfter { try fsync(directory) }
+        try directory.closeAfter { guard Glibc.fsync(directory.rawValue) == 0 else { throw Errno(rawValue: errno) } }
+        FaultInjection.step("fsync directory \(path)")
     }
 
-    /// fsync(2) of an open descriptor.
+    /// fsync(2) of `descriptor`, open on `path`.
     /// - Throws: `Errno`.
-    public static func fsync(_ descriptor: FileDescriptor) throws {
+    public static func fsync(_ descriptor: FileDescriptor, of path: String) throws {
         guard Glibc.fsync(descriptor.rawValue) == 0 else { throw Errno(rawValue: errno) }
+        FaultInjection.step("fsync \(path)")
     }
 
     /// mkdir -p with `mode` for the directories it creates.

@@ -50,6 +50,8 @@ struct AgentSlot {
     var notifiedEarly: [NotifyMessage] = []
     /// With `runner = "systemd"`: the unit and what Backstop knows of its current run.
     var unit: UnitHost?
+    /// What the state file holds, so that an unchanged state is not written again.
+    var savedState: AgentStateFile?
 }
 
 /// The daemon's core: owns every agent's policy, runs the actions it asks for, and
@@ -123,6 +125,8 @@ public actor Supervisor {
                 apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: restartDue, at: now), to: agent.name)
             }
             persist(agent.name)
+            // keep_versions may have been lowered since the last run.
+            Task { await self.collectGarbage(agent.name) }
         }
         saveBootLog()
     }
@@ -294,6 +298,32 @@ public actor Supervisor {
             try operate(agent) { policy, now throws(PolicyError) in try policy.rollback(to: target, at: now) }
         }
         return slots[agent]?.policy.ledger.active
+    }
+
+    /// Removes the files of versions beyond `keep_versions` (``ContentLedger/garbage(keeping:)``),
+    /// in turn with the operator's requests. Each is first renamed out of `versions/`, then
+    /// the state records it, then its tree is deleted off the actor; an interruption
+    /// anywhere is finished by startup recovery.
+    func collectGarbage(_ name: String) async {
+        try? await inTurn(name) { () throws(ManagerError) in
+            guard !shuttingDown, let slot = slots[name] else { return }
+            var removed: [String] = []
+            var trash: [String] = []
+            for id in slot.policy.ledger.garbage(keeping: slot.configuration.keepVersions) {
+                do throws(StoreError) {
+                    trash.append(try slot.store.discard(id))
+                    slots[name]!.policy.filesRemoved(id, at: Date())
+                    removed.append(id)
+                } catch {
+                    logger.error("Cannot remove an old version.", metadata: ["agent": "\(name)", "version": "\(id)", "error": "\(error)"])
+                }
+            }
+            guard !removed.isEmpty else { return }
+            persist(name)
+            logger.notice("Removed the files of old versions (keep_versions = \(slot.configuration.keepVersions)).",
+                          metadata: ["agent": "\(name)", "versions": "\(removed.joined(separator: ","))"])
+            Task.detached(priority: .background) { trash.forEach(ContentStore.removeTree) }
+        }
     }
 
     /// Checks a version's files against its digest off the actor.
@@ -576,6 +606,9 @@ public actor Supervisor {
                 slots[name]!.timers.removeValue(forKey: timer)?.cancel()
             case .record(let decision):
                 record(decision)
+                if [.contentStaged, .contentPromoted, .contentQuarantined].contains(decision.event) {
+                    Task { await self.collectGarbage(name) }
+                }
                 if decision.event == .agentReady { startBootHealthTimer(name) }
                 if decision.event == .agentStarted, bootLog.markStarted(name, in: bootID) { saveBootLog() }
             case .probe(let probe, let timeoutSeconds):
@@ -712,6 +745,10 @@ public actor Supervisor {
                 logger.notice("Adopted complete versions that the state file did not record, as staged.",
                               metadata: ["agent": "\(agent.name)", "versions": "\(recovery.adoptedVersions.joined(separator: ","))"])
             }
+            if !recovery.missingVersions.isEmpty {
+                logger.warning("Versions the state file recorded have no files any more (an interrupted removal); their records were updated.",
+                               metadata: ["agent": "\(agent.name)", "versions": "\(recovery.missingVersions.joined(separator: ","))"])
+            }
             // Deleting is not on the way to a running agent.
             Task.detached(priority: .background) { recovery.garbage.forEach(ContentStore.removeTree) }
         } catch {
@@ -775,7 +812,12 @@ public actor Supervisor {
         guard let slot = slots[name] else { return }
         // What ran at the end of a boot decides its verdict (a candidate in probation at a crash counts).
         if bootLog.record(name, Self.bootRecord(of: slot.policy), in: bootID) { saveBootLog() }
-        do { try slot.policy.stateFile(bootID: bootID, at: Moment.now()).save(path: slot.store.stateFile) } catch {
+        let state = slot.policy.stateFile(bootID: bootID, at: Moment.now())
+        guard state != slot.savedState else { return }
+        do {
+            try state.save(path: slot.store.stateFile)
+            slots[name]!.savedState = state
+        } catch {
             logger.error("Cannot write the agent's state file.", metadata: ["agent": "\(name)", "error": "\(error)"])
         }
     }
