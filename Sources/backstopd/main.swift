@@ -10,7 +10,7 @@ struct BackstopDaemon: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "backstopd",
         abstract: "Supervise endpoint security agents and roll back content that makes them fail.",
-        version: Backstop.version)
+        version: FaultInjection.isCompiledIn ? Backstop.version + " (debug build: fault injection compiled in)" : Backstop.version)
 
     @Option(name: .long, help: "The configuration file.")
     var config = BackstopCore.Configuration.defaultPath

@@ -145,9 +145,11 @@ final class DaemonHarness: @unchecked Sendable {
     }
 
     /// Starts backstopd and waits until it serves its control socket.
-    /// - Parameter environment: added to the daemon's environment (what systemd would set).
+    /// - Parameters:
+    ///   - environment: added to the daemon's environment (what systemd would set).
+    ///   - waitUntilRunning: false returns at once, for a test that kills it during its startup.
     /// - Throws: when it cannot be started or does not come up within 20 s.
-    func start(environment: [String: String] = [:]) throws {
+    func start(environment: [String: String] = [:], waitUntilRunning: Bool = true) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Paths.binary("backstopd"))
         process.arguments = ["--config", configPath]
@@ -164,7 +166,16 @@ final class DaemonHarness: @unchecked Sendable {
         process.terminationHandler = { _ in exited.signal() }
         try process.run()
         self.process = process
-        try log.wait(for: "is running", seconds: 20)
+        if waitUntilRunning { try log.wait(for: "is running", seconds: 20) }
+    }
+
+    /// Waits up to `seconds` for the daemon to exit by itself.
+    /// - Returns: whether it did.
+    func waitForExit(seconds: Double) -> Bool {
+        guard let process else { return true }
+        guard exited.wait(timeout: .now() + seconds) == .success else { return false }
+        process.waitUntilExit()
+        return true
     }
 
     /// Waits for the `count`-th decision of kind `event` in the daemon's log (after the
@@ -258,6 +269,11 @@ enum Command {
 enum Environment {
     static var isRoot: Bool { getuid() == 0 }
     static var haveBinaries: Bool { FileManager.default.isExecutableFile(atPath: Paths.binary("backstopd")) }
+
+    /// Whether the built backstopd is a debug build with fault injection (`--version` says so).
+    static var haveFaultInjection: Bool {
+        haveBinaries && (try? Command.run(Paths.binary("backstopd"), ["--version"]))?.output.contains("fault injection") == true
+    }
 
     /// Whether uid 65534 can execute the built backstopctl at all.
     static var nobodyCanRunBackstopctl: Bool {

@@ -161,9 +161,9 @@ public struct ContentLedger: Codable, Sendable, Equatable {
     /// (quarantined versions whose files are gone do not count), oldest first.
     public func garbage(keeping: Int) -> [String] {
         let protected = Set([active, knownGood, candidate].compactMap { $0 })
+        // `versions` is in staging order (staged_at has whole seconds only).
         let others = versions.filter { !protected.contains($0.id) && $0.filesRemovedAt == nil }
-            .sorted { $0.stagedAt > $1.stagedAt }
-        return others.dropFirst(keeping).reversed().map(\.id)
+        return others.dropLast(keeping).map(\.id)
     }
 
     /// Records that the files of `id` are gone: a quarantined version keeps its record

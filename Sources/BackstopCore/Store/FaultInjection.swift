@@ -16,6 +16,13 @@ public enum FaultInjection {
     /// The environment variable.
     public static let variable = "BACKSTOP_FAULT_AT_STEP"
 
+    /// Whether this build has it (`backstopd --version` says so).
+    #if DEBUG
+    public static let isCompiledIn = true
+    #else
+    public static let isCompiledIn = false
+    #endif
+
     #if DEBUG
     private static let target: Int? = ProcessInfo.processInfo.environment[variable].flatMap { Int($0) }
     private static let armed = Atomic<Bool>(false)
