@@ -49,6 +49,11 @@ struct ConfigurationTests {
             boot_failure_threshold = 4
             safe_mode_exec = ["/usr/sbin/clamd", "--foreground", "--no-signatures"]
             preflight_sec = 20
+            max_bundle_bytes = 104857600
+            max_files = 5000
+            require_signature = true
+            trusted_keys = "/etc/backstop/clamav-keys/"
+            keep_versions = 2
 
             [[agent]]
             name = "osquery"
@@ -78,6 +83,11 @@ struct ConfigurationTests {
         #expect(agent.bootFailureThreshold == 4)
         #expect(agent.safeModeExec == ["/usr/sbin/clamd", "--foreground", "--no-signatures"])
         #expect(agent.preflightSeconds == 20)
+        #expect(agent.stagingRules.maxBundleBytes == 104_857_600)
+        #expect(agent.stagingRules.maxFiles == 5000)
+        #expect(agent.stagingRules.requireSignature)
+        #expect(agent.stagingRules.trustedKeysDirectory == "/etc/backstop/clamav-keys")
+        #expect(agent.keepVersions == 2)
 
         #expect(agent.policySettings == PolicySettings(
             agent: "clamd_01-x", failureThreshold: 5, failureWindowSeconds: 300, probationSeconds: 900,
@@ -98,6 +108,9 @@ struct ConfigurationTests {
         #expect(agent.unit == nil)
         #expect(agent.notify == false)
         #expect(agent.contentLink == nil)
+        #expect(agent.stagingRules == StagingRules())
+        #expect(agent.stagingRules.trustedKeysDirectory == "/etc/backstop/keys")
+        #expect(agent.keepVersions == 5)
         #expect(agent.failureThreshold == 3)
         #expect(agent.failureWindowSeconds == 120)
         #expect(agent.probationSeconds == 600)
@@ -344,6 +357,26 @@ struct ConfigurationTests {
             what: "safe_mode_exec with an empty program",
             source: minimalAgent + "\nsafe_mode_exec = [\"\"]\n",
             line: 4, key: "agent[0].safe_mode_exec", message: "must not be empty"),
+        Fault(
+            what: "max_files of 0",
+            source: minimalAgent + "\nmax_files = 0\n",
+            line: 4, key: "agent[0].max_files", message: "greater than zero"),
+        Fault(
+            what: "max_bundle_bytes as a string",
+            source: minimalAgent + "\nmax_bundle_bytes = \"1G\"\n",
+            line: 4, key: "agent[0].max_bundle_bytes", message: "integer"),
+        Fault(
+            what: "require_signature as a string",
+            source: minimalAgent + "\nrequire_signature = \"yes\"\n",
+            line: 4, key: "agent[0].require_signature", message: "true or false"),
+        Fault(
+            what: "trusted_keys relative",
+            source: minimalAgent + "\ntrusted_keys = \"keys\"\n",
+            line: 4, key: "agent[0].trusted_keys", message: "absolute path"),
+        Fault(
+            what: "keep_versions negative",
+            source: minimalAgent + "\nkeep_versions = -1\n",
+            line: 4, key: "agent[0].keep_versions", message: "must not be negative"),
     ]
 
     @Test("a content_link that already points into state_directory (as Backstop keeps it) is judged by the link, not its target")
@@ -394,6 +427,16 @@ struct ConfigurationTests {
         #expect(error.line == 5)
         #expect(error.key == nil)
         #expect(error.description.hasPrefix("\(Self.path):5: TOML syntax"), "\(error)")
+    }
+
+    @Test("a table header whose name starts with no key character is a syntax error with its line, not an abort of the parser")
+    func tableHeaderThatAbortsTheParser() throws {
+        for header in ["[$agent]", "[ .daemon]", "[[{agent}]]", "[\u{FFFD}]"] {
+            let source = Self.minimalAgent + "\nexec_extra = [\n  [1, 2],\n  [{ a = 1 }],\n]\n" + header + "\n"
+            let error = try error(in: source)
+            #expect(error.line == 8, "\(header): \(error)")
+            #expect(error.message.contains("a table header's name must start with"), "\(header): \(error)")
+        }
     }
 
     @Test("a TOML syntax error further down (a key without a value) carries its line")

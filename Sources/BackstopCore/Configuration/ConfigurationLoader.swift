@@ -25,6 +25,11 @@ extension Configuration {
     /// Validates TOML text as if it were read from `path` (used by ``load(path:)`` and tests).
     /// - Throws: ``ConfigurationError`` as ``load(path:)`` does.
     public static func parse(_ source: String, path: String) throws(ConfigurationError) -> Configuration {
+        if let line = TableHeaderGuard.unparsableHeaderLine(in: source) {
+            throw ConfigurationError(
+                path: path, line: line, key: nil,
+                message: "TOML syntax: a table header's name must start with a letter, a digit, '_', '-' or a quote")
+        }
         let root: TOMLTable
         do {
             root = try TOMLTable(string: source)
@@ -35,6 +40,75 @@ extension Configuration {
         }
         var reader = TableReader(path: path, locator: KeyLocator(source: source))
         return try reader.configuration(from: root)
+    }
+}
+
+/// Finds a table header that toml++ 3 (inside TOMLKit 0.6.0) cannot reject cleanly: one
+/// whose name starts with a character that can start no key (`[$x]`, `[.x]`) trips an
+/// assertion in its parser (`parse_key`) and aborts the process, where any other syntax
+/// error is reported. Table headers are told from arrays in values by a scan that skips
+/// strings and comments and counts the brackets and braces of values.
+enum TableHeaderGuard {
+    /// The 1-based line of the first such header, nil when there is none.
+    static func unparsableHeaderLine(in source: String) -> Int? {
+        let characters = Array(source.unicodeScalars)
+        var index = 0
+        var line = 1
+        var depth = 0  // open [ and { of values
+        var atLineStart = true
+        func starts(_ text: String, at position: Int) -> Bool {
+            let scalars = Array(text.unicodeScalars)
+            return position + scalars.count <= characters.count && Array(characters[position..<position + scalars.count]) == scalars
+        }
+        while index < characters.count {
+            let character = characters[index]
+            switch character {
+            case "\n":
+                line += 1
+                atLineStart = true
+                index += 1
+                continue
+            case " ", "\t", "\r":
+                index += 1
+                continue
+            case "#":
+                while index < characters.count, characters[index] != "\n" { index += 1 }
+                continue
+            case "\"", "'":
+                let quote = String(character)
+                let triple = String(repeating: quote, count: 3)
+                let multiline = starts(triple, at: index)
+                let closing = multiline ? triple : quote
+                index += multiline ? 3 : 1
+                while index < characters.count, !starts(closing, at: index) {
+                    if characters[index] == "\n" {
+                        line += 1
+                        if !multiline { break }
+                    }
+                    if quote == "\"", characters[index] == "\\" { index += 1 }
+                    index += 1
+                }
+                index += closing.unicodeScalars.count
+            case "[" where atLineStart && depth == 0:
+                var next = index + 1
+                if next < characters.count, characters[next] == "[" { next += 1 }
+                while next < characters.count, characters[next] == " " || characters[next] == "\t" { next += 1 }
+                if next < characters.count {
+                    let first = characters[next]
+                    let startsKey = ("a"..."z").contains(first) || ("A"..."Z").contains(first) || ("0"..."9").contains(first)
+                        || ["_", "-", "\"", "'", "]", "[", "\n", "\r", " ", "\t"].contains(first)
+                    if !startsKey { return line }
+                }
+                // The rest of the header line is no value.
+                while index < characters.count, characters[index] != "\n" { index += 1 }
+                continue
+            case "[", "{": depth += 1; index += 1
+            case "]", "}": depth = max(0, depth - 1); index += 1
+            default: index += 1
+            }
+            atLineStart = false
+        }
+        return nil
     }
 }
 

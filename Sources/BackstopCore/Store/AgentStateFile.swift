@@ -49,6 +49,13 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw StateFileError(path: path, message: "cannot read: \(error.localizedDescription)")
         }
+        return try decode(data, path: path)
+    }
+
+    /// Decodes the contents of a state file.
+    /// - Parameter path: named in the error.
+    /// - Throws: ``StateFileError`` when `data` is not a state file of ``currentSchema``.
+    public static func decode(_ data: Data, path: String) throws(StateFileError) -> AgentStateFile {
         do {
             let state = try JSONDecoder.backstop.decode(AgentStateFile.self, from: data)
             guard state.schema == currentSchema else {

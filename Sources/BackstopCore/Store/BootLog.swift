@@ -105,6 +105,13 @@ public struct BootLog: Codable, Sendable, Equatable {
     public static func load(stateDirectory: String) throws(BootLogUnreadable) -> BootLog {
         let path = path(stateDirectory: stateDirectory)
         guard let data = FileManager.default.contents(atPath: path) else { return BootLog() }
+        return try decode(data, path: path)
+    }
+
+    /// Decodes the contents of a boot log.
+    /// - Parameter path: named in the error.
+    /// - Throws: ``BootLogUnreadable`` when `data` is not a boot log.
+    public static func decode(_ data: Data, path: String) throws(BootLogUnreadable) -> BootLog {
         do { return try JSONDecoder.backstop.decode(BootLog.self, from: data) } catch {
             throw BootLogUnreadable(path: path, reason: "\(error)")
         }
