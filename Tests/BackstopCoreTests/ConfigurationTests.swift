@@ -431,7 +431,7 @@ struct ConfigurationTests {
 
     @Test("a table header whose name starts with no key character is a syntax error with its line, not an abort of the parser")
     func tableHeaderThatAbortsTheParser() throws {
-        for header in ["[$agent]", "[ .daemon]", "[[{agent}]]", "[\u{FFFD}]"] {
+        for header in ["[$agent]", "[ .daemon]", "[[{agent}]]", "[\u{FFFD}]", "[[[agent]]]", "[", "[[ \r"] {
             let source = Self.minimalAgent + "\nexec_extra = [\n  [1, 2],\n  [{ a = 1 }],\n]\n" + header + "\n"
             let error = try error(in: source)
             #expect(error.line == 8, "\(header): \(error)")

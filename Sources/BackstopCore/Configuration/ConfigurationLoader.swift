@@ -96,7 +96,7 @@ enum TableHeaderGuard {
                 if next < characters.count {
                     let first = characters[next]
                     let startsKey = ("a"..."z").contains(first) || ("A"..."Z").contains(first) || ("0"..."9").contains(first)
-                        || ["_", "-", "\"", "'", "]", "[", "\n", "\r", " ", "\t"].contains(first)
+                        || ["_", "-", "\"", "'", "]"].contains(first)
                     if !startsKey { return line }
                 }
                 // The rest of the header line is no value.
