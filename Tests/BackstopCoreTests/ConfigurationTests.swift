@@ -439,6 +439,18 @@ struct ConfigurationTests {
         }
     }
 
+    @Test("a '}' where an array expects a value is a syntax error with its line, not an abort of the parser")
+    func arrayBraceThatAbortsTheParser() throws {
+        for value in ["[1, }", "[}]", "[[}]]", "[\n}]", "[1,\n# comment\n}]"] {
+            let error = try error(in: Self.minimalAgent + "\nsafe_mode_exec = " + value + "\n")
+            #expect(error.line == 4 + value.filter { $0 == "\n" }.count, "\(value): \(error)")
+            #expect(error.message.contains("'}' where the array expects a value"), "\(value): \(error)")
+        }
+        // Braces in strings, inline tables in arrays and table headers after arrays are fine.
+        let fine = Self.minimalAgent + "\nsafe_mode_exec = [\"}\", \"{\", \"[x]\"]\n"
+        #expect(try Configuration.parse(fine, path: Self.path).agents.first?.safeModeExec == ["}", "{", "[x]"])
+    }
+
     @Test("a TOML syntax error further down (a key without a value) carries its line")
     func syntaxErrorMissingValue() throws {
         let source = Self.minimalAgent + "\nnotify = true\nprobation_sec =\n"

@@ -174,6 +174,13 @@ struct ContainerTests {
             #expect(shown.contains("NRestarts=0"), "systemd's own Restart= is handed to Backstop: \(shown)")
             #expect(shown.contains("MainPID=\(agent.pid ?? -1)"))
 
+            // The unit runs as root, yet sees Backstop's state and content read-only.
+            for path in ["/var/lib/backstop/demo/versions/v1/channel-100.conf", "/var/lib/backstop/demo/state.json"] {
+                let write = try container.run(
+                    "/usr/bin/nsenter", "-t", "\(agent.pid ?? -1)", "-m", "/bin/sh", "-c", "echo tampered >> \(path)")
+                #expect(write.status != 0 && write.error.contains("Read-only file system"), "\(path): \(write)")
+            }
+
             // An operator stops the unit: not a failure, and it stays stopped until started again.
             try container.run("/bin/systemctl", "stop", "demo-agent")
             try container.waitForDecision("agent-exited", version: "v1")

@@ -25,10 +25,8 @@ extension Configuration {
     /// Validates TOML text as if it were read from `path` (used by ``load(path:)`` and tests).
     /// - Throws: ``ConfigurationError`` as ``load(path:)`` does.
     public static func parse(_ source: String, path: String) throws(ConfigurationError) -> Configuration {
-        if let line = TableHeaderGuard.unparsableHeaderLine(in: source) {
-            throw ConfigurationError(
-                path: path, line: line, key: nil,
-                message: "TOML syntax: a table header's name must start with a letter, a digit, '_', '-' or a quote")
+        if let finding = TOMLAbortGuard.finding(in: source) {
+            throw ConfigurationError(path: path, line: finding.line, key: nil, message: "TOML syntax: \(finding.message)")
         }
         let root: TOMLTable
         do {
@@ -43,22 +41,36 @@ extension Configuration {
     }
 }
 
-/// Finds a table header that toml++ 3 (inside TOMLKit 0.6.0) cannot reject cleanly: one
-/// whose name starts with a character that can start no key (`[$x]`, `[.x]`) trips an
-/// assertion in its parser (`parse_key`) and aborts the process, where any other syntax
-/// error is reported. Table headers are told from arrays in values by a scan that skips
-/// strings and comments and counts the brackets and braces of values.
-enum TableHeaderGuard {
-    /// The 1-based line of the first such header, nil when there is none.
-    static func unparsableHeaderLine(in source: String) -> Int? {
+/// Finds the malformed TOML that toml++ 3 (inside TOMLKit 0.6.0) does not reject but
+/// aborts on, where it reports any other syntax error: an assertion in its parser fails
+/// and takes the process down. Two such shapes are known (found by `make fuzz`):
+/// a table header whose name starts with a character that can start no key (`[$x]`,
+/// `[[[x]]]`, `[` alone; `parse_key`), and a `}` where an array expects a value
+/// (`[1, }`; `parse_value`). The scan skips strings and comments and keeps a stack of
+/// the arrays and inline tables of values, to tell a table header from an array.
+enum TOMLAbortGuard {
+    /// A syntax error toml++ would abort on.
+    struct Finding: Equatable {
+        /// 1-based.
+        var line: Int
+        var message: String
+    }
+
+    /// The first such error in `source`, nil when there is none.
+    static func finding(in source: String) -> Finding? {
         let characters = Array(source.unicodeScalars)
         var index = 0
         var line = 1
-        var depth = 0  // open [ and { of values
+        var open: [Unicode.Scalar] = []  // "[" and "{" of values
         var atLineStart = true
+        var arrayExpectsValue = false  // just after an array's "[" or ","
         func starts(_ text: String, at position: Int) -> Bool {
             let scalars = Array(text.unicodeScalars)
             return position + scalars.count <= characters.count && Array(characters[position..<position + scalars.count]) == scalars
+        }
+        func startsKey(_ character: Unicode.Scalar) -> Bool {
+            ("a"..."z").contains(character) || ("A"..."Z").contains(character) || ("0"..."9").contains(character)
+                || ["_", "-", "\"", "'", "]"].contains(character)
         }
         while index < characters.count {
             let character = characters[index]
@@ -89,24 +101,29 @@ enum TableHeaderGuard {
                     index += 1
                 }
                 index += closing.unicodeScalars.count
-            case "[" where atLineStart && depth == 0:
+            case "[" where atLineStart && open.isEmpty:
                 var next = index + 1
                 if next < characters.count, characters[next] == "[" { next += 1 }
                 while next < characters.count, characters[next] == " " || characters[next] == "\t" { next += 1 }
-                if next < characters.count {
-                    let first = characters[next]
-                    let startsKey = ("a"..."z").contains(first) || ("A"..."Z").contains(first) || ("0"..."9").contains(first)
-                        || ["_", "-", "\"", "'", "]"].contains(first)
-                    if !startsKey { return line }
+                if next < characters.count, !startsKey(characters[next]) {
+                    return Finding(line: line, message: "a table header's name must start with a letter, a digit, '_', '-' or a quote")
                 }
                 // The rest of the header line is no value.
                 while index < characters.count, characters[index] != "\n" { index += 1 }
                 continue
-            case "[", "{": depth += 1; index += 1
-            case "]", "}": depth = max(0, depth - 1); index += 1
-            default: index += 1
+            case "}" where arrayExpectsValue:
+                return Finding(line: line, message: "'}' where the array expects a value or ']'")
+            case "[", "{":
+                open.append(character)
+                index += 1
+            case "]", "}":
+                _ = open.popLast()
+                index += 1
+            default:
+                index += 1
             }
             atLineStart = false
+            arrayExpectsValue = open.last == "[" && (character == "[" || character == ",")
         }
         return nil
     }

@@ -29,17 +29,30 @@ struct UnitHost {
 extension Supervisor {
     /// The runtime drop-in that hands restarts of a unit to Backstop (systemd.unit(5)):
     /// its own `Restart=` would restart bad content behind Backstop's back, and its start
-    /// limit would refuse the start after a rollback.
-    static let unitDropIn = """
+    /// limit would refuse the start after a rollback. `ReadOnlyPaths=` (systemd.exec(5))
+    /// makes Backstop's state directory, the content store included, read-only to the
+    /// unit, even when it runs as root.
+    static func unitDropIn(stateDirectory: String) -> String {
+        """
         # Written by backstopd at each start: Backstop restarts this unit itself, with
-        # backoff, and rolls its content back when it keeps failing.
+        # backoff, and rolls its content back when it keeps failing. The unit reads its
+        # content and never writes it.
         [Unit]
         StartLimitIntervalSec=0
 
         [Service]
         Restart=no
+        ReadOnlyPaths=\(quoted("-" + stateDirectory))
 
         """
+    }
+
+    /// One word of a unit file setting, quoted and escaped (systemd.syntax(7)), `%` doubled (systemd.unit(5) specifiers).
+    static func quoted(_ word: String) -> String {
+        let escaped = word.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "%", with: "%%")
+        return "\"" + escaped + "\""
+    }
 
     /// Connects the agents with `runner = "systemd"` to their units: writes the drop-ins,
     /// reloads systemd, and starts watching each unit.
@@ -57,7 +70,7 @@ extension Supervisor {
             let path = Self.dropInPath(unit: agent.unit!)
             do {
                 try DurableFile.makeDirectories((path as NSString).deletingLastPathComponent, mode: 0o755)
-                try DurableFile.write(Data(Self.unitDropIn.utf8), to: path, mode: [.ownerReadWrite, .groupRead, .otherRead])
+                try DurableFile.write(Data(Self.unitDropIn(stateDirectory: configuration.daemon.stateDirectory).utf8), to: path, mode: [.ownerReadWrite, .groupRead, .otherRead])
             } catch {
                 logger.error("Cannot write the unit's drop-in; its own Restart= and start limit stay in force.",
                              metadata: ["agent": "\(agent.name)", "unit": "\(agent.unit!)", "error": "\(error)"])
