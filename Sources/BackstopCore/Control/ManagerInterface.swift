@@ -20,7 +20,9 @@ public enum ManagerInterface {
           staged_at: string,
           promoted_at: ?string,
           quarantined_at: ?string,
-          quarantine_reason: ?string
+          quarantine_reason: ?string,
+          signed_by: ?string,
+          files_removed_at: ?string
         )
 
         # The daemon, the boot and every agent (or only one); see backstopctl status --json.
@@ -28,7 +30,7 @@ public enum ManagerInterface {
         method ListContent(agent: string) -> (versions: []Version)
         # The recent boots, oldest first, with their state and the versions active in them.
         method ListBoots() -> (boots: []object)
-        # Copies the directory at path into the store; needs root.
+        # Copies the bundle at path (a directory or a tar archive) into the store; needs root.
         method Stage(agent: string, path: string, version: ?string, activate: ?bool) -> (version: Version)
         method Activate(agent: string, version: string) -> ()
         method Promote(agent: string, version: string) -> ()

@@ -44,13 +44,16 @@ public enum StatusText {
         return text
     }
 
-    /// One line per version, oldest first, the active one marked with `*`; `legend` adds the headings.
+    /// One line per version, oldest first, the active one marked with `*`; `legend` adds the
+    /// headings. FILES is `gone` for a quarantined version whose files were removed; SIGNED
+    /// names the trusted key that signed its bundle, `-` when unsigned.
     public static func versionTable(_ versions: [VersionRecord], active: String?, legend: Bool = true) -> String {
-        var text = legend ? "  VERSION                          STANDING     FILES  STAGED                SHA256\n" : ""
+        var text = legend ? "  VERSION                          STANDING     FILES  STAGED                SHA256           SIGNED\n" : ""
         for version in versions {
             let marker = version.id == active ? "*" : " "
-            text += "\(marker) \(pad(version.id, 32)) \(pad(version.standing.rawValue, 12)) \(pad(String(version.fileCount), 6)) "
-            text += "\(rfc3339(version.stagedAt)) \(version.digest.prefix(16))\n"
+            let files = version.filesRemovedAt == nil ? String(version.fileCount) : "gone"
+            text += "\(marker) \(pad(version.id, 32)) \(pad(version.standing.rawValue, 12)) \(pad(files, 6)) "
+            text += "\(rfc3339(version.stagedAt)) \(version.digest.prefix(16)) \(version.signedBy ?? "-")\n"
         }
         return text
     }
