@@ -229,6 +229,29 @@ struct BundleTests {
         #expect(!FileManager.default.fileExists(atPath: fixture.store.path(of: record.id) + "/.backstop"))
     }
 
+    @Test("backstopd with require_signature: backstopctl stage refuses an unsigned bundle with the reason, stages a signed archive, and content list names the key")
+    func daemonRequiresSignature() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "require_signature = true\ntrusted_keys = \"\(fixture.keys)\"")])
+        defer { harness.cleanUp() }
+        try harness.start()
+
+        let unsigned = try harness.ctl("stage", "demo", fixture.content, "--version", "v1")
+        #expect(unsigned.status == 1)
+        #expect(unsigned.error.contains("require_signature is set and the bundle has no .backstop/manifest"), "\(unsigned.error)")
+
+        let vendor = try fixture.makeKey("vendor", trusted: true)
+        try fixture.run(Paths.binary("backstopctl"), "sign", fixture.content, "--key", vendor)
+        let archive = fixture.directory + "/signed.tar.gz"
+        try fixture.run("/usr/bin/tar", "-czf", archive, "-C", fixture.content, ".")
+        let signed = try harness.ctl("stage", "demo", archive, "--version", "v1", "--activate")
+        #expect(signed.status == 0, "\(signed.error)")
+        try harness.wait(for: "agent-ready")
+        let listing = try harness.ctl("content", "list", "demo", "--no-legend").output
+        #expect(listing.hasPrefix("* v1 ") && listing.contains(" vendor.pem"), "\(listing)")
+    }
+
     @Test("with require_signature, only a manifest signed by a trusted key is staged; OpenSSL and backstopctl sign interoperate")
     func signatures() throws {
         let fixture = try BundleFixture()

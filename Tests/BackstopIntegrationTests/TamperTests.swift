@@ -69,6 +69,40 @@ struct TamperTests {
         #expect(aside.count == 1, "the garbled file is kept for inspection")
     }
 
+    @Test(
+        "Both state files corrupt, truncated, empty or of another schema: set aside, rebuilt from the store with nothing known-good, logged as critical",
+        arguments: ["corrupt", "truncated", "empty", "schema 2"])
+    func unreadableStateFiles(_ damage: String) throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        harness.stop()
+        let agentDirectory = harness.directory + "/state/demo"
+        for name in ["state.json", "state.json.prev"] {
+            let path = agentDirectory + "/" + name
+            let original = try Data(contentsOf: URL(fileURLWithPath: path))
+            let damaged: Data
+            switch damage {
+            case "corrupt": damaged = Data((0..<200).map { UInt8(truncatingIfNeeded: $0 &* 37) })
+            case "truncated": damaged = original.prefix(original.count / 2)
+            case "empty": damaged = Data()
+            default: damaged = Data(String(decoding: original, as: UTF8.self).replacingOccurrences(of: "\"schema\":1", with: "\"schema\":2").utf8)
+            }
+            try damaged.write(to: URL(fileURLWithPath: path))
+        }
+
+        try harness.start()
+        try harness.wait(for: "agent-ready")
+        #expect(harness.log.all.contains { $0.contains(" critical ") && $0.contains("lost or unreadable (both generations)") })
+        let agent = try harness.agent()
+        #expect(agent.content.active == "v1")
+        #expect(agent.content.knownGood == nil, "an unverified standing is not known-good")
+        #expect(agent.content.candidate == "v1")
+        let names = try FileManager.default.contentsOfDirectory(atPath: agentDirectory)
+        #expect(names.filter { $0.hasPrefix("state.json.corrupt-") }.count == 1)
+        #expect(names.filter { $0.hasPrefix("state.json.prev.corrupt-") }.count == 1)
+        #expect(try AgentStateFile.load(path: agentDirectory + "/state.json") != nil, "a new state file is written")
+    }
+
     @Test("Both state files lost: no version is deleted; the versions are adopted and the active one runs again")
     func lostStateFiles() throws {
         let harness = try harnessWithKnownGood()
