@@ -17,6 +17,7 @@ struct BackstopControl: ParsableCommand {
     /// Lets `--config PATH` stand before the verb too (`backstopctl --config X status`),
     /// as systemctl's options do; the parser only reads it after the verb.
     static func main() {
+        TOMLProbe.answerIfAsked()
         var arguments = Array(CommandLine.arguments.dropFirst())
         var leading: [String] = []
         while let first = arguments.first, first == "--config" || first.hasPrefix("--config=") {

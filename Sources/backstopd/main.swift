@@ -19,6 +19,7 @@ struct BackstopDaemon: AsyncParsableCommand {
     var checkConfig = false
 
     func run() async throws {
+        TOMLProbe.answerIfAsked()
         let configuration: BackstopCore.Configuration
         do { configuration = try .load(path: config) } catch {
             FileHandle.standardError.write(Data("backstopd: \(error)\n".utf8))

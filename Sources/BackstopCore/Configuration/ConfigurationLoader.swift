@@ -2,8 +2,9 @@ import Foundation
 import TOMLKit
 
 extension Configuration {
-    /// Reads and validates the TOML file at `path`.
-    ///
+    /// Reads and validates the TOML file at `path`. In a program that answers the
+    /// ``TOMLProbe`` (backstopd, backstopctl), the text is first parsed in a child process,
+    /// so that TOML on which TOMLKit's parser aborts is an error here, not the end of this process.
     /// - Throws: ``ConfigurationError`` naming the file, the line (when it can be
     ///   found) and the key for: unreadable files, TOML syntax errors (position from
     ///   toml++ through TOMLKit), unknown keys, wrong types, duplicate or malformed
@@ -28,6 +29,11 @@ extension Configuration {
         if let finding = TOMLAbortGuard.finding(in: source) {
             throw ConfigurationError(path: path, line: finding.line, key: nil, message: "TOML syntax: \(finding.message)")
         }
+        if let failure = TOMLProbe.failure(parsing: source) {
+            throw ConfigurationError(
+                path: path, line: nil, key: nil,
+                message: "TOML syntax: the file is malformed in a way that makes TOMLKit's parser abort (\(failure)); check its syntax")
+        }
         let root: TOMLTable
         do {
             root = try TOMLTable(string: source)
@@ -38,6 +44,74 @@ extension Configuration {
         }
         var reader = TableReader(path: path, locator: KeyLocator(source: source))
         return try reader.configuration(from: root)
+    }
+}
+
+/// Parses TOML in a child process: this same program (`/proc/self/exe`) started with
+/// `BACKSTOP_TOML_PROBE=1`, reading the text on its stdin. TOMLKit 0.6.0's parser (toml++ 3,
+/// built with its assertions on) aborts the process on some malformed TOML (found by
+/// `make fuzz`), so a daemon or a `backstopctl` that read such a file would die instead
+/// of naming it; the child dies in its place. Only a program whose `main` calls
+/// ``answerIfAsked()`` uses the probe; elsewhere (the unit tests) TOML is parsed in-process.
+public enum TOMLProbe {
+    static let variable = "BACKSTOP_TOML_PROBE"
+    /// Set by ``answerIfAsked()``: this program can be its own probe.
+    nonisolated(unsafe) private static var programAnswers = false
+
+    /// In the child (the variable is set): parses stdin and exits 0 if the parser
+    /// returns. Otherwise records that this program answers the probe. Each executable
+    /// that loads a configuration calls this first in `main`, before any thread starts.
+    public static func answerIfAsked() {
+        guard ProcessInfo.processInfo.environment[variable] == "1" else {
+            programAnswers = true
+            return
+        }
+        let data = FileHandle.standardInput.readDataToEndOfFile()
+        _ = try? TOMLTable(string: String(decoding: data, as: UTF8.self))
+        exit(0)
+    }
+
+    /// Runs the child on `source` when this program answers the probe.
+    /// - Returns: nil when the parser returned (or the program does not answer), else how
+    ///   the child ended (e.g. `signal 6`), or why it could not run.
+    static func failure(parsing source: String) -> String? {
+        guard programAnswers else { return nil }
+        var sockets: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sockets) == 0 else {
+            return "socketpair: \(String(cString: strerror(errno)))"
+        }
+        defer { close(sockets[0]) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, sockets[1], 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let environment = ProcessInfo.processInfo.environment.merging([variable: "1"]) { $1 }.map { "\($0)=\($1)" }
+        var pid: pid_t = 0
+        let program = "/proc/self/exe"
+        let status = withCStrings([program]) { argv in
+            withCStrings(environment) { envp in posix_spawn(&pid, program, &actions, nil, argv, envp) }
+        }
+        close(sockets[1])
+        guard status == 0 else { return "cannot start the parser: \(String(cString: strerror(status)))" }
+        var bytes = Array(source.utf8)[...]
+        while !bytes.isEmpty {
+            let sent = bytes.withUnsafeBytes { send(sockets[0], $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if sent <= 0 { break }  // the child ended early; its status says how
+            bytes = bytes.dropFirst(sent)
+        }
+        shutdown(sockets[0], Int32(SHUT_WR))
+        var wait: Int32 = 0
+        while waitpid(pid, &wait, 0) < 0, errno == EINTR {}
+        if wait & 0x7f != 0 { return "signal \(wait & 0x7f)" }
+        let code = (wait >> 8) & 0xff
+        return code == 0 ? nil : "exit code \(code)"
+    }
+
+    private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+        var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]
+        defer { pointers.forEach { free($0) } }
+        return body(pointers)
     }
 }
 

@@ -1,0 +1,45 @@
+import BackstopCore
+import Foundation
+import Testing
+
+/// The fuzz corpus replayed: the seeds, and every input a fuzzer once crashed on
+/// (`crash-*`), which must now be read or refused cleanly. Configuration files go
+/// through `backstopd --check-config`, as an operator's would: the inputs on which
+/// TOMLKit's parser aborts are contained by the daemon's parser probe, which this test
+/// process does not have.
+@Suite(.enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
+struct FuzzCorpusTests {
+    static let corpus = Paths.repository + "/Fuzz/Corpus"
+
+    static func inputs(_ target: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: corpus + "/" + target).sorted().map { corpus + "/" + target + "/" + $0 }
+    }
+
+    @Test("every fuzz target has a seed corpus")
+    func corpusPerTarget() throws {
+        #expect(try FileManager.default.contentsOfDirectory(atPath: Self.corpus).sorted() == UntrustedInput.targets.keys.sorted())
+        for target in UntrustedInput.targets.keys { #expect(try !Self.inputs(target).isEmpty, "\(target)") }
+    }
+
+    @Test("state files, control messages and bundles in the corpus are read or refused without a crash", arguments: ["state", "control", "bundle"])
+    func replayInProcess(_ target: String) throws {
+        for input in try Self.inputs(target) {
+            UntrustedInput.targets[target]!(try Data(contentsOf: URL(fileURLWithPath: input)))
+        }
+    }
+
+    @Test("every configuration in the corpus is accepted or refused with a message by backstopd --check-config and backstopctl; the crashes are syntax errors")
+    func replayConfigurations() throws {
+        for input in try Self.inputs("configuration") {
+            let name = (input as NSString).lastPathComponent
+            let check = try Command.run(Paths.binary("backstopd"), ["--check-config", "--config", input])
+            #expect(check.status == 0 || check.status == 1, "\(name): \(check)")
+            #expect(!check.error.contains("Program crashed"), "\(name): \(check.error)")
+            let status = try Command.run(Paths.binary("backstopctl"), ["status", "--config", input])
+            #expect([0, 1, 3, 4].contains(status.status), "\(name): \(status)")
+            if name.hasPrefix("crash-") {
+                #expect(check.status == 1 && check.error.hasPrefix("backstopd: \(input)") && check.error.contains("TOML syntax"), "\(name): \(check.error)")
+            }
+        }
+    }
+}
