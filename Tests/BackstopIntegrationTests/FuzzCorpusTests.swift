@@ -4,9 +4,9 @@ import Testing
 
 /// The fuzz corpus replayed: the seeds, and every input a fuzzer once crashed on
 /// (`crash-*`), which must now be read or refused cleanly. Configuration files go
-/// through `backstopd --check-config`, as an operator's would: the inputs on which
-/// TOMLKit's parser aborts are contained by the daemon's parser probe, which this test
-/// process does not have.
+/// through `backstopd --check-config` and `backstopctl`, as an operator's would, and so
+/// do the inputs on which TOMLKit's parser aborts (`Fuzz/Aborts/configuration`), which
+/// the programs contain by parsing in a child first; this test process does not.
 @Suite(.enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
 struct FuzzCorpusTests {
     static let corpus = Paths.repository + "/Fuzz/Corpus"
@@ -30,6 +30,15 @@ struct FuzzCorpusTests {
 
     @Test("every configuration in the corpus is accepted or refused with a message by backstopd --check-config and backstopctl; the crashes are syntax errors")
     func replayConfigurations() throws {
+        let aborts = try FileManager.default.contentsOfDirectory(atPath: Paths.repository + "/Fuzz/Aborts/configuration")
+            .sorted().map { Paths.repository + "/Fuzz/Aborts/configuration/" + $0 }
+        #expect(!aborts.isEmpty)
+        for input in aborts {
+            let check = try Command.run(Paths.binary("backstopd"), ["--check-config", "--config", input])
+            #expect(check.status == 1 && check.error.contains("makes TOMLKit's parser abort"), "\(input): \(check)")
+            let status = try Command.run(Paths.binary("backstopctl"), ["status", "--config", input])
+            #expect(status.status == 4 && status.error.contains("makes TOMLKit's parser abort"), "\(input): \(status)")
+        }
         for input in try Self.inputs("configuration") {
             let name = (input as NSString).lastPathComponent
             let check = try Command.run(Paths.binary("backstopd"), ["--check-config", "--config", input])

@@ -13,7 +13,6 @@ public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
 /// over to libFuzzer's driver, which reads libFuzzer's usual options.
 @_cdecl("fuzz_configuration_main")
 public func entry(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    TOMLProbe.answerIfAsked()
     var count = argc
     var arguments = argv
     return LLVMFuzzerRunDriver(&count, &arguments) { fuzz($0, $1) }
