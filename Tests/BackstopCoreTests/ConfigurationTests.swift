@@ -374,9 +374,9 @@ struct ConfigurationTests {
             source: minimalAgent + "\ntrusted_keys = \"keys\"\n",
             line: 4, key: "agent[0].trusted_keys", message: "absolute path"),
         Fault(
-            what: "keep_versions negative",
-            source: minimalAgent + "\nkeep_versions = -1\n",
-            line: 4, key: "agent[0].keep_versions", message: "must not be negative"),
+            what: "keep_versions of 0",
+            source: minimalAgent + "\nkeep_versions = 0\n",
+            line: 4, key: "agent[0].keep_versions", message: "greater than zero"),
     ]
 
     @Test("a content_link that already points into state_directory (as Backstop keeps it) is judged by the link, not its target")

@@ -108,6 +108,7 @@ struct BundleTests {
     func archivesStage() throws {
         let fixture = try BundleFixture()
         defer { fixture.remove() }
+        try Data("rule ü\n".utf8).write(to: URL(fileURLWithPath: fixture.content + "/règles-ü.conf"))
         let fromDirectory = try fixture.stage(fixture.content, as: "dir")
         for (flag, suffix) in [("-cf", "tar"), ("-czf", "tar.gz"), ("-cJf", "tar.xz"), ("--zstd -cf", "tar.zst")] {
             let archive = fixture.directory + "/bundle." + suffix
@@ -115,7 +116,7 @@ struct BundleTests {
             try #require(try Command.run("/usr/bin/tar", arguments).status == 0)
             let record = try fixture.stage(archive, as: suffix.replacingOccurrences(of: ".", with: "-"))
             #expect(record.digest == fromDirectory.digest, "\(suffix)")
-            #expect(record.fileCount == 3)
+            #expect(record.fileCount == 4)
             try fixture.store.verify(record)
         }
         // The copy is read-only, owned by root, whatever the archive said.

@@ -130,9 +130,9 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// `max_bundle_bytes`, `max_files`, `require_signature` and `trusted_keys`: what a
     /// bundle must meet to be staged.
     public var stagingRules = StagingRules()
-    /// `keep_versions`, default 5: versions whose files the store keeps besides the active,
-    /// the last known-good and the candidate; older ones are removed (a quarantined
-    /// version keeps its record, so it stays refused).
+    /// `keep_versions`, default 5, at least 1: versions whose files the store keeps besides
+    /// the active, the last known-good and the candidate; older ones are removed (a
+    /// quarantined version keeps its record, so it stays refused).
     public var keepVersions = 5
 
     /// An agent with `name` and `exec` and every other key at its default.

@@ -410,7 +410,7 @@ private struct TableReader {
             case "max_files": agent.stagingRules.maxFiles = try integer(table, key, full, minimum: 1)
             case "require_signature": agent.stagingRules.requireSignature = try bool(table, key, full)
             case "trusted_keys": agent.stagingRules.trustedKeysDirectory = Self.lexicalPath(try absolutePath(table, key, full))
-            case "keep_versions": agent.keepVersions = try integer(table, key, full, minimum: 0)
+            case "keep_versions": agent.keepVersions = try integer(table, key, full, minimum: 1)
             case "sandbox":
                 throw fail(full, "[agent.sandbox] is not supported by this version of backstopd")
             default:

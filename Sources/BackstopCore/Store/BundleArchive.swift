@@ -77,8 +77,11 @@ struct BundleArchive {
             guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
                 throw .notABundle(path: name, message: Self.message(archive))
             }
-            let raw = archive_entry_pathname(entry).map { String(cString: $0) } ?? ""
-            let path = try Self.normalizedPath(raw)
+            // In UTF-8 whatever the locale (a daemon often runs in the C locale).
+            guard let name = archive_entry_pathname_utf8(entry) ?? archive_entry_pathname(entry) else {
+                throw .refusedEntry(path: "entry \(budget.entries + 1)", reason: "has a name that is not valid text")
+            }
+            let path = try Self.normalizedPath(String(cString: name))
             if path.isEmpty { continue }  // "./", the root itself
             try budget.admitEntry(path)
             let type = archive_entry_filetype(entry)
@@ -101,7 +104,7 @@ struct BundleArchive {
                 try makeDirectories(Self.parent(of: path))
                 try write(archive, to: full, path: path, executable: archive_entry_mode(entry) & 0o111 != 0, budget: &budget)
             case S_IFLNK:
-                let target = archive_entry_symlink(entry).map { String(cString: $0) } ?? ""
+                let target = (archive_entry_symlink_utf8(entry) ?? archive_entry_symlink(entry)).map { String(cString: $0) } ?? ""
                 try Self.checkName(target, of: path)
                 guard TreeCopier.staysInside(link: path, target: target) else {
                     throw .symlinkEscapes(path: path, target: target)

@@ -166,6 +166,10 @@ struct TreeCopier {
             throw .symlinkEscapes(path: link.from, target: link.target)
         }
         let metadata = source + "/" + BundleManifest.directoryName
+        var info = stat()
+        if lstat(metadata, &info) == 0, (info.st_mode & S_IFMT) != S_IFDIR {
+            throw .refusedEntry(path: metadata, reason: "is not a directory; \(BundleManifest.directoryName)/ holds the manifest and signature")
+        }
         return BundleMetadata(
             manifest: try Self.readSmallFile(metadata + "/" + BundleManifest.manifestName),
             signature: try Self.readSmallFile(metadata + "/" + BundleManifest.signatureName))
