@@ -180,8 +180,8 @@ struct Stage: ParsableCommand {
         abstract: "Copy a content bundle into the store and verify it.",
         discussion: "A bundle is a directory or a tar archive (plain, gzip, xz or zstd), with an optional manifest and signature in .backstop/ (see `backstopctl sign`).")
     @OptionGroup var options: GlobalOptions
-    @Argument var agent: String
-    @Argument(help: "The content directory or tar archive.") var directory: String
+    @Argument(help: "The agent, as named in the configuration.") var agent: String
+    @Argument(help: "The bundle: a content directory, or a tar archive whose top is the content (tar -C DIR .).") var bundle: String
     @Option(name: .long, help: "The version id (default: derived from the SHA-256 of the tree).") var version: String?
     @Flag(name: .long, help: "Activate the version once staged.") var activate = false
 
@@ -189,7 +189,7 @@ struct Stage: ParsableCommand {
     struct Reply: Codable { var version: VersionRecord }
 
     func run() throws {
-        let path = URL(fileURLWithPath: directory).standardizedFileURL.path
+        let path = URL(fileURLWithPath: bundle).standardizedFileURL.path
         let reply = try perform {
             try options.slowClient().call(
                 "Stage", Parameters(agent: agent, path: path, version: version, activate: activate), as: Reply.self)
@@ -208,7 +208,7 @@ struct Manifest: ParsableCommand {
     func run() throws {
         let manifest: BundleManifest
         do { manifest = try BundleManifest.write(into: directory, signingKey: nil) } catch { throw failure("\(error)") }
-        print("Wrote \(directory)/\(BundleManifest.directoryName)/\(BundleManifest.manifestName) (\(manifest.files.count) files).")
+        print("Wrote \(Sign.metadataPath(directory))/\(BundleManifest.manifestName) (\(manifest.files.count) files).")
     }
 }
 
@@ -227,8 +227,15 @@ struct Sign: ParsableCommand {
         case .success(let signingKey):
             do { manifest = try BundleManifest.write(into: directory, signingKey: signingKey) } catch { throw failure("\(error)") }
         }
-        let metadata = "\(directory)/\(BundleManifest.directoryName)"
+        let metadata = Self.metadataPath(directory)
         print("Wrote \(metadata)/\(BundleManifest.manifestName) (\(manifest.files.count) files) and \(metadata)/\(BundleManifest.signatureName).")
+    }
+}
+
+extension Sign {
+    /// `DIR/.backstop`, without a doubled slash.
+    static func metadataPath(_ directory: String) -> String {
+        (directory.hasSuffix("/") ? String(directory.dropLast()) : directory) + "/" + BundleManifest.directoryName
     }
 }
 

@@ -353,4 +353,27 @@ struct ContentStoreTests {
         #expect(linkTarget(fixture.store.activeLink) == "versions/v1")
         #expect(linkTarget(contentLink) == fixture.store.path(of: "v1"))
     }
+
+    @Test("garbage collection removes quarantined, then staged, then older known-good versions, oldest first, and never the active, last known-good or candidate")
+    func garbageOrder() {
+        var ledger = ContentLedger()
+        for (index, id) in ["v1", "v2", "v3", "v4", "v5", "v6"].enumerated() {
+            ledger.add(VersionRecord(id: id, digest: id, fileCount: 1, totalBytes: 1, stagedAt: moment(Double(index)).wall))
+        }
+        ledger.promote("v1", at: moment(10).wall)
+        ledger.quarantine("v2", reason: "crash-loop", at: moment(11).wall)
+        ledger.promote("v4", at: moment(12).wall)
+        ledger.activate("v5")
+        #expect(ledger.candidate == "v5" && ledger.knownGood == "v4")
+        #expect(ledger.garbage(keeping: 1) == ["v2", "v3", "v6"], "the older known-good v1 is the last to go")
+        #expect(ledger.garbage(keeping: 3) == ["v2"])
+        #expect(ledger.garbage(keeping: 4).isEmpty)
+        ledger.filesRemoved("v2", at: moment(13).wall)
+        ledger.filesRemoved("v3", at: moment(13).wall)
+        #expect(ledger.record("v2")?.filesRemovedAt != nil, "a quarantined version keeps its record")
+        #expect(ledger.record("v3") == nil, "a staged one is forgotten")
+        #expect(ledger.garbage(keeping: 1) == ["v6"])
+        ledger.release("v2")
+        #expect(ledger.record("v2") == nil, "releasing a version whose files are gone forgets it, so it can be staged again")
+    }
 }

@@ -64,9 +64,11 @@ struct BundleFixture {
     }
 
     @discardableResult
-    func run(_ program: String, _ arguments: String...) throws -> CommandResult {
+    func run(_ program: String, _ arguments: String..., expectFailure: Bool = false) throws -> CommandResult {
         let result = try Command.run(program, arguments)
-        if result.status != 0 { Issue.record("\(program) \(arguments.joined(separator: " ")) failed: \(result.error)") }
+        if (result.status != 0) != expectFailure {
+            Issue.record("\(program) \(arguments.joined(separator: " ")) exited \(result.status): \(result.error)")
+        }
         return result
     }
 
@@ -146,6 +148,7 @@ struct BundleTests {
             ("[('a', 'dir', None), ('a', 'file', 'y')]", "a appears twice in the bundle"),
             ("[('evil\\nname', 'file', 'x')]", "has a control character in its name or target"),
             ("[('.backstop/hook.sh', 'file', 'x')]", ".backstop/hook.sh is not a manifest or signature"),
+            ("[('rules-v1/.backstop/manifest', 'file', '{}')]", "is a .backstop below the top of the bundle; the top must be the content itself"),
         ])
     func hostileEntries(members: String, expected: String) throws {
         let fixture = try BundleFixture()
@@ -173,7 +176,16 @@ struct BundleTests {
 
         try Data().write(to: URL(fileURLWithPath: fixture.content + "/bad\u{1b}[2Jname"))
         #expect(fixture.refusal(fixture.content)?.description.contains("has a control character") == true)
+        #expect(unlink(fixture.content + "/bad\u{1b}[2Jname") == 0)
+
+        try FileManager.default.createDirectory(atPath: fixture.content + "/.backstop", withIntermediateDirectories: true)
+        try Data().write(to: URL(fileURLWithPath: fixture.content + "/.backstop/notes.txt"))
+        #expect(fixture.refusal(fixture.content)?.description.hasSuffix(
+            "/.backstop/notes.txt is not a manifest or signature; .backstop/ holds only those; the bundle is refused") == true)
         #expect(fixture.storeIsEmpty)
+
+        let missing = try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.directory + "/absent", expectFailure: true)
+        #expect(missing.error == "backstopctl: \(fixture.directory)/absent does not exist\n")
     }
 
     @Test("max_files and max_bundle_bytes stop a bundle while it is read, a decompression bomb included")
@@ -241,6 +253,9 @@ struct BundleTests {
         let unsigned = try harness.ctl("stage", "demo", fixture.content, "--version", "v1")
         #expect(unsigned.status == 1)
         #expect(unsigned.error.contains("require_signature is set and the bundle has no .backstop/manifest"), "\(unsigned.error)")
+        #expect(harness.log.all.contains {
+            $0.contains("Refused the operator request Stage") && $0.contains("require_signature is set") && $0.contains("version=v1")
+        }, "the daemon's log says why")
 
         let vendor = try fixture.makeKey("vendor", trusted: true)
         try fixture.run(Paths.binary("backstopctl"), "sign", fixture.content, "--key", vendor)

@@ -43,6 +43,11 @@ public struct Configuration: Sendable, Equatable {
             if detection > 0, agent.probationSeconds <= detection {
                 warnings.append("agent \(agent.name): probation_sec (\(agent.probationSeconds)) is not longer than the \(detection) s it takes to notice a hang (watchdog_sec, or health_check_interval_sec × health_check_failures); a version that hangs could be promoted before it is caught")
             }
+            let keys = TrustedKeys(directory: agent.stagingRules.trustedKeysDirectory)
+            if agent.stagingRules.requireSignature, keys.keys.isEmpty {
+                warnings.append("agent \(agent.name): require_signature is set but \(agent.stagingRules.trustedKeysDirectory) holds no trusted key (*.pem); every bundle will be refused until it does")
+            }
+            for problem in keys.problems { warnings.append("agent \(agent.name): trusted_keys: \(problem)") }
         }
         return warnings
     }

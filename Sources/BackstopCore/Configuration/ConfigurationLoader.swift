@@ -14,6 +14,9 @@ extension Configuration {
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
             throw ConfigurationError(path: path, line: nil, key: nil, message: "is a directory, not a configuration file")
         }
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw ConfigurationError(path: path, line: nil, key: nil, message: "does not exist")
+        }
         let source: String
         do {
             source = try String(contentsOfFile: path, encoding: .utf8)

@@ -114,8 +114,12 @@ public final class ControlServer: @unchecked Sendable {
         switch reply {
         case .error(let name, _) where name.hasSuffix(".PermissionDenied"):
             logger.warning("Denied a control request.", metadata: metadata)
-        case .error(let name, _) where ManagerInterface.mutating.contains(method):
-            logger.notice("Refused the operator request \(method) (\(name)).", metadata: metadata)
+        case .error(let name, let replyParameters) where ManagerInterface.mutating.contains(method):
+            let parameters = (try? JSONSerialization.jsonObject(with: call.parameters) as? [String: Any]) ?? [:]
+            let reason = ((try? JSONSerialization.jsonObject(with: replyParameters) as? [String: Any])?["message"] as? String)
+            var refusal = metadata
+            for key in ["agent", "version", "path"] { if let value = parameters[key] { refusal[key] = "\(value)" } }
+            logger.notice("Refused the operator request \(method) (\(name))\(reason.map { ": " + $0 } ?? ".")", metadata: refusal)
         case .parameters where ManagerInterface.mutating.contains(method):
             // Who changed what, for the record (the decisions it led to are logged on their own).
             let parameters = (try? JSONSerialization.jsonObject(with: call.parameters) as? [String: Any]) ?? [:]

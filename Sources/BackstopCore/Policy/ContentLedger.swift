@@ -156,14 +156,18 @@ public struct ContentLedger: Codable, Sendable, Equatable {
         }
     }
 
-    /// Versions whose files garbage collection may remove: all but the active version, the
-    /// last known-good, the candidate and the `keeping` most recently staged others
-    /// (quarantined versions whose files are gone do not count), oldest first.
+    /// Versions whose files garbage collection may remove, in the order it removes them,
+    /// until `keeping` others are left besides the active version, the last known-good and
+    /// the candidate: quarantined versions first, then staged ones, then older known-good
+    /// ones (the rollback targets go last), each oldest first. Quarantined versions whose
+    /// files are gone do not count.
     public func garbage(keeping: Int) -> [String] {
         let protected = Set([active, knownGood, candidate].compactMap { $0 })
-        // `versions` is in staging order (staged_at has whole seconds only).
         let others = versions.filter { !protected.contains($0.id) && $0.filesRemovedAt == nil }
-        return others.dropLast(keeping).map(\.id)
+        let rank: [VersionRecord.Standing: Int] = [.quarantined: 0, .staged: 1, .candidate: 1, .knownGood: 2]
+        // `versions` is in staging order (staged_at has whole seconds only), which the sort keeps within a rank.
+        let ordered = others.enumerated().sorted { (rank[$0.element.standing]!, $0.offset) < (rank[$1.element.standing]!, $1.offset) }
+        return ordered.prefix(max(0, others.count - keeping)).map(\.element.id)
     }
 
     /// Records that the files of `id` are gone: a quarantined version keeps its record

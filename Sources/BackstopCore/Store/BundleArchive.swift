@@ -96,6 +96,7 @@ struct BundleArchive {
                 try readMetadata(archive, entry: entry, path: path, type: type, into: &metadata)
                 continue
             }
+            try BundleManifest.checkNotNested(path, of: path)
             let full = destination + "/" + path
             switch type {
             case S_IFDIR:

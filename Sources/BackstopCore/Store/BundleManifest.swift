@@ -182,7 +182,7 @@ public enum SigningKey {
         } catch let error as StoreError {
             throw error
         } catch {
-            throw .badKey("not an Ed25519 public key in PEM (\(error))")
+            throw .badKey("not an Ed25519 public key in PEM (-----BEGIN PUBLIC KEY-----, as openssl pkey -pubout writes it)")
         }
     }
 
@@ -206,7 +206,7 @@ public enum SigningKey {
         } catch let error as StoreError {
             throw error
         } catch {
-            throw .badKey("not an Ed25519 private key in PEM (\(error))")
+            throw .badKey("not an Ed25519 private key in PEM (-----BEGIN PRIVATE KEY-----, as openssl genpkey -algorithm ed25519 writes it)")
         }
     }
 
@@ -252,9 +252,26 @@ public struct TrustedKeys {
 
 extension BundleManifest {
     /// The manifest of the content directory `directory`, its ``directoryName`` left out.
-    /// - Throws: ``StoreError`` for an entry content may not hold, or an I/O error.
+    /// - Throws: ``StoreError`` for a path that is no directory, an entry content may not
+    ///   hold, or an I/O error.
     public static func make(directory: String) throws(StoreError) -> BundleManifest {
-        BundleManifest(try TreeInventory.scan(directory, excluding: directoryName))
+        var info = stat()
+        guard stat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw .notADirectory(directory)
+        }
+        return BundleManifest(try TreeInventory.scan(directory, excluding: directoryName))
+    }
+
+    /// Refuses a ``directoryName`` below the top of a bundle: the top of an archive must be
+    /// the content itself (`tar -C DIR .`), and a wrapped one would otherwise be staged
+    /// with its manifest as content.
+    /// - Throws: ``StoreError/refusedEntry(path:reason:)``.
+    static func checkNotNested(_ relative: String, of path: String) throws(StoreError) {
+        let components = relative.split(separator: "/")
+        guard components.dropFirst().contains(Substring(directoryName)) else { return }
+        throw .refusedEntry(
+            path: path,
+            reason: "is a \(directoryName) below the top of the bundle; the top must be the content itself (make the archive with tar -C DIR .)")
     }
 
     /// Writes the manifest of `directory` into its ``directoryName`` and, with `key`, the

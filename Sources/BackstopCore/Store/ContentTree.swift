@@ -133,6 +133,7 @@ struct TreeCopier {
             try budget.admitEntry(relative)
             let from = source + "/" + relative
             try BundleArchive.checkName(relative, of: from)
+            try BundleManifest.checkNotNested(relative, of: from)
             let to = destination + "/" + relative
             var info = stat()
             guard lstat(from, &info) == 0 else { throw .io(path: from, operation: "lstat", errno: errno) }
@@ -167,8 +168,14 @@ struct TreeCopier {
         }
         let metadata = source + "/" + BundleManifest.directoryName
         var info = stat()
-        if lstat(metadata, &info) == 0, (info.st_mode & S_IFMT) != S_IFDIR {
-            throw .refusedEntry(path: metadata, reason: "is not a directory; \(BundleManifest.directoryName)/ holds the manifest and signature")
+        if lstat(metadata, &info) == 0 {
+            guard (info.st_mode & S_IFMT) == S_IFDIR else {
+                throw .refusedEntry(path: metadata, reason: "is not a directory; \(BundleManifest.directoryName)/ holds the manifest and signature")
+            }
+            let allowed = [BundleManifest.manifestName, BundleManifest.signatureName]
+            if let other = try Self.entries(under: metadata).first(where: { !allowed.contains($0) }) {
+                throw .refusedEntry(path: metadata + "/" + other, reason: "is not a manifest or signature; \(BundleManifest.directoryName)/ holds only those")
+            }
         }
         return BundleMetadata(
             manifest: try Self.readSmallFile(metadata + "/" + BundleManifest.manifestName),
@@ -215,7 +222,9 @@ struct TreeCopier {
             let directory = relative.isEmpty ? root : root + "/" + relative
             let names: [String]
             do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
-                throw .io(path: directory, operation: "read directory", errno: EACCES)
+                var info = stat()
+                let reason = lstat(directory, &info) != 0 ? errno : (info.st_mode & S_IFMT) != S_IFDIR ? ENOTDIR : EACCES
+                throw .io(path: directory, operation: "read directory", errno: reason)
             }
             for name in names where !(relative.isEmpty && name == excluding) {
                 let child = relative.isEmpty ? name : relative + "/" + name
