@@ -7,3 +7,14 @@
 static inline int backstop_become_child_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1UL, 0UL, 0UL, 0UL);
 }
+
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/// renameat2(2) with RENAME_NOREPLACE (1): renames `from` to `to` only if `to` does not
+/// exist, atomically (EEXIST otherwise; rename(2) would replace an empty directory).
+/// Returns 0, or -1 with errno set.
+static inline int backstop_rename_noreplace(const char *from, const char *to) {
+    return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 1u);
+}

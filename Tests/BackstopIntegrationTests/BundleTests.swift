@@ -149,6 +149,9 @@ struct BundleTests {
             ("[('evil\\nname', 'file', 'x')]", "has a control character in its name or target"),
             ("[('.backstop/hook.sh', 'file', 'x')]", ".backstop/hook.sh is not a manifest or signature"),
             ("[('rules-v1/.backstop/manifest', 'file', '{}')]", "is a .backstop below the top of the bundle; the top must be the content itself"),
+            ("[('.', 'file', 'x' * 4096)]", ". names the top of the bundle, which must be a plain directory"),
+            ("[('./', 'fifo', None)]", "./ names the top of the bundle, which must be a plain directory"),
+            ("[('.', 'dir', None, 0o4755)]", "names the top of the bundle, which must be a plain directory"),
         ])
     func hostileEntries(members: String, expected: String) throws {
         let fixture = try BundleFixture()
@@ -266,6 +269,43 @@ struct BundleTests {
         try harness.wait(for: "agent-ready")
         let listing = try harness.ctl("content", "list", "demo", "--no-legend").output
         #expect(listing.hasPrefix("* v1 ") && listing.contains(" vendor.pem"), "\(listing)")
+    }
+
+    @Test("a name spelled otherwise in Unicode (NFD for the NFC that was signed) does not match the manifest")
+    func unicodeSpellings() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        try Data("rule\n".utf8).write(to: URL(fileURLWithPath: fixture.content + "/r\u{E9}gles.conf"))
+        try fixture.run(Paths.binary("backstopctl"), "sign", fixture.content, "--key", try fixture.makeKey("vendor", trusted: true))
+        let archive = fixture.directory + "/nfd.tar"
+        let script = """
+            import os, sys, tarfile, unicodedata
+            with tarfile.open(sys.argv[2], "w") as archive:
+                for root, dirs, files in os.walk(sys.argv[1]):
+                    for name in files:
+                        path = os.path.join(root, name)
+                        archive.add(path, arcname=unicodedata.normalize("NFD", os.path.relpath(path, sys.argv[1])))
+            """
+        try fixture.run("/usr/bin/python3", "-c", script, fixture.content, archive)
+        #expect(fixture.refusal(archive, rules: fixture.rules(requireSignature: true))?.description
+            == "the bundle does not match its manifest: re\u{301}gles.conf is in the bundle but not in the manifest")
+        #expect(fixture.storeIsEmpty)
+    }
+
+    @Test("two stagings of one id: the second is refused whatever finishes first, even over an empty version")
+    func sameIDTwice() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let empty = fixture.directory + "/empty"
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        // Both pass the check of known ids (a snapshot), as two requests racing would.
+        let first = try fixture.store.stage(from: empty, id: "r", existing: [], rules: fixture.rules(), at: Date())
+        #expect(first.fileCount == 0)
+        #expect(throws: StoreError.versionExists("r")) {
+            try fixture.store.stage(from: fixture.content, id: "r", existing: [], rules: fixture.rules(), at: Date())
+        }
+        try fixture.store.verify(first)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.store.stagingDirectory).isEmpty)
     }
 
     @Test("with require_signature, only a manifest signed by a trusted key is staged; OpenSSL and backstopctl sign interoperate")

@@ -103,6 +103,27 @@ struct TamperTests {
         #expect(try AgentStateFile.load(path: agentDirectory + "/state.json") != nil, "a new state file is written")
     }
 
+    @Test("A state file with readings no daemon could have written is set aside like a corrupt one, and status works offline", arguments: [
+        ("restartDueMonotonicSeconds", "1e300"), ("probationBankedSeconds", "-1e300"), ("consecutiveFailures", "-5"),
+    ])
+    func implausibleState(_ key: String, _ value: String) throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        harness.stop()
+        let path = harness.directory + "/state/demo/state.json"
+        var state = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        state[key] = Double(value)!
+        try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: path))
+        let offline = try harness.ctl("status")
+        #expect(offline.status == 3, "\(offline)")
+
+        try harness.start()
+        try harness.log.wait(for: "using its previous generation", seconds: 10)
+        try harness.wait(for: "agent-ready")
+        #expect(try harness.agent().content.knownGood == "v1")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: harness.directory + "/state/demo").contains { $0.hasPrefix("state.json.corrupt-") })
+    }
+
     @Test("Both state files lost: no version is deleted; the versions are adopted and the active one runs again")
     func lostStateFiles() throws {
         let harness = try harnessWithKnownGood()

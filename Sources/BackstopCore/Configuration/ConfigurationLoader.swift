@@ -51,7 +51,7 @@ extension Configuration {
 }
 
 /// Parses TOML in a child process: this same program (`/proc/self/exe`) started with
-/// `BACKSTOP_TOML_PROBE=1`, reading the text on its stdin. TOMLKit 0.6.0's parser (toml++ 3,
+/// `BACKSTOP_TOML_PROBE=<the parent's pid>`, reading the text on its stdin. TOMLKit 0.6.0's parser (toml++ 3,
 /// built with its assertions on) aborts the process on some malformed TOML (found by
 /// `make fuzz`), so a daemon or a `backstopctl` that read such a file would die instead
 /// of naming it; the child dies in its place. Only a program whose `main` calls
@@ -61,11 +61,12 @@ public enum TOMLProbe {
     /// Set by ``answerIfAsked()``: this program can be its own probe.
     nonisolated(unsafe) private static var programAnswers = false
 
-    /// In the child (the variable is set): parses stdin and exits 0 if the parser
-    /// returns. Otherwise records that this program answers the probe. Each executable
-    /// that loads a configuration calls this first in `main`, before any thread starts.
+    /// In the child (the variable names the parent, so that one left in an environment
+    /// does nothing): parses stdin and exits 0 if the parser returns. Otherwise records
+    /// that this program answers the probe. Each executable that loads a configuration
+    /// calls this first in `main`, before any thread starts.
     public static func answerIfAsked() {
-        guard ProcessInfo.processInfo.environment[variable] == "1" else {
+        guard ProcessInfo.processInfo.environment[variable] == String(getppid()) else {
             programAnswers = true
             return
         }
@@ -89,7 +90,7 @@ public enum TOMLProbe {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, sockets[1], 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        let environment = ProcessInfo.processInfo.environment.merging([variable: "1"]) { $1 }.map { "\($0)=\($1)" }
+        let environment = ProcessInfo.processInfo.environment.merging([variable: String(getpid())]) { $1 }.map { "\($0)=\($1)" }
         var pid: pid_t = 0
         let program = "/proc/self/exe"
         let status = withCStrings([program]) { argv in

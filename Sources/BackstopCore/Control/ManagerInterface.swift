@@ -89,6 +89,7 @@ public enum ManagerInterface {
                 return .of(VersionsReply(versions: try await supervisor.versions(agent: parameters.agent)))
             case "Stage":
                 let parameters = try decode(StageParameters.self, call)
+                guard parameters.path.hasPrefix("/") else { throw InvalidParameter(parameter: "path") }
                 let record = try await supervisor.stage(
                     agent: parameters.agent, path: parameters.path, version: parameters.version,
                     activate: parameters.activate ?? false)

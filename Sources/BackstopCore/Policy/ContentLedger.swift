@@ -187,6 +187,13 @@ public struct ContentLedger: Codable, Sendable, Equatable {
     /// - Returns: what was wrong, for the log; empty when nothing was.
     public mutating func repair(isValidID: (String) -> Bool) -> [String] {
         var problems: [String] = []
+        var seen = Set<String>()
+        let duplicates = versions.filter { !seen.insert($0.id).inserted }.map(\.id)
+        if !duplicates.isEmpty {
+            var kept = Set<String>()
+            versions.removeAll { !kept.insert($0.id).inserted }
+            problems.append("dropped second records of ids: \(duplicates.joined(separator: ", "))")
+        }
         let invalid = versions.filter { !isValidID($0.id) }.map(\.id)
         if !invalid.isEmpty {
             versions.removeAll { !isValidID($0.id) }

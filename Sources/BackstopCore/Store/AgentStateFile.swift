@@ -61,12 +61,29 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
             guard state.schema == currentSchema else {
                 throw StateFileError(path: path, message: "schema \(state.schema) is not supported (expected \(currentSchema))")
             }
+            if let key = state.outOfRange {
+                throw StateFileError(path: path, message: "\(key) is out of range")
+            }
             return state
         } catch let error as StateFileError {
             throw error
         } catch {
             throw StateFileError(path: path, message: "not a valid state file: \(error)")
         }
+    }
+
+    /// The first value no daemon could have written, which the timers and the status
+    /// would trip over (a reading on the monotonic clock that is negative, not finite or
+    /// beyond a century of uptime; a negative count); nil when all are plausible.
+    var outOfRange: String? {
+        let century = 100 * 365 * 86_400.0
+        func plausible(_ seconds: Double) -> Bool { seconds.isFinite && seconds >= 0 && seconds <= century }
+        if !plausible(probationBankedSeconds) { return "probationBankedSeconds" }
+        if let due = restartDueMonotonicSeconds, !plausible(due) { return "restartDueMonotonicSeconds" }
+        if failures.contains(where: { !plausible($0.monotonicSeconds) }) { return "failures.monotonicSeconds" }
+        if consecutiveFailures < 0 || consecutiveFailures > 1_000_000 { return "consecutiveFailures" }
+        if ledger.versions.contains(where: { $0.fileCount < 0 || $0.totalBytes < 0 }) { return "ledger.versions" }
+        return nil
     }
 
     /// The previous generation of the state file at `path`, kept by ``save(path:)``.

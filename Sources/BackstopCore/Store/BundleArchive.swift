@@ -82,9 +82,15 @@ struct BundleArchive {
                 throw .refusedEntry(path: "entry \(budget.entries + 1)", reason: "has a name that is not valid text")
             }
             let path = try Self.normalizedPath(String(cString: name))
-            if path.isEmpty { continue }  // "./", the root itself
-            try budget.admitEntry(path)
+            try budget.admitEntry(path.isEmpty ? "." : path)
             let type = archive_entry_filetype(entry)
+            if path.isEmpty {
+                // "./", the top itself: a plain directory, nothing else (its data would go uncounted).
+                guard type == S_IFDIR, archive_entry_hardlink(entry) == nil, archive_entry_mode(entry) & (S_ISUID | S_ISGID) == 0 else {
+                    throw .refusedEntry(path: String(cString: name), reason: "names the top of the bundle, which must be a plain directory")
+                }
+                continue
+            }
             if type != S_IFDIR, !seen.insert(path).inserted {
                 throw .refusedEntry(path: path, reason: "appears twice in the bundle")
             }

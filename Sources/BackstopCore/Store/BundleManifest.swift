@@ -70,8 +70,8 @@ public struct BundleManifest: Codable, Sendable, Equatable {
             }
         }
         symlinks = links.isEmpty ? nil : links
-        let implied = Self.parents(of: files.map(\.path) + links.map(\.path))
-        let empty = directories.filter { !implied.contains($0) }
+        let implied = Set(Self.parents(of: files.map(\.path) + links.map(\.path)).map { Array($0.utf8) })
+        let empty = directories.filter { !implied.contains(Array($0.utf8)) }
         self.directories = empty.isEmpty ? nil : empty
     }
 
@@ -108,31 +108,45 @@ public struct BundleManifest: Codable, Sendable, Equatable {
     /// Checks that `inventory` holds exactly what the manifest lists.
     /// - Throws: ``StoreError/manifestMismatch(_:)`` naming the first entry that differs.
     func check(_ inventory: TreeInventory) throws(StoreError) {
-        var expected: [String: TreeInventory.Entry] = [:]
+        // Keyed by the names' bytes: Swift's String equality would take two spellings of
+        // one Unicode text (NFC, NFD) for the same name, and the file system does not.
+        var expected: [[UInt8]: (path: String, entry: TreeInventory.Entry)] = [:]
+        func list(_ path: String, _ entry: TreeInventory.Entry) { expected[Array(path.utf8)] = (path, entry) }
         for file in files {
-            expected[file.path] = .file(executable: file.executable ?? false, size: file.size, sha256: file.sha256.lowercased())
+            list(file.path, .file(executable: file.executable ?? false, size: file.size, sha256: file.sha256.lowercased()))
         }
-        for link in symlinks ?? [] { expected[link.path] = .symlink(target: link.target) }
-        for directory in (directories ?? []) + Self.parents(of: Array(expected.keys)) { expected[directory] = .directory }
+        for link in symlinks ?? [] { list(link.path, .symlink(target: link.target)) }
+        for directory in (directories ?? []) + Self.parents(of: files.map(\.path) + (symlinks ?? []).map(\.path)) {
+            list(directory, .directory)
+        }
         for (path, entry) in inventory.entries {
-            guard let listed = expected.removeValue(forKey: path) else {
+            guard let listed = expected.removeValue(forKey: Array(path.utf8)) else {
                 throw .manifestMismatch("\(path) is in the bundle but not in the manifest")
             }
-            guard listed == entry else {
-                throw .manifestMismatch("\(path) is \(Self.describe(entry)) in the bundle but \(Self.describe(listed)) in the manifest")
+            let sameTarget: Bool
+            if case .symlink(let target) = entry, case .symlink(let listedTarget) = listed.entry {
+                sameTarget = Array(target.utf8) == Array(listedTarget.utf8)
+            } else {
+                sameTarget = listed.entry == entry
+            }
+            guard sameTarget else {
+                throw .manifestMismatch("\(path) is \(Self.describe(entry)) in the bundle but \(Self.describe(listed.entry)) in the manifest")
             }
         }
-        if let missing = expected.keys.sorted().first {
+        if let missing = expected.values.map(\.path).sorted().first {
             throw .manifestMismatch("\(missing) is in the manifest but not in the bundle")
         }
     }
 
-    private static func parents(of paths: [String]) -> Set<String> {
-        var result = Set<String>()
+    /// The directories that hold `paths`, as `/`-joined prefixes of each.
+    private static func parents(of paths: [String]) -> [String] {
+        var seen = Set<[UInt8]>()
+        var result: [String] = []
         for path in paths {
             var components = path.split(separator: "/").dropLast()
             while !components.isEmpty {
-                result.insert(components.joined(separator: "/"))
+                let parent = components.joined(separator: "/")
+                if seen.insert(Array(parent.utf8)).inserted { result.append(parent) }
                 components.removeLast()
             }
         }

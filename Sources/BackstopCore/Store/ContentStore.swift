@@ -132,7 +132,10 @@ public struct ContentStore: Sendable {
             if existing.contains(versionID) { throw StoreError.versionExists(versionID) }
             try TreeCopier.sealDirectories(under: work)
             let destination = path(of: versionID)
-            try Self.syscall(destination, "rename into") { try DurableFile.rename(work, to: destination) }
+            do { try DurableFile.renameWithoutReplacing(work, to: destination) } catch let error as Errno {
+                // Another staging of the same id finished first.
+                throw error == .fileExists ? StoreError.versionExists(versionID) : .io(path: destination, operation: "rename into", errno: error.rawValue)
+            }
             try Self.syscall(versionsDirectory, "fsync") { try DurableFile.syncDirectory(at: versionsDirectory) }
             var record = VersionRecord(
                 id: versionID, digest: summary.digest, fileCount: summary.fileCount, totalBytes: summary.totalBytes,

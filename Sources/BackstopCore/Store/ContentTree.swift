@@ -115,9 +115,15 @@ struct TreeSummary {
     var totalBytes: Int64
 }
 
-/// Copies a content directory with lstat(2), so that no symlink is followed, refusing
-/// what content may not hold: FIFOs, sockets, device nodes, hard links, setuid or setgid
-/// bits, symlinks that leave the tree, and more than the ``StagingRules`` allow.
+/// Copies a content directory, refusing what content may not hold: FIFOs, sockets,
+/// device nodes, hard links, setuid or setgid bits, symlinks that leave the tree, and more
+/// than the ``StagingRules`` allow.
+///
+/// The source may be writable by others while it is copied, so it is walked by file
+/// descriptors: each entry is opened relative to its parent's descriptor with
+/// `O_NOFOLLOW` (openat(2), fstatat(2) with `AT_SYMLINK_NOFOLLOW`) and checked again on
+/// the open descriptor, so that a directory swapped for a symlink mid-copy cannot lead
+/// the copy outside the tree.
 struct TreeCopier {
     let source: String
     let destination: String
@@ -127,30 +133,52 @@ struct TreeCopier {
     /// ``sealDirectories(under:)``) and reads the bundle metadata next to it.
     /// - Throws: ``StoreError`` naming the entry at fault.
     func copy() throws(StoreError) -> BundleMetadata {
+        let root = open(source, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard root >= 0 else { throw .io(path: source, operation: "open", errno: errno) }
+        defer { close(root) }
         var budget = StagingBudget(rules)
         var links: [(from: String, to: String, target: String)] = []
-        for relative in try Self.entries(under: source, excluding: BundleManifest.directoryName) {
-            try budget.admitEntry(relative)
-            let from = source + "/" + relative
-            try BundleArchive.checkName(relative, of: from)
-            try BundleManifest.checkNotNested(relative, of: from)
-            let to = destination + "/" + relative
+        try copyDirectory(root, relative: "", budget: &budget, links: &links)
+        // The lexical check alone misses a target that walks through another link
+        // ("s/../x" with s -> "."): no component before the last may be a link.
+        for link in links where Self.passesThroughLink(link: link.to, target: link.target, root: destination) {
+            throw .symlinkEscapes(path: link.from, target: link.target)
+        }
+        return try readMetadata(root)
+    }
+
+    private func copyDirectory(
+        _ directory: Int32, relative: String, budget: inout StagingBudget, links: inout [(from: String, to: String, target: String)]
+    ) throws(StoreError) {
+        for name in try Self.names(in: directory, path: source + "/" + relative) {
+            if relative.isEmpty && name == BundleManifest.directoryName { continue }
+            let child = relative.isEmpty ? name : relative + "/" + name
+            try budget.admitEntry(child)
+            let from = source + "/" + child
+            let to = destination + "/" + child
+            try BundleArchive.checkName(child, of: from)
+            try BundleManifest.checkNotNested(child, of: from)
             var info = stat()
-            guard lstat(from, &info) == 0 else { throw .io(path: from, operation: "lstat", errno: errno) }
+            guard fstatat(directory, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else { throw .io(path: from, operation: "lstat", errno: errno) }
             if info.st_mode & (S_ISUID | S_ISGID) != 0 { throw .refusedEntry(path: from, reason: "has the setuid or setgid bit") }
             switch info.st_mode & S_IFMT {
             case S_IFDIR:
+                let descriptor = try Self.openEntry(directory, name, path: from, flags: O_DIRECTORY, like: info)
+                defer { close(descriptor) }
                 try ContentStore.syscall(to, "create") {
                     guard mkdir(to, 0o700) == 0 else { throw Errno(rawValue: errno) }
                 }
+                try copyDirectory(descriptor, relative: child, budget: &budget, links: &links)
             case S_IFREG:
                 // Another name of the same file may sit outside the tree, where it can change.
                 if info.st_nlink > 1 { throw .refusedEntry(path: from, reason: "is a hard link") }
-                try Self.copyFile(from: from, to: to, executable: info.st_mode & 0o111 != 0, budget: &budget)
+                let descriptor = try Self.openEntry(directory, name, path: from, flags: O_NONBLOCK, like: info)
+                defer { close(descriptor) }
+                try Self.copyFile(descriptor, from: from, to: to, executable: info.st_mode & 0o111 != 0, budget: &budget)
             case S_IFLNK:
-                let target = try Self.linkTarget(from)
+                let target = try Self.linkTarget(at: directory, name, path: from)
                 try BundleArchive.checkName(target, of: from)
-                guard Self.staysInside(link: relative, target: target) else {
+                guard Self.staysInside(link: child, target: target) else {
                     throw .symlinkEscapes(path: from, target: target)
                 }
                 try ContentStore.syscall(to, "symlink") {
@@ -161,25 +189,76 @@ struct TreeCopier {
                 throw .unsupportedEntry(path: from, kind: Self.kindName(info.st_mode))
             }
         }
-        // The lexical check alone misses a target that walks through another link
-        // ("s/../x" with s -> "."): no component before the last may be a link.
-        for link in links where Self.passesThroughLink(link: link.to, target: link.target, root: destination) {
-            throw .symlinkEscapes(path: link.from, target: link.target)
+    }
+
+    /// Opens entry `name` of `directory` without following a symlink and checks that it is
+    /// still what fstatat(2) saw (same inode, same type, one link for a file).
+    private static func openEntry(_ directory: Int32, _ name: String, path: String, flags: Int32, like info: stat) throws(StoreError) -> Int32 {
+        let descriptor = openat(directory, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | flags)
+        guard descriptor >= 0 else {
+            throw errno == ELOOP
+                ? .refusedEntry(path: path, reason: "changed into a symlink while it was copied")
+                : .io(path: path, operation: "open", errno: errno)
         }
-        let metadata = source + "/" + BundleManifest.directoryName
+        var opened = stat()
+        guard fstat(descriptor, &opened) == 0, opened.st_dev == info.st_dev, opened.st_ino == info.st_ino,
+            opened.st_mode & S_IFMT == info.st_mode & S_IFMT, opened.st_mode & (S_ISUID | S_ISGID) == 0,
+            opened.st_mode & S_IFMT != S_IFREG || opened.st_nlink == 1
+        else {
+            close(descriptor)
+            throw .refusedEntry(path: path, reason: "changed while it was copied")
+        }
+        return descriptor
+    }
+
+    /// The names in an open directory (readdir(3) on a duplicate of its descriptor), sorted by bytes.
+    private static func names(in directory: Int32, path: String) throws(StoreError) -> [String] {
+        let duplicate = dup(directory)
+        guard duplicate >= 0, let stream = fdopendir(duplicate) else {
+            if duplicate >= 0 { close(duplicate) }
+            throw .io(path: path, operation: "read directory", errno: errno)
+        }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+    }
+
+    /// The manifest and signature in the source's metadata directory, read through descriptors too.
+    private func readMetadata(_ root: Int32) throws(StoreError) -> BundleMetadata {
+        let path = source + "/" + BundleManifest.directoryName
         var info = stat()
-        if lstat(metadata, &info) == 0 {
-            guard (info.st_mode & S_IFMT) == S_IFDIR else {
-                throw .refusedEntry(path: metadata, reason: "is not a directory; \(BundleManifest.directoryName)/ holds the manifest and signature")
-            }
-            let allowed = [BundleManifest.manifestName, BundleManifest.signatureName]
-            if let other = try Self.entries(under: metadata).first(where: { !allowed.contains($0) }) {
-                throw .refusedEntry(path: metadata + "/" + other, reason: "is not a manifest or signature; \(BundleManifest.directoryName)/ holds only those")
-            }
+        guard fstatat(root, BundleManifest.directoryName, &info, AT_SYMLINK_NOFOLLOW) == 0 else { return BundleMetadata() }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw .refusedEntry(path: path, reason: "is not a directory; \(BundleManifest.directoryName)/ holds the manifest and signature")
+        }
+        let directory = try Self.openEntry(root, BundleManifest.directoryName, path: path, flags: O_DIRECTORY, like: info)
+        defer { close(directory) }
+        let allowed = [BundleManifest.manifestName, BundleManifest.signatureName]
+        if let other = try Self.names(in: directory, path: path).first(where: { !allowed.contains($0) }) {
+            throw .refusedEntry(path: path + "/" + other, reason: "is not a manifest or signature; \(BundleManifest.directoryName)/ holds only those")
         }
         return BundleMetadata(
-            manifest: try Self.readSmallFile(metadata + "/" + BundleManifest.manifestName),
-            signature: try Self.readSmallFile(metadata + "/" + BundleManifest.signatureName))
+            manifest: try Self.readSmallFile(directory, BundleManifest.manifestName, path: path + "/" + BundleManifest.manifestName),
+            signature: try Self.readSmallFile(directory, BundleManifest.signatureName, path: path + "/" + BundleManifest.signatureName))
+    }
+
+    /// The contents of a bundle metadata file, nil when there is none.
+    /// - Throws: ``StoreError/refusedEntry(path:reason:)`` for a non-regular or oversized file.
+    private static func readSmallFile(_ directory: Int32, _ name: String, path: String) throws(StoreError) -> Data? {
+        var info = stat()
+        guard fstatat(directory, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else { return nil }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .refusedEntry(path: path, reason: "is not a regular file") }
+        let descriptor = try openEntry(directory, name, path: path, flags: O_NONBLOCK, like: info)
+        let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
+        let data = (try? handle.read(upToCount: BundleManifest.maxManifestBytes + 1)) ?? Data()
+        guard data.count <= BundleManifest.maxManifestBytes else {
+            throw .refusedEntry(path: path, reason: "is larger than \(BundleManifest.maxManifestBytes) bytes")
+        }
+        return data
     }
 
     /// Makes every directory below `root` (and `root`) read-only and durable, from the leaves up.
@@ -196,21 +275,6 @@ struct TreeCopier {
             try ContentStore.syscall(directory, "fsync") { try DurableFile.syncDirectory(at: directory) }
             _ = chmod(directory, 0o555)
         }
-    }
-
-    /// The contents of a bundle metadata file, nil when there is none.
-    /// - Throws: ``StoreError/refusedEntry(path:reason:)`` for a non-regular or oversized file.
-    static func readSmallFile(_ path: String) throws(StoreError) -> Data? {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return nil }
-        guard (info.st_mode & S_IFMT) == S_IFREG else { throw .refusedEntry(path: path, reason: "is not a regular file") }
-        guard info.st_size <= BundleManifest.maxManifestBytes else {
-            throw .refusedEntry(path: path, reason: "is larger than \(BundleManifest.maxManifestBytes) bytes")
-        }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw .io(path: path, operation: "read", errno: errno)
-        }
-        return data
     }
 
     /// Relative paths of every entry below `root`, parents before children, sorted by bytes.
@@ -236,16 +300,16 @@ struct TreeCopier {
         return result.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
 
-    /// Copies one file, fsyncs it and makes it read-only, counting its bytes against `budget`.
-    static func copyFile(from: String, to: String, executable: Bool, budget: inout StagingBudget) throws(StoreError) {
+    /// Copies the open file `input` (named `from`) to `to`, fsyncs the copy and makes it
+    /// read-only, counting its bytes against `budget`.
+    static func copyFile(_ input: Int32, from: String, to: String, executable: Bool, budget: inout StagingBudget) throws(StoreError) {
         do {
-            let input = try FileDescriptor.open(FilePath(from), .readOnly, options: [.closeOnExec, .noFollow])
-            defer { try? input.close() }
+            let source = FileDescriptor(rawValue: input)
             let output = try StoredFile(path: to, executable: executable)
             defer { output.close() }
             var buffer = [UInt8](repeating: 0, count: 1 << 20)
             while true {
-                let count = try buffer.withUnsafeMutableBytes { try input.read(into: $0) }
+                let count = try buffer.withUnsafeMutableBytes { try source.read(into: $0) }
                 if count == 0 { break }
                 try budget.admitBytes(Int64(count), path: from)
                 try buffer.withUnsafeBytes { try output.write(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
@@ -283,11 +347,16 @@ struct TreeCopier {
         }
     }
 
-    static func linkTarget(_ path: String) throws(StoreError) -> String {
+    /// The target of symlink `name` in the open directory `directory` (readlinkat(2)).
+    static func linkTarget(at directory: Int32, _ name: String, path: String) throws(StoreError) -> String {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let count = readlink(path, &buffer, buffer.count - 1)
+        let count = readlinkat(directory, name, &buffer, buffer.count - 1)
         guard count >= 0 else { throw .io(path: path, operation: "readlink", errno: errno) }
         return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func linkTarget(_ path: String) throws(StoreError) -> String {
+        try linkTarget(at: AT_FDCWD, path, path: path)
     }
 
     /// Whether a relative symlink at `link` (relative to the tree root) resolves, lexically, inside the tree.

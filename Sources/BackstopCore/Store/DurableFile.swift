@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import SystemPackage
 
@@ -46,6 +47,13 @@ public enum DurableFile {
     /// - Throws: `Errno`.
     public static func rename(_ from: String, to: String) throws {
         guard Glibc.rename(from, to) == 0 else { throw Errno(rawValue: errno) }
+        FaultInjection.step("rename \(from) to \(to)")
+    }
+
+    /// Renames `from` to `to` unless `to` exists (renameat2(2), `RENAME_NOREPLACE`).
+    /// - Throws: `Errno`; `EEXIST` when `to` exists.
+    public static func renameWithoutReplacing(_ from: String, to: String) throws {
+        guard backstop_rename_noreplace(from, to) == 0 else { throw Errno(rawValue: errno) }
         FaultInjection.step("rename \(from) to \(to)")
     }
 
