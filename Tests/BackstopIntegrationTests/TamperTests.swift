@@ -124,6 +124,31 @@ struct TamperTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: harness.directory + "/state/demo").contains { $0.hasPrefix("state.json.corrupt-") })
     }
 
+    @Test("An agent run as root directly sees its content, the state and the store read-only, and keeps the pid backstopd started")
+    func agentSeesStoreReadOnly() throws {
+        let directory = NSTemporaryDirectory() + "backstop-ro-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let script = """
+            for f in "$BACKSTOP_CONTENT/channel-100.conf" "$BACKSTOP_STORE/state.json" "$BACKSTOP_STORE/versions/new"; do
+                if echo tampered >> "$f" 2>/dev/null; then echo "wrote $f"; else echo "refused $f"; fi
+            done > \(directory)/writes
+            echo $$ > \(directory)/pid
+            exec sleep 600
+            """
+        let harness = try DaemonHarness(agents: ["name = \"shell\"\nexec = [\"/bin/sh\", \"-c\", \(String(reflecting: script))]"])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1", agent: "shell")
+        try harness.wait(for: "agent-ready")
+        let writes = try String(contentsOfFile: directory + "/writes", encoding: .utf8)
+        #expect(writes.split(separator: "\n").count == 3 && writes.split(separator: "\n").allSatisfy { $0.hasPrefix("refused ") }, "\(writes)")
+        let pid = try String(contentsOfFile: directory + "/pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try harness.agent("shell").pid.map(String.init) == pid, "the agent keeps the pid backstopd started")
+        let content = try String(contentsOfFile: harness.directory + "/state/shell/versions/v1/channel-100.conf", encoding: .utf8)
+        #expect(!content.contains("tampered"))
+    }
+
     @Test("Both state files lost: no version is deleted; the versions are adopted and the active one runs again")
     func lostStateFiles() throws {
         let harness = try harnessWithKnownGood()

@@ -13,6 +13,8 @@ public struct LaunchRequest: Sendable, Equatable {
     /// Whether stdout goes to /dev/null instead of the journal (probes: `PONG` every
     /// few seconds is noise; their stderr still reaches the journal).
     public var discardsStandardOutput = false
+    /// Directories the process sees read-only (``ReadOnlyView``); empty for none.
+    public var readOnlyPaths: [String] = []
 
     /// A request as given; ``make(agent:exec:store:contentPath:version:notifySocket:watchdogSeconds:)`` builds the usual one.
     public init(identifier: String, arguments: [String], environment: [String: String]) {
@@ -66,7 +68,13 @@ public enum DirectRunner {
         guard let program = request.arguments.first else { return .failure(LaunchError(message: "empty command line")) }
         var options = PlatformOptions()
         options.createSession = true
-        let executable: Executable = program.contains("/") ? .path(FilePath(program)) : .name(program)
+        var arguments = request.arguments
+        if !request.readOnlyPaths.isEmpty {
+            // The wrapper always starts, so a program that cannot run is told here, as exec-failed.
+            if let problem = unexecutable(program) { return .failure(LaunchError(message: problem)) }
+            arguments = ReadOnlyView.wrap(arguments, readOnlyPaths: request.readOnlyPaths)
+        }
+        let executable: Executable = arguments[0].contains("/") ? .path(FilePath(arguments[0])) : .name(arguments[0])
         var overrides: [Environment.Key: String?] = [:]
         for (key, value) in request.environment {
             if let key = Environment.Key(rawValue: key) { overrides[key] = value }
@@ -83,7 +91,7 @@ public enum DirectRunner {
         do {
             let result = try await Subprocess.run(
                 executable,
-                arguments: Arguments(Array(request.arguments.dropFirst())),
+                arguments: Arguments(Array(arguments.dropFirst())),
                 environment: .inherit.updating(overrides),
                 platformOptions: options,
                 input: .none,
@@ -158,15 +166,59 @@ public enum DirectRunner {
     private static func describe(_ error: SubprocessError, program: String) -> String {
         let cause = error.underlyingError.map { String(cString: strerror($0.rawValue)) }
         switch error.code {
-        case .executableNotFound:
-            guard program.contains("/") else { return "\(program): not found in PATH" }
-            var info = stat()
-            guard stat(program, &info) == 0 else { return "\(program): no such file" }
-            if info.st_mode & S_IFMT == S_IFDIR { return "\(program): is a directory" }
-            return "\(program): not executable (mode \(String(info.st_mode & 0o7777, radix: 8)))"
+        case .executableNotFound: return unexecutable(program) ?? "\(program): not executable"
         default: return "\(program): \(cause ?? "\(error)")"
         }
     }
+
+    /// Why `program` (a path, or a name looked up in `PATH`) cannot be executed; nil when it can.
+    static func unexecutable(_ program: String) -> String? {
+        guard program.contains("/") else {
+            let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+            let found = path.split(separator: ":").contains { directory in
+                var info = stat()
+                let candidate = directory + "/" + program
+                return stat(candidate, &info) == 0 && info.st_mode & S_IFMT == S_IFREG && access(candidate, X_OK) == 0
+            }
+            return found ? nil : "\(program): not found in PATH"
+        }
+        var info = stat()
+        guard stat(program, &info) == 0 else { return "\(program): no such file" }
+        if info.st_mode & S_IFMT == S_IFDIR { return "\(program): is a directory" }
+        guard access(program, X_OK) == 0 else { return "\(program): not executable (mode \(String(info.st_mode & 0o7777, radix: 8)))" }
+        return nil
+    }
+}
+
+/// A read-only view of directories for a process Backstop starts directly: it runs in a
+/// mount namespace of its own (unshare(1) `--mount`, mounts from the host still arriving:
+/// `--propagation slave`) in which each directory is bind-mounted over itself read-only
+/// (mount(8) `-o bind,ro`), then its program is exec'd, so it keeps the pid Backstop
+/// started. The agent gets Backstop's state directory so: even as root it cannot
+/// change its content, the state, or another agent's store (short of remounting, which
+/// the sandbox's dropped capabilities will prevent).
+public enum ReadOnlyView {
+    static let unshare = "/usr/bin/unshare"
+    static let script = #"while [ "$1" != -- ]; do mount -o bind,ro -- "$1" "$1" || exit 125; shift; done; shift; exec "$@""#
+
+    /// `arguments` run with `readOnlyPaths` read-only.
+    static func wrap(_ arguments: [String], readOnlyPaths: [String]) -> [String] {
+        [unshare, "--mount", "--propagation", "slave", "--", "/bin/sh", "-c", script, "backstop-read-only"]
+            + readOnlyPaths + ["--"] + arguments
+    }
+
+    /// Whether this machine lets Backstop make the view (root, mount namespaces, util-linux),
+    /// tried once with `true`; nil when it does, else why not.
+    public static let unavailableReason: String? = {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: unshare)
+        process.arguments = Array(wrap(["/bin/true"], readOnlyPaths: ["/"]).dropFirst())
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        do { try process.run() } catch { return "\(unshare): \(error.localizedDescription)" }
+        process.waitUntilExit()
+        return process.terminationStatus == 0 ? nil : "\(unshare) --mount with a read-only bind mount exited \(process.terminationStatus)"
+    }()
 }
 
 /// The full exit status of a reaped process, core-dump bit included, from its pidfd.

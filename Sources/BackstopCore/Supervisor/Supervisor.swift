@@ -95,6 +95,10 @@ public actor Supervisor {
             logger.error("Cannot become a child subreaper; processes an agent leaves in the background are not tracked.",
                          metadata: ["error": "\(error)"])
         }
+        if configuration.agents.contains(where: { $0.runner == .direct }), let reason = ReadOnlyView.unavailableReason {
+            logger.warning("Agents run by backstopd see the state directory writable: a read-only view cannot be made here.",
+                           metadata: ["error": "\(reason)"])
+        }
         let now = Moment.now()
         for agent in configuration.agents {
             var slot = restore(agent, at: now)
@@ -622,10 +626,11 @@ public actor Supervisor {
         slots[name]!.notifiedEarly = []
         let generation = slots[name]!.generation
         let slot = slots[name]!
-        let request = LaunchRequest.make(
+        var request = LaunchRequest.make(
             agent: name, exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec, store: slot.store.root,
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
+        if ReadOnlyView.unavailableReason == nil { request.readOnlyPaths = [configuration.daemon.stateDirectory] }
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
         slots[name]!.readyCheckFailureSaid = false
         Task {
