@@ -152,6 +152,8 @@ struct BundleTests {
             ("[('.', 'file', 'x' * 4096)]", ". names the top of the bundle, which must be a plain directory"),
             ("[('./', 'fifo', None)]", "./ names the top of the bundle, which must be a plain directory"),
             ("[('.', 'dir', None, 0o4755)]", "names the top of the bundle, which must be a plain directory"),
+            ("[('x' * 300, 'file', 'x')]", "has a name or path longer than the file system allows"),
+            ("[('/'.join(['d' * 200] * 25) + '/f', 'file', 'x')]", "has a name or path longer than the file system allows"),
         ])
     func hostileEntries(members: String, expected: String) throws {
         let fixture = try BundleFixture()

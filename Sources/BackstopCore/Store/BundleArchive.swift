@@ -126,6 +126,7 @@ struct BundleArchive {
             let full = destination + "/" + link.path
             guard symlink(link.target, full) == 0 else {
                 if errno == EEXIST { throw .refusedEntry(path: link.path, reason: "appears twice in the bundle") }
+                if errno == ENAMETOOLONG { throw Self.tooLong(link.path) }
                 throw .io(path: full, operation: "symlink", errno: errno)
             }
         }
@@ -166,9 +167,11 @@ struct BundleArchive {
         for component in relative.split(separator: "/") {
             current += "/" + component
             if mkdir(current, 0o700) == 0 { continue }
+            let relativePath = String(current.dropFirst(destination.count + 1))
+            if errno == ENAMETOOLONG { throw Self.tooLong(relativePath) }
             var info = stat()
             guard errno == EEXIST, lstat(current, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
-                throw .refusedEntry(path: String(current.dropFirst(destination.count + 1)), reason: "appears twice in the bundle")
+                throw .refusedEntry(path: relativePath, reason: "appears twice in the bundle")
             }
         }
     }
@@ -179,6 +182,7 @@ struct BundleArchive {
         let file: StoredFile
         do { file = try StoredFile(path: full, executable: executable) } catch let error as Errno {
             if error == .fileExists { throw .refusedEntry(path: path, reason: "appears twice in the bundle") }
+            if error == .fileNameTooLong { throw Self.tooLong(path) }
             throw .io(path: full, operation: "create", errno: error.rawValue)
         } catch {
             throw .io(path: full, operation: "create", errno: EIO)
@@ -195,6 +199,11 @@ struct BundleArchive {
             }
         }
         try ContentStore.syscall(full, "fsync") { try file.seal() }
+    }
+
+    /// A name or path longer than the file system takes (NAME_MAX, PATH_MAX with the store's prefix).
+    private static func tooLong(_ path: String) -> StoreError {
+        .refusedEntry(path: String(path.prefix(120)) + (path.count > 120 ? "…" : ""), reason: "has a name or path longer than the file system allows")
     }
 
     /// An entry's path relative to the tree: `./` and empty components dropped.
