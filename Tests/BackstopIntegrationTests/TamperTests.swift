@@ -149,6 +149,27 @@ struct TamperTests {
         #expect(!content.contains("tampered"))
     }
 
+    @Test("A program the kernel will not execute (a broken ELF file, a missing #! interpreter) is exec-failed in the read-only view, never the content's fault",
+          arguments: ["\u{7F}ELFgarbage\n", "#!/nonexistent/interpreter\n"])
+    func unexecutableProgram(_ contents: String) throws {
+        let directory = NSTemporaryDirectory() + "backstop-exec-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let program = directory + "/agent"
+        try Data(contents.utf8).write(to: URL(fileURLWithPath: program))
+        #expect(chmod(program, 0o755) == 0)
+        let harness = try DaemonHarness(agents: ["name = \"broken\"\nexec = [\"\(program)\"]\nfailure_threshold = 1"])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1", agent: "broken")
+        try harness.log.wait(for: "reason=exec-failed", count: 2, seconds: 20)
+        let agent = try harness.agent("broken")
+        #expect(agent.content.active == "v1")
+        #expect(agent.content.quarantined.isEmpty)
+        #expect(agent.failures.list.allSatisfy { $0.reason == "exec-failed" && $0.attribution == "configuration" })
+        #expect(harness.log.all.contains { $0.contains("could not be executed in its read-only view") })
+    }
+
     @Test("Both state files lost: no version is deleted; the versions are adopted and the active one runs again")
     func lostStateFiles() throws {
         let harness = try harnessWithKnownGood()

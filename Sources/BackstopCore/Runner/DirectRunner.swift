@@ -102,11 +102,19 @@ public enum DirectRunner {
                 exitInfo.hold(execution.processIdentifier.processDescriptor)
                 await started(execution.processIdentifier.value)
             }
-            if let status = exitInfo.waitStatus() { return .success(Termination(waitStatus: status)) }
-            switch result.terminationStatus {
-            case .exited(let code): return .success(.exited(code: code))
-            case .signaled(let signal): return .success(.signaled(signal: signal, coreDumped: nil))
+            let termination: Termination
+            if let status = exitInfo.waitStatus() {
+                termination = Termination(waitStatus: status)
+            } else {
+                switch result.terminationStatus {
+                case .exited(let code): termination = .exited(code: code)
+                case .signaled(let signal): termination = .signaled(signal: signal, coreDumped: nil)
+                }
             }
+            if !request.readOnlyPaths.isEmpty, termination == .exited(code: ReadOnlyView.execFailedCode) {
+                return .failure(LaunchError(message: "\(program): could not be executed in its read-only view (the reason is in the agent's own output)"))
+            }
+            return .success(termination)
         } catch let error as SubprocessError {
             return .failure(LaunchError(message: Self.describe(error, program: program)))
         } catch {
@@ -199,11 +207,16 @@ public enum DirectRunner {
 /// the sandbox's dropped capabilities will prevent).
 public enum ReadOnlyView {
     static let unshare = "/usr/bin/unshare"
-    static let script = #"while [ "$1" != -- ]; do mount -o bind,ro -- "$1" "$1" || exit 125; shift; done; shift; exec "$@""#
+    /// The wrapper's exit code when the mount or the exec fails (bash's `execfail` keeps
+    /// it running after a failed exec): the program never ran, so it is `exec-failed`, not
+    /// a failure of the content. It is systemd's EXIT_EXEC, with the same caveat: a
+    /// program that exits 203 itself is taken for one that could not be executed.
+    static let execFailedCode: Int32 = 203
+    static let script = #"shopt -s execfail; while [ "$1" != -- ]; do mount -o bind,ro -- "$1" "$1" || exit 203; shift; done; shift; exec -- "$@"; exit 203"#
 
     /// `arguments` run with `readOnlyPaths` read-only.
     static func wrap(_ arguments: [String], readOnlyPaths: [String]) -> [String] {
-        [unshare, "--mount", "--propagation", "slave", "--", "/bin/sh", "-c", script, "backstop-read-only"]
+        [unshare, "--mount", "--propagation", "slave", "--", "/bin/bash", "-c", script, "backstop-read-only"]
             + readOnlyPaths + ["--"] + arguments
     }
 
