@@ -34,7 +34,7 @@ struct BundleArchive {
     }
 
     /// Extracts the tree into `destination` (which exists and is empty); files end
-    /// fsynced and read-only, directories writable for ``TreeCopier/sealDirectories(under:)``.
+    /// fsynced and read-only, directories writable for ``TreeCopier/sealDirectories(under:listedIn:)``.
     /// - Returns: the manifest and signature found under ``BundleManifest/directoryName``.
     /// - Throws: ``StoreError``: ``StoreError/notABundle(path:message:)`` for what libarchive
     ///   cannot read, ``StoreError/refusedEntry(path:reason:)`` and the others for what it finds.

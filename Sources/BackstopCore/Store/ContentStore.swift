@@ -130,7 +130,7 @@ public struct ContentStore: Sendable {
             let summary = inventory.summary
             let versionID = id ?? "sha256-" + summary.digest.prefix(16)
             if existing.contains(versionID) { throw StoreError.versionExists(versionID) }
-            try TreeCopier.sealDirectories(under: work)
+            try TreeCopier.sealDirectories(under: work, listedIn: inventory)
             let destination = path(of: versionID)
             do { try DurableFile.renameWithoutReplacing(work, to: destination) } catch let error as Errno {
                 // Another staging of the same id finished first.

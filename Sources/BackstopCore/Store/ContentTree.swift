@@ -130,7 +130,7 @@ struct TreeCopier {
     let rules: StagingRules
 
     /// Copies the tree (files fsynced and read-only; directories left writable for
-    /// ``sealDirectories(under:)``) and reads the bundle metadata next to it.
+    /// ``sealDirectories(under:listedIn:)``) and reads the bundle metadata next to it.
     /// - Throws: ``StoreError`` naming the entry at fault.
     func copy() throws(StoreError) -> BundleMetadata {
         let root = open(source, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -261,16 +261,11 @@ struct TreeCopier {
         return data
     }
 
-    /// Makes every directory below `root` (and `root`) read-only and durable, from the leaves up.
+    /// Makes `root` and the directories `inventory` (its scan) lists read-only and durable,
+    /// from the leaves up (the inventory lists parents before children).
     /// - Throws: ``StoreError/io(path:operation:errno:)``.
-    static func sealDirectories(under root: String) throws(StoreError) {
-        var directories = [root]
-        for relative in try entries(under: root) {
-            var info = stat()
-            if lstat(root + "/" + relative, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR {
-                directories.append(root + "/" + relative)
-            }
-        }
+    static func sealDirectories(under root: String, listedIn inventory: TreeInventory) throws(StoreError) {
+        let directories = [root] + inventory.entries.compactMap { $0.entry == .directory ? root + "/" + $0.path : nil }
         for directory in directories.reversed() {
             try ContentStore.syscall(directory, "fsync") { try DurableFile.syncDirectory(at: directory) }
             _ = chmod(directory, 0o555)
