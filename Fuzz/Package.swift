@@ -9,10 +9,13 @@ let package = Package(
     name: "backstop-fuzz",
     platforms: [.macOS(.v15)],
     dependencies: [.package(name: "backstop", path: "..")],
-    targets: [.target(name: "CFuzzer")] + targets.map { name in
+    targets: [
+        .target(name: "CFuzzer"),
+        .target(name: "FuzzDriver", dependencies: ["CFuzzer", .product(name: "BackstopCore", package: "backstop")]),
+    ] + targets.map { name in
         .executableTarget(
             name: "fuzz-\(name)",
-            dependencies: ["CFuzzer", .product(name: "BackstopCore", package: "backstop")],
+            dependencies: ["FuzzDriver"],
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         )
     },

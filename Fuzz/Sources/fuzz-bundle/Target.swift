@@ -1,19 +1,7 @@
-import BackstopCore
-import CFuzzer
-import Foundation
+import FuzzDriver
 
-/// libFuzzer's target: one input, as `UntrustedInput.targets["bundle"]` reads it.
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzz(_ start: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
-    UntrustedInput.targets["bundle"]!(start.map { Data(bytes: $0, count: count) } ?? Data())
-    return 0
-}
-
-/// The program's entry (SwiftPM names an executable's main `<module>_main`): hands
-/// over to libFuzzer's driver, which reads libFuzzer's usual options.
+/// The program's entry (SwiftPM names an executable's main `<module>_main`): fuzzes `UntrustedInput.targets["bundle"]`.
 @_cdecl("fuzz_bundle_main")
 public func entry(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var arguments = argv
-    return LLVMFuzzerRunDriver(&count, &arguments) { fuzz($0, $1) }
+    FuzzDriver.run("bundle", argc, argv)
 }
