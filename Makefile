@@ -18,7 +18,7 @@ DATADIR = $(PREFIX)/share/backstop
 SYSCONFDIR = /etc
 
 # Packages the build needs, and the ones the tests use as real parts.
-BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config
+BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config bubblewrap
 TEST_PACKAGES = clamav-daemon clamav systemd systemd-container python3 groff-base
 BENCH_PACKAGES = python3-venv
 

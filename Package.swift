@@ -74,7 +74,8 @@ let package = Package(
         ),
         .testTarget(
             name: "BackstopIntegrationTests",
-            dependencies: ["BackstopCore"]
+            dependencies: ["BackstopCore", "CLinux"],
+            exclude: ["Fixtures"]
         ),
     ],
     swiftLanguageModes: [.v6]

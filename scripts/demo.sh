@@ -8,6 +8,8 @@ set -euo pipefail
 bin=${1:?usage: demo.sh BIN_DIR}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/backstop-demo.XXXXXX)
+# The agent runs as user nobody in its sandbox: it must reach its content.
+chmod 755 "$work"
 log=$work/backstopd.log
 daemon=""
 printer=""

@@ -18,3 +18,9 @@ static inline int backstop_become_child_subreaper(void) {
 static inline int backstop_rename_noreplace(const char *from, const char *to) {
     return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 1u);
 }
+
+/// pidfd_open(2) with PIDFD_CLOEXEC semantics (pidfds are always close-on-exec): a
+/// descriptor for process `pid`. Returns it, or -1 with errno set.
+static inline int backstop_pidfd_open(int pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0u);
+}

@@ -119,7 +119,18 @@ final class DaemonHarness: @unchecked Sendable {
     private(set) var log = LineCollector()
     private var exited = DispatchSemaphore(value: 0)
 
-    /// Writes a configuration with `agents` (TOML `[[agent]]` tables, without the header).
+    /// The sandbox of test agents that do not bring their own: root, writing their markers
+    /// anywhere in the temporary directory their fixtures are in (Backstop's state directory
+    /// stays read-only on top); every other setting at its default. SandboxTests prove the defaults.
+    static let testSandbox = """
+        [agent.sandbox]
+        user = "root"
+        private_tmp = false
+        read_write_paths = ["\(FileManager.default.temporaryDirectory.path)"]
+        """
+
+    /// Writes a configuration with `agents` (TOML `[[agent]]` tables, without the header);
+    /// an agent without an `[agent.sandbox]` table gets ``testSandbox``.
     init(agents: [String]) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-test-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -130,7 +141,9 @@ final class DaemonHarness: @unchecked Sendable {
             runtime_directory = "\(directory)/run"
 
             """
-        for agent in agents { toml += "\n[[agent]]\n" + agent + "\n" }
+        for agent in agents {
+            toml += "\n[[agent]]\n" + agent + "\n" + (agent.contains("[agent.sandbox]") ? "" : Self.testSandbox + "\n")
+        }
         try toml.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
 

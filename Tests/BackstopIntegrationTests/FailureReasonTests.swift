@@ -319,7 +319,9 @@ struct FailureReasonTests {
         defer { agent.scratch.remove() }
         let cgroup = try MemoryCgroup(limitBytes: 32 << 20)
         defer { cgroup.remove() }
-        let harness = try DaemonHarness(agents: [agent.agent("failure_threshold = 2")])
+        // The agent moves itself into the cgroup: it must be writable in the agent's sandbox.
+        let harness = try DaemonHarness(agents: [agent.agent("failure_threshold = 2\n" + DaemonHarness.testSandbox.replacingOccurrences(
+            of: "read_write_paths = [", with: "read_write_paths = [\"\(cgroup.path)\", "))])
         defer { harness.cleanUp() }
         try harness.start()
         try harness.stage(try agent.content("good", "run"), as: "v1", agent: "script")

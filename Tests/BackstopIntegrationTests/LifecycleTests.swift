@@ -1,4 +1,5 @@
 @testable import BackstopCore
+import CLinux
 import Foundation
 import Testing
 
@@ -51,16 +52,23 @@ struct LifecycleTests {
         #expect(agent.pid != pid)
     }
 
-    @Test("An agent left running by a killed daemon is stopped when the daemon comes back")
+    @Test("An agent dies with a killed daemon (its sandbox is bwrap --die-with-parent); what it started outside its session is stopped when the daemon comes back")
     func orphanIsReaped() throws {
-        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "notify = true")])
+        let marker = NSTemporaryDirectory() + "backstop-orphan-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: marker) }
+        // The agent starts a process in a session of its own, which no death signal reaches.
+        let script = "setsid sleep 600 & echo $! > \(marker); exec \(Paths.binary("backstop-demo-agent")) --content \"$BACKSTOP_CONTENT\""
+        let harness = try DaemonHarness(agents: ["name = \"demo\"\nnotify = true\nexec = [\"/bin/bash\", \"-c\", \(String(reflecting: script))]"])
         defer { harness.cleanUp() }
         try harness.start()
         try harness.stage(Paths.sample("v1-good"), as: "v1")
         try harness.wait(for: "agent-ready")
-        let orphan = try #require(try harness.agent().pid)
+        let agentPID = try #require(try harness.agent().pid)
+        let orphan = try #require(Int32(String(contentsOfFile: marker, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
+        let agentExit = try #require(ProcessExitWatch(agentPID))
         harness.killDaemon()
-        #expect(isAlive(orphan), "SIGKILL gives the daemon no chance to stop its agent")
+        #expect(agentExit.wait(seconds: 10), "the agent dies with backstopd")
+        #expect(isAlive(orphan), "SIGKILL gives the daemon no chance to stop what the agent left in another session")
 
         try harness.start()
         try harness.log.wait(for: "left running by a previous backstopd", seconds: 10)
@@ -68,6 +76,7 @@ struct LifecycleTests {
         #expect(!isAlive(orphan))
         let agent = try harness.agent()
         #expect(agent.pid != orphan)
+        #expect(agent.pid != agentPID)
         #expect(agent.failures.recent == 0)
     }
 
@@ -195,5 +204,22 @@ struct ServiceManagerTests {
         harness.stop()
         try received.wait(for: "STOPPING=1", seconds: 10)
         #expect(received.all.firstIndex { $0.contains("READY=1") }! < received.all.firstIndex { $0.contains("WATCHDOG=1") }!)
+    }
+}
+
+/// The end of a process that is not the test's child, seen on its pidfd (pidfd_open(2), poll(2)).
+struct ProcessExitWatch {
+    let descriptor: Int32
+
+    init?(_ pid: Int32) {
+        descriptor = backstop_pidfd_open(pid)
+        if descriptor < 0 { return nil }
+    }
+
+    /// Whether the process ended within `seconds`; closes the pidfd.
+    func wait(seconds: Double) -> Bool {
+        defer { close(descriptor) }
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, Int32(seconds * 1000)) == 1
     }
 }

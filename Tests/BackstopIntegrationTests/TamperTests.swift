@@ -149,7 +149,7 @@ struct TamperTests {
         #expect(!content.contains("tampered"))
     }
 
-    @Test("A program the kernel will not execute (a broken ELF file, a missing #! interpreter) is exec-failed in the read-only view, never the content's fault",
+    @Test("A program the kernel will not execute (a broken ELF file, a missing #! interpreter) is exec-failed in the sandbox, never the content's fault",
           arguments: ["\u{7F}ELFgarbage\n", "#!/nonexistent/interpreter\n"])
     func unexecutableProgram(_ contents: String) throws {
         let directory = NSTemporaryDirectory() + "backstop-exec-" + UUID().uuidString
@@ -167,7 +167,7 @@ struct TamperTests {
         #expect(agent.content.active == "v1")
         #expect(agent.content.quarantined.isEmpty)
         #expect(agent.failures.list.allSatisfy { $0.reason == "exec-failed" && $0.attribution == "configuration" })
-        #expect(harness.log.all.contains { $0.contains("could not be executed in its read-only view") })
+        #expect(harness.log.all.contains { $0.contains("could not be executed in its sandbox") })
     }
 
     @Test("Both state files lost: no version is deleted; the versions are adopted and the active one runs again")

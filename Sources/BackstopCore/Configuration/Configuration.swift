@@ -70,6 +70,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// `<runtime_directory>/io.backstop.Manager`, the Varlink control socket.
     public var controlSocketPath: String { runtimeDirectory + "/io.backstop.Manager" }
 
+    /// `<runtime_directory>/inaccessible`: what sandboxes mount over inaccessible paths.
+    public var placeholderDirectory: String { runtimeDirectory + "/inaccessible" }
+
     /// `<runtime_directory>/notify/<agent>`, the agent's `NOTIFY_SOCKET`.
     public func notifySocketPath(agent: String) -> String { runtimeDirectory + "/notify/" + agent }
 }
@@ -116,8 +119,13 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var bootFailureThreshold = 2
     /// Empty: safe mode means "do not start".
     public var safeModeExec: [String] = []
-    /// 0 = off.
+    /// `preflight_sec`, default 0 (off): seconds a staged version must survive in a throwaway,
+    /// sandboxed instance of the agent before it is activated.
     public var preflightSeconds = 0
+    /// `preflight_exec`, default `[]` (the agent's `exec`): the command line of the preflight instance.
+    public var preflightExec: [String] = []
+    /// `[agent.sandbox]`: the agent's confinement; its defaults when the table is absent.
+    public var sandbox = SandboxSpec()
     /// `ready_check_exec`, default `[]`: a command run after each start (again after
     /// a pause while it fails) until it exits 0; the agent is ready only then.
     public var readyCheckExec: [String] = []

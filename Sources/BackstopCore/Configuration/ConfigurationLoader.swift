@@ -415,8 +415,10 @@ private struct TableReader {
             case "require_signature": agent.stagingRules.requireSignature = try bool(table, key, full)
             case "trusted_keys": agent.stagingRules.trustedKeysDirectory = Self.lexicalPath(try absolutePath(table, key, full))
             case "keep_versions": agent.keepVersions = try integer(table, key, full, minimum: 1)
+            case "preflight_exec": agent.preflightExec = try command(table, key, full)
             case "sandbox":
-                throw fail(full, "[agent.sandbox] is not supported by this version of backstopd")
+                guard let sandbox = table[key]?.table else { throw fail(full, "must be a table ([agent.sandbox])") }
+                agent.sandbox = try self.sandbox(from: sandbox, key: full)
             default:
                 throw fail(full, "unknown key in [[agent]]")
             }
@@ -439,6 +441,9 @@ private struct TableReader {
             guard agent.contentLink != nil else {
                 throw fail(prefix, "missing key \"content_link\": with runner = \"systemd\" the unit finds its content there")
             }
+            if agent.preflightSeconds > 0, agent.preflightExec.isEmpty {
+                throw fail(prefix + ".preflight_exec", "missing: with runner = \"systemd\" a preflight runs this command line (the unit's ExecStart= is systemd's)")
+            }
             for key in ["exec", "safe_mode_exec", "watchdog_sec", "notify"] where table[key] != nil {
                 throw fail(prefix + "." + key, "not used with runner = \"systemd\": the unit's own settings (ExecStart=, WatchdogSec=, Type=) apply")
             }
@@ -447,6 +452,88 @@ private struct TableReader {
             throw fail(prefix + ".watchdog_sec", "needs notify = true: heartbeats arrive as WATCHDOG=1 on the notify socket")
         }
         return agent
+    }
+
+    /// The `[agent.sandbox]` table at `prefix`; see ``SandboxSpec`` for each key.
+    func sandbox(from table: TOMLTable, key prefix: String) throws(ConfigurationError) -> SandboxSpec {
+        var spec = SandboxSpec()
+        for key in table.keys {
+            let full = prefix + "." + key
+            switch key {
+            case "user", "group":
+                let name = try string(table, key, full)
+                guard SandboxSpec.isValidAccountName(name) else {
+                    throw fail(full, "\"\(name)\" is not a \(key) name or number")
+                }
+                if key == "user" { spec.user = name } else { spec.group = name }
+            case "capabilities":
+                spec.capabilities = []
+                for raw in try stringArray(table, key, full) {
+                    let name = raw.uppercased().hasPrefix("CAP_") ? raw.uppercased() : "CAP_" + raw.uppercased()
+                    guard SandboxSpec.knownCapabilities.contains(name) else {
+                        throw fail(full, "\"\(raw)\" is not a capability; capabilities(7) names them, such as CAP_NET_ADMIN")
+                    }
+                    if !spec.capabilities.contains(name) { spec.capabilities.append(name) }
+                }
+            case "no_new_privileges": spec.noNewPrivileges = try bool(table, key, full)
+            case "read_only_paths": spec.readOnlyPaths = try paths(table, key, full)
+            case "read_write_paths": spec.readWritePaths = try paths(table, key, full)
+            case "inaccessible_paths": spec.inaccessiblePaths = try paths(table, key, full)
+            case "private_tmp": spec.privateTmp = try bool(table, key, full)
+            case "private_network": spec.privateNetwork = try bool(table, key, full)
+            case "memory_max":
+                if table[key]?.int != nil {
+                    spec.memoryMaxBytes = UInt64(try integer(table, key, full, minimum: 1))
+                } else {
+                    let text = try string(table, key, full)
+                    if text == "infinity" {
+                        spec.memoryMaxBytes = nil
+                    } else {
+                        guard let bytes = SandboxSpec.bytes(of: text) else {
+                            throw fail(full, "\"\(text)\" is not a memory size: bytes, or a number with K, M, G or T (such as \"512M\"), or \"infinity\"")
+                        }
+                        spec.memoryMaxBytes = bytes
+                    }
+                }
+                if let bytes = spec.memoryMaxBytes, bytes < 1 << 20 {
+                    throw fail(full, "\(bytes) bytes is too little for any agent to start; at least 1M")
+                }
+            case "cpu_quota":
+                let text = try string(table, key, full)
+                guard text.hasSuffix("%"), let percent = Int(text.dropLast()), percent > 0, percent <= 100_000 else {
+                    throw fail(full, "\"\(text)\" is not a CPU quota: a percentage of one CPU, such as \"50%\" or \"200%\"")
+                }
+                spec.cpuQuotaPercent = percent
+            case "tasks_max":
+                if table[key]?.string == "infinity" {
+                    spec.tasksMax = nil
+                } else {
+                    guard table[key]?.int != nil else { throw fail(full, "must be an integer or \"infinity\", not \(typeName(table[key]))") }
+                    spec.tasksMax = try integer(table, key, full, minimum: 1)
+                }
+            case "system_call_filter":
+                spec.systemCallFilter = try stringArray(table, key, full)
+                if let problem = spec.systemCallFilter.lazy.compactMap(SandboxSpec.filterEntryProblem).first {
+                    throw fail(full, problem)
+                }
+            default:
+                throw fail(full, "unknown key in [agent.sandbox] (known: user, group, capabilities, no_new_privileges, read_only_paths, read_write_paths, inaccessible_paths, private_tmp, private_network, memory_max, cpu_quota, tasks_max, system_call_filter)")
+            }
+        }
+        return spec
+    }
+
+    /// An array of absolute paths, each without `.` and `..` components.
+    func paths(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> [String] {
+        var result: [String] = []
+        for path in try stringArray(table, key, full) {
+            guard path.hasPrefix("/") else { throw fail(full, "\"\(path)\" is not an absolute path") }
+            guard !path.split(separator: "/").contains(where: { $0 == "." || $0 == ".." }) else {
+                throw fail(full, "\"\(path)\" has . or .. in it; name the directory itself")
+            }
+            result.append(Self.lexicalPath(path))
+        }
+        return result
     }
 
     /// An optional command line: `[]` (unset) or an array whose first string names the program.

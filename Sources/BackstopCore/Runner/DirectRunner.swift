@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Subprocess
 import SystemPackage
@@ -13,8 +14,8 @@ public struct LaunchRequest: Sendable, Equatable {
     /// Whether stdout goes to /dev/null instead of the journal (probes: `PONG` every
     /// few seconds is noise; their stderr still reaches the journal).
     public var discardsStandardOutput = false
-    /// Directories the process sees read-only (``ReadOnlyView``); empty for none.
-    public var readOnlyPaths: [String] = []
+    /// The sandbox the process runs in; nil for none (probes).
+    public var sandbox: BubblewrapSandbox?
 
     /// A request as given; ``make(agent:exec:store:contentPath:version:notifySocket:watchdogSeconds:)`` builds the usual one.
     public init(identifier: String, arguments: [String], environment: [String: String]) {
@@ -69,10 +70,21 @@ public enum DirectRunner {
         var options = PlatformOptions()
         options.createSession = true
         var arguments = request.arguments
-        if !request.readOnlyPaths.isEmpty {
-            // The wrapper always starts, so a program that cannot run is told here, as exec-failed.
+        var statusPipe: (readEnd: FileDescriptor, writeEnd: FileDescriptor)?
+        if let sandbox = request.sandbox {
+            if let problem = BubblewrapSandbox.unavailableReason { return .failure(LaunchError(message: problem + "; the agent is not started unsandboxed")) }
+            // bwrap always starts, so a program that cannot run is told here, as exec-failed.
             if let problem = unexecutable(program) { return .failure(LaunchError(message: problem)) }
-            arguments = ReadOnlyView.wrap(arguments, readOnlyPaths: request.readOnlyPaths)
+            arguments = sandbox.plan(arguments).arguments
+            // bwrap reports the sandboxed child's pid on its stdin, a pipe here (bwrap(1) --json-status-fd).
+            arguments.insert(contentsOf: ["--json-status-fd", "0"], at: 1)
+            do { statusPipe = try FileDescriptor.pipe() } catch {
+                return .failure(LaunchError(message: "cannot make a pipe for bwrap's status: \(error)"))
+            }
+        }
+        defer { try? statusPipe?.readEnd.close() }
+        guard let input = statusPipe?.writeEnd ?? (try? FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)) else {
+            return .failure(LaunchError(message: "cannot open /dev/null: \(Errno(rawValue: errno))"))
         }
         let executable: Executable = arguments[0].contains("/") ? .path(FilePath(arguments[0])) : .name(arguments[0])
         var overrides: [Environment.Key: String?] = [:]
@@ -80,6 +92,7 @@ public enum DirectRunner {
             if let key = Environment.Key(rawValue: key) { overrides[key] = value }
         }
         let exitInfo = ProcessExit()
+        let sandboxedChild = SandboxedChild()
         var (output, error) = outputDescriptors(identifier: request.identifier)
         if request.discardsStandardOutput {
             let null = open("/dev/null", O_WRONLY | O_CLOEXEC)
@@ -94,15 +107,23 @@ public enum DirectRunner {
                 arguments: Arguments(Array(arguments.dropFirst())),
                 environment: .inherit.updating(overrides),
                 platformOptions: options,
-                input: .none,
+                input: .fileDescriptor(input, closeAfterSpawningProcess: true),
                 output: output,
                 error: error
             ) { execution in
                 registration.started(execution.processIdentifier.value)
-                exitInfo.hold(execution.processIdentifier.processDescriptor)
-                await started(execution.processIdentifier.value)
+                guard let statusPipe else {
+                    exitInfo.hold(execution.processIdentifier.processDescriptor)
+                    await started(execution.processIdentifier.value)
+                    return
+                }
+                // The agent is bwrap's child; nothing is started when bwrap fails before making it.
+                guard let child = await BubblewrapStatus.childPID(from: statusPipe.readEnd) else { return }
+                sandboxedChild.record(child)
+                exitInfo.open(child)
+                await started(child)
             }
-            let termination: Termination
+            var termination: Termination
             if let status = exitInfo.waitStatus() {
                 termination = Termination(waitStatus: status)
             } else {
@@ -111,8 +132,16 @@ public enum DirectRunner {
                 case .signaled(let signal): termination = .signaled(signal: signal, coreDumped: nil)
                 }
             }
-            if !request.readOnlyPaths.isEmpty, termination == .exited(code: ReadOnlyView.execFailedCode) {
-                return .failure(LaunchError(message: "\(program): could not be executed in its read-only view (the reason is in the agent's own output)"))
+            guard request.sandbox != nil else { return .success(termination) }
+            guard sandboxedChild.pid != nil else {
+                return .failure(LaunchError(message: "the sandbox could not be set up: bwrap \(termination) before starting \(program) (its message is in the agent's own output)"))
+            }
+            if termination == .exited(code: BubblewrapSandbox.execFailedCode) {
+                return .failure(LaunchError(message: "\(program): could not be executed in its sandbox (the reason is in the agent's own output)"))
+            }
+            if case .exited(let code) = termination, exitInfo.waitStatus() == nil, code > 128, code <= 128 + 64 {
+                // bwrap exits 128 + N for a child killed by signal N; the kernel could not tell more.
+                termination = .signaled(signal: code - 128, coreDumped: nil)
             }
             return .success(termination)
         } catch let error as SubprocessError {
@@ -198,40 +227,36 @@ public enum DirectRunner {
     }
 }
 
-/// A read-only view of directories for a process Backstop starts directly: it runs in a
-/// mount namespace of its own (unshare(1) `--mount`, mounts from the host still arriving:
-/// `--propagation slave`) in which each directory is bind-mounted over itself read-only
-/// (mount(8) `-o bind,ro`), then its program is exec'd, so it keeps the pid Backstop
-/// started. The agent gets Backstop's state directory so: even as root it cannot
-/// change its content, the state, or another agent's store (short of remounting, which
-/// the sandbox's dropped capabilities will prevent).
-public enum ReadOnlyView {
-    static let unshare = "/usr/bin/unshare"
-    /// The wrapper's exit code when the mount or the exec fails (bash's `execfail` keeps
-    /// it running after a failed exec): the program never ran, so it is `exec-failed`, not
-    /// a failure of the content. It is systemd's EXIT_EXEC, with the same caveat: a
-    /// program that exits 203 itself is taken for one that could not be executed.
-    static let execFailedCode: Int32 = 203
-    static let script = #"shopt -s execfail; while [ "$1" != -- ]; do mount -o bind,ro -- "$1" "$1" || exit 203; shift; done; shift; exec -- "$@"; exit 203"#
-
-    /// `arguments` run with `readOnlyPaths` read-only.
-    static func wrap(_ arguments: [String], readOnlyPaths: [String]) -> [String] {
-        [unshare, "--mount", "--propagation", "slave", "--", "/bin/bash", "-c", script, "backstop-read-only"]
-            + readOnlyPaths + ["--"] + arguments
+/// bwrap's `--json-status-fd` messages (bwrap(1)): one JSON object per line, the first
+/// `{ "child-pid": N, ... }` once the sandboxed child exists.
+enum BubblewrapStatus {
+    /// The child's pid from the first message, nil when bwrap ended without one. Reads
+    /// on a Dispatch thread: the pipe is blocking, and bwrap writes at once or exits.
+    static func childPID(from pipe: FileDescriptor) async -> Int32? {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                var line: [UInt8] = []
+                var byte: UInt8 = 0
+                while line.count < 4096, (try? pipe.read(into: UnsafeMutableRawBufferPointer(start: &byte, count: 1))) == 1 {
+                    if byte == UInt8(ascii: "\n") { break }
+                    line.append(byte)
+                }
+                let object = (try? JSONSerialization.jsonObject(with: Data(line))) as? [String: Any]
+                continuation.resume(returning: (object?["child-pid"] as? NSNumber).map { $0.int32Value })
+            }
+        }
     }
+}
 
-    /// Whether this machine lets Backstop make the view (root, mount namespaces, util-linux),
-    /// tried once with `true`; nil when it does, else why not.
-    public static let unavailableReason: String? = {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: unshare)
-        process.arguments = Array(wrap(["/bin/true"], readOnlyPaths: ["/"]).dropFirst())
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        do { try process.run() } catch { return "\(unshare): \(error.localizedDescription)" }
-        process.waitUntilExit()
-        return process.terminationStatus == 0 ? nil : "\(unshare) --mount with a read-only bind mount exited \(process.terminationStatus)"
-    }()
+/// The pid of bwrap's sandboxed child, once known.
+// @unchecked: `pid` is only touched with `lock` held.
+final class SandboxedChild: @unchecked Sendable {
+    private let lock = NSLock()
+    private var child: Int32?
+
+    var pid: Int32? { lock.withLock { child } }
+
+    func record(_ pid: Int32) { lock.withLock { child = pid } }
 }
 
 /// The full exit status of a reaped process, core-dump bit included, from its pidfd.
@@ -268,6 +293,12 @@ final class ProcessExit: @unchecked Sendable {
     /// Keeps a duplicate of the process's pidfd.
     func hold(_ pidfd: Int32) {
         descriptor = fcntl(pidfd, F_DUPFD_CLOEXEC, 0)
+    }
+
+    /// Opens a pidfd of `pid`, a process that is not Backstop's child (pidfd_open(2)); when
+    /// it has already been reaped the exit status stays unknown.
+    func open(_ pid: Int32) {
+        descriptor = backstop_pidfd_open(pid)
     }
 
     /// The wait status (as waitpid(2) gives it) of the reaped process, nil when the kernel cannot tell.

@@ -95,9 +95,14 @@ public actor Supervisor {
             logger.error("Cannot become a child subreaper; processes an agent leaves in the background are not tracked.",
                          metadata: ["error": "\(error)"])
         }
-        if configuration.agents.contains(where: { $0.runner == .direct }), let reason = ReadOnlyView.unavailableReason {
-            logger.warning("Agents run by backstopd see the state directory writable: a read-only view cannot be made here.",
-                           metadata: ["error": "\(reason)"])
+        if configuration.agents.contains(where: { $0.runner == .direct || $0.preflightSeconds > 0 }) {
+            if let reason = BubblewrapSandbox.unavailableReason {
+                logger.error("Agents run by backstopd cannot be sandboxed, so they will not start.", metadata: ["error": "\(reason)"])
+            }
+            do { try BubblewrapSandbox.preparePlaceholders(in: configuration.daemon.placeholderDirectory) } catch {
+                logger.error("Cannot create the placeholders of inaccessible paths; sandboxes that hide paths will fail to start.",
+                             metadata: ["path": "\(configuration.daemon.placeholderDirectory)", "error": "\(error)"])
+            }
         }
         let now = Moment.now()
         for agent in configuration.agents {
@@ -630,9 +635,24 @@ public actor Supervisor {
             agent: name, exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec, store: slot.store.root,
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
-        if ReadOnlyView.unavailableReason == nil { request.readOnlyPaths = [configuration.daemon.stateDirectory] }
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
         slots[name]!.readyCheckFailureSaid = false
+        var sandbox: BubblewrapSandbox
+        do throws(SandboxError) { sandbox = try BubblewrapSandbox(agent: slot.configuration, daemon: configuration.daemon) } catch {
+            Task { self.processEnded(name, generation: generation, result: .failure(LaunchError(message: "sandbox: \(error)"))) }
+            return
+        }
+        // Content the agent's user cannot read would be blamed on the content.
+        if let problem = sandbox.account.cannotReach(slot.store.path(of: version) + "/") {
+            Task { self.processEnded(name, generation: generation, result: .failure(LaunchError(message: "sandbox: \(problem)"))) }
+            return
+        }
+        if let path = slot.notifySocket?.path {
+            // The agent's user must be able to send to its notify socket.
+            chown(path, sandbox.account.uid, sandbox.account.gid)
+            sandbox.visiblePaths = [path]
+        }
+        request.sandbox = sandbox
         Task {
             let result = await DirectRunner.run(request) { pid in
                 await self.processStarted(name, generation: generation, pid: pid)

@@ -1,0 +1,228 @@
+import Foundation
+import SystemPackage
+
+/// The direct engine: a ``SandboxSpec`` realized with bubblewrap, bwrap(1), for agents
+/// that backstopd runs itself. The command line is
+///
+///     bwrap NAMESPACES MOUNTS CAPABILITIES --die-with-parent --new-session --
+///         setpriv USER GROUP CAPABILITIES [--no-new-privs] --
+///         bash -c 'RLIMITS; exec PROGRAM' PROGRAM ARGUMENTS
+///
+/// bwrap (run as root, without a user namespace) makes the mount, IPC, UTS, cgroup and
+/// (with `private_network`) network namespaces, binds the file system read-only, the
+/// writable paths writable and Backstop's state directory read-only on top, masks the
+/// inaccessible paths, and keeps only the listed capabilities plus the three setpriv(1)
+/// needs to change user; setpriv then switches to the agent's user, drops those three
+/// from every set (bounding, inheritable, ambient) and sets no_new_privs; bash lowers
+/// the resource limits and execs the agent, with `execfail` so that a program that cannot
+/// be executed in the sandbox exits 203 (systemd's EXIT_EXEC) instead of counting
+/// against the content. Every step execs the next: the agent keeps the pid bwrap gave it.
+///
+/// Resource limits are rlimits (setrlimit(2)): `memory_max` is RLIMIT_DATA, `tasks_max`
+/// is RLIMIT_NPROC (counted per user, and not enforced for root); `cpu_quota` and
+/// `system_call_filter` have no equivalent here and are reported as not applied.
+public struct BubblewrapSandbox: Sendable, Equatable {
+    /// bubblewrap, from Debian's `bubblewrap` package.
+    public static let program = "/usr/bin/bwrap"
+    static let setpriv = "/usr/bin/setpriv"
+    static let shell = "/bin/bash"
+    /// The exit code of the last step when the program cannot be executed (systemd's EXIT_EXEC).
+    static let execFailedCode: Int32 = 203
+    /// Capabilities setpriv needs to change the user and drop capabilities; it drops them itself.
+    static let setprivCapabilities = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
+
+    public var spec: SandboxSpec
+    public var account: SandboxAccount
+    /// Backstop's state directory: always read-only to the agent, on top of everything else.
+    public var stateDirectory: String
+    /// `<runtime_directory>/inaccessible`, holding the mode-0000 `directory` and `file`
+    /// mounted over inaccessible paths (as systemd's /run/systemd/inaccessible).
+    public var placeholderDirectory: String
+    /// Writable paths replaced by another directory (a preflight's private copies), by path.
+    public var substitutes: [String: String] = [:]
+    /// Paths the agent must see as they are, even inside a private `/tmp` (its notify socket).
+    public var visiblePaths: [String] = []
+
+    /// An engine for `spec` run as `account`.
+    public init(spec: SandboxSpec, account: SandboxAccount, stateDirectory: String, placeholderDirectory: String) {
+        self.spec = spec
+        self.account = account
+        self.stateDirectory = stateDirectory
+        self.placeholderDirectory = placeholderDirectory
+    }
+
+    /// The sandbox of `agent` run by a daemon configured with `daemon`.
+    /// - Throws: ``SandboxError`` when its user or group does not exist.
+    public init(agent: AgentConfiguration, daemon: DaemonConfiguration) throws(SandboxError) {
+        self.init(
+            spec: agent.sandbox, account: try SandboxAccount.resolve(agent.sandbox), stateDirectory: daemon.stateDirectory,
+            placeholderDirectory: daemon.placeholderDirectory)
+    }
+
+    /// Creates the placeholders below `directory` (mode 0000, owned by root).
+    /// - Throws: `Errno` of mkdir(2) or open(2).
+    public static func preparePlaceholders(in directory: String) throws {
+        try DurableFile.makeDirectories(directory, mode: 0o755)
+        for (name, isDirectory) in [("directory", true), ("file", false)] {
+            let path = directory + "/" + name
+            if isDirectory {
+                if mkdir(path, 0) != 0, errno != EEXIST { throw Errno(rawValue: errno) }
+            } else {
+                let descriptor = open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0)
+                guard descriptor >= 0 else { throw Errno(rawValue: errno) }
+                close(descriptor)
+            }
+            chmod(path, 0)
+        }
+    }
+
+    /// Whether bubblewrap is installed; nil when it is, else what to do.
+    public static var unavailableReason: String? {
+        access(program, X_OK) == 0 ? nil : "bubblewrap (\(program)) is not installed; install Debian's bubblewrap package"
+    }
+
+    /// The command line that runs `arguments` in the sandbox, and the report of what it applies.
+    public func plan(_ arguments: [String]) -> (arguments: [String], report: SandboxReport) {
+        var report = SandboxReport(engine: "direct (bubblewrap, \(Self.program))")
+        var bwrap = [Self.program, "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        var namespaces = "mount, IPC, UTS, cgroup"
+        if spec.privateNetwork {
+            bwrap.append("--unshare-net")
+            namespaces += ", network"
+            report.apply("private_network", "yes: a network namespace with only a loopback device")
+        } else {
+            report.apply("private_network", "no: the machine's network")
+        }
+        report.apply("namespaces", namespaces + " (not PID: the agent sees the machine's processes)")
+        bwrap += mounts(&report)
+        bwrap += ["--cap-drop", "ALL"]
+        let kept = spec.capabilities
+        for capability in kept + Self.setprivCapabilities.filter({ !kept.contains($0) }) { bwrap += ["--cap-add", capability] }
+        bwrap += ["--die-with-parent", "--new-session", "--"]
+        report.apply("capabilities", kept.isEmpty ? "none: all dropped from the bounding set" : kept.joined(separator: " ") + " kept; all others dropped from the bounding set")
+        report.apply("session", "a session of its own (--new-session); killed with backstopd (--die-with-parent)")
+
+        var setpriv = [Self.setpriv, "--reuid=\(account.uid)", "--regid=\(account.gid)"]
+        setpriv.append(account.hasPasswdEntry && spec.group == nil ? "--init-groups" : "--clear-groups")
+        let capabilityList = (["-all"] + kept.map { "+" + $0.dropFirst(4).lowercased() }).joined(separator: ",")
+        setpriv += ["--bounding-set=" + capabilityList, "--inh-caps=" + capabilityList, "--ambient-caps=" + capabilityList]
+        report.apply("user", "\(account.user) (uid \(account.uid)), group \(account.group) (gid \(account.gid))")
+        if spec.noNewPrivileges {
+            setpriv.append("--no-new-privs")
+            report.apply("no_new_privileges", "yes (PR_SET_NO_NEW_PRIVS)")
+        } else {
+            report.apply("no_new_privileges", "no")
+        }
+        setpriv.append("--")
+
+        var limits: [String] = []
+        if let bytes = spec.memoryMaxBytes {
+            limits.append("ulimit -d \(max(1, bytes / 1024))")
+            report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA (rlimit: cgroup v2 limits come with the systemd engine)")
+        }
+        if let tasks = spec.tasksMax {
+            if account.uid == 0 {
+                report.skip("tasks_max", "the kernel does not enforce RLIMIT_NPROC for root; run the agent as another user, or under systemd (TasksMax=)")
+            } else {
+                limits.append("ulimit -u \(tasks)")
+                report.apply("tasks_max", "\(tasks) as RLIMIT_NPROC (rlimit: it counts every process of uid \(account.uid), not only the agent's)")
+            }
+        }
+        if let percent = spec.cpuQuotaPercent {
+            report.skip("cpu_quota", "\(percent)%: no rlimit limits CPU bandwidth; it needs cgroup v2 (the systemd engine's CPUQuota=)")
+        }
+        if !spec.systemCallFilter.isEmpty {
+            report.skip("system_call_filter", "\(spec.systemCallFilter.joined(separator: " ")): bubblewrap takes only a compiled seccomp program; systemd's groups apply with the systemd engine")
+        }
+        let script = "exec 0</dev/null; shopt -s execfail; "
+            + limits.map { $0 + " || exit \(Self.execFailedCode); " }.joined()
+            + "exec -- \"$@\"; exit \(Self.execFailedCode)"
+        return (bwrap + setpriv + [Self.shell, "-c", script, "backstop-sandbox"] + arguments, report)
+    }
+
+    /// bwrap's mount options: read-only and writable binds from the shallowest path to the
+    /// deepest (so the more specific wins), the state directory read-only on top, then the
+    /// inaccessible paths masked.
+    private func mounts(_ report: inout SandboxReport) -> [String] {
+        var options: [String] = []
+        report.apply("devices", "a private /dev with null, zero, full, random, urandom, tty, shm and pts")
+        var binds: [(path: String, writable: Bool)] = []
+        for path in spec.readOnlyPaths {
+            if Self.exists(path) { binds.append((path, false)) } else { report.skip("read_only_paths", "\(path): does not exist") }
+        }
+        for path in spec.readWritePaths {
+            if Self.isInside(path, stateDirectory) {
+                report.skip("read_write_paths", "\(path): inside Backstop's state directory, which agents only read")
+            } else if Self.exists(path) {
+                binds.append((path, true))
+            } else {
+                report.skip("read_write_paths", "\(path): does not exist")
+            }
+        }
+        if !binds.contains(where: { $0.path == "/" }) {
+            // The rest of the file system as it is, so that the program and its libraries are there.
+            binds.insert(("/", true), at: 0)
+        }
+        binds.sort { Self.depth($0.path) < Self.depth($1.path) || (Self.depth($0.path) == Self.depth($1.path) && !$0.writable && $1.writable) }
+        var tmpAdded = false
+        // bwrap makes missing mount points mode 0700; inside a private /tmp they are made 0755 first.
+        var made: Set<String> = []
+        func bind(_ flag: String, _ source: String, _ destination: String) {
+            if spec.privateTmp {
+                var ancestor = ""
+                for component in destination.split(separator: "/").dropLast() {
+                    ancestor += "/" + component
+                    guard ["/tmp", "/var/tmp"].contains(where: { Self.isInside(ancestor, $0) && ancestor != $0 }), !made.contains(ancestor) else { continue }
+                    options += ["--perms", "0755", "--dir", ancestor]
+                    made.insert(ancestor)
+                }
+            }
+            options += [flag, source, destination]
+        }
+        for entry in binds {
+            if spec.privateTmp, !tmpAdded, Self.depth(entry.path) >= 1 {
+                options += privateTmpOptions()
+                tmpAdded = true
+            }
+            bind(entry.writable ? "--bind" : "--ro-bind", entry.writable ? substitutes[entry.path] ?? entry.path : entry.path, entry.path)
+            if entry.path == "/" { options += ["--dev", "/dev"] }
+        }
+        if spec.privateTmp && !tmpAdded { options += privateTmpOptions() }
+        for path in visiblePaths where Self.exists(path) { bind("--ro-bind", path, path) }
+        if spec.privateTmp { report.apply("private_tmp", "yes: /tmp and /var/tmp are empty tmpfs of the agent's own") }
+        let readOnly = binds.filter { !$0.writable }.map(\.path)
+        let writable = binds.filter { $0.writable && spec.readWritePaths.contains($0.path) }.map { substitutes[$0.path].map { "\($0) (a private copy)" } ?? $0.path }
+        report.apply("read_only_paths", readOnly.isEmpty ? "none" : readOnly.joined(separator: " "))
+        report.apply("read_write_paths", writable.isEmpty ? "none" : writable.joined(separator: " "))
+        bind("--ro-bind", stateDirectory, stateDirectory)
+        report.apply("state directory", "\(stateDirectory) read-only (always)")
+        var masked: [String] = []
+        for path in spec.inaccessiblePaths {
+            var info = stat()
+            guard stat(path, &info) == 0 else {
+                report.skip("inaccessible_paths", "\(path): does not exist")
+                continue
+            }
+            let placeholder = placeholderDirectory + (info.st_mode & S_IFMT == S_IFDIR ? "/directory" : "/file")
+            bind("--ro-bind", placeholder, path)
+            masked.append(path)
+        }
+        report.apply("inaccessible_paths", masked.isEmpty ? "none" : masked.joined(separator: " ") + " (replaced by mode-0000 placeholders)")
+        return options
+    }
+
+    private func privateTmpOptions() -> [String] {
+        ["--tmpfs", "/tmp"] + (Self.exists("/var/tmp") ? ["--tmpfs", "/var/tmp"] : [])
+    }
+
+    static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0
+    }
+
+    static func depth(_ path: String) -> Int { path.split(separator: "/").count }
+
+    static func isInside(_ path: String, _ directory: String) -> Bool {
+        path == directory || path.hasPrefix(directory.hasSuffix("/") ? directory : directory + "/")
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+
+/// The user and group an agent runs as, looked up in the passwd and group databases
+/// (getpwnam(3), getpwuid(3), getgrnam(3), getgrgid(3)).
+public struct SandboxAccount: Sendable, Equatable {
+    /// The user's name, or its number when it has no passwd entry.
+    public var user: String
+    public var uid: UInt32
+    /// The group's name, or its number when it has no group entry.
+    public var group: String
+    public var gid: UInt32
+    /// Whether the user has a passwd entry, so that its supplementary groups can be set from /etc/group.
+    public var hasPasswdEntry: Bool
+
+    /// The account for `spec`'s `user` and `group` (default: the user's primary group).
+    /// - Throws: ``SandboxError`` when a name is unknown or a bare uid has no group given.
+    public static func resolve(_ spec: SandboxSpec) throws(SandboxError) -> SandboxAccount {
+        var account: SandboxAccount
+        if let entry = getpwnam(spec.user) ?? UInt32(spec.user).flatMap({ getpwuid($0) }) {
+            account = SandboxAccount(
+                user: String(cString: entry.pointee.pw_name), uid: entry.pointee.pw_uid, group: "",
+                gid: entry.pointee.pw_gid, hasPasswdEntry: true)
+        } else if let uid = UInt32(spec.user) {
+            guard spec.group != nil else {
+                throw SandboxError(message: "user \(uid) has no passwd entry, so it has no primary group; set group")
+            }
+            account = SandboxAccount(user: spec.user, uid: uid, group: "", gid: 0, hasPasswdEntry: false)
+        } else {
+            throw SandboxError(message: "user \"\(spec.user)\" does not exist on this machine")
+        }
+        if let group = spec.group {
+            if let entry = getgrnam(group) ?? UInt32(group).flatMap({ getgrgid($0) }) {
+                account.gid = entry.pointee.gr_gid
+            } else if let gid = UInt32(group) {
+                account.gid = gid
+            } else {
+                throw SandboxError(message: "group \"\(group)\" does not exist on this machine")
+            }
+        }
+        account.group = getgrgid(account.gid).map { String(cString: $0.pointee.gr_name) } ?? String(account.gid)
+        return account
+    }
+}
+
+extension SandboxAccount {
+    /// Why this account cannot reach `path` (search permission on every directory above it,
+    /// by mode bits; ACLs are not consulted), nil when it can. Root reaches everything, but
+    /// a sandboxed root without CAP_DAC_OVERRIDE does not: it is checked as its owner bits.
+    public func cannotReach(_ path: String) -> String? {
+        var directory = ""
+        for component in path.split(separator: "/").dropLast() {
+            directory += "/" + component
+            var info = stat()
+            guard stat(directory, &info) == 0 else { continue }
+            let bit: mode_t = info.st_uid == uid ? 0o100 : info.st_gid == gid ? 0o010 : 0o001
+            if info.st_mode & bit == 0 {
+                return "user \(user) (uid \(uid)) cannot reach \(path): \(directory) is mode \(String(info.st_mode & 0o7777, radix: 8)), owner uid \(info.st_uid), group gid \(info.st_gid)"
+            }
+        }
+        return nil
+    }
+}
+
+/// A sandbox that cannot be set up: an unknown user or group, a missing bubblewrap.
+public struct SandboxError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// What is wrong and what to do, one sentence.
+    public var message: String
+    public var description: String { message }
+}
+
+/// What an engine makes of an agent's ``SandboxSpec``: each setting it applied and how,
+/// and each it did not and why. `backstopctl sandbox AGENT` prints it.
+public struct SandboxReport: Sendable, Equatable {
+    /// One setting: its key (or a short name) and how it was applied, or why not.
+    public struct Line: Sendable, Equatable {
+        public var setting: String
+        public var detail: String
+    }
+
+    /// "direct (bubblewrap)" or "systemd (unit properties of UNIT)".
+    public var engine: String
+    public var applied: [Line] = []
+    public var notApplied: [Line] = []
+
+    mutating func apply(_ setting: String, _ detail: String) { applied.append(Line(setting: setting, detail: detail)) }
+    mutating func skip(_ setting: String, _ why: String) { notApplied.append(Line(setting: setting, detail: why)) }
+
+    /// The report as `backstopctl sandbox` prints it: the engine, then an aligned line per setting.
+    public var text: String {
+        let width = (applied + notApplied).map(\.setting.count).max() ?? 0
+        func lines(_ items: [Line]) -> String {
+            items.map { "  " + $0.setting.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + $0.detail }
+                .joined(separator: "\n")
+        }
+        var text = "engine: \(engine)\napplied:\n" + lines(applied) + "\n"
+        text += notApplied.isEmpty ? "not applied: nothing\n" : "not applied:\n" + lines(notApplied) + "\n"
+        return text
+    }
+}

@@ -1,0 +1,111 @@
+import Foundation
+
+/// The `[agent.sandbox]` table: one description of the agent's confinement that both
+/// engines realize, bubblewrap for agents backstopd runs itself (``BubblewrapSandbox``)
+/// and unit properties under systemd (``UnitSandbox``). The keys follow systemd.exec(5)
+/// and systemd.resource-control(5), whose meaning they keep.
+///
+/// The defaults suit an agent that only reads its content and writes nothing but the
+/// paths it is given: an unprivileged user, no capabilities, no new privileges, the whole
+/// file system read-only, home directories hidden, a private `/tmp`, no network, at most
+/// 512 tasks and systemd's `@system-service` system calls.
+public struct SandboxSpec: Sendable, Equatable {
+    /// `user`, default `"nobody"`: the user (name or numeric uid) the agent runs as.
+    public var user = "nobody"
+    /// `group`, default: the user's primary group.
+    public var group: String?
+    /// `capabilities`, default `[]`: the capabilities (`CAP_NET_ADMIN`, ...) the agent keeps;
+    /// every other one leaves its bounding set (capabilities(7)).
+    public var capabilities: [String] = []
+    /// `no_new_privileges`, default true: PR_SET_NO_NEW_PRIVS (prctl(2)); set-user-ID
+    /// programs and file capabilities give the agent nothing.
+    public var noNewPrivileges = true
+    /// `read_only_paths`, default `["/"]`: mounted read-only in the agent's view.
+    public var readOnlyPaths = ["/"]
+    /// `read_write_paths`, default `[]`: writable in the agent's view, even below a read-only path.
+    public var readWritePaths: [String] = []
+    /// `inaccessible_paths`, default `["/home", "/root", "/run/user"]`: replaced in the agent's
+    /// view by an empty directory or file that even root without capabilities cannot read.
+    public var inaccessiblePaths = ["/home", "/root", "/run/user"]
+    /// `private_tmp`, default true: `/tmp` and `/var/tmp` are empty and the agent's own.
+    public var privateTmp = true
+    /// `private_network`, default true: a network namespace with only a loopback device.
+    /// Unix sockets (the notify socket, clamd's control socket) still work.
+    public var privateNetwork = true
+    /// `memory_max`, default none: the most memory the agent may use, in bytes
+    /// (written as an integer or with a K, M, G or T suffix, 1024-based).
+    public var memoryMaxBytes: UInt64?
+    /// `cpu_quota`, default none: CPU time relative to one CPU, in percent (`"50%"`; 200 is two CPUs).
+    public var cpuQuotaPercent: Int?
+    /// `tasks_max`, default 512: the most processes and threads the agent may have; nil is no limit (`"infinity"`).
+    public var tasksMax: Int? = 512
+    /// `system_call_filter`, default `["@system-service"]`: systemd's SystemCallFilter= entries,
+    /// each a group (`@system-service`) or system call name; a leading `~` denies instead.
+    public var systemCallFilter = ["@system-service"]
+
+    /// The defaults.
+    public init() {}
+
+    /// Every capability of capabilities(7) as of Linux 6.x, in kernel order.
+    public static let knownCapabilities = [
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+        "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN",
+        "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+        "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+    ]
+
+    /// systemd's system call groups (systemd.exec(5), "System Call Filtering"; systemd 252).
+    public static let knownSystemCallGroups: Set<String> = [
+        "@aio", "@basic-io", "@chown", "@clock", "@cpu-emulation", "@debug", "@default", "@file-system", "@io-event",
+        "@ipc", "@keyring", "@known", "@memlock", "@module", "@mount", "@network-io", "@obsolete", "@pkey", "@privileged",
+        "@process", "@raw-io", "@reboot", "@resources", "@sandbox", "@setuid", "@signal", "@swap", "@sync",
+        "@system-service", "@timer",
+    ]
+
+    /// Whether `name` is a user or group as `user`/`group` accept it: a number, or a
+    /// name of the portable shape useradd(8) allows (`[a-z_][a-z0-9_-]*`, optionally ending in `$`).
+    static func isValidAccountName(_ name: String) -> Bool {
+        if !name.isEmpty, name.allSatisfy(\.isASCII), UInt32(name) != nil { return true }
+        var scalars = Array(name.unicodeScalars)
+        guard !scalars.isEmpty, scalars.count <= 32 else { return false }
+        if scalars.last == "$" { scalars.removeLast() }
+        guard let first = scalars.first, ("a"..."z").contains(first) || first == "_" else { return false }
+        return scalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+    }
+
+    /// `text` as a system call filter entry, or why it is not one.
+    static func filterEntryProblem(_ entry: String) -> String? {
+        let name = entry.hasPrefix("~") ? String(entry.dropFirst()) : entry
+        if name.hasPrefix("@") {
+            return knownSystemCallGroups.contains(name)
+                ? nil : "\"\(name)\" is not one of systemd's system call groups (\(knownSystemCallGroups.sorted().joined(separator: " ")))"
+        }
+        let valid = !name.isEmpty && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" }
+        return valid ? nil : "\"\(entry)\" is neither a system call group (@name) nor a system call name"
+    }
+
+    /// `text` (`"512M"`, `"2G"`, `"1048576"`) in bytes, nil when it is not a size.
+    static func bytes(of text: String) -> UInt64? {
+        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        var digits = Substring(text)
+        var multiplier: UInt64 = 1
+        if let last = digits.last, let unit = units[last] {
+            multiplier = unit
+            digits = digits.dropLast()
+        }
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let value = UInt64(digits), value > 0 else { return nil }
+        let (product, overflow) = value.multipliedReportingOverflow(by: multiplier)
+        return overflow ? nil : product
+    }
+
+    /// `bytes` the way `memory_max` is written: the largest exact unit.
+    public static func formatBytes(_ bytes: UInt64) -> String {
+        for (suffix, unit) in [("T", UInt64(1) << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] where bytes % unit == 0 {
+            return "\(bytes / unit)\(suffix)"
+        }
+        return String(bytes)
+    }
+}

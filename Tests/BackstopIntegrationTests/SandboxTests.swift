@@ -1,0 +1,103 @@
+import Foundation
+import Testing
+@testable import BackstopCore
+
+/// The direct engine's sandbox, proved from inside: an agent (Fixtures/escape.py, staged as
+/// its content) tries to write outside its paths, read an inaccessible path, gain a
+/// capability, reach the host's network, exceed memory_max and fork past tasks_max.
+@Suite(
+    .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: Environment.isRoot, "needs root: bubblewrap runs unprivileged only with user namespaces, and the agent changes user"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"),
+    .enabled(if: FileManager.default.isExecutableFile(atPath: BubblewrapSandbox.program), "needs bubblewrap: `make test` installs it"),
+    .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs python3 for the escaping agent: `make test` installs it"))
+struct SandboxTests {
+    /// Runs the escaping agent with `sandbox` (the body of `[agent.sandbox]`) and returns its
+    /// report: attempt name → "refused …" or "allowed …".
+    func escapeReport(sandbox: String) throws -> [String: String] {
+        let reports = try TemporaryDirectory()
+        defer { reports.remove() }
+        // The agent may run as nobody: its one writable directory must be writable to it.
+        #expect(chmod(reports.path, 0o777) == 0)
+        let listener = try TCPListener()
+        defer { listener.close() }
+        let content = try reports.makeDirectory("content", files: [
+            "escape.py": try String(contentsOfFile: Paths.repository + "/Tests/BackstopIntegrationTests/Fixtures/escape.py", encoding: .utf8),
+        ])
+        let harness = try DaemonHarness(agents: ["""
+            name = "escape"
+            exec = ["/usr/bin/python3", "{content}/escape.py", "\(reports.path)", "\(listener.port)"]
+            notify = true
+            [agent.sandbox]
+            read_write_paths = ["\(reports.path)"]
+            \(sandbox)
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(content, as: "v1", agent: "escape")
+        try harness.wait(for: "agent-ready", seconds: 60)
+        let text = try String(contentsOfFile: reports.path + "/report", encoding: .utf8)
+        #expect(text.hasSuffix("done\n"), "\(text)")
+        var report: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let words = line.split(separator: " ", maxSplits: 1)
+            if words.count == 2 { report[String(words[0])] = String(words[1]) }
+        }
+        return report
+    }
+
+    @Test("The default sandbox (with memory_max and tasks_max set) holds against every escape attempt; the agent still writes its own directory")
+    func defaultSandboxHolds() throws {
+        let report = try escapeReport(sandbox: "memory_max = \"64M\"\ntasks_max = 8")
+        for attempt in ["write-outside", "write-content", "read-inaccessible", "gain-capability", "network", "memory", "tasks"] {
+            #expect(report[attempt]?.hasPrefix("refused") == true, "\(attempt): \(report[attempt] ?? "no report")")
+        }
+        #expect(report["write-own"]?.hasPrefix("allowed") == true, "\(report["write-own"] ?? "no report")")
+        #expect(report["identity"] == "uid=65534 gid=65534", "the default user is nobody")
+        #expect(!FileManager.default.fileExists(atPath: "/etc/backstop-escape"))
+    }
+
+    @Test("With the settings opened up, the same attempts succeed: the agent can tell, so the test above can fail")
+    func openSandboxLetsThrough() throws {
+        defer { try? FileManager.default.removeItem(atPath: "/etc/backstop-escape") }
+        let report = try escapeReport(sandbox: """
+            user = "root"
+            capabilities = ["CAP_SYS_ADMIN"]
+            no_new_privileges = false
+            read_only_paths = []
+            inaccessible_paths = []
+            private_network = false
+            tasks_max = "infinity"
+            """)
+        for attempt in ["write-outside", "read-inaccessible", "gain-capability", "network", "memory", "tasks", "write-own"] {
+            #expect(report[attempt]?.hasPrefix("allowed") == true, "\(attempt): \(report[attempt] ?? "no report")")
+        }
+        #expect(report["write-content"]?.hasPrefix("refused") == true, "Backstop's state directory stays read-only: \(report["write-content"] ?? "no report")")
+        #expect(report["identity"] == "uid=0 gid=0")
+    }
+}
+
+/// A TCP socket listening on the host's 127.0.0.1, on a port the kernel picks.
+struct TCPListener {
+    let descriptor: Int32
+    let port: UInt16
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        self.descriptor = descriptor
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
+                bind(descriptor, address, length) == 0 && listen(descriptor, 8) == 0 && getsockname(descriptor, address, &length) == 0
+            }
+        }
+        guard bound else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+        port = UInt16(bigEndian: address.sin_port)
+    }
+
+    func close() { _ = Glibc.close(descriptor) }
+}
