@@ -22,6 +22,10 @@ BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config bubblewrap
 TEST_PACKAGES = clamav-daemon clamav systemd systemd-container python3 groff-base
 BENCH_PACKAGES = python3-venv
 
+# Agents with runner = "systemd" whose unit `make install` gives the sandbox drop-in of
+# their [agent.sandbox] (backstopctl sandbox AGENT --drop-in), e.g. SANDBOX_AGENTS="clamd".
+SANDBOX_AGENTS ?=
+
 SWIFT ?= swift
 DEBUG_BIN = $(shell $(SWIFT) build --show-bin-path 2>/dev/null)
 RELEASE_FLAGS = -c release --static-swift-stdlib
@@ -110,6 +114,11 @@ install: deps
 	cp -R examples/content $(DESTDIR)$(DATADIR)/examples/
 	test -e $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml || \
 		install -m 0644 examples/backstop.toml $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml
+	for agent in $(SANDBOX_AGENTS); do \
+		$(RELEASE_BIN)/backstopctl --config $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml \
+			sandbox "$$agent" --drop-in --install-root "$(DESTDIR)/" || exit 1; \
+	done
+	@[ -z "$(SANDBOX_AGENTS)" ] || [ -n "$(DESTDIR)" ] || systemctl daemon-reload
 
 clean:
 	$(SWIFT) package clean

@@ -11,7 +11,7 @@ struct BackstopControl: ParsableCommand {
         version: Backstop.version,
         subcommands: [
             Status.self, Content.self, Stage.self, Activate.self, Promote.self, Rollback.self, Release.self,
-            ResetFailed.self, Stop.self, Start.self, Boots.self, History.self, Manifest.self, Sign.self,
+            ResetFailed.self, Stop.self, Start.self, Boots.self, History.self, Manifest.self, Sign.self, Sandbox.self,
         ])
 
     /// Lets `--config PATH` stand before the verb too (`backstopctl --config X status`),
@@ -172,6 +172,75 @@ struct Content: ParsableCommand {
             }
             print(StatusText.versionTable(ledger.versions, active: ledger.active, legend: !noLegend), terminator: "")
         }
+    }
+}
+
+struct Sandbox: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the effective sandbox of an agent, and what was not applied and why.",
+        discussion: """
+            Worked out from the configuration file for the agent's engine: bubblewrap for an agent \
+            backstopd runs itself, unit settings for runner = "systemd". With --drop-in, prints the \
+            unit's drop-in (with --install-root, writes it below that directory instead).
+            """)
+    @OptionGroup var options: GlobalOptions
+    @Argument var agent: String
+    @Flag(name: .long, help: "Print the systemd drop-in for the agent's unit.") var dropIn = false
+    @Option(name: .long, help: "With --drop-in: write it to DIR/etc/systemd/system/UNIT.d/ (DIR is / or a DESTDIR).")
+    var installRoot: String?
+
+    func run() throws {
+        let configuration = try options.load()
+        guard let agentConfiguration = configuration.agent(named: agent) else {
+            throw failure("no agent \"\(agent)\" is configured in \(configuration.path)")
+        }
+        guard let unit = agentConfiguration.unit else {
+            if dropIn || installRoot != nil {
+                throw failure("agent \(agent) is run by backstopd itself (runner = \"direct\"); a drop-in is for an agent's unit")
+            }
+            let sandbox: BubblewrapSandbox
+            do { sandbox = try BubblewrapSandbox(agent: agentConfiguration, daemon: configuration.daemon) } catch {
+                throw failure("agent \(agent) cannot be sandboxed, so it does not start: \(error)")
+            }
+            var (arguments, report) = sandbox.plan(agentConfiguration.exec)
+            if let reason = BubblewrapSandbox.unavailableReason { report.skip("everything", reason + "; the agent does not start") }
+            print(report.text + "command:\n  " + arguments.map(Self.shellWord).joined(separator: " "))
+            return
+        }
+        let sandbox = UnitSandbox(spec: agentConfiguration.sandbox, unit: unit, stateDirectory: configuration.daemon.stateDirectory)
+        if let installRoot {
+            guard dropIn else { throw failure("--install-root goes with --drop-in") }
+            let path = UnitSandbox.dropInPath(unit: unit, root: installRoot)
+            do {
+                try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try sandbox.dropIn().write(toFile: path, atomically: true, encoding: .utf8)
+            } catch {
+                throw failure("cannot write \(path): \(error.localizedDescription)")
+            }
+            print("Wrote \(path); run `systemctl daemon-reload` and restart \(unit) for it to apply.")
+            return
+        }
+        if dropIn {
+            print(sandbox.dropIn(), terminator: "")
+            return
+        }
+        var report = sandbox.settings().report
+        let path = UnitSandbox.dropInPath(unit: unit)
+        switch try? String(contentsOfFile: path, encoding: .utf8) {
+        case sandbox.dropIn():
+            report.apply("drop-in", "\(path) installed and up to date (systemd applies it at the unit's next start)")
+        case nil:
+            report.skip("everything", "\(path) is not installed, so \(unit) runs without this sandbox: `backstopctl sandbox \(agent) --drop-in --install-root /`, then `systemctl daemon-reload`")
+        default:
+            report.skip("everything", "\(path) differs from the configuration: write it again with `backstopctl sandbox \(agent) --drop-in --install-root /`")
+        }
+        print(report.text, terminator: "")
+    }
+
+    /// `word` as a shell would need it written.
+    static func shellWord(_ word: String) -> String {
+        let plain = !word.isEmpty && word.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "/-_.,=:+@%".unicodeScalars.contains($0) }
+        return plain ? word : "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
     }
 }
 

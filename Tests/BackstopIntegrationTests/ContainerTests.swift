@@ -204,6 +204,30 @@ struct ContainerTests {
         }
     }
 
+    @Test("the systemd engine: the drop-in of `backstopctl sandbox --drop-in` scores 3.0 or lower in systemd-analyze security, and the sandboxed unit still gets its bad content rolled back")
+    func unitSandbox() throws {
+        try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in
+            let before = try container.run("/usr/bin/backstopctl", "sandbox", "demo").output
+            #expect(before.contains("is not installed, so demo-agent.service runs without this sandbox"), "\(before)")
+            let installed = try container.run("/usr/bin/backstopctl", "sandbox", "demo", "--drop-in", "--install-root", "/")
+            try #require(installed.status == 0, "\(installed)")
+            try container.run("/bin/systemctl", "daemon-reload")
+            let after = try container.run("/usr/bin/backstopctl", "sandbox", "demo").output
+            #expect(after.contains("installed and up to date") && after.contains("not applied: nothing"), "\(after)")
+
+            let analysis = try container.run("/usr/bin/systemd-analyze", "security", "--no-pager", "demo-agent.service").output
+            let verdict = try #require(analysis.split(separator: "\n").first { $0.contains("Overall exposure level for demo-agent.service:") })
+            let score = try #require(Double(verdict.split(separator: ":")[1].split(separator: " ")[0]))
+            print("systemd-analyze security demo-agent.service with the default sandbox: exposure \(score)")
+            #expect(score <= 3.0, "\(analysis)")
+
+            try knownGoodThenCandidate(container, candidate: Self.sample("v2-channel-291"))
+            let agent = try expectRolledBack(container)
+            let identity = try container.run("/bin/sh", "-c", "grep -E '^(Uid|CapEff|NoNewPrivs)' /proc/\(agent.pid ?? -1)/status").output
+            #expect(identity.contains("Uid:\t65534") && identity.contains("CapEff:\t0000000000000000") && identity.contains("NoNewPrivs:\t1"), "\(identity)")
+        }
+    }
+
     @Test("the systemd runner under systemctl restart, a SIGTERM to the agent, a systemd re-exec and a reboot")
     func unitOutsideActions() throws {
         try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in

@@ -82,8 +82,10 @@ public struct SandboxReport: Sendable, Equatable {
     public var applied: [Line] = []
     public var notApplied: [Line] = []
 
-    mutating func apply(_ setting: String, _ detail: String) { applied.append(Line(setting: setting, detail: detail)) }
-    mutating func skip(_ setting: String, _ why: String) { notApplied.append(Line(setting: setting, detail: why)) }
+    /// Adds `setting` to what was applied, with how.
+    public mutating func apply(_ setting: String, _ detail: String) { applied.append(Line(setting: setting, detail: detail)) }
+    /// Adds `setting` to what was not applied, with why.
+    public mutating func skip(_ setting: String, _ why: String) { notApplied.append(Line(setting: setting, detail: why)) }
 
     /// The report as `backstopctl sandbox` prints it: the engine, then an aligned line per setting.
     public var text: String {

@@ -42,16 +42,9 @@ extension Supervisor {
 
         [Service]
         Restart=no
-        ReadOnlyPaths=\(quoted("-" + stateDirectory))
+        ReadOnlyPaths=\(UnitFileSyntax.quoted("-" + stateDirectory))
 
         """
-    }
-
-    /// One word of a unit file setting, quoted and escaped (systemd.syntax(7)), `%` doubled (systemd.unit(5) specifiers).
-    static func quoted(_ word: String) -> String {
-        let escaped = word.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-            .replacingOccurrences(of: "%", with: "%%")
-        return "\"" + escaped + "\""
     }
 
     /// Connects the agents with `runner = "systemd"` to their units: writes the drop-ins,
