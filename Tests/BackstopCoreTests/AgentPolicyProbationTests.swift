@@ -22,6 +22,22 @@ struct AgentPolicyProbationTests {
         #expect(policy.phase == .running)
     }
 
+    @Test("a failed preflight quarantines a staged version without touching what runs; other standings are left alone")
+    func preflightFailedQuarantines() throws {
+        var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
+        _ = policy.begin(at: moment(0))
+        _ = policy.startAndBecomeReady(at: 0)
+        let actions = policy.preflightFailed("v2", reason: .crashed, detail: "signal SIGSEGV", at: moment(5))
+        #expect(actions.events == [.preflightFailed, .contentQuarantined])
+        #expect(actions.decision(.preflightFailed)?.reason == "crashed")
+        #expect(actions.decision(.contentQuarantined)?.reason == "preflight-failed")
+        #expect(policy.ledger.record("v2")?.standing == .quarantined)
+        #expect(policy.ledger.active == "v1" && policy.phase == .running)
+        #expect(!actions.contains { if case .spawn = $0 { true } else if case .terminate = $0 { true } else { false } })
+        #expect(policy.preflightFailed("v1", reason: .crashed, detail: "", at: moment(6)).isEmpty, "a known-good version is never quarantined by a preflight")
+        #expect(policy.ledger.record("v1")?.standing == .knownGood)
+    }
+
     @Test("a known-good version runs without probation")
     func noProbationForKnownGood() throws {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], active: "v1"))

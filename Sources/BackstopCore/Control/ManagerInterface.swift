@@ -46,6 +46,7 @@ public enum ManagerInterface {
         error NoSuchAgent (agent: string, message: string)
         error NoSuchVersion (version: string, message: string)
         error VersionQuarantined (version: string, message: string)
+        error PreflightFailed (version: string, message: string)
         error NoKnownGood (message: string)
         error AlreadyActive (version: string, message: string)
         error NotQuarantined (version: string, message: string)
@@ -141,6 +142,7 @@ public enum ManagerInterface {
         case .policy(.alreadyActive(let id)): return .failure(name + ".AlreadyActive", ["version": id, "message": message])
         case .policy(.notQuarantined(let id)): return .failure(name + ".NotQuarantined", ["version": id, "message": message])
         case .store: return .failure(name + ".StagingRefused", ["message": message])
+        case .preflightFailed(let id, _), .preflightCouldNotRun(let id, _): return .failure(name + ".PreflightFailed", ["version": id, "message": message])
         case .shuttingDown: return .failure(name + ".ShuttingDown", ["message": message])
         }
     }

@@ -695,6 +695,22 @@ public struct AgentPolicy: Sendable, Equatable {
         return actions
     }
 
+    /// Quarantines staged version `id` after its preflight failed (`reason`, `detail`): the
+    /// `preflight-failed` decision, then `content-quarantined`. Nothing runs differently: the
+    /// live agent never saw the version.
+    public mutating func preflightFailed(_ id: String, reason: FailureReason, detail: String, at now: Moment) -> [PolicyAction] {
+        guard let record = ledger.record(id), record.standing == .staged else { return [] }
+        ledger.quarantine(id, reason: "preflight-failed", at: now.wall)
+        return [
+            .record(Decision(
+                .preflightFailed, agent: settings.agent, version: id, reason: reason.rawValue,
+                message: "Content \(id) of agent \(settings.agent) failed preflight: \(detail); the live agent never loaded it.")),
+            .record(Decision(
+                .contentQuarantined, agent: settings.agent, version: id, reason: "preflight-failed",
+                message: "Quarantined content \(id) of agent \(settings.agent): it failed preflight.")),
+        ]
+    }
+
     /// Marks the candidate (or `id`) known-good now, ending its probation early.
     /// - Throws: ``PolicyError/noSuchVersion(_:)``, ``PolicyError/versionQuarantined(_:)``.
     public mutating func promote(_ id: String, at now: Moment) throws(PolicyError) -> [PolicyAction] {

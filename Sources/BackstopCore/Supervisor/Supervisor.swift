@@ -6,6 +6,10 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
     case noSuchAgent(String)
     case policy(PolicyError)
     case store(StoreError)
+    /// The version failed its preflight (how) and is quarantined; the live agent never saw it.
+    case preflightFailed(String, String)
+    /// The version's preflight could not run (why); it is neither activated nor quarantined.
+    case preflightCouldNotRun(String, String)
     case shuttingDown
 
     /// One sentence for operators; the `message` parameter of the Varlink error.
@@ -14,6 +18,8 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
         case .noSuchAgent(let name): return "no agent \"\(name)\" is configured"
         case .policy(let error): return error.description
         case .store(let error): return error.description
+        case .preflightFailed(let id, let detail): return "content \(id) failed preflight (\(detail)) and is quarantined; the live agent never loaded it"
+        case .preflightCouldNotRun(let id, let detail): return "the preflight of content \(id) could not run (\(detail)); it is not activated"
         case .shuttingDown: return "backstopd is shutting down"
         }
     }
@@ -278,8 +284,37 @@ public actor Supervisor {
         try await inTurn(agent) { () async throws(ManagerError) in
             let current = try slot(agent)
             guard let record = current.policy.ledger.record(id) else { throw .policy(.noSuchVersion(id)) }
+            guard record.standing != .quarantined else { throw .policy(.versionQuarantined(id)) }
             try await verify(record, in: current.store)
+            if current.configuration.preflightSeconds > 0, record.standing == .staged {
+                try await preflight(agent, version: id)
+            }
             try operate(agent) { policy, now throws(PolicyError) in try policy.activate(id, at: now) }
+        }
+    }
+
+    /// Runs the preflight of staged version `id` (``Preflight``) off the actor; the caller holds
+    /// the agent's turn, so two never run at once for one agent.
+    /// - Throws: ``ManagerError/preflightFailed(_:_:)`` after quarantining a version that failed;
+    ///   ``ManagerError/preflightCouldNotRun(_:_:)`` when the instance could not run at all (nothing is quarantined).
+    private func preflight(_ agent: String, version id: String) async throws(ManagerError) {
+        let slot = try slot(agent)
+        let seconds = slot.configuration.preflightSeconds
+        logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
+                      metadata: ["agent": "\(agent)", "version": "\(id)"])
+        let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id)
+        guard !shuttingDown else { throw .shuttingDown }
+        switch outcome {
+        case .passed:
+            logger.notice("Content \(id) of agent \(agent) passed preflight.", metadata: ["agent": "\(agent)", "version": "\(id)"])
+        case .failed(let reason, let detail):
+            apply(slots[agent]!.policy.preflightFailed(id, reason: reason, detail: detail, at: Moment.now()), to: agent)
+            persist(agent)
+            throw .preflightFailed(id, detail)
+        case .couldNotRun(let detail):
+            logger.error("The preflight of content \(id) for agent \(agent) could not run; the version is not activated.",
+                         metadata: ["agent": "\(agent)", "version": "\(id)", "error": "\(detail)"])
+            throw .preflightCouldNotRun(id, detail)
         }
     }
 

@@ -1,0 +1,153 @@
+import Foundation
+
+/// How a preflight ended.
+public enum PreflightOutcome: Sendable, Equatable {
+    /// The instance ran for `preflight_sec` (ready, heartbeats on time) or exited 0.
+    case passed
+    /// The instance failed on the content: `reason` is a ``FailureReason`` word
+    /// (`crashed`, `exited`, `start-timeout`, `hung`, `clean-exit`), `detail` says how.
+    case failed(reason: FailureReason, detail: String)
+    /// The instance could not be started (its program, the sandbox): not the content's fault.
+    case couldNotRun(String)
+}
+
+/// Preflight: a staged version run once in a throwaway instance of the agent before it goes
+/// live. The instance runs in the agent's sandbox with a network namespace of its own and a
+/// private copy of each writable path, on a notify socket of its own (`<runtime>/notify/<agent>.preflight`),
+/// for `preflight_sec`. It fails as the live agent would: it crashes or exits non-zero,
+/// gives no `READY=1` within `start_timeout_sec` (with `notify`), or misses a `WATCHDOG=1`
+/// (with `watchdog_sec`). The live agent is not touched. The caller runs one at a time per agent.
+enum Preflight {
+    private enum Event: Sendable {
+        case started(Int32)
+        case notified(NotifyMessage)
+        case ended(Result<Termination, LaunchError>)
+        case startTimeout
+        case watchdog(generation: Int)
+        case survived
+    }
+
+    /// Runs the preflight of `version` of `agent`, stored in `store`.
+    static func run(
+        agent: AgentConfiguration, daemon: DaemonConfiguration, store: ContentStore, version: String
+    ) async -> PreflightOutcome {
+        var sandbox: BubblewrapSandbox
+        do { sandbox = try BubblewrapSandbox(agent: agent, daemon: daemon) } catch { return .couldNotRun("sandbox: \(error)") }
+        sandbox.spec.privateNetwork = true
+        let scratch = daemon.runtimeDirectory + "/preflight/" + agent.name
+        defer { ContentStore.removeTree(scratch) }
+        ContentStore.removeTree(scratch)
+        do {
+            try DurableFile.makeDirectories(scratch, mode: 0o700)
+            for (index, path) in agent.sandbox.readWritePaths.enumerated() where BubblewrapSandbox.exists(path) {
+                let copy = scratch + "/\(index)"
+                try copyPreservingOwners(path, to: copy)
+                sandbox.substitutes[path] = copy
+            }
+        } catch {
+            return .couldNotRun("cannot copy the agent's writable paths for the preflight: \(error)")
+        }
+        let (events, emit) = AsyncStream.makeStream(of: Event.self)
+        let socketPath = daemon.notifySocketPath(agent: agent.name) + ".preflight"
+        let socket: NotifySocket
+        do {
+            socket = try NotifySocket(path: socketPath, queue: DispatchQueue(label: "backstop.preflight.\(agent.name)")) {
+                emit.yield(.notified($0))
+            }
+        } catch {
+            return .couldNotRun("cannot open the preflight's notify socket \(socketPath): \(error)")
+        }
+        defer { socket.invalidate() }
+        chown(socketPath, sandbox.account.uid, sandbox.account.gid)
+        sandbox.visiblePaths = [socketPath]
+
+        var request = LaunchRequest.make(
+            agent: agent.name, exec: agent.preflightExec.isEmpty ? agent.exec : agent.preflightExec, store: store.root,
+            contentPath: store.path(of: version), version: version, notifySocket: socketPath, watchdogSeconds: agent.watchdogSeconds)
+        // Marked as a probe's: what it leaves is never taken for the live agent's.
+        request.environment[LaunchRequest.storeVariable] = nil
+        request.environment[LaunchRequest.probeStoreVariable] = store.root
+        request.environment["BACKSTOP_PREFLIGHT"] = "1"
+        request.sandbox = sandbox
+        let run = Task {
+            let result = await DirectRunner.run(request) { pid in emit.yield(.started(pid)) }
+            emit.yield(.ended(result))
+        }
+        var timers: [Task<Void, Never>] = []
+        func after(_ seconds: Int, _ event: Event) {
+            timers.append(Task {
+                try? await Task.sleep(for: .seconds(seconds))
+                if !Task.isCancelled { emit.yield(event) }
+            })
+        }
+        defer { timers.forEach { $0.cancel() } }
+
+        var pid: Int32?
+        var ready = !agent.notify
+        var heartbeats = 0
+        var outcome: PreflightOutcome?
+        var ended = false
+        var stopping = false
+        after(agent.preflightSeconds, .survived)
+        if agent.notify { after(agent.startTimeoutSeconds, .startTimeout) }
+        for await event in events {
+            switch event {
+            case .started(let started):
+                pid = started
+                if ready, agent.watchdogSeconds > 0 { after(agent.watchdogSeconds, .watchdog(generation: 0)) }
+            case .notified(let message):
+                guard let pid, message.senderPID == pid || getsid(message.senderPID) == pid else { break }
+                if message.value("READY") == "1", !ready {
+                    ready = true
+                    if agent.watchdogSeconds > 0 { after(agent.watchdogSeconds, .watchdog(generation: heartbeats)) }
+                }
+                if message.value("WATCHDOG") == "1" {
+                    heartbeats += 1
+                    if ready, agent.watchdogSeconds > 0 { after(agent.watchdogSeconds, .watchdog(generation: heartbeats)) }
+                }
+            case .startTimeout:
+                if !ready, outcome == nil {
+                    outcome = .failed(reason: .startTimeout, detail: "no READY=1 within start_timeout_sec (\(agent.startTimeoutSeconds) s)")
+                }
+            case .watchdog(let generation):
+                if generation == heartbeats, outcome == nil {
+                    outcome = .failed(reason: .hung, detail: "no WATCHDOG=1 within watchdog_sec (\(agent.watchdogSeconds) s)")
+                }
+            case .survived:
+                if outcome == nil { outcome = ready ? .passed : .failed(reason: .startTimeout, detail: "not ready after preflight_sec (\(agent.preflightSeconds) s)") }
+            case .ended(let result):
+                ended = true
+                guard outcome == nil else { break }
+                switch result {
+                case .failure(let error): outcome = .couldNotRun(error.message)
+                case .success(.exited(code: 0)):
+                    outcome = agent.cleanExitIsFailure ? .failed(reason: .cleanExit, detail: "exit code 0 (clean_exit_is_failure)") : .passed
+                case .success(let termination):
+                    outcome = .failed(reason: termination.signal == nil ? .exited : .crashed, detail: termination.description)
+                }
+            }
+            if ended { break }
+            if outcome != nil, !stopping, let pid {
+                // Over: the instance is stopped as the live agent would be, SIGTERM then SIGKILL.
+                stopping = true
+                DirectRunner.signalGroup(pid, SIGTERM)
+                timers.append(Task {
+                    try? await Task.sleep(for: .seconds(Supervisor.terminationGraceSeconds))
+                    if !Task.isCancelled { DirectRunner.signalGroup(pid, SIGKILL) }
+                })
+            }
+        }
+        _ = await run.value
+        return outcome ?? .couldNotRun("the preflight ended without a result")
+    }
+
+    /// `path` copied to `copy` with cp(1) `-a`: modes, owners and links as they are.
+    private static func copyPreservingOwners(_ path: String, to copy: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/cp")
+        process.arguments = ["-a", "--", path, copy]
+        try process.run()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw SandboxError(message: "cp -a \(path) exited \(process.terminationStatus)") }
+    }
+}

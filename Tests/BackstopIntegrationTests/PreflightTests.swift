@@ -1,0 +1,80 @@
+import Foundation
+import Testing
+@testable import BackstopCore
+
+/// Preflight: a staged version runs once in a throwaway, sandboxed instance before the live
+/// agent ever loads it.
+@Suite(
+    .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: Environment.isRoot, "needs root: backstopd allows staging and activation to uid 0 only, and bubblewrap runs as root"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"),
+    .enabled(if: FileManager.default.isExecutableFile(atPath: BubblewrapSandbox.program), "needs bubblewrap: `make test` installs it"))
+struct PreflightTests {
+    /// The demo agent with a watchdog and preflight on, in the default sandbox, running known-good v1.
+    func harnessOnKnownGood(preflightSeconds: Int) throws -> DaemonHarness {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: """
+            notify = true
+            watchdog_sec = 2
+            probation_sec = 60
+            restart_delay_ms = 50
+            preflight_sec = \(preflightSeconds)
+            [agent.sandbox]
+            private_network = true
+            """)])
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1")
+        try harness.wait(for: "agent-ready")
+        #expect(try harness.ctl("promote", "demo", "v1").status == 0)
+        return harness
+    }
+
+    @Test("A version that crashes or hangs in its preflight is quarantined with a preflight-failed entry; the live agent keeps its pid and content",
+          arguments: [("v2-channel-291", "crashed"), ("hang", "hung")])
+    func badVersionNeverGoesLive(_ sample: String, _ reason: String) throws {
+        let harness = try harnessOnKnownGood(preflightSeconds: 5)
+        defer { harness.cleanUp() }
+        let live = try #require(try harness.agent().pid)
+        let staged = try harness.ctl("stage", "demo", Paths.sample(sample), "--version", "v2", "--activate")
+        #expect(staged.status != 0)
+        #expect(staged.error.contains("content v2 failed preflight") && staged.error.contains("the live agent never loaded it"), "\(staged.error)")
+        let failed = try #require(harness.log.all.first { $0.contains("event=preflight-failed") })
+        #expect(failed.contains("version=v2") && failed.contains("reason=\(reason)"), "\(failed)")
+        #expect(harness.log.all.contains { $0.contains("event=content-quarantined") && $0.contains("reason=preflight-failed") })
+        let agent = try harness.agent()
+        #expect(agent.pid == live, "the live agent was never restarted")
+        #expect(agent.content.active == "v1" && agent.content.candidate == nil)
+        #expect(agent.content.quarantined == ["v2"])
+        #expect(agent.failures.recent == 0)
+        #expect(!harness.log.all.contains { $0.contains("version=v2") && ($0.contains("event=agent-started") || $0.contains("event=content-activated")) })
+        // Quarantined means refused from now on, without another preflight.
+        #expect(try harness.ctl("activate", "demo", "v2").error.contains("quarantined"))
+        #expect(harness.log.all.filter { $0.contains("Preflight of content v2") }.count == 1)
+    }
+
+    @Test("A good version passes its preflight and goes live")
+    func goodVersionGoesLive() throws {
+        let harness = try harnessOnKnownGood(preflightSeconds: 3)
+        defer { harness.cleanUp() }
+        try harness.stage(Paths.sample("v3-good"), as: "v3")
+        #expect(harness.log.all.contains { $0.contains("Content v3 of agent demo passed preflight") })
+        try harness.wait(for: "agent-ready", count: 2)
+        let agent = try harness.agent()
+        #expect(agent.content.active == "v3" && agent.content.candidate == "v3")
+        #expect(agent.content.quarantined.isEmpty)
+        #expect(!harness.log.all.contains { $0.contains("event=preflight-failed") })
+    }
+
+    @Test("A version that crashes only after preflight_sec passes preflight and is still caught by the crash-loop rollback")
+    func lateCrashCaughtByRollback() throws {
+        // crash-after crashes 5 s after start; the preflight lasts 2 s.
+        let harness = try harnessOnKnownGood(preflightSeconds: 2)
+        defer { harness.cleanUp() }
+        try harness.stage(Paths.sample("crash-after"), as: "v2")
+        #expect(harness.log.all.contains { $0.contains("Content v2 of agent demo passed preflight") })
+        try harness.wait(for: "rollback", seconds: 60)
+        let agent = try harness.agent()
+        #expect(agent.content.active == "v1")
+        #expect(agent.content.quarantined == ["v2"])
+        #expect(agent.lastRollback?.reason == "crash-loop")
+    }
+}
