@@ -76,10 +76,16 @@ struct ForeignAgentTests {
             Bytecode no
             """.write(toFile: scratch.path + "/clamd.conf", atomically: true, encoding: .utf8)
 
+        // In the sandbox an operator would give it: its own user, writing only its socket's directory.
+        let clamav = try #require(getpwnam("clamav")?.pointee)
+        #expect(chown(scratch.path, clamav.pw_uid, clamav.pw_gid) == 0)
         let harness = try DaemonHarness(agents: ["""
             name = "clamav"
             exec = ["/usr/sbin/clamd", "--config-file=\(scratch.path)/clamd.conf", "--datadir={content}"]
             failure_window_sec = 60
+            [agent.sandbox]
+            user = "clamav"
+            read_write_paths = ["\(scratch.path)"]
             """])
         defer { harness.cleanUp() }
         try harness.start()
