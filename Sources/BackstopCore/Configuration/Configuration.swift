@@ -48,6 +48,14 @@ public struct Configuration: Sendable, Equatable {
                 warnings.append("agent \(agent.name): require_signature is set but \(agent.stagingRules.trustedKeysDirectory) holds no trusted key (*.pem); every bundle will be refused until it does")
             }
             for problem in keys.problems { warnings.append("agent \(agent.name): trusted_keys: \(problem)") }
+            if agent.runner == .direct || agent.preflightSeconds > 0 {
+                do throws(SandboxError) { _ = try SandboxAccount.resolve(agent.sandbox) } catch {
+                    warnings.append("agent \(agent.name): sandbox: \(error); the agent will not start until it does")
+                }
+                if let reason = BubblewrapSandbox.unavailableReason {
+                    warnings.append("agent \(agent.name): \(reason); the agent will not start until it is")
+                }
+            }
         }
         return warnings
     }
