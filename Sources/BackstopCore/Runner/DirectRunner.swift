@@ -32,6 +32,10 @@ public struct LaunchRequest: Sendable, Equatable {
     /// agent's so that what a probe leaves is never taken for the agent's.
     public static let probeStoreVariable = "BACKSTOP_PROBE_STORE"
 
+    /// The same mark for a preflight instance and what it starts: never the live agent's,
+    /// and killed by the next backstopd when one was killed during a preflight.
+    public static let preflightStoreVariable = "BACKSTOP_PREFLIGHT_STORE"
+
     /// The request for `exec` on a content version: `{content}` replaced by the
     /// version's path; `BACKSTOP_CONTENT`, `BACKSTOP_CONTENT_VERSION`, `BACKSTOP_STORE`,
     /// `NOTIFY_SOCKET` and, with a watchdog, `WATCHDOG_USEC` (sd_watchdog_enabled(3)) set.
@@ -59,6 +63,12 @@ public struct LaunchRequest: Sendable, Equatable {
 /// group can be signalled; exit detection is swift-subprocess's pidfd/epoll
 /// monitor (no polling). The agent's stdout and stderr go to the journal under its
 /// own identifier (sd_journal_stream_fd(3)), or are the daemon's when no journald listens.
+///
+/// A sandboxed process (``LaunchRequest/sandbox``) is bwrap's child: bwrap's
+/// `--json-status-fd` (on the child's stdin, a pipe here) names it, and that pid is the
+/// one reported, signalled (its own session, `--new-session`) and whose exit status is
+/// read from a pidfd; bwrap's own exit (the child's code, or 128 + its signal) is the
+/// fallback when the kernel cannot tell.
 public enum DirectRunner {
     /// Starts `request` and waits for the process to end.
     /// - Parameter started: called with the pid once the process exists.

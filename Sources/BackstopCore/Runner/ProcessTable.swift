@@ -94,7 +94,8 @@ public enum ProcessTable {
     /// Whether the process carries any Backstop mark (an agent's or a probe's).
     static func hasMark(_ pid: Int32) -> Bool {
         guard let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return true }
-        let prefixes = [LaunchRequest.storeVariable, LaunchRequest.probeStoreVariable].map { Array("\($0)=".utf8) }
+        let prefixes = [LaunchRequest.storeVariable, LaunchRequest.probeStoreVariable, LaunchRequest.preflightStoreVariable]
+            .map { Array("\($0)=".utf8) }
         return environ.split(separator: 0).contains { entry in prefixes.contains { entry.starts(with: $0) } }
     }
 

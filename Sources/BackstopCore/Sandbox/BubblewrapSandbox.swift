@@ -33,21 +33,20 @@ public struct BubblewrapSandbox: Sendable, Equatable {
 
     public var spec: SandboxSpec
     public var account: SandboxAccount
-    /// Backstop's state directory: always read-only to the agent, on top of everything else.
-    public var stateDirectory: String
+    /// Backstop's state and runtime directories: always read-only to the agent, on top of
+    /// everything else (its notify socket still takes datagrams).
+    public var protectedDirectories: [String]
     /// `<runtime_directory>/inaccessible`, holding the mode-0000 `directory` and `file`
     /// mounted over inaccessible paths (as systemd's /run/systemd/inaccessible).
     public var placeholderDirectory: String
     /// Writable paths replaced by another directory (a preflight's private copies), by path.
     public var substitutes: [String: String] = [:]
-    /// Paths the agent must see as they are, even inside a private `/tmp` (its notify socket).
-    public var visiblePaths: [String] = []
 
     /// An engine for `spec` run as `account`.
-    public init(spec: SandboxSpec, account: SandboxAccount, stateDirectory: String, placeholderDirectory: String) {
+    public init(spec: SandboxSpec, account: SandboxAccount, protectedDirectories: [String], placeholderDirectory: String) {
         self.spec = spec
         self.account = account
-        self.stateDirectory = stateDirectory
+        self.protectedDirectories = protectedDirectories
         self.placeholderDirectory = placeholderDirectory
     }
 
@@ -55,8 +54,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// - Throws: ``SandboxError`` when its user or group does not exist.
     public init(agent: AgentConfiguration, daemon: DaemonConfiguration) throws(SandboxError) {
         self.init(
-            spec: agent.sandbox, account: try SandboxAccount.resolve(agent.sandbox), stateDirectory: daemon.stateDirectory,
-            placeholderDirectory: daemon.placeholderDirectory)
+            spec: agent.sandbox, account: try SandboxAccount.resolve(agent.sandbox),
+            protectedDirectories: [daemon.stateDirectory, daemon.runtimeDirectory], placeholderDirectory: daemon.placeholderDirectory)
     }
 
     /// Creates the placeholders below `directory` (mode 0000, owned by root).
@@ -151,8 +150,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             if Self.exists(path) { binds.append((path, false)) } else { report.skip("read_only_paths", "\(path): does not exist") }
         }
         for path in spec.readWritePaths {
-            if Self.isInside(path, stateDirectory) {
-                report.skip("read_write_paths", "\(path): inside Backstop's state directory, which agents only read")
+            if let protected = protectedDirectories.first(where: { Self.isInside(path, $0) }) {
+                report.skip("read_write_paths", "\(path): inside Backstop's directory \(protected), which agents only read")
             } else if Self.exists(path) {
                 binds.append((path, true))
             } else {
@@ -188,19 +187,23 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             if entry.path == "/" { options += ["--dev", "/dev"] }
         }
         if spec.privateTmp && !tmpAdded { options += privateTmpOptions() }
-        for path in visiblePaths where Self.exists(path) { bind("--ro-bind", path, path) }
         if spec.privateTmp { report.apply("private_tmp", "yes: /tmp and /var/tmp are empty tmpfs of the agent's own") }
         let readOnly = binds.filter { !$0.writable }.map(\.path)
         let writable = binds.filter { $0.writable && spec.readWritePaths.contains($0.path) }.map { substitutes[$0.path].map { "\($0) (a private copy)" } ?? $0.path }
         report.apply("read_only_paths", readOnly.isEmpty ? "none" : readOnly.joined(separator: " "))
         report.apply("read_write_paths", writable.isEmpty ? "none" : writable.joined(separator: " "))
-        bind("--ro-bind", stateDirectory, stateDirectory)
-        report.apply("state directory", "\(stateDirectory) read-only (always)")
+        for directory in protectedDirectories where Self.exists(directory) { bind("--ro-bind", directory, directory) }
+        report.apply("Backstop's directories", protectedDirectories.joined(separator: " ") + " read-only (always)")
         var masked: [String] = []
         for path in spec.inaccessiblePaths {
             var info = stat()
             guard stat(path, &info) == 0 else {
                 report.skip("inaccessible_paths", "\(path): does not exist")
+                continue
+            }
+            // Hiding what the sandbox itself runs would fail every start, blamed on the content.
+            if let needed = Self.sandboxPrograms.first(where: { Self.isInside(Self.resolved($0), Self.resolved(path)) }) {
+                report.skip("inaccessible_paths", "\(path): would hide \(needed), which the sandbox runs")
                 continue
             }
             let placeholder = placeholderDirectory + (info.st_mode & S_IFMT == S_IFDIR ? "/directory" : "/file")
@@ -218,6 +221,16 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     static func exists(_ path: String) -> Bool {
         var info = stat()
         return stat(path, &info) == 0
+    }
+
+    /// The programs run inside the sandbox before the agent's own.
+    static let sandboxPrograms = [setpriv, shell]
+
+    /// `path` with its symlinks resolved (realpath(3)), or as given when that fails.
+    static func resolved(_ path: String) -> String {
+        guard let real = realpath(path, nil) else { return path }
+        defer { free(real) }
+        return String(cString: real)
     }
 
     static func depth(_ path: String) -> Int { path.split(separator: "/").count }

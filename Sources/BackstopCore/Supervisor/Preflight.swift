@@ -59,15 +59,13 @@ enum Preflight {
         }
         defer { socket.invalidate() }
         chown(socketPath, sandbox.account.uid, sandbox.account.gid)
-        sandbox.visiblePaths = [socketPath]
 
         var request = LaunchRequest.make(
             agent: agent.name, exec: agent.preflightExec.isEmpty ? agent.exec : agent.preflightExec, store: store.root,
             contentPath: store.path(of: version), version: version, notifySocket: socketPath, watchdogSeconds: agent.watchdogSeconds)
-        // Marked as a probe's: what it leaves is never taken for the live agent's.
+        // A mark of its own: what it leaves is never taken for the live agent's.
         request.environment[LaunchRequest.storeVariable] = nil
-        request.environment[LaunchRequest.probeStoreVariable] = store.root
-        request.environment["BACKSTOP_PREFLIGHT"] = "1"
+        request.environment[LaunchRequest.preflightStoreVariable] = store.root
         request.sandbox = sandbox
         let run = Task {
             let result = await DirectRunner.run(request) { pid in emit.yield(.started(pid)) }
@@ -138,6 +136,16 @@ enum Preflight {
             }
         }
         _ = await run.value
+        // Nothing the instance started outlives the preflight: its session, and what left it with the mark.
+        if let pid {
+            DirectRunner.signalGroup(pid, SIGKILL)
+            let find = {
+                ProcessTable.survivors(
+                    ofSession: pid, environment: LaunchRequest.preflightStoreVariable, value: store.root,
+                    isStartedHere: ChildReaper.shared.isKnown)
+            }
+            ProcessTable.kill(find(), thenWhat: find)
+        }
         return outcome ?? .couldNotRun("the preflight ended without a result")
     }
 

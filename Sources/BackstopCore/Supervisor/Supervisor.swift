@@ -672,7 +672,7 @@ public actor Supervisor {
             watchdogSeconds: slot.configuration.watchdogSeconds)
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
         slots[name]!.readyCheckFailureSaid = false
-        var sandbox: BubblewrapSandbox
+        let sandbox: BubblewrapSandbox
         do throws(SandboxError) { sandbox = try BubblewrapSandbox(agent: slot.configuration, daemon: configuration.daemon) } catch {
             Task { self.processEnded(name, generation: generation, result: .failure(LaunchError(message: "sandbox: \(error)"))) }
             return
@@ -685,7 +685,6 @@ public actor Supervisor {
         if let path = slot.notifySocket?.path {
             // The agent's user must be able to send to its notify socket.
             chown(path, sandbox.account.uid, sandbox.account.gid)
-            sandbox.visiblePaths = [path]
         }
         request.sandbox = sandbox
         Task {
@@ -798,7 +797,7 @@ public actor Supervisor {
             logger.critical("The agent's state file was inconsistent and has been repaired.",
                             metadata: ["agent": "\(agent.name)", "problems": "\(problems.joined(separator: "; "))"])
         }
-        if agent.runner == .direct { killLeftovers(of: agent.name, store: store) }
+        killLeftovers(of: agent.name, store: store)
         do {
             let recovery = try store.recover(ledger: &state.ledger, contentLink: agent.contentLink, at: now.wall)
             if !recovery.adoptedVersions.isEmpty {
@@ -830,7 +829,11 @@ public actor Supervisor {
     /// the agent and recording it, leaves none behind.
     private func killLeftovers(of name: String, store: ContentStore) {
         let ownSession = getsid(0)
-        for pid in ProcessTable.processes(withEnvironment: LaunchRequest.storeVariable, value: store.root) {
+        let marked = [LaunchRequest.storeVariable, LaunchRequest.preflightStoreVariable].flatMap {
+            ProcessTable.processes(withEnvironment: $0, value: store.root)
+        }
+        ContentStore.removeTree(configuration.daemon.runtimeDirectory + "/preflight/" + name)
+        for pid in marked {
             logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
                            metadata: ["agent": "\(name)", "pid": "\(pid)"])
             let session = getsid(pid)
