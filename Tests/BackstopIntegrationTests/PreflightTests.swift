@@ -51,6 +51,42 @@ struct PreflightTests {
         #expect(harness.log.all.filter { $0.contains("Preflight of content v2") }.count == 1)
     }
 
+    @Test("A preflight instance cannot reach the live agent (its own PID namespace), and nothing it starts outlives it")
+    func preflightIsContained() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let script = """
+            if [ -e "$BACKSTOP_CONTENT/hostile" ]; then
+                for process in /proc/[0-9]*; do kill -9 "${process#/proc/}" 2>/dev/null; done
+                setsid sleep 600 &
+                sleep 600 &
+                exit 3
+            fi
+            exec sleep 600
+            """
+        let good = try scratch.makeDirectory("good", files: ["agent.sh": script])
+        let hostile = try scratch.makeDirectory("hostile", files: ["agent.sh": script, "hostile": ""])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            preflight_sec = 2
+            [agent.sandbox]
+            private_network = true
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(good, as: "v1", agent: "script")
+        try harness.wait(for: "agent-ready")
+        let live = try #require(try harness.agent("script").pid)
+        let staged = try harness.ctl("stage", "script", hostile, "--version", "v2", "--activate")
+        #expect(staged.status != 0 && staged.error.contains("failed preflight (exit code 3)"), "\(staged.error)")
+        let agent = try harness.agent("script")
+        #expect(agent.pid == live && agent.state == "running", "the preflight could not kill the live agent, which runs as the same user")
+        #expect(agent.content.quarantined == ["v2"])
+        let left = ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: harness.directory + "/state/script")
+        #expect(left.isEmpty, "processes the preflight started are gone: \(left)")
+    }
+
     @Test("A good version passes its preflight and goes live")
     func goodVersionGoesLive() throws {
         let harness = try harnessOnKnownGood(preflightSeconds: 3)

@@ -461,7 +461,8 @@ private struct TableReader {
             let full = prefix + "." + key
             switch key {
             case "user", "group":
-                let name = try string(table, key, full)
+                var name = table[key]?.int.map { String($0) } ?? ""
+                if name.isEmpty { name = try string(table, key, full) }
                 guard SandboxSpec.isValidAccountName(name) else {
                     throw fail(full, "\"\(name)\" is not a \(key) name or number")
                 }

@@ -41,6 +41,9 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     public var placeholderDirectory: String
     /// Writable paths replaced by another directory (a preflight's private copies), by path.
     public var substitutes: [String: String] = [:]
+    /// Whether the process gets a PID namespace of its own, as its PID 1, with a /proc that
+    /// shows only it (a preflight: it must not see, signal or reach the live agent).
+    public var privateProcesses = false
 
     /// An engine for `spec` run as `account`.
     public init(spec: SandboxSpec, account: SandboxAccount, protectedDirectories: [String], placeholderDirectory: String) {
@@ -92,7 +95,12 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         } else {
             report.apply("private_network", "no: the machine's network")
         }
-        report.apply("namespaces", namespaces + " (not PID: the agent sees the machine's processes)")
+        if privateProcesses {
+            bwrap += ["--unshare-pid", "--as-pid-1"]
+            report.apply("namespaces", namespaces + ", PID (it is PID 1 and sees only its own processes)")
+        } else {
+            report.apply("namespaces", namespaces + " (not PID: the agent sees the machine's processes)")
+        }
         bwrap += mounts(&report)
         bwrap += ["--cap-drop", "ALL"]
         let kept = spec.capabilities
@@ -184,11 +192,11 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 tmpAdded = true
             }
             bind(entry.writable ? "--bind" : "--ro-bind", entry.writable ? substitutes[entry.path] ?? entry.path : entry.path, entry.path)
-            if entry.path == "/" { options += ["--dev", "/dev"] }
+            if entry.path == "/" { options += ["--dev", "/dev"] + (privateProcesses ? ["--proc", "/proc"] : []) }
         }
         if spec.privateTmp && !tmpAdded { options += privateTmpOptions() }
         if spec.privateTmp { report.apply("private_tmp", "yes: /tmp and /var/tmp are empty tmpfs of the agent's own") }
-        let readOnly = binds.filter { !$0.writable }.map(\.path)
+        let readOnly = binds.filter { bind in !bind.writable && !binds.contains { $0.writable && $0.path == bind.path } }.map(\.path)
         let writable = binds.filter { $0.writable && spec.readWritePaths.contains($0.path) }.map { substitutes[$0.path].map { "\($0) (a private copy)" } ?? $0.path }
         report.apply("read_only_paths", readOnly.isEmpty ? "none" : readOnly.joined(separator: " "))
         report.apply("read_write_paths", writable.isEmpty ? "none" : writable.joined(separator: " "))

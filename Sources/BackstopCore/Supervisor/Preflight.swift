@@ -34,6 +34,7 @@ enum Preflight {
         var sandbox: BubblewrapSandbox
         do { sandbox = try BubblewrapSandbox(agent: agent, daemon: daemon) } catch { return .couldNotRun("sandbox: \(error)") }
         sandbox.spec.privateNetwork = true
+        sandbox.privateProcesses = true
         let scratch = daemon.runtimeDirectory + "/preflight/" + agent.name
         defer { ContentStore.removeTree(scratch) }
         ContentStore.removeTree(scratch)
@@ -86,6 +87,7 @@ enum Preflight {
         var outcome: PreflightOutcome?
         var ended = false
         var stopping = false
+        var survived = false
         after(agent.preflightSeconds, .survived)
         if agent.notify { after(agent.startTimeoutSeconds, .startTimeout) }
         for await event in events {
@@ -97,6 +99,7 @@ enum Preflight {
                 guard let pid, message.senderPID == pid || getsid(message.senderPID) == pid else { break }
                 if message.value("READY") == "1", !ready {
                     ready = true
+                    if survived, outcome == nil { outcome = .passed }
                     if agent.watchdogSeconds > 0 { after(agent.watchdogSeconds, .watchdog(generation: heartbeats)) }
                 }
                 if message.value("WATCHDOG") == "1" {
@@ -112,7 +115,9 @@ enum Preflight {
                     outcome = .failed(reason: .hung, detail: "no WATCHDOG=1 within watchdog_sec (\(agent.watchdogSeconds) s)")
                 }
             case .survived:
-                if outcome == nil { outcome = ready ? .passed : .failed(reason: .startTimeout, detail: "not ready after preflight_sec (\(agent.preflightSeconds) s)") }
+                // One still starting has until start_timeout_sec to become ready.
+                survived = true
+                if outcome == nil, ready { outcome = .passed }
             case .ended(let result):
                 ended = true
                 guard outcome == nil else { break }
