@@ -194,6 +194,14 @@ struct Sandbox: ParsableCommand {
         guard let agentConfiguration = configuration.agent(named: agent) else {
             throw failure("no agent \"\(agent)\" is configured in \(configuration.path)")
         }
+        if let unit = agentConfiguration.transientUnit {
+            guard !dropIn, installRoot == nil else {
+                throw failure("agent \(agent) runs as the transient unit \(unit), whose sandbox is set at each start; a drop-in is for an agent's own unit")
+            }
+            let sandbox = UnitSandbox(spec: agentConfiguration.sandbox, unit: unit, stateDirectory: configuration.daemon.stateDirectory, isTransient: true)
+            print(sandbox.settings().report.text, terminator: "")
+            return
+        }
         guard let unit = agentConfiguration.unit else {
             if dropIn || installRoot != nil {
                 throw failure("agent \(agent) is run by backstopd itself (runner = \"direct\"); a drop-in is for an agent's unit")

@@ -422,6 +422,18 @@ struct ConfigurationTests {
             source: minimalAgent + "\n[agent.sandbox]\nsystem_call_filter = [\"@system-service\", \"~@everything\"]\n",
             line: 5, key: "agent[0].sandbox.system_call_filter", message: "\"@everything\" is not one of systemd's system call groups"),
         Fault(
+            what: "unknown sandbox engine",
+            source: minimalAgent + "\n[agent.sandbox]\nengine = \"docker\"\n",
+            line: 5, key: "agent[0].sandbox.engine", message: "must be \"bubblewrap\" or \"systemd\""),
+        Fault(
+            what: "systemd engine with a program found in PATH",
+            source: "[[agent]]\nname = \"demo\"\nexec = [\"demo-agent\"]\n[agent.sandbox]\nengine = \"systemd\"\n",
+            line: 3, key: "agent[0].exec", message: "absolute path with engine = \"systemd\""),
+        Fault(
+            what: "systemd engine for a unit agent",
+            source: "[[agent]]\nname = \"clamd\"\nrunner = \"systemd\"\nunit = \"clamav-daemon.service\"\ncontent_link = \"/var/lib/clamav\"\n[agent.sandbox]\nengine = \"systemd\"\n",
+            line: 7, key: "agent[0].sandbox.engine", message: "only for runner = \"direct\""),
+        Fault(
             what: "preflight with the systemd runner and no preflight_exec",
             source: "[[agent]]\nname = \"clamd\"\nrunner = \"systemd\"\nunit = \"clamav-daemon.service\"\ncontent_link = \"/var/lib/clamav\"\npreflight_sec = 30\n",
             line: 1, key: "agent[0].preflight_exec", message: "a preflight runs this command line"),
@@ -469,6 +481,9 @@ struct ConfigurationTests {
         expected.tasksMax = nil
         expected.systemCallFilter = ["@system-service", "~@privileged", "ptrace"]
         #expect(agent.sandbox == expected)
+        let transient = try Configuration.parse(Self.minimalAgent + "\n[agent.sandbox]\nengine = \"systemd\"\n", path: Self.path).agents[0]
+        #expect(transient.transientUnit == "backstop-demo.service" && transient.watchedUnit == "backstop-demo.service")
+        #expect(transient.policySettings.notify, "a transient unit is ready when it is active")
         #expect(try Configuration.parse(Self.minimalAgent + "\n[agent.sandbox]\nmemory_max = 268435456\n", path: Self.path).agents[0].sandbox.memoryMaxBytes == 256 << 20)
     }
 

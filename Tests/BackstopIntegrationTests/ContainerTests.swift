@@ -228,6 +228,42 @@ struct ContainerTests {
         }
     }
 
+    @Test("engine = \"systemd\": an agent backstopd runs becomes a transient unit with its sandbox as properties; it scores 3.0 or lower, runs as nobody without capabilities, and its bad content is rolled back")
+    func transientUnitSandbox() throws {
+        let config = """
+            [[agent]]
+            name = "demo"
+            exec = ["/usr/libexec/backstop/backstop-demo-agent", "--content", "{content}"]
+            notify = true
+            watchdog_sec = 10
+            failure_window_sec = 60
+            restart_delay_ms = 100
+            boot_good_after_sec = 2
+            [agent.sandbox]
+            engine = "systemd"
+            memory_max = "256M"
+            """
+        try withContainer(config: config) { container in
+            let report = try container.run("/usr/bin/backstopctl", "sandbox", "demo").output
+            #expect(report.contains("transient unit backstop-demo.service") && report.contains("MemoryMax=256M"), "\(report)")
+            try knownGoodThenCandidate(container, candidate: Self.sample("v2-channel-291"))
+            let agent = try expectRolledBack(container)
+            let crashes = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_REASON"] == "crashed" }
+            #expect(crashes.count == 3 && crashes.allSatisfy { $0["BACKSTOP_SIGNAL"] == "SIGSEGV" }, "\(crashes)")
+
+            let shown = try container.run("/bin/systemctl", "show", "backstop-demo.service", "-p", "MainPID", "-p", "MemoryMax", "-p", "TasksMax", "-p", "User").output
+            #expect(shown.contains("MainPID=\(agent.pid ?? -1)") && shown.contains("MemoryMax=268435456") && shown.contains("TasksMax=512") && shown.contains("User=nobody"), "\(shown)")
+            let identity = try container.run("/bin/sh", "-c", "grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp)' /proc/\(agent.pid ?? -1)/status").output
+            #expect(identity.contains("Uid:\t65534") && identity.contains("CapEff:\t0000000000000000") && identity.contains("NoNewPrivs:\t1") && identity.contains("Seccomp:\t2"), "\(identity)")
+
+            let analysis = try container.run("/usr/bin/systemd-analyze", "security", "--no-pager", "backstop-demo.service").output
+            let verdict = try #require(analysis.split(separator: "\n").first { $0.contains("Overall exposure level for backstop-demo.service:") })
+            let score = try #require(Double(verdict.split(separator: ":")[1].split(separator: " ")[0]))
+            print("systemd-analyze security backstop-demo.service (transient, default sandbox): exposure \(score)")
+            #expect(score <= 3.0, "\(analysis)")
+        }
+    }
+
     @Test("the systemd runner under systemctl restart, a SIGTERM to the agent, a systemd re-exec and a reboot")
     func unitOutsideActions() throws {
         try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in

@@ -52,7 +52,7 @@ public struct Configuration: Sendable, Equatable {
                 do throws(SandboxError) { _ = try SandboxAccount.resolve(agent.sandbox) } catch {
                     warnings.append("agent \(agent.name): sandbox: \(error); the agent will not start until it does")
                 }
-                if let reason = BubblewrapSandbox.unavailableReason {
+                if agent.transientUnit == nil || agent.preflightSeconds > 0, let reason = BubblewrapSandbox.unavailableReason {
                     warnings.append("agent \(agent.name): \(reason); the agent will not start until it is")
                 }
             }
@@ -162,14 +162,25 @@ public struct AgentConfiguration: Sendable, Equatable {
         self.exec = exec
     }
 
+    /// With `runner = "direct"` and `[agent.sandbox] engine = "systemd"`: the transient unit
+    /// the agent runs as, `backstop-<name>.service`.
+    public var transientUnit: String? {
+        runner == .direct && sandbox.engine == .systemd ? "backstop-\(name).service" : nil
+    }
+
+    /// The unit Backstop watches for this agent: its own (`unit`) or its transient one.
+    public var watchedUnit: String? { unit ?? transientUnit }
+
     /// The policy numbers of this agent.
     public var policySettings: PolicySettings {
         PolicySettings(
             agent: name, failureThreshold: failureThreshold, failureWindowSeconds: Double(failureWindowSeconds),
             probationSeconds: Double(probationSeconds), restartDelayMilliseconds: restartDelayMilliseconds,
             restartDelayMaxSeconds: Double(restartDelayMaxSeconds), startTimeoutSeconds: Double(startTimeoutSeconds),
-            // A unit is ready when systemd says it is active, as for READY=1.
-            watchdogSeconds: Double(watchdogSeconds), notify: notify || runner == .systemd, hasSafeModeExec: !safeModeExec.isEmpty,
+            // A unit is ready when systemd says it is active, as for READY=1; a transient
+            // unit's watchdog is systemd's (WatchdogSec=), its end reported as `hung`.
+            watchdogSeconds: transientUnit == nil ? Double(watchdogSeconds) : 0, notify: notify || watchedUnit != nil,
+            hasSafeModeExec: !safeModeExec.isEmpty,
             cleanExitIsFailure: cleanExitIsFailure, hasReadyCheck: !readyCheckExec.isEmpty,
             healthCheckIntervalSeconds: healthCheckExec.isEmpty ? nil : Double(healthCheckIntervalSeconds),
             healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures,

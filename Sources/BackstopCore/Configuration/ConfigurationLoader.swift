@@ -426,6 +426,11 @@ private struct TableReader {
         switch agent.runner {
         case .direct:
             guard table["exec"] != nil else { throw fail(prefix, "missing key \"exec\" (the agent's command line)") }
+            if agent.sandbox.engine == .systemd {
+                for (key, words) in [("exec", agent.exec), ("safe_mode_exec", agent.safeModeExec)] where words.first.map({ !$0.hasPrefix("/") }) == true {
+                    throw fail(prefix + "." + key, "must name its program by an absolute path with engine = \"systemd\" (a transient unit's ExecStart=)")
+                }
+            }
             if agent.unit != nil { throw fail(prefix + ".unit", "only meaningful with runner = \"systemd\"") }
         case .systemd:
             guard let unit = agent.unit else { throw fail(prefix, "missing key \"unit\": runner = \"systemd\" supervises an existing unit") }
@@ -444,6 +449,9 @@ private struct TableReader {
             if agent.preflightSeconds > 0, agent.preflightExec.isEmpty {
                 throw fail(prefix + ".preflight_exec", "missing: with runner = \"systemd\" a preflight runs this command line (the unit's ExecStart= is systemd's)")
             }
+            if agent.sandbox.engine == .systemd {
+                throw fail(prefix + ".sandbox.engine", "only for runner = \"direct\": a unit's sandbox is its drop-in (backstopctl sandbox --drop-in)")
+            }
             for key in ["exec", "safe_mode_exec", "watchdog_sec", "notify"] where table[key] != nil {
                 throw fail(prefix + "." + key, "not used with runner = \"systemd\": the unit's own settings (ExecStart=, WatchdogSec=, Type=) apply")
             }
@@ -460,6 +468,12 @@ private struct TableReader {
         for key in table.keys {
             let full = prefix + "." + key
             switch key {
+            case "engine":
+                let raw = try string(table, key, full)
+                guard let engine = SandboxSpec.SandboxEngine(rawValue: raw) else {
+                    throw fail(full, "must be \"bubblewrap\" or \"systemd\", not \"\(raw)\"")
+                }
+                spec.engine = engine
             case "user", "group":
                 var name = table[key]?.int.map { String($0) } ?? ""
                 if name.isEmpty { name = try string(table, key, full) }
@@ -518,7 +532,7 @@ private struct TableReader {
                     throw fail(full, problem)
                 }
             default:
-                throw fail(full, "unknown key in [agent.sandbox] (known: user, group, capabilities, no_new_privileges, read_only_paths, read_write_paths, inaccessible_paths, private_tmp, private_network, memory_max, cpu_quota, tasks_max, system_call_filter)")
+                throw fail(full, "unknown key in [agent.sandbox] (known: engine, user, group, capabilities, no_new_privileges, read_only_paths, read_write_paths, inaccessible_paths, private_tmp, private_network, memory_max, cpu_quota, tasks_max, system_call_filter)")
             }
         }
         return spec

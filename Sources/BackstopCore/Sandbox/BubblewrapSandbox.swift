@@ -101,7 +101,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         } else {
             report.apply("namespaces", namespaces + " (not PID: the agent sees the machine's processes)")
         }
-        bwrap += mounts(&report)
+        bwrap += mounts(program: arguments.first, &report)
         bwrap += ["--cap-drop", "ALL"]
         let kept = spec.capabilities
         for capability in kept + Self.setprivCapabilities.filter({ !kept.contains($0) }) { bwrap += ["--cap-add", capability] }
@@ -150,7 +150,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// bwrap's mount options: read-only and writable binds from the shallowest path to the
     /// deepest (so the more specific wins), the state directory read-only on top, then the
     /// inaccessible paths masked.
-    private func mounts(_ report: inout SandboxReport) -> [String] {
+    private func mounts(program: String?, _ report: inout SandboxReport) -> [String] {
         var options: [String] = []
         report.apply("devices", "a private /dev with null, zero, full, random, urandom, tty, shm and pts")
         var binds: [(path: String, writable: Bool)] = []
@@ -195,6 +195,11 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             if entry.path == "/" { options += ["--dev", "/dev"] + (privateProcesses ? ["--proc", "/proc"] : []) }
         }
         if spec.privateTmp && !tmpAdded { options += privateTmpOptions() }
+        // The agent's program stays where it is, also when a private /tmp would hide it.
+        if spec.privateTmp, let program, ["/tmp", "/var/tmp"].contains(where: { Self.isInside(program, $0) }), Self.exists(program) {
+            bind("--ro-bind", program, program)
+            report.apply("program", "\(program) bound read-only into the private /tmp")
+        }
         if spec.privateTmp { report.apply("private_tmp", "yes: /tmp and /var/tmp are empty tmpfs of the agent's own") }
         let readOnly = binds.filter { bind in !bind.writable && !binds.contains { $0.writable && $0.path == bind.path } }.map(\.path)
         let writable = binds.filter { $0.writable && spec.readWritePaths.contains($0.path) }.map { substitutes[$0.path].map { "\($0) (a private copy)" } ?? $0.path }

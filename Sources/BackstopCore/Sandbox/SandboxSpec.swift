@@ -10,6 +10,10 @@ import Foundation
 /// file system read-only, home directories hidden, a private `/tmp`, no network, at most
 /// 512 tasks and systemd's `@system-service` system calls.
 public struct SandboxSpec: Sendable, Equatable {
+    /// `engine`, default `"bubblewrap"`: how an agent backstopd runs (`runner = "direct"`) is
+    /// sandboxed; `"systemd"` runs it as a transient unit with these settings as its
+    /// properties (backstopd must run under systemd). A unit agent's sandbox is its drop-in.
+    public var engine = SandboxEngine.bubblewrap
     /// `user`, default `"nobody"`: the user (name or numeric uid) the agent runs as.
     public var user = "nobody"
     /// `group`, default: the user's primary group.
@@ -45,6 +49,14 @@ public struct SandboxSpec: Sendable, Equatable {
 
     /// The defaults.
     public init() {}
+
+    /// The engines an agent backstopd runs can be sandboxed by.
+    public enum SandboxEngine: String, Sendable, Equatable {
+        /// bwrap(1), ``BubblewrapSandbox``.
+        case bubblewrap
+        /// A transient systemd unit, ``UnitSandbox``.
+        case systemd
+    }
 
     /// Every capability of capabilities(7) as of Linux 6.x, in kernel order.
     public static let knownCapabilities = [

@@ -16,12 +16,15 @@ public struct UnitSandbox: Sendable, Equatable {
     public var unit: String
     /// Backstop's state directory: read-only to the unit in any case (backstopd's runtime drop-in says so too).
     public var stateDirectory: String
+    /// Whether `unit` is the agent's transient unit (properties at each start) rather than its own (a drop-in).
+    public var isTransient: Bool
 
     /// The engine for `spec` applied to `unit`.
-    public init(spec: SandboxSpec, unit: String, stateDirectory: String) {
+    public init(spec: SandboxSpec, unit: String, stateDirectory: String, isTransient: Bool = false) {
         self.spec = spec
         self.unit = unit
         self.stateDirectory = stateDirectory
+        self.isTransient = isTransient
     }
 
     /// The name of the drop-in file in `/etc/systemd/system/UNIT.d/`.
@@ -33,74 +36,105 @@ public struct UnitSandbox: Sendable, Equatable {
     }
 
     /// The `[Service]` settings, in order, and the report of what they apply.
-    public func settings() -> (settings: [(key: String, value: String)], report: SandboxReport) {
-        var report = SandboxReport(engine: "systemd (unit settings of \(unit), drop-in \(Self.dropInPath(unit: unit)))")
-        var settings: [(key: String, value: String)] = []
-        func set(_ key: String, _ value: String) { settings.append((key, value)) }
+    public func settings() -> (settings: [UnitSetting], report: SandboxReport) {
+        var report = SandboxReport(engine: isTransient
+            ? "systemd (transient unit \(unit), its properties set over D-Bus at each start)"
+            : "systemd (unit settings of \(unit), drop-in \(Self.dropInPath(unit: unit)))")
+        var settings: [UnitSetting] = []
+        func set(_ key: String, _ value: UnitValue) { settings.append(UnitSetting(key: key, value: value)) }
 
-        set("User", spec.user)
-        if let group = spec.group { set("Group", group) }
+        set("User", .string(spec.user))
+        if let group = spec.group { set("Group", .string(group)) }
         report.apply("user", "User=\(spec.user)" + (spec.group.map { " Group=\($0)" } ?? ""))
-        set("CapabilityBoundingSet", spec.capabilities.joined(separator: " "))
-        if !spec.capabilities.isEmpty { set("AmbientCapabilities", spec.capabilities.joined(separator: " ")) }
+        set("CapabilityBoundingSet", .capabilities(spec.capabilities))
+        if !spec.capabilities.isEmpty { set("AmbientCapabilities", .capabilities(spec.capabilities)) }
         report.apply("capabilities", spec.capabilities.isEmpty ? "CapabilityBoundingSet= (empty: none)" : "CapabilityBoundingSet= and AmbientCapabilities= \(spec.capabilities.joined(separator: " "))")
-        set("NoNewPrivileges", spec.noNewPrivileges ? "yes" : "no")
+        set("NoNewPrivileges", .bool(spec.noNewPrivileges))
         report.apply("no_new_privileges", "NoNewPrivileges=\(spec.noNewPrivileges ? "yes" : "no")")
 
         var readOnly = spec.readOnlyPaths
         if readOnly.contains("/") {
-            set("ProtectSystem", "strict")
+            set("ProtectSystem", .string("strict"))
             readOnly.removeAll { $0 == "/" }
         }
-        for path in readOnly { set("ReadOnlyPaths", UnitFileSyntax.quoted("-" + path)) }
-        report.apply("read_only_paths", (spec.readOnlyPaths.contains("/") ? ["ProtectSystem=strict"] : []).joined() + (readOnly.isEmpty ? "" : " ReadOnlyPaths=" + readOnly.joined(separator: " ")))
-        for path in spec.readWritePaths { set("ReadWritePaths", UnitFileSyntax.quoted("-" + path)) }
-        if !spec.readWritePaths.isEmpty { report.apply("read_write_paths", "ReadWritePaths=" + spec.readWritePaths.joined(separator: " ")) }
-        set("ReadOnlyPaths", UnitFileSyntax.quoted("-" + stateDirectory))
+        if !readOnly.isEmpty { set("ReadOnlyPaths", .paths(readOnly)) }
+        report.apply("read_only_paths", ((spec.readOnlyPaths.contains("/") ? ["ProtectSystem=strict"] : []) + (readOnly.isEmpty ? [] : ["ReadOnlyPaths=" + readOnly.joined(separator: " ")])).joined(separator: " "))
+        if !spec.readWritePaths.isEmpty {
+            set("ReadWritePaths", .paths(spec.readWritePaths))
+            report.apply("read_write_paths", "ReadWritePaths=" + spec.readWritePaths.joined(separator: " "))
+        }
+        set("ReadOnlyPaths", .paths([stateDirectory]))
         report.apply("state directory", "ReadOnlyPaths=\(stateDirectory) (always)")
         var inaccessible = spec.inaccessiblePaths
         let homes = ["/home", "/root", "/run/user"]
         if homes.allSatisfy(inaccessible.contains) {
-            set("ProtectHome", "yes")
+            set("ProtectHome", .string("yes"))
             inaccessible.removeAll(where: homes.contains)
         }
-        for path in inaccessible { set("InaccessiblePaths", UnitFileSyntax.quoted("-" + path)) }
+        if !inaccessible.isEmpty { set("InaccessiblePaths", .paths(inaccessible)) }
         if !spec.inaccessiblePaths.isEmpty {
             report.apply("inaccessible_paths", [inaccessible.count < spec.inaccessiblePaths.count ? "ProtectHome=yes" : "", inaccessible.isEmpty ? "" : "InaccessiblePaths=" + inaccessible.joined(separator: " ")].filter { !$0.isEmpty }.joined(separator: " "))
         }
-        set("PrivateTmp", spec.privateTmp ? "yes" : "no")
+        set("PrivateTmp", .bool(spec.privateTmp))
         report.apply("private_tmp", "PrivateTmp=\(spec.privateTmp ? "yes" : "no")")
-        set("PrivateNetwork", spec.privateNetwork ? "yes" : "no")
-        set("RestrictAddressFamilies", spec.privateNetwork ? "AF_UNIX" : "AF_UNIX AF_INET AF_INET6 AF_NETLINK")
-        report.apply("private_network", spec.privateNetwork ? "PrivateNetwork=yes RestrictAddressFamilies=AF_UNIX" : "PrivateNetwork=no RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK")
+        set("PrivateNetwork", .bool(spec.privateNetwork))
+        let families = spec.privateNetwork ? ["AF_UNIX"] : ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+        set("RestrictAddressFamilies", .allowList(families))
+        report.apply("private_network", "PrivateNetwork=\(spec.privateNetwork ? "yes" : "no") RestrictAddressFamilies=\(families.joined(separator: " "))")
         if let bytes = spec.memoryMaxBytes {
-            set("MemoryMax", SandboxSpec.formatBytes(bytes))
+            set("MemoryMax", .bytes(bytes))
             report.apply("memory_max", "MemoryMax=\(SandboxSpec.formatBytes(bytes)) (cgroup)")
         }
         if let percent = spec.cpuQuotaPercent {
-            set("CPUQuota", "\(percent)%")
+            set("CPUQuota", .percent(percent))
             report.apply("cpu_quota", "CPUQuota=\(percent)% (cgroup)")
         }
-        set("TasksMax", spec.tasksMax.map(String.init) ?? "infinity")
+        set("TasksMax", .count(spec.tasksMax))
         report.apply("tasks_max", "TasksMax=\(spec.tasksMax.map(String.init) ?? "infinity") (cgroup)")
-        for entry in spec.systemCallFilter { set("SystemCallFilter", entry) }
+        for entry in spec.systemCallFilter { set("SystemCallFilter", .filter(entry)) }
         if !spec.systemCallFilter.isEmpty {
-            set("SystemCallErrorNumber", "EPERM")
+            set("SystemCallErrorNumber", .string("EPERM"))
             report.apply("system_call_filter", "SystemCallFilter=" + spec.systemCallFilter.joined(separator: " ") + " (seccomp; refused calls fail with EPERM)")
         }
-        for (key, value) in Self.fixedHardening { set(key, value) }
-        report.apply("always", Self.fixedHardening.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+        for key in Self.fixedHardening { set(key, .bool(true)) }
+        set("RestrictNamespaces", .bool(true))
+        set("SystemCallArchitectures", .string("native"))
+        report.apply("always", (Self.fixedHardening + ["RestrictNamespaces"]).map { "\($0)=yes" }.joined(separator: " ") + " SystemCallArchitectures=native")
         return (settings, report)
     }
 
     /// What the direct engine's namespaces, private /dev and read-only /proc and /sys give
-    /// every agent, as unit settings.
-    static let fixedHardening: [(key: String, value: String)] = [
-        ("PrivateDevices", "yes"), ("PrivateIPC", "yes"), ("ProtectHostname", "yes"), ("ProtectClock", "yes"),
-        ("ProtectKernelTunables", "yes"), ("ProtectKernelModules", "yes"), ("ProtectKernelLogs", "yes"),
-        ("ProtectControlGroups", "yes"), ("RestrictNamespaces", "yes"), ("RestrictRealtime", "yes"),
-        ("RestrictSUIDSGID", "yes"), ("LockPersonality", "yes"), ("SystemCallArchitectures", "native"),
+    /// every agent, as unit settings that are `yes`.
+    static let fixedHardening = [
+        "PrivateDevices", "PrivateIPC", "ProtectHostname", "ProtectClock", "ProtectKernelTunables", "ProtectKernelModules",
+        "ProtectKernelLogs", "ProtectControlGroups", "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality",
     ]
+
+    /// The settings as a transient unit's properties (org.freedesktop.systemd1(5)): the same
+    /// settings as the drop-in, in the D-Bus types systemd takes for them.
+    public func busProperties() -> [(String, BusValue)] {
+        settings().settings.map { setting -> (String, BusValue) in
+            switch (setting.key, setting.value) {
+            case ("SystemCallErrorNumber", _): return (setting.key, .int32(EPERM))
+            case ("SystemCallArchitectures", .string(let name)): return (setting.key, .strings([name]))
+            case ("RestrictNamespaces", .bool(let restricted)):
+                // The namespaces still allowed: none, or all (CLONE_NEW* flags).
+                return (setting.key, .uint64(restricted ? 0 : ~0))
+            case (_, .string(let text)): return (setting.key, .string(text))
+            case (_, .bool(let flag)): return (setting.key, .bool(flag))
+            case (_, .paths(let paths)): return (setting.key, .strings(paths.map { "-" + $0 }))
+            case (_, .capabilities(let names)):
+                let mask = names.compactMap { SandboxSpec.knownCapabilities.firstIndex(of: $0) }.reduce(UInt64(0)) { $0 | 1 << UInt64($1) }
+                return (setting.key, .uint64(mask))
+            case (_, .allowList(let names)): return (setting.key, .list(allow: true, names))
+            case (_, .filter(let entry)):
+                return (setting.key, entry.hasPrefix("~") ? .list(allow: false, [String(entry.dropFirst())]) : .list(allow: true, [entry]))
+            case (_, .bytes(let bytes)): return (setting.key, .uint64(bytes))
+            case (_, .percent(let percent)): return ("CPUQuotaPerSecUSec", .uint64(UInt64(percent) * 10_000))
+            case (_, .count(let count)): return (setting.key, .uint64(count.map(UInt64.init) ?? .max))
+            }
+        }
+    }
 
     /// The drop-in file: a comment saying where it came from, then `[Service]` and the settings.
     public func dropIn() -> String {
@@ -111,8 +145,47 @@ public struct UnitSandbox: Sendable, Equatable {
             [Service]
 
             """
-        for (key, value) in settings().settings { text += "\(key)=\(value)\n" }
+        for setting in settings().settings { text += "\(setting.key)=\(setting.value.unitFileText)\n" }
         return text
+    }
+}
+
+/// One unit setting: its key (systemd.exec(5), systemd.resource-control(5)) and value.
+public struct UnitSetting: Sendable, Equatable {
+    public var key: String
+    public var value: UnitValue
+}
+
+/// A unit setting's value, in the forms both a unit file and a transient unit's D-Bus
+/// properties (org.freedesktop.systemd1(5)) take.
+public enum UnitValue: Sendable, Equatable {
+    case string(String)
+    case bool(Bool)
+    /// Paths, missing ones ignored (the `-` prefix).
+    case paths([String])
+    /// Capability names; empty is none.
+    case capabilities([String])
+    /// Address families allowed (RestrictAddressFamilies=).
+    case allowList([String])
+    /// A system call filter entry, `~` denying.
+    case filter(String)
+    case bytes(UInt64)
+    case percent(Int)
+    /// A count; nil is `infinity`.
+    case count(Int?)
+
+    /// The value as a unit file writes it.
+    public var unitFileText: String {
+        switch self {
+        case .string(let text): return text
+        case .bool(let value): return value ? "yes" : "no"
+        case .paths(let paths): return paths.map { UnitFileSyntax.quoted("-" + $0) }.joined(separator: " ")
+        case .capabilities(let names), .allowList(let names): return names.joined(separator: " ")
+        case .filter(let entry): return entry
+        case .bytes(let bytes): return SandboxSpec.formatBytes(bytes)
+        case .percent(let percent): return "\(percent)%"
+        case .count(let count): return count.map(String.init) ?? "infinity"
+        }
     }
 }
 

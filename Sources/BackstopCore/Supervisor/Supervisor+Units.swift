@@ -51,7 +51,7 @@ extension Supervisor {
     /// reloads systemd, and starts watching each unit.
     /// - Returns: the agents that cannot be supervised (no system bus, unknown unit); they stay stopped.
     func attachUnits() -> Set<String> {
-        let agents = configuration.agents.filter { $0.runner == .systemd }
+        let agents = configuration.agents.filter { $0.watchedUnit != nil }
         guard !agents.isEmpty else { return [] }
         let bus: UnitBus
         do { bus = try UnitBus() } catch {
@@ -59,7 +59,7 @@ extension Supervisor {
                             metadata: ["error": "\(error)"])
             return Set(agents.map(\.name))
         }
-        for agent in agents {
+        for agent in agents where agent.runner == .systemd {
             let path = Self.dropInPath(unit: agent.unit!)
             do {
                 try DurableFile.makeDirectories((path as NSString).deletingLastPathComponent, mode: 0o755)
@@ -75,10 +75,11 @@ extension Supervisor {
         var unwatchable: Set<String> = []
         for agent in agents {
             let name = agent.name
+            let unitName = agent.watchedUnit!
             do {
-                let path = try bus.loadUnit(agent.unit!)
+                let path = try bus.loadUnit(unitName)
                 let (stream, continuation) = AsyncStream.makeStream(of: UnitEvent.self, bufferingPolicy: .bufferingNewest(64))
-                let watcher = try UnitWatcher(unit: agent.unit!, path: path) { continuation.yield($0) }
+                let watcher = try UnitWatcher(unit: unitName, path: path) { continuation.yield($0) }
                 let pump = Task {
                     for await event in stream {
                         switch event {
@@ -88,10 +89,10 @@ extension Supervisor {
                         }
                     }
                 }
-                slots[name]!.unit = UnitHost(name: agent.unit!, bus: bus, watcher: watcher, pump: pump)
+                slots[name]!.unit = UnitHost(name: unitName, bus: bus, watcher: watcher, pump: pump)
             } catch {
                 logger.critical("Cannot watch the agent's unit (\(error)); the agent is not supervised.",
-                                metadata: ["agent": "\(name)", "unit": "\(agent.unit!)", "error": "\(error)"])
+                                metadata: ["agent": "\(name)", "unit": "\(unitName)", "error": "\(error)"])
                 unwatchable.insert(name)
             }
         }
@@ -116,11 +117,12 @@ extension Supervisor {
         }
     }
 
-    /// `.spawn` for a unit: clear a failed state and start it. The watcher then reports the
-    /// unit's state, also when it was up already (started before backstopd, or by an operator).
-    func startUnit(_ name: String) {
+    /// `.spawn` for a unit: clear a failed state and start it (a transient unit: make it, on
+    /// `version` in `mode`). The watcher then reports the unit's state, also when it was up
+    /// already (started before backstopd, or by an operator).
+    func startUnit(_ name: String, version: String, mode: RunMode) {
         guard let unit = slots[name]?.unit else {
-            let unit = slots[name]!.configuration.unit ?? ""
+            let unit = slots[name]!.configuration.watchedUnit ?? ""
             apply(slots[name]!.policy.spawnFailed("\(unit) cannot be watched over D-Bus (see the error at backstopd's start)", at: Moment.now()), to: name)
             return
         }
@@ -129,12 +131,41 @@ extension Supervisor {
         do {
             // Best effort: a unit that is not failed, or not loaded at the moment, has nothing to reset.
             try? unit.bus.resetFailedUnit(unit.name)
-            slots[name]!.unit!.startJob = try unit.bus.startUnit(unit.name)
+            if slots[name]!.configuration.transientUnit != nil, unit.lastState?.isUp != true {
+                slots[name]!.unit!.startJob = try unit.bus.startTransientUnit(unit.name, properties: transientProperties(name, version: version, mode: mode))
+            } else {
+                slots[name]!.unit!.startJob = try unit.bus.startUnit(unit.name)
+            }
             unit.watcher.refresh()
         } catch {
             apply(slots[name]!.policy.spawnFailed("\(error)", at: Moment.now()), to: name)
             persist(name)
         }
+    }
+
+    /// The properties of agent `name`'s transient unit running `version` in `mode`: its
+    /// command line and environment as a direct run would have them, systemd's timeouts and
+    /// watchdog from the agent's settings, and its sandbox (``UnitSandbox/busProperties()``).
+    func transientProperties(_ name: String, version: String, mode: RunMode) -> [(String, BusValue)] {
+        let slot = slots[name]!
+        let agent = slot.configuration
+        let request = LaunchRequest.make(
+            agent: name, exec: mode == .safeMode ? agent.safeModeExec : agent.exec, store: slot.store.root,
+            contentPath: slot.store.path(of: version), version: version, notifySocket: nil, watchdogSeconds: 0)
+        let environment = ["BACKSTOP_CONTENT", "BACKSTOP_CONTENT_VERSION"].compactMap { key in request.environment[key].map { "\(key)=\($0)" } }
+        var properties: [(String, BusValue)] = [
+            ("Description", .string("Backstop agent \(name) on content \(version)")),
+            ("Type", .string(agent.notify ? "notify" : "exec")),
+            ("ExecStart", .command(path: request.arguments[0], arguments: request.arguments)),
+            ("Environment", .strings(environment)),
+            ("SyslogIdentifier", .string(name)),
+            ("TimeoutStartUSec", .uint64(UInt64(agent.startTimeoutSeconds) * 1_000_000)),
+            ("TimeoutStopUSec", .uint64(UInt64(Self.terminationGraceSeconds * 1_000_000))),
+        ]
+        if agent.notify, agent.watchdogSeconds > 0 { properties.append(("WatchdogUSec", .uint64(UInt64(agent.watchdogSeconds) * 1_000_000))) }
+        return properties + UnitSandbox(
+            spec: agent.sandbox, unit: slot.unit!.name, stateDirectory: configuration.daemon.stateDirectory, isTransient: true
+        ).busProperties()
     }
 
     /// `.terminate` for a unit: SIGABRT (a hang) to its main process, otherwise a stop job.
@@ -210,7 +241,7 @@ extension Supervisor {
     /// stopped (across restarts of backstopd and reboots) until it is started again.
     private func stoppedOutside(_ name: String, at now: Moment) {
         logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
-                      metadata: ["agent": "\(name)", "unit": "\(slots[name]!.configuration.unit ?? "")"])
+                      metadata: ["agent": "\(name)", "unit": "\(slots[name]!.configuration.watchedUnit ?? "")"])
         apply(slots[name]!.policy.stop(at: now), to: name)
     }
 

@@ -629,7 +629,7 @@ public actor Supervisor {
         for action in actions {
             switch action {
             case .spawn(let version, let mode):
-                if slots[name]!.configuration.runner == .systemd { startUnit(name) } else { spawn(name, version: version, mode: mode) }
+                if slots[name]!.configuration.watchedUnit != nil { startUnit(name, version: version, mode: mode) } else { spawn(name, version: version, mode: mode) }
             case .terminate(let signal):
                 if slots[name]!.unit != nil { stopUnit(name, signal: signal) } else { terminate(name, signal: signal) }
             case .switchContent(let version):

@@ -158,18 +158,23 @@ public final class UnitBus: @unchecked Sendable {
     private func call(
         _ member: String, _ strings: [String], int32: Int32? = nil, operation: String, readsObjectPath: Bool = false
     ) throws(BusError) -> String? {
+        try withBus { bus throws(BusError) in
+            try Self.call(bus: bus, member, strings, int32: int32, operation: operation, readsObjectPath: readsObjectPath)
+        }
+    }
+
+    /// Runs `body` with the connection, locked; once more on a new connection when systemd
+    /// closed the old one (it re-executed itself).
+    func withBus<R>(_ body: (OpaquePointer?) throws(BusError) -> R) throws(BusError) -> R {
         lock.lock()
         defer { lock.unlock() }
         do {
-            return try Self.call(
-                bus: bus, member, strings, int32: int32, operation: operation, readsObjectPath: readsObjectPath)
+            return try body(bus)
         } catch where sd_bus_is_open(bus) <= 0 {
-            // The connection is gone (systemd re-executed itself): once more on a new one.
             sd_bus_flush_close_unref(bus)
             bus = nil
             bus = try Self.connect()
-            return try Self.call(
-                bus: bus, member, strings, int32: int32, operation: operation, readsObjectPath: readsObjectPath)
+            return try body(bus)
         }
     }
 
@@ -453,5 +458,114 @@ public final class UnitWatcher: @unchecked Sendable {
         }
         sd_bus_message_exit_container(message)
         return String(cString: interface)
+    }
+}
+
+/// A value of a transient unit's property, by its D-Bus type (org.freedesktop.systemd1(5),
+/// "Properties" of the Service, Exec and Resource-control interfaces).
+public enum BusValue: Sendable, Equatable {
+    /// `s`
+    case string(String)
+    /// `b`
+    case bool(Bool)
+    /// `t`
+    case uint64(UInt64)
+    /// `i`
+    case int32(Int32)
+    /// `as`
+    case strings([String])
+    /// `(bas)`: a list that allows (true) or denies (false), as SystemCallFilter= and RestrictAddressFamilies=.
+    case list(allow: Bool, [String])
+    /// `a(sasb)`: one command line, as ExecStart=.
+    case command(path: String, arguments: [String])
+
+    var signature: String {
+        switch self {
+        case .string: "s"
+        case .bool: "b"
+        case .uint64: "t"
+        case .int32: "i"
+        case .strings: "as"
+        case .list: "(bas)"
+        case .command: "a(sasb)"
+        }
+    }
+}
+
+extension UnitBus {
+    /// Manager.StartTransientUnit with mode `replace` and no auxiliary units: a unit made
+    /// from `properties` alone, gone once it is inactive (or reset after failing).
+    /// - Returns: the start job's object path.
+    /// - Throws: ``BusError`` with systemd's reason (an unknown property, a bad value, a unit of that name already loaded).
+    public func startTransientUnit(_ name: String, properties: [(String, BusValue)]) throws(BusError) -> String {
+        try withBus { bus throws(BusError) in
+            let operation = "StartTransientUnit \(name)"
+            var message: OpaquePointer?
+            var result = sd_bus_message_new_method_call(bus, &message, Self.destination, Self.managerPath, Self.manager, "StartTransientUnit")
+            guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
+            defer { sd_bus_message_unref(message) }
+            func check(_ value: Int32) throws(BusError) {
+                guard value >= 0 else { throw Self.busError(operation, value, sd_bus_error()) }
+            }
+            func append(_ type: Character, _ text: String) throws(BusError) {
+                try check(text.withCString { sd_bus_message_append_basic(message, CChar(type.asciiValue!), $0) })
+            }
+            func open(_ type: Character, _ contents: String) throws(BusError) {
+                try check(sd_bus_message_open_container(message, CChar(type.asciiValue!), contents))
+            }
+            func close() throws(BusError) { try check(sd_bus_message_close_container(message)) }
+            func strings(_ list: [String]) throws(BusError) {
+                try open("a", "s")
+                for item in list { try append("s", item) }
+                try close()
+            }
+            try append("s", name)
+            try append("s", "replace")
+            try open("a", "(sv)")
+            for (key, value) in properties {
+                try open("r", "sv")
+                try append("s", key)
+                try open("v", value.signature)
+                switch value {
+                case .string(let text): try append("s", text)
+                case .bool(let flag):
+                    var number: Int32 = flag ? 1 : 0
+                    try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &number))
+                case .uint64(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "t")), &number))
+                case .int32(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "i")), &number))
+                case .strings(let list): try strings(list)
+                case .list(let allow, let list):
+                    try open("r", "bas")
+                    var flag: Int32 = allow ? 1 : 0
+                    try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &flag))
+                    try strings(list)
+                    try close()
+                case .command(let path, let arguments):
+                    try open("a", "(sasb)")
+                    try open("r", "sasb")
+                    try append("s", path)
+                    try strings(arguments)
+                    var ignoreFailure: Int32 = 0
+                    try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &ignoreFailure))
+                    try close()
+                    try close()
+                }
+                try close()
+                try close()
+            }
+            try close()
+            try open("a", "(sa(sv))")
+            try close()
+            var error = sd_bus_error()
+            defer { sd_bus_error_free(&error) }
+            var reply: OpaquePointer?
+            result = sd_bus_call(bus, message, 0, &error, &reply)
+            guard result >= 0 else { throw Self.busError(operation, result, error) }
+            defer { sd_bus_message_unref(reply) }
+            var path: UnsafePointer<CChar>?
+            result = sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "o")), &path)
+            guard result >= 0, let path else { throw Self.busError(operation, result, sd_bus_error()) }
+            return String(cString: path)
+        }
     }
 }
