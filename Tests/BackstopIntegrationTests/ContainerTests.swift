@@ -264,6 +264,21 @@ struct ContainerTests {
         }
     }
 
+    @Test("bubblewrap under systemd: the sandboxed agent is moved into a transient scope whose cgroup carries memory_max and tasks_max")
+    func bubblewrapAgentInScope() throws {
+        try withContainer(config: Self.config + "\n[agent.sandbox]\nmemory_max = \"128M\"\ntasks_max = 64\n") { container in
+            let report = try container.run("/usr/bin/backstopctl", "sandbox", "demo").output
+            #expect(report.contains("TasksMax= of the transient scope") && report.contains("MemoryMax= of the transient scope"), "\(report)")
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready")
+            let pid = try #require(try container.status().agents.first?.pid)
+            let cgroup = try container.run("/bin/cat", "/proc/\(pid)/cgroup").output
+            #expect(cgroup.contains("backstop-demo-\(pid).scope"), "\(cgroup)")
+            let shown = try container.run("/bin/systemctl", "show", "backstop-demo-\(pid).scope", "-p", "TasksMax", "-p", "MemoryMax", "-p", "ActiveState").output
+            #expect(shown.contains("TasksMax=64") && shown.contains("MemoryMax=134217728") && shown.contains("ActiveState=active"), "\(shown)")
+        }
+    }
+
     @Test("the systemd runner under systemctl restart, a SIGTERM to the agent, a systemd re-exec and a reboot")
     func unitOutsideActions() throws {
         try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in

@@ -1,3 +1,4 @@
+import CSystemd
 import Foundation
 import SystemPackage
 
@@ -39,6 +40,11 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// `<runtime_directory>/inaccessible`, holding the mode-0000 `directory` and `file`
     /// mounted over inaccessible paths (as systemd's /run/systemd/inaccessible).
     public var placeholderDirectory: String
+    /// Whether backstopd puts the agent into a transient scope with the cgroup limits
+    /// (`MemoryMax=`, `TasksMax=`, `CPUQuota=`): when systemd runs the machine (sd_booted(3)).
+    public var cgroupScope = sd_booted() > 0
+    static let scopeNote = "the transient scope backstop-<agent>-<pid>.scope (cgroup)"
+
     /// Writable paths replaced by another directory (a preflight's private copies), by path.
     public var substitutes: [String: String] = [:]
     /// Whether the process gets a PID namespace of its own, as its PID 1, with a /proc that
@@ -123,20 +129,27 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         setpriv.append("--")
 
         var limits: [String] = []
+        let cgroup = " (rlimit: systemd is not running here, so there is no transient scope for cgroup limits)"
         if let bytes = spec.memoryMaxBytes {
             limits.append("ulimit -d \(max(1, bytes / 1024))")
-            report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA (rlimit: cgroup v2 limits come with the systemd engine)")
+            report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA" + (cgroupScope ? " and MemoryMax= of \(Self.scopeNote)" : cgroup))
         }
         if let tasks = spec.tasksMax {
-            if account.uid == 0 {
-                report.skip("tasks_max", "the kernel does not enforce RLIMIT_NPROC for root; run the agent as another user, or under systemd (TasksMax=)")
-            } else {
+            if account.uid != 0 {
                 limits.append("ulimit -u \(tasks)")
-                report.apply("tasks_max", "\(tasks) as RLIMIT_NPROC (rlimit: it counts every process of uid \(account.uid), not only the agent's)")
+                report.apply("tasks_max", "\(tasks) as RLIMIT_NPROC (it counts every process of uid \(account.uid))" + (cgroupScope ? " and TasksMax= of \(Self.scopeNote)" : cgroup))
+            } else if cgroupScope {
+                report.apply("tasks_max", "\(tasks) as TasksMax= of \(Self.scopeNote) (RLIMIT_NPROC does not bind root)")
+            } else {
+                report.skip("tasks_max", "the kernel does not enforce RLIMIT_NPROC for root, and without systemd there is no transient scope; run the agent as another user")
             }
         }
         if let percent = spec.cpuQuotaPercent {
-            report.skip("cpu_quota", "\(percent)%: no rlimit limits CPU bandwidth; it needs cgroup v2 (the systemd engine's CPUQuota=)")
+            if cgroupScope {
+                report.apply("cpu_quota", "\(percent)% as CPUQuota= of \(Self.scopeNote)")
+            } else {
+                report.skip("cpu_quota", "\(percent)%: no rlimit limits CPU bandwidth, and without systemd there is no transient scope for a cgroup limit")
+            }
         }
         if !spec.systemCallFilter.isEmpty {
             report.skip("system_call_filter", "\(spec.systemCallFilter.joined(separator: " ")): bubblewrap takes only a compiled seccomp program; systemd's groups apply with the systemd engine")

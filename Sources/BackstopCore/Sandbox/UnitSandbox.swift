@@ -136,6 +136,12 @@ public struct UnitSandbox: Sendable, Equatable {
         }
     }
 
+    /// Only the resource limits of ``busProperties()``: what a transient scope around an
+    /// agent bubblewrap runs takes (systemd.scope(5) has no sandboxing of its own).
+    public func cgroupProperties() -> [(String, BusValue)] {
+        busProperties().filter { ["MemoryMax", "TasksMax", "CPUQuotaPerSecUSec"].contains($0.0) }
+    }
+
     /// The drop-in file: a comment saying where it came from, then `[Service]` and the settings.
     public func dropIn() -> String {
         var text = """

@@ -1,3 +1,4 @@
+import CSystemd
 import Foundation
 import Logging
 
@@ -72,6 +73,8 @@ public actor Supervisor {
     private var bootGood = false
     private var bootLog = BootLog()
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    /// systemd's manager, for the transient scopes of sandboxed agents (nil without systemd).
+    private var scopeBus: UnitBus?
     /// Operator requests per agent are carried out one at a time, in the order they arrived.
     private var turnsTaken: [String: Int] = [:]
     private var turnsServed: [String: Int] = [:]
@@ -104,6 +107,12 @@ public actor Supervisor {
         if configuration.agents.contains(where: { $0.runner == .direct || $0.preflightSeconds > 0 }) {
             if let reason = BubblewrapSandbox.unavailableReason {
                 logger.error("Agents run by backstopd cannot be sandboxed, so they will not start.", metadata: ["error": "\(reason)"])
+            }
+            if sd_booted() > 0 {
+                do { scopeBus = try UnitBus() } catch {
+                    logger.warning("Cannot reach systemd for the agents' transient scopes; their limits are rlimits only.",
+                                   metadata: ["error": "\(error)"])
+                }
             }
             do { try BubblewrapSandbox.preparePlaceholders(in: configuration.daemon.placeholderDirectory) } catch {
                 logger.error("Cannot create the placeholders of inaccessible paths; sandboxes that hide paths will fail to start.",
@@ -455,6 +464,7 @@ public actor Supervisor {
     private func processStarted(_ name: String, generation: Int, pid: Int32) {
         guard slots[name]?.generation == generation else { return }
         slots[name]!.pid = pid
+        confineInScope(name, pid: pid)
         if slots[name]!.policy.isStopping {
             // A stop was asked for while the process was being created.
             terminate(name, signal: SIGTERM)
@@ -692,6 +702,29 @@ public actor Supervisor {
                 await self.processStarted(name, generation: generation, pid: pid)
             }
             self.processEnded(name, generation: generation, result: result)
+        }
+    }
+
+    /// Under systemd, moves a sandboxed agent into a transient scope of its own,
+    /// `backstop-<agent>-<pid>.scope`, whose cgroup carries its `memory_max`, `tasks_max`
+    /// and `cpu_quota` (Manager.StartTransientUnit with `PIDs=`); what it forks from now on
+    /// is counted there too. Without systemd, or when the scope cannot be made, the
+    /// sandbox's rlimits are its limits.
+    private func confineInScope(_ name: String, pid: Int32) {
+        guard let slot = slots[name], let bus = scopeBus else { return }
+        let limits = UnitSandbox(spec: slot.configuration.sandbox, unit: "", stateDirectory: configuration.daemon.stateDirectory)
+            .cgroupProperties()
+        guard !limits.isEmpty else { return }
+        let scope = "backstop-\(name)-\(pid).scope"
+        do {
+            _ = try bus.startTransientUnit(scope, properties: [
+                ("Description", .string("Backstop agent \(name), run by backstopd in its sandbox")),
+                ("PIDs", .pids([UInt32(pid)])),
+                ("CollectMode", .string("inactive-or-failed")),
+            ] + limits)
+        } catch {
+            logger.warning("Cannot put the agent into a transient scope; its limits are the sandbox's rlimits only.",
+                           metadata: ["agent": "\(name)", "scope": "\(scope)", "error": "\(error)"])
         }
     }
 

@@ -474,6 +474,8 @@ public enum BusValue: Sendable, Equatable {
     case int32(Int32)
     /// `as`
     case strings([String])
+    /// `au`: process ids, as a scope's PIDs=.
+    case pids([UInt32])
     /// `(bas)`: a list that allows (true) or denies (false), as SystemCallFilter= and RestrictAddressFamilies=.
     case list(allow: Bool, [String])
     /// `a(sasb)`: one command line, as ExecStart=.
@@ -486,6 +488,7 @@ public enum BusValue: Sendable, Equatable {
         case .uint64: "t"
         case .int32: "i"
         case .strings: "as"
+        case .pids: "au"
         case .list: "(bas)"
         case .command: "a(sasb)"
         }
@@ -534,6 +537,10 @@ extension UnitBus {
                 case .uint64(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "t")), &number))
                 case .int32(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "i")), &number))
                 case .strings(let list): try strings(list)
+                case .pids(let pids):
+                    try open("a", "u")
+                    for var pid in pids { try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "u")), &pid)) }
+                    try close()
                 case .list(let allow, let list):
                     try open("r", "bas")
                     var flag: Int32 = allow ? 1 : 0
