@@ -1,0 +1,101 @@
+import Foundation
+import Testing
+@testable import BackstopCore
+
+@Suite("Sandbox: what each engine makes of [agent.sandbox]")
+struct SandboxPlanTests {
+    static let nobody = SandboxAccount(user: "nobody", uid: 65534, group: "nogroup", gid: 65534, hasPasswdEntry: true)
+
+    /// Stands for Backstop's state directory (the plan binds only what exists); each test removes it.
+    let state: String
+
+    init() throws {
+        state = try makeTemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: state + "/demo", withIntermediateDirectories: true)
+    }
+
+    func bubblewrap(_ spec: SandboxSpec, account: SandboxAccount = nobody) -> BubblewrapSandbox {
+        var sandbox = BubblewrapSandbox(
+            spec: spec, account: account, protectedDirectories: [state, "/run/backstop"],
+            placeholderDirectory: "/run/backstop/inaccessible")
+        sandbox.cgroupScope = false
+        return sandbox
+    }
+
+    /// The index of the first occurrence of `words` in order in `arguments`.
+    func position(_ words: [String], in arguments: [String]) -> Int? {
+        guard arguments.count >= words.count else { return nil }
+        return (0...(arguments.count - words.count)).first { Array(arguments[$0..<$0 + words.count]) == words }
+    }
+
+    @Test("bubblewrap: / read-only first, writable paths over it, Backstop's directories read-only on top, hidden paths last; the agent's command at the end")
+    func bindOrder() throws {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var spec = SandboxSpec()
+        spec.readWritePaths = ["/var/tmp", state + "/demo"]
+        spec.inaccessiblePaths = ["/root", "/no/such/path"]
+        let (arguments, report) = bubblewrap(spec).plan(["/usr/bin/agent", "--content", "/c"])
+        let root = try #require(position(["--ro-bind", "/", "/"], in: arguments))
+        let stateBind = try #require(position(["--ro-bind", state, state], in: arguments))
+        let hidden = try #require(position(["--ro-bind", "/run/backstop/inaccessible/directory", "/root"], in: arguments))
+        #expect(root < stateBind && stateBind < hidden)
+        #expect(position(["--unshare-net"], in: arguments) != nil && position(["--cap-drop", "ALL"], in: arguments) != nil)
+        #expect(arguments.suffix(3) == ["/usr/bin/agent", "--content", "/c"])
+        #expect(arguments.contains("--reuid=65534") && arguments.contains("--no-new-privs") && arguments.contains("--bounding-set=-all"))
+        #expect(report.notApplied.contains { $0.setting == "read_write_paths" && $0.detail.contains(state + "/demo: inside Backstop's directory") })
+        #expect(report.notApplied.contains { $0.setting == "inaccessible_paths" && $0.detail.contains("/no/such/path: does not exist") })
+        #expect(report.notApplied.contains { $0.setting == "system_call_filter" })
+    }
+
+    @Test("bubblewrap: an inaccessible path that would hide setpriv or bash is skipped, not a start that fails on the content")
+    func sandboxProgramsStayVisible() {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var spec = SandboxSpec()
+        spec.inaccessiblePaths = ["/usr/bin", "/"]
+        let (arguments, report) = bubblewrap(spec).plan(["/bin/true"])
+        #expect(!arguments.contains("/usr/bin") || !arguments.contains("/run/backstop/inaccessible/directory"))
+        #expect(report.notApplied.filter { $0.setting == "inaccessible_paths" && $0.detail.contains("which the sandbox runs") }.count == 2)
+    }
+
+    @Test("bubblewrap: kept capabilities stay in every set; root's tasks_max is not applied without systemd, and the report says why")
+    func capabilitiesAndRoot() {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var spec = SandboxSpec()
+        spec.capabilities = ["CAP_NET_ADMIN"]
+        let root = SandboxAccount(user: "root", uid: 0, group: "root", gid: 0, hasPasswdEntry: true)
+        let (arguments, report) = bubblewrap(spec, account: root).plan(["/bin/true"])
+        #expect(position(["--cap-add", "CAP_NET_ADMIN"], in: arguments) != nil)
+        #expect(arguments.contains("--ambient-caps=-all,+net_admin"))
+        #expect(report.notApplied.contains { $0.setting == "tasks_max" && $0.detail.contains("RLIMIT_NPROC for root") })
+    }
+
+    @Test("systemd: the drop-in and the transient unit's properties say the same, in their own forms")
+    func unitForms() throws {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var spec = SandboxSpec()
+        spec.capabilities = ["CAP_NET_RAW", "CAP_CHOWN"]
+        spec.cpuQuotaPercent = 50
+        spec.memoryMaxBytes = 512 << 20
+        spec.tasksMax = nil
+        spec.systemCallFilter = ["@system-service", "~@privileged"]
+        spec.readWritePaths = ["/var/lib/agent"]
+        let unit = UnitSandbox(spec: spec, unit: "x.service", stateDirectory: "/var/lib/backstop")
+        let dropIn = unit.dropIn()
+        for line in ["CapabilityBoundingSet=CAP_NET_RAW CAP_CHOWN", "ProtectSystem=strict", "ProtectHome=yes", "CPUQuota=50%",
+                     "MemoryMax=512M", "TasksMax=infinity", "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged",
+                     "ReadWritePaths=\"-/var/lib/agent\"", "ReadOnlyPaths=\"-/var/lib/backstop\"", "User=nobody"] {
+            #expect(dropIn.contains("\n" + line + "\n"), "\(line)")
+        }
+        let properties = unit.busProperties()
+        func values(_ key: String) -> [BusValue] { properties.filter { $0.0 == key }.map(\.1) }
+        #expect(values("CapabilityBoundingSet") == [.uint64(1 << 13 | 1 << 0)])
+        #expect(values("CPUQuotaPerSecUSec") == [.uint64(500_000)])
+        #expect(values("MemoryMax") == [.uint64(512 << 20)])
+        #expect(values("TasksMax") == [.uint64(.max)])
+        #expect(values("SystemCallFilter") == [.list(allow: true, ["@system-service"]), .list(allow: false, ["@privileged"])])
+        #expect(values("ReadWritePaths") == [.strings(["-/var/lib/agent"])])
+        #expect(values("RestrictNamespaces") == [.uint64(0)])
+        #expect(values("SystemCallErrorNumber") == [.int32(EPERM)])
+        #expect(unit.cgroupProperties().map(\.0) == ["MemoryMax", "CPUQuotaPerSecUSec", "TasksMax"])
+    }
+}
