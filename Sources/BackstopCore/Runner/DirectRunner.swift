@@ -189,13 +189,7 @@ public enum DirectRunner {
         }
         // Nothing a probe starts outlives it: its session, and what left the session with its mark.
         if let pid = deadline.pid, let mark = request.environment[LaunchRequest.probeStoreVariable] {
-            signalGroup(pid, SIGKILL)
-            let find = {
-                ProcessTable.survivors(
-                    ofSession: pid, environment: LaunchRequest.probeStoreVariable, value: mark,
-                    isStartedHere: ChildReaper.shared.isKnown)
-            }
-            ProcessTable.kill(find(), thenWhat: find)
+            killRemains(ofSession: pid, mark: LaunchRequest.probeStoreVariable, value: mark)
         }
         if deadline.finish() { return .failed("timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
         switch result {
@@ -203,6 +197,16 @@ public enum DirectRunner {
         case .success(let termination): return .failed(termination.description)
         case .failure(let error): return .couldNotRun(error.message)
         }
+    }
+
+    /// Kills what is left of a finished run: its session, and every process that left the
+    /// session carrying `mark`=`value` in its environment, with their descendants (SIGKILL).
+    static func killRemains(ofSession pid: Int32, mark: String, value: String) {
+        signalGroup(pid, SIGKILL)
+        let find = {
+            ProcessTable.survivors(ofSession: pid, environment: mark, value: value, isStartedHere: ChildReaper.shared.isKnown)
+        }
+        ProcessTable.kill(find(), thenWhat: find)
     }
 
     /// Sends `signal` to the agent's whole process group (kill(2) with `-pid`).

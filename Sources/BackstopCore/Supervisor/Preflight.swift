@@ -142,15 +142,7 @@ enum Preflight {
         }
         _ = await run.value
         // Nothing the instance started outlives the preflight: its session, and what left it with the mark.
-        if let pid {
-            DirectRunner.signalGroup(pid, SIGKILL)
-            let find = {
-                ProcessTable.survivors(
-                    ofSession: pid, environment: LaunchRequest.preflightStoreVariable, value: store.root,
-                    isStartedHere: ChildReaper.shared.isKnown)
-            }
-            ProcessTable.kill(find(), thenWhat: find)
-        }
+        if let pid { DirectRunner.killRemains(ofSession: pid, mark: LaunchRequest.preflightStoreVariable, value: store.root) }
         return outcome ?? .couldNotRun("the preflight ended without a result")
     }
 
