@@ -402,6 +402,10 @@ struct ConfigurationTests {
             source: minimalAgent + "\n[agent.sandbox]\ninaccessible_paths = [\"/var/../etc\"]\n",
             line: 5, key: "agent[0].sandbox.inaccessible_paths", message: "has . or .. in it"),
         Fault(
+            what: "a newline in a path",
+            source: minimalAgent + "\n[agent.sandbox]\nread_only_paths = [\"/etc\\n/evil\"]\n",
+            line: 5, key: "agent[0].sandbox.read_only_paths", message: "has a control character in it"),
+        Fault(
             what: "memory_max without a unit it knows",
             source: minimalAgent + "\n[agent.sandbox]\nmemory_max = \"512MB\"\n",
             line: 5, key: "agent[0].sandbox.memory_max", message: "is not a memory size"),

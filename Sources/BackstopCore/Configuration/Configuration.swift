@@ -1,3 +1,4 @@
+import CSystemd
 import Foundation
 
 /// The whole configuration of a Backstop daemon (`/etc/backstop/backstop.toml`).
@@ -55,6 +56,21 @@ public struct Configuration: Sendable, Equatable {
                 if agent.transientUnit == nil || agent.preflightSeconds > 0, let reason = BubblewrapSandbox.unavailableReason {
                     warnings.append("agent \(agent.name): \(reason); the agent will not start until it is")
                 }
+                if agent.transientUnit != nil, sd_booted() <= 0 {
+                    warnings.append("agent \(agent.name): sandbox.engine = \"systemd\" needs backstopd to run under systemd, which does not run this machine; the agent will not start")
+                }
+                // What the sandbox will leave out here: writable paths that do not exist or are
+                // Backstop's, hidden paths it needs, limits without means. (Nothing to hide or to
+                // make read-only is no loss; the system call filter is the systemd engine's.)
+                if agent.transientUnit == nil, let sandbox = try? BubblewrapSandbox(agent: agent, daemon: daemon) {
+                    for line in sandbox.plan(agent.exec).report.notApplied
+                    where line.setting != "system_call_filter" && !(line.setting != "read_write_paths" && line.detail.hasSuffix(": does not exist")) {
+                        warnings.append("agent \(agent.name): sandbox: \(line.setting) not applied: \(line.detail)")
+                    }
+                }
+            }
+            if agent.preflightSeconds > 0, agent.watchdogSeconds > 0, agent.preflightSeconds <= agent.watchdogSeconds {
+                warnings.append("agent \(agent.name): preflight_sec (\(agent.preflightSeconds)) is not longer than watchdog_sec (\(agent.watchdogSeconds)); a version that hangs after READY=1 passes its preflight")
             }
         }
         return warnings

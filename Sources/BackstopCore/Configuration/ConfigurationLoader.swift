@@ -543,6 +543,9 @@ private struct TableReader {
         var result: [String] = []
         for path in try stringArray(table, key, full) {
             guard path.hasPrefix("/") else { throw fail(full, "\"\(path)\" is not an absolute path") }
+            guard !path.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+                throw fail(full, "\(String(reflecting: path)) has a control character in it")
+            }
             guard !path.split(separator: "/").contains(where: { $0 == "." || $0 == ".." }) else {
                 throw fail(full, "\"\(path)\" has . or .. in it; name the directory itself")
             }

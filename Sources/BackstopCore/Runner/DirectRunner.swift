@@ -251,7 +251,7 @@ enum BubblewrapStatus {
             DispatchQueue.global().async {
                 var line: [UInt8] = []
                 var byte: UInt8 = 0
-                while line.count < 4096, (try? pipe.read(into: UnsafeMutableRawBufferPointer(start: &byte, count: 1))) == 1 {
+                while line.count < 4096, (try? withUnsafeMutableBytes(of: &byte) { try pipe.read(into: $0) }) == 1 {
                     if byte == UInt8(ascii: "\n") { break }
                     line.append(byte)
                 }

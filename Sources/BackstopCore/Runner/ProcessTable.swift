@@ -9,6 +9,8 @@ public enum ProcessTable {
         var state: Character
         var parent: Int32
         var session: Int32
+        /// When the process started, in clock ticks after boot (field 22): with the pid, it names one process for good.
+        var startTime: UInt64
     }
 
     /// The processes (other than this one) whose environment holds `NAME=value` exactly,
@@ -85,10 +87,11 @@ public enum ProcessTable {
             let text = String(data: data, encoding: .utf8), let close = text.lastIndex(of: ")")
         else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
-        // state ppid pgrp session ...
-        guard fields.count >= 4, let state = fields[0].first, let parent = Int32(fields[1]), let session = Int32(fields[3])
+        // state ppid pgrp session ... starttime (field 22, the 20th after the name)
+        guard fields.count >= 20, let state = fields[0].first, let parent = Int32(fields[1]), let session = Int32(fields[3]),
+            let startTime = UInt64(fields[19])
         else { return nil }
-        return Entry(pid: pid, state: state, parent: parent, session: session)
+        return Entry(pid: pid, state: state, parent: parent, session: session, startTime: startTime)
     }
 
     /// Whether the process carries any Backstop mark (an agent's or a probe's).
@@ -141,5 +144,44 @@ public enum KernelLog {
         var spec = timespec()
         clock_gettime(CLOCK_MONOTONIC, &spec)
         return UInt64(spec.tv_sec) * 1_000_000 + UInt64(spec.tv_nsec) / 1000
+    }
+}
+
+/// The processes backstopd started for an agent and that still run, one file per run kind
+/// in `<runtime_directory>/runs/` (`<agent>` for the agent, `<agent>.preflight` for a
+/// preflight): `<pid> <start time>` (proc(5) stat field 22). A backstopd that was killed
+/// is followed by one that finds them there even when they cleared their environment, and
+/// with it Backstop's mark; the start time keeps a reused pid from being taken for them.
+/// The runtime directory goes with the boot, as the processes do.
+public struct RunRecord: Sendable {
+    /// The record's file.
+    public let path: String
+
+    /// The record of `agent`'s runs of `kind` (nil: the agent itself, else e.g. `preflight`).
+    public init(runtimeDirectory: String, agent: String, kind: String? = nil) {
+        path = runtimeDirectory + "/runs/" + agent + (kind.map { "." + $0 } ?? "")
+    }
+
+    /// Records `pid` as the running process (best effort: the environment mark still finds it).
+    public func started(_ pid: Int32) {
+        guard let entry = ProcessTable.entry(pid) else { return }
+        try? DurableFile.makeDirectories((path as NSString).deletingLastPathComponent, mode: 0o700)
+        try? "\(pid) \(entry.startTime)\n".write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    /// The run is over.
+    public func ended() {
+        _ = unlink(path)
+    }
+
+    /// The recorded process, when it is still the one that was recorded; the record goes either way.
+    public func survivor() -> Int32? {
+        defer { ended() }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        let words = text.split(whereSeparator: \.isWhitespace)
+        guard words.count == 2, let pid = Int32(words[0]), let startTime = UInt64(words[1]), pid > 1,
+            let entry = ProcessTable.entry(pid), entry.startTime == startTime, entry.state != "Z"
+        else { return nil }
+        return pid
     }
 }

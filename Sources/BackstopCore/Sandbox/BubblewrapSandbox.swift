@@ -113,7 +113,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         for capability in kept + Self.setprivCapabilities.filter({ !kept.contains($0) }) { bwrap += ["--cap-add", capability] }
         bwrap += ["--die-with-parent", "--new-session", "--"]
         report.apply("capabilities", kept.isEmpty ? "none: all dropped from the bounding set" : kept.joined(separator: " ") + " kept; all others dropped from the bounding set")
-        report.apply("session", "a session of its own (--new-session); killed with backstopd (--die-with-parent)")
+        report.apply("session", "a session of its own (--new-session); "
+            + (account.uid == 0 ? "killed with backstopd (--die-with-parent)" : "if backstopd is killed, the next one kills it (the kernel drops --die-with-parent at the user change)"))
 
         var setpriv = [Self.setpriv, "--reuid=\(account.uid)", "--regid=\(account.gid)"]
         setpriv.append(account.hasPasswdEntry && spec.group == nil ? "--init-groups" : "--clear-groups")
@@ -227,8 +228,10 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 report.skip("inaccessible_paths", "\(path): does not exist")
                 continue
             }
-            // Hiding what the sandbox itself runs would fail every start, blamed on the content.
-            if let needed = Self.sandboxPrograms.first(where: { Self.isInside(Self.resolved($0), Self.resolved(path)) }) {
+            // Hiding what the sandbox itself runs (or the agent's program) would fail every
+            // start before the agent runs, blamed on the content.
+            let hidden = Self.resolved(path)
+            if let needed = (Self.neededFiles + [program].compactMap { $0 }).first(where: { Self.isInside(Self.resolved($0), hidden) }) {
                 report.skip("inaccessible_paths", "\(path): would hide \(needed), which the sandbox runs")
                 continue
             }
@@ -251,6 +254,28 @@ public struct BubblewrapSandbox: Sendable, Equatable {
 
     /// The programs run inside the sandbox before the agent's own.
     static let sandboxPrograms = [setpriv, shell]
+
+    /// The sandbox programs and the shared objects they load (ld.so(8), as ldd(1) lists them
+    /// for these two trusted system programs), which no inaccessible path may cover.
+    static let neededFiles: [String] = {
+        var files = sandboxPrograms + ["/etc/ld.so.cache"]
+        for program in sandboxPrograms {
+            let process = Process()
+            let output = Pipe()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/ldd")
+            process.arguments = [program]
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            guard (try? process.run()) != nil else { continue }
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            for line in text.split(separator: "\n") {
+                // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+                if let path = line.split(separator: " ").first(where: { $0.hasPrefix("/") }) { files.append(String(path)) }
+            }
+        }
+        return files
+    }()
 
     /// `path` with its symlinks resolved (realpath(3)), or as given when that fails.
     static func resolved(_ path: String) -> String {

@@ -18,6 +18,9 @@ public enum PreflightOutcome: Sendable, Equatable {
 /// gives no `READY=1` within `start_timeout_sec` (with `notify`), or misses a `WATCHDOG=1`
 /// (with `watchdog_sec`). The live agent is not touched. The caller runs one at a time per agent.
 enum Preflight {
+    /// The ``RunRecord`` kind of a preflight instance.
+    static let runKind = "preflight"
+
     private enum Event: Sendable {
         case started(Int32)
         case notified(NotifyMessage)
@@ -42,7 +45,8 @@ enum Preflight {
             try DurableFile.makeDirectories(scratch, mode: 0o700)
             for (index, path) in agent.sandbox.readWritePaths.enumerated() where BubblewrapSandbox.exists(path) {
                 let copy = scratch + "/\(index)"
-                try copyPreservingOwners(path, to: copy)
+                // What the path names, not a symlink that would lead the copy back to the live directory.
+                try copyPreservingOwners(BubblewrapSandbox.resolved(path), to: copy)
                 sandbox.substitutes[path] = copy
             }
         } catch {
@@ -68,8 +72,13 @@ enum Preflight {
         request.environment[LaunchRequest.storeVariable] = nil
         request.environment[LaunchRequest.preflightStoreVariable] = store.root
         request.sandbox = sandbox
+        let record = RunRecord(runtimeDirectory: daemon.runtimeDirectory, agent: agent.name, kind: runKind)
+        defer { record.ended() }
         let run = Task {
-            let result = await DirectRunner.run(request) { pid in emit.yield(.started(pid)) }
+            let result = await DirectRunner.run(request) { pid in
+                record.started(pid)
+                emit.yield(.started(pid))
+            }
             emit.yield(.ended(result))
         }
         var timers: [Task<Void, Never>] = []
@@ -131,13 +140,10 @@ enum Preflight {
             }
             if ended { break }
             if outcome != nil, !stopping, let pid {
-                // Over: the instance is stopped as the live agent would be, SIGTERM then SIGKILL.
+                // Over: a throwaway instance needs no grace (as PID 1 of its namespace it would
+                // not even get a SIGTERM it has no handler for); its namespace ends with it.
                 stopping = true
-                DirectRunner.signalGroup(pid, SIGTERM)
-                timers.append(Task {
-                    try? await Task.sleep(for: .seconds(Supervisor.terminationGraceSeconds))
-                    if !Task.isCancelled { DirectRunner.signalGroup(pid, SIGKILL) }
-                })
+                DirectRunner.signalGroup(pid, SIGKILL)
             }
         }
         _ = await run.value

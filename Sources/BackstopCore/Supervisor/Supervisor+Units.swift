@@ -55,7 +55,7 @@ extension Supervisor {
         guard !agents.isEmpty else { return [] }
         let bus: UnitBus
         do { bus = try UnitBus() } catch {
-            logger.critical("Cannot reach systemd over D-Bus; agents with runner = \"systemd\" are not supervised.",
+            logger.critical("Cannot reach systemd over D-Bus; agents with runner = \"systemd\" or sandbox.engine = \"systemd\" are not supervised.",
                             metadata: ["error": "\(error)"])
             return Set(agents.map(\.name))
         }

@@ -464,6 +464,7 @@ public actor Supervisor {
     private func processStarted(_ name: String, generation: Int, pid: Int32) {
         guard slots[name]?.generation == generation else { return }
         slots[name]!.pid = pid
+        RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).started(pid)
         confineInScope(name, pid: pid)
         if slots[name]!.policy.isStopping {
             // A stop was asked for while the process was being created.
@@ -481,6 +482,7 @@ public actor Supervisor {
         guard slots[name]?.generation == generation else { return }
         let leader = slots[name]!.pid
         slots[name]!.pid = nil
+        RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).ended()
         slots[name]!.killEscalation?.cancel()
         slots[name]!.bootHealthTimer?.cancel()
         slots[name]!.statusText = nil
@@ -862,9 +864,12 @@ public actor Supervisor {
     /// the agent and recording it, leaves none behind.
     private func killLeftovers(of name: String, store: ContentStore) {
         let ownSession = getsid(0)
-        let marked = [LaunchRequest.storeVariable, LaunchRequest.preflightStoreVariable].flatMap {
-            ProcessTable.processes(withEnvironment: $0, value: store.root)
+        let recorded = [nil, Preflight.runKind].compactMap {
+            RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name, kind: $0).survivor()
         }
+        let marked = recorded + [LaunchRequest.storeVariable, LaunchRequest.preflightStoreVariable].flatMap {
+            ProcessTable.processes(withEnvironment: $0, value: store.root)
+        }.filter { !recorded.contains($0) }
         ContentStore.removeTree(configuration.daemon.runtimeDirectory + "/preflight/" + name)
         for pid in marked {
             logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
