@@ -80,6 +80,32 @@ struct LifecycleTests {
         #expect(agent.failures.recent == 0)
     }
 
+    @Test("An agent that cleared its environment (and Backstop's mark) and outlived a killed daemon is found by its run record and stopped by the next one")
+    func unmarkedOrphanIsReaped() throws {
+        // Run as nobody (the default sandbox): the kernel drops bwrap's death signal at the user change.
+        let harness = try DaemonHarness(agents: ["""
+            name = "bare"
+            exec = ["/usr/bin/env", "-i", "/bin/sleep", "600"]
+            [agent.sandbox]
+            private_network = true
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1", agent: "bare")
+        try harness.wait(for: "agent-ready")
+        let orphan = try #require(try harness.agent("bare").pid)
+        #expect(!ProcessTable.hasEnvironment(orphan, name: LaunchRequest.storeVariable, value: harness.directory + "/state/bare"),
+                "the agent carries no mark")
+        harness.killDaemon()
+        #expect(isAlive(orphan))
+
+        try harness.start()
+        try harness.log.wait(for: "Killing agent bare (pid \(orphan)), left running by a previous backstopd", seconds: 10)
+        try harness.wait(for: "agent-ready")
+        #expect(!isAlive(orphan))
+        #expect(try harness.agent("bare").pid != orphan)
+    }
+
     @Test("A program that cannot be executed is retried with backoff; its content is not blamed")
     func execFailureIsNotBlamedOnContent() throws {
         let harness = try DaemonHarness(agents: ["""

@@ -51,12 +51,18 @@ struct PreflightTests {
         #expect(harness.log.all.filter { $0.contains("Preflight of content v2") }.count == 1)
     }
 
-    @Test("A preflight instance cannot reach the live agent (its own PID namespace), and nothing it starts outlives it")
+    @Test("A preflight instance cannot reach the live agent (its own PID namespace) or its writable directories (private copies, also behind a symlink), and nothing it starts outlives it")
     func preflightIsContained() throws {
         let scratch = try TemporaryDirectory()
         defer { scratch.remove() }
+        // The live agent's writable directories: one named directly, one through a symlink.
+        let data = try scratch.makeDirectory("data", files: ["kept": "live\n"])
+        let data2 = try scratch.makeDirectory("data2", files: ["kept": "live\n"])
+        #expect(chmod(data, 0o777) == 0 && chmod(data2, 0o777) == 0)
+        try FileManager.default.createSymbolicLink(atPath: scratch.path + "/link", withDestinationPath: data2)
         let script = """
             if [ -e "$BACKSTOP_CONTENT/hostile" ]; then
+                for directory in \(data) \(scratch.path)/link; do echo pwned > "$directory/pwned"; echo pwned > "$directory/kept"; done
                 for process in /proc/[0-9]*; do kill -9 "${process#/proc/}" 2>/dev/null; done
                 setsid sleep 600 &
                 sleep 600 &
@@ -71,7 +77,7 @@ struct PreflightTests {
             exec = ["/bin/sh", "{content}/agent.sh"]
             preflight_sec = 2
             [agent.sandbox]
-            private_network = true
+            read_write_paths = ["\(data)", "\(scratch.path)/link"]
             """])
         defer { harness.cleanUp() }
         try harness.start()
@@ -85,6 +91,10 @@ struct PreflightTests {
         #expect(agent.content.quarantined == ["v2"])
         let left = ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: harness.directory + "/state/script")
         #expect(left.isEmpty, "processes the preflight started are gone: \(left)")
+        for directory in [data, data2] {
+            #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["kept"], "\(directory)")
+            #expect(try String(contentsOfFile: directory + "/kept", encoding: .utf8) == "live\n")
+        }
     }
 
     @Test("A good version passes its preflight and goes live")
