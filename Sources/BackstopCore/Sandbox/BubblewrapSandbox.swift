@@ -32,7 +32,9 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// Capabilities setpriv needs to change the user and drop capabilities; it drops them itself.
     static let setprivCapabilities = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
 
+    /// What to apply.
     public var spec: SandboxSpec
+    /// Whom the agent runs as (`spec`'s user and group, looked up).
     public var account: SandboxAccount
     /// Backstop's state and runtime directories: always read-only to the agent, on top of
     /// everything else (its notify socket still takes datagrams).

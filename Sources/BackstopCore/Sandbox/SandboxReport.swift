@@ -5,9 +5,11 @@ import Foundation
 public struct SandboxAccount: Sendable, Equatable {
     /// The user's name, or its number when it has no passwd entry.
     public var user: String
+    /// The user's id.
     public var uid: UInt32
     /// The group's name, or its number when it has no group entry.
     public var group: String
+    /// The group's id.
     public var gid: UInt32
     /// Whether the user has a passwd entry, so that its supplementary groups can be set from /etc/group.
     public var hasPasswdEntry: Bool
@@ -65,6 +67,7 @@ extension SandboxAccount {
 public struct SandboxError: Error, Equatable, Sendable, CustomStringConvertible {
     /// What is wrong and what to do, one sentence.
     public var message: String
+    /// The message.
     public var description: String { message }
 }
 
@@ -73,13 +76,17 @@ public struct SandboxError: Error, Equatable, Sendable, CustomStringConvertible 
 public struct SandboxReport: Sendable, Equatable {
     /// One setting: its key (or a short name) and how it was applied, or why not.
     public struct Line: Sendable, Equatable {
+        /// The key (`memory_max`) or a short name (`state directory`).
         public var setting: String
+        /// How it was applied, or why not.
         public var detail: String
     }
 
     /// "direct (bubblewrap)" or "systemd (unit properties of UNIT)".
     public var engine: String
+    /// What was applied, in the order of the command line or unit settings.
     public var applied: [Line] = []
+    /// What was not, and why.
     public var notApplied: [Line] = []
 
     /// Adds `setting` to what was applied, with how.

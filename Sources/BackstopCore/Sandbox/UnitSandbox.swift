@@ -11,6 +11,7 @@ import Foundation
 /// IPC, a read-only kernel, no new namespaces, no realtime, no set-user-ID files) are
 /// always on here, as are `SystemCallArchitectures=native` and `LockPersonality=yes`.
 public struct UnitSandbox: Sendable, Equatable {
+    /// What to apply.
     public var spec: SandboxSpec
     /// The agent's unit, for the report.
     public var unit: String
@@ -158,7 +159,9 @@ public struct UnitSandbox: Sendable, Equatable {
 
 /// One unit setting: its key (systemd.exec(5), systemd.resource-control(5)) and value.
 public struct UnitSetting: Sendable, Equatable {
+    /// The setting's name, e.g. `ProtectSystem`.
     public var key: String
+    /// Its value.
     public var value: UnitValue
 }
 
