@@ -197,23 +197,34 @@ public final class UnitBus: @unchecked Sendable {
         return String(cString: value)
     }
 
-    /// Calls a Manager method on `bus`, which the caller owns.
+    /// Calls a Manager method on `bus`, which the caller owns, with string arguments (and an optional int32 after them).
     static func call(
         bus: OpaquePointer?, _ member: String, _ strings: [String], int32: Int32? = nil, operation: String,
         readsObjectPath: Bool = false
+    ) throws(BusError) -> String? {
+        try call(bus: bus, member, operation: operation, readsObjectPath: readsObjectPath) { message throws(BusError) in
+            for string in strings {
+                let result = string.withCString { sd_bus_message_append_basic(message, CChar(UInt8(ascii: "s")), $0) }
+                guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
+            }
+            if var value = int32 {
+                let result = sd_bus_message_append_basic(message, CChar(UInt8(ascii: "i")), &value)
+                guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
+            }
+        }
+    }
+
+    /// Calls a Manager method on `bus`, which the caller owns, with the arguments `appendArguments` adds to the message.
+    /// - Returns: the reply's object path when `readsObjectPath`.
+    static func call(
+        bus: OpaquePointer?, _ member: String, operation: String, readsObjectPath: Bool,
+        appendArguments: (OpaquePointer?) throws(BusError) -> Void
     ) throws(BusError) -> String? {
         var message: OpaquePointer?
         var result = sd_bus_message_new_method_call(bus, &message, Self.destination, Self.managerPath, Self.manager, member)
         guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
         defer { sd_bus_message_unref(message) }
-        for string in strings {
-            result = string.withCString { sd_bus_message_append_basic(message, CChar(UInt8(ascii: "s")), $0) }
-            guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
-        }
-        if var value = int32 {
-            result = sd_bus_message_append_basic(message, CChar(UInt8(ascii: "i")), &value)
-            guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
-        }
+        try appendArguments(message)
         var error = sd_bus_error()
         defer { sd_bus_error_free(&error) }
         var reply: OpaquePointer?
@@ -501,78 +512,66 @@ extension UnitBus {
     /// - Returns: the start job's object path.
     /// - Throws: ``BusError`` with systemd's reason (an unknown property, a bad value, a unit of that name already loaded).
     public func startTransientUnit(_ name: String, properties: [(String, BusValue)]) throws(BusError) -> String {
-        try withBus { bus throws(BusError) in
-            let operation = "StartTransientUnit \(name)"
-            var message: OpaquePointer?
-            var result = sd_bus_message_new_method_call(bus, &message, Self.destination, Self.managerPath, Self.manager, "StartTransientUnit")
-            guard result >= 0 else { throw Self.busError(operation, result, sd_bus_error()) }
-            defer { sd_bus_message_unref(message) }
-            func check(_ value: Int32) throws(BusError) {
-                guard value >= 0 else { throw Self.busError(operation, value, sd_bus_error()) }
-            }
-            func append(_ type: Character, _ text: String) throws(BusError) {
-                try check(text.withCString { sd_bus_message_append_basic(message, CChar(type.asciiValue!), $0) })
-            }
-            func open(_ type: Character, _ contents: String) throws(BusError) {
-                try check(sd_bus_message_open_container(message, CChar(type.asciiValue!), contents))
-            }
-            func close() throws(BusError) { try check(sd_bus_message_close_container(message)) }
-            func strings(_ list: [String]) throws(BusError) {
-                try open("a", "s")
-                for item in list { try append("s", item) }
-                try close()
-            }
-            try append("s", name)
-            try append("s", "replace")
-            try open("a", "(sv)")
-            for (key, value) in properties {
-                try open("r", "sv")
-                try append("s", key)
-                try open("v", value.signature)
-                switch value {
-                case .string(let text): try append("s", text)
-                case .bool(let flag):
-                    var number: Int32 = flag ? 1 : 0
-                    try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &number))
-                case .uint64(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "t")), &number))
-                case .int32(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "i")), &number))
-                case .strings(let list): try strings(list)
-                case .pids(let pids):
-                    try open("a", "u")
-                    for var pid in pids { try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "u")), &pid)) }
+        let operation = "StartTransientUnit \(name)"
+        return try withBus { bus throws(BusError) in
+            try Self.call(bus: bus, "StartTransientUnit", operation: operation, readsObjectPath: true) { message throws(BusError) in
+                func check(_ value: Int32) throws(BusError) {
+                    guard value >= 0 else { throw Self.busError(operation, value, sd_bus_error()) }
+                }
+                func append(_ type: Character, _ text: String) throws(BusError) {
+                    try check(text.withCString { sd_bus_message_append_basic(message, CChar(type.asciiValue!), $0) })
+                }
+                func open(_ type: Character, _ contents: String) throws(BusError) {
+                    try check(sd_bus_message_open_container(message, CChar(type.asciiValue!), contents))
+                }
+                func close() throws(BusError) { try check(sd_bus_message_close_container(message)) }
+                func strings(_ list: [String]) throws(BusError) {
+                    try open("a", "s")
+                    for item in list { try append("s", item) }
                     try close()
-                case .list(let allow, let list):
-                    try open("r", "bas")
-                    var flag: Int32 = allow ? 1 : 0
-                    try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &flag))
-                    try strings(list)
-                    try close()
-                case .command(let path, let arguments):
-                    try open("a", "(sasb)")
-                    try open("r", "sasb")
-                    try append("s", path)
-                    try strings(arguments)
-                    var ignoreFailure: Int32 = 0
-                    try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &ignoreFailure))
+                }
+                try append("s", name)
+                try append("s", "replace")
+                try open("a", "(sv)")
+                for (key, value) in properties {
+                    try open("r", "sv")
+                    try append("s", key)
+                    try open("v", value.signature)
+                    switch value {
+                    case .string(let text): try append("s", text)
+                    case .bool(let flag):
+                        var number: Int32 = flag ? 1 : 0
+                        try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &number))
+                    case .uint64(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "t")), &number))
+                    case .int32(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "i")), &number))
+                    case .strings(let list): try strings(list)
+                    case .pids(let pids):
+                        try open("a", "u")
+                        for var pid in pids { try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "u")), &pid)) }
+                        try close()
+                    case .list(let allow, let list):
+                        try open("r", "bas")
+                        var flag: Int32 = allow ? 1 : 0
+                        try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &flag))
+                        try strings(list)
+                        try close()
+                    case .command(let path, let arguments):
+                        try open("a", "(sasb)")
+                        try open("r", "sasb")
+                        try append("s", path)
+                        try strings(arguments)
+                        var ignoreFailure: Int32 = 0
+                        try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &ignoreFailure))
+                        try close()
+                        try close()
+                    }
                     try close()
                     try close()
                 }
                 try close()
+                try open("a", "(sa(sv))")
                 try close()
-            }
-            try close()
-            try open("a", "(sa(sv))")
-            try close()
-            var error = sd_bus_error()
-            defer { sd_bus_error_free(&error) }
-            var reply: OpaquePointer?
-            result = sd_bus_call(bus, message, 0, &error, &reply)
-            guard result >= 0 else { throw Self.busError(operation, result, error) }
-            defer { sd_bus_message_unref(reply) }
-            var path: UnsafePointer<CChar>?
-            result = sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "o")), &path)
-            guard result >= 0, let path else { throw Self.busError(operation, result, sd_bus_error()) }
-            return String(cString: path)
+            } ?? ""
         }
     }
 }
