@@ -134,7 +134,8 @@ public enum DirectRunner {
                 await started(child)
             }
             var termination: Termination
-            if let status = exitInfo.waitStatus() {
+            let exitStatus = exitInfo.waitStatus()
+            if let status = exitStatus {
                 termination = Termination(waitStatus: status)
             } else {
                 switch result.terminationStatus {
@@ -149,7 +150,7 @@ public enum DirectRunner {
             if termination == .exited(code: BubblewrapSandbox.execFailedCode) {
                 return .failure(LaunchError(message: "\(program): could not be executed in its sandbox (the reason is in the agent's own output)"))
             }
-            if case .exited(let code) = termination, exitInfo.waitStatus() == nil, code > 128, code <= 128 + 64 {
+            if case .exited(let code) = termination, exitStatus == nil, code > 128, code <= 128 + 64 {
                 // bwrap exits 128 + N for a child killed by signal N; the kernel could not tell more.
                 termination = .signaled(signal: code - 128, coreDumped: nil)
             }
