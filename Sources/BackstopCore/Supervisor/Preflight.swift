@@ -105,7 +105,7 @@ enum Preflight {
                 pid = started
                 if ready, agent.watchdogSeconds > 0 { after(agent.watchdogSeconds, .watchdog(generation: 0)) }
             case .notified(let message):
-                guard let pid, message.senderPID == pid || getsid(message.senderPID) == pid else { break }
+                guard let pid, message.isFromSession(of: pid) else { break }
                 if message.value("READY") == "1", !ready {
                     ready = true
                     if survived, outcome == nil { outcome = .passed }

@@ -616,7 +616,7 @@ public actor Supervisor {
             return
         }
         // Only the agent's own session may speak for it (SCM_CREDENTIALS is kernel-checked).
-        guard message.senderPID == pid || getsid(message.senderPID) == pid else {
+        guard message.isFromSession(of: pid) else {
             logger.notice("Ignored a notify datagram from a process outside the agent's session.",
                          metadata: ["agent": "\(name)", "sender_pid": "\(message.senderPID)"])
             return

@@ -24,6 +24,12 @@ public struct NotifyMessage: Sendable, Equatable {
         assignments.last { $0.0 == key }?.1
     }
 
+    /// Whether the sender is `leader` or a process of its session (getsid(2)): only an
+    /// agent's own session may speak for it.
+    public func isFromSession(of leader: Int32) -> Bool {
+        senderPID == leader || getsid(senderPID) == leader
+    }
+
     /// Parses a datagram's payload. Lines without `=` are ignored, as systemd does.
     public static func parse(_ payload: Data) -> [(String, String)] {
         String(decoding: payload, as: UTF8.self).split(separator: "\n").compactMap { line in
