@@ -97,6 +97,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// `<runtime_directory>/inaccessible`: what sandboxes mount over inaccessible paths.
     public var placeholderDirectory: String { runtimeDirectory + "/inaccessible" }
 
+    /// `<runtime_directory>/preflight/<agent>`: the private copies of a preflight's writable paths.
+    public func preflightDirectory(agent: String) -> String { runtimeDirectory + "/preflight/" + agent }
+
     /// `<runtime_directory>/notify/<agent>`, the agent's `NOTIFY_SOCKET`.
     public func notifySocketPath(agent: String) -> String { runtimeDirectory + "/notify/" + agent }
 }

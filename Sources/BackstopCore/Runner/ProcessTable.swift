@@ -16,8 +16,14 @@ public enum ProcessTable {
     /// The processes (other than this one) whose environment holds `NAME=value` exactly,
     /// from `/proc/PID/environ`. Needs root to read other users' processes.
     public static func processes(withEnvironment name: String, value: String) -> [Int32] {
+        processes(withAnyOf: [name], value: value)
+    }
+
+    /// The processes (other than this one) whose environment holds `NAME=value` for any of
+    /// `names`, in one pass over /proc.
+    public static func processes(withAnyOf names: [String], value: String) -> [Int32] {
         let own = getpid()
-        return pids().filter { $0 != own && hasEnvironment($0, name: name, value: value) }
+        return pids().filter { pid in pid != own && names.contains { hasEnvironment(pid, name: $0, value: value) } }
     }
 
     /// The live processes an agent whose leader `leader` has just been reaped left behind:

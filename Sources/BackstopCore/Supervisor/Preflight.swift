@@ -38,7 +38,7 @@ enum Preflight {
         do { sandbox = try BubblewrapSandbox(agent: agent, daemon: daemon) } catch { return .couldNotRun("sandbox: \(error)") }
         sandbox.spec.privateNetwork = true
         sandbox.privateProcesses = true
-        let scratch = daemon.runtimeDirectory + "/preflight/" + agent.name
+        let scratch = daemon.preflightDirectory(agent: agent.name)
         defer { ContentStore.removeTree(scratch) }
         ContentStore.removeTree(scratch)
         do {

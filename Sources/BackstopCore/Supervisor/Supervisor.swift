@@ -867,10 +867,10 @@ public actor Supervisor {
         let recorded = [nil, Preflight.runKind].compactMap {
             RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name, kind: $0).survivor()
         }
-        let marked = recorded + [LaunchRequest.storeVariable, LaunchRequest.preflightStoreVariable].flatMap {
-            ProcessTable.processes(withEnvironment: $0, value: store.root)
-        }.filter { !recorded.contains($0) }
-        ContentStore.removeTree(configuration.daemon.runtimeDirectory + "/preflight/" + name)
+        let marked = recorded + ProcessTable.processes(
+            withAnyOf: [LaunchRequest.storeVariable, LaunchRequest.preflightStoreVariable], value: store.root
+        ).filter { !recorded.contains($0) }
+        ContentStore.removeTree(configuration.daemon.preflightDirectory(agent: name))
         for pid in marked {
             logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
                            metadata: ["agent": "\(name)", "pid": "\(pid)"])
