@@ -54,11 +54,12 @@ extension Supervisor {
         let agents = configuration.agents.filter { $0.watchedUnit != nil }
         guard !agents.isEmpty else { return [] }
         let bus: UnitBus
-        do { bus = try UnitBus() } catch {
+        do { bus = try systemd ?? UnitBus() } catch {
             logger.critical("Cannot reach systemd over D-Bus; agents with runner = \"systemd\" or sandbox.engine = \"systemd\" are not supervised.",
                             metadata: ["error": "\(error)"])
             return Set(agents.map(\.name))
         }
+        systemd = bus
         for agent in agents where agent.runner == .systemd {
             let path = Self.dropInPath(unit: agent.unit!)
             do {

@@ -73,8 +73,9 @@ public actor Supervisor {
     private var bootGood = false
     private var bootLog = BootLog()
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
-    /// systemd's manager, for the transient scopes of sandboxed agents (nil without systemd).
-    private var scopeBus: UnitBus?
+    /// The connection to systemd's manager, for agents' units and the transient scopes of
+    /// sandboxed agents; nil when none needs it, or systemd cannot be reached.
+    var systemd: UnitBus?
     /// Operator requests per agent are carried out one at a time, in the order they arrived.
     private var turnsTaken: [String: Int] = [:]
     private var turnsServed: [String: Int] = [:]
@@ -109,7 +110,7 @@ public actor Supervisor {
                 logger.error("Agents run by backstopd cannot be sandboxed, so they will not start.", metadata: ["error": "\(reason)"])
             }
             if sd_booted() > 0 {
-                do { scopeBus = try UnitBus() } catch {
+                do { systemd = try UnitBus() } catch {
                     logger.warning("Cannot reach systemd for the agents' transient scopes; their limits are rlimits only.",
                                    metadata: ["error": "\(error)"])
                 }
@@ -713,7 +714,7 @@ public actor Supervisor {
     /// is counted there too. Without systemd, or when the scope cannot be made, the
     /// sandbox's rlimits are its limits.
     private func confineInScope(_ name: String, pid: Int32) {
-        guard let slot = slots[name], let bus = scopeBus else { return }
+        guard let slot = slots[name], let bus = systemd else { return }
         let limits = UnitSandbox(spec: slot.configuration.sandbox, unit: "", stateDirectory: configuration.daemon.stateDirectory)
             .cgroupProperties()
         guard !limits.isEmpty else { return }
