@@ -69,6 +69,14 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             protectedDirectories: [daemon.stateDirectory, daemon.runtimeDirectory], placeholderDirectory: daemon.placeholderDirectory)
     }
 
+    /// The sandbox of `agent` to run it on the content at `contentPath`.
+    /// - Throws: ``SandboxError`` when its user or group does not exist, or its user cannot
+    ///   reach the content (which would otherwise be blamed on the content).
+    public init(agent: AgentConfiguration, daemon: DaemonConfiguration, contentPath: String) throws(SandboxError) {
+        try self.init(agent: agent, daemon: daemon)
+        if let problem = account.cannotReach(contentPath + "/") { throw SandboxError(message: problem) }
+    }
+
     /// Creates the placeholders below `directory` (mode 0000, owned by root).
     /// - Throws: `Errno` of mkdir(2) or open(2).
     public static func preparePlaceholders(in directory: String) throws {

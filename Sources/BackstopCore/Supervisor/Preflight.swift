@@ -35,7 +35,9 @@ enum Preflight {
         agent: AgentConfiguration, daemon: DaemonConfiguration, store: ContentStore, version: String
     ) async -> PreflightOutcome {
         var sandbox: BubblewrapSandbox
-        do { sandbox = try BubblewrapSandbox(agent: agent, daemon: daemon) } catch { return .couldNotRun("sandbox: \(error)") }
+        do { sandbox = try BubblewrapSandbox(agent: agent, daemon: daemon, contentPath: store.path(of: version)) } catch {
+            return .couldNotRun("sandbox: \(error)")
+        }
         sandbox.spec.privateNetwork = true
         sandbox.privateProcesses = true
         let scratch = daemon.preflightDirectory(agent: agent.name)

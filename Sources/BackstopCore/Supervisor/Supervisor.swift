@@ -686,13 +686,10 @@ public actor Supervisor {
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
         slots[name]!.readyCheckFailureSaid = false
         let sandbox: BubblewrapSandbox
-        do throws(SandboxError) { sandbox = try BubblewrapSandbox(agent: slot.configuration, daemon: configuration.daemon) } catch {
+        do throws(SandboxError) {
+            sandbox = try BubblewrapSandbox(agent: slot.configuration, daemon: configuration.daemon, contentPath: slot.store.path(of: version))
+        } catch {
             Task { self.processEnded(name, generation: generation, result: .failure(LaunchError(message: "sandbox: \(error)"))) }
-            return
-        }
-        // Content the agent's user cannot read would be blamed on the content.
-        if let problem = sandbox.account.cannotReach(slot.store.path(of: version) + "/") {
-            Task { self.processEnded(name, generation: generation, result: .failure(LaunchError(message: "sandbox: \(problem)"))) }
             return
         }
         if let path = slot.notifySocket?.path {
