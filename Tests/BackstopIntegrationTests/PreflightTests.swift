@@ -97,6 +97,27 @@ struct PreflightTests {
         }
     }
 
+    @Test("Content below a directory the agent's user cannot search: unreachable on the host's /tmp, so the preflight could not run and the version stays staged; reachable in a private /tmp, so it goes live",
+          arguments: [false, true])
+    func contentBehindAClosedDirectory(privateTmp: Bool) throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "preflight_sec = 2\n[agent.sandbox]\nprivate_tmp = \(privateTmp)")])
+        defer { harness.cleanUp() }
+        try harness.start()
+        // The store now lies below a directory user nobody cannot search (on the host).
+        #expect(chmod(harness.directory, 0o700) == 0)
+        let staged = try harness.ctl("stage", "demo", Paths.sample("v1-good"), "--version", "v1", "--activate")
+        let agent = try harness.agent()
+        #expect(agent.content.quarantined.isEmpty)
+        #expect(!harness.log.all.contains { $0.contains("event=preflight-failed") })
+        if privateTmp {
+            #expect(staged.status == 0, "\(staged.error)")
+            #expect(agent.content.active == "v1")
+        } else {
+            #expect(staged.status != 0 && staged.error.contains("could not run") && staged.error.contains("cannot reach"), "\(staged.error)")
+            #expect(agent.content.active == nil)
+        }
+    }
+
     @Test("A good version passes its preflight and goes live")
     func goodVersionGoesLive() throws {
         let harness = try harnessOnKnownGood(preflightSeconds: 3)

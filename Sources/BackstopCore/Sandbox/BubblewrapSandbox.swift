@@ -74,7 +74,11 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     ///   reach the content (which would otherwise be blamed on the content).
     public init(agent: AgentConfiguration, daemon: DaemonConfiguration, contentPath: String) throws(SandboxError) {
         try self.init(agent: agent, daemon: daemon)
-        if let problem = account.cannotReach(contentPath + "/") { throw SandboxError(message: problem) }
+        // Inside a private /tmp the directories above Backstop's bound state directory are
+        // the sandbox's own (mode 0755); only the state directory and below are the host's.
+        let bound = protectedDirectories.first { Self.isInside(contentPath, $0) }
+        let top = spec.privateTmp && ["/tmp", "/var/tmp"].contains(where: { Self.isInside(contentPath, $0) }) ? bound ?? "/" : "/"
+        if let problem = account.cannotReach(contentPath + "/", from: top) { throw SandboxError(message: problem) }
     }
 
     /// Creates the placeholders below `directory` (mode 0000, owned by root).

@@ -45,15 +45,16 @@ public struct SandboxAccount: Sendable, Equatable {
 }
 
 extension SandboxAccount {
-    /// Why this account cannot reach `path` (search permission on every directory above it,
-    /// by mode bits; ACLs are not consulted), nil when it can. Root reaches everything, but
-    /// a sandboxed root without CAP_DAC_OVERRIDE does not: it is checked as its owner bits.
-    public func cannotReach(_ path: String) -> String? {
+    /// Why this account cannot reach `path` (search permission on every directory above it
+    /// from `top` down, by mode bits; ACLs are not consulted), nil when it can. Root reaches
+    /// everything, but a sandboxed root without CAP_DAC_OVERRIDE does not: it is checked as
+    /// its owner bits.
+    public func cannotReach(_ path: String, from top: String = "/") -> String? {
         var directory = ""
         for component in path.split(separator: "/").dropLast() {
             directory += "/" + component
             var info = stat()
-            guard stat(directory, &info) == 0 else { continue }
+            guard BubblewrapSandbox.isInside(directory, top), stat(directory, &info) == 0 else { continue }
             let bit: mode_t = info.st_uid == uid ? 0o100 : info.st_gid == gid ? 0o010 : 0o001
             if info.st_mode & bit == 0 {
                 return "user \(user) (uid \(uid)) cannot reach \(path): \(directory) is mode \(String(info.st_mode & 0o7777, radix: 8)), owner uid \(info.st_uid), group gid \(info.st_gid)"
