@@ -230,15 +230,9 @@ struct ContainerTests {
 
     @Test("engine = \"systemd\": an agent backstopd runs becomes a transient unit with its sandbox as properties; it scores 3.0 or lower, runs as nobody without capabilities, and its bad content is rolled back")
     func transientUnitSandbox() throws {
-        let config = """
-            [[agent]]
-            name = "demo"
-            exec = ["/usr/libexec/backstop/backstop-demo-agent", "--content", "{content}"]
-            notify = true
+        let config = Self.config + """
+
             watchdog_sec = 10
-            failure_window_sec = 60
-            restart_delay_ms = 100
-            boot_good_after_sec = 2
             [agent.sandbox]
             engine = "systemd"
             memory_max = "256M"
