@@ -29,7 +29,6 @@ final class Container: @unchecked Sendable {
     let machineID = UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
     private var nspawn: Process?
     private var notify: NotifySocket?
-    private var notifyPipe: Pipe?
     private var followerPipe: Pipe?
     private let leader = LineCollector()
     private(set) var leaderPID: Int32?
@@ -65,17 +64,13 @@ final class Container: @unchecked Sendable {
     /// Boots the container and waits until systemd has finished booting it.
     /// - Throws: when it does not come up within 90 s.
     func boot() throws {
-        let pipe = Pipe()
-        leader.attach(pipe)
-        notifyPipe = pipe  // kept open for as long as the notify socket may write to it
-        let writer = pipe.fileHandleForWriting
         notify?.invalidate()
         let socketPath = directory + "/nspawn.notify"
         unlink(socketPath)
         // systemd-nspawn reports the container's PID 1 as X_NSPAWN_LEADER_PID (sd_notify) and
         // READY=1 once that systemd is up (--notify-ready=yes).
-        notify = try NotifySocket(path: socketPath, queue: DispatchQueue(label: "container.notify")) { message in
-            writer.write(Data((message.assignments.map { "\($0.0)=\($0.1)" }.joined(separator: " ") + "\n").utf8))
+        notify = try NotifySocket(path: socketPath, queue: DispatchQueue(label: "container.notify")) { [leader] message in
+            leader.append(message)
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-nspawn")
@@ -93,7 +88,7 @@ final class Container: @unchecked Sendable {
         process.environment = ProcessInfo.processInfo.environment.merging(["NOTIFY_SOCKET": socketPath]) { _, new in new }
         // A file, not a pipe: the console output of a whole boot must never block the container.
         let console = directory + "/console-\(boots + 1).log"
-        FileManager.default.createFile(atPath: console, contents: nil)
+        guard FileManager.default.createFile(atPath: console, contents: nil) else { throw HarnessError.failed("cannot create \(console)") }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: console))
         process.standardOutput = log
         process.standardError = log

@@ -47,6 +47,15 @@ final class LineCollector: @unchecked Sendable {
         }
     }
 
+    /// Adds an sd_notify(3) message as one line of its `NAME=value` assignments, space-separated
+    /// (what a notify socket, rather than a pipe, delivers).
+    func append(_ message: NotifyMessage) {
+        condition.lock()
+        lines.append(message.assignments.map { "\($0.0)=\($0.1)" }.joined(separator: " "))
+        condition.broadcast()
+        condition.unlock()
+    }
+
     /// Forgets the lines so far (a new source is attached next).
     func reset() {
         condition.lock()

@@ -305,7 +305,7 @@ struct FailureReasonTests {
         #expect(!harness.log.all.contains { $0.contains("event=content-promoted") || $0.contains("event=agent-ready") })
 
         // Once the check passes, a released version starts, becomes ready and is promoted.
-        FileManager.default.createFile(atPath: agent.scratch.path + "/ready", contents: nil)
+        try #require(FileManager.default.createFile(atPath: agent.scratch.path + "/ready", contents: nil))
         #expect(try harness.ctl("release", "script", "v1").status == 0)
         #expect(try harness.ctl("activate", "script", "v1").status == 0)
         try harness.wait(for: "content-promoted", seconds: 20)
@@ -351,7 +351,7 @@ struct FailureReasonTests {
             #expect(try harness.ctl("promote", "script", version).status == 0)
         }
         // Something outside the content breaks the agent just as v2 arrives.
-        FileManager.default.createFile(atPath: broken, contents: nil)
+        try #require(FileManager.default.createFile(atPath: broken, contents: nil))
         try harness.stage(try agent.content("v2", "fragile \(broken)"), as: "v2", agent: "script")
         try harness.wait(for: "gave-up", seconds: 30)
         let status = try harness.agent("script")

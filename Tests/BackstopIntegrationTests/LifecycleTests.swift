@@ -214,11 +214,8 @@ struct ServiceManagerTests {
         let scratch = try TemporaryDirectory()
         defer { scratch.remove() }
         let received = LineCollector()
-        let pipe = Pipe()
-        received.attach(pipe)
-        let writer = pipe.fileHandleForWriting
         let socket = try NotifySocket(path: scratch.path + "/notify", queue: DispatchQueue(label: "test.notify")) { message in
-            writer.write(Data((message.assignments.map { "\($0.0)=\($0.1)" }.joined(separator: " ") + "\n").utf8))
+            received.append(message)
         }
         defer { socket.invalidate() }
         let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
