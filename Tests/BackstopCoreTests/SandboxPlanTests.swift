@@ -99,6 +99,6 @@ struct SandboxPlanTests {
         #expect(values("ReadWritePaths") == [.strings(["-/var/lib/agent"])])
         #expect(values("RestrictNamespaces") == [.uint64(0)])
         #expect(values("SystemCallErrorNumber") == [.int32(EPERM)])
-        #expect(unit.cgroupProperties().map(\.0) == ["MemoryMax", "CPUQuotaPerSecUSec", "TasksMax"])
+        #expect(UnitSandbox.cgroupProperties(unit.spec).map(\.0) == ["MemoryMax", "CPUQuotaPerSecUSec", "TasksMax"])
     }
 }

@@ -82,15 +82,9 @@ public struct UnitSandbox: Sendable, Equatable {
         let families = spec.privateNetwork ? ["AF_UNIX"] : ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
         set("RestrictAddressFamilies", .allowList(families))
         report.apply("private_network", "PrivateNetwork=\(spec.privateNetwork ? "yes" : "no") RestrictAddressFamilies=\(families.joined(separator: " "))")
-        if let bytes = spec.memoryMaxBytes {
-            set("MemoryMax", .bytes(bytes))
-            report.apply("memory_max", "MemoryMax=\(SandboxSpec.formatBytes(bytes)) (cgroup)")
-        }
-        if let percent = spec.cpuQuotaPercent {
-            set("CPUQuota", .percent(percent))
-            report.apply("cpu_quota", "CPUQuota=\(percent)% (cgroup)")
-        }
-        set("TasksMax", .count(spec.tasksMax))
+        settings += Self.limitSettings(spec)
+        if let bytes = spec.memoryMaxBytes { report.apply("memory_max", "MemoryMax=\(SandboxSpec.formatBytes(bytes)) (cgroup)") }
+        if let percent = spec.cpuQuotaPercent { report.apply("cpu_quota", "CPUQuota=\(percent)% (cgroup)") }
         report.apply("tasks_max", "TasksMax=\(spec.tasksMax.map(String.init) ?? "infinity") (cgroup)")
         for entry in spec.systemCallFilter { set("SystemCallFilter", .filter(entry)) }
         if !spec.systemCallFilter.isEmpty {
@@ -111,36 +105,48 @@ public struct UnitSandbox: Sendable, Equatable {
         "ProtectKernelLogs", "ProtectControlGroups", "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality",
     ]
 
+    /// The resource limits of `spec` (systemd.resource-control(5)): `MemoryMax=`, `CPUQuota=`, `TasksMax=`.
+    static func limitSettings(_ spec: SandboxSpec) -> [UnitSetting] {
+        var settings: [UnitSetting] = []
+        if let bytes = spec.memoryMaxBytes { settings.append(UnitSetting(key: "MemoryMax", value: .bytes(bytes))) }
+        if let percent = spec.cpuQuotaPercent { settings.append(UnitSetting(key: "CPUQuota", value: .percent(percent))) }
+        settings.append(UnitSetting(key: "TasksMax", value: .count(spec.tasksMax)))
+        return settings
+    }
+
     /// The settings as a transient unit's properties (org.freedesktop.systemd1(5)): the same
     /// settings as the drop-in, in the D-Bus types systemd takes for them.
     public func busProperties() -> [(String, BusValue)] {
-        settings().settings.map { setting -> (String, BusValue) in
-            switch (setting.key, setting.value) {
-            case ("SystemCallErrorNumber", _): return (setting.key, .int32(EPERM))
-            case ("SystemCallArchitectures", .string(let name)): return (setting.key, .strings([name]))
-            case ("RestrictNamespaces", .bool(let restricted)):
-                // The namespaces still allowed: none, or all (CLONE_NEW* flags).
-                return (setting.key, .uint64(restricted ? 0 : ~0))
-            case (_, .string(let text)): return (setting.key, .string(text))
-            case (_, .bool(let flag)): return (setting.key, .bool(flag))
-            case (_, .paths(let paths)): return (setting.key, .strings(paths.map { "-" + $0 }))
-            case (_, .capabilities(let names)):
-                let mask = names.compactMap { SandboxSpec.knownCapabilities.firstIndex(of: $0) }.reduce(UInt64(0)) { $0 | 1 << UInt64($1) }
-                return (setting.key, .uint64(mask))
-            case (_, .allowList(let names)): return (setting.key, .list(allow: true, names))
-            case (_, .filter(let entry)):
-                return (setting.key, entry.hasPrefix("~") ? .list(allow: false, [String(entry.dropFirst())]) : .list(allow: true, [entry]))
-            case (_, .bytes(let bytes)): return (setting.key, .uint64(bytes))
-            case (_, .percent(let percent)): return ("CPUQuotaPerSecUSec", .uint64(UInt64(percent) * 10_000))
-            case (_, .count(let count)): return (setting.key, .uint64(count.map(UInt64.init) ?? .max))
-            }
-        }
+        settings().settings.map(Self.busProperty)
     }
 
-    /// Only the resource limits of ``busProperties()``: what a transient scope around an
-    /// agent bubblewrap runs takes (systemd.scope(5) has no sandboxing of its own).
-    public func cgroupProperties() -> [(String, BusValue)] {
-        busProperties().filter { ["MemoryMax", "TasksMax", "CPUQuotaPerSecUSec"].contains($0.0) }
+    /// Only the resource limits of `spec`, as D-Bus properties: what a transient scope around
+    /// an agent bubblewrap runs takes (systemd.scope(5) has no sandboxing of its own).
+    public static func cgroupProperties(_ spec: SandboxSpec) -> [(String, BusValue)] {
+        limitSettings(spec).map(busProperty)
+    }
+
+    /// One setting as a D-Bus property: its name and value in the type systemd takes for it.
+    private static func busProperty(_ setting: UnitSetting) -> (String, BusValue) {
+        switch (setting.key, setting.value) {
+        case ("SystemCallErrorNumber", _): return (setting.key, .int32(EPERM))
+        case ("SystemCallArchitectures", .string(let name)): return (setting.key, .strings([name]))
+        case ("RestrictNamespaces", .bool(let restricted)):
+            // The namespaces still allowed: none, or all (CLONE_NEW* flags).
+            return (setting.key, .uint64(restricted ? 0 : ~0))
+        case (_, .string(let text)): return (setting.key, .string(text))
+        case (_, .bool(let flag)): return (setting.key, .bool(flag))
+        case (_, .paths(let paths)): return (setting.key, .strings(paths.map { "-" + $0 }))
+        case (_, .capabilities(let names)):
+            let mask = names.compactMap { SandboxSpec.knownCapabilities.firstIndex(of: $0) }.reduce(UInt64(0)) { $0 | 1 << UInt64($1) }
+            return (setting.key, .uint64(mask))
+        case (_, .allowList(let names)): return (setting.key, .list(allow: true, names))
+        case (_, .filter(let entry)):
+            return (setting.key, entry.hasPrefix("~") ? .list(allow: false, [String(entry.dropFirst())]) : .list(allow: true, [entry]))
+        case (_, .bytes(let bytes)): return (setting.key, .uint64(bytes))
+        case (_, .percent(let percent)): return ("CPUQuotaPerSecUSec", .uint64(UInt64(percent) * 10_000))
+        case (_, .count(let count)): return (setting.key, .uint64(count.map(UInt64.init) ?? .max))
+            }
     }
 
     /// The drop-in file: a comment saying where it came from, then `[Service]` and the settings.

@@ -712,9 +712,7 @@ public actor Supervisor {
     /// sandbox's rlimits are its limits.
     private func confineInScope(_ name: String, pid: Int32) {
         guard let slot = slots[name], let bus = systemd else { return }
-        let limits = UnitSandbox(spec: slot.configuration.sandbox, unit: "", stateDirectory: configuration.daemon.stateDirectory)
-            .cgroupProperties()
-        guard !limits.isEmpty else { return }
+        let limits = UnitSandbox.cgroupProperties(slot.configuration.sandbox)
         let scope = "backstop-\(name)-\(pid).scope"
         do {
             _ = try bus.startTransientUnit(scope, properties: [
