@@ -430,6 +430,15 @@ struct ConfigurationTests {
             source: minimalAgent + "\n[agent.sandbox]\nengine = \"docker\"\n",
             line: 5, key: "agent[0].sandbox.engine", message: "must be \"bubblewrap\" or \"systemd\""),
         Fault(
+            what: "writable path below a default inaccessible path",
+            source: minimalAgent + "\n[agent.sandbox]\nread_write_paths = [\"/var/lib/agent\", \"/home/agent/cache\"]\n",
+            line: 5, key: "agent[0].sandbox.read_write_paths",
+            message: "\"/home/agent/cache\" lies in inaccessible path \"/home\" (one of the default inaccessible_paths; set inaccessible_paths to leave it out), which hides it"),
+        Fault(
+            what: "read-only path that an inaccessible path hides",
+            source: minimalAgent + "\n[agent.sandbox]\ninaccessible_paths = [\"/srv\"]\nread_only_paths = [\"/\", \"/srv\"]\n",
+            line: 6, key: "agent[0].sandbox.read_only_paths", message: "\"/srv\" lies in inaccessible path \"/srv\", which hides it"),
+        Fault(
             what: "systemd engine with a program found in PATH",
             source: "[[agent]]\nname = \"demo\"\nexec = [\"demo-agent\"]\n[agent.sandbox]\nengine = \"systemd\"\n",
             line: 3, key: "agent[0].exec", message: "absolute path with engine = \"systemd\""),

@@ -535,6 +535,16 @@ private struct TableReader {
                 throw fail(full, "unknown key in [agent.sandbox] (known: engine, user, group, capabilities, no_new_privileges, read_only_paths, read_write_paths, inaccessible_paths, private_tmp, private_network, memory_max, cpu_quota, tasks_max, system_call_filter)")
             }
         }
+        // An inaccessible path hides everything below it, in bubblewrap and systemd alike
+        // (systemd drops the mounts an inaccessible one obstructs): a path named below it would
+        // be listed as applied and yet not be there.
+        for (key, paths) in [("read_write_paths", spec.readWritePaths), ("read_only_paths", spec.readOnlyPaths)] {
+            for path in paths {
+                guard let hiding = spec.inaccessiblePaths.first(where: { BubblewrapSandbox.isInside(path, $0) }) else { continue }
+                let defaults = table["inaccessible_paths"] == nil ? " (one of the default inaccessible_paths; set inaccessible_paths to leave it out)" : ""
+                throw fail(prefix + "." + key, "\"\(path)\" lies in inaccessible path \"\(hiding)\"\(defaults), which hides it from the agent")
+            }
+        }
         return spec
     }
 
