@@ -92,6 +92,9 @@ struct ForeignAgentTests {
         try harness.stage(good, as: "sigs-1", agent: "clamav")
         try harness.wait(for: "agent-ready")
         #expect(try clamdAnswersPing(socketPath))
+        // A scan of a stream needs a temporary file: its private /tmp must be writable to clamav.
+        let verdict = try #require(try clamd(socketPath, instream: Array(Self.eicarTestFile.utf8)))
+        #expect(verdict.contains("Backstop.Test.EICAR") && verdict.hasSuffix("FOUND"), "clamd scans in its sandbox: \(verdict)")
         #expect(try harness.ctl("promote", "clamav", "sigs-1").status == 0)
 
         try harness.stage(malformed, as: "sigs-2", agent: "clamav")
@@ -153,18 +156,36 @@ struct ForeignAgentTests {
         #expect(agent.failures.list.isEmpty, "the health checks passed")
     }
 
+    /// The EICAR anti-virus test file (its MD5 is 44d88612fea8a8f36de82e1278abb02f).
+    static let eicarTestFile = #"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"#
+
     /// Sends `zPING\0` to clamd's socket and expects `PONG\0` (clamd(8), COMMANDS).
     func clamdAnswersPing(_ path: String) throws -> Bool {
+        try clamd(path, send: Array("zPING".utf8) + [0])?.hasPrefix("PONG") == true
+    }
+
+    /// Has clamd scan `data` sent as a stream (clamd(8), INSTREAM: chunks of a 4-byte
+    /// big-endian length and the bytes, ended by a zero length) and returns its verdict,
+    /// such as `stream: NAME FOUND`.
+    func clamd(_ path: String, instream data: [UInt8]) throws -> String? {
+        let length = UInt32(data.count).bigEndian
+        let chunk = withUnsafeBytes(of: length) { Array($0) } + data
+        return try clamd(path, send: Array("zINSTREAM".utf8) + [0] + chunk + [0, 0, 0, 0])
+    }
+
+    /// Sends one command to clamd's socket and returns its reply without the trailing NUL,
+    /// nil when clamd does not answer within 5 s.
+    func clamd(_ path: String, send message: [UInt8]) throws -> String? {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        guard try UnixSocketAddress.withAddress(path, { connect(fd, $0, $1) }) == 0 else { return false }
-        let ping = Array("zPING".utf8) + [0]
-        guard send(fd, ping, ping.count, 0) == ping.count else { return false }
-        var reply = [UInt8](repeating: 0, count: 16)
-        let count = recv(fd, &reply, reply.count, 0)
-        return count > 0 && String(decoding: reply[..<count], as: UTF8.self).hasPrefix("PONG")
+        guard try UnixSocketAddress.withAddress(path, { connect(fd, $0, $1) }) == 0 else { return nil }
+        guard send(fd, message, message.count, Int32(MSG_NOSIGNAL)) == message.count else { return nil }
+        var reply = [UInt8](repeating: 0, count: 256)
+        let count = recv(fd, &reply, reply.count, Int32(MSG_WAITALL))
+        guard count > 0 else { return nil }
+        return String(decoding: reply[..<count].prefix { $0 != 0 }, as: UTF8.self)
     }
 }
 

@@ -46,15 +46,17 @@ struct SandboxTests {
         return report
     }
 
-    @Test("The default sandbox (with memory_max and tasks_max set) holds against every escape attempt; the agent still writes its own directory")
+    @Test("The default sandbox (with memory_max and tasks_max set) holds against every escape attempt; the agent still writes its own directory and its private /tmp")
     func defaultSandboxHolds() throws {
         let report = try escapeReport(sandbox: "memory_max = \"64M\"\ntasks_max = 8")
         for attempt in ["write-outside", "write-content", "read-inaccessible", "gain-capability", "network", "memory", "tasks"] {
             #expect(report[attempt]?.hasPrefix("refused") == true, "\(attempt): \(report[attempt] ?? "no report")")
         }
         #expect(report["write-own"]?.hasPrefix("allowed") == true, "\(report["write-own"] ?? "no report")")
+        #expect(report["write-tmp"]?.hasPrefix("allowed") == true, "its private /tmp is writable to it, as a /tmp is: \(report["write-tmp"] ?? "no report")")
         #expect(report["identity"] == "uid=65534 gid=65534", "the default user is nobody")
         #expect(!FileManager.default.fileExists(atPath: "/etc/backstop-escape"))
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/backstop-escape-tmp"), "its /tmp is its own")
     }
 
     @Test("With the settings opened up, the same attempts succeed: the agent can tell, so the test above can fail")

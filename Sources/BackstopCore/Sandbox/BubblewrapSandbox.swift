@@ -257,8 +257,10 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         return options
     }
 
+    /// Empty tmpfs on /tmp and /var/tmp, mode 1777 like any /tmp (and systemd's PrivateTmp=):
+    /// an agent that is not root makes its temporary files there too.
     private func privateTmpOptions() -> [String] {
-        ["--tmpfs", "/tmp"] + (Self.exists("/var/tmp") ? ["--tmpfs", "/var/tmp"] : [])
+        ["--perms", "1777", "--tmpfs", "/tmp"] + (Self.exists("/var/tmp") ? ["--perms", "1777", "--tmpfs", "/var/tmp"] : [])
     }
 
     static func exists(_ path: String) -> Bool {

@@ -64,6 +64,11 @@ def tasks():
             os.kill(pid, 9)
             os.waitpid(pid, 0)
 
+def write_tmp():
+    with open("/tmp/backstop-escape-tmp", "w") as file:
+        file.write("allowed\n")
+    return "wrote /tmp/backstop-escape-tmp"
+
 def own_directory():
     with open(os.path.join(report_directory, "scratch"), "w") as file:
         file.write("allowed\n")
@@ -77,6 +82,7 @@ attempt("network", network)
 attempt("memory", memory)
 attempt("tasks", tasks)
 attempt("write-own", own_directory)
+attempt("write-tmp", write_tmp)
 lines.append(f"identity uid={os.getuid()} gid={os.getgid()}")
 with open(os.path.join(report_directory, "report.tmp"), "w") as file:
     file.write("\n".join(lines) + "\ndone\n")
