@@ -430,6 +430,14 @@ struct ConfigurationTests {
             source: minimalAgent + "\n[agent.sandbox]\nengine = \"docker\"\n",
             line: 5, key: "agent[0].sandbox.engine", message: "must be \"bubblewrap\" or \"systemd\""),
         Fault(
+            what: "sandbox user -1, which setresuid takes for unchanged",
+            source: minimalAgent + "\n[agent.sandbox]\nuser = \"4294967295\"\n",
+            line: 5, key: "agent[0].sandbox.user", message: "4294967295 is not a valid user id"),
+        Fault(
+            what: "sandbox group 65535",
+            source: minimalAgent + "\n[agent.sandbox]\ngroup = 65535\n",
+            line: 5, key: "agent[0].sandbox.group", message: "65535 is not a valid group id"),
+        Fault(
             what: "writable path below a default inaccessible path",
             source: minimalAgent + "\n[agent.sandbox]\nread_write_paths = [\"/var/lib/agent\", \"/home/agent/cache\"]\n",
             line: 5, key: "agent[0].sandbox.read_write_paths",

@@ -480,6 +480,10 @@ private struct TableReader {
                 guard SandboxSpec.isValidAccountName(name) else {
                     throw fail(full, "\"\(name)\" is not a \(key) name or number")
                 }
+                // setresuid(2) takes -1 as "leave unchanged": the agent would stay root.
+                if let number = UInt32(name), number == .max || number == 0xFFFF {
+                    throw fail(full, "\(number) is not a valid \(key) id: it is (uid_t) -1 or its 16-bit form, which the kernel and systemd take for \"unchanged\"")
+                }
                 if key == "user" { spec.user = name } else { spec.group = name }
             case "capabilities":
                 spec.capabilities = []
