@@ -47,6 +47,27 @@ struct SandboxPlanTests {
         #expect(report.notApplied.contains { $0.setting == "system_call_filter" })
     }
 
+    @Test("bubblewrap: paths are mounted where their symlinks lead: a writable symlink into Backstop's directory is refused, one elsewhere is bound at its target and made again in the private /tmp; an inaccessible path over Backstop's directory is skipped")
+    func symlinkedPaths() throws {
+        let elsewhere = try makeTemporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(atPath: state)
+            try? FileManager.default.removeItem(atPath: elsewhere)
+        }
+        try FileManager.default.createDirectory(atPath: elsewhere + "/real", withIntermediateDirectories: true)
+        #expect(symlink(state + "/demo", elsewhere + "/store") == 0 && symlink(elsewhere + "/real", elsewhere + "/data") == 0)
+        var spec = SandboxSpec()
+        spec.readWritePaths = [elsewhere + "/store", elsewhere + "/data"]
+        spec.inaccessiblePaths = [state]
+        let (arguments, report) = bubblewrap(spec).plan(["/usr/bin/agent"])
+        #expect(report.notApplied.contains { $0.setting == "read_write_paths" && $0.detail.contains(elsewhere + "/store: inside Backstop's directory") })
+        #expect(!arguments.contains(elsewhere + "/store") && !arguments.contains(state + "/demo"), "no writable bind reaches the store: \(arguments)")
+        #expect(position(["--bind", elsewhere + "/real", elsewhere + "/real"], in: arguments) != nil)
+        #expect(position(["--symlink", elsewhere + "/real", elsewhere + "/data"], in: arguments) != nil, "the private /tmp hides the host's symlink")
+        #expect(report.notApplied.contains { $0.setting == "inaccessible_paths" && $0.detail.contains("would hide Backstop's directory \(state)") })
+        #expect(position(["--ro-bind", state, state], in: arguments) != nil)
+    }
+
     @Test("bubblewrap: an inaccessible path that would hide setpriv or bash is skipped, not a start that fails on the content")
     func sandboxProgramsStayVisible() {
         defer { try? FileManager.default.removeItem(atPath: state) }

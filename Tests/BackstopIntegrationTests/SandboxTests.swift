@@ -24,15 +24,17 @@ struct SandboxTests {
         let content = try reports.makeDirectory("content", files: [
             "escape.py": try String(contentsOfFile: Paths.repository + "/Tests/BackstopIntegrationTests/Fixtures/escape.py", encoding: .utf8),
         ])
+        let storeLink = reports.path + "/store"
         let harness = try DaemonHarness(agents: ["""
             name = "escape"
-            exec = ["/usr/bin/python3", "{content}/escape.py", "\(reports.path)", "\(listener.port)"]
+            exec = ["/usr/bin/python3", "{content}/escape.py", "\(reports.path)", "\(listener.port)", "\(storeLink)"]
             notify = true
             [agent.sandbox]
-            read_write_paths = ["\(reports.path)"]
+            read_write_paths = ["\(reports.path)", "\(storeLink)"]
             \(sandbox)
             """])
         defer { harness.cleanUp() }
+        #expect(symlink(harness.directory + "/state", storeLink) == 0)
         try harness.start()
         try harness.stage(content, as: "v1", agent: "escape")
         try harness.wait(for: "agent-ready", seconds: 60)
@@ -49,7 +51,7 @@ struct SandboxTests {
     @Test("The default sandbox (with memory_max and tasks_max set) holds against every escape attempt; the agent still writes its own directory and its private /tmp")
     func defaultSandboxHolds() throws {
         let report = try escapeReport(sandbox: "memory_max = \"64M\"\ntasks_max = 8")
-        for attempt in ["write-outside", "write-content", "read-inaccessible", "gain-capability", "network", "memory", "tasks"] {
+        for attempt in ["write-outside", "write-content", "write-store-link", "read-inaccessible", "gain-capability", "network", "memory", "tasks"] {
             #expect(report[attempt]?.hasPrefix("refused") == true, "\(attempt): \(report[attempt] ?? "no report")")
         }
         #expect(report["write-own"]?.hasPrefix("allowed") == true, "\(report["write-own"] ?? "no report")")
@@ -74,7 +76,9 @@ struct SandboxTests {
         for attempt in ["write-outside", "read-inaccessible", "gain-capability", "network", "memory", "tasks", "write-own"] {
             #expect(report[attempt]?.hasPrefix("allowed") == true, "\(attempt): \(report[attempt] ?? "no report")")
         }
-        #expect(report["write-content"]?.hasPrefix("refused") == true, "Backstop's state directory stays read-only: \(report["write-content"] ?? "no report")")
+        for attempt in ["write-content", "write-store-link"] {
+            #expect(report[attempt]?.hasPrefix("refused") == true, "Backstop's state directory stays read-only: \(attempt): \(report[attempt] ?? "no report")")
+        }
         #expect(report["identity"] == "uid=0 gid=0")
     }
 }

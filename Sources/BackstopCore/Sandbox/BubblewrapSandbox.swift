@@ -181,22 +181,38 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     private func mounts(program: String?, _ report: inout SandboxReport) -> [String] {
         var options: [String] = []
         report.apply("devices", "a private /dev with null, zero, full, random, urandom, tty, shm and pts")
-        var binds: [(path: String, writable: Bool)] = []
+        // Every path is mounted where its symlinks lead (bwrap would not follow one at the
+        // destination, and a symlink must not carry a writable path into Backstop's directories);
+        // a symlink that a private /tmp would hide is made again inside it.
+        let protected = protectedDirectories.filter(Self.exists).map(Self.resolved)
+        var links = zip(protectedDirectories.filter(Self.exists), protected).filter { $0 != $1 }.map { (path: $0, target: $1) }
+        func real(_ path: String, _ setting: String) -> String? {
+            guard Self.exists(path) else {
+                report.skip(setting, "\(path): does not exist")
+                return nil
+            }
+            return Self.resolved(path)
+        }
+        /// A mount of the host's `path` (resolved) in the sandbox; `configured` is the path as
+        /// `[agent.sandbox]` gave it, nil for the implicit writable root.
+        var binds: [(path: String, writable: Bool, configured: String?)] = []
         for path in spec.readOnlyPaths {
-            if Self.exists(path) { binds.append((path, false)) } else { report.skip("read_only_paths", "\(path): does not exist") }
+            if let real = real(path, "read_only_paths") { binds.append((real, false, path)) }
         }
         for path in spec.readWritePaths {
-            if let protected = protectedDirectories.first(where: { Self.isInside(path, $0) }) {
-                report.skip("read_write_paths", "\(path): inside Backstop's directory \(protected), which agents only read")
-            } else if Self.exists(path) {
-                binds.append((path, true))
+            guard let real = real(path, "read_write_paths") else { continue }
+            if let directory = protected.first(where: { Self.isInside(real, $0) }) {
+                report.skip("read_write_paths", "\(path): inside Backstop's directory \(directory), which agents only read")
             } else {
-                report.skip("read_write_paths", "\(path): does not exist")
+                binds.append((real, true, path))
             }
+        }
+        for bind in binds where bind.configured != bind.path {
+            if let configured = bind.configured { links.append((configured, bind.path)) }
         }
         if !binds.contains(where: { $0.path == "/" }) {
             // The rest of the file system as it is, so that the program and its libraries are there.
-            binds.insert(("/", true), at: 0)
+            binds.insert(("/", true, nil), at: 0)
         }
         binds.sort { Self.depth($0.path) < Self.depth($1.path) || (Self.depth($0.path) == Self.depth($1.path) && !$0.writable && $1.writable) }
         var tmpAdded = false
@@ -219,7 +235,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 options += privateTmpOptions()
                 tmpAdded = true
             }
-            bind(entry.writable ? "--bind" : "--ro-bind", entry.writable ? substitutes[entry.path] ?? entry.path : entry.path, entry.path)
+            let copy = entry.configured.flatMap { substitutes[$0] }
+            bind(entry.writable ? "--bind" : "--ro-bind", entry.writable ? copy ?? entry.path : entry.path, entry.path)
             if entry.path == "/" { options += ["--dev", "/dev"] + (privateProcesses ? ["--proc", "/proc"] : []) }
         }
         if spec.privateTmp && !tmpAdded { options += privateTmpOptions() }
@@ -228,12 +245,23 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             bind("--ro-bind", program, program)
             report.apply("program", "\(program) bound read-only into the private /tmp")
         }
-        if spec.privateTmp { report.apply("private_tmp", "yes: /tmp and /var/tmp are empty tmpfs of the agent's own") }
-        let readOnly = binds.filter { bind in !bind.writable && !binds.contains { $0.writable && $0.path == bind.path } }.map(\.path)
-        let writable = binds.filter { $0.writable && spec.readWritePaths.contains($0.path) }.map { substitutes[$0.path].map { "\($0) (a private copy)" } ?? $0.path }
+        if spec.privateTmp {
+            // Unless a mount above it already shows the host's symlink.
+            for link in links where ["/tmp", "/var/tmp"].contains(where: { Self.isInside(link.path, $0) })
+                && !binds.contains(where: { $0.path != "/" && $0.path != link.path && Self.isInside(link.path, $0.path) }) {
+                bind("--symlink", link.target, link.path)
+            }
+            report.apply("private_tmp", "yes: /tmp and /var/tmp are empty tmpfs of the agent's own (mode 1777)")
+        }
+        func shown(_ entry: (path: String, writable: Bool, configured: String?)) -> String {
+            let name = entry.configured.map { $0 == entry.path ? $0 : "\($0) (at \(entry.path))" } ?? entry.path
+            return entry.writable && entry.configured.flatMap({ substitutes[$0] }) != nil ? name + " (a private copy)" : name
+        }
+        let readOnly = binds.filter { bind in !bind.writable && !binds.contains { $0.writable && $0.path == bind.path } }.map(shown)
+        let writable = binds.filter { $0.writable && $0.configured != nil }.map(shown)
         report.apply("read_only_paths", readOnly.isEmpty ? "none" : readOnly.joined(separator: " "))
         report.apply("read_write_paths", writable.isEmpty ? "none" : writable.joined(separator: " "))
-        for directory in protectedDirectories where Self.exists(directory) { bind("--ro-bind", directory, directory) }
+        for directory in protected { bind("--ro-bind", directory, directory) }
         report.apply("Backstop's directories", protectedDirectories.joined(separator: " ") + " read-only (always)")
         var masked: [String] = []
         for path in spec.inaccessiblePaths {
@@ -242,15 +270,19 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 report.skip("inaccessible_paths", "\(path): does not exist")
                 continue
             }
-            // Hiding what the sandbox itself runs (or the agent's program) would fail every
-            // start before the agent runs, blamed on the content.
+            // Hiding what the sandbox itself runs (or the agent's program), or the content,
+            // would fail every start before the agent runs, blamed on the content.
             let hidden = Self.resolved(path)
             if let needed = (Self.neededFiles + [program].compactMap { $0 }).first(where: { Self.isInside(Self.resolved($0), hidden) }) {
                 report.skip("inaccessible_paths", "\(path): would hide \(needed), which the sandbox runs")
                 continue
             }
+            if let directory = protected.first(where: { Self.isInside($0, hidden) }) {
+                report.skip("inaccessible_paths", "\(path): would hide Backstop's directory \(directory), which holds the agent's content")
+                continue
+            }
             let placeholder = placeholderDirectory + (info.st_mode & S_IFMT == S_IFDIR ? "/directory" : "/file")
-            bind("--ro-bind", placeholder, path)
+            bind("--ro-bind", placeholder, hidden)
             masked.append(path)
         }
         report.apply("inaccessible_paths", masked.isEmpty ? "none" : masked.joined(separator: " ") + " (replaced by mode-0000 placeholders)")

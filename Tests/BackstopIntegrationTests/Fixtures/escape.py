@@ -2,10 +2,11 @@
 # An agent that tries to leave its sandbox. Each attempt prints one line to REPORT,
 # "<attempt> refused <why>" or "<attempt> allowed <what>", then "done"; it then says
 # READY=1 on its notify socket and sleeps.
-# Usage: escape.py REPORT_DIRECTORY HOST_TCP_PORT
+# Usage: escape.py REPORT_DIRECTORY HOST_TCP_PORT STORE_LINK
+# (STORE_LINK: one of its writable paths, a symlink to Backstop's state directory)
 import ctypes, os, socket, sys, time
 
-report_directory, port = sys.argv[1], int(sys.argv[2])
+report_directory, port, store_link = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 lines = []
 
 def attempt(name, action):
@@ -64,6 +65,11 @@ def tasks():
             os.kill(pid, 9)
             os.waitpid(pid, 0)
 
+def write_store_link():
+    with open(os.path.join(store_link, "escape"), "w") as file:
+        file.write("escaped\n")
+    return f"wrote into Backstop's state directory through {store_link}"
+
 def write_tmp():
     with open("/tmp/backstop-escape-tmp", "w") as file:
         file.write("allowed\n")
@@ -76,6 +82,7 @@ def own_directory():
 
 attempt("write-outside", write_outside)
 attempt("write-content", write_content)
+attempt("write-store-link", write_store_link)
 attempt("read-inaccessible", read_inaccessible)
 attempt("gain-capability", gain_capability)
 attempt("network", network)
