@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import BackstopCore
 
@@ -80,6 +81,38 @@ struct SandboxTests {
             #expect(report[attempt]?.hasPrefix("refused") == true, "Backstop's state directory stays read-only: \(attempt): \(report[attempt] ?? "no report")")
         }
         #expect(report["identity"] == "uid=0 gid=0")
+    }
+}
+
+extension SandboxTests {
+    @Test("A sandbox that fails to be set up after bwrap made its child (a mount that fails) is a launch failure, never the agent's own exit; the agent's own exit code 1 stays its own")
+    func setUpFailureIsNotTheAgents() async throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let writable = try scratch.makeDirectory("writable", files: [:])
+        try BubblewrapSandbox.preparePlaceholders(in: scratch.path + "/inaccessible")
+        var spec = SandboxSpec()
+        spec.readWritePaths = [writable]
+        var sandbox = BubblewrapSandbox(
+            spec: spec, account: SandboxAccount(user: "nobody", uid: 65534, group: "nogroup", gid: 65534, hasPasswdEntry: true),
+            protectedDirectories: [], placeholderDirectory: scratch.path + "/inaccessible")
+        sandbox.cgroupScope = false
+        var request = LaunchRequest(identifier: "backstop-test", arguments: ["/bin/sh", "-c", "exit 1"], environment: [:])
+        request.sandbox = sandbox
+        let own = await DirectRunner.run(request) { _ in }
+        #expect(try own.get() == .exited(code: 1))
+
+        // The writable path's source is gone by the time bwrap mounts it: bwrap has reported its
+        // child, then fails (exit 1) before setpriv, bash and the agent.
+        request.sandbox!.substitutes[writable] = scratch.path + "/vanished"
+        let started = Mutex<Int32?>(nil)
+        let failed = await DirectRunner.run(request) { pid in started.withLock { $0 = pid } }
+        #expect(started.withLock { $0 } != nil, "bwrap made its child before the mount failed")
+        guard case .failure(let error) = failed else {
+            Issue.record("a set-up failure was taken for the agent's exit: \(failed)")
+            return
+        }
+        #expect(error.message.contains("the sandbox could not be set up"), "\(error.message)")
     }
 }
 

@@ -65,7 +65,7 @@ public struct LaunchRequest: Sendable, Equatable {
 /// own identifier (sd_journal_stream_fd(3)), or are the daemon's when no journald listens.
 ///
 /// A sandboxed process (``LaunchRequest/sandbox``) is bwrap's child: bwrap's
-/// `--json-status-fd` (on the child's stdin, a pipe here) names it, and that pid is the
+/// `--json-status-fd` (on a copy of bwrap's stdin, a pipe here) names it, and that pid is the
 /// one reported, signalled (its own session, `--new-session`) and whose exit status is
 /// read from a pidfd; bwrap's own exit (the child's code, or 128 + its signal) is the
 /// fallback when the kernel cannot tell.
@@ -85,9 +85,11 @@ public enum DirectRunner {
             if let problem = BubblewrapSandbox.unavailableReason { return .failure(LaunchError(message: problem + "; the agent is not started unsandboxed")) }
             // bwrap always starts, so a program that cannot run is told here, as exec-failed.
             if let problem = unexecutable(program) { return .failure(LaunchError(message: problem)) }
-            arguments = sandbox.plan(arguments).arguments
-            // bwrap reports the sandboxed child's pid on its stdin, a pipe here (bwrap(1) --json-status-fd).
-            arguments.insert(contentsOf: ["--json-status-fd", "0"], at: 1)
+            // bwrap's stdin is a pipe: bwrap reports the sandboxed child's pid on a copy of it
+            // (bwrap(1) --json-status-fd, which bwrap closes in the child), and the child
+            // inherits the pipe itself to say when its sandbox is set up.
+            arguments = [BubblewrapSandbox.shell, "-c", "exec \"$@\" 3>&0", "backstop-bwrap", BubblewrapSandbox.program, "--json-status-fd", "3"]
+                + sandbox.plan(arguments).arguments.dropFirst()
             do { statusPipe = try FileDescriptor.pipe() } catch {
                 return .failure(LaunchError(message: "cannot make a pipe for bwrap's status: \(error)"))
             }
@@ -132,6 +134,7 @@ public enum DirectRunner {
                 sandboxedChild.record(child)
                 exitInfo.open(child)
                 await started(child)
+                if await BubblewrapStatus.isSetUp(from: statusPipe.readEnd) { sandboxedChild.recordSetUp() }
             }
             var termination: Termination
             let exitStatus = exitInfo.waitStatus()
@@ -144,8 +147,10 @@ public enum DirectRunner {
                 }
             }
             guard request.sandbox != nil else { return .success(termination) }
-            guard sandboxedChild.pid != nil else {
-                return .failure(LaunchError(message: "the sandbox could not be set up: bwrap \(termination) before starting \(program) (its message is in the agent's own output)"))
+            // bwrap's mounts, setpriv or an rlimit failed: a configuration error, never the
+            // content's. (Killed before it was set up, it ends as killed: a stop, say.)
+            guard sandboxedChild.isSetUp || (sandboxedChild.pid != nil && termination.signal != nil) else {
+                return .failure(LaunchError(message: "the sandbox could not be set up: \(sandboxedChild.pid == nil ? "bwrap" : "its set-up") \(termination) before starting \(program) (its message is in the agent's own output)"))
             }
             if termination == .exited(code: BubblewrapSandbox.execFailedCode) {
                 return .failure(LaunchError(message: "\(program): could not be executed in its sandbox (the reason is in the agent's own output)"))
@@ -242,36 +247,57 @@ public enum DirectRunner {
     }
 }
 
-/// bwrap's `--json-status-fd` messages (bwrap(1)): one JSON object per line, the first
-/// `{ "child-pid": N, ... }` once the sandboxed child exists.
+/// What the sandbox says on the status pipe (the child's stdin): bwrap's `--json-status-fd`
+/// messages (bwrap(1)), one JSON object per line, the first `{ "child-pid": N, ... }` once
+/// the sandboxed child exists; then the sandbox's own line, ``BubblewrapSandbox/readyLine``,
+/// once bwrap's mounts, setpriv and the rlimits are in place, just before the agent's exec.
+/// Reads on a Dispatch thread: the pipe is blocking, and every writer ends soon (bwrap
+/// writes at once or exits; the child closes the pipe when it execs the agent).
 enum BubblewrapStatus {
-    /// The child's pid from the first message, nil when bwrap ended without one. Reads
-    /// on a Dispatch thread: the pipe is blocking, and bwrap writes at once or exits.
+    /// The child's pid from the first message, nil when bwrap ended without one.
     static func childPID(from pipe: FileDescriptor) async -> Int32? {
+        let object = await line(from: pipe).flatMap { (try? JSONSerialization.jsonObject(with: Data($0))) as? [String: Any] }
+        return (object?["child-pid"] as? NSNumber).map { $0.int32Value }
+    }
+
+    /// Whether the sandbox was set up: its ready line came before the pipe's end.
+    static func isSetUp(from pipe: FileDescriptor) async -> Bool {
+        while let line = await line(from: pipe) {
+            if line == Array(BubblewrapSandbox.readyLine.utf8) { return true }
+        }
+        return false
+    }
+
+    /// The next line (at most 4096 bytes), nil at the pipe's end.
+    private static func line(from pipe: FileDescriptor) async -> [UInt8]? {
         await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
                 var line: [UInt8] = []
                 var byte: UInt8 = 0
+                var ended = true
                 while line.count < 4096, (try? withUnsafeMutableBytes(of: &byte) { try pipe.read(into: $0) }) == 1 {
+                    ended = false
                     if byte == UInt8(ascii: "\n") { break }
                     line.append(byte)
                 }
-                let object = (try? JSONSerialization.jsonObject(with: Data(line))) as? [String: Any]
-                continuation.resume(returning: (object?["child-pid"] as? NSNumber).map { $0.int32Value })
+                continuation.resume(returning: ended ? nil : line)
             }
         }
     }
 }
 
-/// The pid of bwrap's sandboxed child, once known.
-// @unchecked: `pid` is only touched with `lock` held.
+/// The pid of bwrap's sandboxed child, once known, and whether its sandbox was set up.
+// @unchecked: `child` and `setUp` are only touched with `lock` held.
 final class SandboxedChild: @unchecked Sendable {
     private let lock = NSLock()
     private var child: Int32?
+    private var setUp = false
 
     var pid: Int32? { lock.withLock { child } }
+    var isSetUp: Bool { lock.withLock { setUp } }
 
     func record(_ pid: Int32) { lock.withLock { child = pid } }
+    func recordSetUp() { lock.withLock { setUp = true } }
 }
 
 /// The full exit status of a reaped process, core-dump bit included, from its pidfd.

@@ -7,7 +7,7 @@ import SystemPackage
 ///
 ///     bwrap NAMESPACES MOUNTS CAPABILITIES --die-with-parent --new-session --
 ///         setpriv USER GROUP CAPABILITIES [--no-new-privs] --
-///         bash -c 'RLIMITS; exec PROGRAM' PROGRAM ARGUMENTS
+///         bash -c 'RLIMITS; echo READY-LINE >&0; exec PROGRAM' PROGRAM ARGUMENTS
 ///
 /// bwrap (run as root, without a user namespace) makes the mount, IPC, UTS, cgroup and
 /// (with `private_network`) network namespaces, binds the file system read-only, the
@@ -15,9 +15,11 @@ import SystemPackage
 /// inaccessible paths, and keeps only the listed capabilities plus the three setpriv(1)
 /// needs to change user; setpriv then switches to the agent's user, drops those three
 /// from every set (bounding, inheritable, ambient) and sets no_new_privs; bash lowers
-/// the resource limits and execs the agent, with `execfail` so that a program that cannot
-/// be executed in the sandbox exits 203 (systemd's EXIT_EXEC) instead of counting
-/// against the content. Every step execs the next: the agent keeps the pid bwrap gave it.
+/// the resource limits, says on its stdin (the runner's pipe) that the sandbox is set up,
+/// and execs the agent, with `execfail` so that a program that cannot be executed in the
+/// sandbox exits 203 (systemd's EXIT_EXEC). A run that ends before the ready line or with
+/// 203 never counts against the content. Every step execs the next: the agent keeps the
+/// pid bwrap gave it.
 ///
 /// Resource limits are rlimits (setrlimit(2)): `memory_max` is RLIMIT_DATA, `tasks_max`
 /// is RLIMIT_NPROC (counted per user, and not enforced for root); `cpu_quota` and
@@ -29,6 +31,9 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     static let shell = "/bin/bash"
     /// The exit code of the last step when the program cannot be executed (systemd's EXIT_EXEC).
     static let execFailedCode: Int32 = 203
+    /// What the last step writes on its stdin (the runner's status pipe) once the sandbox is
+    /// set up, just before it execs the agent: a failure before it is the sandbox's, not the agent's.
+    static let readyLine = "backstop-sandbox-ready"
     /// Capabilities setpriv needs to change the user and drop capabilities; it drops them itself.
     static let setprivCapabilities = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
 
@@ -169,9 +174,10 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         if !spec.systemCallFilter.isEmpty {
             report.skip("system_call_filter", "\(spec.systemCallFilter.joined(separator: " ")): bubblewrap takes only a compiled seccomp program; systemd's groups apply with the systemd engine")
         }
-        let script = "exec 0</dev/null; shopt -s execfail; "
-            + limits.map { $0 + " || exit \(Self.execFailedCode); " }.joined()
-            + "exec -- \"$@\"; exit \(Self.execFailedCode)"
+        // Set up: say so on stdin (the status pipe), which the agent does not inherit.
+        let script = "shopt -s execfail; "
+            + limits.map { $0 + " || exit 1; " }.joined()
+            + "echo \(Self.readyLine) >&0; exec 0</dev/null; exec -- \"$@\"; exit \(Self.execFailedCode)"
         return (bwrap + setpriv + [Self.shell, "-c", script, "backstop-sandbox"] + arguments, report)
     }
 
