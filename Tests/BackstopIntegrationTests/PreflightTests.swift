@@ -63,7 +63,7 @@ struct PreflightTests {
         let script = """
             if [ -e "$BACKSTOP_CONTENT/hostile" ]; then
                 for directory in \(data) \(scratch.path)/link; do echo pwned > "$directory/pwned"; echo pwned > "$directory/kept"; done
-                for process in /proc/[0-9]*; do kill -9 "${process#/proc/}" 2>/dev/null; done
+                for process in /proc/[0-9]*; do [ "${process#/proc/}" = $$ ] || kill -9 "${process#/proc/}" 2>/dev/null; done
                 setsid sleep 600 &
                 sleep 600 &
                 exit 3
@@ -116,6 +116,28 @@ struct PreflightTests {
             #expect(staged.status != 0 && staged.error.contains("could not run") && staged.error.contains("cannot reach"), "\(staged.error)")
             #expect(agent.content.active == nil)
         }
+    }
+
+    @Test("A version whose agent raises SIGSEGV itself fails its preflight as crashed: the agent is not PID 1 of the preflight's namespace, whose self-sent signals the kernel would ignore")
+    func selfSignalledCrashIsCaught() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let content = try scratch.makeDirectory("v1", files: ["agent.sh": "sleep 0.3\nkill -SEGV $$\nexec sleep 600\n"])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            preflight_sec = 2
+            [agent.sandbox]
+            private_network = true
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        let staged = try harness.ctl("stage", "script", content, "--version", "v1", "--activate")
+        #expect(staged.status != 0 && staged.error.contains("failed preflight (signal SIGSEGV)"), "\(staged.error)")
+        let failed = try #require(harness.log.all.first { $0.contains("event=preflight-failed") })
+        #expect(failed.contains("reason=crashed"), "\(failed)")
+        let agent = try harness.agent("script")
+        #expect(agent.content.quarantined == ["v1"] && agent.content.active == nil)
     }
 
     @Test("A good version passes its preflight and goes live")

@@ -54,8 +54,11 @@ public struct BubblewrapSandbox: Sendable, Equatable {
 
     /// Writable paths replaced by another directory (a preflight's private copies), by path.
     public var substitutes: [String: String] = [:]
-    /// Whether the process gets a PID namespace of its own, as its PID 1, with a /proc that
-    /// shows only it (a preflight: it must not see, signal or reach the live agent).
+    /// Whether the process gets a PID namespace of its own, with a /proc that shows only it
+    /// (a preflight: it must not see, signal or reach the live agent). bash stays its PID 1
+    /// and runs the agent as its child: the kernel ignores the signals an init sends itself
+    /// without a handler, so an agent that raises SIGSEGV or SIGABRT would survive as PID 1.
+    /// bash then exits with the agent's code, or 128 + N for signal N.
     public var privateProcesses = false
 
     /// An engine for `spec` run as `account`.
@@ -122,7 +125,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         }
         if privateProcesses {
             bwrap += ["--unshare-pid", "--as-pid-1"]
-            report.apply("namespaces", namespaces + ", PID (it is PID 1 and sees only its own processes)")
+            report.apply("namespaces", namespaces + ", PID (it sees only its own processes; bash is their PID 1)")
         } else {
             report.apply("namespaces", namespaces + " (not PID: the agent sees the machine's processes)")
         }
@@ -177,7 +180,10 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         // Set up: say so on stdin (the status pipe), which the agent does not inherit.
         let script = "shopt -s execfail; "
             + limits.map { $0 + " || exit 1; " }.joined()
-            + "echo \(Self.readyLine) >&0; exec 0</dev/null; exec -- \"$@\"; exit \(Self.execFailedCode)"
+            + "echo \(Self.readyLine) >&0; exec 0</dev/null; "
+            + (privateProcesses
+                ? "(exec -- \"$@\"; exit \(Self.execFailedCode)) & wait $!"
+                : "exec -- \"$@\"; exit \(Self.execFailedCode)")
         return (bwrap + setpriv + [Self.shell, "-c", script, "backstop-sandbox"] + arguments, report)
     }
 

@@ -142,8 +142,7 @@ enum Preflight {
             }
             if ended { break }
             if outcome != nil, !stopping, let pid {
-                // Over: a throwaway instance needs no grace (as PID 1 of its namespace it would
-                // not even get a SIGTERM it has no handler for); its namespace ends with it.
+                // Over: a throwaway instance needs no grace; its namespace ends with its PID 1.
                 stopping = true
                 DirectRunner.signalGroup(pid, SIGKILL)
             }
