@@ -68,6 +68,20 @@ struct SandboxPlanTests {
         #expect(position(["--ro-bind", state, state], in: arguments) != nil)
     }
 
+    @Test("Both engines: read_only_paths without / leaves the rest of the file system writable, and the report says so")
+    func writableRootIsReported() {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var spec = SandboxSpec()
+        spec.readOnlyPaths = ["/usr"]
+        let (arguments, report) = bubblewrap(spec).plan(["/usr/bin/agent"])
+        #expect(position(["--bind", "/", "/"], in: arguments) != nil && position(["--ro-bind", "/usr", "/usr"], in: arguments) != nil)
+        let unit = UnitSandbox(spec: spec, unit: "agent.service", stateDirectory: state).settings()
+        for notApplied in [report.notApplied, unit.report.notApplied] {
+            #expect(notApplied.contains { $0.setting == "read_only_paths" && $0.detail.contains("the rest of the file system is writable") })
+        }
+        #expect(!unit.settings.contains { $0.key == "ProtectSystem" })
+    }
+
     @Test("bubblewrap: an inaccessible path that would hide setpriv or bash is skipped, not a start that fails on the content")
     func sandboxProgramsStayVisible() {
         defer { try? FileManager.default.removeItem(atPath: state) }

@@ -225,6 +225,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         if !binds.contains(where: { $0.path == "/" }) {
             // The rest of the file system as it is, so that the program and its libraries are there.
             binds.insert(("/", true, nil), at: 0)
+            report.skip("read_only_paths", SandboxSpec.writableRootNote)
         }
         binds.sort { Self.depth($0.path) < Self.depth($1.path) || (Self.depth($0.path) == Self.depth($1.path) && !$0.writable && $1.writable) }
         var tmpAdded = false

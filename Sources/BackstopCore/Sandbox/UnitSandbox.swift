@@ -57,6 +57,8 @@ public struct UnitSandbox: Sendable, Equatable {
         if readOnly.contains("/") {
             set("ProtectSystem", .string("strict"))
             readOnly.removeAll { $0 == "/" }
+        } else {
+            report.skip("read_only_paths", SandboxSpec.writableRootNote)
         }
         if !readOnly.isEmpty { set("ReadOnlyPaths", .paths(readOnly)) }
         report.apply("read_only_paths", ((spec.readOnlyPaths.contains("/") ? ["ProtectSystem=strict"] : []) + (readOnly.isEmpty ? [] : ["ReadOnlyPaths=" + readOnly.joined(separator: " ")])).joined(separator: " "))
