@@ -68,6 +68,19 @@ struct SandboxPlanTests {
         #expect(position(["--ro-bind", state, state], in: arguments) != nil)
     }
 
+    @Test("bubblewrap: a tasks_max above the hard RLIMIT_NPROC backstopd passes on is lowered to it and said so, rather than a ulimit that fails every start")
+    func tasksMaxAboveTheHardLimit() throws {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var limit = rlimit()
+        #expect(getrlimit(__rlimit_resource_t(__RLIMIT_NPROC.rawValue), &limit) == 0)
+        try #require(limit.rlim_max != rlim_t.max, "Linux gives every process a finite hard RLIMIT_NPROC")
+        var spec = SandboxSpec()
+        spec.tasksMax = Int(limit.rlim_max) + 1000
+        let (arguments, report) = bubblewrap(spec).plan(["/usr/bin/agent"])
+        #expect(arguments.contains { $0.contains("ulimit -u \(limit.rlim_max) ") }, "\(arguments)")
+        #expect(report.notApplied.contains { $0.setting == "tasks_max" && $0.detail.contains("above the hard RLIMIT_NPROC of \(limit.rlim_max)") })
+    }
+
     @Test("Both engines: read_only_paths without / leaves the rest of the file system writable, and the report says so")
     func writableRootIsReported() {
         defer { try? FileManager.default.removeItem(atPath: state) }

@@ -153,13 +153,21 @@ public struct BubblewrapSandbox: Sendable, Equatable {
 
         var limits: [String] = []
         let cgroup = " (rlimit: systemd is not running here, so there is no transient scope for cgroup limits)"
+        // The agent's user cannot raise an rlimit above the hard limit it inherits: a lower one is its limit.
+        func lowered(_ value: UInt64, _ resource: UInt32, unit: UInt64, _ setting: String, _ name: String) -> UInt64 {
+            var limit = rlimit()
+            guard getrlimit(__rlimit_resource_t(resource), &limit) == 0, limit.rlim_max != rlim_t.max,
+                  value > UInt64(limit.rlim_max) / unit else { return value }
+            report.skip(setting, "\(value * unit) is above the hard \(name) of \(limit.rlim_max) that backstopd passes on; that applies instead")
+            return UInt64(limit.rlim_max) / unit
+        }
         if let bytes = spec.memoryMaxBytes {
-            limits.append("ulimit -d \(max(1, bytes / 1024))")
+            limits.append("ulimit -d \(lowered(max(1, bytes / 1024), RLIMIT_DATA.rawValue, unit: 1024, "memory_max", "RLIMIT_DATA"))")
             report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA" + (cgroupScope ? " and MemoryMax= of \(Self.scopeNote)" : cgroup))
         }
         if let tasks = spec.tasksMax {
             if account.uid != 0 {
-                limits.append("ulimit -u \(tasks)")
+                limits.append("ulimit -u \(lowered(UInt64(tasks), __RLIMIT_NPROC.rawValue, unit: 1, "tasks_max", "RLIMIT_NPROC"))")
                 report.apply("tasks_max", "\(tasks) as RLIMIT_NPROC (it counts every process of uid \(account.uid))" + (cgroupScope ? " and TasksMax= of \(Self.scopeNote)" : cgroup))
             } else if cgroupScope {
                 report.apply("tasks_max", "\(tasks) as TasksMax= of \(Self.scopeNote) (RLIMIT_NPROC does not bind root)")
