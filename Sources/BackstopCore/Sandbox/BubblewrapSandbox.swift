@@ -129,7 +129,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         } else {
             report.apply("namespaces", namespaces + " (not PID: the agent sees the machine's processes)")
         }
-        bwrap += mounts(program: arguments.first, &report)
+        bwrap += mounts(command: arguments, &report)
         bwrap += ["--cap-drop", "ALL"]
         let kept = spec.capabilities
         for capability in kept + Self.setprivCapabilities.filter({ !kept.contains($0) }) { bwrap += ["--cap-add", capability] }
@@ -198,7 +198,13 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// bwrap's mount options: read-only and writable binds from the shallowest path to the
     /// deepest (so the more specific wins), the state directory read-only on top, then the
     /// inaccessible paths masked.
-    private func mounts(program: String?, _ report: inout SandboxReport) -> [String] {
+    private func mounts(command: [String], _ report: inout SandboxReport) -> [String] {
+        let program = command.first
+        // The files the command line names (`/etc/agent.conf`, `--config=/etc/agent.conf`) that exist.
+        let named = command.dropFirst().compactMap { word -> String? in
+            let path = word.hasPrefix("/") ? word : word.split(separator: "=", maxSplits: 1).dropFirst().first.map(String.init)
+            return path.flatMap { $0.hasPrefix("/") && Self.exists($0) ? $0 : nil }
+        }
         var options: [String] = []
         report.apply("devices", "a private /dev with null, zero, full, random, urandom, tty, shm and pts")
         // Every path is mounted where its symlinks lead (bwrap would not follow one at the
@@ -261,10 +267,20 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             if entry.path == "/" { options += ["--dev", "/dev"] + (privateProcesses ? ["--proc", "/proc"] : []) }
         }
         if spec.privateTmp && !tmpAdded { options += privateTmpOptions() }
-        // The agent's program stays where it is, also when a private /tmp would hide it.
-        if spec.privateTmp, let program, ["/tmp", "/var/tmp"].contains(where: { Self.isInside(program, $0) }), Self.exists(program) {
-            bind("--ro-bind", program, program)
-            report.apply("program", "\(program) bound read-only into the private /tmp")
+        // The agent's program and the files its command line names stay where they are
+        // (read-only), also when a private /tmp would hide them; a directory it names there
+        // is the operator's to list in read_write_paths or read_only_paths.
+        if spec.privateTmp {
+            let hidden = ([program].compactMap { $0 }.filter(Self.exists) + named).filter { path in
+                ["/tmp", "/var/tmp"].contains { Self.isInside(path, $0) && path != $0 }
+                    && !(binds.map(\.path).filter { $0 != "/" } + protected).contains { Self.isInside(Self.resolved(path), $0) }
+            }
+            let files = hidden.filter { !Self.isDirectory($0) }
+            for path in files { bind("--ro-bind", path, path) }
+            if !files.isEmpty { report.apply("command", files.joined(separator: " ") + " (from exec) bound read-only into the private /tmp") }
+            for path in hidden where Self.isDirectory(path) {
+                report.skip("private_tmp", "\(path) (from exec) is hidden by the private /tmp; list it in read_write_paths or read_only_paths")
+            }
         }
         if spec.privateTmp {
             // Unless a mount above it already shows the host's symlink.
@@ -298,6 +314,10 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 report.skip("inaccessible_paths", "\(path): would hide \(needed), which the sandbox runs")
                 continue
             }
+            if let needed = named.first(where: { Self.isInside(Self.resolved($0), hidden) }) {
+                report.skip("inaccessible_paths", "\(path): would hide \(needed), which the agent's command line names")
+                continue
+            }
             if let directory = protected.first(where: { Self.isInside($0, hidden) }) {
                 report.skip("inaccessible_paths", "\(path): would hide Backstop's directory \(directory), which holds the agent's content")
                 continue
@@ -314,6 +334,11 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// an agent that is not root makes its temporary files there too.
     private func privateTmpOptions() -> [String] {
         ["--perms", "1777", "--tmpfs", "/tmp"] + (Self.exists("/var/tmp") ? ["--perms", "1777", "--tmpfs", "/var/tmp"] : [])
+    }
+
+    static func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
     }
 
     static func exists(_ path: String) -> Bool {
