@@ -3,6 +3,7 @@ import BackstopCore
 import Foundation
 import Logging
 import ServiceLifecycle
+import UnixSignals
 
 /// `backstopd`: the Backstop daemon.
 @main
@@ -37,16 +38,27 @@ struct BackstopDaemon: AsyncParsableCommand {
         let logger = Logger(label: "backstopd")
         let daemon = DaemonService(configuration: configuration, logger: logger)
         let group = ServiceGroup(
-            services: [DaemonLifecycle(daemon: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            services: [DaemonLifecycle(daemon: daemon, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
     }
 }
 
-/// Adapts ``DaemonService`` to swift-service-lifecycle: SIGTERM/SIGINT trigger the graceful shutdown.
+/// Adapts ``DaemonService`` to swift-service-lifecycle: SIGTERM/SIGINT trigger the graceful
+/// shutdown. SIGHUP, which asks many daemons to reload, is logged and otherwise ignored:
+/// backstopd reads its configuration at start only, and must not die of the signal.
 struct DaemonLifecycle: Service {
     let daemon: DaemonService
+    let logger: Logger
 
     func run() async throws {
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        let logger = logger
+        let listener = Task {
+            for await _ in hangups {
+                logger.notice("SIGHUP received: backstopd does not reload its configuration; restart it (systemctl restart backstopd) to apply a changed one. It keeps running as it is.")
+            }
+        }
+        defer { listener.cancel() }
         try await daemon.run {
             try? await gracefulShutdown()
         }
