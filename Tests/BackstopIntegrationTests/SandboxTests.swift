@@ -85,6 +85,35 @@ struct SandboxTests {
 }
 
 extension SandboxTests {
+    @Test("A writable path that does not exist is exec-failed, never the content's fault (the sandbox cannot make it); once it exists the agent starts and writes there")
+    func missingWritablePath() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        #expect(chmod(scratch.path, 0o755) == 0)
+        let writable = scratch.path + "/agent-state"
+        let content = try scratch.makeDirectory("content", files: ["agent.sh": "echo written > \"$1/file\" || exit 1\necho agent wrote its file\nexec sleep 600\n"])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh", "\(writable)"]
+            [agent.sandbox]
+            read_write_paths = ["\(writable)"]
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(content, as: "v1", agent: "script")
+        try harness.wait(for: "agent-exited", seconds: 20)
+        let exited = try #require(harness.log.all.first { $0.contains("event=agent-exited") })
+        #expect(exited.contains("reason=exec-failed") && exited.contains("\(writable) does not exist"), "\(exited)")
+        #expect(try harness.agent("script").content.quarantined.isEmpty)
+
+        try FileManager.default.createDirectory(atPath: writable, withIntermediateDirectories: false)
+        #expect(chmod(writable, 0o777) == 0)
+        // Its stdout is the daemon's here (no journald): the line says the write went through.
+        try harness.log.wait(for: "agent wrote its file", seconds: 30)
+        #expect(try String(contentsOfFile: writable + "/file", encoding: .utf8) == "written\n")
+        #expect(try harness.agent("script").pid != nil)
+    }
+
     @Test("A sandbox that fails to be set up after bwrap made its child (a mount that fails) is a launch failure, never the agent's own exit; the agent's own exit code 1 stays its own")
     func setUpFailureIsNotTheAgents() async throws {
         let scratch = try TemporaryDirectory()

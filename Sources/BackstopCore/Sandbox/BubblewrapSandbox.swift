@@ -78,10 +78,14 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     }
 
     /// The sandbox of `agent` to run it on the content at `contentPath`.
-    /// - Throws: ``SandboxError`` when its user or group does not exist, or its user cannot
-    ///   reach the content (which would otherwise be blamed on the content).
+    /// - Throws: ``SandboxError`` when its user or group does not exist, a writable path does
+    ///   not exist (the sandbox cannot make it in a read-only parent), or its user cannot
+    ///   reach the content: each would otherwise be blamed on the content.
     public init(agent: AgentConfiguration, daemon: DaemonConfiguration, contentPath: String) throws(SandboxError) {
         try self.init(agent: agent, daemon: daemon)
+        if let missing = spec.readWritePaths.first(where: { !Self.exists($0) }) {
+            throw SandboxError(message: "read_write_paths: \(missing) does not exist; create it, writable to user \(account.user)")
+        }
         // Inside a private /tmp the directories above Backstop's bound state directory are
         // the sandbox's own (mode 0755); only the state directory and below are the host's.
         let bound = protectedDirectories.first { Self.isInside(contentPath, $0) }
