@@ -65,7 +65,8 @@ public struct Configuration: Sendable, Equatable {
                 if agent.transientUnit == nil, let sandbox = try? BubblewrapSandbox(agent: agent, daemon: daemon) {
                     for line in sandbox.plan(agent.exec).report.notApplied
                     where line.setting != "system_call_filter" && !(line.setting != "read_write_paths" && line.detail.hasSuffix(": does not exist")) {
-                        warnings.append("agent \(agent.name): sandbox: \(line.setting) not applied: \(line.detail)")
+                        let consequence = line.setting == "read_write_paths" && line.detail.hasSuffix(": does not exist") ? "; the agent will not start until it does" : ""
+                        warnings.append("agent \(agent.name): sandbox: \(line.setting) not applied: \(line.detail)\(consequence)")
                     }
                 }
             }
