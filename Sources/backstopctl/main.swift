@@ -79,12 +79,17 @@ struct VersionTarget: ParsableArguments {
 }
 
 /// For read-only verbs: asks the daemon, and when it is not running says so on stderr
-/// and reads what it saved instead. Other errors are handled as ``perform(_:)`` does.
+/// and reads what it saved instead; what it saved but cannot be read (a user other than
+/// root, a damaged file) is said and exits 4, never shown as nothing. Other errors are
+/// handled as ``perform(_:)`` does.
 func askOrReadSaved<T>(_ shown: String, ask: () throws -> T, saved: () throws -> T) throws -> T {
     try perform {
         do { return try ask() } catch ControlClient.ClientError.daemonNotRunning {
             FileHandle.standardError.write(Data("backstopctl: backstopd is not running; \(shown)\n".utf8))
-            return try saved()
+            do { return try saved() } catch {
+                FileHandle.standardError.write(Data("backstopctl: \(error)\n".utf8))
+                throw ExitCode(4)
+            }
         }
     }
 }
@@ -164,7 +169,7 @@ struct Content: ParsableCommand {
                 let status = try client.call("GetStatus", ["agent": agent], as: StatusReport.self)
                 return ContentLedger(versions: reply.versions, active: status.agents.first?.content.active)
             } saved: {
-                (try? AgentStateFile.load(path: store.stateFile))??.ledger ?? ContentLedger()
+                try AgentStateFile.load(path: store.stateFile)?.ledger ?? ContentLedger()
             }
             if json {
                 print(String(decoding: try JSONEncoder.backstop.encode(Reply(versions: ledger.versions)), as: UTF8.self))

@@ -52,4 +52,22 @@ struct PermissionTests {
         #expect(harness.log.all.contains { $0.contains("Denied a control request") && $0.contains("peer_uid=65534") })
         #expect(try harness.agent().content.knownGood == nil, "the denied promote changed nothing")
     }
+
+    @Test("With the daemon stopped, a reader that may not read the saved state is told so (exit 4), never shown an empty list")
+    func savedStateUnreadable() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        chmod(harness.directory, 0o755)
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1")
+        try harness.wait(for: "agent-ready")
+        harness.stop()
+        for arguments in [["content", "list", "demo", "--json"], ["boots", "--json"]] {
+            let result = try Command.run(
+                "/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.binary("backstopctl")]
+                    + arguments + ["--config", harness.configPath])
+            #expect(result.status == 4, "\(arguments): \(result.output) \(result.error)")
+            #expect(result.error.contains("Permission denied") && result.output.isEmpty, "\(arguments): \(result.error)")
+        }
+    }
 }

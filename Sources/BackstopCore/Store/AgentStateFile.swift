@@ -44,7 +44,13 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
     /// - Returns: nil when there is none yet.
     /// - Throws: ``StateFileError`` when it exists but cannot be read or decoded.
     public static func load(path: String) throws(StateFileError) -> AgentStateFile? {
-        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let hint = getuid() == 0 ? "" : " (state files are root's)"
+        let present: Bool
+        do { present = try DurableFile.exists(path) } catch { throw StateFileError(path: path, message: "cannot read: \(error)\(hint)") }
+        guard present else { return nil }
+        guard access(path, R_OK) == 0 else {
+            throw StateFileError(path: path, message: "cannot read: \(String(cString: strerror(errno)))\(hint)")
+        }
         let data: Data
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw StateFileError(path: path, message: "cannot read: \(error.localizedDescription)")

@@ -31,10 +31,10 @@ public struct BootAgentRecord: Codable, Sendable, Equatable {
 public struct BootLogUnreadable: Error, CustomStringConvertible {
     /// The file.
     public var path: String
-    /// The decoder's complaint.
+    /// Why: the decoder's complaint, or why the file cannot be read.
     public var reason: String
     /// For an operator.
-    public var description: String { "\(path) is not a boot log: \(reason)" }
+    public var description: String { "\(path): \(reason)" }
 }
 
 /// One boot as backstopd saw it.
@@ -100,11 +100,18 @@ public struct BootLog: Codable, Sendable, Equatable {
     public static func path(stateDirectory: String) -> String { stateDirectory + "/boots.json" }
 
     /// Reads the log; a missing file is an empty log.
-    /// - Throws: ``BootLogUnreadable`` when the file is there but is not a boot log (corrupt,
-    ///   truncated, empty).
+    /// - Throws: ``BootLogUnreadable`` when the file is there but cannot be read (permissions)
+    ///   or is not a boot log (corrupt, truncated, empty).
     public static func load(stateDirectory: String) throws(BootLogUnreadable) -> BootLog {
         let path = path(stateDirectory: stateDirectory)
-        guard let data = FileManager.default.contents(atPath: path) else { return BootLog() }
+        do {
+            guard try DurableFile.exists(path) else { return BootLog() }
+        } catch {
+            throw BootLogUnreadable(path: path, reason: "cannot read it: \(error)")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw BootLogUnreadable(path: path, reason: "cannot read it: \(String(cString: strerror(access(path, R_OK) == 0 ? EIO : errno)))")
+        }
         return try decode(data, path: path)
     }
 
@@ -113,7 +120,7 @@ public struct BootLog: Codable, Sendable, Equatable {
     /// - Throws: ``BootLogUnreadable`` when `data` is not a boot log.
     public static func decode(_ data: Data, path: String) throws(BootLogUnreadable) -> BootLog {
         do { return try JSONDecoder.backstop.decode(BootLog.self, from: data) } catch {
-            throw BootLogUnreadable(path: path, reason: "\(error)")
+            throw BootLogUnreadable(path: path, reason: "not a boot log: \(error)")
         }
     }
 

@@ -78,6 +78,16 @@ public enum DurableFile {
         FaultInjection.step("fsync \(path)")
     }
 
+    /// Whether `path` exists: false only when stat(2) says it does not (`ENOENT`,
+    /// `ENOTDIR`), so that a file the caller may not see is not taken for a missing one.
+    /// - Throws: `Errno` of stat(2) otherwise (`EACCES`, `EIO`).
+    public static func exists(_ path: String) throws(Errno) -> Bool {
+        var info = stat()
+        if stat(path, &info) == 0 { return true }
+        if errno == ENOENT || errno == ENOTDIR { return false }
+        throw Errno(rawValue: errno)
+    }
+
     /// mkdir -p with `mode` for the directories it creates.
     /// - Throws: the error of FileManager.
     public static func makeDirectories(_ path: String, mode: Int = 0o755) throws {
