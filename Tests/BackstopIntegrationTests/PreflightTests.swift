@@ -140,6 +140,43 @@ struct PreflightTests {
         #expect(agent.content.quarantined == ["v1"] && agent.content.active == nil)
     }
 
+    @Test("A preflight instance outlives a backstopd killed during its preflight; the next backstopd kills it, says it was a preflight, and the version stays staged")
+    func preflightLeftoverAfterDaemonCrash() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let v2 = try scratch.makeDirectory("v2", files: ["agent.sh": "echo instance is up\nexec sleep 600\n"])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            preflight_sec = 60
+            [agent.sandbox]
+            private_network = true
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        // The request waits for the preflight: started, not waited for.
+        let request = Process()
+        request.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
+        request.arguments = ["stage", "script", v2, "--version", "v2", "--activate", "--config", harness.configPath]
+        request.standardOutput = FileHandle.nullDevice
+        request.standardError = FileHandle.nullDevice
+        try request.run()
+        defer { request.waitUntilExit() }
+        // Its stdout is the daemon's here (no journald).
+        try harness.log.wait(for: "instance is up", seconds: 20)
+        let store = harness.directory + "/state/script"
+        harness.killDaemon()
+        let left = ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: store)
+        #expect(!left.isEmpty, "the instance outlives the killed daemon (its user change drops bwrap's death signal)")
+
+        try harness.start()
+        try harness.log.wait(for: "Killing a preflight instance of agent script", seconds: 10)
+        #expect(ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: store).isEmpty)
+        let agent = try harness.agent("script")
+        #expect(agent.content.active == nil && agent.content.quarantined.isEmpty, "neither activated nor blamed")
+        #expect(try harness.ctl("content", "list", "script", "--json").output.contains("\"v2\""), "v2 stays staged")
+    }
+
     @Test("A good version passes its preflight and goes live")
     func goodVersionGoesLive() throws {
         let harness = try harnessOnKnownGood(preflightSeconds: 3)

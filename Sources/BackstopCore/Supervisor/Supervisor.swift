@@ -860,15 +860,17 @@ public actor Supervisor {
     /// the agent and recording it, leaves none behind.
     private func killLeftovers(of name: String, store: ContentStore) {
         let ownSession = getsid(0)
-        let recorded = [nil, Preflight.runKind].compactMap {
-            RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name, kind: $0).survivor()
-        }
+        let agentRecorded = RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).survivor()
+        let preflightRecorded = RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name, kind: Preflight.runKind).survivor()
+        let recorded = [agentRecorded, preflightRecorded].compactMap { $0 }
         let marked = recorded + ProcessTable.processes(
             withAnyOf: [LaunchRequest.storeVariable, LaunchRequest.preflightStoreVariable], value: store.root
         ).filter { !recorded.contains($0) }
         ContentStore.removeTree(configuration.daemon.preflightDirectory(agent: name))
         for pid in marked {
-            logger.warning("Killing agent \(name) (pid \(pid)), left running by a previous backstopd.",
+            let isPreflight = pid == preflightRecorded
+                || ProcessTable.hasEnvironment(pid, name: LaunchRequest.preflightStoreVariable, value: store.root)
+            logger.warning("Killing \(isPreflight ? "a preflight instance of agent" : "agent") \(name) (pid \(pid)), left running by a previous backstopd.",
                            metadata: ["agent": "\(name)", "pid": "\(pid)"])
             let session = getsid(pid)
             if session > 1 && session != ownSession { kill(-session, SIGKILL) }
