@@ -450,7 +450,8 @@ struct History: ParsableCommand {
             FileHandle.standardError.write(Data("backstopctl: cannot read the journal\(directory.map { " in \($0)" } ?? ""): \(error)\n".utf8))
             throw ExitCode(1)
         }
-        if entries.isEmpty && !json {
+        // On stderr, so that --json's stdout stays JSON lines (none here).
+        if entries.isEmpty {
             let hint = directory == nil && !FileManager.default.fileExists(atPath: "/run/systemd/journal/socket")
                 ? " (no journald runs here: backstopd then writes its decisions to its standard error)" : ""
             FileHandle.standardError.write(Data("-- No entries --\(hint)\n".utf8))

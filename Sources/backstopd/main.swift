@@ -39,7 +39,18 @@ struct BackstopDaemon: AsyncParsableCommand {
         let daemon = DaemonService(configuration: configuration, logger: logger)
         let group = ServiceGroup(
             services: [DaemonLifecycle(daemon: daemon, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        try await group.run()
+        do { try await group.run() } catch {
+            FileHandle.standardError.write(Data("backstopd: \(Self.describe(error))\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+
+    /// An error that ended the daemon, for an operator: a file system error as
+    /// `PATH: strerror` (with a hint when not run as root), anything else as it describes itself.
+    static func describe(_ error: Error) -> String {
+        guard let cocoa = error as? CocoaError, let path = cocoa.filePath,
+              let cause = cocoa.underlying.map({ $0 as NSError }), cause.domain == NSPOSIXErrorDomain else { return "\(error)" }
+        return "\(path): \(String(cString: strerror(Int32(cause.code))))" + (getuid() == 0 ? "" : " (backstopd runs as root)")
     }
 }
 

@@ -53,6 +53,17 @@ struct PermissionTests {
         #expect(try harness.agent().content.knownGood == nil, "the denied promote changed nothing")
     }
 
+    @Test("backstopd started by another user than root names what it could not do, and why")
+    func daemonNeedsRoot() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        chmod(harness.directory, 0o755)
+        let result = try Command.run(
+            "/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.binary("backstopd"), "--config", harness.configPath])
+        #expect(result.status == 1)
+        #expect(result.error == "backstopd: \(harness.directory)/state: Permission denied (backstopd runs as root)\n", "\(result.error)")
+    }
+
     @Test("With the daemon stopped, a reader that may not read the saved state is told so (exit 4), never shown an empty list")
     func savedStateUnreadable() throws {
         let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
