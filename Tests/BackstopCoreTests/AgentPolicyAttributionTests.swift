@@ -419,8 +419,12 @@ struct AgentPolicyOperatorTests {
         #expect(activate.spawns == [.spawn(version: "v3", mode: .normal)])
         _ = policy.stop(at: moment(0.53))
         #expect(policy.isStopping)
-        // The process of the v3 start comes up after the stop: it is stopped, not left running.
-        #expect(policy.agentStarted(pid: 20, at: moment(0.54)).isEmpty)
+        // The process of the v3 start comes up after the stop: it is stopped, not left running,
+        // and recorded as started, so that its exit does not stand alone in the log.
+        let started = policy.agentStarted(pid: 20, at: moment(0.54))
+        #expect(started.decision(.agentStarted)?.version == "v3")
+        #expect(started.contains(.terminate(signal: SIGTERM)))
+        #expect(started.deadline(of: .startedAfter) == nil, "no run timers for a run that is ending")
         #expect(policy.agentExited(.signaled(signal: SIGTERM), at: moment(0.6)).spawns.isEmpty)
         #expect(policy.phase == .stopped)
         #expect(policy.start(at: moment(1)) == [.spawn(version: "v3", mode: .normal)])

@@ -440,14 +440,16 @@ public struct AgentPolicy: Sendable, Equatable {
     }
 
     /// The process was created (fork and exec succeeded), or a unit began to activate;
-    /// `pid` is 0 while a unit has no main process yet (its `ExecStartPre=` runs).
+    /// `pid` is 0 while a unit has no main process yet (its `ExecStartPre=` runs). One that
+    /// was asked to stop while it was being created is recorded as started, so that its
+    /// exit has a start, and terminated.
     public mutating func agentStarted(pid: Int32, at now: Moment) -> [PolicyAction] {
+        let started = PolicyAction.record(Decision(
+            .agentStarted, agent: settings.agent, version: ledger.active,
+            message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(ledger.active ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
+        if isStopping { return [started, .terminate(signal: SIGTERM)] }
         guard phase == .starting else { return [] }
-        var actions: [PolicyAction] = [
-            .record(Decision(
-                .agentStarted, agent: settings.agent, version: ledger.active,
-                message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(ledger.active ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
-        ]
+        var actions: [PolicyAction] = [started]
         if settings.notify || settings.hasReadyCheck {
             actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))
             if settings.hasReadyCheck { actions.append(arm(.readyCheck, at: now.monotonicSeconds)) }

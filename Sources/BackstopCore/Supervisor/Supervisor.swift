@@ -467,11 +467,10 @@ public actor Supervisor {
         slots[name]!.pid = pid
         RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).started(pid)
         confineInScope(name, pid: pid)
-        if slots[name]!.policy.isStopping {
-            // A stop was asked for while the process was being created.
-            terminate(name, signal: SIGTERM)
-        } else {
-            apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
+        // (A stop asked for while the process was being created terminates it now.)
+        let stopping = slots[name]!.policy.isStopping
+        apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
+        if !stopping {
             let early = slots[name]!.notifiedEarly
             slots[name]!.notifiedEarly = []
             early.forEach { notified(name, $0) }
