@@ -144,6 +144,23 @@ struct ContentStoreTests {
         try fixture.store.verify(first)
     }
 
+    @Test("content identical to a quarantined version is refused under any id, and nothing is left behind")
+    func quarantinedTwinRefused() throws {
+        let fixture = try StoreFixture()
+        defer { fixture.remove() }
+        let bad = try fixture.stage("v1")
+        let twin: StoreError?
+        do {
+            let record = try fixture.store.stage(
+                from: fixture.source, id: "v2", existing: ["v1"], quarantined: [bad.digest: "v1"], rules: StagingRules(), at: moment(0).wall)
+            Issue.record("staging was expected to fail, got version \(record.id)")
+            twin = nil
+        } catch { twin = error }
+        #expect(twin == .identicalToQuarantined("v1"))
+        #expect(twin?.description.contains("identical to quarantined version \"v1\"") == true)
+        #expect(fixture.storeListing.versions == ["v1"] && fixture.storeListing.staging.isEmpty)
+    }
+
     @Test("a source that is neither a directory nor a tar archive is refused, and nothing is left behind")
     func sourceNotADirectory() throws {
         let fixture = try StoreFixture()

@@ -46,8 +46,10 @@ struct PreflightTests {
         #expect(agent.content.quarantined == ["v2"])
         #expect(agent.failures.recent == 0)
         #expect(!harness.log.all.contains { $0.contains("version=v2") && ($0.contains("event=agent-started") || $0.contains("event=content-activated")) })
-        // Quarantined means refused from now on, without another preflight.
+        // Quarantined means refused from now on, without another preflight, also under another id.
         #expect(try harness.ctl("activate", "demo", "v2").error.contains("quarantined"))
+        let again = try harness.ctl("stage", "demo", Paths.sample(sample), "--version", "v3")
+        #expect(again.status != 0 && again.error.contains("identical to quarantined version \"v2\""), "\(again.error)")
         #expect(harness.log.all.filter { $0.contains("Preflight of content v2") }.count == 1)
     }
 

@@ -19,6 +19,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case io(path: String, operation: String, errno: Int32)
     case digestMismatch(version: String, expected: String, actual: String)
     case missingVersion(String)
+    /// The content is byte for byte that of a quarantined version (its id).
+    case identicalToQuarantined(String)
 
     /// One sentence naming the path or version at fault; the `message` of the Varlink error.
     public var description: String {
@@ -36,6 +38,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .invalidVersionID(let id):
             return "\"\(id)\" is not a valid version id; use 1 to 128 of A-Z, a-z, 0-9, '.', '_', '-', not starting with '.'"
         case .versionExists(let id): return "a content version \"\(id)\" is already staged"
+        case .identicalToQuarantined(let id):
+            return "the content is identical to quarantined version \"\(id)\" (same SHA-256), so it is refused; release \(id) if it was quarantined wrongly"
         case .unsupportedEntry(let path, let kind):
             return "\(path) is a \(kind); content may hold only directories, regular files and symlinks inside the tree"
         case .symlinkEscapes(let path, let target):
@@ -107,12 +111,14 @@ public struct ContentStore: Sendable {
     /// - Parameters:
     ///   - id: the operator's version id; nil derives `sha256-<first 16 hex of the digest>`.
     ///   - existing: ids already staged.
+    ///   - quarantined: the quarantined versions' ids by digest: the same content under
+    ///     another id is refused (quarantined means never again without a `release`).
     ///   - rules: the agent's limits and signature rule.
     /// - Throws: ``StoreError``: a source that is neither, an invalid or taken id, a
     ///   refused entry, a limit passed, a manifest that is invalid or does not match, a
-    ///   missing or untrusted signature, or an I/O error.
+    ///   missing or untrusted signature, content identical to a quarantined version, or an I/O error.
     public func stage(
-        from source: String, id: String?, existing: Set<String>, rules: StagingRules, at date: Date
+        from source: String, id: String?, existing: Set<String>, quarantined: [String: String] = [:], rules: StagingRules, at date: Date
     ) throws(StoreError) -> VersionRecord {
         if let id, !Self.isValidVersionID(id) { throw .invalidVersionID(id) }
         if let id, existing.contains(id) { throw .versionExists(id) }
@@ -128,6 +134,7 @@ public struct ContentStore: Sendable {
             let inventory = try TreeInventory.scan(work)
             let signer = try Self.checkSignature(metadata, of: inventory, rules: rules)
             let summary = inventory.summary
+            if let twin = quarantined[summary.digest] { throw StoreError.identicalToQuarantined(twin) }
             let versionID = id ?? "sha256-" + summary.digest.prefix(16)
             if existing.contains(versionID) { throw StoreError.versionExists(versionID) }
             try TreeCopier.sealDirectories(under: work, listedIn: inventory)
