@@ -14,13 +14,13 @@ struct BackstopControl: ParsableCommand {
             ResetFailed.self, Stop.self, Start.self, Boots.self, History.self, Manifest.self, Sign.self, Sandbox.self,
         ])
 
-    /// Lets `--config PATH` stand before the verb too (`backstopctl --config X status`),
-    /// as systemctl's options do; the parser only reads it after the verb.
+    /// Lets the shared options (`--config PATH`, `--no-pager`) stand before the verb too
+    /// (`backstopctl --config X status`), as systemctl's do; the parser only reads them after it.
     static func main() {
         TOMLProbe.answerIfAsked()
         var arguments = Array(CommandLine.arguments.dropFirst())
         var leading: [String] = []
-        while let first = arguments.first, first == "--config" || first.hasPrefix("--config=") {
+        while let first = arguments.first, ["--config", "--no-pager"].contains(first) || first.hasPrefix("--config=") {
             leading.append(arguments.removeFirst())
             if first == "--config", !arguments.isEmpty { leading.append(arguments.removeFirst()) }
         }

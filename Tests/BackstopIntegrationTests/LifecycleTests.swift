@@ -17,6 +17,21 @@ struct LifecycleTests {
         return !stat[stat.index(after: close)...].hasPrefix(" Z")
     }
 
+    @Test("backstopctl takes its shared options, --config and --no-pager, before the verb as after it")
+    func sharedOptionsBeforeTheVerb() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        try harness.start()
+        for arguments in [
+            ["--config", harness.configPath, "--no-pager", "status", "--json"],
+            ["--no-pager", "--config=\(harness.configPath)", "status", "--json"],
+            ["status", "--json", "--no-pager", "--config", harness.configPath],
+        ] {
+            let result = try Command.run(Paths.binary("backstopctl"), arguments)
+            #expect(result.output.contains("\"running\":true"), "\(arguments): \(result.output) \(result.error)")
+        }
+    }
+
     @Test("SIGHUP is logged and otherwise ignored: the daemon and its agent keep running")
     func hangupIsIgnored() throws {
         let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
