@@ -181,6 +181,22 @@ struct ConfigurationTests {
             source: minimalAgent + "\nrestart_delay = 5\n",
             line: 4, key: "agent[0].restart_delay", message: "unknown key in [[agent]]"),
         Fault(
+            what: "a misspelt key in [[agent]], with the key it likely means",
+            source: minimalAgent + "\nfailure_treshold = 3\n",
+            line: 4, key: "agent[0].failure_treshold", message: "unknown key in [[agent]]; did you mean \"failure_threshold\"?"),
+        Fault(
+            what: "the first of two unknown keys in the file is the one named",
+            source: minimalAgent + "\nzzz_first = 1\naaa_second = 2\n",
+            line: 4, key: "agent[0].zzz_first", message: "unknown key in [[agent]]"),
+        Fault(
+            what: "a sandbox key in [[agent]]",
+            source: minimalAgent + "\nuser = \"clamav\"\n",
+            line: 4, key: "agent[0].user", message: "belongs in the agent's [agent.sandbox] table"),
+        Fault(
+            what: "an [[agent]] key after [agent.sandbox]",
+            source: minimalAgent + "\n[agent.sandbox]\nuser = \"clamav\"\nready_check_exec = [\"/bin/true\"]\n",
+            line: 6, key: "agent[0].sandbox.ready_check_exec", message: "belongs in [[agent]], above its [agent.sandbox] table"),
+        Fault(
             what: "unknown key in the second [[agent]]",
             source: minimalAgent + "\n\n[[agent]]\nname = \"two\"\nexec = [\"/bin/two\"]\nprobation = 5\n",
             line: 8, key: "agent[1].probation", message: "unknown key in [[agent]]"),

@@ -269,9 +269,53 @@ private struct TableReader {
         ConfigurationError(path: path, line: key.flatMap { locator.line(of: $0) }, key: key, message: message)
     }
 
+    /// The keys of `table` (at `prefix`) in the order the file has them, so that the first
+    /// error reported is the first in the file.
+    func keysInFileOrder(_ table: TOMLTable, prefix: String?) -> [String] {
+        table.keys.sorted { first, second in
+            let line = { (key: String) in self.locator.line(of: prefix.map { $0 + "." + key } ?? key) ?? .max }
+            return (line(first), first) < (line(second), second)
+        }
+    }
+
+    /// The keys an `[[agent]]` table takes (besides `sandbox`).
+    static let agentKeys = [
+        "name", "exec", "runner", "unit", "notify", "content_link", "failure_threshold", "failure_window_sec", "probation_sec",
+        "restart_delay_ms", "restart_delay_max_sec", "start_timeout_sec", "watchdog_sec", "boot_good_after_sec",
+        "boot_failure_threshold", "safe_mode_exec", "preflight_sec", "preflight_exec", "ready_check_exec", "health_check_exec",
+        "health_check_interval_sec", "health_check_timeout_sec", "health_check_failures", "clean_exit_is_failure",
+        "max_bundle_bytes", "max_files", "require_signature", "trusted_keys", "keep_versions",
+    ]
+
+    /// The keys an `[agent.sandbox]` table takes.
+    static let sandboxKeys = [
+        "engine", "user", "group", "capabilities", "no_new_privileges", "read_only_paths", "read_write_paths",
+        "inaccessible_paths", "private_tmp", "private_network", "memory_max", "cpu_quota", "tasks_max", "system_call_filter",
+    ]
+
+    /// What to say about unknown `key` in a table that takes `known`: a likely misspelling
+    /// (at most two letters off, Levenshtein), or nothing.
+    static func suggestion(for key: String, among known: [String]) -> String {
+        func distance(_ a: [Character], _ b: [Character]) -> Int {
+            var row = Array(0...b.count)
+            for (i, x) in a.enumerated() {
+                var previous = row[0]
+                row[0] = i + 1
+                for (j, y) in b.enumerated() {
+                    let substitution = previous + (x == y ? 0 : 1)
+                    previous = row[j + 1]
+                    row[j + 1] = min(substitution, row[j] + 1, row[j + 1] + 1)
+                }
+            }
+            return row[b.count]
+        }
+        let scored = known.map { ($0, distance(Array(key), Array($0))) }.filter { $0.1 <= 2 }.min { $0.1 < $1.1 }
+        return scored.map { "; did you mean \"\($0.0)\"?" } ?? ""
+    }
+
     mutating func configuration(from root: TOMLTable) throws(ConfigurationError) -> Configuration {
         var configuration = Configuration(path: path)
-        for key in root.keys where key != "daemon" && key != "agent" {
+        for key in keysInFileOrder(root, prefix: nil) where key != "daemon" && key != "agent" {
             throw fail(key, "unknown key; the top level has [daemon] and [[agent]] tables")
         }
         if let value = root["daemon"] {
@@ -352,7 +396,7 @@ private struct TableReader {
 
     func daemon(from table: TOMLTable) throws(ConfigurationError) -> DaemonConfiguration {
         var daemon = DaemonConfiguration()
-        for key in table.keys {
+        for key in keysInFileOrder(table, prefix: "daemon") {
             let full = "daemon." + key
             switch key {
             case "state_directory": daemon.stateDirectory = try absolutePath(table, key, full)
@@ -370,7 +414,7 @@ private struct TableReader {
             throw fail(prefix + ".name", "\"\(name)\" is not a valid agent name; use 1 to 64 of a-z, 0-9, _ and -")
         }
         var agent = AgentConfiguration(name: name, exec: [])
-        for key in table.keys {
+        for key in keysInFileOrder(table, prefix: prefix) {
             let full = prefix + "." + key
             switch key {
             case "name": break
@@ -420,7 +464,8 @@ private struct TableReader {
                 guard let sandbox = table[key]?.table else { throw fail(full, "must be a table ([agent.sandbox])") }
                 agent.sandbox = try self.sandbox(from: sandbox, key: full)
             default:
-                throw fail(full, "unknown key in [[agent]]")
+                if Self.sandboxKeys.contains(key) { throw fail(full, "belongs in the agent's [agent.sandbox] table") }
+                throw fail(full, "unknown key in [[agent]]" + Self.suggestion(for: key, among: Self.agentKeys + ["sandbox"]))
             }
         }
         switch agent.runner {
@@ -465,7 +510,7 @@ private struct TableReader {
     /// The `[agent.sandbox]` table at `prefix`; see ``SandboxSpec`` for each key.
     func sandbox(from table: TOMLTable, key prefix: String) throws(ConfigurationError) -> SandboxSpec {
         var spec = SandboxSpec()
-        for key in table.keys {
+        for key in keysInFileOrder(table, prefix: prefix) {
             let full = prefix + "." + key
             switch key {
             case "engine":
@@ -536,7 +581,9 @@ private struct TableReader {
                     throw fail(full, problem)
                 }
             default:
-                throw fail(full, "unknown key in [agent.sandbox] (known: engine, user, group, capabilities, no_new_privileges, read_only_paths, read_write_paths, inaccessible_paths, private_tmp, private_network, memory_max, cpu_quota, tasks_max, system_call_filter)")
+                if Self.agentKeys.contains(key) { throw fail(full, "belongs in [[agent]], above its [agent.sandbox] table") }
+                throw fail(full, "unknown key in [agent.sandbox]" + Self.suggestion(for: key, among: Self.sandboxKeys)
+                    + " (known: \(Self.sandboxKeys.joined(separator: ", ")))")
             }
         }
         // An inaccessible path hides everything below it, in bubblewrap and systemd alike
