@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 /// A store prepared once and copied for each run: v1 active and known-good, v2 staged
-/// (good), v3 staged (the Channel-File-291 content), v0 quarantined; and a gzip bundle.
+/// (good), v3 staged (the Channel-File-291 content), v0 quarantined (content that makes the agent exit 3); and a gzip bundle.
 final class CrashFixture: @unchecked Sendable {
     // @unchecked: used by one serialized suite at a time.
     let harness: DaemonHarness
@@ -20,7 +20,7 @@ final class CrashFixture: @unchecked Sendable {
             try harness.stage(Paths.sample("v1-good"), as: "v1")
             try harness.wait(for: "agent-ready")
             try check(try harness.ctl("promote", "demo", "v1"))
-            try harness.stage(Paths.sample("v2-channel-291"), as: "v0")
+            try harness.stage(Paths.sample("exit-error"), as: "v0")
             try harness.wait(for: "content-quarantined")
             try harness.wait(for: "agent-ready", count: 2)
             try harness.stage(Paths.sample("v3-good"), as: "v2", activate: false)
