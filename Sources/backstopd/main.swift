@@ -21,6 +21,8 @@ struct BackstopDaemon: AsyncParsableCommand {
 
     func run() async throws {
         TOMLProbe.answerIfAsked()
+        // Ignored from the start (the daemon logs it once it runs); agents get the default back.
+        signal(SIGHUP, SIG_IGN)
         let configuration: BackstopCore.Configuration
         do { configuration = try .load(path: config) } catch {
             FileHandle.standardError.write(Data("backstopd: \(error)\n".utf8))

@@ -179,6 +179,33 @@ struct PreflightTests {
         #expect(try harness.ctl("content", "list", "script", "--json").output.contains("\"v2\""), "v2 stays staged")
     }
 
+    @Test("A preflight runs while the agent's user already has tasks_max processes (the live agent): its PID 1 forks before it takes the limits")
+    func preflightAtTheTaskLimit() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let v1 = try scratch.makeDirectory("v1", files: ["agent.sh": "exec sleep 600\n"])
+        let v2 = try scratch.makeDirectory("v2", files: ["agent.sh": "echo v2 is running\nexec sleep 601\n"])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            preflight_sec = 1
+            [agent.sandbox]
+            tasks_max = 1
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(v1, as: "v1", agent: "script")
+        #expect(try harness.agent("script").pid != nil)
+        let staged = try harness.ctl("stage", "script", v2, "--version", "v2", "--activate")
+        #expect(staged.status == 0, "\(staged.error)")
+        // Its stdout is the daemon's here (no journald): the instance ran the agent before it passed.
+        let lines = harness.log.all
+        let ran = lines.firstIndex { $0.contains("v2 is running") }
+        let passed = lines.firstIndex { $0.contains("Content v2 of agent script passed preflight") }
+        #expect(ran != nil && passed != nil && ran! < passed!, "\(lines)")
+        #expect(try harness.agent("script").content.active == "v2")
+    }
+
     @Test("A good version passes its preflight and goes live")
     func goodVersionGoesLive() throws {
         let harness = try harnessOnKnownGood(preflightSeconds: 3)

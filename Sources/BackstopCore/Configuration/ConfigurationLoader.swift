@@ -526,7 +526,7 @@ private struct TableReader {
                     throw fail(full, "\"\(name)\" is not a \(key) name or number")
                 }
                 // setresuid(2) takes -1 as "leave unchanged": the agent would stay root.
-                if let number = UInt32(name), number == .max || number == 0xFFFF {
+                if let number = UInt32(name), !SandboxAccount.isValidID(number) {
                     throw fail(full, "\(number) is not a valid \(key) id: it is (uid_t) -1 or its 16-bit form, which the kernel and systemd take for \"unchanged\"")
                 }
                 if key == "user" { spec.user = name } else { spec.group = name }

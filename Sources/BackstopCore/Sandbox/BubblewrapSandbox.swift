@@ -189,13 +189,12 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         if !spec.systemCallFilter.isEmpty {
             report.skip("system_call_filter", "\(spec.systemCallFilter.joined(separator: " ")): bubblewrap takes only a compiled seccomp program; systemd's groups apply with the systemd engine")
         }
-        // Set up: say so on stdin (the status pipe), which the agent does not inherit.
-        let script = "shopt -s execfail; "
-            + limits.map { $0 + " || exit 1; " }.joined()
-            + "echo \(Self.readyLine) >&0; exec 0</dev/null; "
-            + (privateProcesses
-                ? "(exec -- \"$@\"; exit \(Self.execFailedCode)) & wait $!"
-                : "exec -- \"$@\"; exit \(Self.execFailedCode)")
+        // Set up: say so on the status pipe (bash's stdin, moved to fd 3), which the agent does
+        // not inherit. As PID 1 of a preflight, bash forks before it lowers the limits:
+        // RLIMIT_NPROC must not keep it from forking the agent's shell.
+        let run = limits.map { $0 + " || exit 1; " }.joined()
+            + "echo \(Self.readyLine) >&3; exec 3>&-; exec -- \"$@\"; exit \(Self.execFailedCode)"
+        let script = "shopt -s execfail; exec 3>&0 0</dev/null; " + (privateProcesses ? "(\(run)) & wait $!" : run)
         return (bwrap + setpriv + [Self.shell, "-c", script, "backstop-sandbox"] + arguments, report)
     }
 
@@ -322,8 +321,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 report.skip("inaccessible_paths", "\(path): would hide \(needed), which the agent's command line names")
                 continue
             }
-            if let directory = protected.first(where: { Self.isInside($0, hidden) }) {
-                report.skip("inaccessible_paths", "\(path): would hide Backstop's directory \(directory), which holds the agent's content")
+            if let directory = protected.first(where: { Self.isInside($0, hidden) || Self.isInside(hidden, $0) }) {
+                report.skip("inaccessible_paths", "\(path): would hide Backstop's directory \(directory) or part of it, where the agent reads its content and notify socket")
                 continue
             }
             let placeholder = placeholderDirectory + (info.st_mode & S_IFMT == S_IFDIR ? "/directory" : "/file")

@@ -40,8 +40,16 @@ public struct SandboxAccount: Sendable, Equatable {
             }
         }
         account.group = getgrgid(account.gid).map { String(cString: $0.pointee.gr_name) } ?? String(account.gid)
+        // A name can map to these too (passwd, NSS): setresuid(2) would take them for "unchanged".
+        for (kind, id) in [("user", account.uid), ("group", account.gid)] where !isValidID(id) {
+            throw SandboxError(message: "\(kind) \(kind == "user" ? account.user : account.group) has id \(id), which the kernel and systemd take for \"unchanged\"; the agent would keep root's")
+        }
         return account
     }
+
+    /// Whether `id` can name a user or group: not (uid_t) -1 nor its 16-bit form, 65535
+    /// (as systemd's `uid_is_valid()`).
+    public static func isValidID(_ id: UInt32) -> Bool { id != .max && id != 0xFFFF }
 }
 
 extension SandboxAccount {
