@@ -270,19 +270,20 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             if entry.path == "/" { options += ["--dev", "/dev"] + (privateProcesses ? ["--proc", "/proc"] : []) }
         }
         if spec.privateTmp && !tmpAdded { options += privateTmpOptions() }
-        // The agent's program and the files its command line names stay where they are
-        // (read-only), also when a private /tmp would hide them; a directory it names there
-        // is the operator's to list in read_write_paths or read_only_paths.
+        // The agent's program stays where it is, also when a private /tmp would hide it. What
+        // else its command line names there is hidden, and said (whether the agent reads or
+        // writes it is the operator's to say, in read_only_paths or read_write_paths).
         if spec.privateTmp {
             let hidden = ([program].compactMap { $0 }.filter(Self.exists) + named).filter { path in
                 ["/tmp", "/var/tmp"].contains { Self.isInside(path, $0) && path != $0 }
-                    && !(binds.map(\.path).filter { $0 != "/" } + protected).contains { Self.isInside(Self.resolved(path), $0) }
+                    && !(binds.map(\.configured).compactMap { $0 }.filter { $0 != "/" } + protectedDirectories).contains { Self.isInside(path, $0) }
             }
-            let files = hidden.filter { !Self.isDirectory($0) }
-            for path in files { bind("--ro-bind", path, path) }
-            if !files.isEmpty { report.apply("command", files.joined(separator: " ") + " (from exec) bound read-only into the private /tmp") }
-            for path in hidden where Self.isDirectory(path) {
-                report.skip("private_tmp", "\(path) (from exec) is hidden by the private /tmp; list it in read_write_paths or read_only_paths")
+            if let program, hidden.first == program {
+                bind("--ro-bind", program, program)
+                report.apply("program", "\(program) bound read-only into the private /tmp")
+            }
+            for path in hidden where path != program {
+                report.skip("exec", "\(path) is hidden by the private /tmp; list it in read_only_paths or read_write_paths")
             }
         }
         if spec.privateTmp {
@@ -317,9 +318,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 report.skip("inaccessible_paths", "\(path): would hide \(needed), which the sandbox runs")
                 continue
             }
-            if let needed = named.first(where: { Self.isInside(Self.resolved($0), hidden) }) {
-                report.skip("inaccessible_paths", "\(path): would hide \(needed), which the agent's command line names")
-                continue
+            for needed in named where Self.isInside(Self.resolved(needed), hidden) {
+                report.skip("exec", "\(needed) is hidden by inaccessible path \(path)")
             }
             if let directory = protected.first(where: { Self.isInside($0, hidden) || Self.isInside(hidden, $0) }) {
                 report.skip("inaccessible_paths", "\(path): would hide Backstop's directory \(directory) or part of it, where the agent reads its content and notify socket")
@@ -337,11 +337,6 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// an agent that is not root makes its temporary files there too.
     private func privateTmpOptions() -> [String] {
         ["--perms", "1777", "--tmpfs", "/tmp"] + (Self.exists("/var/tmp") ? ["--perms", "1777", "--tmpfs", "/var/tmp"] : [])
-    }
-
-    static func isDirectory(_ path: String) -> Bool {
-        var info = stat()
-        return stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
     }
 
     static func exists(_ path: String) -> Bool {
