@@ -179,6 +179,38 @@ struct PreflightTests {
         #expect(try harness.ctl("content", "list", "script", "--json").output.contains("\"v2\""), "v2 stays staged")
     }
 
+    @Test("Stopping backstopd during a preflight ends the preflight instance too; the version stays staged")
+    func stopDuringPreflight() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let v2 = try scratch.makeDirectory("v2", files: ["agent.sh": "echo instance is up\nexec sleep 600\n"])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            preflight_sec = 60
+            [agent.sandbox]
+            private_network = true
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        let request = Process()
+        request.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
+        request.arguments = ["stage", "script", v2, "--version", "v2", "--activate", "--config", harness.configPath]
+        request.standardOutput = FileHandle.nullDevice
+        request.standardError = FileHandle.nullDevice
+        try request.run()
+        defer { request.waitUntilExit() }
+        try harness.log.wait(for: "instance is up", seconds: 20)
+        harness.stop()
+        #expect(harness.log.all.contains { $0.contains("Stopped.") }, "backstopd stopped by itself")
+        let store = harness.directory + "/state/script"
+        #expect(ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: store).isEmpty, "no preflight process outlives the daemon")
+        try harness.start()
+        #expect(!harness.log.all.contains { $0.contains("left running by a previous backstopd") })
+        let agent = try harness.agent("script")
+        #expect(agent.content.active == nil && agent.content.quarantined.isEmpty, "neither activated nor blamed")
+    }
+
     @Test("A preflight runs while the agent's user already has tasks_max processes (the live agent): its PID 1 forks before it takes the limits")
     func preflightAtTheTaskLimit() throws {
         let scratch = try TemporaryDirectory()

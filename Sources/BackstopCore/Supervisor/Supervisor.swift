@@ -184,6 +184,12 @@ public actor Supervisor {
     public func shutdown() async {
         guard !shuttingDown else { return }
         shuttingDown = true
+        // A preflight under way ends now, with its namespace: its outcome no longer counts.
+        for slot in slots.values {
+            for pid in ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: slot.store.root) {
+                DirectRunner.signalGroup(pid, SIGKILL)
+            }
+        }
         let now = Moment.now()
         for name in slots.keys.sorted() {
             cancelTimers(name)
