@@ -179,6 +179,41 @@ struct PreflightTests {
         #expect(try harness.ctl("content", "list", "script", "--json").output.contains("\"v2\""), "v2 stays staged")
     }
 
+    @Test("A preflight instance killed from outside (SIGTERM) is a preflight that could not run, as a live agent's is killed-externally: nothing is quarantined")
+    func preflightKilledFromOutside() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let v2 = try scratch.makeDirectory("v2", files: ["agent.sh": "echo instance is up\nexec sleep 600\n"])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            preflight_sec = 60
+            [agent.sandbox]
+            private_network = true
+            """])
+        defer { harness.cleanUp() }
+        try harness.start()
+        let request = Process()
+        let errors = Pipe()
+        request.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
+        request.arguments = ["stage", "script", v2, "--version", "v2", "--activate", "--config", harness.configPath]
+        request.standardOutput = FileHandle.nullDevice
+        request.standardError = errors
+        try request.run()
+        try harness.log.wait(for: "instance is up", seconds: 20)
+        let store = harness.directory + "/state/script"
+        let agent = try #require(ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: store).first {
+            (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == "sleep\n"
+        })
+        #expect(kill(agent, SIGTERM) == 0)
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        request.waitUntilExit()
+        #expect(request.terminationStatus != 0 && message.contains("could not run") && message.contains("killed from outside"), "\(message)")
+        let status = try harness.agent("script")
+        #expect(status.content.quarantined.isEmpty && status.content.active == nil)
+        #expect(!harness.log.all.contains { $0.contains("event=preflight-failed") })
+    }
+
     @Test("Stopping backstopd during a preflight ends the preflight instance too; the version stays staged")
     func stopDuringPreflight() throws {
         let scratch = try TemporaryDirectory()

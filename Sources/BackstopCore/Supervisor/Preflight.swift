@@ -136,6 +136,10 @@ enum Preflight {
                 case .failure(let error): outcome = .couldNotRun(error.message)
                 case .success(.exited(code: 0)):
                     outcome = agent.cleanExitIsFailure ? .failed(reason: .cleanExit, detail: "exit code 0 (clean_exit_is_failure)") : .passed
+                case .success(let termination)
+                    where FailureReason.classify(termination, oomKilled: false, survivorsRemain: false) == .killedExternally:
+                    // Someone else's SIGTERM or SIGKILL, as for a live agent: not the content's doing.
+                    outcome = .couldNotRun("the instance was killed from outside (\(termination.description))")
                 case .success(let termination):
                     outcome = .failed(reason: termination.signal == nil ? .exited : .crashed, detail: termination.description)
                 }
