@@ -396,6 +396,18 @@ struct AgentPolicyOperatorTests {
         #expect(policy.recentFailures(at: moment(6)).isEmpty)
     }
 
+    @Test("the same bytes staged twice: once one copy is quarantined, the other cannot be activated until it is released")
+    func quarantinedTwinIsRefused() throws {
+        var ledger = makeLedger(knownGood: ["v1"], active: "v1")
+        for id in ["s1", "s2"] { ledger.add(VersionRecord(id: id, digest: "same-bytes", fileCount: 1, totalBytes: 1, stagedAt: moment(0).wall)) }
+        ledger.quarantine("s1", reason: "crash-loop", at: moment(1).wall)
+        var policy = AgentPolicy(settings: policySettings(), ledger: ledger)
+        #expect(throws: PolicyError.identicalToQuarantined("s2", "s1")) { try policy.activate("s2", at: moment(2)) }
+        #expect(PolicyError.identicalToQuarantined("s2", "s1").description.contains("identical to quarantined version \"s1\""))
+        _ = try policy.release("s1")
+        #expect(try policy.activate("s2", at: moment(4)).spawns == [.spawn(version: "s2", mode: .normal)])
+    }
+
     @Test("activate and rollback while stopped by an operator switch the content but do not start it")
     func activateWhileStopped() throws {
         var policy = try candidatePolicy()

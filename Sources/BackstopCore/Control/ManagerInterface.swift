@@ -136,7 +136,7 @@ public enum ManagerInterface {
         case .noSuchAgent(let agent): return .failure(name + ".NoSuchAgent", ["agent": agent, "message": message])
         case .policy(.noSuchVersion(let id)), .store(.missingVersion(let id)):
             return .failure(name + ".NoSuchVersion", ["version": id, "message": message])
-        case .policy(.versionQuarantined(let id)):
+        case .policy(.versionQuarantined(let id)), .policy(.identicalToQuarantined(let id, _)):
             return .failure(name + ".VersionQuarantined", ["version": id, "message": message])
         case .policy(.noKnownGood), .policy(.notKnownGood): return .failure(name + ".NoKnownGood", ["message": message])
         case .policy(.alreadyActive(let id)): return .failure(name + ".AlreadyActive", ["version": id, "message": message])

@@ -257,6 +257,8 @@ public struct RollbackRecord: Sendable, Equatable, Codable {
 public enum PolicyError: Error, Equatable, CustomStringConvertible {
     case noSuchVersion(String)
     case versionQuarantined(String)
+    /// The version (first) holds the same bytes as a quarantined one (second).
+    case identicalToQuarantined(String, String)
     case noKnownGood
     /// A rollback may only return to a known-good version (`activate` runs others).
     case notKnownGood(String)
@@ -269,6 +271,8 @@ public enum PolicyError: Error, Equatable, CustomStringConvertible {
         case .noSuchVersion(let id): return "no content version \"\(id)\" is staged"
         case .versionQuarantined(let id):
             return "content version \"\(id)\" is quarantined; run `backstopctl release` first"
+        case .identicalToQuarantined(let id, let twin):
+            return "content version \"\(id)\" is identical to quarantined version \"\(twin)\" (same SHA-256); release \(twin) first if it was quarantined wrongly"
         case .noKnownGood: return "there is no other known-good version to roll back to"
         case .notKnownGood(let id):
             return "content version \"\(id)\" is not known-good; a rollback returns to known-good content (use `backstopctl activate` to try it)"
@@ -672,13 +676,25 @@ public struct AgentPolicy: Sendable, Equatable {
         ledger.filesRemoved(id, at: date)
     }
 
+    /// Why version `id` may not be activated, nil when it may: it is not staged, it is
+    /// quarantined, or it holds the same bytes as a quarantined version (staged before that one
+    /// was quarantined).
+    public func activationRefusal(_ id: String) -> PolicyError? {
+        guard let record = ledger.record(id) else { return .noSuchVersion(id) }
+        guard record.standing != .quarantined else { return .versionQuarantined(id) }
+        if let twin = ledger.versions.first(where: { $0.id != id && $0.standing == .quarantined && $0.digest == record.digest }) {
+            return .identicalToQuarantined(id, twin.id)
+        }
+        return nil
+    }
+
     /// Makes `id` the active version and (re)starts the agent on it. A staged version
     /// becomes the candidate and starts its probation; activating resets the
     /// escalation, since the operator has chosen what to run.
-    /// - Throws: ``PolicyError/noSuchVersion(_:)``, ``PolicyError/versionQuarantined(_:)``.
+    /// - Throws: ``PolicyError/noSuchVersion(_:)``, ``PolicyError/versionQuarantined(_:)``,
+    ///   ``PolicyError/identicalToQuarantined(_:_:)``.
     public mutating func activate(_ id: String, at now: Moment) throws(PolicyError) -> [PolicyAction] {
-        guard let record = ledger.record(id) else { throw .noSuchVersion(id) }
-        guard record.standing != .quarantined else { throw .versionQuarantined(id) }
+        if let refusal = activationRefusal(id) { throw refusal }
         let previous = ledger.active
         forgetRunHistory()
         ledger.activate(id)

@@ -303,8 +303,8 @@ public actor Supervisor {
     public func activate(agent: String, version id: String) async throws(ManagerError) {
         try await inTurn(agent) { () async throws(ManagerError) in
             let current = try slot(agent)
+            if let refusal = current.policy.activationRefusal(id) { throw .policy(refusal) }
             guard let record = current.policy.ledger.record(id) else { throw .policy(.noSuchVersion(id)) }
-            guard record.standing != .quarantined else { throw .policy(.versionQuarantined(id)) }
             try await verify(record, in: current.store)
             if current.configuration.preflightSeconds > 0, record.standing == .staged {
                 try await preflight(agent, version: id)
