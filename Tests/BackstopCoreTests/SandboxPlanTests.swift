@@ -118,6 +118,26 @@ struct SandboxPlanTests {
         #expect(!unit.settings.contains { $0.key == "ProtectSystem" })
     }
 
+    @Test("bubblewrap: a read-only or writable path that an inaccessible path hides through a symlink is not bound, and said so")
+    func pathsHiddenThroughSymlinks() throws {
+        let elsewhere = try makeTemporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(atPath: state)
+            try? FileManager.default.removeItem(atPath: elsewhere)
+        }
+        try FileManager.default.createDirectory(atPath: elsewhere + "/secret/w", withIntermediateDirectories: true)
+        #expect(symlink(elsewhere + "/secret/w", elsewhere + "/to-secret") == 0 && symlink(elsewhere + "/secret", elsewhere + "/hide") == 0)
+        var spec = SandboxSpec()
+        spec.readWritePaths = [elsewhere + "/to-secret"]
+        spec.inaccessiblePaths = [elsewhere + "/hide"]
+        let (arguments, report) = bubblewrap(spec).plan(["/usr/bin/agent"])
+        #expect(!arguments.contains(elsewhere + "/secret/w"), "\(arguments)")
+        #expect(report.notApplied.contains {
+            $0.setting == "read_write_paths" && $0.detail == "\(elsewhere)/to-secret: hidden by inaccessible path \(elsewhere)/hide (it leads to \(elsewhere)/secret/w)"
+        }, "\(report.notApplied)")
+        #expect(position(["--ro-bind", "/run/backstop/inaccessible/directory", elsewhere + "/secret"], in: arguments) != nil)
+    }
+
     @Test("bubblewrap: an inaccessible path that would hide setpriv or bash is skipped, not a start that fails on the content")
     func sandboxProgramsStayVisible() {
         defer { try? FileManager.default.removeItem(atPath: state) }

@@ -222,14 +222,44 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             }
             return Self.resolved(path)
         }
+        // The inaccessible paths, masked last (where their symlinks lead), but decided first:
+        // what they hide is not bound.
+        var masks: [(path: String, hidden: String, placeholder: String)] = []
+        for path in spec.inaccessiblePaths {
+            var info = stat()
+            guard stat(path, &info) == 0 else {
+                report.skip("inaccessible_paths", "\(path): does not exist")
+                continue
+            }
+            // Hiding what the sandbox itself runs (or the agent's program), or the content,
+            // would fail every start before the agent runs, blamed on the content.
+            let hidden = Self.resolved(path)
+            if let needed = (Self.neededFiles + [program].compactMap { $0 }).first(where: { Self.isInside(Self.resolved($0), hidden) }) {
+                report.skip("inaccessible_paths", "\(path): would hide \(needed), which the sandbox runs")
+                continue
+            }
+            if let directory = protected.first(where: { Self.isInside($0, hidden) || Self.isInside(hidden, $0) }) {
+                report.skip("inaccessible_paths", "\(path): would hide Backstop's directory \(directory) or part of it, where the agent reads its content and notify socket")
+                continue
+            }
+            for needed in named where Self.isInside(Self.resolved(needed), hidden) {
+                report.skip("exec", "\(needed) is hidden by inaccessible path \(path)")
+            }
+            masks.append((path, hidden, placeholderDirectory + (info.st_mode & S_IFMT == S_IFDIR ? "/directory" : "/file")))
+        }
+        func masked(_ path: String, _ real: String, _ setting: String) -> Bool {
+            guard let mask = masks.first(where: { Self.isInside(real, $0.hidden) }) else { return false }
+            report.skip(setting, "\(path): hidden by inaccessible path \(mask.path)" + (real == path ? "" : " (it leads to \(real))"))
+            return true
+        }
         /// A mount of the host's `path` (resolved) in the sandbox; `configured` is the path as
         /// `[agent.sandbox]` gave it, nil for the implicit writable root.
         var binds: [(path: String, writable: Bool, configured: String?)] = []
         for path in spec.readOnlyPaths {
-            if let real = real(path, "read_only_paths") { binds.append((real, false, path)) }
+            if let real = real(path, "read_only_paths"), !masked(path, real, "read_only_paths") { binds.append((real, false, path)) }
         }
         for path in spec.readWritePaths {
-            guard let real = real(path, "read_write_paths") else { continue }
+            guard let real = real(path, "read_write_paths"), !masked(path, real, "read_write_paths") else { continue }
             if let directory = protected.first(where: { Self.isInside(real, $0) }) {
                 report.skip("read_write_paths", "\(path): inside Backstop's directory \(directory), which agents only read")
             } else {
@@ -304,32 +334,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         report.apply("read_write_paths", writable.isEmpty ? "none" : writable.joined(separator: " "))
         for directory in protected { bind("--ro-bind", directory, directory) }
         report.apply("Backstop's directories", protectedDirectories.joined(separator: " ") + " read-only (always)")
-        var masked: [String] = []
-        for path in spec.inaccessiblePaths {
-            var info = stat()
-            guard stat(path, &info) == 0 else {
-                report.skip("inaccessible_paths", "\(path): does not exist")
-                continue
-            }
-            // Hiding what the sandbox itself runs (or the agent's program), or the content,
-            // would fail every start before the agent runs, blamed on the content.
-            let hidden = Self.resolved(path)
-            if let needed = (Self.neededFiles + [program].compactMap { $0 }).first(where: { Self.isInside(Self.resolved($0), hidden) }) {
-                report.skip("inaccessible_paths", "\(path): would hide \(needed), which the sandbox runs")
-                continue
-            }
-            for needed in named where Self.isInside(Self.resolved(needed), hidden) {
-                report.skip("exec", "\(needed) is hidden by inaccessible path \(path)")
-            }
-            if let directory = protected.first(where: { Self.isInside($0, hidden) || Self.isInside(hidden, $0) }) {
-                report.skip("inaccessible_paths", "\(path): would hide Backstop's directory \(directory) or part of it, where the agent reads its content and notify socket")
-                continue
-            }
-            let placeholder = placeholderDirectory + (info.st_mode & S_IFMT == S_IFDIR ? "/directory" : "/file")
-            bind("--ro-bind", placeholder, hidden)
-            masked.append(path)
-        }
-        report.apply("inaccessible_paths", masked.isEmpty ? "none" : masked.joined(separator: " ") + " (replaced by mode-0000 placeholders)")
+        for mask in masks { bind("--ro-bind", mask.placeholder, mask.hidden) }
+        report.apply("inaccessible_paths", masks.isEmpty ? "none" : masks.map(\.path).joined(separator: " ") + " (replaced by mode-0000 placeholders)")
         return options
     }
 
