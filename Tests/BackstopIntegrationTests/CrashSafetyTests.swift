@@ -92,7 +92,7 @@ final class CrashFixture: @unchecked Sendable {
     /// Version ids the daemon's log says were removed (garbage collection or its recovery).
     static func removedVersions(in lines: [String]) -> Set<String> {
         var ids = Set<String>()
-        for line in lines where line.contains("Removed the files of old versions") || line.contains("have no files any more") {
+        for line in lines where line.contains("Removing the files of old versions") || line.contains("have no files any more") {
             guard let range = line.range(of: "versions=") else { continue }
             let list = line[range.upperBound...].prefix { $0 != " " && $0 != "]" }
             ids.formUnion(list.split(separator: ",").map(String.init))

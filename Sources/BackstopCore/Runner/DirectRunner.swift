@@ -147,6 +147,11 @@ public enum DirectRunner {
                 }
             }
             guard request.sandbox != nil else { return .success(termination) }
+            if case .exited(let code) = termination, exitStatus == nil || request.sandbox?.privateProcesses == true, code > 128, code <= 128 + 64 {
+                // bwrap exits 128 + N for a child killed by signal N when the kernel could not tell
+                // more, and so does the shell that is PID 1 of a private PID namespace.
+                termination = .signaled(signal: code - 128, coreDumped: nil)
+            }
             // bwrap's mounts, setpriv or an rlimit failed: a configuration error, never the
             // content's. (Killed before it was set up, it ends as killed: a stop, say.)
             guard sandboxedChild.isSetUp || (sandboxedChild.pid != nil && termination.signal != nil) else {
@@ -154,11 +159,6 @@ public enum DirectRunner {
             }
             if termination == .exited(code: BubblewrapSandbox.execFailedCode) {
                 return .failure(LaunchError(message: "\(program): could not be executed in its sandbox (the reason is in the agent's own output)"))
-            }
-            if case .exited(let code) = termination, exitStatus == nil || request.sandbox?.privateProcesses == true, code > 128, code <= 128 + 64 {
-                // bwrap exits 128 + N for a child killed by signal N when the kernel could not tell
-                // more, and so does the shell that is PID 1 of a private PID namespace.
-                termination = .signaled(signal: code - 128, coreDumped: nil)
             }
             return .success(termination)
         } catch let error as SubprocessError {

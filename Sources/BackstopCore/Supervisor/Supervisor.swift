@@ -373,7 +373,12 @@ public actor Supervisor {
             guard !shuttingDown, let slot = slots[name] else { return }
             var removed: [String] = []
             var trash: [String] = []
-            for id in slot.policy.ledger.garbage(keeping: slot.configuration.keepVersions) {
+            let garbage = slot.policy.ledger.garbage(keeping: slot.configuration.keepVersions)
+            guard !garbage.isEmpty else { return }
+            // Said before it is done: a daemon killed between the steps leaves the word behind.
+            logger.notice("Removing the files of old versions (keep_versions = \(slot.configuration.keepVersions)).",
+                          metadata: ["agent": "\(name)", "versions": "\(garbage.joined(separator: ","))"])
+            for id in garbage {
                 do throws(StoreError) {
                     trash.append(try slot.store.discard(id))
                     slots[name]!.policy.filesRemoved(id, at: Date())
@@ -384,8 +389,7 @@ public actor Supervisor {
             }
             guard !removed.isEmpty else { return }
             persist(name)
-            logger.notice("Removed the files of old versions (keep_versions = \(slot.configuration.keepVersions)).",
-                          metadata: ["agent": "\(name)", "versions": "\(removed.joined(separator: ","))"])
+            logger.info("Removed the files of old versions.", metadata: ["agent": "\(name)", "versions": "\(removed.joined(separator: ","))"])
             Task.detached(priority: .background) { trash.forEach(ContentStore.removeTree) }
         }
     }
