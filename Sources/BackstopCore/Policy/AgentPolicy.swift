@@ -682,9 +682,7 @@ public struct AgentPolicy: Sendable, Equatable {
     public func activationRefusal(_ id: String) -> PolicyError? {
         guard let record = ledger.record(id) else { return .noSuchVersion(id) }
         guard record.standing != .quarantined else { return .versionQuarantined(id) }
-        if let twin = ledger.versions.first(where: { $0.id != id && $0.standing == .quarantined && $0.digest == record.digest }) {
-            return .identicalToQuarantined(id, twin.id)
-        }
+        if let twin = ledger.quarantinedByDigest[record.digest] { return .identicalToQuarantined(id, twin) }
         return nil
     }
 

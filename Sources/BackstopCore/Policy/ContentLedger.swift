@@ -132,6 +132,12 @@ public struct ContentLedger: Codable, Sendable, Equatable {
         }
     }
 
+    /// The quarantined versions' ids by their digest (the first for each): content with one of
+    /// these digests is the same bytes, refused under any id.
+    public var quarantinedByDigest: [String: String] {
+        Dictionary(versions.filter { $0.standing == .quarantined }.map { ($0.digest, $0.id) }) { first, _ in first }
+    }
+
     /// Marks `id` quarantined. Quarantining the active version does not change
     /// `active`; the caller activates another version or stops the agent.
     public mutating func quarantine(_ id: String, reason: String, at date: Date) {

@@ -274,9 +274,9 @@ public actor Supervisor {
     public func stage(agent: String, path: String, version: String?, activate: Bool) async throws(ManagerError) -> VersionRecord {
         let store = try slot(agent).store
         let rules = try slot(agent).configuration.stagingRules
-        let versions = try slot(agent).policy.ledger.versions
-        let existing = Set(versions.map(\.id))
-        let quarantined = Dictionary(versions.filter { $0.standing == .quarantined }.map { ($0.digest, $0.id) }) { first, _ in first }
+        let ledger = try slot(agent).policy.ledger
+        let existing = Set(ledger.versions.map(\.id))
+        let quarantined = ledger.quarantinedByDigest
         let result = await Task.detached { () -> Result<VersionRecord, StoreError> in
             Result { () throws(StoreError) in
                 try store.stage(from: path, id: version, existing: existing, quarantined: quarantined, rules: rules, at: Date())
