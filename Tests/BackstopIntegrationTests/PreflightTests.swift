@@ -144,36 +144,15 @@ struct PreflightTests {
 
     @Test("A preflight instance outlives a backstopd killed during its preflight; the next backstopd kills it, says it was a preflight, and the version stays staged")
     func preflightLeftoverAfterDaemonCrash() throws {
-        let scratch = try TemporaryDirectory()
-        defer { scratch.remove() }
-        let v2 = try scratch.makeDirectory("v2", files: ["agent.sh": "echo instance is up\nexec sleep 600\n"])
-        let harness = try DaemonHarness(agents: ["""
-            name = "script"
-            exec = ["/bin/sh", "{content}/agent.sh"]
-            preflight_sec = 60
-            [agent.sandbox]
-            private_network = true
-            """])
-        defer { harness.cleanUp() }
-        try harness.start()
-        // The request waits for the preflight: started, not waited for.
-        let request = Process()
-        request.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
-        request.arguments = ["stage", "script", v2, "--version", "v2", "--activate", "--config", harness.configPath]
-        request.standardOutput = FileHandle.nullDevice
-        request.standardError = FileHandle.nullDevice
-        try request.run()
-        defer { request.waitUntilExit() }
-        // Its stdout is the daemon's here (no journald).
-        try harness.log.wait(for: "instance is up", seconds: 20)
-        let store = harness.directory + "/state/script"
+        let underWay = try PreflightUnderWay()
+        defer { underWay.cleanUp() }
+        let harness = underWay.harness
         harness.killDaemon()
-        let left = ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: store)
-        #expect(!left.isEmpty, "the instance outlives the killed daemon (its user change drops bwrap's death signal)")
+        #expect(!underWay.instance.isEmpty, "the instance outlives the killed daemon (its user change drops bwrap's death signal)")
 
         try harness.start()
         try harness.log.wait(for: "Killing a preflight instance of agent script", seconds: 10)
-        #expect(ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: store).isEmpty)
+        #expect(underWay.instance.isEmpty)
         let agent = try harness.agent("script")
         #expect(agent.content.active == nil && agent.content.quarantined.isEmpty, "neither activated nor blamed")
         #expect(try harness.ctl("content", "list", "script", "--json").output.contains("\"v2\""), "v2 stays staged")
@@ -181,65 +160,27 @@ struct PreflightTests {
 
     @Test("A preflight instance killed from outside (SIGTERM) is a preflight that could not run, as a live agent's is killed-externally: nothing is quarantined")
     func preflightKilledFromOutside() throws {
-        let scratch = try TemporaryDirectory()
-        defer { scratch.remove() }
-        let v2 = try scratch.makeDirectory("v2", files: ["agent.sh": "echo instance is up\nexec sleep 600\n"])
-        let harness = try DaemonHarness(agents: ["""
-            name = "script"
-            exec = ["/bin/sh", "{content}/agent.sh"]
-            preflight_sec = 60
-            [agent.sandbox]
-            private_network = true
-            """])
-        defer { harness.cleanUp() }
-        try harness.start()
-        let request = Process()
-        let errors = Pipe()
-        request.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
-        request.arguments = ["stage", "script", v2, "--version", "v2", "--activate", "--config", harness.configPath]
-        request.standardOutput = FileHandle.nullDevice
-        request.standardError = errors
-        try request.run()
-        try harness.log.wait(for: "instance is up", seconds: 20)
-        let store = harness.directory + "/state/script"
-        let agent = try #require(ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: store).first {
+        let underWay = try PreflightUnderWay()
+        defer { underWay.cleanUp() }
+        let agent = try #require(underWay.instance.first {
             (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == "sleep\n"
         })
         #expect(kill(agent, SIGTERM) == 0)
-        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        request.waitUntilExit()
-        #expect(request.terminationStatus != 0 && message.contains("could not run") && message.contains("killed from outside"), "\(message)")
-        let status = try harness.agent("script")
-        #expect(status.content.quarantined.isEmpty && status.content.active == nil)
-        #expect(!harness.log.all.contains { $0.contains("event=preflight-failed") })
+        let (status, message) = underWay.requestResult()
+        #expect(status != 0 && message.contains("could not run") && message.contains("killed from outside"), "\(message)")
+        let content = try underWay.harness.agent("script").content
+        #expect(content.quarantined.isEmpty && content.active == nil)
+        #expect(!underWay.harness.log.all.contains { $0.contains("event=preflight-failed") })
     }
 
     @Test("Stopping backstopd during a preflight ends the preflight instance too; the version stays staged")
     func stopDuringPreflight() throws {
-        let scratch = try TemporaryDirectory()
-        defer { scratch.remove() }
-        let v2 = try scratch.makeDirectory("v2", files: ["agent.sh": "echo instance is up\nexec sleep 600\n"])
-        let harness = try DaemonHarness(agents: ["""
-            name = "script"
-            exec = ["/bin/sh", "{content}/agent.sh"]
-            preflight_sec = 60
-            [agent.sandbox]
-            private_network = true
-            """])
-        defer { harness.cleanUp() }
-        try harness.start()
-        let request = Process()
-        request.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
-        request.arguments = ["stage", "script", v2, "--version", "v2", "--activate", "--config", harness.configPath]
-        request.standardOutput = FileHandle.nullDevice
-        request.standardError = FileHandle.nullDevice
-        try request.run()
-        defer { request.waitUntilExit() }
-        try harness.log.wait(for: "instance is up", seconds: 20)
+        let underWay = try PreflightUnderWay()
+        defer { underWay.cleanUp() }
+        let harness = underWay.harness
         harness.stop()
         #expect(harness.log.all.contains { $0.contains("Stopped.") }, "backstopd stopped by itself")
-        let store = harness.directory + "/state/script"
-        #expect(ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: store).isEmpty, "no preflight process outlives the daemon")
+        #expect(underWay.instance.isEmpty, "no preflight process outlives the daemon")
         try harness.start()
         #expect(!harness.log.all.contains { $0.contains("left running by a previous backstopd") })
         let agent = try harness.agent("script")
@@ -298,5 +239,65 @@ struct PreflightTests {
         #expect(agent.content.active == "v1")
         #expect(agent.content.quarantined == ["v2"])
         #expect(agent.lastRollback?.reason == "crash-loop")
+    }
+}
+
+/// A `stage --activate` whose preflight is under way: agent `script` (a shell that says
+/// "instance is up", then sleeps) with `preflight_sec = 60`, and the request, which waits
+/// for the preflight, started and not waited for.
+final class PreflightUnderWay {
+    let scratch: TemporaryDirectory
+    let harness: DaemonHarness
+    let request = Process()
+    private let errors = Pipe()
+
+    init() throws {
+        scratch = try TemporaryDirectory()
+        let v2: String
+        do {
+            v2 = try scratch.makeDirectory("v2", files: ["agent.sh": "echo instance is up\nexec sleep 600\n"])
+            harness = try DaemonHarness(agents: ["""
+                name = "script"
+                exec = ["/bin/sh", "{content}/agent.sh"]
+                preflight_sec = 60
+                [agent.sandbox]
+                private_network = true
+                """])
+        } catch {
+            scratch.remove()
+            throw error
+        }
+        do {
+            try harness.start()
+            request.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
+            request.arguments = ["stage", "script", v2, "--version", "v2", "--activate", "--config", harness.configPath]
+            request.standardOutput = FileHandle.nullDevice
+            request.standardError = errors
+            try request.run()
+            // Its stdout is the daemon's here (no journald).
+            try harness.log.wait(for: "instance is up", seconds: 20)
+        } catch {
+            cleanUp()
+            throw error
+        }
+    }
+
+    /// The processes of the preflight instance (its mark in their environment).
+    var instance: [Int32] {
+        ProcessTable.processes(withEnvironment: LaunchRequest.preflightStoreVariable, value: harness.directory + "/state/script")
+    }
+
+    /// The request's exit code and what it said on stderr, once it has ended.
+    func requestResult() -> (status: Int32, error: String) {
+        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        request.waitUntilExit()
+        return (request.terminationStatus, text)
+    }
+
+    /// Stops the daemon (which ends the request) and removes everything.
+    func cleanUp() {
+        harness.cleanUp()
+        if request.isRunning { request.waitUntilExit() }
+        scratch.remove()
     }
 }
