@@ -11,13 +11,18 @@ import Testing
     .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"),
     .enabled(if: Environment.nobodyCanRunBackstopctl, "user nobody cannot execute the built backstopctl (a build tree below a private directory)"))
 struct PermissionTests {
-    /// Runs backstopctl as uid/gid 65534 (nobody), with `groups` as supplementary groups.
-    func ctlAsNobody(_ harness: DaemonHarness, groups: [UInt32], _ arguments: String...) throws -> CommandResult {
+    /// Runs the built `binary` with `arguments` on `harness`'s configuration as uid/gid 65534
+    /// (nobody), with `groups` as supplementary groups.
+    func asNobody(_ binary: String, _ harness: DaemonHarness, groups: [UInt32] = [], _ arguments: [String]) throws -> CommandResult {
         let groupList = groups.isEmpty ? ["--clear-groups"] : ["--groups=" + groups.map(String.init).joined(separator: ",")]
         return try Command.run(
             "/usr/bin/setpriv",
-            ["--reuid=65534", "--regid=65534"] + groupList + ["--", Paths.binary("backstopctl")] + arguments
-                + ["--config", harness.configPath])
+            ["--reuid=65534", "--regid=65534"] + groupList + ["--", Paths.binary(binary)] + arguments + ["--config", harness.configPath])
+    }
+
+    /// Runs backstopctl as nobody (``asNobody(_:_:groups:_:)``).
+    func ctlAsNobody(_ harness: DaemonHarness, groups: [UInt32], _ arguments: String...) throws -> CommandResult {
+        try asNobody("backstopctl", harness, groups: groups, arguments)
     }
 
     @Test("Group backstop may read but not change; others may do neither; denials are logged")
@@ -58,8 +63,7 @@ struct PermissionTests {
         let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
         defer { harness.cleanUp() }
         chmod(harness.directory, 0o755)
-        let result = try Command.run(
-            "/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.binary("backstopd"), "--config", harness.configPath])
+        let result = try asNobody("backstopd", harness, [])
         #expect(result.status == 1)
         #expect(result.error == "backstopd: \(harness.directory)/state: Permission denied (backstopd runs as root)\n", "\(result.error)")
     }
@@ -74,9 +78,7 @@ struct PermissionTests {
         try harness.wait(for: "agent-ready")
         harness.stop()
         for arguments in [["content", "list", "demo", "--json"], ["boots", "--json"]] {
-            let result = try Command.run(
-                "/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--", Paths.binary("backstopctl")]
-                    + arguments + ["--config", harness.configPath])
+            let result = try asNobody("backstopctl", harness, arguments)
             #expect(result.status == 4, "\(arguments): \(result.output) \(result.error)")
             #expect(result.error.contains("Permission denied") && result.output.isEmpty, "\(arguments): \(result.error)")
         }
