@@ -89,7 +89,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         // Inside a private /tmp the directories above Backstop's bound state directory are
         // the sandbox's own (mode 0755); only the state directory and below are the host's.
         let bound = protectedDirectories.first { Self.isInside(contentPath, $0) }
-        let top = spec.privateTmp && ["/tmp", "/var/tmp"].contains(where: { Self.isInside(contentPath, $0) }) ? bound ?? "/" : "/"
+        let top = spec.privateTmp && Self.isInPrivateTmp(contentPath) ? bound ?? "/" : "/"
         if let problem = account.cannotReach(contentPath + "/", from: top) { throw SandboxError(message: problem) }
     }
 
@@ -283,7 +283,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 var ancestor = ""
                 for component in destination.split(separator: "/").dropLast() {
                     ancestor += "/" + component
-                    guard ["/tmp", "/var/tmp"].contains(where: { Self.isInside(ancestor, $0) && ancestor != $0 }), !made.contains(ancestor) else { continue }
+                    guard Self.isBelowPrivateTmp(ancestor), !made.contains(ancestor) else { continue }
                     options += ["--perms", "0755", "--dir", ancestor]
                     made.insert(ancestor)
                 }
@@ -305,7 +305,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         // writes it is the operator's to say, in read_only_paths or read_write_paths).
         if spec.privateTmp {
             let hidden = ([program].compactMap { $0 }.filter(Self.exists) + named).filter { path in
-                ["/tmp", "/var/tmp"].contains { Self.isInside(path, $0) && path != $0 }
+                Self.isBelowPrivateTmp(path)
                     && !(binds.map(\.configured).compactMap { $0 }.filter { $0 != "/" } + protectedDirectories).contains { Self.isInside(path, $0) }
             }
             if let program, hidden.first == program {
@@ -315,10 +315,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             for path in hidden where path != program {
                 report.skip("exec", "\(path) is hidden by the private /tmp; list it in read_only_paths or read_write_paths")
             }
-        }
-        if spec.privateTmp {
             // Unless a mount above it already shows the host's symlink.
-            for link in links where ["/tmp", "/var/tmp"].contains(where: { Self.isInside(link.path, $0) })
+            for link in links where Self.isInPrivateTmp(link.path)
                 && !binds.contains(where: { $0.path != "/" && $0.path != link.path && Self.isInside(link.path, $0.path) }) {
                 bind("--symlink", link.target, link.path)
             }
@@ -339,10 +337,19 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         return options
     }
 
-    /// Empty tmpfs on /tmp and /var/tmp, mode 1777 like any /tmp (and systemd's PrivateTmp=):
-    /// an agent that is not root makes its temporary files there too.
+    /// The directories a private /tmp replaces.
+    static let privateTmpDirectories = ["/tmp", "/var/tmp"]
+
+    /// Whether `path` is one of ``privateTmpDirectories`` or below one.
+    static func isInPrivateTmp(_ path: String) -> Bool { privateTmpDirectories.contains { isInside(path, $0) } }
+
+    /// Whether `path` is below one of ``privateTmpDirectories`` (not one itself).
+    static func isBelowPrivateTmp(_ path: String) -> Bool { isInPrivateTmp(path) && !privateTmpDirectories.contains(path) }
+
+    /// Empty tmpfs on /tmp and /var/tmp (when there is one), mode 1777 like any /tmp (and
+    /// systemd's PrivateTmp=): an agent that is not root makes its temporary files there too.
     private func privateTmpOptions() -> [String] {
-        ["--perms", "1777", "--tmpfs", "/tmp"] + (Self.exists("/var/tmp") ? ["--perms", "1777", "--tmpfs", "/var/tmp"] : [])
+        Self.privateTmpDirectories.filter { $0 == "/tmp" || Self.exists($0) }.flatMap { ["--perms", "1777", "--tmpfs", $0] }
     }
 
     static func exists(_ path: String) -> Bool {

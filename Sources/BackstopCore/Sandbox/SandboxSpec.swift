@@ -77,11 +77,11 @@ public struct SandboxSpec: Sendable, Equatable {
         "@system-service", "@timer",
     ]
 
-    /// Whether `name` is a user or group as `user`/`group` accept it: a number, or a
-    /// name of the portable shape useradd(8) allows (`[a-z_][a-z0-9_-]*`, optionally ending in `$`).
     /// What the report says when `read_only_paths` does not hold `/`.
     static let writableRootNote = "/ is not among them: the rest of the file system is writable to the agent, as far as its user may write (as with systemd's ReadOnlyPaths= without ProtectSystem=)"
 
+    /// Whether `name` is a user or group as `user`/`group` accept it: a number, or a
+    /// name of the portable shape useradd(8) allows (`[a-z_][a-z0-9_-]*`, optionally ending in `$`).
     static func isValidAccountName(_ name: String) -> Bool {
         if !name.isEmpty, name.allSatisfy(\.isASCII), UInt32(name) != nil { return true }
         var scalars = Array(name.unicodeScalars)
