@@ -63,10 +63,11 @@ public struct Configuration: Sendable, Equatable {
                 // Backstop's, hidden paths it needs, limits without means. (Nothing to hide or to
                 // make read-only is no loss; the system call filter is the systemd engine's.)
                 if agent.transientUnit == nil, let sandbox = try? BubblewrapSandbox(agent: agent, daemon: daemon) {
-                    for line in sandbox.plan(agent.exec).report.notApplied
-                    where line.setting != "system_call_filter" && !(line.setting != "read_write_paths" && line.detail.hasSuffix(": does not exist")) {
-                        let consequence = line.setting == "read_write_paths" && line.detail.hasSuffix(": does not exist") ? "; the agent will not start until it does" : ""
-                        warnings.append("agent \(agent.name): sandbox: \(line.setting) not applied: \(line.detail)\(consequence)")
+                    for line in sandbox.plan(agent.exec).report.notApplied where line.setting != "system_call_filter" {
+                        let missing = line.detail.hasSuffix(": does not exist")
+                        guard !missing || line.setting == "read_write_paths" else { continue }
+                        warnings.append("agent \(agent.name): sandbox: \(line.setting) not applied: \(line.detail)"
+                            + (missing ? "; the agent will not start until it does" : ""))
                     }
                 }
             }
