@@ -521,6 +521,10 @@ extension UnitBus {
                 func append(_ type: Character, _ text: String) throws(BusError) {
                     try check(text.withCString { sd_bus_message_append_basic(message, CChar(type.asciiValue!), $0) })
                 }
+                /// A fixed-size basic value (`b` as an int32, `t`, `i`, `u`).
+                func append<Value: FixedWidthInteger>(_ type: Character, value: Value) throws(BusError) {
+                    try check(withUnsafeBytes(of: value) { sd_bus_message_append_basic(message, CChar(type.asciiValue!), $0.baseAddress) })
+                }
                 func open(_ type: Character, _ contents: String) throws(BusError) {
                     try check(sd_bus_message_open_container(message, CChar(type.asciiValue!), contents))
                 }
@@ -539,20 +543,17 @@ extension UnitBus {
                     try open("v", value.signature)
                     switch value {
                     case .string(let text): try append("s", text)
-                    case .bool(let flag):
-                        var number: Int32 = flag ? 1 : 0
-                        try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &number))
-                    case .uint64(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "t")), &number))
-                    case .int32(var number): try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "i")), &number))
+                    case .bool(let flag): try append("b", value: Int32(flag ? 1 : 0))
+                    case .uint64(let number): try append("t", value: number)
+                    case .int32(let number): try append("i", value: number)
                     case .strings(let list): try strings(list)
                     case .pids(let pids):
                         try open("a", "u")
-                        for var pid in pids { try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "u")), &pid)) }
+                        for pid in pids { try append("u", value: pid) }
                         try close()
                     case .list(let allow, let list):
                         try open("r", "bas")
-                        var flag: Int32 = allow ? 1 : 0
-                        try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &flag))
+                        try append("b", value: Int32(allow ? 1 : 0))
                         try strings(list)
                         try close()
                     case .command(let path, let arguments):
@@ -560,8 +561,7 @@ extension UnitBus {
                         try open("r", "sasb")
                         try append("s", path)
                         try strings(arguments)
-                        var ignoreFailure: Int32 = 0
-                        try check(sd_bus_message_append_basic(message, CChar(UInt8(ascii: "b")), &ignoreFailure))
+                        try append("b", value: Int32(0))  // ignore failure: no
                         try close()
                         try close()
                     }
