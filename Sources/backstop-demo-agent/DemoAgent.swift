@@ -30,7 +30,6 @@ struct DemoAgent: ParsableCommand {
         timestamps?.record("start")
         restoreDefaultFaultHandling()
         let version = contentVersion()
-        recordStart(version: version)
         let contentSet = try loadContent()
         let interpreter = try ContentInterpreter(templates: contentSet.templates) {
             timestamps?.record("crash")
@@ -58,18 +57,6 @@ struct DemoAgent: ParsableCommand {
     /// BACKSTOP_CONTENT_VERSION, or the content directory's name.
     private func contentVersion() -> String {
         environment("BACKSTOP_CONTENT_VERSION") ?? Files.baseName(content)
-    }
-
-    /// Appends `<pid> <version>` to BACKSTOP_DEMO_MARK_FILE so tests can count
-    /// starts, including the ones that go on to fail. Done before loading for that reason.
-    private func recordStart(version: String) {
-        guard let path = environment("BACKSTOP_DEMO_MARK_FILE") else { return }
-        do {
-            try Files.append("\(getpid()) \(version)\n", to: path)
-        } catch {
-            // A test aid must not turn into a failure mode of its own.
-            Console.error("warning: cannot record start in \(path): \(error)")
-        }
     }
 
     /// Loads the content directory, turning a refusal into exit status 2.

@@ -24,14 +24,6 @@ enum Console {
 /// File-system helpers built directly on libc, so content errors can name
 /// the exact errno ("Permission denied", "Not a directory") behind them.
 enum Files {
-    /// Appends `text` to `path`, creating the file if needed. O_APPEND keeps
-    /// lines from concurrent or successive agents from overwriting each other.
-    static func append(_ text: String, to path: String) throws(SystemCallError) {
-        let file = try FileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_APPEND)
-        defer { file.close() }
-        try file.writeAll(text)
-    }
-
     /// The whole content of `path`, which must be UTF-8 text.
     static func readText(_ path: String) throws(SystemCallError) -> String {
         let file = try FileDescriptor.open(path, flags: O_RDONLY)

@@ -51,7 +51,6 @@
 // Environment
 // ===========
 //   BACKSTOP_CONTENT_VERSION  version label (default: basename of DIR)
-//   BACKSTOP_DEMO_MARK_FILE   if set, "<pid> <version>" is appended at each start
 //   NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID   sd_notify / watchdog, as set by
 //                             systemd or Backstop
 

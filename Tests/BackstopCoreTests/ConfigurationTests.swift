@@ -54,6 +54,7 @@ struct ConfigurationTests {
             require_signature = true
             trusted_keys = "/etc/backstop/clamav-keys/"
             keep_versions = 2
+            environment = ["CLAMD_MODE=strict", "TZ=UTC", "CLAMD_MODE=audit", "EMPTY=", "EQUALS=a=b"]
 
             [[agent]]
             name = "osquery"
@@ -88,6 +89,7 @@ struct ConfigurationTests {
         #expect(agent.stagingRules.requireSignature)
         #expect(agent.stagingRules.trustedKeysDirectory == "/etc/backstop/clamav-keys")
         #expect(agent.keepVersions == 2)
+        #expect(agent.environment == ["CLAMD_MODE": "audit", "TZ": "UTC", "EMPTY": "", "EQUALS": "a=b"], "a later assignment replaces an earlier one")
 
         #expect(agent.policySettings == PolicySettings(
             agent: "clamd_01-x", failureThreshold: 5, failureWindowSeconds: 300, probationSeconds: 900,
@@ -168,6 +170,22 @@ struct ConfigurationTests {
     }
 
     static let faults: [Fault] = [
+        Fault(
+            what: "an environment entry without =",
+            source: minimalAgent + "\nenvironment = [\"A=1\", \"TZ\"]\n",
+            line: 4, key: "agent[0].environment", message: "\"TZ\" is not of the form \"KEY=value\""),
+        Fault(
+            what: "an environment entry whose name is not a variable name",
+            source: minimalAgent + "\nenvironment = [\"1X=1\"]\n",
+            line: 4, key: "agent[0].environment", message: "\"1X\" is not a variable name"),
+        Fault(
+            what: "an environment entry that sets Backstop's own variable",
+            source: minimalAgent + "\nenvironment = [\"WATCHDOG_PID=1\"]\n",
+            line: 4, key: "agent[0].environment", message: "WATCHDOG_PID is set by Backstop itself"),
+        Fault(
+            what: "an environment entry in BACKSTOP_*",
+            source: minimalAgent + "\nenvironment = [\"BACKSTOP_CONTENT=/srv\"]\n",
+            line: 4, key: "agent[0].environment", message: "BACKSTOP_CONTENT is set by Backstop itself"),
         Fault(
             what: "unknown top-level key",
             source: "verbose = true\n" + minimalAgent,

@@ -153,6 +153,10 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var preflightSeconds = 0
     /// `preflight_exec`, default `[]` (the agent's `exec`): the command line of the preflight instance.
     public var preflightExec: [String] = []
+    /// `environment`, default `[]`: variables the agent's processes get, by name, from
+    /// `"KEY=value"` strings (a later one replacing an earlier one, as systemd's
+    /// `Environment=`), on top of `PATH` and the locale (``AgentEnvironment``).
+    public var environment: [String: String] = [:]
     /// `[agent.sandbox]`: the agent's confinement; its defaults when the table is absent.
     public var sandbox = SandboxSpec()
     /// `ready_check_exec`, default `[]`: a command run after each start (again after

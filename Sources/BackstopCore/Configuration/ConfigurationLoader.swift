@@ -284,7 +284,7 @@ private struct TableReader {
         "restart_delay_ms", "restart_delay_max_sec", "start_timeout_sec", "watchdog_sec", "boot_good_after_sec",
         "boot_failure_threshold", "safe_mode_exec", "preflight_sec", "preflight_exec", "ready_check_exec", "health_check_exec",
         "health_check_interval_sec", "health_check_timeout_sec", "health_check_failures", "clean_exit_is_failure",
-        "max_bundle_bytes", "max_files", "require_signature", "trusted_keys", "keep_versions",
+        "max_bundle_bytes", "max_files", "require_signature", "trusted_keys", "keep_versions", "environment",
     ]
 
     /// The keys an `[agent.sandbox]` table takes.
@@ -460,6 +460,7 @@ private struct TableReader {
             case "trusted_keys": agent.stagingRules.trustedKeysDirectory = Self.lexicalPath(try absolutePath(table, key, full))
             case "keep_versions": agent.keepVersions = try integer(table, key, full, minimum: 1)
             case "preflight_exec": agent.preflightExec = try command(table, key, full)
+            case "environment": agent.environment = try environment(table, key, full)
             case "sandbox":
                 guard let sandbox = table[key]?.table else { throw fail(full, "must be a table ([agent.sandbox])") }
                 agent.sandbox = try self.sandbox(from: sandbox, key: full)
@@ -613,6 +614,28 @@ private struct TableReader {
             result.append(Self.lexicalPath(path))
         }
         return result
+    }
+
+    /// `"KEY=value"` strings as systemd's `Environment=` takes them, by name (a later one wins).
+    /// Backstop's own variables (``AgentEnvironment/isReserved(_:)``) are refused: they are set for each run.
+    func environment(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> [String: String] {
+        var variables: [String: String] = [:]
+        for assignment in try stringArray(table, key, full) {
+            guard let equals = assignment.firstIndex(of: "=") else {
+                throw fail(full, "\(String(reflecting: assignment)) is not of the form \"KEY=value\"")
+            }
+            let name = String(assignment[..<equals])
+            guard AgentEnvironment.isValidName(name) else {
+                throw fail(full, "\(String(reflecting: name)) is not a variable name (letters, digits and _, not starting with a digit)")
+            }
+            guard !AgentEnvironment.isReserved(name) else {
+                throw fail(full, "\(name) is set by Backstop itself for each run (BACKSTOP_*, NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID)")
+            }
+            let value = String(assignment[assignment.index(after: equals)...])
+            guard !value.unicodeScalars.contains("\u{0}") else { throw fail(full, "the value of \(name) has a NUL byte in it") }
+            variables[name] = value
+        }
+        return variables
     }
 
     /// An optional command line: `[]` (unset) or an array whose first string names the program.

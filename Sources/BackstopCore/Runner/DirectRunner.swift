@@ -9,7 +9,9 @@ public struct LaunchRequest: Sendable, Equatable {
     public var identifier: String
     /// Program and arguments, `{content}` already replaced.
     public var arguments: [String]
-    /// Added to (or replacing in) the daemon's environment.
+    /// The process's whole environment (nothing else of the daemon's is passed on);
+    /// ``make(agent:exec:environment:store:contentPath:version:notifySocket:watchdogSeconds:)``
+    /// builds it with ``AgentEnvironment``.
     public var environment: [String: String]
     /// Whether stdout goes to /dev/null instead of the journal (probes: `PONG` every
     /// few seconds is noise; their stderr still reaches the journal).
@@ -17,7 +19,7 @@ public struct LaunchRequest: Sendable, Equatable {
     /// The sandbox the process runs in; nil for none (probes).
     public var sandbox: BubblewrapSandbox?
 
-    /// A request as given; ``make(agent:exec:store:contentPath:version:notifySocket:watchdogSeconds:)`` builds the usual one.
+    /// A request as given; ``make(agent:exec:environment:store:contentPath:version:notifySocket:watchdogSeconds:)`` builds the usual one.
     public init(identifier: String, arguments: [String], environment: [String: String]) {
         self.identifier = identifier
         self.arguments = arguments
@@ -37,23 +39,66 @@ public struct LaunchRequest: Sendable, Equatable {
     public static let preflightStoreVariable = "BACKSTOP_PREFLIGHT_STORE"
 
     /// The request for `exec` on a content version: `{content}` replaced by the
-    /// version's path; `BACKSTOP_CONTENT`, `BACKSTOP_CONTENT_VERSION`, `BACKSTOP_STORE`,
-    /// `NOTIFY_SOCKET` and, with a watchdog, `WATCHDOG_USEC` (sd_watchdog_enabled(3)) set.
+    /// version's path, and the environment of ``AgentEnvironment/variables(configured:daemon:)``
+    /// with Backstop's own on top: `BACKSTOP_CONTENT`, `BACKSTOP_CONTENT_VERSION`,
+    /// `BACKSTOP_STORE`, `NOTIFY_SOCKET` and, with a watchdog, `WATCHDOG_USEC`
+    /// (sd_watchdog_enabled(3); the sandbox adds `WATCHDOG_PID`, the agent's own pid).
+    /// - Parameter environment: the agent's `environment` key, by name.
     public static func make(
-        agent: String, exec: [String], store: String, contentPath: String, version: String, notifySocket: String?,
-        watchdogSeconds: Int
+        agent: String, exec: [String], environment configured: [String: String], store: String, contentPath: String,
+        version: String, notifySocket: String?, watchdogSeconds: Int
     ) -> LaunchRequest {
-        var environment = [
-            "BACKSTOP_CONTENT": contentPath,
-            "BACKSTOP_CONTENT_VERSION": version,
-            storeVariable: store,
-        ]
+        var environment = AgentEnvironment.variables(configured: configured)
+        environment["BACKSTOP_CONTENT"] = contentPath
+        environment["BACKSTOP_CONTENT_VERSION"] = version
+        environment[storeVariable] = store
         if let notifySocket { environment["NOTIFY_SOCKET"] = notifySocket }
-        if watchdogSeconds > 0 { environment["WATCHDOG_USEC"] = String(watchdogSeconds * 1_000_000) }
+        if watchdogSeconds > 0 { environment[AgentEnvironment.watchdogMicrosecondsVariable] = String(watchdogSeconds * 1_000_000) }
         return LaunchRequest(
             identifier: agent,
             arguments: exec.map { $0.replacingOccurrences(of: "{content}", with: contentPath) },
             environment: environment)
+    }
+}
+
+/// The environment an agent's processes start with (the live agent, its safe mode, its
+/// preflight instance and its probes), built afresh for each run: nothing of backstopd's
+/// own environment reaches them but `PATH` and the locale (`LANG`, `LC_*`), so none of
+/// what systemd gives backstopd as a service (systemd.exec(5), "Environment Variables in
+/// Spawned Processes": `NOTIFY_SOCKET`, `WATCHDOG_PID`/`WATCHDOG_USEC`, `LISTEN_*`,
+/// `INVOCATION_ID`, `JOURNAL_STREAM`, the `*_DIRECTORY` variables, `MAINPID`, ...) makes an
+/// agent take backstopd's watchdog, sockets or directories for its own.
+public enum AgentEnvironment {
+    /// `PATH` when backstopd has none: systemd's default for system services.
+    public static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    /// `LANG` when backstopd has no locale variable at all.
+    public static let defaultLanguage = "C.UTF-8"
+    /// sd_watchdog_enabled(3)'s interval variable, set when `watchdog_sec` is.
+    public static let watchdogMicrosecondsVariable = "WATCHDOG_USEC"
+    /// sd_watchdog_enabled(3)'s pid variable: the sandbox sets it to the agent's own pid.
+    public static let watchdogPIDVariable = "WATCHDOG_PID"
+
+    /// Whether `name` is one of Backstop's own variables, which the `environment` key may not set:
+    /// `BACKSTOP_*`, `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
+    public static func isReserved(_ name: String) -> Bool {
+        name.hasPrefix("BACKSTOP_") || ["NOTIFY_SOCKET", watchdogMicrosecondsVariable, watchdogPIDVariable].contains(name)
+    }
+
+    /// Whether `name` may name an environment variable here: a letter or `_`, then letters, digits and `_`.
+    public static func isValidName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, !("0"..."9").contains(first) else { return false }
+        return name.unicodeScalars.allSatisfy { $0 == "_" || ("A"..."Z").contains($0) || ("a"..."z").contains($0) || ("0"..."9").contains($0) }
+    }
+
+    /// `PATH` and the locale from `daemon` (systemd's defaults for what it lacks), then the
+    /// agent's `environment` (`configured`) over them, as systemd's `Environment=` would.
+    public static func variables(
+        configured: [String: String], daemon: [String: String] = ProcessInfo.processInfo.environment
+    ) -> [String: String] {
+        var variables = daemon.filter { $0.key == "PATH" || $0.key == "LANG" || $0.key.hasPrefix("LC_") }
+        if variables["PATH"] == nil { variables["PATH"] = defaultPath }
+        if variables.count == 1 { variables["LANG"] = defaultLanguage }
+        return variables.merging(configured) { $1 }
     }
 }
 
@@ -84,7 +129,7 @@ public enum DirectRunner {
         if let sandbox = request.sandbox {
             if let problem = BubblewrapSandbox.unavailableReason { return .failure(LaunchError(message: problem + "; the agent is not started unsandboxed")) }
             // bwrap always starts, so a program that cannot run is told here, as exec-failed.
-            if let problem = unexecutable(program) { return .failure(LaunchError(message: problem)) }
+            if let problem = unexecutable(program, path: request.environment["PATH"]) { return .failure(LaunchError(message: problem)) }
             // bwrap's stdin is a pipe: bwrap reports the sandboxed child's pid on a copy of it
             // (bwrap(1) --json-status-fd, which bwrap closes in the child), and the child
             // inherits the pipe itself to say when its sandbox is set up.
@@ -99,9 +144,9 @@ public enum DirectRunner {
             return .failure(LaunchError(message: "cannot open /dev/null: \(Errno(rawValue: errno))"))
         }
         let executable: Executable = arguments[0].contains("/") ? .path(FilePath(arguments[0])) : .name(arguments[0])
-        var overrides: [Environment.Key: String?] = [:]
+        var environment: [Environment.Key: String] = [:]
         for (key, value) in request.environment {
-            if let key = Environment.Key(rawValue: key) { overrides[key] = value }
+            if let key = Environment.Key(rawValue: key) { environment[key] = value }
         }
         let exitInfo = ProcessExit()
         let sandboxedChild = SandboxedChild()
@@ -117,7 +162,7 @@ public enum DirectRunner {
             let result = try await Subprocess.run(
                 executable,
                 arguments: Arguments(Array(arguments.dropFirst())),
-                environment: .inherit.updating(overrides),
+                environment: .custom(environment),
                 platformOptions: options,
                 input: .fileDescriptor(input, closeAfterSpawningProcess: true),
                 output: output,
@@ -162,7 +207,7 @@ public enum DirectRunner {
             }
             return .success(termination)
         } catch let error as SubprocessError {
-            return .failure(LaunchError(message: Self.describe(error, program: program)))
+            return .failure(LaunchError(message: Self.describe(error, program: program, path: request.environment["PATH"])))
         } catch {
             return .failure(LaunchError(message: "\(error)"))
         }
@@ -221,18 +266,18 @@ public enum DirectRunner {
         if kill(-pid, signal) != 0 { _ = kill(pid, signal) }
     }
 
-    private static func describe(_ error: SubprocessError, program: String) -> String {
+    private static func describe(_ error: SubprocessError, program: String, path: String?) -> String {
         let cause = error.underlyingError.map { String(cString: strerror($0.rawValue)) }
         switch error.code {
-        case .executableNotFound: return unexecutable(program) ?? "\(program): not executable"
+        case .executableNotFound: return unexecutable(program, path: path) ?? "\(program): not executable"
         default: return "\(program): \(cause ?? "\(error)")"
         }
     }
 
-    /// Why `program` (a path, or a name looked up in `PATH`) cannot be executed; nil when it can.
-    static func unexecutable(_ program: String) -> String? {
+    /// Why `program` (a path, or a name looked up in `path`, the run's `PATH`) cannot be executed; nil when it can.
+    static func unexecutable(_ program: String, path: String?) -> String? {
         guard program.contains("/") else {
-            let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+            let path = path ?? AgentEnvironment.defaultPath
             let found = path.split(separator: ":").contains { directory in
                 var info = stat()
                 let candidate = directory + "/" + program

@@ -16,7 +16,8 @@ import SystemPackage
 /// needs to change user; setpriv then switches to the agent's user, drops those three
 /// from every set (bounding, inheritable, ambient) and sets no_new_privs; bash lowers
 /// the resource limits, says on its stdin (the runner's pipe) that the sandbox is set up,
-/// and execs the agent, with `execfail` so that a program that cannot be executed in the
+/// sets `WATCHDOG_PID` to the agent's pid when `WATCHDOG_USEC` is set (sd_watchdog_enabled(3)),
+/// and execs the agent (bash adds only `SHLVL` to the environment it was given), with `execfail` so that a program that cannot be executed in the
 /// sandbox exits 203 (systemd's EXIT_EXEC). A run that ends before the ready line or with
 /// 203 never counts against the content. Every step execs the next: the agent keeps the
 /// pid bwrap gave it.
@@ -193,7 +194,9 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         // not inherit. As PID 1 of a preflight, bash forks before it lowers the limits:
         // RLIMIT_NPROC must not keep it from forking the agent's shell.
         let run = limits.map { $0 + " || exit 1; " }.joined()
-            + "echo \(Self.readyLine) >&3; exec 3>&-; exec -- \"$@\"; exit \(Self.execFailedCode)"
+            + "echo \(Self.readyLine) >&3; exec 3>&-; unset PWD; "
+            + "[ -z \"${\(AgentEnvironment.watchdogMicrosecondsVariable)-}\" ] || export \(AgentEnvironment.watchdogPIDVariable)=$BASHPID; "
+            + "exec -- \"$@\"; exit \(Self.execFailedCode)"
         let script = "shopt -s execfail; exec 3>&0 0</dev/null; " + (privateProcesses ? "(\(run)) & wait $!" : run)
         return (bwrap + setpriv + [Self.shell, "-c", script, "backstop-sandbox"] + arguments, report)
     }

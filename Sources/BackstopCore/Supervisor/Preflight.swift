@@ -68,7 +68,8 @@ enum Preflight {
         chown(socketPath, sandbox.account.uid, sandbox.account.gid)
 
         var request = LaunchRequest.make(
-            agent: agent.name, exec: agent.preflightExec.isEmpty ? agent.exec : agent.preflightExec, store: store.root,
+            agent: agent.name, exec: agent.preflightExec.isEmpty ? agent.exec : agent.preflightExec,
+            environment: agent.environment, store: store.root,
             contentPath: store.path(of: version), version: version, notifySocket: socketPath, watchdogSeconds: agent.watchdogSeconds)
         // A mark of its own: what it leaves is never taken for the live agent's.
         request.environment[LaunchRequest.storeVariable] = nil

@@ -151,9 +151,11 @@ extension Supervisor {
         let slot = slots[name]!
         let agent = slot.configuration
         let request = LaunchRequest.make(
-            agent: name, exec: mode == .safeMode ? agent.safeModeExec : agent.exec, store: slot.store.root,
-            contentPath: slot.store.path(of: version), version: version, notifySocket: nil, watchdogSeconds: 0)
-        let environment = ["BACKSTOP_CONTENT", "BACKSTOP_CONTENT_VERSION"].compactMap { key in request.environment[key].map { "\(key)=\($0)" } }
+            agent: name, exec: mode == .safeMode ? agent.safeModeExec : agent.exec, environment: agent.environment,
+            store: slot.store.root, contentPath: slot.store.path(of: version), version: version, notifySocket: nil, watchdogSeconds: 0)
+        // systemd gives the unit PATH, the locale, and NOTIFY_SOCKET and WATCHDOG_* of its own.
+        let environment = agent.environment.merging(["BACKSTOP_CONTENT", "BACKSTOP_CONTENT_VERSION"].map { ($0, request.environment[$0]!) }) { $1 }
+            .sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         var properties: [(String, BusValue)] = [
             ("Description", .string("Backstop agent \(name) on content \(version)")),
             ("Type", .string(agent.notify ? "notify" : "exec")),

@@ -567,7 +567,7 @@ public actor Supervisor {
         let generation = slot.generation
         var request = LaunchRequest.make(
             agent: name, exec: probe == .ready ? slot.configuration.readyCheckExec : slot.configuration.healthCheckExec,
-            store: slot.store.root, contentPath: slot.store.path(of: version), version: version, notifySocket: nil,
+            environment: slot.configuration.environment, store: slot.store.root, contentPath: slot.store.path(of: version), version: version, notifySocket: nil,
             watchdogSeconds: 0)
         request.discardsStandardOutput = true
         request.environment[LaunchRequest.storeVariable] = nil
@@ -693,7 +693,8 @@ public actor Supervisor {
         let generation = slots[name]!.generation
         let slot = slots[name]!
         var request = LaunchRequest.make(
-            agent: name, exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec, store: slot.store.root,
+            agent: name, exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec,
+            environment: slot.configuration.environment, store: slot.store.root,
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
