@@ -49,8 +49,14 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .long, help: "Do not pipe output into a pager (backstopctl never does).")
     var noPager = false
 
+    /// The configuration file, or when it does not load, the last copy of it that backstopd
+    /// ran with (said on stderr): the daemon runs on that one, so its sockets are found through it.
     func load() throws -> BackstopCore.Configuration {
-        do { return try .load(path: config) } catch {
+        do {
+            let effective = try EffectiveConfiguration.load(path: config)
+            if let problem = effective.problem { FileHandle.standardError.write(Data("backstopctl: warning: \(problem)\n".utf8)) }
+            return effective.configuration
+        } catch {
             throw failure("\(error)")
         }
     }

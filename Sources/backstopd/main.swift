@@ -23,12 +23,12 @@ struct BackstopDaemon: AsyncParsableCommand {
         TOMLProbe.answerIfAsked()
         // Ignored from the start (the daemon logs it once it runs); agents get the default back.
         signal(SIGHUP, SIG_IGN)
-        let configuration: BackstopCore.Configuration
-        do { configuration = try .load(path: config) } catch {
-            FileHandle.standardError.write(Data("backstopd: \(error)\n".utf8))
-            throw ExitCode(1)
-        }
         if checkConfig {
+            let configuration: BackstopCore.Configuration
+            do { configuration = try .load(path: config) } catch {
+                FileHandle.standardError.write(Data("backstopd: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
             let count = configuration.agents.count
             print("\(config): OK (\(count == 1 ? "1 agent" : "\(count) agents"))")
             for warning in configuration.warnings {
@@ -36,9 +36,16 @@ struct BackstopDaemon: AsyncParsableCommand {
             }
             return
         }
+        // A file that does not load is replaced by its last good copy (and said); without one, refused.
+        let effective: EffectiveConfiguration
+        do { effective = try .load(path: config) } catch {
+            FileHandle.standardError.write(Data("backstopd: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if let problem = effective.problem { FileHandle.standardError.write(Data("backstopd: \(problem)\n".utf8)) }
         LoggingSystem.bootstrap { _ in JournalLogHandler(identifier: "backstopd") }
         let logger = Logger(label: "backstopd")
-        let daemon = DaemonService(configuration: configuration, logger: logger)
+        let daemon = DaemonService(effective: effective, logger: logger)
         let group = ServiceGroup(
             services: [DaemonLifecycle(daemon: daemon, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         do { try await group.run() } catch {
@@ -57,23 +64,18 @@ struct BackstopDaemon: AsyncParsableCommand {
 }
 
 /// Adapts ``DaemonService`` to swift-service-lifecycle: SIGTERM/SIGINT trigger the graceful
-/// shutdown. SIGHUP, which asks many daemons to reload, is logged and otherwise ignored:
-/// backstopd reads its configuration at start only, and must not die of the signal.
+/// shutdown; SIGHUP (`systemctl reload backstopd`) asks for a reload of the configuration.
 struct DaemonLifecycle: Service {
     let daemon: DaemonService
     let logger: Logger
 
     func run() async throws {
         let hangups = await UnixSignalsSequence(trapping: .sighup)
-        let logger = logger
+        let (requests, request) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let listener = Task {
-            for await _ in hangups {
-                logger.notice("SIGHUP received: backstopd does not reload its configuration; restart it (systemctl restart backstopd) to apply a changed one. It keeps running as it is.")
-            }
+            for await _ in hangups { request.yield() }
         }
         defer { listener.cancel() }
-        try await daemon.run {
-            try? await gracefulShutdown()
-        }
+        try await daemon.run(until: { try? await gracefulShutdown() }, reloadRequests: requests)
     }
 }

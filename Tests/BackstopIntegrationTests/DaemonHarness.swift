@@ -144,6 +144,11 @@ final class DaemonHarness: @unchecked Sendable {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-test-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         configPath = directory + "/backstop.toml"
+        try Self.configuration(directory: directory, agents: agents).write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// The configuration file's text: the test's directories and `agents`.
+    static func configuration(directory: String, agents: [String]) -> String {
         var toml = """
             [daemon]
             state_directory = "\(directory)/state"
@@ -153,7 +158,7 @@ final class DaemonHarness: @unchecked Sendable {
         for agent in agents {
             toml += "\n[[agent]]\n" + agent + "\n" + (agent.contains("[agent.sandbox]") ? "" : Self.testSandbox + "\n")
         }
-        try toml.write(toFile: configPath, atomically: true, encoding: .utf8)
+        return toml
     }
 
     /// A `[[agent]]` body for the demo agent.
@@ -175,9 +180,7 @@ final class DaemonHarness: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Paths.binary("backstopd"))
         process.arguments = ["--config", configPath]
-        if !environment.isEmpty {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        }
+        process.environment = ProcessInfo.processInfo.environment.merging(serviceEnvironment.merging(environment) { $1 }) { $1 }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
@@ -223,10 +226,29 @@ final class DaemonHarness: @unchecked Sendable {
         process.waitUntilExit()
     }
 
+    /// What systemd's `StateDirectory=backstop` gives the service: where backstopd keeps the
+    /// last configuration that loaded (``LastGoodConfiguration``), here inside the test's directory.
+    var serviceEnvironment: [String: String] { ["STATE_DIRECTORY": directory + "/state"] }
+
+    /// The last good copy of the configuration that backstopd keeps.
+    var lastGoodFile: String { LastGoodConfiguration.file(environment: serviceEnvironment) }
+
     /// Runs backstopctl with `--config` and returns its exit code and output.
     @discardableResult
     func ctl(_ arguments: String...) throws -> CommandResult {
-        try Command.run(Paths.binary("backstopctl"), arguments + ["--config", configPath])
+        try Command.run(Paths.binary("backstopctl"), arguments + ["--config", configPath], environment: serviceEnvironment)
+    }
+
+    /// Replaces the configuration file with `agents` (as ``init(agents:)`` takes them).
+    func rewrite(agents: [String]) throws {
+        try Self.configuration(directory: directory, agents: agents).write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// SIGHUP to backstopd (what `systemctl reload backstopd` sends), then waits for its word on it.
+    func reload(expecting outcome: String) throws {
+        let said = log.all.filter { $0.contains(outcome) }.count
+        kill(try #require(process?.processIdentifier), SIGHUP)
+        try log.wait(for: outcome, count: said + 1, seconds: 30)
     }
 
     /// `backstopctl status --json`, decoded, with its exit code.
@@ -248,7 +270,7 @@ final class DaemonHarness: @unchecked Sendable {
     func stage(_ directory: String, as version: String, agent: String = "demo", activate: Bool = true) throws {
         var arguments = ["stage", agent, directory, "--version", version, "--config", configPath]
         if activate { arguments.append("--activate") }
-        let result = try Command.run(Paths.binary("backstopctl"), arguments)
+        let result = try Command.run(Paths.binary("backstopctl"), arguments, environment: serviceEnvironment)
         guard result.status == 0 else { throw HarnessError.failed("staging \(version) failed: \(result.error)") }
     }
 
@@ -268,11 +290,12 @@ struct CommandResult {
 
 /// Runs programs to completion.
 enum Command {
-    /// Runs `path` with `arguments` and collects stdout and stderr.
-    static func run(_ path: String, _ arguments: [String]) throws -> CommandResult {
+    /// Runs `path` with `arguments` (and `environment` on top of the test's) and collects stdout and stderr.
+    static func run(_ path: String, _ arguments: [String], environment: [String: String] = [:]) throws -> CommandResult {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let output = Pipe()
         let error = Pipe()
         process.standardOutput = output

@@ -32,20 +32,6 @@ struct LifecycleTests {
         }
     }
 
-    @Test("SIGHUP is logged and otherwise ignored: the daemon and its agent keep running")
-    func hangupIsIgnored() throws {
-        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
-        defer { harness.cleanUp() }
-        try harness.start()
-        try harness.stage(Paths.sample("v1-good"), as: "v1")
-        try harness.wait(for: "agent-ready")
-        let agent = try #require(try harness.agent().pid)
-        kill(try #require(harness.process?.processIdentifier), SIGHUP)
-        try harness.log.wait(for: "SIGHUP received: backstopd does not reload its configuration", seconds: 10)
-        #expect(!harness.waitForExit(seconds: 1), "backstopd is still running")
-        #expect(try harness.agent().pid == agent)
-    }
-
     @Test("Stopping the daemon stops the agent; a restart resumes probation without counting a failure")
     func restartResumes() throws {
         let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "notify = true")])

@@ -10,6 +10,12 @@ extension Configuration {
     ///   toml++ through TOMLKit), unknown keys, wrong types, duplicate or malformed
     ///   agent names, a missing or empty `exec`, and out-of-range numbers.
     public static func load(path: String) throws(ConfigurationError) -> Configuration {
+        try parse(try source(path: path), path: path)
+    }
+
+    /// The text of the configuration file at `path`.
+    /// - Throws: ``ConfigurationError`` when it is missing, a directory, or unreadable.
+    public static func source(path: String) throws(ConfigurationError) -> String {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
             throw ConfigurationError(path: path, line: nil, key: nil, message: "is a directory, not a configuration file")
@@ -17,13 +23,11 @@ extension Configuration {
         guard FileManager.default.fileExists(atPath: path) else {
             throw ConfigurationError(path: path, line: nil, key: nil, message: "does not exist")
         }
-        let source: String
         do {
-            source = try String(contentsOfFile: path, encoding: .utf8)
+            return try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             throw ConfigurationError(path: path, line: nil, key: nil, message: "cannot read the file: \(error.localizedDescription)")
         }
-        return try parse(source, path: path)
     }
 
     /// Validates TOML text as if it were read from `path` (used by ``load(path:)`` and tests).

@@ -11,6 +11,16 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var pid: Int32?
         /// `version`: the daemon's ``Backstop/version`` (backstopctl's own when the daemon is not running).
         public var version: String
+        /// `configuration`: the file the daemon reads and what runs; absent when the daemon is not running.
+        public var configuration: ConfigurationStatus?
+
+        /// A daemon's status; `configuration` only for a running one.
+        public init(running: Bool, pid: Int32?, version: String, configuration: ConfigurationStatus? = nil) {
+            self.running = running
+            self.pid = pid
+            self.version = version
+            self.configuration = configuration
+        }
 
         /// Writes a missing `pid` as an explicit `null`, as SPEC.md shows it.
         public func encode(to encoder: any Encoder) throws {
@@ -18,7 +28,46 @@ public struct StatusReport: Codable, Sendable, Equatable {
             try container.encode(running, forKey: .running)
             try container.encode(pid, forKey: .pid)
             try container.encode(version, forKey: .version)
+            try container.encodeIfPresent(configuration, forKey: .configuration)
         }
+    }
+
+    /// The `configuration` object of `daemon`: `{"path": ..., "running": "file" | "last-good" |
+    /// "previous", "error": "FILE:LINE: KEY: message" | null}`. With an error the daemon is
+    /// degraded: the file does not load, and what runs is the last copy of it that did
+    /// (`last-good`, at start) or the configuration a failed reload kept (`previous`).
+    public struct ConfigurationStatus: Codable, Sendable, Equatable {
+        /// `path`: the configuration file.
+        public var path: String
+        /// `running`: what the daemon runs with.
+        public var running: ConfigurationSource
+        /// `error`: why the file does not load; null when what runs is the file as it is.
+        public var error: String?
+
+        /// The status of `path`, running `running`, with the file's `error`.
+        public init(path: String, running: ConfigurationSource, error: String?) {
+            self.path = path
+            self.running = running
+            self.error = error
+        }
+
+        /// Writes a missing `error` as an explicit `null`.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(path, forKey: .path)
+            try container.encode(running, forKey: .running)
+            try container.encode(error, forKey: .error)
+        }
+    }
+
+    /// What a running daemon's configuration came from.
+    public enum ConfigurationSource: String, Codable, Sendable, Equatable {
+        /// The configuration file, as it is now.
+        case file
+        /// The last copy of the file that loaded (``LastGoodConfiguration``): the file did not load at start.
+        case lastGood = "last-good"
+        /// The configuration loaded before a reload whose file did not load.
+        case previous
     }
 
     /// The `boot` object of `status --json`: the current boot.
@@ -199,10 +248,11 @@ public struct StatusReport: Codable, Sendable, Equatable {
     /// `agents`: every configured agent, or the one asked for (by name from the daemon, in file order from the state files).
     public var agents: [Agent]
 
-    /// `status`'s exit code (SPEC.md): 0 no agent degraded, 1 degraded, 3 daemon not running.
+    /// `status`'s exit code (SPEC.md): 0 no agent degraded, 1 degraded (an agent, or the daemon
+    /// running on a configuration other than its file), 3 daemon not running.
     public var exitCode: Int32 {
         guard daemon.running else { return 3 }
-        return agents.contains(where: \.degraded) ? 1 : 0
+        return agents.contains(where: \.degraded) || daemon.configuration?.error != nil ? 1 : 0
     }
 }
 

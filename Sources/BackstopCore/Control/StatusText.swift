@@ -11,6 +11,11 @@ public enum StatusText {
         } else {
             text += "\(daemonDot) backstopd - not running (state as last saved)\n"
         }
+        if let configuration = report.daemon.configuration, let error = configuration.error {
+            let running = configuration.running == .lastGood ? "the last configuration that loaded" : "the configuration loaded before"
+            text += "    Config: \(configuration.path) does not load; running on \(running) [degraded]\n"
+            text += "  Degraded: \(error)\n"
+        }
         text += "      Boot: \(report.boot.id.isEmpty ? "unknown" : report.boot.id) \(report.boot.state)"
         text += report.boot.consecutiveFailed > 0 ? ", \(report.boot.consecutiveFailed) failed boot(s) before it\n" : "\n"
         for agent in report.agents {

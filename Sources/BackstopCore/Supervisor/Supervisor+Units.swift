@@ -21,6 +21,8 @@ struct UnitHost {
     var stopAsked = false
     /// The watcher lost its connection to systemd and has not reported since.
     var disconnected = false
+    /// A reload is stopping the unit for good: its reports no longer reach the policy.
+    var retiring = false
 }
 
 /// The systemd runner: the agent is an existing unit, started, stopped and watched over
@@ -47,11 +49,12 @@ extension Supervisor {
         """
     }
 
-    /// Connects the agents with `runner = "systemd"` to their units: writes the drop-ins,
+    /// Connects the agents among `configured` that are units (`runner = "systemd"`, or
+    /// `engine = "systemd"`) to them: writes the drop-ins,
     /// reloads systemd, and starts watching each unit.
     /// - Returns: the agents that cannot be supervised (no system bus, unknown unit); they stay stopped.
-    func attachUnits() -> Set<String> {
-        let agents = configuration.agents.filter { $0.watchedUnit != nil }
+    func attachUnits(_ configured: [AgentConfiguration]) -> Set<String> {
+        let agents = configured.filter { $0.watchedUnit != nil }
         guard !agents.isEmpty else { return [] }
         let bus: UnitBus
         do { bus = try systemd ?? UnitBus() } catch {
@@ -195,7 +198,7 @@ extension Supervisor {
     /// Someone else's job after they asked the unit to stop: a unit that is still down
     /// was stopped (`systemctl stop`, or the system shutting down), not restarted.
     func unitJobRemoved(_ name: String, job: String, result: String, state: UnitState) {
-        guard let unit = slots[name]?.unit, !shuttingDown else { return }
+        guard let unit = slots[name]?.unit, !shuttingDown, !unit.retiring else { return }
         let now = Moment.now()
         defer { persist(name) }
         if unit.stopAsked, !state.isUp {
@@ -259,6 +262,11 @@ extension Supervisor {
     /// A state of an agent's unit, from its watcher, in order.
     func unitChanged(_ name: String, _ state: UnitState) {
         guard let unit = slots[name]?.unit, !shuttingDown else { return }
+        guard !unit.retiring else {
+            slots[name]!.unit!.lastState = state
+            if !state.isUp { agentStopWaiters.removeValue(forKey: name)?.forEach { $0.resume() } }
+            return
+        }
         let now = Moment.now()
         let phase = slots[name]!.policy.phase
         let previous = unit.lastState

@@ -64,8 +64,14 @@ struct AgentSlot {
 /// The daemon's core: owns every agent's policy, runs the actions it asks for, and
 /// answers control requests. One actor, so every event is handled in order.
 public actor Supervisor {
-    /// The configuration the daemon was started with; one slot per `[[agent]]`.
-    public let configuration: Configuration
+    /// The configuration the daemon runs with (the one it started with, or the last one a
+    /// reload applied); one slot per `[[agent]]`.
+    public internal(set) var configuration: Configuration
+    /// Why the configuration file itself is not what runs (it does not load; see
+    /// ``EffectiveConfiguration``); nil when it is. Makes the daemon degraded in `status`.
+    public internal(set) var configurationProblem: ConfigurationProblem?
+    /// Who waits for an agent's processes (or its transient unit) to be gone: a reload retiring it.
+    var agentStopWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
     let logger: Logger
     private let bootID: String
     var slots: [String: AgentSlot] = [:]
@@ -126,7 +132,8 @@ public actor Supervisor {
             (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
             slots[agent.name] = slot
         }
-        let unwatchable = attachUnits()
+        let unwatchable = attachUnits(configuration.agents)
+        stopUnconfiguredAgents()
         // Boot assessment, before any agent starts: at the first start in a boot the
         // previous boot is judged, and a boot loop is broken before the agent runs again.
         do { bootLog = try BootLog.load(stateDirectory: configuration.daemon.stateDirectory) } catch {
@@ -219,15 +226,23 @@ public actor Supervisor {
     }
 
     private var allStopped: Bool {
-        slots.values.allSatisfy {
-            $0.unit != nil || ($0.pid == nil && $0.strays.isEmpty && $0.policy.phase != .starting && !$0.policy.isStopping)
-        }
+        slots.values.allSatisfy(Self.isStopped)
+    }
+
+    /// Whether nothing of the slot's runs is left (a unit is systemd's to run, so it counts as stopped).
+    static func isStopped(_ slot: AgentSlot) -> Bool {
+        slot.unit != nil || (slot.pid == nil && slot.strays.isEmpty && slot.policy.phase != .starting && !slot.policy.isStopping)
     }
 
     func resumeStopWaitersIfDone() {
         if shuttingDown, allStopped {
             stopWaiters.forEach { $0.resume() }
             stopWaiters = []
+        }
+        // (A unit's waiters are resumed by its watcher's report that it is down.)
+        for (name, waiters) in agentStopWaiters where slots[name].map({ $0.unit == nil && Self.isStopped($0) }) != false {
+            waiters.forEach { $0.resume() }
+            agentStopWaiters[name] = nil
         }
     }
 
@@ -241,12 +256,12 @@ public actor Supervisor {
     public func status(agent: String? = nil) throws(ManagerError) -> StatusReport {
         if let agent, slots[agent] == nil { throw .noSuchAgent(agent) }
         let now = Moment.now()
-        let agents = configuration.agents.map(\.name).filter { agent == nil || $0 == agent }.map { name in
-            let slot = slots[name]!
-            return StatusReport.Agent(policy: slot.policy, pid: slot.pid ?? slot.strays.min(), statusText: slot.statusText, at: now)
+        // In file order; an agent a reload is retiring or admitting right now is left out.
+        let agents = configuration.agents.map(\.name).filter { agent == nil || $0 == agent }.compactMap { slots[$0] }.map { slot in
+            StatusReport.Agent(policy: slot.policy, pid: slot.pid ?? slot.strays.min(), statusText: slot.statusText, at: now)
         }
         return StatusReport(
-            daemon: .init(running: true, pid: getpid(), version: Backstop.version),
+            daemon: .init(running: true, pid: getpid(), version: Backstop.version, configuration: configurationStatus),
             boot: .init(id: bootID, state: bootGood ? "good" : "pending", consecutiveFailed: bootLog.consecutiveFailed(before: bootID)),
             agents: agents)
     }
@@ -444,7 +459,7 @@ public actor Supervisor {
 
     /// Runs `request` after every earlier operator request for `agent` has finished, so that
     /// requests that wait (verification runs off the actor) are still applied in arrival order.
-    private func inTurn(_ agent: String, _ request: () async throws(ManagerError) -> Void) async throws(ManagerError) {
+    func inTurn(_ agent: String, _ request: () async throws(ManagerError) -> Void) async throws(ManagerError) {
         _ = try slot(agent)
         let ticket = turnsTaken[agent, default: 0]
         turnsTaken[agent] = ticket + 1
@@ -778,7 +793,7 @@ public actor Supervisor {
         }
     }
 
-    private func cancelTimers(_ name: String) {
+    func cancelTimers(_ name: String) {
         slots[name]?.timers.values.forEach { $0.cancel() }
         slots[name]?.timers = [:]
         slots[name]?.bootHealthTimer?.cancel()
@@ -829,7 +844,7 @@ public actor Supervisor {
 
     // MARK: - State
 
-    private func restore(_ agent: AgentConfiguration, at now: Moment) -> AgentSlot {
+    func restore(_ agent: AgentConfiguration, at now: Moment) -> AgentSlot {
         let store = ContentStore(stateDirectory: configuration.daemon.stateDirectory, agent: agent.name)
         var policy = AgentPolicy(settings: agent.policySettings)
         let path = store.stateFile
@@ -872,7 +887,7 @@ public actor Supervisor {
     /// Kills every process a previous backstopd left running, found by the `BACKSTOP_STORE`
     /// mark in its environment: a daemon killed at any instant, even between spawning
     /// the agent and recording it, leaves none behind.
-    private func killLeftovers(of name: String, store: ContentStore) {
+    func killLeftovers(of name: String, store: ContentStore) {
         let ownSession = getsid(0)
         let agentRecorded = RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).survivor()
         let preflightRecorded = RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name, kind: Preflight.runKind).survivor()
@@ -936,7 +951,7 @@ public actor Supervisor {
     }
 
     /// The agent's notify socket and the task that feeds its datagrams, in order, to the actor.
-    private func openNotifySocket(for name: String) -> (NotifySocket?, Task<Void, Never>?) {
+    func openNotifySocket(for name: String) -> (NotifySocket?, Task<Void, Never>?) {
         let path = configuration.daemon.notifySocketPath(agent: name)
         let (stream, continuation) = AsyncStream.makeStream(of: NotifyMessage.self, bufferingPolicy: .bufferingNewest(64))
         do {

@@ -96,6 +96,13 @@ public final class UnitBus: @unchecked Sendable {
         try call("LoadUnit", [name], operation: "LoadUnit \(name)", readsObjectPath: true) ?? ""
     }
 
+    /// The unit's current state (Manager.LoadUnit, then its properties).
+    /// - Throws: ``BusError``.
+    public func unitState(_ name: String) throws(BusError) -> UnitState {
+        let path = try loadUnit(name)
+        return try withBus { bus throws(BusError) in try Self.state(bus: bus, path: path) }
+    }
+
     /// Manager.StartUnit with mode `replace`; returns once the job is queued.
     /// - Returns: the job's object path, which ``UnitEvent/jobRemoved(job:result:state:)`` names when it ends.
     /// - Throws: ``BusError``.
@@ -374,9 +381,24 @@ public final class UnitWatcher: @unchecked Sendable {
 
     /// Serves the connection; when it is lost, reconnects (after 0.1 s, doubling to 5 s:
     /// systemd's socket is back within moments of a re-exec) and reports the state read afresh.
+    /// Stops watching: the thread disconnects and ends, and no event follows (the unit is
+    /// no longer supervised, say after a reload removed its agent).
+    public func close() {
+        var stop = Self.stopByte
+        _ = write(wakeup.write, &stop, 1)
+    }
+
+    /// What ``close()`` writes on the wakeup pipe (``refresh()`` writes 1).
+    private static let stopByte: UInt8 = 0
+
     private func run() {
         while true {
-            let reason = serve()
+            guard let reason = serve() else {
+                disconnect()
+                Foundation.close(wakeup.read)
+                Foundation.close(wakeup.write)
+                return
+            }
             disconnect()
             onEvent(.disconnected(reason: reason))
             var delaySeconds = 0.1
@@ -393,9 +415,9 @@ public final class UnitWatcher: @unchecked Sendable {
         }
     }
 
-    /// Processes the connection's messages until it fails.
-    /// - Returns: why it ended.
-    private func serve() -> String {
+    /// Processes the connection's messages until it fails or the watcher is closed.
+    /// - Returns: why it ended; nil when ``close()`` ended it.
+    private func serve() -> String? {
         let busDescriptor = sd_bus_get_fd(bus)
         while true {
             var result = sd_bus_process(bus, nil)
@@ -412,8 +434,9 @@ public final class UnitWatcher: @unchecked Sendable {
                 ? -1 : Int32(clamping: (deadline > KernelLog.monotonicMicroseconds() ? deadline - KernelLog.monotonicMicroseconds() : 0) / 1000)
             guard poll(&descriptors, 2, milliseconds) >= 0 || errno == EINTR else { return String(cString: strerror(errno)) }
             if descriptors[1].revents & Int16(POLLIN) != 0 {
-                var drained = [UInt8](repeating: 0, count: 64)
-                _ = read(wakeup.read, &drained, drained.count)
+                var drained = [UInt8](repeating: 1, count: 64)
+                let count = read(wakeup.read, &drained, drained.count)
+                if count > 0, drained[..<count].contains(Self.stopByte) { return nil }
                 // The state as the signals so far tell it. Not a fresh read: signals that came
                 // before its reply would be processed after it and turn the state back.
                 onEvent(.changed(snapshot))
