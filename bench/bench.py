@@ -131,7 +131,9 @@ class Backstop:
 
     def start(self):
         self.started_ns = now_ns()
+        # STATE_DIRECTORY, as systemd sets it: backstopd keeps its last good configuration there.
         self.process = subprocess.Popen([os.path.join(self.bin_dir, "backstopd"), "--config", self.config],
+                                        env=dict(os.environ, STATE_DIRECTORY=os.path.join(self.directory, "state")),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         socket_path = os.path.join(self.directory, "run", "io.backstop.Manager")
         deadline = time.monotonic() + 30

@@ -85,7 +85,8 @@ printer=$!
 disown "$printer"
 
 echo "== Backstop demo (work directory $work)"
-"$bin/backstopd" --config "$work/backstop.toml" >>"$log" 2>&1 &
+# STATE_DIRECTORY, as systemd sets it: backstopd keeps its last good configuration there.
+STATE_DIRECTORY="$work/state" "$bin/backstopd" --config "$work/backstop.toml" >>"$log" 2>&1 &
 daemon=$!
 timeout 10 bash -c "until [ -S '$work/run/io.backstop.Manager' ]; do sleep 0.1; done"
 
