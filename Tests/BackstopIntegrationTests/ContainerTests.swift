@@ -482,6 +482,37 @@ struct ContainerTests {
         }
     }
 
+    @Test("a typo in the configuration, then systemctl restart: the agent runs on the last configuration that loaded, status is degraded naming the error; a reload of the fixed file keeps the agent's pid")
+    func brokenConfigurationUnderTheUnit() throws {
+        try withContainer { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready")
+            let path = container.directory + "/etc/backstop.toml"
+            let broken = Self.config + "\nfailure_treshold = 3\n"
+            try broken.write(toFile: path, atomically: true, encoding: .utf8)
+            let line = try #require(broken.split(separator: "\n", omittingEmptySubsequences: false).firstIndex { $0.hasPrefix("failure_treshold") }) + 1
+            try #require(try container.run("/bin/systemctl", "restart", "backstopd").status == 0)
+            try container.waitForDecision("agent-ready", count: 2)
+            let status = try container.run("/usr/bin/backstopctl", "status", "--json")
+            #expect(status.status == 1, "degraded: \(status.output)")
+            let report = try container.status()
+            #expect(report.daemon.configuration?.running == .lastGood)
+            #expect(report.daemon.configuration?.error?.hasPrefix("/etc/backstop/backstop.toml:\(line): agent[0].failure_treshold: unknown key") == true,
+                    "\(report.daemon.configuration?.error ?? "no error")")
+            let agent = try #require(report.agents.first)
+            #expect(agent.state == "running" && agent.content.active == "v1")
+            let shown = try container.run("/bin/systemctl", "show", "backstopd", "-p", "ActiveState", "-p", "StatusText").output
+            #expect(shown.contains("ActiveState=active") && shown.contains("the configuration file does not load"), "\(shown)")
+            // Fixed: the same tables as the last good copy, so the agent is untouched.
+            try Self.config.write(toFile: path, atomically: true, encoding: .utf8)
+            try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
+            try container.waitInBoot("the reload") { lines in lines.contains { $0.contains("Reloaded /etc/backstop/backstop.toml: 1 unchanged.") } }
+            let after = try container.run("/usr/bin/backstopctl", "status", "--json")
+            #expect(after.status == 0, "\(after.output)")
+            #expect(try container.status().agents.first?.pid == agent.pid)
+        }
+    }
+
     @Test("backstopd killed with SIGKILL in the middle of a rollback is restarted by systemd and ends consistent")
     func daemonKilledDuringRollback() throws {
         try withContainer { container in
