@@ -513,6 +513,61 @@ struct ContainerTests {
         }
     }
 
+    @Test("reload with engine = \"systemd\": a changed agent's transient unit is restarted, a removed one's is stopped, and so is one left by a daemon whose configuration no longer has it")
+    func reloadTransientUnits() throws {
+        func transientAgent(_ extra: String = "") -> String {
+            """
+
+            [[agent]]
+            name = "unitdemo"
+            exec = ["/usr/libexec/backstop/backstop-demo-agent", "--content", "{content}"]
+            notify = true
+            \(extra)
+            [agent.sandbox]
+            engine = "systemd"
+            """
+        }
+        let transient = transientAgent()
+        let path = { (container: Container) in container.directory + "/etc/backstop.toml" }
+        try withContainer(config: Self.config + transient) { container in
+            for agent in ["demo", "unitdemo"] {
+                try #require(try container.run("/usr/bin/backstopctl", "stage", agent, Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            }
+            try container.waitForDecision("agent-ready", count: 2)
+            let demo = try #require(try container.status().agents.first { $0.name == "demo" }?.pid)
+            func unit() throws -> String {
+                try container.run("/bin/systemctl", "show", "backstop-unitdemo.service", "-p", "ActiveState", "-p", "MainPID").output
+            }
+            func reload(_ config: String, expecting outcome: String) throws {
+                try config.write(toFile: path(container), atomically: true, encoding: .utf8)
+                try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
+                try container.waitInBoot(outcome) { lines in lines.contains { $0.contains(outcome) } }
+            }
+            let before = try unit()
+            try reload(Self.config + transientAgent("failure_threshold = 4"), expecting: "restarted unitdemo; 1 unchanged.")
+            try container.waitForDecision("agent-ready", count: 3)
+            let restarted = try unit()
+            #expect(restarted.contains("ActiveState=active") && restarted != before, "a new run: \(before) -> \(restarted)")
+            try reload(Self.config, expecting: "removed unitdemo; 1 unchanged.")
+            let removed = try unit()
+            #expect(removed.contains("ActiveState=inactive"), "\(removed)")
+            #expect(try container.status().agents.map(\.name) == ["demo"])
+
+            // Back again, then removed across a restart of backstopd (which leaves units running as it stops).
+            try reload(Self.config + transient, expecting: "added unitdemo; 1 unchanged.")
+            try container.waitForDecision("agent-ready", count: 4)
+            try Self.config.write(toFile: path(container), atomically: true, encoding: .utf8)
+            try #require(try container.run("/bin/systemctl", "restart", "backstopd").status == 0)
+            try container.waitInBoot("the left transient unit stopped") { lines in
+                lines.contains { $0.contains("Stopping the transient unit of agent unitdemo, which is no longer configured.") }
+            }
+            try container.waitForDecision("agent-ready", count: 5)
+            let left = try unit()
+            #expect(left.contains("ActiveState=inactive") || left.contains("ActiveState=deactivating"), "\(left)")
+            #expect(try container.status().agents.first?.pid != demo, "the restart restarted the direct agent, as before")
+        }
+    }
+
     @Test("backstopd killed with SIGKILL in the middle of a rollback is restarted by systemd and ends consistent")
     func daemonKilledDuringRollback() throws {
         try withContainer { container in
