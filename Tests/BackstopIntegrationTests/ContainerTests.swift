@@ -568,6 +568,24 @@ struct ContainerTests {
         }
     }
 
+    @Test("reload with the systemd runner: an agent's own unit removed from the configuration is handed back to systemd, still running, its drop-in gone")
+    func reloadHandsUnitBack() throws {
+        try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            let dropIn = "/run/systemd/system/demo-agent.service.d/50-backstop.conf"
+            #expect(try container.run("/usr/bin/test", "-e", dropIn).status == 0)
+            let before = try container.run("/bin/systemctl", "show", "demo-agent", "-p", "MainPID", "--value").output
+            try "".write(toFile: container.directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
+            try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
+            try container.waitInBoot("the reload") { lines in lines.contains { $0.contains("Reloaded /etc/backstop/backstop.toml: removed demo.") } }
+            #expect(try container.run("/usr/bin/test", "-e", dropIn).status != 0, "the drop-in is gone")
+            let shown = try container.run("/bin/systemctl", "show", "demo-agent", "-p", "ActiveState", "-p", "Restart", "-p", "MainPID").output
+            #expect(shown.contains("ActiveState=active") && shown.contains("Restart=on-failure") && shown.contains("MainPID=\(before.trimmingCharacters(in: .whitespacesAndNewlines))"), "\(shown)")
+            #expect(try container.status().agents.isEmpty)
+        }
+    }
+
     @Test("backstopd killed with SIGKILL in the middle of a rollback is restarted by systemd and ends consistent")
     func daemonKilledDuringRollback() throws {
         try withContainer { container in
