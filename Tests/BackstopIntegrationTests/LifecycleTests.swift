@@ -9,14 +9,6 @@ import Testing
     .enabled(if: Environment.isRoot, "needs root: backstopd allows staging and activation to uid 0 only"),
     .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
 struct LifecycleTests {
-    /// Whether `pid` names a live (not zombie) process.
-    func isAlive(_ pid: Int32) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        return !stat[stat.index(after: close)...].hasPrefix(" Z")
-    }
-
     @Test("backstopctl takes its shared options, --config and --no-pager, before the verb as after it")
     func sharedOptionsBeforeTheVerb() throws {
         let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
@@ -41,7 +33,7 @@ struct LifecycleTests {
         try harness.wait(for: "agent-ready")
         let pid = try #require(try harness.agent().pid)
         harness.stop()
-        #expect(!isAlive(pid), "the agent does not outlive the daemon")
+        #expect(!ProcessTable.isAlive(pid), "the agent does not outlive the daemon")
 
         let (saved, exitCode) = try harness.status()
         #expect(exitCode == 3, "status exits 3 when the daemon is not running")
@@ -83,12 +75,12 @@ struct LifecycleTests {
         let agentExit = try #require(ProcessExitWatch(agentPID))
         harness.killDaemon()
         #expect(agentExit.wait(seconds: 10), "the agent dies with backstopd")
-        #expect(isAlive(orphan), "SIGKILL gives the daemon no chance to stop what the agent left in another session")
+        #expect(ProcessTable.isAlive(orphan), "SIGKILL gives the daemon no chance to stop what the agent left in another session")
 
         try harness.start()
         try harness.log.wait(for: "left running by a previous backstopd", seconds: 10)
         try harness.wait(for: "agent-ready")
-        #expect(!isAlive(orphan))
+        #expect(!ProcessTable.isAlive(orphan))
         let agent = try harness.agent()
         #expect(agent.pid != orphan)
         #expect(agent.pid != agentPID)
@@ -112,12 +104,12 @@ struct LifecycleTests {
         #expect(!ProcessTable.hasEnvironment(orphan, name: LaunchRequest.storeVariable, value: harness.directory + "/state/bare"),
                 "the agent carries no mark")
         harness.killDaemon()
-        #expect(isAlive(orphan))
+        #expect(ProcessTable.isAlive(orphan))
 
         try harness.start()
         try harness.log.wait(for: "Killing agent bare (pid \(orphan)), left running by a previous backstopd", seconds: 10)
         try harness.wait(for: "agent-ready")
-        #expect(!isAlive(orphan))
+        #expect(!ProcessTable.isAlive(orphan))
         #expect(try harness.agent("bare").pid != orphan)
     }
 

@@ -9,12 +9,6 @@ import Testing
     .enabled(if: Environment.isRoot, "needs root: backstopd allows staging and activation to uid 0 only"),
     .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
 struct ReloadTests {
-    /// Whether `pid` names a live (not zombie) process.
-    func isAlive(_ pid: Int32) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
-        return !stat[stat.index(after: close)...].hasPrefix(" Z")
-    }
-
     static func demo(_ name: String, _ extra: String = "") -> String { DaemonHarness.demoAgent(name: name, extra: extra) }
 
     /// A harness whose agents `names` each run v1-good.
@@ -82,7 +76,7 @@ struct ReloadTests {
         #expect(agents["keep"]?.pid == before["keep"], "unchanged: the same process")
         #expect(agents["change"]?.pid != before["change"] && agents["change"]?.state == "running" && agents["change"]?.content.active == "v1")
         #expect(agents["change"]?.failures.threshold == 4, "the new table applies")
-        #expect(!isAlive(before["gone"]!), "the removed agent is stopped")
+        #expect(!ProcessTable.isAlive(before["gone"]!), "the removed agent is stopped")
         #expect(agents["fresh"]?.state == "stopped" && agents["fresh"]?.content.active == nil, "the new agent is supervised, waiting for content")
         try harness.stage(Paths.sample("v1-good"), as: "v1", agent: "fresh")
         try harness.wait(for: "agent-ready", count: 5)
