@@ -267,14 +267,31 @@ struct Stage: ParsableCommand {
     @Option(name: .long, help: "The version id (default: derived from the SHA-256 of the tree).") var version: String?
     @Flag(name: .long, help: "Activate the version once staged.") var activate = false
 
-    struct Parameters: Codable { var agent: String; var path: String; var version: String?; var activate: Bool }
+    struct Parameters: Codable {
+        var agent: String
+        var path: String
+        var fileDescriptor: Int
+        var version: String?
+        var activate: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case agent, path, version, activate
+            case fileDescriptor = "file_descriptor"
+        }
+    }
     struct Reply: Codable { var version: VersionRecord }
 
+    /// Opens the bundle here, as the caller, and sends the open descriptor with the call:
+    /// backstopd, in a mount namespace of its own, reads only through it.
     func run() throws {
         let path = URL(fileURLWithPath: bundle).standardizedFileURL.path
+        let opened: OpenBundle
+        do { opened = try OpenBundle.open(path) } catch { throw failure("\(error)") }
+        defer { opened.close() }
         let reply = try perform {
             try options.slowClient().call(
-                "Stage", Parameters(agent: agent, path: path, version: version, activate: activate), as: Reply.self)
+                "Stage", Parameters(agent: agent, path: path, fileDescriptor: 0, version: version, activate: activate),
+                sending: [opened.descriptor], as: Reply.self)
         }
         let files = reply.version.fileCount == 1 ? "1 file" : "\(reply.version.fileCount) files"
         print("Staged \(reply.version.id) for \(agent) (\(files), sha256 \(reply.version.digest))\(activate ? "; activated" : "").")
