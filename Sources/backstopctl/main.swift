@@ -260,7 +260,7 @@ struct Sandbox: ParsableCommand {
 struct Stage: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Copy a content bundle into the store and verify it.",
-        discussion: "A bundle is a directory or a tar archive (plain, gzip, xz or zstd), with an optional manifest and signature in .backstop/ (see `backstopctl sign`).")
+        discussion: "A bundle is a directory or a tar archive (plain, gzip, xz or zstd), with an optional manifest and signature in .backstop/ (see `backstopctl sign`). backstopctl opens it as you, in your mount namespace (a path in your private /tmp works), and passes it open to backstopd, which reads only through it.")
     @OptionGroup var options: GlobalOptions
     @Argument(help: "The agent, as named in the configuration.") var agent: String
     @Argument(help: "The bundle: a content directory, or a tar archive whose top is the content (tar -C DIR .).") var bundle: String
