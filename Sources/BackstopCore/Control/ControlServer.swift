@@ -15,6 +15,7 @@ import SystemPackage
 /// which its parameters name by index (`Stage`'s bundle). They are received close-on-exec,
 /// at most ``maximumPendingDescriptors`` waiting per connection, and closed once their
 /// call is answered, whether it used them or not, or when the connection closes first.
+/// Only root's calls take descriptors: those of any other peer are closed on receipt.
 // @unchecked: mutable state (the connection table) is touched only on `queue`.
 public final class ControlServer: @unchecked Sendable {
     /// The socket's path, `<runtime_directory>/io.backstop.Manager`.
