@@ -1,4 +1,4 @@
-// Linux calls whose C declarations are variadic, and C macros, which Swift cannot call directly.
+// Linux calls whose C declarations are variadic, which Swift cannot call directly.
 #pragma once
 #include <sys/prctl.h>
 
@@ -24,25 +24,3 @@ static inline int backstop_rename_noreplace(const char *from, const char *to) {
 static inline int backstop_pidfd_open(int pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0u);
 }
-
-#include <sys/socket.h>
-
-// The CMSG_* macros of cmsg(3), which Swift cannot import, as functions: the layout of
-// ancillary data (SCM_RIGHTS, unix(7)) stays the C library's.
-
-/// CMSG_SPACE(length): the bytes of control buffer one message of `length` data bytes takes.
-static inline size_t backstop_cmsg_space(size_t length) { return CMSG_SPACE(length); }
-
-/// CMSG_LEN(length): the `cmsg_len` of one message of `length` data bytes.
-static inline size_t backstop_cmsg_len(size_t length) { return CMSG_LEN(length); }
-
-/// CMSG_FIRSTHDR(message): the first control message, or NULL.
-static inline struct cmsghdr *backstop_cmsg_firsthdr(struct msghdr *message) { return CMSG_FIRSTHDR(message); }
-
-/// CMSG_NXTHDR(message, header): the control message after `header`, or NULL.
-static inline struct cmsghdr *backstop_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *header) {
-    return CMSG_NXTHDR(message, header);
-}
-
-/// CMSG_DATA(header): the first data byte of a control message.
-static inline unsigned char *backstop_cmsg_data(struct cmsghdr *header) { return CMSG_DATA(header); }

@@ -1,4 +1,3 @@
-import CLinux
 import Foundation
 import SystemPackage
 
@@ -34,7 +33,7 @@ public enum DescriptorPassing {
     /// - Throws: `Errno` from sendmsg(2).
     public static func send(_ socket: Int32, _ bytes: UnsafeRawBufferPointer, descriptors: [Int32]) throws(Errno) -> Int {
         let dataLength = descriptors.count * MemoryLayout<Int32>.size
-        let controlLength = descriptors.isEmpty ? 0 : backstop_cmsg_space(dataLength)
+        let controlLength = descriptors.isEmpty ? 0 : ControlMessages.space(dataLength)
         let sent = withControlBuffer(controlLength) { control -> Result<Int, Errno> in
             var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
             return withUnsafeMutablePointer(to: &vector) { vector -> Result<Int, Errno> in
@@ -44,11 +43,14 @@ public enum DescriptorPassing {
                 if !descriptors.isEmpty {
                     message.msg_control = control.baseAddress
                     message.msg_controllen = control.count
-                    let header = backstop_cmsg_firsthdr(&message)!
-                    header.pointee.cmsg_level = SOL_SOCKET
-                    header.pointee.cmsg_type = Int32(SCM_RIGHTS)
-                    header.pointee.cmsg_len = backstop_cmsg_len(dataLength)
-                    descriptors.withUnsafeBytes { UnsafeMutableRawPointer(backstop_cmsg_data(header)!).copyMemory(from: $0.baseAddress!, byteCount: dataLength) }
+                    var header = cmsghdr()
+                    header.cmsg_level = SOL_SOCKET
+                    header.cmsg_type = Int32(SCM_RIGHTS)
+                    header.cmsg_len = ControlMessages.length(dataLength)
+                    control.storeBytes(of: header, as: cmsghdr.self)
+                    descriptors.withUnsafeBytes {
+                        (control.baseAddress! + ControlMessages.headerSpace).copyMemory(from: $0.baseAddress!, byteCount: dataLength)
+                    }
                 }
                 let sent = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
                 return sent >= 0 ? .success(sent) : .failure(Errno(rawValue: errno))
@@ -64,7 +66,7 @@ public enum DescriptorPassing {
     public static func receive(
         _ socket: Int32, into buffer: UnsafeMutableRawBufferPointer, maximumDescriptors: Int
     ) throws(ReceiveError) -> Received {
-        let controlLength = backstop_cmsg_space(maximumDescriptors * MemoryLayout<Int32>.size)
+        let controlLength = ControlMessages.space(maximumDescriptors * MemoryLayout<Int32>.size)
         let result = withControlBuffer(controlLength) { control -> Result<Received, ReceiveError> in
             var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
             return withUnsafeMutablePointer(to: &vector) { vector -> Result<Received, ReceiveError> in
@@ -76,16 +78,9 @@ public enum DescriptorPassing {
                 let count = recvmsg(socket, &message, Int32(MSG_CMSG_CLOEXEC))
                 guard count >= 0 else { return .failure(.system(Errno(rawValue: errno))) }
                 var descriptors: [Int32] = []
-                var next = backstop_cmsg_firsthdr(&message)
-                while let header = next {
-                    if header.pointee.cmsg_level == SOL_SOCKET, header.pointee.cmsg_type == Int32(SCM_RIGHTS) {
-                        let data = UnsafeRawPointer(backstop_cmsg_data(header)!)
-                        let received = (header.pointee.cmsg_len - backstop_cmsg_len(0)) / MemoryLayout<Int32>.size
-                        for index in 0..<received {
-                            descriptors.append(data.loadUnaligned(fromByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self))
-                        }
-                    }
-                    next = backstop_cmsg_nxthdr(&message, header)
+                ControlMessages.forEach(in: UnsafeRawBufferPointer(control), length: message.msg_controllen) { level, type, data in
+                    guard level == SOL_SOCKET, type == Int32(SCM_RIGHTS) else { return }
+                    descriptors += ControlMessages.descriptors(in: data)
                 }
                 guard message.msg_flags & Int32(MSG_CTRUNC) == 0 else {
                     for descriptor in descriptors { close(descriptor) }
@@ -103,5 +98,43 @@ public enum DescriptorPassing {
             control.initializeMemory(as: UInt8.self, repeating: 0)
             return body(UnsafeMutableRawBufferPointer(rebasing: control[..<length]))
         }
+    }
+}
+
+/// Ancillary data as cmsg(3) lays it out on Linux: each control message is a `cmsghdr`
+/// followed by its data at the next `size_t` boundary, and the next message starts at the
+/// boundary after its end (CMSG_ALIGN, CMSG_LEN, CMSG_SPACE, CMSG_DATA, CMSG_NXTHDR are
+/// macros, which Swift cannot import).
+enum ControlMessages {
+    /// CMSG_ALIGN: rounded up to a multiple of `size_t`.
+    static func aligned(_ length: Int) -> Int {
+        (length + MemoryLayout<Int>.size - 1) & ~(MemoryLayout<Int>.size - 1)
+    }
+
+    /// Where a message's data starts after its header (CMSG_DATA's offset).
+    static var headerSpace: Int { aligned(MemoryLayout<cmsghdr>.size) }
+
+    /// CMSG_LEN: the `cmsg_len` of a message of `dataLength` bytes.
+    static func length(_ dataLength: Int) -> Int { headerSpace + dataLength }
+
+    /// CMSG_SPACE: the control buffer a message of `dataLength` bytes takes.
+    static func space(_ dataLength: Int) -> Int { headerSpace + aligned(dataLength) }
+
+    /// Calls `body` with the level, type and data of each whole message in the first
+    /// `length` bytes of `control` (the `msg_controllen` recvmsg(2) left).
+    static func forEach(in control: UnsafeRawBufferPointer, length: Int, _ body: (Int32, Int32, UnsafeRawBufferPointer) -> Void) {
+        var offset = 0
+        while offset + MemoryLayout<cmsghdr>.size <= min(length, control.count) {
+            let header = control.loadUnaligned(fromByteOffset: offset, as: cmsghdr.self)
+            let total = Int(header.cmsg_len)
+            guard total >= headerSpace, offset + total <= min(length, control.count) else { return }
+            body(header.cmsg_level, header.cmsg_type, UnsafeRawBufferPointer(rebasing: control[(offset + headerSpace)..<(offset + total)]))
+            offset += aligned(total)
+        }
+    }
+
+    /// The descriptors an `SCM_RIGHTS` message carries.
+    static func descriptors(in data: UnsafeRawBufferPointer) -> [Int32] {
+        (0..<(data.count / MemoryLayout<Int32>.size)).map { data.loadUnaligned(fromByteOffset: $0 * MemoryLayout<Int32>.size, as: Int32.self) }
     }
 }
