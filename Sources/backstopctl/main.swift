@@ -266,21 +266,38 @@ struct Sandbox: ParsableCommand {
 struct Stage: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Copy a content bundle into the store and verify it.",
-        discussion: "A bundle is a directory or a tar archive (plain, gzip, xz or zstd), with an optional manifest and signature in .backstop/ (see `backstopctl sign`).")
+        discussion: "A bundle is a directory or a tar archive (plain, gzip, xz or zstd), with an optional manifest and signature in .backstop/ (see `backstopctl sign`). backstopctl opens it as you, in your mount namespace (a path in your private /tmp works), and passes it open to backstopd, which reads only through it.")
     @OptionGroup var options: GlobalOptions
     @Argument(help: "The agent, as named in the configuration.") var agent: String
     @Argument(help: "The bundle: a content directory, or a tar archive whose top is the content (tar -C DIR .).") var bundle: String
     @Option(name: .long, help: "The version id (default: derived from the SHA-256 of the tree).") var version: String?
     @Flag(name: .long, help: "Activate the version once staged.") var activate = false
 
-    struct Parameters: Codable { var agent: String; var path: String; var version: String?; var activate: Bool }
+    struct Parameters: Codable {
+        var agent: String
+        var path: String
+        var fileDescriptor: Int
+        var version: String?
+        var activate: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case agent, path, version, activate
+            case fileDescriptor = "file_descriptor"
+        }
+    }
     struct Reply: Codable { var version: VersionRecord }
 
+    /// Opens the bundle here, as the caller, and sends the open descriptor with the call:
+    /// backstopd, in a mount namespace of its own, reads only through it.
     func run() throws {
         let path = URL(fileURLWithPath: bundle).standardizedFileURL.path
+        let opened: OpenBundle
+        do { opened = try OpenBundle.open(path) } catch { throw failure("\(error)") }
+        defer { opened.close() }
         let reply = try perform {
             try options.slowClient().call(
-                "Stage", Parameters(agent: agent, path: path, version: version, activate: activate), as: Reply.self)
+                "Stage", Parameters(agent: agent, path: path, fileDescriptor: 0, version: version, activate: activate),
+                sending: [opened.descriptor], as: Reply.self)
         }
         let files = reply.version.fileCount == 1 ? "1 file" : "\(reply.version.fileCount) files"
         print("Staged \(reply.version.id) for \(agent) (\(files), sha256 \(reply.version.digest))\(activate ? "; activated" : "").")

@@ -26,7 +26,7 @@ struct StoreFixture {
     }
 
     func stage(_ id: String?, from tree: String? = nil, existing: Set<String> = []) throws(StoreError) -> VersionRecord {
-        try store.stage(from: tree ?? source, id: id, existing: existing, rules: StagingRules(), at: moment(0).wall)
+        try BackstopCoreTests.stage(tree ?? source, into: store, id: id, existing: existing, at: moment(0).wall)
     }
 
     /// Stages and asserts the refusal; returns the error.
@@ -92,13 +92,13 @@ struct ContentStoreTests {
         try write("rule a\nrule b\n", to: twin + "/rules/main.rules")
         try write("signature-set 1\n", to: twin + "/signatures.db")
         let other = ContentStore(stateDirectory: fixture.directory + "/other-state", agent: "demo")
-        let second = try other.stage(from: twin, id: nil, existing: [], rules: StagingRules(), at: moment(5).wall)
+        let second = try stage(twin, into: other, id: nil, at: moment(5).wall)
         #expect(second.id == first.id)
         #expect(second.digest == first.digest)
 
         // One changed byte changes the id.
         try write("signature-set 2\n", to: twin + "/signatures.db")
-        let third = try other.stage(from: twin, id: nil, existing: [second.id], rules: StagingRules(), at: moment(6).wall)
+        let third = try stage(twin, into: other, id: nil, existing: [second.id], at: moment(6).wall)
         #expect(third.id != first.id)
     }
 
@@ -151,8 +151,8 @@ struct ContentStoreTests {
         let bad = try fixture.stage("v1")
         let twin: StoreError?
         do {
-            let record = try fixture.store.stage(
-                from: fixture.source, id: "v2", existing: ["v1"], quarantined: [bad.digest: "v1"], rules: StagingRules(), at: moment(0).wall)
+            let record = try stage(
+                fixture.source, into: fixture.store, id: "v2", existing: ["v1"], quarantined: [bad.digest: "v1"], at: moment(0).wall)
             Issue.record("staging was expected to fail, got version \(record.id)")
             twin = nil
         } catch { twin = error }
@@ -168,9 +168,10 @@ struct ContentStoreTests {
         let file = fixture.source + "/signatures.db"
         let refusal = fixture.refusal("v1", from: file)
         #expect(refusal?.description.hasPrefix("\(file) is not a readable tar archive") == true)
-        #expect(fixture.refusal("v1", from: fixture.directory + "/absent")?.description == "\(fixture.directory)/absent does not exist")
+        #expect(fixture.refusal("v1", from: fixture.directory + "/absent") == .cannotOpen(path: fixture.directory + "/absent", errno: ENOENT))
+        #expect(StoreError.cannotOpen(path: "/x", errno: ENOENT).description == "cannot open /x: No such file or directory")
         #expect(mkfifo(fixture.directory + "/fifo", 0o600) == 0)
-        #expect(fixture.refusal("v1", from: fixture.directory + "/fifo") == .notADirectory(fixture.directory + "/fifo"))
+        #expect(fixture.refusal("v1", from: fixture.directory + "/fifo") == .unsupportedBundle(path: fixture.directory + "/fifo", kind: "FIFO"))
         #expect(fixture.storeListing.versions.isEmpty && fixture.storeListing.staging.isEmpty)
     }
 

@@ -62,7 +62,7 @@ struct RegressionTests {
         #expect(symlink(target, source + "/x") == 0)
         let store = ContentStore(stateDirectory: root + "/state", agent: "demo")
         #expect(throws: StoreError.symlinkEscapes(path: source + "/x", target: target)) {
-            _ = try store.stage(from: source, id: "v1", existing: [], rules: StagingRules(), at: Date())
+            _ = try stage(source, into: store, id: "v1", at: Date())
         }
         #expect(names(in: store.versionsDirectory).isEmpty)
     }

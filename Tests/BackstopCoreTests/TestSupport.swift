@@ -152,3 +152,13 @@ func linkTarget(_ path: String) -> String? {
 func names(in directory: String) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
 }
+
+/// Stages the bundle at `path` into `store` as backstopd stages one backstopctl sent:
+/// opened (``OpenBundle/open(_:)``), copied through its descriptor, closed.
+func stage(
+    _ path: String, into store: ContentStore, id: String?, existing: Set<String> = [], quarantined: [String: String] = [:], at date: Date
+) throws(StoreError) -> VersionRecord {
+    let bundle = try OpenBundle.open(path)
+    defer { bundle.close() }
+    return try store.stage(from: bundle, id: id, existing: existing, quarantined: quarantined, rules: StagingRules(), at: date)
+}

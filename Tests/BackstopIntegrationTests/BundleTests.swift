@@ -31,8 +31,11 @@ struct BundleFixture {
         return rules
     }
 
+    /// Stages the bundle at `source` as backstopd stages one backstopctl sent: opened, copied through its descriptor, closed.
     func stage(_ source: String, as id: String? = nil, rules: StagingRules? = nil) throws(StoreError) -> VersionRecord {
-        try store.stage(from: source, id: id, existing: [], rules: rules ?? self.rules(), at: Date())
+        let bundle = try OpenBundle.open(source)
+        defer { bundle.close() }
+        return try store.stage(from: bundle, id: id, existing: [], rules: rules ?? self.rules(), at: Date())
     }
 
     /// Stages and returns the refusal, recording an issue when staging succeeds.
@@ -301,10 +304,10 @@ struct BundleTests {
         let empty = fixture.directory + "/empty"
         try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
         // Both pass the check of known ids (a snapshot), as two requests racing would.
-        let first = try fixture.store.stage(from: empty, id: "r", existing: [], rules: fixture.rules(), at: Date())
+        let first = try fixture.stage(empty, as: "r")
         #expect(first.fileCount == 0)
         #expect(throws: StoreError.versionExists("r")) {
-            try fixture.store.stage(from: fixture.content, id: "r", existing: [], rules: fixture.rules(), at: Date())
+            try fixture.stage(fixture.content, as: "r")
         }
         try fixture.store.verify(first)
         #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.store.stagingDirectory).isEmpty)

@@ -77,6 +77,17 @@ struct ContainerTests {
         }
     }
 
+    @Test("under backstopd.service (PrivateTmp=yes), backstopctl stage takes a bundle from the caller's /tmp")
+    func stageFromCallersTmp() throws {
+        try withContainer { container in
+            let copied = try container.run("/bin/cp", "-r", Self.sample("v3-good"), "/tmp/v3")
+            try #require(copied.status == 0, "\(copied.error)")
+            let staged = try container.run("/usr/bin/backstopctl", "stage", "demo", "/tmp/v3", "--version", "v3")
+            #expect(staged.status == 0, "\(staged.error)")
+            #expect(staged.output.contains("Staged v3 for demo (4 files"), "\(staged.output)")
+        }
+    }
+
     @Test("a bad update crash-loops at runtime and is rolled back without a reboot")
     func runtimeCrashLoop() throws {
         try withContainer { container in

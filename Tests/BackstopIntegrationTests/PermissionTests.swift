@@ -50,6 +50,10 @@ struct PermissionTests {
         let writer = try ctlAsNobody(harness, groups: [group], "promote", "demo", "v1")
         #expect(writer.status == 1)
         #expect(writer.error.contains("needs root"))
+        // The bundle opened and sent by a reader changes nothing either.
+        let stager = try ctlAsNobody(harness, groups: [group], "stage", "demo", Paths.sample("v3-good"), "--version", "v3")
+        #expect(stager.status == 1)
+        #expect(stager.error.contains("Stage needs root"), "\(stager.error)")
         let stranger = try ctlAsNobody(harness, groups: [], "status")
         #expect(stranger.status == 4)
         #expect(stranger.error.contains("permission denied"))

@@ -40,21 +40,26 @@ public struct ControlClient: Sendable {
     }
 
     /// Calls `io.backstop.Manager.<method>` and decodes the reply's parameters as `Reply`.
+    /// - Parameter descriptors: sent with the call (``callRaw(_:_:sending:)``); the parameters name them by index.
     /// - Throws: ``ClientError``, ``Varlink/RemoteError`` for an error reply, or a `DecodingError`.
-    public func call<Reply: Decodable>(_ method: String, _ parameters: some Encodable, as: Reply.Type) throws -> Reply {
-        let data = try callRaw(ManagerInterface.name + "." + method, parameters)
+    public func call<Reply: Decodable>(
+        _ method: String, _ parameters: some Encodable, sending descriptors: [FileDescriptor] = [], as: Reply.Type
+    ) throws -> Reply {
+        let data = try callRaw(ManagerInterface.name + "." + method, parameters, sending: descriptors)
         return try JSONDecoder.backstop.decode(Reply.self, from: data)
     }
 
     /// Calls a method that returns nothing.
-    /// - Throws: as ``call(_:_:as:)``.
+    /// - Throws: as ``call(_:_:sending:as:)``.
     public func call(_ method: String, _ parameters: some Encodable) throws {
         _ = try callRaw(ManagerInterface.name + "." + method, parameters)
     }
 
     /// Sends one call and returns the reply's parameters as JSON.
-    /// - Throws: as ``call(_:_:as:)``.
-    public func callRaw(_ qualifiedMethod: String, _ parameters: some Encodable) throws -> Data {
+    /// - Parameter descriptors: open descriptors sent with the call's first bytes as one
+    ///   `SCM_RIGHTS` control message (sendmsg(2), unix(7)); the caller keeps and closes its own.
+    /// - Throws: as ``call(_:_:sending:as:)``.
+    public func callRaw(_ qualifiedMethod: String, _ parameters: some Encodable, sending descriptors: [FileDescriptor] = []) throws -> Data {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ClientError.io(operation: "socket", errno: errno) }
         defer { close(fd) }
@@ -71,9 +76,11 @@ public struct ControlClient: Sendable {
         try message.withUnsafeBytes { bytes in
             var offset = 0
             while offset < bytes.count {
-                let written = send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
-                guard written > 0 else { throw ClientError.io(operation: "send", errno: errno) }
-                offset += written
+                // The descriptors go with the first bytes, so with the call they belong to.
+                let pending = offset == 0 ? descriptors.map(\.rawValue) : []
+                do throws(Errno) { offset += try DescriptorPassing.send(fd, UnsafeRawBufferPointer(rebasing: bytes[offset...]), descriptors: pending) } catch {
+                    throw ClientError.io(operation: "send", errno: error.rawValue)
+                }
             }
         }
         var reply = Data()

@@ -10,6 +10,12 @@ import SystemPackage
 /// blocks supervision or other clients. A client is dropped when a message
 /// exceeds ``Varlink/maximumMessageBytes``, when it sends nothing for
 /// ``idleTimeoutSeconds``, or when it does not read its replies.
+///
+/// A call may come with file descriptors (`SCM_RIGHTS`, unix(7); ``DescriptorPassing``),
+/// which its parameters name by index (`Stage`'s bundle). They are received close-on-exec,
+/// at most ``maximumPendingDescriptors`` waiting per connection, and closed once their
+/// call is answered, whether it used them or not, or when the connection closes first.
+/// Only root's calls take descriptors: those of any other peer are closed on receipt.
 // @unchecked: mutable state (the connection table) is touched only on `queue`.
 public final class ControlServer: @unchecked Sendable {
     /// The socket's path, `<runtime_directory>/io.backstop.Manager`.
@@ -27,6 +33,9 @@ public final class ControlServer: @unchecked Sendable {
     public static let maximumConnections = 256
     /// A connection with no complete message for this long (while no call of it runs) is closed.
     public static let idleTimeoutSeconds = 30
+    /// Descriptors that may wait for their calls on one connection (a `Stage` call takes one);
+    /// a client that sends more, or more than fit with one message (`MSG_CTRUNC`), is dropped.
+    public static let maximumPendingDescriptors = 4
 
     /// Binds and listens. The socket is `0660 root:backstop` when group `backstop`
     /// exists, else `0600`.
@@ -107,8 +116,8 @@ public final class ControlServer: @unchecked Sendable {
         connections[connection.fd] = nil
     }
 
-    fileprivate func answer(_ call: Varlink.Call, peer: PeerCredentials) async -> Varlink.Reply {
-        let reply = await ManagerInterface.handle(call, peer: peer, supervisor: supervisor)
+    fileprivate func answer(_ call: Varlink.Call, descriptors: [FileDescriptor], peer: PeerCredentials) async -> Varlink.Reply {
+        let reply = await ManagerInterface.handle(call, descriptors: descriptors, peer: peer, supervisor: supervisor)
         let method = call.method.split(separator: ".").last.map(String.init) ?? call.method
         let metadata: Logger.Metadata = ["method": "\(call.method)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)"]
         switch reply {
@@ -146,6 +155,9 @@ private final class Connection: @unchecked Sendable {
     private var writeSource: (any DispatchSourceWrite)?
     private var idleTimer: (any DispatchSourceTimer)?
     private var input = Data()
+    /// Descriptors received and not yet taken by a call, with the position in `input` of
+    /// the last byte received with them: they belong to the message holding that byte.
+    private var pendingDescriptors: [(position: Int, descriptor: FileDescriptor)] = []
     private var output = Data()
     private var inFlight = false
     private var isClosed = false
@@ -195,17 +207,36 @@ private final class Connection: @unchecked Sendable {
 
     private func readAvailable() {
         var buffer = [UInt8](repeating: 0, count: 65536)
-        while !isClosed && !inputIsFull {
-            let count = read(fd, &buffer, buffer.count)
-            if count > 0 {
-                if !closeAfterFlush { input.append(contentsOf: buffer[..<count]) }
+        reading: while !isClosed && !inputIsFull {
+            let received: DescriptorPassing.Received
+            let result = buffer.withUnsafeMutableBytes { bytes in
+                Result { () throws(DescriptorPassing.ReceiveError) in
+                    try DescriptorPassing.receive(fd, into: bytes, maximumDescriptors: ControlServer.maximumPendingDescriptors)
+                }
+            }
+            switch result {
+            case .success(let value): received = value
+            case .failure(.system(.interrupted)): continue
+            case .failure(.system(.resourceTemporarilyUnavailable)): break reading
+            case .failure:
+                // The socket broke, or more descriptors came than may wait (MSG_CTRUNC): the
+                // stream can no longer be matched to its descriptors.
+                close()
+                return
+            }
+            let descriptors = received.descriptors.map(FileDescriptor.init(rawValue:))
+            guard received.byteCount > 0 else {
+                // The client closed its end: replies in flight are dropped.
+                Self.close(descriptors)
+                close()
+                return
+            }
+            guard !closeAfterFlush else {
+                Self.close(descriptors)
                 continue
             }
-            if count < 0 && errno == EINTR { continue }
-            if count < 0 && errno == EAGAIN { break }
-            // The client closed its end (or the socket broke): replies in flight are dropped.
-            close()
-            return
+            input.append(contentsOf: buffer[..<received.byteCount])
+            guard keep(descriptors) else { return }
         }
         if inputIsFull {
             guard input.contains(0) else {
@@ -221,10 +252,42 @@ private final class Connection: @unchecked Sendable {
         serveNext()
     }
 
+    /// Keeps descriptors that came with the bytes just appended to `input`, for the call they
+    /// belong to. Only root's calls take descriptors, so a peer other than root has them
+    /// closed at once and cannot make the daemon hold any.
+    /// - Returns: false when they are past ``ControlServer/maximumPendingDescriptors`` and the connection is closed.
+    private func keep(_ descriptors: [FileDescriptor]) -> Bool {
+        guard !descriptors.isEmpty else { return true }
+        guard peer.uid == 0 else {
+            Self.close(descriptors)
+            return true
+        }
+        guard pendingDescriptors.count + descriptors.count <= ControlServer.maximumPendingDescriptors else {
+            Self.close(descriptors)
+            close()
+            return false
+        }
+        pendingDescriptors += descriptors.map { (input.count - 1, $0) }
+        return true
+    }
+
+    /// Takes the pending descriptors of the message that ended at `end` (its NUL), which was
+    /// just removed from the front of `input`.
+    private func takeDescriptors(through end: Int) -> [FileDescriptor] {
+        let taken = pendingDescriptors.filter { $0.position <= end }.map(\.descriptor)
+        pendingDescriptors = pendingDescriptors.filter { $0.position > end }.map { ($0.position - end - 1, $0.descriptor) }
+        return taken
+    }
+
+    private static func close(_ descriptors: [FileDescriptor]) {
+        for descriptor in descriptors { try? descriptor.close() }
+    }
+
     /// Calls are answered one at a time, in order, as Varlink requires on one connection,
     /// and the next only once the client has taken the previous reply.
     private func serveNext() {
         guard !inFlight, !isClosed, output.isEmpty, let end = input.firstIndex(of: 0) else { return }
+        // `input` is always a fresh Data (start index 0), so `end` is also a position in it.
         let message = input[input.startIndex..<end]
         input = Data(input[(end + 1)...])
         if readingPaused && !inputIsFull {
@@ -238,10 +301,12 @@ private final class Connection: @unchecked Sendable {
             fail("org.varlink.service.InvalidParameter", error.message)
             return
         }
+        let descriptors = takeDescriptors(through: end)
         inFlight = true
         let peer = self.peer
         Task { [self] in
-            let reply = await server?.answer(call, peer: peer)
+            let reply = await server?.answer(call, descriptors: descriptors, peer: peer)
+            Self.close(descriptors)
             queue.async { [self] in
                 inFlight = false
                 resetIdleTimer()
@@ -252,6 +317,8 @@ private final class Connection: @unchecked Sendable {
 
     private func fail(_ error: String, _ message: String) {
         input = Data()
+        Self.close(pendingDescriptors.map(\.descriptor))
+        pendingDescriptors = []
         closeAfterFlush = true
         send(Varlink.Reply.failure(error, ["parameter": message]).encoded)
     }
@@ -300,6 +367,8 @@ private final class Connection: @unchecked Sendable {
     func close() {
         guard !isClosed else { return }
         isClosed = true
+        Self.close(pendingDescriptors.map(\.descriptor))
+        pendingDescriptors = []
         idleTimer?.cancel()
         writeSource?.cancel()
         // The read source's cancel handler closes the descriptor, after the last event;

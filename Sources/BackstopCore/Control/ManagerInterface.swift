@@ -1,4 +1,5 @@
 import Foundation
+import SystemPackage
 
 /// The `io.backstop.Manager` Varlink interface: method names, parameters, errors,
 /// authorization, and dispatch to the ``Supervisor``.
@@ -30,8 +31,12 @@ public enum ManagerInterface {
         method ListContent(agent: string) -> (versions: []Version)
         # The recent boots, oldest first, with their state and the versions active in them.
         method ListBoots() -> (boots: []object)
-        # Copies the bundle at path (a directory or a tar archive) into the store; needs root.
-        method Stage(agent: string, path: string, version: ?string, activate: ?bool) -> (version: Version)
+        # Copies a bundle (a directory or a tar archive) into the store; needs root. The caller
+        # opens it and sends the descriptor with this call as SCM_RIGHTS ancillary data
+        # (unix(7)); file_descriptor is its index among the descriptors sent with the call.
+        # backstopd reads only through it and never opens a path for the caller; path is
+        # the caller's path of the bundle, for messages and records.
+        method Stage(agent: string, path: string, file_descriptor: int, version: ?string, activate: ?bool) -> (version: Version)
         method Activate(agent: string, version: string) -> ()
         method Promote(agent: string, version: string) -> ()
         # Returns the version now active.
@@ -51,6 +56,8 @@ public enum ManagerInterface {
         error AlreadyActive (version: string, message: string)
         error NotQuarantined (version: string, message: string)
         error StagingRefused (message: string)
+        # Stage came without a descriptor sent with it, or without file_descriptor.
+        error FileDescriptorRequired (message: string)
         error PermissionDenied (message: string)
         error ShuttingDown (message: string)
         """
@@ -61,7 +68,19 @@ public enum ManagerInterface {
     struct AgentParameter: Codable { var agent: String }
     struct OptionalAgentParameter: Codable { var agent: String? }
     struct VersionParameters: Codable { var agent: String; var version: String }
-    struct StageParameters: Codable { var agent: String; var path: String; var version: String?; var activate: Bool? }
+    struct StageParameters: Codable {
+        var agent: String
+        var path: String
+        /// The index of the bundle's descriptor among those sent with the call.
+        var fileDescriptor: Int?
+        var version: String?
+        var activate: Bool?
+
+        enum CodingKeys: String, CodingKey {
+            case agent, path, version, activate
+            case fileDescriptor = "file_descriptor"
+        }
+    }
     struct RollbackParameters: Codable { var agent: String; var to: String? }
     struct VersionsReply: Codable { var versions: [VersionRecord] }
     struct BootsReply: Codable { var boots: [BootRecord] }
@@ -69,7 +88,12 @@ public enum ManagerInterface {
     struct Empty: Codable {}
 
     /// Answers one call from a peer with the given credentials.
-    public static func handle(_ call: Varlink.Call, peer: PeerCredentials, supervisor: Supervisor) async -> Varlink.Reply {
+    /// - Parameter descriptors: the descriptors sent with the call (SCM_RIGHTS, unix(7)),
+    ///   which the call's parameters name by index; borrowed: the caller closes them once
+    ///   this returns, whether the call used them or not.
+    public static func handle(
+        _ call: Varlink.Call, descriptors: [FileDescriptor], peer: PeerCredentials, supervisor: Supervisor
+    ) async -> Varlink.Reply {
         if call.method.hasPrefix("org.varlink.service.") { return service(call) }
         guard call.method.hasPrefix(name + "."), !call.method.dropFirst(name.count + 1).contains(".") else {
             let interface = call.method.split(separator: ".").dropLast().joined(separator: ".")
@@ -91,9 +115,16 @@ public enum ManagerInterface {
             case "Stage":
                 let parameters = try decode(StageParameters.self, call)
                 guard parameters.path.hasPrefix("/") else { throw InvalidParameter(parameter: "path") }
+                guard let index = parameters.fileDescriptor, !descriptors.isEmpty else {
+                    return .failure(name + ".FileDescriptorRequired", ["message": fileDescriptorRequired])
+                }
+                guard descriptors.indices.contains(index) else { throw InvalidParameter(parameter: "file_descriptor") }
+                let bundle: OpenBundle
+                do throws(StoreError) { bundle = try OpenBundle(descriptor: descriptors[index], path: parameters.path) } catch {
+                    throw ManagerError.store(error)
+                }
                 let record = try await supervisor.stage(
-                    agent: parameters.agent, path: parameters.path, version: parameters.version,
-                    activate: parameters.activate ?? false)
+                    agent: parameters.agent, bundle: bundle, version: parameters.version, activate: parameters.activate ?? false)
                 return .of(StageReply(version: record))
             case "Activate":
                 let parameters = try decode(VersionParameters.self, call)
@@ -128,6 +159,11 @@ public enum ManagerInterface {
             return .failure("org.varlink.service.InvalidParameter", ["parameter": "\(error)"])
         }
     }
+
+    /// The `message` of `FileDescriptorRequired`.
+    static let fileDescriptorRequired =
+        "Stage takes the bundle as an open descriptor sent with the call (SCM_RIGHTS) and named by file_descriptor; "
+        + "backstopd does not open paths on a caller's behalf (backstopctl stage opens the bundle and sends it)"
 
     /// The Varlink error for a refused request.
     static func reply(for error: ManagerError) -> Varlink.Reply {

@@ -15,8 +15,8 @@ import SystemPackage
 struct BundleArchive {
     /// Where the archive's bytes come from.
     enum Source {
-        /// A file, by path.
-        case file(String)
+        /// An open regular file (not closed here), read from its start; `name` is the caller's path of it.
+        case descriptor(Int32, name: String)
         /// Bytes in memory (the fuzz target).
         case memory([UInt8])
     }
@@ -28,7 +28,7 @@ struct BundleArchive {
     /// The name shown for the archive in errors.
     private var name: String {
         switch source {
-        case .file(let path): return path
+        case .descriptor(_, let name): return name
         case .memory: return "bundle"
         }
     }
@@ -46,8 +46,11 @@ struct BundleArchive {
         archive_read_support_filter_xz(archive)
         archive_read_support_filter_zstd(archive)
         switch source {
-        case .file(let path):
-            guard archive_read_open_filename(archive, path, 1 << 16) == ARCHIVE_OK else {
+        case .descriptor(let descriptor, _):
+            // The offset is shared with the sender's open file, which may have moved it.
+            guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw .io(path: name, operation: "seek", errno: errno) }
+            // archive_read_open_fd(3) reads through the descriptor and leaves it open.
+            guard archive_read_open_fd(archive, descriptor, 1 << 16) == ARCHIVE_OK else {
                 throw .notABundle(path: name, message: Self.message(archive))
             }
             return try entries(of: archive)

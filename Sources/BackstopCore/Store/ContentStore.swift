@@ -5,6 +5,10 @@ import SystemPackage
 /// A staging request the store refuses, naming the entry at fault.
 public enum StoreError: Error, Equatable, CustomStringConvertible {
     case notADirectory(String)
+    /// The bundle's path could not be opened by the caller (open(2)'s errno).
+    case cannotOpen(path: String, errno: Int32)
+    /// The bundle is open on something other than a directory or a regular file (its kind).
+    case unsupportedBundle(path: String, kind: String)
     case notABundle(path: String, message: String)
     case refusedEntry(path: String, reason: String)
     case limitExceeded(String)
@@ -28,6 +32,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .notADirectory(let path):
             return FileManager.default.fileExists(atPath: path)
                 ? "\(path) is neither a directory nor a tar archive" : "\(path) does not exist"
+        case .cannotOpen(let path, let errno): return "cannot open \(path): \(String(cString: strerror(errno)))"
+        case .unsupportedBundle(let path, let kind): return "\(path) is a \(kind), neither a directory nor a tar archive"
         case .notABundle(let path, let message): return "\(path) is not a readable tar archive: \(message)"
         case .refusedEntry(let path, let reason): return "\(path) \(reason); the bundle is refused"
         case .limitExceeded(let message): return message
@@ -103,8 +109,10 @@ public struct ContentStore: Sendable {
     /// Copies a bundle into the store (never moves it), checks every entry and the
     /// manifest and signature it carries, makes the copy read-only and returns its record.
     ///
-    /// `source` is a directory or a tar archive (plain, gzip, xz or zstd; ``BundleArchive``).
-    /// The copy is built under `staging/` and its files are hashed again there, so the
+    /// `bundle` is a directory or a tar archive (plain, gzip, xz or zstd; ``BundleArchive``),
+    /// read only through its descriptor: entries are opened relative to it, never by a path,
+    /// so it may lie in a mount namespace the daemon cannot see. The caller keeps it open
+    /// until this returns and closes it. The copy is built under `staging/` and its files are hashed again there, so the
     /// digest is of what the store holds. It is renamed into `versions/<id>` only when
     /// complete, checked and fsynced, so a crash or a refusal leaves nothing in
     /// `versions/`; the staging leftovers are removed here on error and at startup otherwise.
@@ -114,23 +122,25 @@ public struct ContentStore: Sendable {
     ///   - quarantined: the quarantined versions' ids by digest: the same content under
     ///     another id is refused (quarantined means never again without a `release`).
     ///   - rules: the agent's limits and signature rule.
-    /// - Throws: ``StoreError``: a source that is neither, an invalid or taken id, a
+    /// - Throws: ``StoreError``: an invalid or taken id, a
     ///   refused entry, a limit passed, a manifest that is invalid or does not match, a
     ///   missing or untrusted signature, content identical to a quarantined version, or an I/O error.
     public func stage(
-        from source: String, id: String?, existing: Set<String>, quarantined: [String: String] = [:], rules: StagingRules, at date: Date
+        from bundle: OpenBundle, id: String?, existing: Set<String>, quarantined: [String: String] = [:], rules: StagingRules, at date: Date
     ) throws(StoreError) -> VersionRecord {
         if let id, !Self.isValidVersionID(id) { throw .invalidVersionID(id) }
         if let id, existing.contains(id) { throw .versionExists(id) }
-        var info = stat()
-        guard stat(source, &info) == 0, [S_IFDIR, S_IFREG].contains(info.st_mode & S_IFMT) else { throw .notADirectory(source) }
         do { try prepare() } catch { throw .io(path: root, operation: "create", errno: (error as? Errno)?.rawValue ?? EIO) }
         let work = stagingDirectory + "/" + UUID().uuidString
         do {
             try Self.syscall(work, "create") { guard mkdir(work, 0o700) == 0 else { throw Errno(rawValue: errno) } }
-            let metadata = (info.st_mode & S_IFMT) == S_IFDIR
-                ? try TreeCopier(source: source, destination: work, rules: rules).copy()
-                : try BundleArchive(source: .file(source), destination: work, rules: rules).extract()
+            let metadata: BundleMetadata
+            switch bundle.kind {
+            case .directory:
+                metadata = try TreeCopier(root: bundle.descriptor.rawValue, source: bundle.path, destination: work, rules: rules).copy()
+            case .archive:
+                metadata = try BundleArchive(source: .descriptor(bundle.descriptor.rawValue, name: bundle.path), destination: work, rules: rules).extract()
+            }
             let inventory = try TreeInventory.scan(work)
             let signer = try Self.checkSignature(metadata, of: inventory, rules: rules)
             let summary = inventory.summary

@@ -119,12 +119,16 @@ struct TreeSummary {
 /// device nodes, hard links, setuid or setgid bits, symlinks that leave the tree, and more
 /// than the ``StagingRules`` allow.
 ///
-/// The source may be writable by others while it is copied, so it is walked by file
-/// descriptors: each entry is opened relative to its parent's descriptor with
-/// `O_NOFOLLOW` (openat(2), fstatat(2) with `AT_SYMLINK_NOFOLLOW`) and checked again on
-/// the open descriptor, so that a directory swapped for a symlink mid-copy cannot lead
-/// the copy outside the tree.
+/// The source is read only through descriptors, starting from the open top directory:
+/// its path may belong to another mount namespace (the caller's), and the tree may be
+/// writable by others while it is copied. Each entry is opened relative to its parent's
+/// descriptor with `O_NOFOLLOW` (openat(2), fstatat(2) with `AT_SYMLINK_NOFOLLOW`) and
+/// checked again on the open descriptor, so that no symlink, even one swapped in for a
+/// directory mid-copy, leads the copy outside the tree; symlinks are copied as links.
 struct TreeCopier {
+    /// The open top directory of the source; the caller closes it.
+    let root: Int32
+    /// The caller's path of the source, named in errors only.
     let source: String
     let destination: String
     let rules: StagingRules
@@ -133,9 +137,6 @@ struct TreeCopier {
     /// ``sealDirectories(under:listedIn:)``) and reads the bundle metadata next to it.
     /// - Throws: ``StoreError`` naming the entry at fault.
     func copy() throws(StoreError) -> BundleMetadata {
-        let root = open(source, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard root >= 0 else { throw .io(path: source, operation: "open", errno: errno) }
-        defer { close(root) }
         var budget = StagingBudget(rules)
         var links: [(from: String, to: String, target: String)] = []
         try copyDirectory(root, relative: "", budget: &budget, links: &links)
@@ -219,6 +220,8 @@ struct TreeCopier {
             throw .io(path: path, operation: "read directory", errno: errno)
         }
         defer { closedir(stream) }
+        // The duplicate shares the file offset, which a passed descriptor's sender may have moved.
+        rewinddir(stream)
         var names: [String] = []
         while let entry = readdir(stream) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }

@@ -283,10 +283,11 @@ public actor Supervisor {
         try slot(agent).policy.ledger.versions
     }
 
-    /// Copies `path` into the agent's store as a new version, and activates it when asked.
-    /// The copy runs off the actor, so supervision goes on meanwhile.
+    /// Copies the open `bundle` into the agent's store as a new version (``ContentStore/stage(from:id:existing:quarantined:rules:at:)``),
+    /// and activates it when asked. The copy runs off the actor, so supervision goes on
+    /// meanwhile; the caller keeps the bundle open until this returns, and closes it.
     /// - Throws: ``ManagerError`` with the store's or the policy's reason.
-    public func stage(agent: String, path: String, version: String?, activate: Bool) async throws(ManagerError) -> VersionRecord {
+    public func stage(agent: String, bundle: OpenBundle, version: String?, activate: Bool) async throws(ManagerError) -> VersionRecord {
         let store = try slot(agent).store
         let rules = try slot(agent).configuration.stagingRules
         let ledger = try slot(agent).policy.ledger
@@ -294,7 +295,7 @@ public actor Supervisor {
         let quarantined = ledger.quarantinedByDigest
         let result = await Task.detached { () -> Result<VersionRecord, StoreError> in
             Result { () throws(StoreError) in
-                try store.stage(from: path, id: version, existing: existing, quarantined: quarantined, rules: rules, at: Date())
+                try store.stage(from: bundle, id: version, existing: existing, quarantined: quarantined, rules: rules, at: Date())
             }
         }.value
         let record: VersionRecord

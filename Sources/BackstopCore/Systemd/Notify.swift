@@ -126,31 +126,18 @@ public final class NotifySocket: @unchecked Sendable {
         }
     }
 
-    /// Walks the control messages (cmsg(3) layout: header, then data at the aligned
-    /// offset); returns SCM_CREDENTIALS and closes any SCM_RIGHTS descriptors.
+    /// Walks the control messages (``ControlMessages``); returns SCM_CREDENTIALS and closes
+    /// any SCM_RIGHTS descriptors.
     private static func credentials(control: [UInt8], length: Int) -> PeerCredentials? {
-        let headerSize = MemoryLayout<cmsghdr>.size
-        let align = MemoryLayout<Int>.size
-        func aligned(_ value: Int) -> Int { (value + align - 1) & ~(align - 1) }
         var result: PeerCredentials?
-        var offset = 0
         control.withUnsafeBytes { bytes in
-            while offset + headerSize <= length {
-                let header = bytes.loadUnaligned(fromByteOffset: offset, as: cmsghdr.self)
-                let total = Int(header.cmsg_len)
-                guard total >= headerSize, offset + total <= length else { break }
-                let dataOffset = offset + aligned(headerSize)
-                let dataLength = total - aligned(headerSize)
-                if header.cmsg_level == SOL_SOCKET {
-                    if header.cmsg_type == PeerCredentials.controlMessageType, dataLength >= MemoryLayout<PeerCredentials>.size {
-                        result = bytes.loadUnaligned(fromByteOffset: dataOffset, as: PeerCredentials.self)
-                    } else if header.cmsg_type == Int32(SCM_RIGHTS) {
-                        for index in 0..<(dataLength / MemoryLayout<Int32>.size) {
-                            close(bytes.loadUnaligned(fromByteOffset: dataOffset + index * 4, as: Int32.self))
-                        }
-                    }
+            ControlMessages.forEach(in: bytes, length: length) { level, type, data in
+                guard level == SOL_SOCKET else { return }
+                if type == PeerCredentials.controlMessageType, data.count >= MemoryLayout<PeerCredentials>.size {
+                    result = data.loadUnaligned(as: PeerCredentials.self)
+                } else if type == Int32(SCM_RIGHTS) {
+                    for descriptor in ControlMessages.descriptors(in: data) { close(descriptor) }
                 }
-                offset += aligned(total)
             }
         }
         return result
