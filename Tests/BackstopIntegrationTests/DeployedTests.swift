@@ -4,7 +4,7 @@ import Testing
 
 /// Backstop as an operator deploys it, in a container that boots systemd: the installed
 /// unit with the shipped /etc/backstop/backstop.toml and sample content as `make install`
-/// leaves them.
+/// leaves them, and README.md's `clamd` recipe followed to the letter.
 @Suite(
     .serialized, .timeLimit(.minutes(5)),
     .enabled(if: Container.available,
@@ -107,6 +107,100 @@ struct DeployedTests {
             #expect(after.pid == pid)
             #expect(after.failures.recent == 0)
             #expect(!(try container.decisions()).contains { ["agent-hung", "agent-exited"].contains($0["BACKSTOP_EVENT"] ?? "") })
+        }
+    }
+
+    // MARK: README.md's clamd recipe
+
+    /// README.md's section on `clamd` run by Backstop, so that the test follows what it says.
+    struct ClamdRecipe {
+        let section: String
+
+        init() throws {
+            let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
+            guard let start = readme.range(of: "### `clamd` run by Backstop"),
+                  let end = readme.range(of: "\n## ", range: start.upperBound..<readme.endIndex) else {
+                throw HarnessError.failed("README.md has no section \"`clamd` run by Backstop\"")
+            }
+            section = String(readme[start.lowerBound..<end.lowerBound])
+        }
+
+        /// The text of the here-document the recipe writes to `path` (`cat > PATH <<'EOF'`).
+        func file(_ path: String) throws -> String {
+            guard let start = section.range(of: "cat > \(path) <<'EOF'\n"),
+                  let end = section.range(of: "\nEOF\n", range: start.upperBound..<section.endIndex) else {
+                throw HarnessError.failed("the recipe writes no \(path)")
+            }
+            return String(section[start.upperBound..<end.lowerBound]) + "\n"
+        }
+
+        /// The recipe's one TOML block: the agent's table for /etc/backstop/backstop.toml.
+        func configuration() throws -> String {
+            let blocks = section.components(separatedBy: "```toml\n").dropFirst()
+            guard blocks.count == 1, let block = blocks.first?.components(separatedBy: "\n```").first else {
+                throw HarnessError.failed("the recipe has \(blocks.count) TOML blocks, not one")
+            }
+            return block + "\n"
+        }
+
+        /// The units `systemctl mask` masks in the recipe.
+        func maskedUnits() throws -> [String] {
+            guard let line = section.split(separator: "\n").first(where: { $0.hasPrefix("systemctl mask ") }) else {
+                throw HarnessError.failed("the recipe masks no unit")
+            }
+            return line.split(separator: " ").dropFirst(2).map(String.init)
+        }
+    }
+
+    /// The EICAR anti-virus test file (its MD5 is 44d88612fea8a8f36de82e1278abb02f).
+    static let eicar = #"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"#
+
+    @Test("README.md's clamd recipe, to the letter: clamd run by Backstop scans the EICAR file in the host's /tmp and in a user's home directory, and again after a reboot")
+    func clamdRecipe() throws {
+        let recipe = try ClamdRecipe()
+        let masked = try recipe.maskedUnits()
+        #expect(Set(masked) == ["clamav-daemon.service", "clamav-daemon.socket"])
+        let files = [
+            "/etc/backstop/clamd.conf": try recipe.file("/etc/backstop/clamd.conf"),
+            "/etc/tmpfiles.d/backstop-clamd.conf": try recipe.file("/etc/tmpfiles.d/backstop-clamd.conf"),
+            // What Debian's clamav-daemon package made at installation, and a user with a home
+            // directory as Debian 12's adduser makes it (mode 0700).
+            "/etc/sysusers.d/clamav.conf": "u clamav - \"Clam AntiVirus\" /var/lib/clamav\n",
+            "/etc/sysusers.d/alice.conf": "u alice - \"A user\" /home/alice\n",
+        ]
+        try withContainer(config: try recipe.configuration(), files: files, masked: Array(Set(Container.masked + masked))) { container in
+            let database = "44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature"
+            try container.run("/bin/sh", "-c", "mkdir -p /srv/sigs-1 && echo '\(database)' > /srv/sigs-1/eicar.hdb")
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "clamav", "/srv/sigs-1", "--version", "sigs-1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "sigs-1", seconds: 120)
+            try #require(try container.run("/usr/bin/backstopctl", "promote", "clamav", "sigs-1").status == 0)
+            try expectScans(container)
+
+            // A clean reboot: /run and the test files are gone; tmpfiles.d makes /run/clamav again
+            // before backstopd starts clamd.
+            try container.shutDown()
+            try container.boot()
+            try container.waitForDecision("agent-ready", version: "sigs-1", seconds: 120)
+            try expectScans(container)
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(agent.failures.list.isEmpty, "\(agent.failures.list)")
+        }
+    }
+
+    /// Puts the EICAR file in the host's /tmp and in alice's home directory (mode 0700, the
+    /// file 0600, both hers) and has clamd, asked by `clamdscan` with the paths, open and scan them.
+    func expectScans(_ container: Container) throws {
+        let owner = try container.run("/usr/bin/stat", "-c", "%U %a", "/run/clamav", "/var/tmp/backstop-clamd").output
+        #expect(owner == "clamav 755\nclamav 700\n", "tmpfiles.d made clamd's directories: \(owner)")
+        try container.run("/bin/sh", "-c", """
+            install -d -m 0700 -o alice -g alice /home/alice
+            printf '%s' '\(Self.eicar)' > /tmp/eicar.com && chmod 0644 /tmp/eicar.com
+            cp /tmp/eicar.com /home/alice/eicar.com && chown alice:alice /home/alice/eicar.com && chmod 0600 /home/alice/eicar.com
+            """)
+        for path in ["/tmp/eicar.com", "/home/alice/eicar.com"] {
+            let scan = try container.run("/usr/bin/clamdscan", "--config-file=/etc/backstop/clamd.conf", "--no-summary", path)
+            #expect(scan.status == 1 && scan.output.contains("\(path): Eicar-Test-Signature.UNOFFICIAL FOUND"), "\(scan)")
         }
     }
 }
