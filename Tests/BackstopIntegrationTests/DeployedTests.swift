@@ -107,6 +107,14 @@ struct DeployedTests {
             #expect(after.pid == pid)
             #expect(after.failures.recent == 0)
             #expect(!(try container.decisions()).contains { ["agent-hung", "agent-exited"].contains($0["BACKSTOP_EVENT"] ?? "") })
+
+            // Without the daemon, status reads the saved state and exits 3.
+            try #require(try container.run("/bin/systemctl", "stop", "backstopd").status == 0)
+            let offline = try container.run("/usr/bin/backstopctl", "status", "--json")
+            #expect(offline.status == 3, "\(offline)")
+            let saved = try JSONDecoder.backstop.decode(StatusReport.self, from: Data(offline.output.utf8))
+            #expect(!saved.daemon.running)
+            #expect(saved.agents.first?.content.active == "v1" && saved.agents.first?.content.quarantined == ["v2"], "\(saved)")
         }
     }
 
