@@ -19,7 +19,7 @@ SYSCONFDIR = /etc
 
 # Packages the build needs, and the ones the tests use as real parts.
 BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config bubblewrap
-TEST_PACKAGES = clamav-daemon clamav systemd systemd-container python3 groff-base
+TEST_PACKAGES = clamav-daemon clamav clamdscan systemd systemd-container python3 groff-base
 BENCH_PACKAGES = python3-venv
 
 # Agents with runner = "systemd" whose unit `make install` gives the sandbox drop-in of

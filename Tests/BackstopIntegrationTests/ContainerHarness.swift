@@ -41,23 +41,38 @@ final class Container: @unchecked Sendable {
     let journalLines = LineCollector()
 
     /// Files (path in the container → text) bound read-only into it, such as unit files in
-    /// /etc/systemd/system: the container's /etc starts empty at each boot.
+    /// /etc/systemd/system: the container's /etc starts empty at each boot. Those in
+    /// /etc/backstop are written into ``configDirectory`` instead.
     let files: [String: String]
     /// The units masked at boot (`systemd.mask=`).
     let masked: [String]
+    /// The host directory bound read-only as the container's /etc/backstop.
+    let configDirectory: String
 
     /// A container whose Backstop configuration is `config` (the TOML text), with `files`
-    /// in place and the `masked` units masked.
-    init(config: String, files: [String: String] = [:], masked: [String] = Container.masked) throws {
+    /// in place and the `masked` units masked. With `config` nil, /etc/backstop is the
+    /// install tree's own, as `make install` left it: the shipped backstop.toml, unchanged.
+    /// - Throws: when a directory cannot be made or a file written, or for a file in
+    ///   /etc/backstop with `config` nil (the install tree is not the test's to change).
+    init(config: String?, files: [String: String] = [:], masked: [String] = Container.masked) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-container-\(UUID().uuidString.prefix(8))").path
-        self.files = files
+        let configFiles = files.filter { $0.key.hasPrefix("/etc/backstop/") }
+        self.files = files.filter { !$0.key.hasPrefix("/etc/backstop/") }
         self.masked = masked
+        configDirectory = config == nil ? Self.installTree! + "/etc/backstop" : directory + "/etc"
         for sub in ["state", "journal", "etc", "files"] {
             try FileManager.default.createDirectory(atPath: directory + "/" + sub, withIntermediateDirectories: true)
         }
-        try config.write(toFile: directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
-        for (index, path) in files.keys.sorted().enumerated() {
-            try files[path]!.write(toFile: directory + "/files/\(index)", atomically: true, encoding: .utf8)
+        if let config {
+            try config.write(toFile: directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
+            for (path, text) in configFiles {
+                try text.write(toFile: directory + "/etc/" + path.dropFirst("/etc/backstop/".count), atomically: true, encoding: .utf8)
+            }
+        } else if let path = configFiles.keys.first {
+            throw HarnessError.failed("\(path): the shipped /etc/backstop takes no files of the test's")
+        }
+        for (index, path) in self.files.keys.sorted().enumerated() {
+            try self.files[path]!.write(toFile: directory + "/files/\(index)", atomically: true, encoding: .utf8)
         }
     }
 
@@ -78,7 +93,7 @@ final class Container: @unchecked Sendable {
             "-D", "/", "--volatile=yes", "--private-network", "--register=no", "--keep-unit", "--notify-ready=yes",
             "--uuid=\(machineID)", "--overlay-ro=/usr:\(Self.installTree!)/usr:/usr",
             "--bind=\(directory)/state:/var/lib/backstop", "--bind=\(directory)/journal:/var/log/journal/\(machineID)",
-            "--bind-ro=\(directory)/etc:/etc/backstop",
+            "--bind-ro=\(configDirectory):/etc/backstop",
         ] + files.keys.sorted().enumerated().map { "--bind-ro=\(directory)/files/\($0.offset):\($0.element)" } + [
             "-b", "--",
             "systemd.firstboot=off", "systemd.wants=backstopd.service",

@@ -77,7 +77,7 @@ struct ContainerTests {
         }
     }
 
-    @Test("under backstopd.service (PrivateTmp=yes), backstopctl stage takes a bundle from the caller's /tmp")
+    @Test("backstopctl stage takes a bundle from the caller's /tmp, and from a caller's private /tmp (a service with PrivateTmp=yes) that backstopd cannot see")
     func stageFromCallersTmp() throws {
         try withContainer { container in
             let copied = try container.run("/bin/cp", "-r", Self.sample("v3-good"), "/tmp/v3")
@@ -85,6 +85,12 @@ struct ContainerTests {
             let staged = try container.run("/usr/bin/backstopctl", "stage", "demo", "/tmp/v3", "--version", "v3")
             #expect(staged.status == 0, "\(staged.error)")
             #expect(staged.output.contains("Staged v3 for demo (4 files"), "\(staged.output)")
+            // As configuration management would run it: a service of its own with a private /tmp.
+            let script = "cp -r \(Self.sample("v1-good")) /tmp/v1 && exec /usr/bin/backstopctl stage demo /tmp/v1 --version v1"
+            let fromService = try container.run("/usr/bin/systemd-run", "--wait", "--pipe", "--quiet", "-p", "PrivateTmp=yes", "/bin/sh", "-c", script)
+            #expect(fromService.status == 0, "\(fromService.output) \(fromService.error)")
+            #expect(fromService.output.contains("Staged v1 for demo (3 files"), "\(fromService.output)")
+            #expect(try container.run("/usr/bin/test", "-e", "/tmp/v1").status != 0, "the bundle was in the caller's /tmp only")
         }
     }
 
