@@ -51,14 +51,27 @@ struct GlobalOptions: ParsableArguments {
 
     /// The configuration file, or when it does not load, the last copy of it that backstopd
     /// ran with (said on stderr): the daemon runs on that one, so its sockets are found through it.
+    /// A `[daemon]` table edited since backstopd loaded the file applies only at its restart
+    /// (a reload refuses it): while nothing listens on the file's socket but on the last good
+    /// copy's, that copy's directories are the daemon's.
     func load() throws -> BackstopCore.Configuration {
-        do {
-            let effective = try EffectiveConfiguration.load(path: config)
-            if let problem = effective.problem { FileHandle.standardError.write(Data("backstopctl: warning: \(problem)\n".utf8)) }
-            return effective.configuration
-        } catch {
+        var effective: EffectiveConfiguration
+        do { effective = try EffectiveConfiguration.load(path: config) } catch {
             throw failure("\(error)")
         }
+        if let problem = effective.problem { FileHandle.standardError.write(Data("backstopctl: warning: \(problem)\n".utf8)) }
+        if let running = LastGoodConfiguration.read(for: config).flatMap({ try? BackstopCore.Configuration.parse($0.text, path: config) })?.daemon,
+           running != effective.configuration.daemon, !Self.listens(effective.configuration.daemon), Self.listens(running) {
+            FileHandle.standardError.write(Data("backstopctl: warning: [daemon] in \(config) is not what backstopd runs with yet (that takes systemctl restart backstopd); using its runtime directory \(running.runtimeDirectory)\n".utf8))
+            effective.configuration.daemon = running
+        }
+        return effective.configuration
+    }
+
+    /// Whether a daemon's control socket is there in `daemon`'s runtime directory.
+    private static func listens(_ daemon: DaemonConfiguration) -> Bool {
+        var info = stat()
+        return stat(daemon.controlSocketPath, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK
     }
 
     /// A client for quick calls (15 s for a reply).

@@ -520,6 +520,12 @@ struct ContainerTests {
             #expect(agent.state == "running" && agent.content.active == "v1")
             let shown = try container.run("/bin/systemctl", "show", "backstopd", "-p", "ActiveState", "-p", "StatusText").output
             #expect(shown.contains("ActiveState=active") && shown.contains("the configuration file does not load"), "\(shown)")
+            // A reload of the broken file fails with its error (ExecReload's check) and changes nothing.
+            let refused = try container.run("/bin/systemctl", "reload", "backstopd")
+            #expect(refused.status != 0)
+            let unitLog = try container.run("/bin/journalctl", "-u", "backstopd", "--no-pager", "-o", "cat").output
+            #expect(unitLog.contains("agent[0].failure_treshold: unknown key"), "\(unitLog)")
+            #expect(try container.status().agents.first?.pid == agent.pid)
             // Fixed: the same tables as the last good copy, so the agent is untouched.
             try Self.config.write(toFile: path, atomically: true, encoding: .utf8)
             try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)

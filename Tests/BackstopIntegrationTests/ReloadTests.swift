@@ -34,7 +34,7 @@ struct ReloadTests {
         let line = try #require(try String(contentsOfFile: harness.configPath, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
             .firstIndex { $0.hasPrefix("failur_threshold") }) + 1
         try harness.start()
-        try harness.log.wait(for: "does not load; backstopd runs on the last configuration that loaded", seconds: 10)
+        try harness.log.wait(for: "unknown key in [[agent]]; did you mean \"failure_threshold\"?); backstopd runs on the last configuration that loaded", seconds: 10)
         try harness.wait(for: "agent-ready")
         let (report, exitCode) = try harness.status()
         #expect(exitCode == 1, "degraded")
@@ -84,6 +84,21 @@ struct ReloadTests {
         // No stop or failure was recorded against the agents a reload restarted or stopped.
         let exits = harness.log.all.filter { $0.contains("event=agent-exited") }
         #expect(exits.count == 2 && exits.allSatisfy { $0.contains("stopped as asked") }, "\(exits)")
+    }
+
+    @Test("A reload that changes [daemon] is refused, and backstopctl still finds the daemon where it runs")
+    func reloadOfTheDaemonTable() throws {
+        let harness = try running(["demo"])
+        defer { harness.cleanUp() }
+        let pid = try #require(try harness.agent().pid)
+        let moved = try String(contentsOfFile: harness.configPath, encoding: .utf8)
+            .replacingOccurrences(of: "runtime_directory = \"\(harness.directory)/run\"", with: "runtime_directory = \"\(harness.directory)/run2\"")
+        try moved.write(toFile: harness.configPath, atomically: true, encoding: .utf8)
+        try harness.reload(expecting: "Reload refused: [daemon] state_directory or runtime_directory changed; that takes a restart")
+        let status = try harness.ctl("status", "--json")
+        #expect(status.status == 0, "\(status.error)")
+        #expect(status.error.contains("is not what backstopd runs with yet"), "\(status.error)")
+        #expect(try harness.agent().pid == pid)
     }
 
     @Test("A reload whose file does not load changes nothing and says why; once fixed, the next reload applies it")

@@ -46,7 +46,7 @@ public struct DaemonService: Sendable {
         }
         if let fileError = effective.fileError {
             await supervisor.setConfigurationProblem(ConfigurationProblem(error: fileError, running: .lastGood))
-            logger.critical("The configuration file does not load; backstopd runs on the last configuration that loaded, and the agents stay protected. Fix the file, then: systemctl reload backstopd.",
+            logger.critical("The configuration file does not load (\(fileError)); backstopd runs on the last configuration that loaded, and the agents stay protected. Fix the file, then: systemctl reload backstopd.",
                             metadata: Self.metadata(of: fileError).merging([
                                 "last_good_loaded_at": "\(effective.lastGoodLoadedAt.map(StatusText.rfc3339) ?? "-")",
                                 "last_good_file": "\(lastGoodFile)",
@@ -96,7 +96,7 @@ public struct DaemonService: Sendable {
             // What runs stays: the last good copy backstopd started on, or what loaded before.
             let running = await supervisor.configurationProblem?.running ?? .previous
             await supervisor.setConfigurationProblem(ConfigurationProblem(error: error, running: running))
-            logger.error("Reload refused: the configuration file does not load; nothing changed, the agents run as before.",
+            logger.error("Reload refused: the configuration file does not load (\(error)); nothing changed, the agents run as before.",
                          metadata: Self.metadata(of: error))
             return
         }
