@@ -24,3 +24,13 @@ static inline int backstop_rename_noreplace(const char *from, const char *to) {
 static inline int backstop_pidfd_open(int pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0u);
 }
+
+#include <sys/vfs.h>
+
+/// fstatfs(2)'s `f_type` of the file system `fd` is on (its magic number, linux/magic.h).
+/// Returns it, or -1 with errno set.
+static inline long long backstop_file_system_type(int fd) {
+    struct statfs info;
+    if (fstatfs(fd, &info) != 0) return -1;
+    return (long long)info.f_type;
+}

@@ -161,6 +161,61 @@ struct StageDescriptorTests {
         #expect(try !openPaths(of: harness).contains(directory))
     }
 
+    @Test("a sender that moves the offset of the directory it passed while the daemon reads cannot make it stage less than the directory holds")
+    func sharedOffset() throws {
+        let (harness, directory) = try startDaemon()
+        defer { harness.cleanUp() }
+        try FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.copyItem(atPath: Paths.sample("v3-good"), toPath: directory)
+        let client = try RawClient(harness)
+        defer { client.close() }
+        let bundle = try OpenBundle.open(directory)
+        defer { bundle.close() }
+        // At the end of the directory before it is sent: a reader on the same open file would see no entry.
+        while readdir(fdopendir(dup(bundle.descriptor.rawValue))) != nil {}
+        _ = lseek(bundle.descriptor.rawValue, 0, SEEK_END)
+        let stage = #"{"method":"io.backstop.Manager.Stage","parameters":{"agent":"demo","path":"\#(directory)","version":"v9","file_descriptor":0}}"#
+        let staged = try client.call(stage, sending: [bundle.descriptor.rawValue])
+        #expect(staged.contains(#""id":"v9""#) && staged.contains(#""file_count":4"#), "\(staged)")
+    }
+
+    @Test("a reload that changes the agent during its staging leaves the staged version whole; one that removes the agent refuses the staging and the daemon lives on")
+    func reloadDuringStaging() throws {
+        let (harness, directory) = try startDaemon()
+        defer { harness.cleanUp() }
+        try FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.copyItem(atPath: Paths.sample("v3-good"), toPath: directory)
+        // Big enough that the copy is under way when the reload comes.
+        let padding = directory + "/padding"
+        try FileManager.default.createDirectory(atPath: padding, withIntermediateDirectories: true)
+        for index in 0..<3000 { try "\(index)\n".write(toFile: padding + "/\(index)", atomically: false, encoding: .utf8) }
+        let expected = try TreeInventory.scan(directory).summary.digest
+        for (rewrite, version) in [("failure_threshold = 5", "v7"), (nil, "v8")] {
+            let stage = Process()
+            stage.executableURL = URL(fileURLWithPath: Paths.binary("backstopctl"))
+            stage.arguments = ["stage", "demo", directory, "--version", version, "--config", harness.configPath]
+            stage.environment = ProcessInfo.processInfo.environment.merging(harness.serviceEnvironment) { $1 }
+            let output = Pipe()
+            stage.standardOutput = output
+            stage.standardError = output
+            let staging = try StagingWatch(harness.directory + "/state/demo/staging")
+            try stage.run()
+            staging.waitForWork(seconds: 20)
+            try harness.rewrite(agents: rewrite.map { [DaemonHarness.demoAgent(extra: $0)] } ?? [])
+            try harness.reload(expecting: rewrite == nil ? "removed demo." : "restarted demo.")
+            let said = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            stage.waitUntilExit()
+            if rewrite != nil {
+                #expect(stage.terminationStatus == 0, "\(said)")
+                let record = try #require(try versions(harness).first { $0.id == version })
+                #expect(record.fileCount == 3004 && record.digest == expected, "\(record)")
+            } else {
+                #expect(stage.terminationStatus != 0 && said.contains("no agent \"demo\" is configured"), "\(said)")
+                #expect(try harness.status().report.daemon.running, "backstopd lives on")
+            }
+        }
+    }
+
     @Test("a descriptor that is neither a directory nor a file is refused; too many descriptors drop the connection, not the daemon")
     func badDescriptors() throws {
         let (harness, _) = try startDaemon()
@@ -175,6 +230,17 @@ struct StageDescriptorTests {
         let refused = try client.call(stage, sending: [pipe[0]])
         #expect(refused.contains("io.backstop.Manager.StagingRefused") && refused.contains("/pipe is a FIFO"), "\(refused)")
 
+        // Not opened for reading (O_PATH), and a file of the kernel's (procfs): refused before any read.
+        for (path, flags, word) in [(Paths.sample("v3-good"), BackstopOpenFlags.pathOnly | O_DIRECTORY, "not opened for reading"),
+                                    ("/proc/version", O_RDONLY, "kernel pseudo file system")] {
+            let descriptor = open(path, flags | O_CLOEXEC)
+            try #require(descriptor >= 0)
+            defer { close(descriptor) }
+            let answer = try client.call(stage.replacingOccurrences(of: "/pipe", with: path), sending: [descriptor])
+            #expect(answer.contains("io.backstop.Manager.StagingRefused") && answer.contains(word), "\(answer)")
+        }
+        #expect(try versions(harness).isEmpty)
+
         let greedy = try RawClient(harness)
         defer { greedy.close() }
         let many = Array(repeating: pipe[0], count: ControlServer.maximumPendingDescriptors + 1)
@@ -183,9 +249,32 @@ struct StageDescriptorTests {
     }
 }
 
+/// open(2) flags Glibc's module does not export.
+enum BackstopOpenFlags {
+    /// `O_PATH` on Linux.
+    static let pathOnly: Int32 = 0o10000000
+}
+
 extension Environment {
     /// Whether unshare(1) can make a mount namespace here (root, and no sandbox forbidding it).
     static var canUnshareMounts: Bool {
         isRoot && (try? Command.run("/usr/bin/unshare", ["-m", "--propagation", "private", "/bin/true"]))?.status == 0
+    }
+}
+
+/// Waits, on inotify(7), for a staging to begin: a work directory made in `<store>/staging`.
+final class StagingWatch {
+    private let descriptor: Int32
+
+    init(_ directory: String) throws {
+        descriptor = inotify_init1(Int32(IN_CLOEXEC))
+        try #require(descriptor >= 0 && inotify_add_watch(descriptor, directory, UInt32(IN_CREATE)) >= 0)
+    }
+
+    /// Returns once something is made there, or after `seconds`.
+    func waitForWork(seconds: Double) {
+        var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        _ = poll(&entry, 1, Int32(seconds * 1000))
+        close(descriptor)
     }
 }

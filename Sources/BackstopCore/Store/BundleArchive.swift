@@ -47,7 +47,6 @@ struct BundleArchive {
         archive_read_support_filter_zstd(archive)
         switch source {
         case .descriptor(let descriptor, _):
-            // The offset is shared with the sender's open file, which may have moved it.
             guard lseek(descriptor, 0, SEEK_SET) == 0 else { throw .io(path: name, operation: "seek", errno: errno) }
             // archive_read_open_fd(3) reads through the descriptor and leaves it open.
             guard archive_read_open_fd(archive, descriptor, 1 << 16) == ARCHIVE_OK else {

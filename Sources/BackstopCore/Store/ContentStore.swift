@@ -128,6 +128,8 @@ public struct ContentStore: Sendable {
     public func stage(
         from bundle: OpenBundle, id: String?, existing: Set<String>, quarantined: [String: String] = [:], rules: StagingRules, at date: Date
     ) throws(StoreError) -> VersionRecord {
+        let bundle = try bundle.reopened()
+        defer { bundle.close() }
         if let id, !Self.isValidVersionID(id) { throw .invalidVersionID(id) }
         if let id, existing.contains(id) { throw .versionExists(id) }
         do { try prepare() } catch { throw .io(path: root, operation: "create", errno: (error as? Errno)?.rawValue ?? EIO) }

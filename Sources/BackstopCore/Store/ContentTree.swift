@@ -220,13 +220,16 @@ struct TreeCopier {
             throw .io(path: path, operation: "read directory", errno: errno)
         }
         defer { closedir(stream) }
-        // The duplicate shares the file offset, which a passed descriptor's sender may have moved.
         rewinddir(stream)
         var names: [String] = []
+        // readdir(3) returns NULL at the end and on an error alike; errno tells them apart.
+        errno = 0
         while let entry = readdir(stream) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
             if name != "." && name != ".." { names.append(name) }
+            errno = 0
         }
+        guard errno == 0 else { throw .io(path: path, operation: "read directory", errno: errno) }
         return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
 

@@ -69,10 +69,9 @@ extension Supervisor {
         let before = Dictionary(uniqueKeysWithValues: configuration.agents.map { ($0.name, $0) })
         let after = Dictionary(uniqueKeysWithValues: new.agents.map { ($0.name, $0) })
         var summary = ReloadSummary()
-        var generations: [String: Int] = [:]
+        var retired: [String: (state: AgentStateFile, store: ContentStore, generation: Int)] = [:]
         for agent in configuration.agents where after[agent.name] != agent {
-            generations[agent.name] = slots[agent.name]?.generation
-            try? await inTurn(agent.name) { () async throws(ManagerError) in await retire(agent.name) }
+            try? await inTurn(agent.name) { () async throws(ManagerError) in retired[agent.name] = await retire(agent.name) }
             if after[agent.name] == nil { summary.removed.append(agent.name) }
         }
         configuration = new
@@ -83,10 +82,20 @@ extension Supervisor {
                 summary.unchanged.append(agent.name)
                 continue
             }
-            if before[agent.name] == nil { summary.added.append(agent.name) } else { summary.restarted.append(agent.name) }
-            var slot = restore(agent, at: now)
-            // Later than any run of the retired slot: a late event of one is never taken for the new run's.
-            slot.generation = (generations[agent.name] ?? 0) + 1
+            var slot: AgentSlot
+            if let old = retired[agent.name] {
+                summary.restarted.append(agent.name)
+                // What the policy knew, under the new settings; the store is left as it is (a
+                // staging under way in it goes on), not recovered as at a start.
+                var policy = AgentPolicy(settings: agent.policySettings)
+                policy.restore(from: old.state, currentBootID: bootID)
+                slot = AgentSlot(configuration: agent, store: old.store, policy: policy)
+                // Later than any run of the retired slot: a late event of one is never taken for the new run's.
+                slot.generation = old.generation + 1
+            } else {
+                summary.added.append(agent.name)
+                slot = restore(agent, at: now)
+            }
             (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
             slots[agent.name] = slot
             if agent.watchedUnit != nil, !attachUnits([agent]).isEmpty { continue }
@@ -99,8 +108,10 @@ extension Supervisor {
     /// Stops agent `name` for good and forgets it: its processes are stopped as at a
     /// shutdown (SIGTERM, the grace, SIGKILL) and waited for; a transient unit is stopped and
     /// waited for; an agent's own unit is handed back to systemd (drop-in removed, left running).
-    func retire(_ name: String) async {
-        guard let slot = slots[name] else { return }
+    /// - Returns: its policy's state, its store and its last run's generation, for a slot that
+    ///   takes its place; nil when it was not configured.
+    func retire(_ name: String) async -> (state: AgentStateFile, store: ContentStore, generation: Int)? {
+        guard let slot = slots[name] else { return nil }
         cancelTimers(name)
         if let unit = slot.unit {
             if slot.configuration.transientUnit != nil {
@@ -133,7 +144,9 @@ extension Supervisor {
         slots[name]?.notifyPump?.cancel()
         stopProbes(name)
         persist(name)
+        let last = slots[name]!
         slots[name] = nil
+        return (last.policy.stateFile(bootID: bootID, at: Moment.now()), last.store, last.generation)
     }
 
     /// Transient units of agents no longer configured (`backstop-<name>.service`, made by an

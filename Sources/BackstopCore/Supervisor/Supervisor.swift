@@ -73,7 +73,7 @@ public actor Supervisor {
     /// Who waits for an agent's processes (or its transient unit) to be gone: a reload retiring it.
     var agentStopWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
     let logger: Logger
-    private let bootID: String
+    let bootID: String
     var slots: [String: AgentSlot] = [:]
     var shuttingDown = false
     private var bootGood = false
@@ -293,17 +293,23 @@ public actor Supervisor {
         let ledger = try slot(agent).policy.ledger
         let existing = Set(ledger.versions.map(\.id))
         let quarantined = ledger.quarantinedByDigest
-        let result = await Task.detached { () -> Result<VersionRecord, StoreError> in
-            Result { () throws(StoreError) in
-                try store.stage(from: bundle, id: version, existing: existing, quarantined: quarantined, rules: rules, at: Date())
-            }
-        }.value
+        // On a thread of its own, not the tasks' shared pool: a read that blocks (a file on a
+        // network file system, a FIFO swapped in) holds up this staging only, never supervision.
+        let result = await withCheckedContinuation { (done: CheckedContinuation<Result<VersionRecord, StoreError>, Never>) in
+            Thread {
+                done.resume(returning: Result { () throws(StoreError) in
+                    try store.stage(from: bundle, id: version, existing: existing, quarantined: quarantined, rules: rules, at: Date())
+                })
+            }.start()
+        }
         let record: VersionRecord
         switch result {
         case .success(let staged): record = staged
         case .failure(let error): throw .store(error)
         }
         guard !shuttingDown else { throw .shuttingDown }
+        // A reload removed the agent meanwhile: its files stay in the store, adopted as staged if it returns.
+        guard slots[agent] != nil else { throw .noSuchAgent(agent) }
         slots[agent]!.policy.staged(record)
         persist(agent)
         apply([.record(Decision(
