@@ -60,7 +60,7 @@ struct GlobalOptions: ParsableArguments {
             throw failure("\(error)")
         }
         if let problem = effective.problem { FileHandle.standardError.write(Data("backstopctl: warning: \(problem)\n".utf8)) }
-        if let running = LastGoodConfiguration.read(for: config).flatMap({ try? BackstopCore.Configuration.parse($0.text, path: config) })?.daemon,
+        if let running = (try? LastGoodConfiguration.read(for: config))?.flatMap({ try? BackstopCore.Configuration.parse($0.text, path: config) })?.daemon,
            running != effective.configuration.daemon, !Self.listens(effective.configuration.daemon), Self.listens(running) {
             FileHandle.standardError.write(Data("backstopctl: warning: [daemon] in \(config) is not what backstopd runs with yet (that takes systemctl restart backstopd); using its runtime directory \(running.runtimeDirectory)\n".utf8))
             effective.configuration.daemon = running

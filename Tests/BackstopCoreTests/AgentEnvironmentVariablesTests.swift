@@ -26,8 +26,10 @@ struct AgentEnvironmentVariablesTests {
 
     @Test("Backstop's own variables are reserved; names follow the shell's rules")
     func names() {
-        #expect(AgentEnvironment.isReserved("BACKSTOP_CONTENT") && AgentEnvironment.isReserved("WATCHDOG_PID"))
-        #expect(AgentEnvironment.isReserved("NOTIFY_SOCKET") && !AgentEnvironment.isReserved("WATCHDOG"))
+        for name in ["BACKSTOP_CONTENT", "WATCHDOG_PID", "NOTIFY_SOCKET", "BASH_ENV", "SHELLOPTS", "PWD", "_"] {
+            #expect(AgentEnvironment.reservation(of: name) != nil, "\(name)")
+        }
+        #expect(AgentEnvironment.reservation(of: "WATCHDOG") == nil && AgentEnvironment.reservation(of: "TZ") == nil)
         #expect(AgentEnvironment.isValidName("_A1") && AgentEnvironment.isValidName("tz"))
         #expect(!AgentEnvironment.isValidName("1A") && !AgentEnvironment.isValidName("") && !AgentEnvironment.isValidName("A-B"))
     }

@@ -183,6 +183,14 @@ struct ConfigurationTests {
             source: minimalAgent + "\nenvironment = [\"WATCHDOG_PID=1\"]\n",
             line: 4, key: "agent[0].environment", message: "WATCHDOG_PID is set by Backstop itself"),
         Fault(
+            what: "an environment entry the sandbox's shell would read",
+            source: minimalAgent + "\nenvironment = [\"BASH_ENV=/tmp/x\"]\n",
+            line: 4, key: "agent[0].environment", message: "BASH_ENV is read or set by the sandbox's shell"),
+        Fault(
+            what: "an environment entry longer than the kernel passes",
+            source: minimalAgent + "\nenvironment = [\"BIG=\(String(repeating: "x", count: 131_072))\"]\n",
+            line: 4, key: "agent[0].environment", message: "the kernel passes at most 131071"),
+        Fault(
             what: "an environment entry in BACKSTOP_*",
             source: minimalAgent + "\nenvironment = [\"BACKSTOP_CONTENT=/srv\"]\n",
             line: 4, key: "agent[0].environment", message: "BACKSTOP_CONTENT is set by Backstop itself"),

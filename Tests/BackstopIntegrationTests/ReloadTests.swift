@@ -26,7 +26,7 @@ struct ReloadTests {
     func startsOnTheLastGoodConfiguration() throws {
         let harness = try running(["demo"])
         defer { harness.cleanUp() }
-        let kept = try #require(LastGoodConfiguration.read(for: harness.configPath, from: harness.lastGoodFile))
+        let kept = try #require(try LastGoodConfiguration.read(for: harness.configPath, from: harness.lastGoodFile))
         #expect(kept.text == (try String(contentsOfFile: harness.configPath, encoding: .utf8)), "the file as it loaded is kept")
         harness.stop()
         // A bad push: a misspelt key on line 7.
@@ -46,8 +46,13 @@ struct ReloadTests {
         let text = try harness.ctl("status")
         #expect(text.output.contains("does not load; running on the last configuration that loaded [degraded]"), "\(text.output)")
         #expect(text.error.contains("warning: the configuration file does not load"), "backstopctl says what it reads instead: \(text.error)")
+        // The copy is the file's however its path is spelt: through a symlink, backstopctl finds it too.
+        let link = harness.directory + "/link.toml"
+        try #require(symlink(harness.configPath, link) == 0)
+        let throughLink = try Command.run(Paths.binary("backstopctl"), ["status", "--config", link], environment: harness.serviceEnvironment)
+        #expect(throughLink.status == 1 && throughLink.output.contains("[degraded]"), "\(throughLink.output) \(throughLink.error)")
         // The broken file is never kept as the last good one.
-        #expect(LastGoodConfiguration.read(for: harness.configPath, from: harness.lastGoodFile)?.text == kept.text)
+        #expect(try LastGoodConfiguration.read(for: harness.configPath, from: harness.lastGoodFile)?.text == kept.text)
     }
 
     @Test("Without a last good copy, a file that does not load is refused as before")
@@ -96,9 +101,11 @@ struct ReloadTests {
         try moved.write(toFile: harness.configPath, atomically: true, encoding: .utf8)
         try harness.reload(expecting: "Reload refused: [daemon] state_directory or runtime_directory changed; that takes a restart")
         let status = try harness.ctl("status", "--json")
-        #expect(status.status == 0, "\(status.error)")
+        #expect(status.status == 1, "degraded: the file is not what runs; \(status.error)")
         #expect(status.error.contains("is not what backstopd runs with yet"), "\(status.error)")
-        #expect(try harness.agent().pid == pid)
+        let report = try harness.status().report
+        #expect(report.daemon.configuration?.running == .previous && report.daemon.configuration?.error?.contains("takes a restart") == true)
+        #expect(report.agents.first?.pid == pid)
     }
 
     @Test("A reload whose file does not load changes nothing and says why; once fixed, the next reload applies it")

@@ -632,11 +632,12 @@ private struct TableReader {
             guard AgentEnvironment.isValidName(name) else {
                 throw fail(full, "\(String(reflecting: name)) is not a variable name (letters, digits and _, not starting with a digit)")
             }
-            guard !AgentEnvironment.isReserved(name) else {
-                throw fail(full, "\(name) is set by Backstop itself for each run (BACKSTOP_*, NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID)")
-            }
+            if let reason = AgentEnvironment.reservation(of: name) { throw fail(full, "\(name) \(reason)") }
             let value = String(assignment[assignment.index(after: equals)...])
             guard !value.unicodeScalars.contains("\u{0}") else { throw fail(full, "the value of \(name) has a NUL byte in it") }
+            guard assignment.utf8.count <= AgentEnvironment.maximumAssignmentBytes else {
+                throw fail(full, "\(name)=... is \(assignment.utf8.count) bytes; the kernel passes at most \(AgentEnvironment.maximumAssignmentBytes) to a program")
+            }
             variables[name] = value
         }
         return variables

@@ -24,7 +24,7 @@ public struct LastGoodConfiguration: Codable, Sendable, Equatable {
 
     /// A copy of `text`, read from `path` at `loadedAt`.
     public init(path: String, loadedAt: Date, text: String) {
-        self.path = path
+        self.path = Self.canonical(path)
         self.loadedAt = loadedAt
         self.text = text
     }
@@ -37,13 +37,27 @@ public struct LastGoodConfiguration: Codable, Sendable, Equatable {
         return directory + "/configuration.last-good.json"
     }
 
-    /// The copy kept for the configuration file at `path`, nil when there is none (or it is
-    /// another file's, or unreadable: it is then as good as none).
-    public static func read(for path: String, from file: String = file()) -> LastGoodConfiguration? {
-        guard let data = FileManager.default.contents(atPath: file),
-              let copy = try? JSONDecoder.backstop.decode(LastGoodConfiguration.self, from: data),
-              copy.path == path else { return nil }
-        return copy
+    /// The copy kept for the configuration file at `path` (however it is spelt: relative, or
+    /// through a symlink), nil when there is none or it is another file's.
+    /// - Throws: ``LastGoodConfigurationError`` when the copy is there but unreadable.
+    public static func read(for path: String, from file: String = file()) throws(LastGoodConfigurationError) -> LastGoodConfiguration? {
+        guard let data = FileManager.default.contents(atPath: file) else { return nil }
+        let copy: LastGoodConfiguration
+        do { copy = try JSONDecoder.backstop.decode(LastGoodConfiguration.self, from: data) } catch {
+            throw LastGoodConfigurationError(file: file, reason: "\(error)")
+        }
+        return copy.path == canonical(path) ? copy : nil
+    }
+
+    /// The name a configuration file's copy is kept under: its real path (realpath(3)) when
+    /// it exists, else the absolute path with `.` and `..` resolved lexically.
+    public static func canonical(_ path: String) -> String {
+        if let resolved = realpath(path, nil) {
+            defer { free(resolved) }
+            return String(cString: resolved)
+        }
+        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        return URL(fileURLWithPath: absolute).standardizedFileURL.path
     }
 
     /// Writes the copy crash-safely (``DurableFile/write(_:to:mode:)``), readable by all as the
@@ -53,6 +67,16 @@ public struct LastGoodConfiguration: Codable, Sendable, Equatable {
         try DurableFile.makeDirectories((file as NSString).deletingLastPathComponent, mode: 0o755)
         try DurableFile.write(try JSONEncoder.backstop.encode(self), to: file, mode: [.ownerReadWrite, .groupRead, .otherRead])
     }
+}
+
+/// A last good copy that is there but cannot be read (truncated, edited by hand).
+public struct LastGoodConfigurationError: Error, CustomStringConvertible {
+    /// The copy's file.
+    public var file: String
+    /// What is wrong with it.
+    public var reason: String
+
+    public var description: String { "\(file) is unreadable (\(reason))" }
 }
 
 /// A configuration as backstopd and backstopctl take it: the file when it loads, else the
@@ -78,8 +102,17 @@ public struct EffectiveConfiguration: Sendable {
         } catch {
             fileError = error
         }
-        guard let copy = LastGoodConfiguration.read(for: path, from: lastGoodFile),
-              let configuration = try? Configuration.parse(copy.text, path: path) else { throw fileError }
+        let copy: LastGoodConfiguration?
+        do { copy = try LastGoodConfiguration.read(for: path, from: lastGoodFile) } catch {
+            throw ConfigurationError(path: fileError.path, line: fileError.line, key: fileError.key,
+                                     message: fileError.message + "; and the last good copy cannot be used: \(error)")
+        }
+        guard let copy else { throw fileError }
+        let configuration: Configuration
+        do { configuration = try Configuration.parse(copy.text, path: path) } catch {
+            throw ConfigurationError(path: fileError.path, line: fileError.line, key: fileError.key,
+                                     message: fileError.message + "; and the last good copy in \(lastGoodFile) does not load either: \(error)")
+        }
         return EffectiveConfiguration(configuration: configuration, fileError: fileError, lastGoodLoadedAt: copy.loadedAt)
     }
 

@@ -110,13 +110,17 @@ public struct DaemonService: Sendable {
                 "added": "\(summary.added.joined(separator: ","))",
             ])
         } catch {
+            // The file is not what runs until a restart: degraded, as for a file that does not load.
+            let running = await supervisor.configurationProblem?.running ?? .previous
+            await supervisor.setConfigurationProblem(ConfigurationProblem(
+                error: ConfigurationError(path: path, line: nil, key: "daemon", message: "\(error)"), running: running))
             logger.error("Reload refused: \(error); nothing changed.", metadata: ["config": "\(path)"])
         }
     }
 
     /// Keeps `text` as the last configuration that loaded; a failure is said, never fatal.
     private func keepAsLastGood(_ text: String, path: String) {
-        guard LastGoodConfiguration.read(for: path, from: lastGoodFile)?.text != text else { return }
+        guard (try? LastGoodConfiguration.read(for: path, from: lastGoodFile))?.text != text else { return }
         do { try LastGoodConfiguration(path: path, loadedAt: Date(), text: text).save(to: lastGoodFile) } catch {
             logger.error("Cannot keep the configuration as the last one that loaded; if the file breaks, backstopd will not start on it.",
                          metadata: ["path": "\(lastGoodFile)", "error": "\(error)"])

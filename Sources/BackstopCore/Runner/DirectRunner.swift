@@ -78,10 +78,24 @@ public enum AgentEnvironment {
     /// sd_watchdog_enabled(3)'s pid variable: the sandbox sets it to the agent's own pid.
     public static let watchdogPIDVariable = "WATCHDOG_PID"
 
-    /// Whether `name` is one of Backstop's own variables, which the `environment` key may not set:
-    /// `BACKSTOP_*`, `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
-    public static func isReserved(_ name: String) -> Bool {
-        name.hasPrefix("BACKSTOP_") || ["NOTIFY_SOCKET", watchdogMicrosecondsVariable, watchdogPIDVariable].contains(name)
+    /// Variables the sandbox's bash reads or sets itself (bash(1), "Shell Variables"): set
+    /// from outside, they would change what it runs (`BASH_ENV`, `SHELLOPTS`) or be replaced.
+    static let shellVariables: Set<String> = ["BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "BASH_XTRACEFD", "PWD", "OLDPWD", "SHLVL", "_"]
+
+    /// The longest `KEY=value` the kernel passes to a program (MAX_ARG_STRLEN, execve(2)).
+    public static let maximumAssignmentBytes = 131_071
+
+    /// Why the `environment` key may not set `name`, nil when it may: Backstop's own
+    /// variables (`BACKSTOP_*`, `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`) are set for
+    /// each run, and the sandbox shell's (``shellVariables``) belong to it.
+    public static func reservation(of name: String) -> String? {
+        if name.hasPrefix("BACKSTOP_") || ["NOTIFY_SOCKET", watchdogMicrosecondsVariable, watchdogPIDVariable].contains(name) {
+            return "is set by Backstop itself for each run (BACKSTOP_*, NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID)"
+        }
+        if shellVariables.contains(name) {
+            return "is read or set by the sandbox's shell (\(shellVariables.sorted().joined(separator: ", ")))"
+        }
+        return nil
     }
 
     /// Whether `name` may name an environment variable here: a letter or `_`, then letters, digits and `_`.
