@@ -34,3 +34,17 @@ static inline long long backstop_file_system_type(int fd) {
     if (fstatfs(fd, &info) != 0) return -1;
     return (long long)info.f_type;
 }
+
+#include <linux/capability.h>
+
+/// Keeps in the calling thread's effective capability set only those also in `mask` (bit N
+/// for capability N, as /proc/PID/status's CapEff shows them), with capget(2)/capset(2) on
+/// this thread alone; the other threads of the process keep theirs. Returns 0, or -1 with errno set.
+static inline int backstop_thread_limit_effective_capabilities(unsigned long long mask) {
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    if (syscall(SYS_capget, &header, data) != 0) return -1;
+    data[0].effective &= (unsigned int)mask;
+    data[1].effective &= (unsigned int)(mask >> 32);
+    return (int)syscall(SYS_capset, &header, data);
+}

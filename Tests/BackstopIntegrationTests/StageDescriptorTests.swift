@@ -161,6 +161,22 @@ struct StageDescriptorTests {
         #expect(try !openPaths(of: harness).contains(directory))
     }
 
+    @Test("a root caller without capabilities cannot have a file copied that it may not read itself; with them, the same staging works")
+    func callerCapabilities() throws {
+        let (harness, directory) = try startDaemon()
+        defer { harness.cleanUp() }
+        try "signature\n".write(toFile: directory + "/rules", atomically: false, encoding: .utf8)
+        try "TOPSECRET\n".write(toFile: directory + "/secret", atomically: false, encoding: .utf8)
+        try #require(chown(directory + "/secret", 65534, 65534) == 0 && chmod(directory + "/secret", 0o600) == 0)
+        let withoutCapabilities = try Command.run(
+            "/usr/bin/setpriv", ["--inh-caps=-all", "--bounding-set=-all", "--", Paths.binary("backstopctl"), "stage", "demo", directory,
+                                 "--version", "v1", "--config", harness.configPath], environment: harness.serviceEnvironment)
+        #expect(withoutCapabilities.status != 0 && withoutCapabilities.error.contains("Permission denied"), "\(withoutCapabilities.error)")
+        #expect(try versions(harness).isEmpty)
+        let asRoot = try harness.ctl("stage", "demo", directory, "--version", "v2")
+        #expect(asRoot.status == 0, "\(asRoot.error)")
+    }
+
     @Test("a sender that moves the offset of the directory it passed while the daemon reads cannot make it stage less than the directory holds")
     func sharedOffset() throws {
         let (harness, directory) = try startDaemon()

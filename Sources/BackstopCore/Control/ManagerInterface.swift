@@ -124,7 +124,8 @@ public enum ManagerInterface {
                     throw ManagerError.store(error)
                 }
                 let record = try await supervisor.stage(
-                    agent: parameters.agent, bundle: bundle, version: parameters.version, activate: parameters.activate ?? false)
+                    agent: parameters.agent, bundle: bundle, version: parameters.version, activate: parameters.activate ?? false,
+                    callerCapabilities: PeerCapabilities.effective(of: peer))
                 return .of(StageReply(version: record))
             case "Activate":
                 let parameters = try decode(VersionParameters.self, call)
@@ -245,6 +246,16 @@ public enum BackstopGroup {
     public static var id: UInt32? {
         guard let entry = getgrnam("backstop") else { return nil }
         return entry.pointee.gr_gid
+    }
+}
+
+/// The effective capabilities of a peer process.
+enum PeerCapabilities {
+    /// `CapEff:` of `/proc/PID/status` (proc(5)), bit N for capability N; none when it cannot be read.
+    static func effective(of peer: PeerCredentials) -> UInt64 {
+        guard let status = try? String(contentsOfFile: "/proc/\(peer.pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }) else { return 0 }
+        return UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16) ?? 0
     }
 }
 

@@ -1,3 +1,4 @@
+import CLinux
 import CSystemd
 import Foundation
 import Logging
@@ -287,7 +288,12 @@ public actor Supervisor {
     /// and activates it when asked. The copy runs off the actor, so supervision goes on
     /// meanwhile; the caller keeps the bundle open until this returns, and closes it.
     /// - Throws: ``ManagerError`` with the store's or the policy's reason.
-    public func stage(agent: String, bundle: OpenBundle, version: String?, activate: Bool) async throws(ManagerError) -> VersionRecord {
+    /// - Parameter callerCapabilities: the caller's effective capabilities (bit N for
+    ///   capability N): the copy reads with no capability the caller lacks, so a root caller
+    ///   without `CAP_DAC_READ_SEARCH` cannot have a file it may not read copied for it.
+    public func stage(
+        agent: String, bundle: OpenBundle, version: String?, activate: Bool, callerCapabilities: UInt64 = .max
+    ) async throws(ManagerError) -> VersionRecord {
         let store = try slot(agent).store
         let rules = try slot(agent).configuration.stagingRules
         let ledger = try slot(agent).policy.ledger
@@ -297,6 +303,11 @@ public actor Supervisor {
         // network file system, a FIFO swapped in) holds up this staging only, never supervision.
         let result = await withCheckedContinuation { (done: CheckedContinuation<Result<VersionRecord, StoreError>, Never>) in
             Thread {
+                // This thread's credentials only; it ends with the staging.
+                guard backstop_thread_limit_effective_capabilities(callerCapabilities) == 0 else {
+                    done.resume(returning: .failure(.io(path: bundle.path, operation: "take on the caller's capabilities", errno: errno)))
+                    return
+                }
                 done.resume(returning: Result { () throws(StoreError) in
                     try store.stage(from: bundle, id: version, existing: existing, quarantined: quarantined, rules: rules, at: Date())
                 })
