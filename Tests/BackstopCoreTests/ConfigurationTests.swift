@@ -157,6 +157,13 @@ struct ConfigurationTests {
             #expect(error.path == missing)
             #expect(error.description == missing + ": does not exist")
         }
+        // A FIFO would block the reader; a symlink loop is not a missing file.
+        let fifo = directory + "/fifo.toml"
+        try #require(mkfifo(fifo, 0o600) == 0)
+        #expect(throws: ConfigurationError(path: fifo, line: nil, key: nil, message: "is not a regular file")) { try Configuration.load(path: fifo) }
+        let loop = directory + "/loop.toml"
+        try #require(symlink(loop, loop) == 0)
+        #expect(throws: ConfigurationError(path: loop, line: nil, key: nil, message: String(cString: strerror(ELOOP)))) { try Configuration.load(path: loop) }
     }
 
     /// One fault per case: the source, the line and key the error must name, and a word of its message.

@@ -14,14 +14,18 @@ extension Configuration {
     }
 
     /// The text of the configuration file at `path`.
-    /// - Throws: ``ConfigurationError`` when it is missing, a directory, or unreadable.
+    /// - Throws: ``ConfigurationError`` when it is missing, a directory or another non-regular
+    ///   file (a FIFO would block the reader), or unreadable (stat(2)'s reason, e.g. a symlink loop).
     public static func source(path: String) throws(ConfigurationError) -> String {
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
-            throw ConfigurationError(path: path, line: nil, key: nil, message: "is a directory, not a configuration file")
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            let message = errno == ENOENT ? "does not exist" : String(cString: strerror(errno))
+            throw ConfigurationError(path: path, line: nil, key: nil, message: message)
         }
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw ConfigurationError(path: path, line: nil, key: nil, message: "does not exist")
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw ConfigurationError(path: path, line: nil, key: nil, message: "is a directory, not a configuration file")
+        default: throw ConfigurationError(path: path, line: nil, key: nil, message: "is not a regular file")
         }
         do {
             return try String(contentsOfFile: path, encoding: .utf8)
