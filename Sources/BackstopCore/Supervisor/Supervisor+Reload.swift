@@ -71,7 +71,8 @@ extension Supervisor {
         var summary = ReloadSummary()
         var retired: [String: (state: AgentStateFile, store: ContentStore, generation: Int)] = [:]
         for agent in configuration.agents where after[agent.name] != agent {
-            try? await inTurn(agent.name) { () async throws(ManagerError) in retired[agent.name] = await retire(agent.name) }
+            let leaving = after[agent.name] == nil
+            try? await inTurn(agent.name) { () async throws(ManagerError) in retired[agent.name] = await retire(agent.name, leaving: leaving) }
             if after[agent.name] == nil { summary.removed.append(agent.name) }
         }
         configuration = new
@@ -107,10 +108,11 @@ extension Supervisor {
 
     /// Stops agent `name` for good and forgets it: its processes are stopped as at a
     /// shutdown (SIGTERM, the grace, SIGKILL) and waited for; a transient unit is stopped and
-    /// waited for; an agent's own unit is handed back to systemd (drop-in removed, left running).
+    /// waited for; an agent's own unit is left running, and when the agent is `leaving` the
+    /// configuration it is handed back to systemd (drop-in removed).
     /// - Returns: its policy's state, its store and its last run's generation, for a slot that
     ///   takes its place; nil when it was not configured.
-    func retire(_ name: String) async -> (state: AgentStateFile, store: ContentStore, generation: Int)? {
+    func retire(_ name: String, leaving: Bool) async -> (state: AgentStateFile, store: ContentStore, generation: Int)? {
         guard let slot = slots[name] else { return nil }
         cancelTimers(name)
         if let unit = slot.unit {
@@ -122,7 +124,7 @@ extension Supervisor {
                 if unit.lastState?.isUp == true {
                     await withCheckedContinuation { agentStopWaiters[name, default: []].append($0) }
                 }
-            } else {
+            } else if leaving {
                 if unlink(Self.dropInPath(unit: unit.name)) != 0, errno != ENOENT {
                     logger.error("Cannot remove the unit's drop-in.", metadata: ["unit": "\(unit.name)", "error": "\(String(cString: strerror(errno)))"])
                 }
