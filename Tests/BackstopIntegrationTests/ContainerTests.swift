@@ -591,7 +591,7 @@ struct ContainerTests {
         }
     }
 
-    @Test("reload with the systemd runner: an agent's own unit removed from the configuration is handed back to systemd, still running, its drop-in gone")
+    @Test("reload with the systemd runner: a changed agent keeps its unit running under Backstop; removed from the configuration, the unit is handed back to systemd, still running, its drop-in gone")
     func reloadHandsUnitBack() throws {
         try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in
             try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
@@ -599,6 +599,12 @@ struct ContainerTests {
             let dropIn = "/run/systemd/system/demo-agent.service.d/50-backstop.conf"
             #expect(try container.run("/usr/bin/test", "-e", dropIn).status == 0)
             let before = try container.run("/bin/systemctl", "show", "demo-agent", "-p", "MainPID", "--value").output
+            try (Self.unitConfig + "\nfailure_threshold = 4\n").write(toFile: container.directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
+            try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
+            try container.waitInBoot("the reload") { lines in lines.contains { $0.contains("Reloaded /etc/backstop/backstop.toml: restarted demo.") } }
+            #expect(try container.run("/usr/bin/test", "-e", dropIn).status == 0, "still Backstop's")
+            let changed = try #require(try container.status().agents.first)
+            #expect(changed.failures.threshold == 4 && changed.state == "running", "\(changed)")
             try "".write(toFile: container.directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
             try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
             try container.waitInBoot("the reload") { lines in lines.contains { $0.contains("Reloaded /etc/backstop/backstop.toml: removed demo.") } }
