@@ -205,6 +205,19 @@ final class Container: @unchecked Sendable {
         leaderPID = nil
     }
 
+    /// Runs `body` with a booted container (see ``init(config:files:masked:)``), removed
+    /// afterwards; any failure carries the journal of the boot it happened in.
+    static func booted(
+        config: String?, files: [String: String] = [:], masked: [String] = Container.masked, _ body: (Container) throws -> Void
+    ) throws {
+        let container = try Container(config: config, files: files, masked: masked)
+        defer { container.remove() }
+        try container.boot()
+        do { try body(container) } catch {
+            throw HarnessError.failed("\(error)\n--- journal of the container's current boot ---\n\(container.journal())")
+        }
+    }
+
     /// Ends the container (if it still runs) and removes its directories.
     func remove() {
         powerCut()

@@ -29,12 +29,7 @@ struct ContainerTests {
         config: String = Self.config, files: [String: String] = [:], masked: [String] = Container.masked,
         _ body: (Container) throws -> Void
     ) throws {
-        let container = try Container(config: config, files: files, masked: masked)
-        defer { container.remove() }
-        try container.boot()
-        do { try body(container) } catch {
-            throw HarnessError.failed("\(error)\n--- journal of the container's current boot ---\n\(container.journal())")
-        }
+        try Container.booted(config: config, files: files, masked: masked, body)
     }
 
     /// Stages `good` (a directory in the container) as v1 and promotes it, then stages `candidate` as v2 and activates it.

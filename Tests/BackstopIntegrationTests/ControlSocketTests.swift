@@ -24,14 +24,7 @@ struct ControlSocketTests {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let message = Array(text.utf8) + [0]
         _ = send(fd, message, message.count, Int32(MSG_NOSIGNAL))
-        var reply: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while !reply.contains(0) {
-            let count = read(fd, &buffer, buffer.count)
-            guard count > 0 else { break }
-            reply += buffer[..<count]
-        }
-        return String(decoding: reply.prefix { $0 != 0 }, as: UTF8.self)
+        return VarlinkReply.read(from: fd)
     }
 
     @Test("Invalid JSON and unknown methods get Varlink errors")

@@ -281,6 +281,21 @@ final class DaemonHarness: @unchecked Sendable {
     }
 }
 
+/// One reply read from a blocking control-socket connection.
+enum VarlinkReply {
+    /// The text up to the first NUL; "" when the daemon closes the connection first.
+    static func read(from fd: Int32) -> String {
+        var reply: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !reply.contains(0) {
+            let count = Glibc.read(fd, &buffer, buffer.count)
+            guard count > 0 else { break }
+            reply += buffer[..<count]
+        }
+        return String(decoding: reply.prefix { $0 != 0 }, as: UTF8.self)
+    }
+}
+
 /// What a finished command left: its exit code and its output.
 struct CommandResult {
     var status: Int32

@@ -10,19 +10,6 @@ import Testing
     .enabled(if: Container.available,
              "needs root, systemd-nspawn and an install tree in BACKSTOP_INSTALL_DIR (`make test` provides all three)"))
 struct DeployedTests {
-    /// Runs `body` with a booted container (see ``Container/init(config:files:masked:)``);
-    /// any failure carries the journal of the boot it happened in.
-    func withContainer(
-        config: String?, files: [String: String] = [:], masked: [String] = Container.masked, _ body: (Container) throws -> Void
-    ) throws {
-        let container = try Container(config: config, files: files, masked: masked)
-        defer { container.remove() }
-        try container.boot()
-        do { try body(container) } catch {
-            throw HarnessError.failed("\(error)\n--- journal of the container's current boot ---\n\(container.journal())")
-        }
-    }
-
     /// The SHA-256 of the host's file at `path`, in hex.
     func sha256(_ path: String) throws -> String {
         String(try Command.run("/usr/bin/sha256sum", [path]).output.prefix(64))
@@ -36,7 +23,7 @@ struct DeployedTests {
         let shipped = installTree + "/etc/backstop/backstop.toml"
         try #require(try Data(contentsOf: URL(fileURLWithPath: shipped)) == Data(contentsOf: URL(fileURLWithPath: Paths.repository + "/examples/backstop.toml")),
                      "make install put examples/backstop.toml in place unchanged")
-        try withContainer(config: nil) { container in
+        try Container.booted(config: nil) { container in
             let bound = try container.run("/usr/bin/sha256sum", "/etc/backstop/backstop.toml").output.prefix(64)
             #expect(String(bound) == (try sha256(shipped)), "the container runs on the shipped file byte for byte")
             try #require(try container.run("/bin/systemctl", "enable", "backstopd").status == 0)
@@ -176,7 +163,7 @@ struct DeployedTests {
             "/etc/sysusers.d/clamav.conf": "u clamav - \"Clam AntiVirus\" /var/lib/clamav\n",
             "/etc/sysusers.d/alice.conf": "u alice - \"A user\" /home/alice\n",
         ]
-        try withContainer(config: try recipe.configuration(), files: files, masked: Array(Set(Container.masked + masked))) { container in
+        try Container.booted(config: try recipe.configuration(), files: files, masked: Array(Set(Container.masked + masked))) { container in
             let database = "44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature"
             try container.run("/bin/sh", "-c", "mkdir -p /srv/sigs-1 && echo '\(database)' > /srv/sigs-1/eicar.hdb")
             try #require(try container.run("/usr/bin/backstopctl", "stage", "clamav", "/srv/sigs-1", "--version", "sigs-1", "--activate").status == 0)

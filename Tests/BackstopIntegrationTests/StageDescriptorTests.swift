@@ -111,14 +111,7 @@ struct StageDescriptorTests {
             let message = Array(text.utf8) + [0]
             let sent = try message.withUnsafeBytes { try DescriptorPassing.send(fd, $0, descriptors: descriptors) }
             try #require(sent == message.count)
-            var reply: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while !reply.contains(0) {
-                let count = read(fd, &buffer, buffer.count)
-                guard count > 0 else { break }
-                reply += buffer[..<count]
-            }
-            return String(decoding: reply.prefix { $0 != 0 }, as: UTF8.self)
+            return VarlinkReply.read(from: fd)
         }
 
         func close() { _ = Glibc.close(fd) }
