@@ -586,6 +586,20 @@ struct ContainerTests {
         }
     }
 
+    @Test("the systemd runner: a unit systemd cannot set up (217/USER, a user that does not exist) is exec-failed, never counted against the content")
+    func unitSetUpFailure() throws {
+        let unit = Self.demoUnit + "\nUser=backstop-no-such-user\n"
+        try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": unit]) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-exited", reason: "exec-failed", version: "v1", count: 4)
+            let decisions = try container.decisions()
+            #expect(!decisions.contains { ["crash-loop", "rollback", "content-quarantined", "gave-up"].contains($0["BACKSTOP_EVENT"] ?? "") }, "\(decisions)")
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.content.active == "v1" && agent.content.quarantined.isEmpty && agent.failures.recent == 0, "\(agent)")
+            #expect(agent.failures.list.allSatisfy { $0.reason == "exec-failed" && $0.attribution == "configuration" }, "\(agent.failures.list)")
+        }
+    }
+
     @Test("reload with the systemd runner: a changed agent keeps its unit running under Backstop; removed from the configuration, the unit is handed back to systemd, still running, its drop-in gone")
     func reloadHandsUnitBack() throws {
         try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in

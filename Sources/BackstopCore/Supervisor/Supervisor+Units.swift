@@ -328,7 +328,13 @@ extension Supervisor {
         slots[name]!.pid = nil
         stopProbes(name)
         let phase = slots[name]!.policy.phase
+        // A unit systemd could not set up never ran the content: exec-failed, as a sandbox that cannot be set up.
+        if let failure = state.setUpFailure {
+            logger.error("The agent's unit failed before its program ran; a configuration error, not the content's.",
+                         metadata: ["agent": "\(name)", "unit": "\(slots[name]!.unit!.name)", "error": "\(failure)"])
+        }
         let known: FailureReason? = switch state.result {
+        case _ where state.setUpFailure != nil: .execFailed
         case "timeout" where phase == .starting: .startTimeout
         case "watchdog": .hung
         default: nil

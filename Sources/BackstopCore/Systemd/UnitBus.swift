@@ -23,6 +23,16 @@ public struct UnitState: Sendable, Equatable {
     /// Whether the unit runs or is on its way up.
     public var isUp: Bool { ["active", "activating", "reloading"].contains(activeState) }
 
+    /// Why systemd itself could not run the unit's program, nil when it could: its main
+    /// process ended with one of the exit codes systemd uses for a unit it failed to set up
+    /// (200 `CHDIR` to 243 `CREDENTIALS`: a missing user, a namespace, the exec; systemd.exec(5),
+    /// "Process Exit Codes"), or the unit's `Result` is `resources` (no process was made).
+    public var setUpFailure: String? {
+        if result == "resources" { return "systemd could not allocate what the unit needs (Result=resources)" }
+        guard execMainCode == 1, (200...243).contains(execMainStatus) else { return nil }
+        return "systemd could not set the unit up: its exit status \(execMainStatus) is systemd's own (systemd.exec(5), Process Exit Codes)"
+    }
+
     /// How the main process ended, from `ExecMainCode` and `ExecMainStatus`; nil when it has not.
     public var termination: Termination? {
         switch execMainCode {
