@@ -27,6 +27,21 @@ func candidatePolicy(_ settings: PolicySettings = policySettings()) throws -> Ag
 
 @Suite("AgentPolicy: failures, crash-loop threshold and window")
 struct AgentPolicyThresholdTests {
+    @Test("agent-started names the version the started process runs, also when a version was activated while it was being created")
+    func startedNamesTheRunningVersion() throws {
+        var policy = try candidatePolicy()
+        _ = policy.startAndCrash(at: 1)
+        #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
+        // v1 activated between the spawn of v2 and its pid being known.
+        let activated = try policy.activate("v1", at: moment(2))
+        #expect(activated.contains(.terminate(signal: SIGTERM)), "the run on v2 is replaced")
+        let started = try #require(policy.agentStarted(pid: 4243, at: moment(2.1)).decision(.agentStarted))
+        #expect(started.version == "v2" && started.message.contains("on content v2"), "\(started)")
+        #expect(policy.agentExited(.signaled(signal: SIGTERM), at: moment(2.2)).spawns == [.spawn(version: "v1", mode: .normal)])
+        let next = try #require(policy.agentStarted(pid: 4244, at: moment(2.3)).decision(.agentStarted))
+        #expect(next.version == "v1")
+    }
+
     @Test("threshold - 1 failures restart the agent from backoff and keep the candidate")
     func belowThresholdRestarts() throws {
         var policy = try candidatePolicy()

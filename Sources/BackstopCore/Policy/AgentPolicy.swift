@@ -448,9 +448,12 @@ public struct AgentPolicy: Sendable, Equatable {
     /// was asked to stop while it was being created is recorded as started, so that its
     /// exit has a start, and terminated.
     public mutating func agentStarted(pid: Int32, at now: Moment) -> [PolicyAction] {
+        // The version this process was spawned on: an activation while it was being created
+        // changed the active one, not what it runs.
+        let version = runningVersion ?? ledger.active
         let started = PolicyAction.record(Decision(
-            .agentStarted, agent: settings.agent, version: ledger.active,
-            message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(ledger.active ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
+            .agentStarted, agent: settings.agent, version: version,
+            message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(version ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
         if isStopping { return [started, .terminate(signal: SIGTERM)] }
         guard phase == .starting else { return [] }
         var actions: [PolicyAction] = [started]
