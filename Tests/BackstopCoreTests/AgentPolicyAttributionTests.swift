@@ -62,6 +62,26 @@ struct FailureAttributionTests {
         #expect(policy.countedFailures(at: moment(now)).isEmpty)
     }
 
+    @Test("success_exit_status: exit 143 and SIGTERM from outside are clean exits, never counted; other exits still are")
+    func successExitStatus() throws {
+        var settings = policySettings()
+        settings.successExitStatus = SuccessExitStatus(codes: [143], signals: [SIGTERM])
+        var policy = try candidatePolicy(settings)
+        var now = 0.0
+        for termination in [Termination.exited(code: 143), .signaled(signal: SIGTERM), .exited(code: 143)] {
+            policy.startAndBecomeReady(at: now)
+            let actions = policy.agentExited(termination, at: moment(now + 2))
+            #expect(actions.decision(.agentExited)?.reason == FailureReason.cleanExit.rawValue, "\(termination)")
+            #expect(actions.decision(.agentExited)?.failures == nil, "not counted")
+            now = policy.timers[.restart]!
+            policy.fireRestart()
+        }
+        #expect(policy.ledger.quarantined.isEmpty && policy.countedFailures(at: moment(now)).isEmpty)
+        policy.startAndBecomeReady(at: now)
+        #expect(policy.agentExited(.exited(code: 1), at: moment(now + 2)).decision(.agentExited)?.failures == 1, "exit 1 still counts")
+        #expect(FailureReason.classify(.exited(code: 143), oomKilled: false, survivorsRemain: false) == .exited, "without the setting")
+    }
+
     @Test("clean_exit_is_failure = true: clean exits crash-loop the candidate")
     func cleanExitAsFailure() throws {
         var settings = policySettings()

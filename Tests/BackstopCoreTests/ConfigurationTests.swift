@@ -55,6 +55,7 @@ struct ConfigurationTests {
             trusted_keys = "/etc/backstop/clamav-keys/"
             keep_versions = 2
             environment = ["CLAMD_MODE=strict", "TZ=UTC", "CLAMD_MODE=audit", "EMPTY=", "EQUALS=a=b"]
+            success_exit_status = [143, "SIGTERM", 0]
 
             [[agent]]
             name = "osquery"
@@ -89,12 +90,13 @@ struct ConfigurationTests {
         #expect(agent.stagingRules.requireSignature)
         #expect(agent.stagingRules.trustedKeysDirectory == "/etc/backstop/clamav-keys")
         #expect(agent.keepVersions == 2)
+        #expect(agent.successExitStatus == SuccessExitStatus(codes: [143, 0], signals: [SIGTERM]))
         #expect(agent.environment == ["CLAMD_MODE": "audit", "TZ": "UTC", "EMPTY": "", "EQUALS": "a=b"], "a later assignment replaces an earlier one")
 
         #expect(agent.policySettings == PolicySettings(
             agent: "clamd_01-x", failureThreshold: 5, failureWindowSeconds: 300, probationSeconds: 900,
             restartDelayMilliseconds: 250, restartDelayMaxSeconds: 45, startTimeoutSeconds: 60,
-            watchdogSeconds: 15, notify: true, hasSafeModeExec: true))
+            watchdogSeconds: 15, notify: true, hasSafeModeExec: true, successExitStatus: SuccessExitStatus(codes: [143, 0], signals: [SIGTERM])))
     }
 
     @Test("omitted keys take the defaults of SPEC.md")
@@ -177,6 +179,14 @@ struct ConfigurationTests {
     }
 
     static let faults: [Fault] = [
+        Fault(
+            what: "a success exit status out of range",
+            source: minimalAgent + "\nsuccess_exit_status = [256]\n",
+            line: 4, key: "agent[0].success_exit_status", message: "exit code 256 is not between 0 and 255"),
+        Fault(
+            what: "a success exit status that names no signal",
+            source: minimalAgent + "\nsuccess_exit_status = [\"TERM\"]\n",
+            line: 4, key: "agent[0].success_exit_status", message: "\"TERM\" is not a signal name"),
         Fault(
             what: "an environment entry without =",
             source: minimalAgent + "\nenvironment = [\"A=1\", \"TZ\"]\n",

@@ -173,6 +173,9 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var healthCheckFailures = 3
     /// `clean_exit_is_failure`, default false: an exit with code 0 counts against the content.
     public var cleanExitIsFailure = false
+    /// `success_exit_status`, default `[]`: exit codes and signal names (`143`, `"SIGTERM"`)
+    /// that are clean exits too, as systemd's `SuccessExitStatus=`.
+    public var successExitStatus = SuccessExitStatus()
     /// `max_bundle_bytes`, `max_files`, `require_signature` and `trusted_keys`: what a
     /// bundle must meet to be staged.
     public var stagingRules = StagingRules()
@@ -209,7 +212,7 @@ public struct AgentConfiguration: Sendable, Equatable {
             cleanExitIsFailure: cleanExitIsFailure, hasReadyCheck: !readyCheckExec.isEmpty,
             healthCheckIntervalSeconds: healthCheckExec.isEmpty ? nil : Double(healthCheckIntervalSeconds),
             healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures,
-            programIsContent: exec.first?.contains("{content}") == true)
+            programIsContent: exec.first?.contains("{content}") == true, successExitStatus: successExitStatus)
     }
 
     /// Whether `name` is a valid agent name: `[a-z0-9_-]+`, at most 64 characters.

@@ -293,6 +293,7 @@ private struct TableReader {
         "boot_failure_threshold", "safe_mode_exec", "preflight_sec", "preflight_exec", "ready_check_exec", "health_check_exec",
         "health_check_interval_sec", "health_check_timeout_sec", "health_check_failures", "clean_exit_is_failure",
         "max_bundle_bytes", "max_files", "require_signature", "trusted_keys", "keep_versions", "environment",
+        "success_exit_status",
     ]
 
     /// The keys an `[agent.sandbox]` table takes.
@@ -469,6 +470,7 @@ private struct TableReader {
             case "keep_versions": agent.keepVersions = try integer(table, key, full, minimum: 1)
             case "preflight_exec": agent.preflightExec = try command(table, key, full)
             case "environment": agent.environment = try environment(table, key, full)
+            case "success_exit_status": agent.successExitStatus = try successExitStatus(table, key, full)
             case "sandbox":
                 guard let sandbox = table[key]?.table else { throw fail(full, "must be a table ([agent.sandbox])") }
                 agent.sandbox = try self.sandbox(from: sandbox, key: full)
@@ -622,6 +624,26 @@ private struct TableReader {
             result.append(Self.lexicalPath(path))
         }
         return result
+    }
+
+    /// Exit codes (0 to 255) and signal names (`"SIGTERM"`), as systemd's `SuccessExitStatus=`.
+    func successExitStatus(_ table: TOMLTable, _ key: String, _ full: String) throws(ConfigurationError) -> SuccessExitStatus {
+        guard let array = table[key]?.array else { throw fail(full, "must be an array of exit codes and signal names, not \(typeName(table[key]))") }
+        var status = SuccessExitStatus()
+        for element in array {
+            if let code = element.int {
+                guard (0...255).contains(code) else { throw fail(full, "exit code \(code) is not between 0 and 255") }
+                status.codes.insert(Int32(code))
+            } else if let name = element.string {
+                guard let signal = SignalName.number(of: name) else {
+                    throw fail(full, "\(String(reflecting: name)) is not a signal name (such as \"SIGTERM\")")
+                }
+                status.signals.insert(signal)
+            } else {
+                throw fail(full, "must be an array of exit codes and signal names; found \(typeName(element))")
+            }
+        }
+        return status
     }
 
     /// `"KEY=value"` strings as systemd's `Environment=` takes them, by name (a later one wins).

@@ -34,6 +34,8 @@ public struct PolicySettings: Sendable, Equatable {
     public var healthCheckFailures: Int
     /// Whether the program the agent runs comes from its content (`{content}` in the first word of `exec`).
     public var programIsContent: Bool
+    /// `success_exit_status`: ends besides exit code 0 that are clean exits.
+    public var successExitStatus: SuccessExitStatus
 
     /// Settings for `agent`; numbers not given take the TOML keys' defaults (SPEC.md, README.md).
     public init(
@@ -42,9 +44,10 @@ public struct PolicySettings: Sendable, Equatable {
         startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false,
         hasSafeModeExec: Bool = false, cleanExitIsFailure: Bool = false, hasReadyCheck: Bool = false,
         healthCheckIntervalSeconds: Double? = nil, healthCheckTimeoutSeconds: Double = 10, healthCheckFailures: Int = 3,
-        programIsContent: Bool = false
+        programIsContent: Bool = false, successExitStatus: SuccessExitStatus = SuccessExitStatus()
     ) {
         self.programIsContent = programIsContent
+        self.successExitStatus = successExitStatus
         self.cleanExitIsFailure = cleanExitIsFailure
         self.hasReadyCheck = hasReadyCheck
         self.healthCheckIntervalSeconds = healthCheckIntervalSeconds
@@ -556,7 +559,8 @@ public struct AgentPolicy: Sendable, Equatable {
             actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
             return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
         case .starting, .running:
-            let reason = known ?? FailureReason.classify(termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty)
+            let reason = known ?? FailureReason.classify(
+                termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
             var exit = recordExit(termination, version: version, reason: reason, at: now)
             if reason == .daemonized, case .record(var decision) = exit {
                 decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))."

@@ -55,7 +55,10 @@ extension FailureReason {
     ///   - termination: how the process ended (waitid(2)).
     ///   - oomKilled: the kernel log records an OOM kill of the process.
     ///   - survivorsRemain: processes of the agent's session outlived it.
-    public static func classify(_ termination: Termination, oomKilled: Bool, survivorsRemain: Bool) -> FailureReason {
+    public static func classify(
+        _ termination: Termination, oomKilled: Bool, survivorsRemain: Bool, successExitStatus: SuccessExitStatus = SuccessExitStatus()
+    ) -> FailureReason {
+        if termination != .exited(code: 0), successExitStatus.contains(termination) { return survivorsRemain ? .daemonized : .cleanExit }
         switch termination {
         case .exited(0): return survivorsRemain ? .daemonized : .cleanExit
         case .exited: return .exited
@@ -63,6 +66,30 @@ extension FailureReason {
         // Backstop signals only an agent it is stopping, so these came from elsewhere.
         case .signaled(SIGTERM, _), .signaled(SIGKILL, _): return .killedExternally
         case .signaled: return .crashed
+        }
+    }
+}
+
+/// `success_exit_status`: exit codes and signals that end an agent cleanly and on purpose,
+/// besides exit code 0, as systemd's `SuccessExitStatus=` (systemd.service(5)); such an end is
+/// a `clean-exit`, never counted against the content (unless `clean_exit_is_failure`).
+public struct SuccessExitStatus: Sendable, Equatable {
+    /// Exit codes, 0 to 255.
+    public var codes: Set<Int32> = []
+    /// Signal numbers (SIGTERM is 15).
+    public var signals: Set<Int32> = []
+
+    /// None besides exit code 0.
+    public init(codes: Set<Int32> = [], signals: Set<Int32> = []) {
+        self.codes = codes
+        self.signals = signals
+    }
+
+    /// Whether `termination` is one of them.
+    public func contains(_ termination: Termination) -> Bool {
+        switch termination {
+        case .exited(let code): return codes.contains(code)
+        case .signaled(let signal, _): return signals.contains(signal)
         }
     }
 }

@@ -116,6 +116,11 @@ public enum Termination: Sendable, Equatable, Codable {
 
 /// Signal names as `kill -l` prints them, with the `SIG` prefix.
 public enum SignalName {
+    /// The number of a signal named as ``of(_:)`` names it ("SIGTERM" is 15), nil for none.
+    public static func number(of name: String) -> Int32? {
+        (1...31).first { of(Int32($0)) == name }.map(Int32.init)
+    }
+
     /// "SIGSEGV" for 11; "signal 99" for numbers without a name.
     public static func of(_ number: Int32) -> String {
         guard let raw = strsignal(number) else { return "signal \(number)" }
