@@ -249,27 +249,29 @@ public enum BackstopGroup {
     }
 }
 
+/// What `/proc/PID/status` (proc(5)) says of a peer process.
+enum PeerStatus {
+    /// The value after `name:` on its line, trimmed; nil when the process or the line is gone.
+    static func field(_ name: String, of peer: PeerCredentials) -> Substring? {
+        guard let status = try? String(contentsOfFile: "/proc/\(peer.pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return nil }
+        return line.dropFirst(name.count + 1).drop { $0 == " " || $0 == "\t" }
+    }
+}
+
 /// The effective capabilities of a peer process.
 enum PeerCapabilities {
-    /// `CapEff:` of `/proc/PID/status` (proc(5)), bit N for capability N; none when it cannot be read.
+    /// `CapEff:`, bit N for capability N; none when it cannot be read.
     static func effective(of peer: PeerCredentials) -> UInt64 {
-        guard let status = try? String(contentsOfFile: "/proc/\(peer.pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }) else { return 0 }
-        return UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16) ?? 0
+        PeerStatus.field("CapEff", of: peer).flatMap { UInt64($0, radix: 16) } ?? 0
     }
 }
 
 /// The groups of a peer process.
 enum PeerGroups {
-    /// The primary gid and the supplementary groups from `/proc/PID/status` (`Groups:`), proc(5).
+    /// The primary gid and the supplementary groups (`Groups:`).
     static func of(_ peer: PeerCredentials) -> Set<UInt32> {
-        var groups: Set<UInt32> = [peer.gid]
-        guard let status = try? String(contentsOfFile: "/proc/\(peer.pid)/status", encoding: .utf8) else { return groups }
-        for line in status.split(separator: "\n") where line.hasPrefix("Groups:") {
-            for field in line.dropFirst("Groups:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }) {
-                if let gid = UInt32(field) { groups.insert(gid) }
-            }
-        }
-        return groups
+        let supplementary = PeerStatus.field("Groups", of: peer)?.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt32($0) } ?? []
+        return Set(supplementary).union([peer.gid])
     }
 }

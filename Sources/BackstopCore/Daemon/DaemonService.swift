@@ -93,9 +93,7 @@ public struct DaemonService: Sendable {
             text = try Configuration.source(path: path)
             new = try Configuration.parse(text, path: path)
         } catch {
-            // What runs stays: the last good copy backstopd started on, or what loaded before.
-            let running = await supervisor.configurationProblem?.running ?? .previous
-            await supervisor.setConfigurationProblem(ConfigurationProblem(error: error, running: running))
+            await supervisor.fileNotApplied(error)
             logger.error("Reload refused: the configuration file does not load (\(error)); nothing changed, the agents run as before.",
                          metadata: Self.metadata(of: error))
             return
@@ -111,9 +109,7 @@ public struct DaemonService: Sendable {
             ])
         } catch {
             // The file is not what runs until a restart: degraded, as for a file that does not load.
-            let running = await supervisor.configurationProblem?.running ?? .previous
-            await supervisor.setConfigurationProblem(ConfigurationProblem(
-                error: ConfigurationError(path: path, line: nil, key: "daemon", message: "\(error)"), running: running))
+            await supervisor.fileNotApplied(ConfigurationError(path: path, line: nil, key: "daemon", message: "\(error)"))
             logger.error("Reload refused: \(error); nothing changed.", metadata: ["config": "\(path)"])
         }
     }

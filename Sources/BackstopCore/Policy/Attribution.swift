@@ -58,9 +58,8 @@ extension FailureReason {
     public static func classify(
         _ termination: Termination, oomKilled: Bool, survivorsRemain: Bool, successExitStatus: SuccessExitStatus = SuccessExitStatus()
     ) -> FailureReason {
-        if termination != .exited(code: 0), successExitStatus.contains(termination) { return survivorsRemain ? .daemonized : .cleanExit }
         switch termination {
-        case .exited(0): return survivorsRemain ? .daemonized : .cleanExit
+        case .exited(0), _ where successExitStatus.contains(termination): return survivorsRemain ? .daemonized : .cleanExit
         case .exited: return .exited
         case .signaled(SIGKILL, _) where oomKilled: return .oomKilled
         // Backstop signals only an agent it is stopping, so these came from elsewhere.

@@ -95,7 +95,7 @@ public struct OpenBundle: Sendable {
         }
     }
 
-    /// Closes ``descriptor``; only for a bundle made with ``open(_:)``.
+    /// Closes ``descriptor``; only for a bundle made with ``open(_:)`` or ``reopened()``.
     public func close() {
         try? descriptor.close()
     }

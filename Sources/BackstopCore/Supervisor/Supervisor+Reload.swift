@@ -56,6 +56,12 @@ extension Supervisor {
         configurationProblem = problem
     }
 
+    /// Records that a reload could not apply the file (`error`): what runs stays, the last
+    /// good copy backstopd started on or what loaded before.
+    public func fileNotApplied(_ error: ConfigurationError) {
+        configurationProblem = ConfigurationProblem(error: error, running: configurationProblem?.running ?? .previous)
+    }
+
     /// Applies `new`: agents whose `[[agent]]` table is unchanged keep running untouched (same
     /// pid); a changed one is stopped and started again with its new table, on its active
     /// content; a removed one is stopped (its store stays on disk; an agent's own unit, with
@@ -73,7 +79,7 @@ extension Supervisor {
         for agent in configuration.agents where after[agent.name] != agent {
             let leaving = after[agent.name] == nil
             try? await inTurn(agent.name) { () async throws(ManagerError) in retired[agent.name] = await retire(agent.name, leaving: leaving) }
-            if after[agent.name] == nil { summary.removed.append(agent.name) }
+            if leaving { summary.removed.append(agent.name) }
         }
         configuration = new
         guard !shuttingDown else { return summary }
@@ -121,9 +127,7 @@ extension Supervisor {
                 do { try unit.bus.stopUnit(unit.name) } catch {
                     logger.error("Cannot stop the agent's transient unit.", metadata: ["agent": "\(name)", "unit": "\(unit.name)", "error": "\(error)"])
                 }
-                if unit.lastState?.isUp == true {
-                    await withCheckedContinuation { agentStopWaiters[name, default: []].append($0) }
-                }
+                if unit.lastState?.isUp == true { await untilGone(name) }
             } else if leaving {
                 if unlink(Self.dropInPath(unit: unit.name)) != 0, errno != ENOENT {
                     logger.error("Cannot remove the unit's drop-in.", metadata: ["unit": "\(unit.name)", "error": "\(String(cString: strerror(errno)))"])
@@ -138,9 +142,7 @@ extension Supervisor {
             unit.watcher.close()
         } else {
             apply(slots[name]!.policy.shutdown(at: Moment.now()), to: name)
-            if !Self.isStopped(slots[name]!) {
-                await withCheckedContinuation { agentStopWaiters[name, default: []].append($0) }
-            }
+            if !Self.isStopped(slots[name]!) { await untilGone(name) }
         }
         slots[name]?.notifySocket?.invalidate()
         slots[name]?.notifyPump?.cancel()
@@ -149,6 +151,11 @@ extension Supervisor {
         let last = slots[name]!
         slots[name] = nil
         return (last.policy.stateFile(bootID: bootID, at: Moment.now()), last.store, last.generation)
+    }
+
+    /// Returns once agent `name`'s processes, or its transient unit, are gone (``agentStopWaiters``).
+    private func untilGone(_ name: String) async {
+        await withCheckedContinuation { agentStopWaiters[name, default: []].append($0) }
     }
 
     /// Transient units of agents no longer configured (`backstop-<name>.service`, made by an
