@@ -71,6 +71,11 @@ public struct Configuration: Sendable, Equatable {
                     }
                 }
             }
+            if agent.preflightSeconds > 0 {
+                for path in agent.sandbox.readWritePaths where BubblewrapSandbox.exists(path) && Preflight.isKernelInterface(path) {
+                    warnings.append("agent \(agent.name): read_write_paths \(path) is a device or kernel interface, which the preflight cannot copy: its instance writes the live one, and what a version does there in preflight reaches this machine")
+                }
+            }
             if agent.preflightSeconds > 0, agent.watchdogSeconds > 0, agent.preflightSeconds <= agent.watchdogSeconds {
                 warnings.append("agent \(agent.name): preflight_sec (\(agent.preflightSeconds)) is not longer than watchdog_sec (\(agent.watchdogSeconds)); a version that hangs after READY=1 passes its preflight")
             }

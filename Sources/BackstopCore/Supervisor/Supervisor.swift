@@ -91,6 +91,23 @@ public actor Supervisor {
     /// Grace between SIGTERM (or SIGABRT for a hang) and SIGKILL, in seconds.
     public static let terminationGraceSeconds: Double = 5
 
+    /// The service backstopd runs as (sd_pid_get_unit(3)), such as `backstopd.service`;
+    /// nil when it is not run by systemd as a service.
+    static let daemonUnit: String? = {
+        var unit: UnsafeMutablePointer<CChar>?
+        guard sd_pid_get_unit(0, &unit) >= 0, let unit else { return nil }
+        defer { free(unit) }
+        let name = String(cString: unit)
+        return name.hasSuffix(".service") ? name : nil
+    }()
+
+    /// What every transient unit made for an agent gets, so that systemd stops it only after
+    /// backstopd at shutdown (the inverse of `Before=`): backstopd stops the agent itself,
+    /// as a stop it asked for, instead of seeing it end under it and restarting it.
+    static var orderedBeforeDaemon: [(String, BusValue)] {
+        daemonUnit.map { [("Before", .strings([$0]))] } ?? []
+    }
+
     /// - Throws: `Errno` when the boot ID cannot be read.
     public init(configuration: Configuration, logger: Logger) throws {
         self.configuration = configuration
@@ -355,6 +372,7 @@ public actor Supervisor {
         let seconds = slot.configuration.preflightSeconds
         logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
                       metadata: ["agent": "\(agent)", "version": "\(id)"])
+        synchronizeJournal(before: "the preflight of content \(id) for agent \(agent) starts")
         let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id)
         guard !shuttingDown else { throw .shuttingDown }
         switch outcome {
@@ -688,6 +706,7 @@ public actor Supervisor {
         for action in actions {
             switch action {
             case .spawn(let version, let mode):
+                if slots[name]!.policy.ledger.candidate == version { synchronizeJournal(before: "agent \(name) starts on candidate content \(version)") }
                 if slots[name]!.configuration.watchedUnit != nil { startUnit(name, version: version, mode: mode) } else { spawn(name, version: version, mode: mode) }
             case .terminate(let signal):
                 if slots[name]!.unit != nil { stopUnit(name, signal: signal) } else { terminate(name, signal: signal) }
@@ -714,9 +733,23 @@ public actor Supervisor {
                 }
                 if decision.event == .agentReady { startBootHealthTimer(name) }
                 if decision.event == .agentStarted, bootLog.markStarted(name, in: bootID) { saveBootLog() }
+                if decision.event == .agentStarted, let version = decision.version, slots[name]!.policy.ledger.candidate == version {
+                    synchronizeJournal(before: "agent \(name) runs candidate content \(version)")
+                }
             case .probe(let probe, let timeoutSeconds):
                 runProbe(name, probe, timeoutSeconds: timeoutSeconds)
             }
+        }
+    }
+
+    /// Makes the decisions recorded so far durable before something that may crash the
+    /// machine (content on probation, a preflight): journald writes to disk only every few
+    /// minutes, and a kernel panic before that would leave `history` without them.
+    /// `moment` says what comes next, for the warning when journald cannot be reached.
+    private func synchronizeJournal(before moment: String) {
+        do { try Journal.synchronize() } catch {
+            logger.warning("Cannot have journald write its journal to disk before \(moment); a crash now may lose the decisions before it.",
+                           metadata: ["error": "\(error)"])
         }
     }
 
@@ -766,7 +799,7 @@ public actor Supervisor {
                 ("Description", .string("Backstop agent \(name), run by backstopd in its sandbox")),
                 ("PIDs", .pids([UInt32(pid)])),
                 ("CollectMode", .string("inactive-or-failed")),
-            ] + limits)
+            ] + Self.orderedBeforeDaemon + limits)
         } catch {
             logger.warning("Cannot put the agent into a transient scope; its limits are the sandbox's rlimits only.",
                            metadata: ["agent": "\(name)", "scope": "\(scope)", "error": "\(error)"])

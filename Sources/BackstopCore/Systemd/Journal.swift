@@ -46,6 +46,28 @@ public enum Journal {
         try SystemdCall.check(sd_journal_stream_fd(identifier, Int32(priority.rawValue), 1))
     }
 
+    /// systemd-journald's Varlink socket (systemd-journald(8), "Varlink interface"), root only.
+    public static let varlinkSocketPath = "/run/systemd/journal/io.systemd.journal"
+
+    /// Has journald write every entry it has received so far to disk and fsync its journal
+    /// files, as `journalctl --sync` does, through the same Varlink call
+    /// (`io.systemd.Journal.Synchronize`, systemd 248 and later), without a process of its
+    /// own. journald otherwise syncs only every `SyncIntervalSec=` (5 minutes) or on an
+    /// entry of priority critical or higher: a kernel panic in between loses what came before.
+    /// Returns at once when no journald listens on the socket (no journald, or one before 248).
+    /// - Parameter timeoutSeconds: how long to wait for journald's reply.
+    /// - Throws: ``ControlClient/ClientError`` when journald does not answer in time or refuses
+    ///   (the call needs root), or ``Varlink/RemoteError`` for an error reply.
+    public static func synchronize(timeoutSeconds: Int = 5) throws {
+        guard access(varlinkSocketPath, F_OK) == 0 else { return }
+        do {
+            _ = try ControlClient(path: varlinkSocketPath, replyTimeoutSeconds: timeoutSeconds)
+                .callRaw("io.systemd.Journal.Synchronize", [String: String]())
+        } catch ControlClient.ClientError.daemonNotRunning {
+            // A socket left behind by a journald that is gone: nothing to sync.
+        }
+    }
+
     /// Whether a journald is listening on this machine (its native socket exists).
     public static var isAvailable: Bool {
         access("/run/systemd/journal/socket", F_OK) == 0

@@ -1,0 +1,87 @@
+#!/bin/sh
+# Runs on every boot of the virtual machine (vm-provision.service), from the
+# provisioning disk. The first boot installs Backstop from the install tree as a
+# service, stages and promotes known-good content, then plays the scenario:
+#   content-panic    activates content that crashes the kernel when the agent starts
+#   preflight-panic  stages content whose preflight crashes the kernel
+#   after-promotion  activates content that crashes the kernel 20 s after the agent
+#                    starts, and promotes it at once
+# Later boots wait until Backstop has broken the loop (the agent running on the
+# known-good version, the bad one quarantined), or until the last boot has given it
+# 90 s, then report on the second serial port and power off.
+set -u
+provision=/run/provision
+scenario=$(cat "$provision/scenario")
+max_boots=$(cat "$provision/max_boots")
+home=/usr/local/lib/backstop-vm
+mkdir -p /var/lib/backstop-vm
+boot=$(( $(cat /var/lib/backstop-vm/boot 2>/dev/null || echo 0) + 1 ))
+echo "$boot" > /var/lib/backstop-vm/boot
+sync
+echo "backstop-vm: boot $boot of scenario $scenario"
+
+report() {
+    {
+        echo "vm-result boot $boot"
+        echo "vm-result status"
+        backstopctl status --json
+        echo "vm-result boots"
+        backstopctl boots --json
+        echo "vm-result history"
+        backstopctl history --json
+        echo "vm-result end"
+    } > /dev/ttyS1 2>&1
+    systemctl poweroff
+    exit 0
+}
+
+# The status JSON of the agent on one line, without blanks.
+status() { backstopctl status sensor --json 2>/dev/null | tr -d ' \n'; }
+
+if [ "$boot" = 1 ]; then
+    cp -a "$provision/install/." /
+    mkdir -p "$home"
+    cp -a "$provision/agent.sh" "$provision/content" "$home/"
+    preflight_sec=0
+    [ "$scenario" = preflight-panic ] && preflight_sec=10
+    sed "s/@PREFLIGHT_SEC@/$preflight_sec/" "$provision/backstop.toml" > /etc/backstop/backstop.toml
+    systemd-sysusers
+    systemd-tmpfiles --create
+    journalctl --update-catalog
+    systemctl daemon-reload
+    systemctl enable backstopd.service
+    systemctl start backstopd.service
+    backstopctl stage sensor "$home/content/good" --id good --activate
+    backstopctl promote sensor good
+    case $scenario in
+    content-panic) backstopctl stage sensor "$home/content/bad" --id bad --activate ;;
+    preflight-panic) backstopctl stage sensor "$home/content/bad" --id bad ;;
+    after-promotion)
+        backstopctl stage sensor "$home/content/bad-late" --id bad --activate
+        backstopctl promote sensor bad
+        ;;
+    *) echo "backstop-vm: no scenario $scenario"; report ;;
+    esac
+    # The kernel panics within seconds; if it does not, say what Backstop did.
+    sleep 120
+    report
+fi
+
+# Wait for the daemon (exit status 3: not running), then for the loop to be broken.
+waited=0
+while [ "$waited" -lt 60 ]; do
+    backstopctl status >/dev/null 2>&1
+    [ $? -ne 3 ] && break
+    sleep 1; waited=$((waited + 1))
+done
+[ "$scenario" = after-promotion ] && [ "$boot" -ge 3 ] && report
+waited=0
+while [ "$waited" -lt 90 ]; do
+    current=$(status)
+    case $current in *'"state":"running"'*) ;; *) current="" ;; esac
+    case $current in *'"active":"good"'*) ;; *) current="" ;; esac
+    case $current in *'"quarantined":["bad"]'*) report ;; esac
+    sleep 1; waited=$((waited + 1))
+done
+[ "$boot" -ge "$max_boots" ] && report
+sleep infinity
