@@ -59,7 +59,7 @@ WantedBy=sysinit.target
 UNIT
 chroot "$rootfs" systemctl enable vm-provision.service >&2
 
-mke2fs -q -t ext4 -L root -d "$rootfs" "$base.tmp/rootfs.img" 2G
+mke2fs -q -t ext4 -L root -d "$rootfs" "$base.tmp/rootfs.img" 2G >&2
 rm -rf "$rootfs"
 mv "$base.tmp" "$base"
 touch "$base/complete"

@@ -44,16 +44,15 @@ mkdir -p "$work/provision"
 cp -a "$install_tree" "$work/provision/install"
 cp -a "$here/guest/." "$work/provision/"
 echo "$scenario" > "$work/provision/scenario"
-echo "$max_boots" > "$work/provision/max_boots"
-mke2fs -q -t ext4 -L provision -d "$work/provision" "$work/provision.img" 256M
+mke2fs -q -t ext4 -L provision -d "$work/provision" "$work/provision.img" 256M >/dev/null
 qemu-img create -q -f qcow2 -F raw -b "$(cd "$base" && pwd)/rootfs.img" "$work/root.qcow2"
 
 kernel_args="root=LABEL=root rw console=ttyS0 panic=1 edd=off systemd.show_status=0 loglevel=4"
 
 # Runs QEMU in the background with the accelerator $1 and extra arguments; sets qemu_pid.
 start_qemu() {
-    accel=$1; shift
-    qemu-system-x86_64 -nodefaults -display none -no-reboot -accel "$accel" -m 1024 -smp 1 \
+    accelerator=$1; shift
+    qemu-system-x86_64 -nodefaults -display none -no-reboot -accel "$accelerator" -m 1024 -smp 1 \
         -kernel "$base/vmlinuz" -initrd "$base/initrd.img" "$@" &
     qemu_pid=$!
 }
@@ -78,8 +77,8 @@ wait_qemu() {
 # initramfs within seconds under KVM; a device that cannot run it aborts or hangs.
 accel=tcg
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
-    start_qemu kvm -append "console=ttyS0 panic=1 edd=off rdinit=/bin/false" -serial "file:$work/probe.log"
-    wait_qemu 15 || true
+    start_qemu kvm -append "console=ttyS0 panic=1 edd=off rdinit=/bin/false" -serial "file:$work/probe.log" 2>/dev/null
+    wait_qemu 10 || true
     if grep -q "Run /bin/false as init process\|Kernel panic - not syncing: Attempted to kill init" "$work/probe.log" 2>/dev/null; then
         accel=kvm
     fi

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// How a preflight ended.
@@ -173,8 +174,10 @@ enum Preflight {
         let real = BubblewrapSandbox.resolved(path)
         var info = stat()
         if stat(real, &info) == 0, [S_IFCHR, S_IFBLK].contains(info.st_mode & S_IFMT) { return true }
-        var fileSystem = statfs()
-        return statfs(real, &fileSystem) == 0 && kernelInterfaceFileSystems.contains(Int(fileSystem.f_type))
+        let descriptor = open(real, OpenBundle.pathOnlyFlag | O_CLOEXEC)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        return kernelInterfaceFileSystems.contains(Int(backstop_file_system_type(descriptor)))
     }
 
     /// `path` copied to `copy` with cp(1) `-a`: modes, owners and links as they are.
