@@ -26,7 +26,7 @@ out=$3
 max_boots=${4:-4}
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${BACKSTOP_VM_CACHE:-$here/../../.build-vm}
-boot_timeout=${BACKSTOP_VM_BOOT_TIMEOUT:-200}
+boot_timeout=${BACKSTOP_VM_BOOT_TIMEOUT:-300}
 
 base=$("$here/build-base-image.sh" "$cache")
 mkdir -p "$out"

@@ -52,13 +52,13 @@ if [ "$boot" = 1 ]; then
     systemctl daemon-reload
     systemctl enable backstopd.service
     systemctl start backstopd.service
-    backstopctl stage sensor "$home/content/good" --id good --activate
+    backstopctl stage sensor "$home/content/good" --version good --activate
     backstopctl promote sensor good
     case $scenario in
-    content-panic) backstopctl stage sensor "$home/content/bad" --id bad --activate ;;
-    preflight-panic) backstopctl stage sensor "$home/content/bad" --id bad --activate ;;
+    content-panic) backstopctl stage sensor "$home/content/bad" --version bad --activate ;;
+    preflight-panic) backstopctl stage sensor "$home/content/bad" --version bad --activate ;;
     after-promotion)
-        backstopctl stage sensor "$home/content/bad-late" --id bad --activate
+        backstopctl stage sensor "$home/content/bad-late" --version bad --activate
         backstopctl promote sensor bad
         ;;
     *) echo "backstop-vm: no scenario $scenario"; report ;;
