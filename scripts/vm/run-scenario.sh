@@ -47,7 +47,11 @@ echo "$scenario" > "$work/provision/scenario"
 mke2fs -q -t ext4 -L provision -d "$work/provision" "$work/provision.img" 256M >/dev/null
 qemu-img create -q -f qcow2 -F raw -b "$(cd "$base" && pwd)/rootfs.img" "$work/root.qcow2"
 
-kernel_args="root=LABEL=root rw console=ttyS0 panic=1 edd=off systemd.show_status=0 loglevel=4"
+# One machine ID for every boot: the base image has none, and a machine whose first boot
+# crashes before systemd commits the one it made up would get another at the next boot,
+# and so another journal directory.
+machine_id=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+kernel_args="root=LABEL=root rw console=ttyS0 panic=1 edd=off systemd.show_status=0 loglevel=4 systemd.machine_id=$machine_id"
 
 # Runs QEMU in the background with the accelerator $1 and extra arguments; sets qemu_pid.
 start_qemu() {

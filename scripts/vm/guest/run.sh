@@ -30,6 +30,9 @@ report() {
         backstopctl boots --json
         echo "vm-result history"
         backstopctl history --json
+        echo "vm-result journal"
+        journalctl --list-boots --no-pager
+        journalctl -b --no-pager -o short-monotonic | tail -n 300
         echo "vm-result end"
     } > /dev/ttyS1 2>&1
     systemctl poweroff
