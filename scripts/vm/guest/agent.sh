@@ -6,7 +6,7 @@ behaviour=$(cat "$1/behaviour")
 case $behaviour in
 panic) delay=2 ;;
 panic-after-*) delay=${behaviour#panic-after-} ;;
-*) exec sleep infinity ;;
+*) while sleep 3600; do :; done; exit 3 ;;
 esac
 echo "agent: content $BACKSTOP_CONTENT_VERSION crashes the kernel in $delay s"
 sleep "$delay"
