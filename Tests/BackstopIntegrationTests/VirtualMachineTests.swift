@@ -91,7 +91,8 @@ struct VirtualMachine {
         var finalBoot = 0
         var current = ""
         let text = try String(contentsOfFile: directory + "/results.log", encoding: .utf8)
-        for line in text.split(separator: "\n", omittingEmptySubsequences: true).map({ $0.trimmingCharacters(in: .whitespacesAndNewlines) }) {
+        // The serial port ends lines with CR LF, one Character in Swift.
+        for line in text.split(whereSeparator: \.isNewline).map({ $0.trimmingCharacters(in: .whitespaces) }) {
             if line.hasPrefix("vm-result ") {
                 let words = line.split(separator: " ")
                 current = String(words[1])

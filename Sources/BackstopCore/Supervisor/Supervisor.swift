@@ -550,13 +550,11 @@ public actor Supervisor {
         guard slots[name]?.generation == generation else { return }
         slots[name]!.pid = pid
         RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).started(pid)
+        confineInScope(name, pid: pid)
         // (A stop asked for while the process was being created terminates it now.)
         let stopping = slots[name]!.policy.isStopping
-        // Recorded (and made durable, on a candidate) before the scope is made: systemd may take
-        // seconds to answer while the machine boots, and content can crash the kernel meanwhile.
         apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
         if !stopping {
-            confineInScope(name, pid: pid)
             let early = slots[name]!.notifiedEarly
             slots[name]!.notifiedEarly = []
             early.forEach { notified(name, $0) }
