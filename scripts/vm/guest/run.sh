@@ -52,6 +52,9 @@ if [ "$boot" = 1 ]; then
     systemd-sysusers
     systemd-tmpfiles --create
     journalctl --update-catalog
+    # On disk before anything can crash the kernel: ext4 would leave the files just written
+    # empty after a panic (their data is written back only within 30 s).
+    sync
     systemctl daemon-reload
     systemctl enable backstopd.service
     systemctl start backstopd.service
