@@ -3,7 +3,8 @@
 # provisioning disk. The first boot installs Backstop from the install tree as a
 # service, stages and promotes known-good content, then plays the scenario:
 #   content-panic    activates content that crashes the kernel when the agent starts
-#   preflight-panic  activates content whose preflight crashes the kernel
+#   preflight-panic  activates content whose preflight crashes the kernel, and again
+#                    at every later boot (as an updater retrying would)
 #   after-promotion  activates content that crashes the kernel 20 s after the agent
 #                    starts, and promotes it at once
 # Later boots wait until Backstop has broken the loop (the agent running on the
@@ -82,6 +83,8 @@ while [ "$waited" -lt 60 ]; do
     sleep 1; waited=$((waited + 1))
 done
 [ "$scenario" = after-promotion ] && [ "$boot" -ge 3 ] && report
+# An updater that tries again at every boot: refused once the version is quarantined.
+[ "$scenario" = preflight-panic ] && backstopctl activate sensor bad
 waited=0
 while [ "$waited" -lt 90 ]; do
     current=$(status)
