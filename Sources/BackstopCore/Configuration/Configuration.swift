@@ -103,7 +103,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public func preflightDirectory(agent: String) -> String { runtimeDirectory + "/preflight/" + agent }
 
     /// `<runtime_directory>/notify/<agent>`, the agent's `NOTIFY_SOCKET`.
-    public func notifySocketPath(agent: String) -> String { runtimeDirectory + "/notify/" + agent }
+    public func notifySocketPath(agent: String) -> String { notifyDirectory + "/" + agent }
+    /// `<runtime_directory>/notify`: the agents' notify sockets, root's alone (mode 0700).
+    public var notifyDirectory: String { runtimeDirectory + "/notify" }
 }
 
 /// How an agent is run.

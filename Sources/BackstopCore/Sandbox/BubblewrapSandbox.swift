@@ -53,6 +53,14 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     public var cgroupScope = sd_booted() > 0
     static let scopeNote = "the transient scope backstop-<agent>-<pid>.scope (cgroup)"
 
+    /// `<runtime_directory>/notify`, where backstopd makes the notify sockets: an empty tmpfs
+    /// in the sandbox but for ``notifySocket``, so that no agent reaches another's socket
+    /// (nor an earlier run's). Nil leaves it as the rest of the runtime directory.
+    public var notifyDirectory: String?
+    /// The run's own notify socket (a path in ``notifyDirectory``), bound at the same path; nil
+    /// for a run that gets none (a check).
+    public var notifySocket: String?
+
     /// Writable paths replaced by another directory (a preflight's private copies), by path.
     public var substitutes: [String: String] = [:]
     /// Whether the process gets a PID namespace of its own, with a /proc that shows only it
@@ -76,6 +84,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         self.init(
             spec: agent.sandbox, account: try SandboxAccount.resolve(agent.sandbox),
             protectedDirectories: [daemon.stateDirectory, daemon.runtimeDirectory], placeholderDirectory: daemon.placeholderDirectory)
+        notifyDirectory = daemon.notifyDirectory
     }
 
     /// The sandbox of `agent` to run it on the content at `contentPath`.
@@ -335,6 +344,14 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         report.apply("read_write_paths", writable.isEmpty ? "none" : writable.joined(separator: " "))
         for directory in protected { bind("--ro-bind", directory, directory) }
         report.apply("Backstop's directories", protectedDirectories.joined(separator: " ") + " read-only (always)")
+        if let directory = notifyDirectory, Self.exists(directory) {
+            let real = Self.resolved(directory)
+            options += ["--perms", "0755", "--tmpfs", real]
+            if let socket = notifySocket {
+                options += ["--ro-bind", socket, real + "/" + (socket.split(separator: "/").last.map(String.init) ?? "")]
+            }
+            report.apply("notify socket", "\(directory) holds only the run's own socket (\(notifySocket ?? "none")); no other agent's is reachable")
+        }
         for mask in masks { bind("--ro-bind", mask.placeholder, mask.hidden) }
         report.apply("inaccessible_paths", masks.isEmpty ? "none" : masks.map(\.path).joined(separator: " ") + " (replaced by mode-0000 placeholders)")
         return options

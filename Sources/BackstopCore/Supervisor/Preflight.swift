@@ -66,6 +66,7 @@ enum Preflight {
         }
         defer { socket.invalidate() }
         chown(socketPath, sandbox.account.uid, sandbox.account.gid)
+        sandbox.notifySocket = socketPath
 
         var request = LaunchRequest.make(
             agent: agent.name, exec: agent.preflightExec.isEmpty ? agent.exec : agent.preflightExec,
@@ -108,7 +109,7 @@ enum Preflight {
                 pid = started
                 if ready, agent.watchdogSeconds > 0 { after(agent.watchdogSeconds, .watchdog(generation: 0)) }
             case .notified(let message):
-                guard let pid, message.isFromSession(of: pid) else { break }
+                // The socket is this instance's alone, reachable only from its sandbox (see NotifySocket).
                 if message.value("READY") == "1", !ready {
                     ready = true
                     if survived, outcome == nil { outcome = .passed }

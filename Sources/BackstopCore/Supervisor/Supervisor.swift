@@ -37,6 +37,7 @@ struct AgentSlot {
     var pid: Int32?
     var timers: [PolicyTimer: Task<Void, Never>] = [:]
     var killEscalation: Task<Void, Never>?
+    /// The current run's notify socket (one per run) and the task that feeds its datagrams to the actor.
     var notifySocket: NotifySocket?
     var notifyPump: Task<Void, Never>?
     var statusText: String?
@@ -105,7 +106,9 @@ public actor Supervisor {
     /// - Throws: the error of creating the state or runtime directory.
     public func start() throws {
         try DurableFile.makeDirectories(configuration.daemon.stateDirectory, mode: 0o755)
-        try DurableFile.makeDirectories(configuration.daemon.runtimeDirectory + "/notify", mode: 0o755)
+        // Root's alone: a notify socket is reached through the sandbox it is bound into.
+        try DurableFile.makeDirectories(configuration.daemon.notifyDirectory, mode: 0o700)
+        chmod(configuration.daemon.notifyDirectory, 0o700)
         do {
             try ChildReaper.shared.start { pid in Task { await self.adoptedChildReaped(pid) } }
         } catch {
@@ -129,9 +132,7 @@ public actor Supervisor {
         }
         let now = Moment.now()
         for agent in configuration.agents {
-            var slot = restore(agent, at: now)
-            (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
-            slots[agent.name] = slot
+            slots[agent.name] = restore(agent, at: now)
         }
         let unwatchable = attachUnits(configuration.agents)
         stopUnconfiguredAgents()
@@ -520,7 +521,7 @@ public actor Supervisor {
         if !stopping {
             let early = slots[name]!.notifiedEarly
             slots[name]!.notifiedEarly = []
-            early.forEach { notified(name, $0) }
+            early.forEach { notified(name, generation: generation, $0) }
         }
         persist(name)
     }
@@ -656,16 +657,13 @@ public actor Supervisor {
         slots[name]?.probePIDs = [:]
     }
 
-    private func notified(_ name: String, _ message: NotifyMessage) {
-        guard let pid = slots[name]?.pid else {
+    /// A datagram on the socket of run `generation`: only that run's sandbox reaches it, so it
+    /// speaks for the run whether or not its sender is still running (see ``NotifySocket``).
+    private func notified(_ name: String, generation: Int, _ message: NotifyMessage) {
+        guard slots[name]?.generation == generation else { return }
+        guard slots[name]!.pid != nil else {
             // A fast agent's READY=1 can come before its start is recorded: kept for then.
-            if slots[name]?.policy.phase == .starting { slots[name]!.notifiedEarly.append(message) }
-            return
-        }
-        // Only the agent's own session may speak for it (SCM_CREDENTIALS is kernel-checked).
-        guard message.isFromSession(of: pid) else {
-            logger.notice("Ignored a notify datagram from a process outside the agent's session.",
-                         metadata: ["agent": "\(name)", "sender_pid": "\(message.senderPID)"])
+            if slots[name]!.policy.phase == .starting { slots[name]!.notifiedEarly.append(message) }
             return
         }
         let now = Moment.now()
@@ -724,6 +722,10 @@ public actor Supervisor {
         slots[name]!.generation += 1
         slots[name]!.notifiedEarly = []
         let generation = slots[name]!.generation
+        // A socket of the run's own: what an earlier run sent stays on the earlier socket.
+        slots[name]!.notifySocket?.invalidate()
+        slots[name]!.notifyPump?.cancel()
+        (slots[name]!.notifySocket, slots[name]!.notifyPump) = openNotifySocket(for: name, generation: generation)
         let slot = slots[name]!
         var request = LaunchRequest.make(
             agent: name, exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec,
@@ -732,7 +734,7 @@ public actor Supervisor {
             watchdogSeconds: slot.configuration.watchdogSeconds)
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
         slots[name]!.readyCheckFailureSaid = false
-        let sandbox: BubblewrapSandbox
+        var sandbox: BubblewrapSandbox
         do throws(SandboxError) {
             sandbox = try BubblewrapSandbox(agent: slot.configuration, daemon: configuration.daemon, contentPath: slot.store.path(of: version))
         } catch {
@@ -742,6 +744,7 @@ public actor Supervisor {
         if let path = slot.notifySocket?.path {
             // The agent's user must be able to send to its notify socket.
             chown(path, sandbox.account.uid, sandbox.account.gid)
+            sandbox.notifySocket = path
         }
         request.sandbox = sandbox
         Task {
@@ -968,8 +971,8 @@ public actor Supervisor {
         }
     }
 
-    /// The agent's notify socket and the task that feeds its datagrams, in order, to the actor.
-    func openNotifySocket(for name: String) -> (NotifySocket?, Task<Void, Never>?) {
+    /// A notify socket for run `generation` of the agent, and the task that feeds its datagrams, in order, to the actor.
+    func openNotifySocket(for name: String, generation: Int) -> (NotifySocket?, Task<Void, Never>?) {
         let path = configuration.daemon.notifySocketPath(agent: name)
         let (stream, continuation) = AsyncStream.makeStream(of: NotifyMessage.self, bufferingPolicy: .bufferingNewest(64))
         do {
@@ -977,7 +980,7 @@ public actor Supervisor {
                 continuation.yield($0)
             }
             let pump = Task {
-                for await message in stream { self.notified(name, message) }
+                for await message in stream { self.notified(name, generation: generation, message) }
             }
             return (socket, pump)
         } catch {
