@@ -102,10 +102,11 @@ struct NotifyTests {
         defer { harness.cleanUp() }
         let target = harness.directory + "/run/notify/demo"
         try harness.start()
-        try harness.stage(Paths.sample("slow-start"), as: "v1")
-        try harness.wait(for: "agent-started")
         try harness.stage(Paths.sample("v1-good"), as: "v1", agent: "other")
         try harness.log.wait(for: "agent waiting for SIGUSR1", seconds: 10)
+        // demo takes 3 s to send READY=1 itself.
+        try harness.stage(Paths.sample("slow-start"), as: "v1")
+        try harness.log.wait(for: "event=agent-started agent=demo ", seconds: 10)
         #expect(FileManager.default.fileExists(atPath: target), "the socket is there on the host")
         kill(try #require(try harness.agent("other").pid), SIGUSR1)
         try harness.log.wait(for: "forged READY=1:", seconds: 10)
