@@ -22,9 +22,11 @@ import SystemPackage
 /// 203 never counts against the content. Every step execs the next: the agent keeps the
 /// pid bwrap gave it.
 ///
-/// Resource limits are rlimits (setrlimit(2)): `memory_max` is RLIMIT_DATA, `tasks_max`
-/// is RLIMIT_NPROC (counted per user, and not enforced for root); `cpu_quota` and
-/// `system_call_filter` have no equivalent here and are reported as not applied.
+/// Resource limits are rlimits (setrlimit(2)): `memory_max` is RLIMIT_DATA (only where there is
+/// no transient scope: a cgroup's MemoryMax= then holds it instead, as a failed allocation
+/// inside the agent would look like a content failure), `tasks_max` is RLIMIT_NPROC (counted
+/// per user, and not enforced for root); `cpu_quota` and `system_call_filter` have no
+/// equivalent here and are reported as not applied.
 public struct BubblewrapSandbox: Sendable, Equatable {
     /// bubblewrap, from Debian's `bubblewrap` package.
     public static let program = "/usr/bin/bwrap"
@@ -50,7 +52,9 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     public var placeholderDirectory: String
     /// Whether backstopd puts the agent into a transient scope with the cgroup limits
     /// (`MemoryMax=`, `TasksMax=`, `CPUQuota=`): when systemd runs the machine (sd_booted(3)).
-    public var cgroupScope = sd_booted() > 0
+    public var cgroupScope = scopesAvailable
+    /// Whether systemd runs the machine (sd_booted(3)), so that backstopd can make transient scopes.
+    public static var scopesAvailable: Bool { sd_booted() > 0 }
     static let scopeNote = "the transient scope backstop-<agent>-<pid>.scope (cgroup)"
 
     /// `<runtime_directory>/notify`, where backstopd makes the notify sockets: an empty tmpfs
@@ -176,8 +180,13 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             return UInt64(limit.rlim_max) / unit
         }
         if let bytes = spec.memoryMaxBytes {
-            limits.append("ulimit -d \(lowered(max(1, bytes / 1024), RLIMIT_DATA.rawValue, unit: 1024, "memory_max", "RLIMIT_DATA"))")
-            report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA" + (cgroupScope ? " and MemoryMax= of \(Self.scopeNote)" : cgroup))
+            if cgroupScope {
+                report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as MemoryMax= of \(Self.scopeNote): the OOM killer of that cgroup ends the agent at it, and its exit names the limit")
+            } else {
+                limits.append("ulimit -d \(lowered(max(1, bytes / 1024), RLIMIT_DATA.rawValue, unit: 1024, "memory_max", "RLIMIT_DATA"))")
+                report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA only" + cgroup
+                    + ": an allocation past it fails inside the agent, which cannot be told from a content failure")
+            }
         }
         if let tasks = spec.tasksMax {
             if account.uid != 0 {

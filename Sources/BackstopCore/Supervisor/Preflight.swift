@@ -30,9 +30,11 @@ enum Preflight {
         case survived
     }
 
-    /// Runs the preflight of `version` of `agent`, stored in `store`.
+    /// Runs the preflight of `version` of `agent`, stored in `store`; `confine` puts the
+    /// instance's process into a cgroup of its own for the sandbox's limits (see ``BubblewrapSandbox/cgroupScope``).
     static func run(
-        agent: AgentConfiguration, daemon: DaemonConfiguration, store: ContentStore, version: String
+        agent: AgentConfiguration, daemon: DaemonConfiguration, store: ContentStore, version: String,
+        confine: @escaping @Sendable (Int32) async -> Bool
     ) async -> PreflightOutcome {
         var sandbox: BubblewrapSandbox
         do { sandbox = try BubblewrapSandbox(agent: agent, daemon: daemon, contentPath: store.path(of: version)) } catch {
@@ -81,6 +83,7 @@ enum Preflight {
         let run = Task {
             let result = await DirectRunner.run(request) { pid in
                 record.started(pid)
+                _ = await confine(pid)
                 emit.yield(.started(pid))
             }
             emit.yield(.ended(result))

@@ -43,6 +43,8 @@ struct AgentSlot {
     var statusText: String?
     var bootHealthTimer: Task<Void, Never>?
     var bootHealthy = false
+    /// Whether the current run is in a transient scope of its own, whose cgroup holds its `memory_max`.
+    var inScope = false
     /// When the current run started, on CLOCK_MONOTONIC in microseconds (the kernel log's clock).
     var startedAtKernelMicroseconds: UInt64 = 0
     /// Processes a `daemonized` agent left running in the background.
@@ -356,7 +358,9 @@ public actor Supervisor {
         let seconds = slot.configuration.preflightSeconds
         logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
                       metadata: ["agent": "\(agent)", "version": "\(id)"])
-        let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id)
+        let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id) { pid in
+            await self.confineInScope(agent, pid: pid)
+        }
         guard !shuttingDown else { throw .shuttingDown }
         switch outcome {
         case .passed:
@@ -514,7 +518,7 @@ public actor Supervisor {
         guard slots[name]?.generation == generation else { return }
         slots[name]!.pid = pid
         RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).started(pid)
-        confineInScope(name, pid: pid)
+        slots[name]!.inScope = confineInScope(name, pid: pid)
         // (A stop asked for while the process was being created terminates it now.)
         let stopping = slots[name]!.policy.isStopping
         apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
@@ -548,10 +552,16 @@ public actor Supervisor {
                 DirectRunner.signalGroup(leader, SIGKILL)
                 ProcessTable.kill(survivors) { self.leftovers(of: name, session: leader) }
             }
-            let oomKilled = unasked && termination.signal == SIGKILL
-                && leader.map { KernelLog.recordsOOMKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } == true
+            let memoryMax = slots[name]!.configuration.sandbox.memoryMaxBytes
+            let killer = unasked && termination.signal == SIGKILL
+                ? leader.flatMap { KernelLog.oomKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } : nil
+            let oomKill = killer.map { killer -> OOMKill in
+                guard killer == .memoryCgroup, slots[name]!.inScope, let memoryMax else { return .machine }
+                return .memoryMax(bytes: memoryMax)
+            }
             apply(slots[name]!.policy.agentExited(
-                termination, oomKilled: oomKilled, survivors: daemonized ? survivors : [], at: now), to: name)
+                termination, oomKill: oomKill, memoryRlimitBytes: BubblewrapSandbox.scopesAvailable ? nil : memoryMax,
+                survivors: daemonized ? survivors : [], at: now), to: name)
             if daemonized {
                 slots[name]!.strays = Set(survivors)
                 slots[name]!.straySession = leader
@@ -733,6 +743,7 @@ public actor Supervisor {
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
+        slots[name]!.inScope = false
         slots[name]!.readyCheckFailureSaid = false
         var sandbox: BubblewrapSandbox
         do throws(SandboxError) {
@@ -758,10 +769,11 @@ public actor Supervisor {
     /// Under systemd, moves a sandboxed agent into a transient scope of its own,
     /// `backstop-<agent>-<pid>.scope`, whose cgroup carries its `memory_max`, `tasks_max`
     /// and `cpu_quota` (Manager.StartTransientUnit with `PIDs=`); what it forks from now on
-    /// is counted there too. Without systemd, or when the scope cannot be made, the
-    /// sandbox's rlimits are its limits.
-    private func confineInScope(_ name: String, pid: Int32) {
-        guard let slot = slots[name], let bus = systemd else { return }
+    /// is counted there too. Without systemd the sandbox's rlimits are its limits; when the
+    /// scope cannot be made, its `memory_max` does not hold (the sandbox left it to the scope).
+    /// - Returns: whether the process is in its scope.
+    func confineInScope(_ name: String, pid: Int32) -> Bool {
+        guard let slot = slots[name], let bus = systemd else { return false }
         let limits = UnitSandbox.cgroupProperties(slot.configuration.sandbox)
         let scope = "backstop-\(name)-\(pid).scope"
         do {
@@ -770,9 +782,12 @@ public actor Supervisor {
                 ("PIDs", .pids([UInt32(pid)])),
                 ("CollectMode", .string("inactive-or-failed")),
             ] + limits)
+            return true
         } catch {
-            logger.warning("Cannot put the agent into a transient scope; its limits are the sandbox's rlimits only.",
+            let memory = slot.configuration.sandbox.memoryMaxBytes.map { "; memory_max \(SandboxSpec.formatBytes($0)) does not hold for this run" } ?? ""
+            logger.warning("Cannot put the agent into a transient scope; its limits are the sandbox's rlimits only\(memory).",
                            metadata: ["agent": "\(name)", "scope": "\(scope)", "error": "\(error)"])
+            return false
         }
     }
 
