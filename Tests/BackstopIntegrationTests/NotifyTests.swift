@@ -22,7 +22,13 @@ struct NotifyTests {
             echo "agent waiting for SIGUSR1"
             sleep infinity & while :; do wait $!; done
             """
-        return "name = \"demo\"\nnotify = true\n\(extra)\nexec = [\"/bin/bash\", \"-c\", \(String(reflecting: script))]"
+        return "name = \"demo\"\nnotify = true\n\(extra)\nexec = [\"/bin/bash\", \"-c\", \(Self.tomlString(script))]"
+    }
+
+    /// `text` as a TOML basic string.
+    static func tomlString(_ text: String) -> String {
+        "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "\n", with: "\\n") + "\""
     }
 
     /// Stops backstopd (SIGSTOP) for `seconds` from just before `body`, as a loaded machine
@@ -97,7 +103,7 @@ struct NotifyTests {
             """
         let harness = try DaemonHarness(agents: [
             DaemonHarness.demoAgent(extra: "notify = true\nstart_timeout_sec = 30"),
-            "name = \"other\"\nexec = [\"/bin/bash\", \"-c\", \(String(reflecting: forger))]",
+            "name = \"other\"\nexec = [\"/bin/bash\", \"-c\", \(Self.tomlString(forger))]",
         ])
         defer { harness.cleanUp() }
         let target = harness.directory + "/run/notify/demo"
@@ -118,7 +124,7 @@ struct NotifyTests {
         ])
         #expect(unprivileged.output.contains("forged READY=1: EACCES"), "\(unprivileged.output) \(unprivileged.error)")
         #expect(try harness.agent().state == "starting", "no forged READY=1 made the agent ready")
-        try harness.wait(for: "agent-ready")
+        try harness.log.wait(for: "event=agent-ready agent=demo ", seconds: 30)
         #expect(try harness.agent().state == "running")
     }
 
