@@ -285,6 +285,39 @@ struct ContainerTests {
         }
     }
 
+    @Test("memory_max under systemd is the scope's cgroup limit alone: a candidate that allocates past it is OOM-killed there, reported as memory-limit naming the limit, and rolled back to the known-good version that ran within it; --check-config does not warn")
+    func memoryMaxInScope() throws {
+        // Holds the number of MiB its content's `megabytes` file says, each page written, then waits.
+        let hog = "import os, time; n = int(open(os.environ['BACKSTOP_CONTENT'] + '/megabytes').read()); "
+            + "hoard = [bytes([i % 256]) * (1 << 20) for i in range(n)]; time.sleep(3600)"
+        let config = """
+            [[agent]]
+            name = "hog"
+            exec = ["/usr/bin/python3", "-c", "\(hog)"]
+            failure_window_sec = 60
+            restart_delay_ms = 100
+            [agent.sandbox]
+            memory_max = "64M"
+            """
+        let files = ["/srv/hog/v1/megabytes": "8\n", "/srv/hog/v2/megabytes": "200\n"]
+        try withContainer(config: config, files: files) { container in
+            let check = try container.run("/usr/sbin/backstopd", "--check-config")
+            #expect(check.status == 0 && !check.error.contains("RLIMIT_DATA"), "\(check.output) \(check.error)")
+            let report = try container.run("/usr/bin/backstopctl", "sandbox", "hog").output
+            #expect(report.contains("64M as MemoryMax=") && !report.contains("ulimit -d"), "\(report)")
+            try knownGoodThenCandidate(container, agent: "hog", good: "/srv/hog/v1", candidate: "/srv/hog/v2")
+            try container.waitForDecision("rollback", reason: "crash-loop")
+            let exits = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
+            #expect(!exits.isEmpty && exits.allSatisfy { $0["BACKSTOP_REASON"] == "memory-limit" }, "\(exits)")
+            #expect(exits.allSatisfy { $0["MESSAGE"]?.contains("memory_max 64M") == true }, "\(exits.map { $0["MESSAGE"] ?? "" })")
+            try container.waitForDecision("agent-ready", version: "v1", count: 2)
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.quarantined == ["v2"])
+            #expect(agent.state == "running")
+        }
+    }
+
     @Test("the systemd runner under systemctl restart, a SIGTERM to the agent, a systemd re-exec and a reboot")
     func unitOutsideActions() throws {
         try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": Self.demoUnit]) { container in

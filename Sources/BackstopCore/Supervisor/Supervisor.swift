@@ -45,6 +45,9 @@ struct AgentSlot {
     var bootHealthy = false
     /// Whether the current run is in a transient scope of its own, whose cgroup holds its `memory_max`.
     var inScope = false
+    /// The OOM kills counted in backstopd's slice (where the scope is) when the run was put in
+    /// its scope; more at its end, with the agent killed by SIGKILL, means its scope had one.
+    var sliceOOMKillsAtStart: Int?
     /// When the current run started, on CLOCK_MONOTONIC in microseconds (the kernel log's clock).
     var startedAtKernelMicroseconds: UInt64 = 0
     /// Processes a `daemonized` agent left running in the background.
@@ -519,6 +522,7 @@ public actor Supervisor {
         slots[name]!.pid = pid
         RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).started(pid)
         slots[name]!.inScope = confineInScope(name, pid: pid)
+        slots[name]!.sliceOOMKillsAtStart = slots[name]!.inScope ? Cgroup.ownSlice.flatMap { Cgroup.oomKills(in: $0.directory) } : nil
         // (A stop asked for while the process was being created terminates it now.)
         let stopping = slots[name]!.policy.isStopping
         apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
@@ -555,9 +559,16 @@ public actor Supervisor {
             let memoryMax = slots[name]!.configuration.sandbox.memoryMaxBytes
             let killer = unasked && termination.signal == SIGKILL
                 ? leader.flatMap { KernelLog.oomKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } : nil
-            let oomKill = killer.map { killer -> OOMKill in
+            var oomKill = killer.map { killer -> OOMKill in
                 guard killer == .memoryCgroup, slots[name]!.inScope, let memoryMax else { return .machine }
                 return .memoryMax(bytes: memoryMax)
+            }
+            // Where the kernel log cannot be read (a container's /dev/kmsg is not the kernel's),
+            // memory.events says it: the scope is gone by now, but its slice counted the kill.
+            if oomKill == nil, unasked, termination.signal == SIGKILL, slots[name]!.inScope, let memoryMax,
+               let before = slots[name]!.sliceOOMKillsAtStart,
+               let after = Cgroup.ownSlice.flatMap({ Cgroup.oomKills(in: $0.directory) }), after > before {
+                oomKill = .memoryMax(bytes: memoryMax)
             }
             apply(slots[name]!.policy.agentExited(
                 termination, oomKill: oomKill, memoryRlimitBytes: BubblewrapSandbox.scopesAvailable ? nil : memoryMax,
@@ -744,6 +755,7 @@ public actor Supervisor {
             watchdogSeconds: slot.configuration.watchdogSeconds)
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
         slots[name]!.inScope = false
+        slots[name]!.sliceOOMKillsAtStart = nil
         slots[name]!.readyCheckFailureSaid = false
         var sandbox: BubblewrapSandbox
         do throws(SandboxError) {
@@ -767,7 +779,7 @@ public actor Supervisor {
     }
 
     /// Under systemd, moves a sandboxed agent into a transient scope of its own,
-    /// `backstop-<agent>-<pid>.scope`, whose cgroup carries its `memory_max`, `tasks_max`
+    /// `backstop-<agent>-<pid>.scope` in backstopd's own slice, whose cgroup carries its `memory_max`, `tasks_max`
     /// and `cpu_quota` (Manager.StartTransientUnit with `PIDs=`); what it forks from now on
     /// is counted there too. Without systemd the sandbox's rlimits are its limits; when the
     /// scope cannot be made, its `memory_max` does not hold (the sandbox left it to the scope).
@@ -776,12 +788,15 @@ public actor Supervisor {
         guard let slot = slots[name], let bus = systemd else { return false }
         let limits = UnitSandbox.cgroupProperties(slot.configuration.sandbox)
         let scope = "backstop-\(name)-\(pid).scope"
+        var properties: [(String, BusValue)] = [
+            ("Description", .string("Backstop agent \(name), run by backstopd in its sandbox")),
+            ("PIDs", .pids([UInt32(pid)])),
+            ("CollectMode", .string("inactive-or-failed")),
+        ]
+        // In backstopd's own slice, whose memory.events still counts the scope's OOM kills once it is gone.
+        if let slice = Cgroup.ownSlice { properties.append(("Slice", .string(slice.unit))) }
         do {
-            _ = try bus.startTransientUnit(scope, properties: [
-                ("Description", .string("Backstop agent \(name), run by backstopd in its sandbox")),
-                ("PIDs", .pids([UInt32(pid)])),
-                ("CollectMode", .string("inactive-or-failed")),
-            ] + limits)
+            _ = try bus.startTransientUnit(scope, properties: properties + limits)
             return true
         } catch {
             let memory = slot.configuration.sandbox.memoryMaxBytes.map { "; memory_max \(SandboxSpec.formatBytes($0)) does not hold for this run" } ?? ""
