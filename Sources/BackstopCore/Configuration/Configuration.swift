@@ -71,8 +71,9 @@ public struct Configuration: Sendable, Equatable {
                     }
                 }
             }
-            if agent.transientUnit == nil || agent.preflightSeconds > 0, let bytes = agent.sandbox.memoryMaxBytes, !BubblewrapSandbox.scopesAvailable {
-                warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: systemd does not run this machine, so there is no transient scope (cgroup) to hold the agent in; an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
+            if agent.transientUnit == nil || agent.preflightSeconds > 0, let bytes = agent.sandbox.memoryMaxBytes,
+               let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
+                warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
             }
             if agent.preflightSeconds > 0, agent.watchdogSeconds > 0, agent.preflightSeconds <= agent.watchdogSeconds {
                 warnings.append("agent \(agent.name): preflight_sec (\(agent.preflightSeconds)) is not longer than watchdog_sec (\(agent.watchdogSeconds)); a version that hangs after READY=1 passes its preflight")

@@ -55,6 +55,17 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     public var cgroupScope = scopesAvailable
     /// Whether systemd runs the machine (sd_booted(3)), so that backstopd can make transient scopes.
     public static var scopesAvailable: Bool { sd_booted() > 0 }
+    /// Whether the transient scope's cgroup holds `memory_max` (MemoryMax=), so that the sandbox
+    /// sets no RLIMIT_DATA: a failed allocation inside the agent would look like a content failure.
+    public var memoryInScope = memoryCgroupUnavailableReason == nil
+    /// Why no cgroup can hold an agent's `memory_max` here, so that it is RLIMIT_DATA only; nil when one can.
+    public static var memoryCgroupUnavailableReason: String? {
+        if !scopesAvailable { return "systemd does not run this machine, so there is no transient scope (cgroup) to hold the agent in" }
+        if !Cgroup.memoryControllerAvailable {
+            return "/sys/fs/cgroup is not a unified (v2) hierarchy with the memory controller (cgroup v1 or hybrid, or a container it is not delegated to), so the agent's transient scope cannot hold it"
+        }
+        return nil
+    }
     static let scopeNote = "the transient scope backstop-<agent>-<pid>.scope (cgroup)"
 
     /// `<runtime_directory>/notify`, where backstopd makes the notify sockets: an empty tmpfs
@@ -180,11 +191,12 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             return UInt64(limit.rlim_max) / unit
         }
         if let bytes = spec.memoryMaxBytes {
-            if cgroupScope {
+            if cgroupScope && memoryInScope {
                 report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as MemoryMax= of \(Self.scopeNote): the OOM killer of that cgroup ends the agent at it, and its exit names the limit")
             } else {
                 limits.append("ulimit -d \(lowered(max(1, bytes / 1024), RLIMIT_DATA.rawValue, unit: 1024, "memory_max", "RLIMIT_DATA"))")
-                report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA only" + cgroup
+                report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA only"
+                    + (cgroupScope ? " (the transient scope cannot hold it here: no memory controller in the unified cgroup hierarchy)" : cgroup)
                     + ": an allocation past it fails inside the agent, which cannot be told from a content failure")
             }
         }

@@ -6,6 +6,14 @@ public enum Cgroup {
     /// Where the hierarchy is mounted.
     static let mountPoint = "/sys/fs/cgroup"
 
+    /// Whether /sys/fs/cgroup is the unified hierarchy with the memory controller (its
+    /// `cgroup.controllers` lists `memory`): only then does a transient scope's MemoryMax= hold
+    /// here. Not under cgroup v1 or a hybrid hierarchy, nor in a container it is not delegated to.
+    public static var memoryControllerAvailable: Bool {
+        guard let text = try? String(contentsOfFile: mountPoint + "/cgroup.controllers", encoding: .utf8) else { return false }
+        return text.split(whereSeparator: \.isWhitespace).contains("memory")
+    }
+
     /// The slice backstopd runs in (the parent of its own cgroup, `0::PATH` in
     /// /proc/self/cgroup), when that is a slice: its unit name (`system.slice`) and its
     /// cgroup's directory. The agents' transient scopes go there: it lives as long as backstopd.

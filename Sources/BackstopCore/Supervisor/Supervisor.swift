@@ -571,7 +571,7 @@ public actor Supervisor {
                 oomKill = .memoryMax(bytes: memoryMax)
             }
             apply(slots[name]!.policy.agentExited(
-                termination, oomKill: oomKill, memoryRlimitBytes: BubblewrapSandbox.scopesAvailable ? nil : memoryMax,
+                termination, oomKill: oomKill, memoryRlimitBytes: BubblewrapSandbox.memoryCgroupUnavailableReason == nil ? nil : memoryMax,
                 survivors: daemonized ? survivors : [], at: now), to: name)
             if daemonized {
                 slots[name]!.strays = Set(survivors)
