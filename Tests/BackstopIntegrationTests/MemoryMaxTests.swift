@@ -23,7 +23,7 @@ struct MemoryMaxTests {
         memory_max = "64M"
         """
 
-    @Test("backstopd --check-config says, naming the agent and the key, when memory_max can only be an RLIMIT_DATA; where systemd runs the machine it does not")
+    @Test("backstopd --check-config says, naming the agent and the key, when memory_max can only be an RLIMIT_DATA; where a cgroup can hold it, it does not")
     func checkConfigWarnsOfRlimitOnly() throws {
         let harness = try DaemonHarness(agents: [Self.agent])
         defer { harness.cleanUp() }
