@@ -577,7 +577,7 @@ public struct AgentPolicy: Sendable, Equatable {
                         : "not counted against the content, as no known-good version ran within it for comparison")
                     + ". Raise memory_max if this content needs more."
             } else if let bytes = memoryRlimitBytes, settings.attribution(of: reason) == .content {
-                note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup without systemd): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
+                note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup can hold it here): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
             }
             var exit = recordExit(termination, version: version, reason: reason, attribution: attribution, at: now)
             if case .record(var decision) = exit {
