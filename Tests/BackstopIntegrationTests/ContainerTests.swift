@@ -274,7 +274,10 @@ struct ContainerTests {
     func bubblewrapAgentInScope() throws {
         try withContainer(config: Self.config + "\n[agent.sandbox]\nmemory_max = \"128M\"\ntasks_max = 64\n") { container in
             let report = try container.run("/usr/bin/backstopctl", "sandbox", "demo").output
-            #expect(report.contains("TasksMax= of the transient scope") && report.contains("MemoryMax= of the transient scope"), "\(report)")
+            // memory_max is the scope's alone only with the unified hierarchy's memory controller (memoryMaxAsDeployed).
+            let memoryCgroup = try container.run("/bin/cat", "/sys/fs/cgroup/cgroup.controllers").output.split(whereSeparator: \.isWhitespace).contains("memory")
+            #expect(report.contains("TasksMax= of the transient scope")
+                && report.contains(memoryCgroup ? "128M as MemoryMax= of the transient scope" : "128M as RLIMIT_DATA only (the transient scope cannot hold it here"), "\(report)")
             try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
             try container.waitForDecision("agent-ready")
             let pid = try #require(try container.status().agents.first?.pid)
@@ -282,6 +285,44 @@ struct ContainerTests {
             #expect(cgroup.contains("backstop-demo-\(pid).scope"), "\(cgroup)")
             let shown = try container.run("/bin/systemctl", "show", "backstop-demo-\(pid).scope", "-p", "TasksMax", "-p", "MemoryMax", "-p", "ActiveState").output
             #expect(shown.contains("TasksMax=64") && shown.contains("MemoryMax=134217728") && shown.contains("ActiveState=active"), "\(shown)")
+        }
+    }
+
+    @Test("memory_max as deployed: where the container's cgroup hierarchy has the memory controller, a candidate that allocates past it is OOM-killed in its scope and reported as memory-limit naming the limit; where it has not, it stays RLIMIT_DATA, --check-config says so and the exits name the limit; either way the candidate is rolled back to the known-good version that ran within it")
+    func memoryMaxAsDeployed() throws {
+        // Holds the number of MiB its content's `megabytes` file says, each page written, then waits.
+        let hog = "import os, time; n = int(open(os.environ['BACKSTOP_CONTENT'] + '/megabytes').read()); "
+            + "hoard = [bytes([i % 256]) * (1 << 20) for i in range(n)]; time.sleep(3600)"
+        let config = """
+            [[agent]]
+            name = "hog"
+            exec = ["/usr/bin/python3", "-c", "\(hog)"]
+            failure_window_sec = 60
+            restart_delay_ms = 100
+            [agent.sandbox]
+            memory_max = "64M"
+            """
+        let files = ["/srv/hog/v1/megabytes": "8\n", "/srv/hog/v2/megabytes": "200\n"]
+        try withContainer(config: config, files: files) { container in
+            let controllers = try container.run("/bin/cat", "/sys/fs/cgroup/cgroup.controllers").output
+            let memoryCgroup = controllers.split(whereSeparator: \.isWhitespace).contains("memory")
+            let check = try container.run("/usr/sbin/backstopd", "--check-config")
+            #expect(check.status == 0)
+            let warning = "agent hog: sandbox: memory_max (64M) can only be an RLIMIT_DATA here"
+            #expect(check.error.contains(warning) == !memoryCgroup, "memory controller: \(memoryCgroup); \(check.error)")
+            let report = try container.run("/usr/bin/backstopctl", "sandbox", "hog").output
+            #expect(report.contains(memoryCgroup ? "64M as MemoryMax= of the transient scope" : "64M as RLIMIT_DATA only (the transient scope cannot hold it here"), "\(report)")
+            try knownGoodThenCandidate(container, agent: "hog", good: "/srv/hog/v1", candidate: "/srv/hog/v2")
+            try container.waitForDecision("rollback", reason: "crash-loop")
+            let exits = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
+            #expect(!exits.isEmpty && exits.allSatisfy { $0["BACKSTOP_REASON"] == (memoryCgroup ? "memory-limit" : "exited") }, "\(exits)")
+            let named = memoryCgroup ? "at memory_max 64M; counted against candidate v2" : "memory_max 64M holds this agent only as RLIMIT_DATA"
+            #expect(exits.allSatisfy { $0["MESSAGE"]?.contains(named) == true }, "\(exits.map { $0["MESSAGE"] ?? "" })")
+            try container.waitForDecision("agent-ready", version: "v1", count: 2)
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.quarantined == ["v2"])
+            #expect(agent.state == "running")
         }
     }
 

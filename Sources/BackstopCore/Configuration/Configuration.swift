@@ -71,6 +71,10 @@ public struct Configuration: Sendable, Equatable {
                     }
                 }
             }
+            if agent.transientUnit == nil || agent.preflightSeconds > 0, let bytes = agent.sandbox.memoryMaxBytes,
+               let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
+                warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
+            }
             if agent.preflightSeconds > 0, agent.watchdogSeconds > 0, agent.preflightSeconds <= agent.watchdogSeconds {
                 warnings.append("agent \(agent.name): preflight_sec (\(agent.preflightSeconds)) is not longer than watchdog_sec (\(agent.watchdogSeconds)); a version that hangs after READY=1 passes its preflight")
             }
@@ -131,7 +135,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public func preflightDirectory(agent: String) -> String { runtimeDirectory + "/preflight/" + agent }
 
     /// `<runtime_directory>/notify/<agent>`, the agent's `NOTIFY_SOCKET`.
-    public func notifySocketPath(agent: String) -> String { runtimeDirectory + "/notify/" + agent }
+    public func notifySocketPath(agent: String) -> String { notifyDirectory + "/" + agent }
+    /// `<runtime_directory>/notify`: the agents' notify sockets, root's alone (mode 0700).
+    public var notifyDirectory: String { runtimeDirectory + "/notify" }
 }
 
 /// How an agent is run.

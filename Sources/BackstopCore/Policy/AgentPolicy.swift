@@ -545,15 +545,18 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// The agent process ended (reaped with waitid(2)).
     /// - Parameters:
-    ///   - oomKilled: the kernel log records an OOM kill of the process.
+    ///   - oomKill: the kernel log records an OOM kill of the process, and whose.
+    ///   - memoryRlimitBytes: `memory_max` when it held the run only as RLIMIT_DATA (no cgroup):
+    ///     an allocation past it fails inside the agent, which cannot be told from other
+    ///     failures, so the exit's message names the limit.
     ///   - survivors: processes of the agent's session still alive after it ended (the
     ///     host leaves them running only when this makes the exit `daemonized`).
     ///   - known: the reason when the runner knows better than the termination does
     ///     (systemd's `Result=timeout` while starting is a start timeout, `Result=watchdog` a hang).
     ///   - obstacle: what the end of the agent's stderr names as being in its way (``SandboxObstacle/find(in:)``).
     public mutating func agentExited(
-        _ termination: Termination, oomKilled: Bool = false, survivors: [Int32] = [], reason known: FailureReason? = nil,
-        obstacle: SandboxObstacle? = nil, at now: Moment
+        _ termination: Termination, oomKill: OOMKill? = nil, memoryRlimitBytes: UInt64? = nil, survivors: [Int32] = [],
+        reason known: FailureReason? = nil, obstacle: SandboxObstacle? = nil, at now: Moment
     ) -> [PolicyAction] {
         var actions = disarmRunTimers()
         bankProbation(at: now)
@@ -573,15 +576,31 @@ public struct AgentPolicy: Sendable, Equatable {
             actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
             return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
         case .starting, .running:
-            let reason = known ?? FailureReason.classify(
-                termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
-            var exit = recordExit(termination, version: version, reason: reason, obstacle: obstacle, at: now)
-            if reason == .daemonized, case .record(var decision) = exit {
-                decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))."
+            var reason = known ?? FailureReason.classify(
+                termination, oomKilled: oomKill != nil, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
+            var attribution: Attribution?
+            var note: String?
+            if reason == .oomKilled, case .memoryMax(let bytes) = oomKill {
+                // The known-good version ran within the same limit: only a candidate that
+                // outgrows it is to blame; on known-good content the limit is.
+                reason = .memoryLimit
+                let compared = version != nil && version == ledger.candidate && ledger.knownGood != nil
+                attribution = compared ? .content : .restartOnly
+                note = "The OOM killer of its own cgroup ended it at memory_max \(SandboxSpec.formatBytes(bytes)); "
+                    + (compared ? "counted against candidate \(version!), as known-good \(ledger.knownGood!) ran within it"
+                        : "not counted against the content, as no known-good version ran within it for comparison")
+                    + ". Raise memory_max if this content needs more."
+            } else if let bytes = memoryRlimitBytes, settings.attribution(of: reason) == .content {
+                note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup can hold it here): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
+            }
+            var exit = recordExit(termination, version: version, reason: reason, attribution: attribution, obstacle: obstacle, at: now)
+            if case .record(var decision) = exit {
+                if reason == .daemonized { decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))." }
+                if let note { decision.message += " " + note }
                 exit = .record(decision)
             }
             actions.append(exit)
-            return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
+            return actions + countFailure(reason, termination: termination, attribution: attribution, obstacle: obstacle, at: now)
         case .stopped, .backoff, .givenUp, .daemonized:
             return actions
         }

@@ -30,9 +30,11 @@ enum Preflight {
         case survived
     }
 
-    /// Runs the preflight of `version` of `agent`, stored in `store`.
+    /// Runs the preflight of `version` of `agent`, stored in `store`; `confine` puts the
+    /// instance's process into a cgroup of its own for the sandbox's limits (see ``BubblewrapSandbox/cgroupScope``).
     static func run(
-        agent: AgentConfiguration, daemon: DaemonConfiguration, store: ContentStore, version: String
+        agent: AgentConfiguration, daemon: DaemonConfiguration, store: ContentStore, version: String,
+        confine: @escaping @Sendable (Int32) async -> Bool
     ) async -> PreflightOutcome {
         var sandbox: BubblewrapSandbox
         do { sandbox = try BubblewrapSandbox(agent: agent, daemon: daemon, contentPath: store.path(of: version)) } catch {
@@ -66,6 +68,7 @@ enum Preflight {
         }
         defer { socket.invalidate() }
         chown(socketPath, sandbox.account.uid, sandbox.account.gid)
+        sandbox.notifySocket = socketPath
 
         var request = LaunchRequest.make(
             agent: agent.name, exec: agent.preflightExec.isEmpty ? agent.exec : agent.preflightExec,
@@ -81,6 +84,7 @@ enum Preflight {
         let run = Task {
             let result = await DirectRunner.run(request, errorTail: errorTail) { pid in
                 record.started(pid)
+                _ = await confine(pid)
                 emit.yield(.started(pid))
             }
             emit.yield(.ended(result))
@@ -109,7 +113,7 @@ enum Preflight {
                 pid = started
                 if ready, agent.watchdogSeconds > 0 { after(agent.watchdogSeconds, .watchdog(generation: 0)) }
             case .notified(let message):
-                guard let pid, message.isFromSession(of: pid) else { break }
+                // The socket is this instance's alone, reachable only from its sandbox (see NotifySocket).
                 if message.value("READY") == "1", !ready {
                     ready = true
                     if survived, outcome == nil { outcome = .passed }

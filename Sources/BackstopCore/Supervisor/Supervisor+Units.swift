@@ -340,6 +340,6 @@ extension Supervisor {
         default: nil
         }
         apply(slots[name]!.policy.agentExited(
-            state.termination ?? .exited(code: 0), oomKilled: state.result == "oom-kill", reason: known, at: now), to: name)
+            state.termination ?? .exited(code: 0), oomKill: state.result == "oom-kill" ? .machine : nil, reason: known, at: now), to: name)
     }
 }
