@@ -160,6 +160,64 @@ struct AgentPolicyThresholdTests {
         #expect(policy.countedFailures(at: moment(50)).isEmpty)
         #expect(policy.ledger.candidate == "v2")
     }
+
+    @Test("clean_exit = backoff (the default): clean exits in a row back off longer each time and show degraded")
+    func cleanExitsBackOffByDefault() throws {
+        var policy = try candidatePolicy(policySettings(restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30))
+        var delays: [Double] = []
+        var now = 0.0
+        for _ in 0..<4 {
+            _ = policy.agentStarted(pid: 4242, at: moment(now))
+            let actions = policy.agentExited(.exited(code: 0), at: moment(now + 1))
+            delays.append(try #require(actions.deadline(of: .restart)) - (now + 1))
+            #expect(policy.degradedReason == "in backoff after clean-exit")
+            #expect(policy.stateWord == "backoff")
+            now = policy.timers[.restart]!
+            policy.fireRestart()
+        }
+        #expect(delays == [0.1, 0.2, 0.4, 0.8])
+    }
+
+    @Test("clean_exit = normal: an agent that exits 0 every second is started again after restart_delay_ms each time, never degraded, nothing counted")
+    func cleanExitsAsNormalLife() throws {
+        var policy = try candidatePolicy(PolicySettings(
+            agent: "demo", restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30, cleanExit: .normal))
+        var now = 0.0
+        for _ in 0..<20 {
+            let started = policy.agentStarted(pid: 4242, at: moment(now))
+            #expect(started.decision(.agentStarted) != nil)
+            #expect(policy.degradedReason == nil)
+            let actions = policy.agentExited(.exited(code: 0), at: moment(now + 1))
+            let exit = try #require(actions.decision(.agentExited))
+            #expect(exit.reason == "clean-exit" && exit.failures == nil)
+            #expect(actions.deadline(of: .restart) == now + 1.1, "the delay stays at restart_delay_ms")
+            #expect(policy.phase == .restarting)
+            #expect(policy.stateWord == "starting")
+            #expect(policy.degradedReason == nil, "a clean exit by design does not degrade the agent")
+            now = policy.timers[.restart]!
+            #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
+        }
+        #expect(policy.consecutiveFailures == 0)
+        #expect(policy.recentFailures(at: moment(now)).isEmpty)
+        #expect(policy.ledger.candidate == "v2")
+        // A crash is still a failure, backed off from the first step: the clean exits added none.
+        let crash = policy.startAndCrash(at: now)
+        #expect(crash.decision(.agentExited)?.failures == 1)
+        #expect(crash.deadline(of: .restart) == now + 0.5 + 0.1)
+        #expect(policy.degradedReason == "in backoff after crashed")
+    }
+
+    @Test("clean_exit = normal: an operator stop while the restart is due leaves the agent stopped")
+    func stopWhileRestarting() throws {
+        var policy = try candidatePolicy(PolicySettings(agent: "demo", cleanExit: .normal))
+        _ = policy.agentStarted(pid: 4242, at: moment(0))
+        _ = policy.agentExited(.exited(code: 0), at: moment(1))
+        #expect(policy.phase == .restarting)
+        _ = policy.stop(at: moment(1.05))
+        #expect(policy.phase == .stopped)
+        #expect(policy.timerFired(.restart, deadline: 1.1, at: moment(1.1)).isEmpty)
+        #expect(policy.phase == .stopped)
+    }
 }
 
 @Suite("AgentPolicy: restart backoff")

@@ -220,7 +220,7 @@ extension Supervisor {
             runEnded(name, state, at: now)
             return
         }
-        if job != unit.startJob, slots[name]!.policy.phase == .backoff, !state.isUp, result == "done" {
+        if job != unit.startJob, [.backoff, .restarting].contains(slots[name]!.policy.phase), !state.isUp, result == "done" {
             // `systemctl stop` of a unit that is down while Backstop waits to restart it: a
             // stop job with nothing to stop, and the operator's word all the same.
             stoppedOutside(name, at: now)
@@ -286,7 +286,7 @@ extension Supervisor {
             if !unit.runReported {
                 guard phase == .starting else {
                     // Started outside Backstop (systemctl start): supervised from now on, as after `backstopctl start`.
-                    if previous?.isUp != true, phase == .stopped || phase == .backoff || phase == .givenUp {
+                    if previous?.isUp != true, [.stopped, .backoff, .restarting, .givenUp].contains(phase) {
                         logger.notice("The agent's unit was started outside Backstop; supervising it.", metadata: ["agent": "\(name)"])
                         apply(slots[name]!.policy.start(at: now), to: name)
                     }
