@@ -302,7 +302,7 @@ extension AgentPolicy {
         case .starting, .restarting, .stopping(.restart): return "starting"
         case .running: return "running"
         case .backoff, .daemonized, .stopping(.failure), .stopping(.readyCheckCannotRun): return "backoff"
-        case .stopped, .stopping(.shutdown), .stopping(.operatorStop): return "stopped"
+        case .stopped, .awaitingDependency, .stopping(.shutdown), .stopping(.operatorStop): return "stopped"
         }
     }
 }

@@ -158,6 +158,15 @@ public enum AgentPhase: Sendable, Equatable, Codable {
     case daemonized
     /// The escalation ladder ran out: left stopped until an operator acts.
     case givenUp
+    /// systemd stopped the agent's unit along with a unit it requires (named here), not an
+    /// operator and not a failure: started again once that unit is active again.
+    case awaitingDependency(String)
+
+    /// Whether this is ``awaitingDependency(_:)``, whichever unit it waits for.
+    public var isAwaitingDependency: Bool {
+        if case .awaitingDependency = self { return true }
+        return false
+    }
 }
 
 /// Timers the policy asks its host to run; each fires at most once per arming.
@@ -424,6 +433,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .givenUp: return "given up"
         case .daemonized: return "its program forked into the background (daemonized)"
         case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
+        case .awaitingDependency(let unit): return "stopped by systemd with \(unit), which its unit requires; waiting for \(unit) to be active again"
         default: break
         }
         if mode == .safeMode { return "in safe mode" }
@@ -587,9 +597,35 @@ public struct AgentPolicy: Sendable, Equatable {
             }
             actions.append(exit)
             return actions + countFailure(reason, termination: termination, at: now)
-        case .stopped, .backoff, .restarting, .givenUp, .daemonized:
+        case .stopped, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
             return actions
         }
+    }
+
+    /// systemd stopped the agent's unit because `dependency`, a unit it requires
+    /// (`Requires=`, `BindsTo=`, `Requisite=`, `PartOf=`), was stopped or failed: neither an
+    /// operator's stop nor a failure of the agent. It waits for ``dependencyActive(at:)``;
+    /// an activation, a rollback or `backstopctl start` start it before that.
+    public mutating func stoppedWithDependency(_ dependency: String, termination: Termination?, at now: Moment) -> [PolicyAction] {
+        switch phase {
+        case .starting, .running, .backoff, .restarting:
+            var actions = disarmRunTimers() + disarm([.restart])
+            bankProbation(at: now)
+            phase = .awaitingDependency(dependency)
+            actions.append(.record(Decision(
+                .agentExited, agent: settings.agent, version: runningVersion ?? ledger.active,
+                exitStatus: termination?.exitStatus, signal: termination?.signal,
+                message: "Agent \(settings.agent) was stopped by systemd with \(dependency), which its unit requires; not a failure, and it starts again once \(dependency) is active again.")))
+            return actions
+        case .stopping, .stopped, .givenUp, .daemonized, .awaitingDependency:
+            return []
+        }
+    }
+
+    /// The unit the agent waited for (``AgentPhase/awaitingDependency(_:)``) is active again: start the agent.
+    public mutating func dependencyActive(at now: Moment) -> [PolicyAction] {
+        guard case .awaitingDependency = phase else { return [] }
+        return spawnActive(at: now)
     }
 
     /// The processes a `daemonized` agent left running have all exited (or were stopped).
@@ -602,7 +638,8 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping(.shutdown), .stopping(.operatorStop):
             phase = .stopped
             return []
-        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .restarting, .stopped, .givenUp:
+        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .restarting, .stopped, .givenUp,
+            .awaitingDependency:
             return []
         }
     }
@@ -631,7 +668,7 @@ public struct AgentPolicy: Sendable, Equatable {
             return actions + countFailure(reason, termination: nil, at: now)
         case .stopping(.readyCheckCannotRun):
             return actions + countFailure(.execFailed, termination: nil, attribution: .configuration, at: now)
-        case .stopped, .running, .backoff, .restarting, .givenUp, .daemonized:
+        case .stopped, .running, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
             return actions
         }
     }
@@ -839,7 +876,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping:
             // A restart or a failure in progress: the exit ends in stopped instead.
             phase = .stopping(.operatorStop)
-        case .backoff, .restarting:
+        case .backoff, .restarting, .awaitingDependency:
             phase = .stopped
         case .stopped, .givenUp:
             break
@@ -855,7 +892,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping(.operatorStop):
             phase = .stopping(.restart)
             return []
-        case .stopped, .backoff, .restarting, .givenUp:
+        case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
             return disarm([.restart]) + spawnActive(at: now)
         case .starting, .running, .stopping, .daemonized:
             return []
@@ -870,7 +907,7 @@ public struct AgentPolicy: Sendable, Equatable {
             bankProbation(at: now)
             phase = .stopping(.shutdown)
             actions.append(.terminate(signal: SIGTERM))
-        case .backoff, .restarting:
+        case .backoff, .restarting, .awaitingDependency:
             phase = .stopped
         case .stopped, .givenUp:
             break
@@ -1128,7 +1165,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping:
             phase = .stopping(.restart)
             return []
-        case .stopped, .backoff, .restarting, .givenUp:
+        case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
             return disarm([.restart]) + spawnActive(at: now)
         }
     }
