@@ -25,6 +25,9 @@ struct UnitHost {
     var retiring = false
     /// The unit the agent waits for after systemd stopped it along with it, and its watch.
     var awaited: AwaitedUnit?
+    /// The unit's `ConditionTimestampMonotonic` when the last of its jobs ended: a later
+    /// one means systemd tried to start it since.
+    var conditionCheckedMicroseconds: UInt64?
 }
 
 /// A unit an agent's unit requires, watched while the agent waits for it to be active again.
@@ -218,6 +221,11 @@ extension Supervisor {
         guard let unit = slots[name]?.unit, !shuttingDown, !unit.retiring else { return }
         let now = Moment.now()
         defer { persist(name) }
+        // A start that systemd skipped (a condition not met) ends "done" with the unit down, as
+        // a stop job for a unit that is down does; only the start checked the conditions.
+        let conditionChecked = try? unit.bus.monotonicMicroseconds("ConditionTimestampMonotonic", of: unit.name)
+        let startTried = if let before = unit.conditionCheckedMicroseconds, let conditionChecked { conditionChecked != before } else { false }
+        slots[name]!.unit!.conditionCheckedMicroseconds = conditionChecked
         if unit.stopAsked, !state.isUp {
             slots[name]!.unit!.stopAsked = false
             if job == unit.startJob, result != "done" {
@@ -242,6 +250,14 @@ extension Supervisor {
             return
         }
         if job != unit.startJob, [.backoff, .restarting].contains(slots[name]!.policy.phase), !state.isUp, result == "done" {
+            // Someone else's start that systemd skipped while Backstop waits to restart the
+            // unit: its socket triggered by a client (again and again until the socket hits its
+            // trigger limit), a unit that wants it. Not a stop; the restart stays Backstop's.
+            if startTried {
+                logger.notice("A start of the agent's unit that Backstop did not ask for was skipped: a condition of the unit is not met; Backstop restarts it after its backoff.",
+                              metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+                return
+            }
             // A stop job for a unit that is down while Backstop waits to restart it: carried
             // over from a unit it requires, or `systemctl stop`, the operator's word.
             if let dependency = stoppedDependency(of: unit) {
@@ -269,12 +285,14 @@ extension Supervisor {
     }
 
     /// The unit among those whose stop systemd carries over to the agent's unit (`Requires=`,
-    /// `BindsTo=`, `Requisite=`, `PartOf=`) that is down or going down (a stop job queued for
-    /// it) as the agent's own stop ends; nil when all of them are up. systemd does not say
-    /// why it queued a unit's stop job, but a stop carried over from a required unit comes in
-    /// the same transaction as that unit's stop, and systemd stops the agent's unit first
-    /// when it is ordered after it (a socket and its service), so the required unit is still
-    /// marked as going down. `systemctl stop` of the agent's unit alone leaves them up.
+    /// `BindsTo=`, `Requisite=`, `PartOf=`) that is going down (deactivating, or a stop job
+    /// queued for it) as the agent's own stop ends, or went down since (or at most
+    /// ``relationSlackMicroseconds`` before) the agent's unit began to stop; nil when there is
+    /// none. systemd does not say why it queued a unit's stop job, but a stop carried over
+    /// from a required unit comes in the same transaction as that unit's stop, and systemd
+    /// stops the agent's unit first when it is ordered after it (a socket and its service),
+    /// so the required unit is still going down. `systemctl stop` of the agent's unit alone
+    /// leaves them as they were (a oneshot it requires may have been down for long).
     private func stoppedDependency(of unit: UnitHost) -> String? {
         let required: [String]
         do { required = try unit.bus.stopPropagatingUnits(of: unit.name) } catch {
@@ -282,11 +300,21 @@ extension Supervisor {
                          metadata: ["unit": "\(unit.name)", "error": "\(error)"])
             return nil
         }
+        let stopBegan = (try? unit.bus.monotonicMicroseconds("ActiveExitTimestampMonotonic", of: unit.name)) ?? 0
         return required.first { other in
             guard let (activeState, jobType) = try? unit.bus.activeStateAndJob(other) else { return false }
-            return ["inactive", "failed", "deactivating"].contains(activeState) || jobType == "stop"
+            if activeState == "deactivating" || jobType == "stop" { return true }
+            guard activeState == "inactive" || activeState == "failed",
+                let down = try? unit.bus.monotonicMicroseconds("InactiveEnterTimestampMonotonic", of: other)
+            else { return false }
+            return down + Self.relationSlackMicroseconds >= stopBegan
         }
     }
+
+    /// How long before the agent's unit began to stop a unit it requires may have gone down
+    /// for the stop to be taken as carried over from it, in µs: jobs of one transaction that
+    /// are not ordered against each other run side by side, and the other may finish first.
+    static let relationSlackMicroseconds: UInt64 = 1_000_000
 
     /// systemd stopped agent `name`'s unit with `dependency`, a unit it requires: the agent
     /// waits, not stopped by an operator, and starts again once `dependency` is active (at

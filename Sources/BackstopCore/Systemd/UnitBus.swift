@@ -197,6 +197,25 @@ public final class UnitBus: @unchecked Sendable {
         }
     }
 
+    /// A `…TimestampMonotonic` property of unit `name` (org.freedesktop.systemd1(5)), in µs
+    /// on CLOCK_MONOTONIC, 0 when it never happened: `ConditionTimestampMonotonic` (when
+    /// systemd last checked its `Condition…=` settings, which it does at every start, also
+    /// one it then skips), `ActiveExitTimestampMonotonic` (when it last began to stop),
+    /// `InactiveEnterTimestampMonotonic` (when it was last down).
+    /// - Throws: ``BusError``.
+    public func monotonicMicroseconds(_ property: String, of name: String) throws(BusError) -> UInt64 {
+        let path = try loadUnit(name)
+        return try withBus { bus throws(BusError) in
+            var error = sd_bus_error()
+            defer { sd_bus_error_free(&error) }
+            var value: UInt64 = 0
+            let result = sd_bus_get_property_trivial(
+                bus, Self.destination, path, Self.unitInterface, property, &error, CChar(UInt8(ascii: "t")), &value)
+            guard result >= 0 else { throw Self.busError("reading \(property) of \(name)", result, error) }
+            return value
+        }
+    }
+
     static let unitInterface = "org.freedesktop.systemd1.Unit"
 
     /// Reads a unit's state on `bus`, property by property (sd_bus_get_property(3)); the
