@@ -513,7 +513,7 @@ struct ContainerTests {
         ) { container in
             try clamdOnGoodContent(container)
             try #require(try container.run("/bin/systemctl", "stop", "clamav-daemon.socket").status == 0)
-            try container.waitInBoot("the stop taken for the socket's") { $0.contains { $0.contains("stopped with clamav-daemon.socket") } }
+            try container.waitForDecision("agent-exited", version: "v1")
             var agent = try #require(try container.status().agents.first)
             #expect(agent.state == "stopped")
             #expect(!agent.stoppedByOperator, "systemd stopped it with the socket, no operator stopped clamd")
@@ -549,7 +549,7 @@ struct ContainerTests {
             try #require(try container.run("/usr/bin/backstopctl", "stage", "clamd", "/srv/v2", "--version", "v2", "--activate").status == 0)
             try container.waitForDecision("agent-ready", version: "v2")
             try #require(try container.run("/bin/systemctl", "stop", "clamav-daemon.socket").status == 0)
-            try container.waitInBoot("the stop taken for the socket's") { $0.contains { $0.contains("stopped with clamav-daemon.socket") } }
+            try container.waitForDecision("agent-exited", version: "v1")
             #expect(try container.status().agents.first?.stoppedByOperator == false)
             try #require(try container.run("/usr/bin/backstopctl", "rollback", "clamd").status == 0)
             try container.waitForDecision("agent-ready", version: "v1", count: 2)
@@ -583,19 +583,19 @@ struct ContainerTests {
                 """)
             let limit = try container.run("/bin/sh", "-c", "timeout 30 journalctl -u clamav-daemon.socket -f -n all | grep -m1 'Trigger limit hit'")
             #expect(limit.status == 0, "the socket hit its trigger limit: \(limit.output)")
-            try container.waitInBoot("the skipped start seen") { $0.contains { $0.contains("Backstop did not ask for was skipped") } }
-            var agent = try #require(try container.status().agents.first)
-            #expect(!agent.stoppedByOperator, "no operator stopped clamd")
-            #expect(["backoff", "starting"].contains(agent.state), "Backstop goes on restarting it: \(agent.state)")
-            #expect(agent.failures.recent == 0, "nothing of this counts against the content")
 
+            // clamd can start again: Backstop's next restart starts it, and the failed socket with it.
             try container.run("/bin/touch", "/run/clamd-enabled")
             try container.waitForDecision("agent-ready", version: "v1", count: 2, seconds: 90)
-            agent = try #require(try container.status().agents.first)
+            let agent = try #require(try container.status().agents.first)
             #expect(agent.state == "running")
+            #expect(!agent.stoppedByOperator, "no operator stopped clamd")
+            #expect(agent.failures.recent == 0, "nothing of this counts against the content")
             #expect(try activeState(container, "clamav-daemon.service") == "active")
             #expect(try activeState(container, "clamav-daemon.socket") == "active", "started again with clamd, which requires it")
-            #expect(!container.journal().contains("stopped outside Backstop"))
+            let said = container.journalLines.all
+            #expect(said.contains { $0.contains("Backstop did not ask for was skipped") }, "the skipped starts were seen as such")
+            #expect(!said.contains { $0.contains("stopped outside Backstop") })
         }
     }
 
