@@ -538,6 +538,26 @@ struct ContainerTests {
         }
     }
 
+    @Test("clamd stopped with its socket is started at the next boot: no operator's stop is kept across a reboot")
+    func stoppedWithItsSocketThenReboot() throws {
+        // Not enabled: at boot only Backstop starts clamd (an enabled unit that systemd starts is supervised from then on).
+        var files = try Self.clamavFiles()
+        files["/etc/systemd/system-preset/00-backstop-test.preset"] = "disable clamav-daemon.service\n"
+        try withContainer(config: Self.clamdConfig, files: files, masked: Container.masked.filter { $0 != "clamav-daemon.service" }) { container in
+            #expect(try container.run("/bin/systemctl", "is-enabled", "clamav-daemon.service").output.hasPrefix("disabled"))
+            try clamdOnGoodContent(container)
+            try #require(try container.run("/bin/systemctl", "stop", "clamav-daemon.socket").status == 0)
+            try container.waitForDecision("agent-exited", version: "v1")
+            try container.shutDown()
+            try container.boot()
+            try container.waitForDecision("agent-ready", version: "v1")
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(!agent.stoppedByOperator)
+            #expect(try activeState(container, "clamav-daemon.service") == "active")
+        }
+    }
+
     @Test("while clamd waits for its socket, a rollback starts its unit (and the socket with it)")
     func rollbackStartsTheWaitingUnit() throws {
         try withContainer(
