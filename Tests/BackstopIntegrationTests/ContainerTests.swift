@@ -535,6 +535,131 @@ struct ContainerTests {
         }
     }
 
+    /// Stages a signature database for the EICAR test file as v1 of agent clamd and waits for clamd to be ready on it.
+    func clamdOnGoodContent(_ container: Container) throws {
+        try container.run("/bin/sh", "-c", "mkdir -p /srv/v1 && echo '44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature' > /srv/v1/test.hdb")
+        try #require(try container.run("/usr/bin/backstopctl", "stage", "clamd", "/srv/v1", "--version", "v1", "--activate").status == 0)
+        try container.waitForDecision("agent-ready", version: "v1")
+    }
+
+    /// The state of `unit` in the container (`ActiveState`).
+    func activeState(_ container: Container, _ unit: String) throws -> String {
+        try container.run("/bin/systemctl", "show", unit, "-p", "ActiveState", "--value").output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test("clamav-daemon.service stopped by systemd with clamav-daemon.socket (its Requires=) is no operator's stop: it waits, degraded, and runs again once the socket is back")
+    func clamavStoppedWithItsSocket() throws {
+        try withContainer(
+            config: Self.clamdConfig, files: try Self.clamavFiles(), masked: Container.masked.filter { $0 != "clamav-daemon.service" }
+        ) { container in
+            try clamdOnGoodContent(container)
+            try #require(try container.run("/bin/systemctl", "stop", "clamav-daemon.socket").status == 0)
+            try container.waitForDecision("agent-exited", version: "v1")
+            var agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "stopped")
+            #expect(!agent.stoppedByOperator, "systemd stopped it with the socket, no operator stopped clamd")
+            #expect(agent.degraded && agent.degradedReason?.contains("waiting for clamav-daemon.socket") == true, "\(agent.degradedReason ?? "")")
+            #expect(agent.failures.list.isEmpty, "not a failure")
+            #expect(try activeState(container, "clamav-daemon.service") == "inactive")
+            #expect(try activeState(container, "clamav-daemon.socket") == "inactive", "Backstop does not start the socket an operator stopped")
+            #expect(try container.run("/usr/bin/backstopctl", "status", "clamd").status == 1)
+
+            try #require(try container.run("/bin/systemctl", "start", "clamav-daemon.socket").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1", count: 2)
+            agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(!agent.degraded)
+            #expect(try activeState(container, "clamav-daemon.service") == "active")
+
+            // An operator's own stop of the service leaves the socket up: that is still an operator's stop.
+            try #require(try container.run("/bin/systemctl", "stop", "clamav-daemon.service").status == 0)
+            try container.waitInBoot("the operator's stop") { $0.contains { $0.contains("stopped outside Backstop") } }
+            agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "stopped" && agent.stoppedByOperator)
+        }
+    }
+
+    @Test("clamd stopped with its socket is started at the next boot: no operator's stop is kept across a reboot")
+    func stoppedWithItsSocketThenReboot() throws {
+        // Not enabled: at boot only Backstop starts clamd (an enabled unit that systemd starts is supervised from then on).
+        var files = try Self.clamavFiles()
+        files["/etc/systemd/system-preset/00-backstop-test.preset"] = "disable clamav-daemon.service\n"
+        try withContainer(config: Self.clamdConfig, files: files, masked: Container.masked.filter { $0 != "clamav-daemon.service" }) { container in
+            #expect(try container.run("/bin/systemctl", "is-enabled", "clamav-daemon.service").output.hasPrefix("disabled"))
+            try clamdOnGoodContent(container)
+            try #require(try container.run("/bin/systemctl", "stop", "clamav-daemon.socket").status == 0)
+            try container.waitForDecision("agent-exited", version: "v1")
+            try container.shutDown()
+            try container.boot()
+            try container.waitForDecision("agent-ready", version: "v1")
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(!agent.stoppedByOperator)
+            #expect(try activeState(container, "clamav-daemon.service") == "active")
+        }
+    }
+
+    @Test("while clamd waits for its socket, a rollback starts its unit (and the socket with it)")
+    func rollbackStartsTheWaitingUnit() throws {
+        try withContainer(
+            config: Self.clamdConfig, files: try Self.clamavFiles(), masked: Container.masked.filter { $0 != "clamav-daemon.service" }
+        ) { container in
+            try clamdOnGoodContent(container)
+            try #require(try container.run("/usr/bin/backstopctl", "promote", "clamd", "v1").status == 0)
+            try container.run("/bin/sh", "-c", "mkdir -p /srv/v2 && cp /srv/v1/test.hdb /srv/v2/ && echo '275a021bbfb6489e54d471899f7db9d1:68:Other-Test-Signature' >> /srv/v2/test.hdb")
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "clamd", "/srv/v2", "--version", "v2", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v2")
+            try #require(try container.run("/bin/systemctl", "stop", "clamav-daemon.socket").status == 0)
+            try container.waitForDecision("agent-exited", version: "v1")
+            #expect(try container.status().agents.first?.stoppedByOperator == false)
+            try #require(try container.run("/usr/bin/backstopctl", "rollback", "clamd").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1", count: 2)
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(agent.content.active == "v1")
+            #expect(try activeState(container, "clamav-daemon.service") == "active")
+            #expect(try activeState(container, "clamav-daemon.socket") == "active")
+        }
+    }
+
+    @Test("clamav-daemon.socket hitting its trigger limit while clamd cannot start is no operator's stop: clamd runs again once it can")
+    func clamavSocketTriggerLimit() throws {
+        var files = try Self.clamavFiles()
+        // Debian's condition (the official databases) replaced by one the test turns off and on.
+        files["/etc/systemd/system/clamav-daemon.service.d/enabled.conf"] = "[Unit]\nConditionPathExists=/run/clamd-enabled\n"
+        files["/etc/systemd/system/clamav-daemon.socket.d/limit.conf"] = "[Socket]\nTriggerLimitIntervalSec=60s\nTriggerLimitBurst=5\n"
+        let config = Self.clamdConfig.replacingOccurrences(of: "restart_delay_ms = 100", with: "restart_delay_ms = 2000")
+        try withContainer(config: config, files: files, masked: Container.masked.filter { $0 != "clamav-daemon.service" }) { container in
+            try container.run("/bin/touch", "/run/clamd-enabled")
+            try clamdOnGoodContent(container)
+            try container.run("/bin/rm", "/run/clamd-enabled")
+            let pid = try container.run("/bin/systemctl", "show", "clamav-daemon", "-p", "MainPID", "--value").output
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            try container.run("/bin/kill", "-KILL", pid)
+            try container.waitForDecision("agent-exited", reason: "killed-externally")
+            // A client of clamd: its connection triggers a start on the socket, skipped for the
+            // condition, again and again, until the socket gives up.
+            try container.run("/bin/sh", "-c", """
+                timeout 10 python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/run/clamav/clamd.ctl"); s.recv(1)' >/dev/null 2>&1 &
+                """)
+            let limit = try container.run("/bin/sh", "-c", "timeout 30 journalctl -u clamav-daemon.socket -f -n all | grep -m1 'Trigger limit hit'")
+            #expect(limit.status == 0, "the socket hit its trigger limit: \(limit.output)")
+
+            // clamd can start again: Backstop's next restart starts it, and the failed socket with it.
+            try container.run("/bin/touch", "/run/clamd-enabled")
+            try container.waitForDecision("agent-ready", version: "v1", count: 2, seconds: 90)
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(!agent.stoppedByOperator, "no operator stopped clamd")
+            #expect(agent.failures.recent == 0, "nothing of this counts against the content")
+            #expect(try activeState(container, "clamav-daemon.service") == "active")
+            #expect(try activeState(container, "clamav-daemon.socket") == "active", "started again with clamd, which requires it")
+            let said = container.journalLines.all
+            #expect(said.contains { $0.contains("Backstop did not ask for was skipped") }, "the skipped starts were seen as such")
+            #expect(!said.contains { $0.contains("stopped outside Backstop") })
+        }
+    }
+
     @Test("a typo in the configuration, then systemctl restart: the agent runs on the last configuration that loaded, status is degraded naming the error; a reload of the fixed file keeps the agent's pid")
     func brokenConfigurationUnderTheUnit() throws {
         try withContainer { container in

@@ -25,6 +25,8 @@ struct FailureReasonTests {
                 run) exec sleep 3600 ;;
                 exit3) sleep 0.2; exit 3 ;;
                 clean) sleep 1.5; exit 0 ;;
+                # A job that does its work in a second and ends, by design, to be run again.
+                second) sleep 1; exit 0 ;;
                 # Fork into the background (a new session, so only the subreaper keeps it in view) and exit 0.
                 daemonize) setsid sleep 3600 </dev/null >/dev/null 2>&1 & exit 0 ;;
                 # The same, clearing the environment (and so Backstop's mark) on the way.
@@ -88,6 +90,36 @@ struct FailureReasonTests {
         #expect(reasons(status).filter { $0 == "clean-exit" }.count >= 4)
         #expect(status.failures.list.allSatisfy { $0.attribution == "restart-only" })
         #expect(status.failures.recent == 0, "recent counts only failures against the content")
+    }
+
+    @Test("clean_exit = normal: an agent that exits 0 every second stays healthy and is restarted without growing delays")
+    func cleanExitsAsNormalLife() throws {
+        let agent = try ScriptAgent()
+        defer { agent.scratch.remove() }
+        // With backoff the delays would be 0.5, 1, 2, 4, 8 s: the later runs would start 5 and 9 s apart.
+        let harness = try DaemonHarness(agents: [agent.agent("clean_exit = \"normal\"", restartDelayMilliseconds: 500, restartDelayMaxSeconds: 30)])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(try agent.content("second", "second"), as: "v1", agent: "script")
+        try harness.wait(for: "agent-started")
+        var startedAt = [Date()]
+        for run in 1...6 {
+            try harness.wait(for: "agent-exited", count: run, seconds: 20)
+            // Inside the 0.5 s restart delay: neither backoff nor degraded, and status exits 0.
+            let (report, exitCode) = try harness.status()
+            let status = try #require(report.agents.first)
+            #expect(exitCode == 0, "run \(run): \(status.state) \(status.degradedReason ?? "")")
+            #expect(status.state != "backoff" && !status.degraded, "run \(run): \(status.state) \(status.degradedReason ?? "")")
+            #expect(status.failures.list.isEmpty, "a clean exit by design is not a failure: \(reasons(status))")
+            try harness.wait(for: "agent-started", count: run + 1, seconds: 20)
+            startedAt.append(Date())
+        }
+        let intervals = zip(startedAt.dropFirst(), startedAt).map { $0.timeIntervalSince($1) }
+        // One second of work and 0.5 s of delay each time; slack for a loaded machine, well below 5 s.
+        #expect(intervals.allSatisfy { $0 < 3.5 }, "starts were \(intervals) s apart")
+        let exits = harness.log.all.filter { $0.contains("event=agent-exited ") }
+        #expect(exits.allSatisfy { $0.contains("clean-exit") }, "\(exits)")
+        #expect(!harness.log.all.contains { $0.contains("event=crash-loop") || $0.contains("event=rollback") })
     }
 
     @Test("a SIGTERM from outside (killed-externally) restarts the agent without blaming the content")

@@ -210,6 +210,9 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// `success_exit_status`, default `[]`: exit codes and signal names (`143`, `"SIGTERM"`)
     /// that are clean exits too, as systemd's `SuccessExitStatus=`.
     public var successExitStatus = SuccessExitStatus()
+    /// `clean_exit`, default `"backoff"`: `"normal"` when clean exits are the agent's normal
+    /// life, restarted after `restart_delay_ms` with no growing backoff and no degraded status.
+    public var cleanExit = CleanExit.backoff
     /// `max_bundle_bytes`, `max_files`, `require_signature` and `trusted_keys`: what a
     /// bundle must meet to be staged.
     public var stagingRules = StagingRules()
@@ -246,7 +249,8 @@ public struct AgentConfiguration: Sendable, Equatable {
             cleanExitIsFailure: cleanExitIsFailure, hasReadyCheck: !readyCheckExec.isEmpty,
             healthCheckIntervalSeconds: healthCheckExec.isEmpty ? nil : Double(healthCheckIntervalSeconds),
             healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures,
-            programIsContent: exec.first?.contains("{content}") == true, successExitStatus: successExitStatus)
+            programIsContent: exec.first?.contains("{content}") == true, successExitStatus: successExitStatus,
+            cleanExit: cleanExit)
     }
 
     /// Whether `name` is a valid agent name: `[a-z0-9_-]+`, at most 64 characters.

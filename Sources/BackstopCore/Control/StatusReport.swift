@@ -384,10 +384,10 @@ extension AgentPolicy {
         switch phase {
         case .givenUp: return "given-up"
         case _ where mode == .safeMode: return "safe-mode"
-        case .starting, .stopping(.restart): return "starting"
+        case .starting, .restarting, .stopping(.restart): return "starting"
         case .running: return "running"
         case .backoff, .daemonized, .stopping(.failure), .stopping(.readyCheckCannotRun): return "backoff"
-        case .stopped, .stopping(.shutdown), .stopping(.operatorStop): return "stopped"
+        case .stopped, .awaitingDependency, .stopping(.shutdown), .stopping(.operatorStop): return "stopped"
         }
     }
 }

@@ -36,6 +36,8 @@ public struct PolicySettings: Sendable, Equatable {
     public var programIsContent: Bool
     /// `success_exit_status`: ends besides exit code 0 that are clean exits.
     public var successExitStatus: SuccessExitStatus
+    /// `clean_exit`: whether a clean exit restarts the agent with backoff or is its normal life.
+    public var cleanExit: CleanExit
 
     /// Settings for `agent`; numbers not given take the TOML keys' defaults (SPEC.md, README.md).
     public init(
@@ -44,8 +46,10 @@ public struct PolicySettings: Sendable, Equatable {
         startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false,
         hasSafeModeExec: Bool = false, cleanExitIsFailure: Bool = false, hasReadyCheck: Bool = false,
         healthCheckIntervalSeconds: Double? = nil, healthCheckTimeoutSeconds: Double = 10, healthCheckFailures: Int = 3,
-        programIsContent: Bool = false, successExitStatus: SuccessExitStatus = SuccessExitStatus()
+        programIsContent: Bool = false, successExitStatus: SuccessExitStatus = SuccessExitStatus(),
+        cleanExit: CleanExit = .backoff
     ) {
+        self.cleanExit = cleanExit
         self.programIsContent = programIsContent
         self.successExitStatus = successExitStatus
         self.cleanExitIsFailure = cleanExitIsFailure
@@ -79,6 +83,18 @@ public struct PolicySettings: Sendable, Equatable {
     public func attribution(of reason: FailureReason) -> Attribution {
         reason.attribution(cleanExitIsFailure: cleanExitIsFailure, programIsContent: programIsContent)
     }
+}
+
+/// `clean_exit`: what a clean exit (code 0, or one of `success_exit_status`) means for an
+/// agent. It never counts against the content either way (unless `clean_exit_is_failure`).
+public enum CleanExit: String, Sendable, Equatable, CaseIterable {
+    /// `"backoff"`, the default: an end nobody expected; the agent is restarted with backoff
+    /// (each clean exit in a row doubles the delay) and shows degraded while it waits.
+    case backoff
+    /// `"normal"`: the agent ends by design (a job that runs, exits and is run again, as
+    /// systemd's `Restart=always`): it is started again after `restart_delay_ms`, the delay
+    /// never grows, and it does not show degraded.
+    case normal
 }
 
 /// How a probe run ended.
@@ -134,11 +150,23 @@ public enum AgentPhase: Sendable, Equatable, Codable {
     case stopping(StopIntent)
     /// Waiting out a restart delay after a failure.
     case backoff
+    /// Waiting `restart_delay_ms` after a clean exit that is the agent's normal life
+    /// (`clean_exit = "normal"`): not a failure, and no growing delay.
+    case restarting
     /// The program exited 0 and left processes running in the background: it is not
     /// started again (that would run two) until they are gone.
     case daemonized
     /// The escalation ladder ran out: left stopped until an operator acts.
     case givenUp
+    /// systemd stopped the agent's unit along with a unit it requires (named here), not an
+    /// operator and not a failure: started again once that unit is active again.
+    case awaitingDependency(String)
+
+    /// Whether this is ``awaitingDependency(_:)``, whichever unit it waits for.
+    public var isAwaitingDependency: Bool {
+        if case .awaitingDependency = self { return true }
+        return false
+    }
 }
 
 /// Timers the policy asks its host to run; each fires at most once per arming.
@@ -418,6 +446,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .givenUp: return "given up"
         case .daemonized: return "its program forked into the background (daemonized)"
         case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
+        case .awaitingDependency(let unit): return "stopped by systemd with \(unit), which its unit requires; waiting for \(unit) to be active again"
         default: break
         }
         if mode == .safeMode { return "in safe mode" }
@@ -601,9 +630,35 @@ public struct AgentPolicy: Sendable, Equatable {
             }
             actions.append(exit)
             return actions + countFailure(reason, termination: termination, attribution: attribution, obstacle: obstacle, at: now)
-        case .stopped, .backoff, .givenUp, .daemonized:
+        case .stopped, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
             return actions
         }
+    }
+
+    /// systemd stopped the agent's unit because `dependency`, a unit it requires
+    /// (`Requires=`, `BindsTo=`, `Requisite=`, `PartOf=`), was stopped or failed: neither an
+    /// operator's stop nor a failure of the agent. It waits for ``dependencyActive(at:)``;
+    /// an activation, a rollback or `backstopctl start` start it before that.
+    public mutating func stoppedWithDependency(_ dependency: String, termination: Termination?, at now: Moment) -> [PolicyAction] {
+        switch phase {
+        case .starting, .running, .backoff, .restarting:
+            var actions = disarmRunTimers() + disarm([.restart])
+            bankProbation(at: now)
+            phase = .awaitingDependency(dependency)
+            actions.append(.record(Decision(
+                .agentExited, agent: settings.agent, version: runningVersion ?? ledger.active,
+                exitStatus: termination?.exitStatus, signal: termination?.signal,
+                message: "Agent \(settings.agent) was stopped by systemd with \(dependency), which its unit requires; not a failure, and it starts again once \(dependency) is active again.")))
+            return actions
+        case .stopping, .stopped, .givenUp, .daemonized, .awaitingDependency:
+            return []
+        }
+    }
+
+    /// The unit the agent waited for (``AgentPhase/awaitingDependency(_:)``) is active again: start the agent.
+    public mutating func dependencyActive(at now: Moment) -> [PolicyAction] {
+        guard case .awaitingDependency = phase else { return [] }
+        return spawnActive(at: now)
     }
 
     /// The processes a `daemonized` agent left running have all exited (or were stopped).
@@ -616,7 +671,8 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping(.shutdown), .stopping(.operatorStop):
             phase = .stopped
             return []
-        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .stopped, .givenUp:
+        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .restarting, .stopped, .givenUp,
+            .awaitingDependency:
             return []
         }
     }
@@ -645,7 +701,7 @@ public struct AgentPolicy: Sendable, Equatable {
             return actions + countFailure(reason, termination: nil, at: now)
         case .stopping(.readyCheckCannotRun):
             return actions + countFailure(.execFailed, termination: nil, attribution: .configuration, at: now)
-        case .stopped, .running, .backoff, .givenUp, .daemonized:
+        case .stopped, .running, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
             return actions
         }
     }
@@ -694,7 +750,7 @@ public struct AgentPolicy: Sendable, Equatable {
             firstContentFailure = nil
             return []
         case .restart:
-            guard phase == .backoff else { return [] }
+            guard phase == .backoff || phase == .restarting else { return [] }
             return spawnActive(at: now)
         case .readyCheck:
             guard phase == .starting else { return [] }
@@ -871,7 +927,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping:
             // A restart or a failure in progress: the exit ends in stopped instead.
             phase = .stopping(.operatorStop)
-        case .backoff:
+        case .backoff, .restarting, .awaitingDependency:
             phase = .stopped
         case .stopped, .givenUp:
             break
@@ -887,7 +943,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping(.operatorStop):
             phase = .stopping(.restart)
             return []
-        case .stopped, .backoff, .givenUp:
+        case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
             return disarm([.restart]) + spawnActive(at: now)
         case .starting, .running, .stopping, .daemonized:
             return []
@@ -902,7 +958,7 @@ public struct AgentPolicy: Sendable, Equatable {
             bankProbation(at: now)
             phase = .stopping(.shutdown)
             actions.append(.terminate(signal: SIGTERM))
-        case .backoff:
+        case .backoff, .restarting, .awaitingDependency:
             phase = .stopped
         case .stopped, .givenUp:
             break
@@ -983,6 +1039,11 @@ public struct AgentPolicy: Sendable, Equatable {
         _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, obstacle: SandboxObstacle? = nil,
         at now: Moment
     ) -> [PolicyAction] {
+        if reason == .cleanExit, settings.cleanExit == .normal {
+            // The agent's normal life: no failure to record, no backoff step, nothing degraded.
+            phase = .restarting
+            return [arm(.restart, at: now.monotonicSeconds + Double(settings.restartDelayMilliseconds) / 1000)]
+        }
         let record = FailureRecord(
             reason: reason, version: runningVersion ?? ledger.active, monotonicSeconds: now.monotonicSeconds, at: now.wall,
             exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped,
@@ -1191,7 +1252,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping:
             phase = .stopping(.restart)
             return []
-        case .stopped, .backoff, .givenUp:
+        case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
             return disarm([.restart]) + spawnActive(at: now)
         }
     }

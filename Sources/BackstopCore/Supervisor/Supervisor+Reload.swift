@@ -139,6 +139,7 @@ extension Supervisor {
             }
             unit.pump.cancel()
             unit.watcher.close()
+            stopAwaiting(name)
         } else {
             apply(slots[name]!.policy.shutdown(at: Moment.now()), to: name)
             if !Self.isStopped(slots[name]!) { await untilGone(name) }

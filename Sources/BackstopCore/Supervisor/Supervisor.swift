@@ -218,6 +218,7 @@ public actor Supervisor {
             slots[name]?.notifySocket?.invalidate()
             slots[name]?.notifyPump?.cancel()
             slots[name]?.unit?.pump.cancel()
+            stopAwaiting(name)
             stopProbes(name)
             persist(name)
         }
