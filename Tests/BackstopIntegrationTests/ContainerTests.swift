@@ -230,6 +230,49 @@ struct ContainerTests {
         }
     }
 
+    @Test("power cuts during the preflight of a staged version count against it, not against the known-good content that runs: boot_failure_threshold of them quarantine it, and the agent keeps running")
+    func crashDuringPreflight() throws {
+        try withContainer { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            try #require(try container.run("/usr/bin/backstopctl", "promote", "demo", "v1").status == 0)
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v3-good"), "--version", "v3").status == 0)
+            // From now on a version runs in a preflight instance for 5 minutes before it is activated.
+            try (Self.config + "\npreflight_sec = 300\n").write(toFile: container.directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
+            try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
+            try container.waitInBoot("the reload") { lines in lines.contains { $0.contains("Reloaded /etc/backstop/backstop.toml") } }
+            for boot in 1...2 {
+                try container.waitForDecision("agent-ready", version: "v1")
+                // As a fleet's updater would, at every boot; the machine dies while the preflight runs.
+                try #require(try container.run("/usr/bin/systemd-run", "--no-block", "--quiet", "/usr/bin/backstopctl", "activate", "demo", "v3").status == 0)
+                try container.waitInBoot("the preflight of v3") { lines in lines.contains { $0.contains("Preflight of content v3") } }
+                let log = try String(contentsOfFile: container.directory + "/state/boots.json", encoding: .utf8)
+                try #require(log.contains(#""preflight":"v3""#), "recorded before the instance starts: \(log)")
+                container.powerCut()
+                try container.boot()
+                try container.waitForDecision("boot-assessed", reason: "failed")
+                let verdict = try #require(try container.decisions().first { $0["BACKSTOP_EVENT"] == "boot-assessed" && $0["BACKSTOP_REASON"] == "failed" })
+                #expect(verdict["MESSAGE"]?.contains("it counts against content v3 of agent demo, whose preflight was running, not against v1: \(boot)") == true, "\(verdict)")
+            }
+            try container.waitForDecision("content-quarantined", reason: "boot-loop", version: "v3")
+            try container.waitForDecision("agent-ready", version: "v1")
+            let decisions = try container.decisions()
+            for event in ["rollback", "safe-mode", "gave-up"] {
+                #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == event }, "\(event): the known-good content is not blamed")
+            }
+            let report = try container.status()
+            #expect(report.boot.consecutiveFailed == 2)
+            let agent = try #require(report.agents.first)
+            #expect(agent.state == "running")
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.quarantined == ["v3"])
+            #expect(agent.bootLoop == nil)
+            let refused = try container.run("/usr/bin/backstopctl", "activate", "demo", "v3")
+            #expect(refused.status != 0)
+            #expect(refused.error.contains("quarantined"), "\(refused.error)")
+        }
+    }
+
     static let unitConfig = """
         [[agent]]
         name = "demo"

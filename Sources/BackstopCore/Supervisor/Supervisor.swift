@@ -369,10 +369,10 @@ public actor Supervisor {
     private func preflight(_ agent: String, version id: String) async throws(ManagerError) {
         let slot = try slot(agent)
         let seconds = slot.configuration.preflightSeconds
-        logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
-                      metadata: ["agent": "\(agent)", "version": "\(id)"])
         // On disk before the instance starts: a machine that dies during it blames this version.
         if bootLog.markPreflight(agent, version: id, in: bootID) { saveBootLog() }
+        logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
+                      metadata: ["agent": "\(agent)", "version": "\(id)"])
         let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id)
         if bootLog.markPreflight(agent, version: nil, in: bootID) { saveBootLog() }
         guard !shuttingDown else { throw .shuttingDown }
