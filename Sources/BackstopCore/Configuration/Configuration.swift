@@ -74,8 +74,36 @@ public struct Configuration: Sendable, Equatable {
             if agent.preflightSeconds > 0, agent.watchdogSeconds > 0, agent.preflightSeconds <= agent.watchdogSeconds {
                 warnings.append("agent \(agent.name): preflight_sec (\(agent.preflightSeconds)) is not longer than watchdog_sec (\(agent.watchdogSeconds)); a version that hangs after READY=1 passes its preflight")
             }
+            if agent.preflightSeconds > 0 {
+                warnings += Self.preflightDifferences(agent).map { "agent \(agent.name): preflight: \($0)" }
+            }
         }
         return warnings
+    }
+
+    /// The settings that make a preflight instance live differently from the live agent, so
+    /// that it can fail where the live agent would not (a control run then tells; see
+    /// ``AgentPolicy/preflightFailed(_:reason:detail:control:at:)``): the live agent on the
+    /// host's network, and pid files or locks among the writable paths, which the instance
+    /// gets copies of while the live agent holds them.
+    static func preflightDifferences(_ agent: AgentConfiguration) -> [String] {
+        var differences: [String] = []
+        if !agent.sandbox.privateNetwork {
+            differences.append("a preflight instance has a network of its own with only a loopback device, while the live agent uses the host's (private_network = false): a version that talks to a local service (127.0.0.1) or needs the host's network fails its preflight for that reason, and is then activated under probation if the active version fails the same preflight")
+        }
+        for path in agent.sandbox.readWritePaths where holdsPIDFileOrLock(path) {
+            differences.append("read_write_paths entry \(path) looks like a pid file or lock directory; a preflight instance gets a copy of it, holding what the live agent holds, and an agent that refuses to start beside a running copy of itself fails every preflight")
+        }
+        return differences
+    }
+
+    /// Whether `path` is a pid file or lock, or a run-time directory that holds them (below /run, /var/run or /var/lock, or files named *.pid or *.lock in it).
+    private static func holdsPIDFileOrLock(_ path: String) -> Bool {
+        let markers = [".pid", ".lock", ".lck"]
+        if markers.contains(where: path.hasSuffix) { return true }
+        if ["/run/", "/var/run/", "/var/lock/"].contains(where: { (path + "/").hasPrefix($0) }) { return true }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        return entries.contains { name in markers.contains(where: name.hasSuffix) }
     }
 
     /// The agent called `name`, if configured.

@@ -203,6 +203,8 @@ public struct FailureRecord: Sendable, Equatable, Codable {
     /// Set when the attribution is not the reason's usual one (a ready check that cannot run
     /// is a configuration error even when the program is part of the content).
     public var attribution: Attribution?
+    /// What the agent's last output named as being in its way, nil when it named nothing.
+    public var obstacle: SandboxObstacle?
 
     /// How it failed, as two failures are compared to tell whether a rollback helped:
     /// the reason, and the signal for a crash (`crashed SIGSEGV`, `hung`, `exited`).
@@ -229,6 +231,9 @@ public enum EscalationReason: String, Sendable, Codable {
     case noContent = "no-content"
     /// After a rollback the agent failed the same way on known-good content.
     case rollbackDidNotHelp = "rollback-did-not-help"
+    /// The failing content has no known-good version to compare it with: not quarantined,
+    /// the agent is restarted with backoff (a `crash-loop` decision's reason, never a step of the ladder).
+    case noComparison = "no-comparison"
 
     /// Part of a sentence: "no known-good version is left".
     public var explanation: String {
@@ -241,6 +246,7 @@ public enum EscalationReason: String, Sendable, Codable {
         case .noSafeModeExec: return "no safe_mode_exec is configured"
         case .noContent: return "no content is left to run"
         case .rollbackDidNotHelp: return "rolling back did not help, the agent fails the same way on known-good content"
+        case .noComparison: return "no known-good version exists to compare the failing content with"
         }
     }
 }
@@ -372,6 +378,12 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var escalation: EscalationRecord?
     /// A boot loop reported without acting on it (no candidate to roll back); cleared by `reset-failed`.
     public private(set) var reportedBootLoop: BootLoopRecord?
+    /// The agent crash-loops on content that has no known-good version to compare it with;
+    /// cleared by a healthy run of `restart_delay_max_sec`, a promotion, `reset-failed`,
+    /// `activate` and `rollback`.
+    public private(set) var firstContentFailure: FirstContentFailure?
+    /// The last preflight that failed, with its control; kept for `status`.
+    public private(set) var lastPreflightFailure: PreflightFailure?
     /// Whether READY=1 arrived in the current run.
     private var readyNotified = false
     /// Whether `ready_check_exec` succeeded in the current run.
@@ -455,6 +467,7 @@ public struct AgentPolicy: Sendable, Equatable {
             return "\(step): \(escalation.explanation); evidence: \(escalation.evidence)"
         }
         if rollbackDidNotHelp { return "rollback did not help" }
+        if let firstContentFailure { return firstContentFailure.summary }
         switch phase {
         case .daemonized: return "its program forked into the background (daemonized)"
         case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
@@ -599,9 +612,10 @@ public struct AgentPolicy: Sendable, Equatable {
     ///     host leaves them running only when this makes the exit `daemonized`).
     ///   - known: the reason when the runner knows better than the termination does
     ///     (systemd's `Result=timeout` while starting is a start timeout, `Result=watchdog` a hang).
+    ///   - obstacle: what the end of the agent's stderr names as being in its way (``SandboxObstacle/find(in:)``).
     public mutating func agentExited(
         _ termination: Termination, oomKilled: Bool = false, survivors: [Int32] = [], reason known: FailureReason? = nil,
-        at now: Moment
+        obstacle: SandboxObstacle? = nil, at now: Moment
     ) -> [PolicyAction] {
         var actions = disarmRunTimers()
         bankProbation(at: now)
@@ -615,21 +629,21 @@ public struct AgentPolicy: Sendable, Equatable {
             actions.append(recordExit(termination, version: version, reason: nil, at: now))
             return actions
         case .stopping(.failure(let reason)):
-            actions.append(recordExit(termination, version: version, reason: reason, at: now))
-            return actions + countFailure(reason, termination: termination, at: now)
+            actions.append(recordExit(termination, version: version, reason: reason, obstacle: obstacle, at: now))
+            return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
         case .stopping(.readyCheckCannotRun):
             actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
             return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
         case .starting, .running:
             let reason = known ?? FailureReason.classify(
                 termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
-            var exit = recordExit(termination, version: version, reason: reason, at: now)
+            var exit = recordExit(termination, version: version, reason: reason, obstacle: obstacle, at: now)
             if reason == .daemonized, case .record(var decision) = exit {
                 decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))."
                 exit = .record(decision)
             }
             actions.append(exit)
-            return actions + countFailure(reason, termination: termination, at: now)
+            return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
         case .stopped, .backoff, .givenUp, .daemonized:
             return actions
         }
@@ -714,11 +728,13 @@ public struct AgentPolicy: Sendable, Equatable {
             }
             ledger.promote(candidate, at: now.wall)
             probationBankedSeconds = 0
+            firstContentFailure = nil
             return [.record(Decision(
                 .contentPromoted, agent: settings.agent, version: candidate,
                 message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good."))]
         case .backoffReset:
             consecutiveFailures = 0
+            firstContentFailure = nil
             return []
         case .restart:
             guard phase == .backoff else { return [] }
@@ -780,16 +796,30 @@ public struct AgentPolicy: Sendable, Equatable {
         return actions
     }
 
-    /// Quarantines staged version `id` after its preflight failed (`reason`, `detail`): the
-    /// `preflight-failed` decision, then `content-quarantined`. Nothing runs differently: the
-    /// live agent never saw the version.
-    public mutating func preflightFailed(_ id: String, reason: FailureReason, detail: String, at now: Moment) -> [PolicyAction] {
+    /// Staged version `id` failed its preflight (`reason`, `detail`), judged against `control`,
+    /// the same preflight run on the active (or known-good) version. Only a control that passed
+    /// makes the failure the candidate's: `preflight-failed`, then `content-quarantined`, and the
+    /// live agent never sees it. A control that failed too, or none (the first content), means
+    /// the preflight cannot judge this agent on this host: `preflight-failed` with reason
+    /// `control-failed` or `no-control`, nothing is quarantined, and the host activates the
+    /// version under normal probation, where the live agent is the judge.
+    /// - Returns: the decisions; ``lastPreflightFailure`` says whether the version was quarantined.
+    public mutating func preflightFailed(
+        _ id: String, reason: FailureReason, detail: String, control: PreflightControl, at now: Moment
+    ) -> [PolicyAction] {
         guard let record = ledger.record(id), record.standing == .staged else { return [] }
+        let failure = PreflightFailure(version: id, reason: reason, detail: detail, control: control, at: now.wall)
+        lastPreflightFailure = failure
+        guard case .passed(let control) = control else {
+            return [.record(Decision(
+                .preflightFailed, agent: settings.agent, version: id, previousVersion: failure.controlVersion,
+                reason: failure.verdict.rawValue, message: failure.sentence(agent: settings.agent)))]
+        }
         ledger.quarantine(id, reason: "preflight-failed", at: now.wall)
         return [
             .record(Decision(
-                .preflightFailed, agent: settings.agent, version: id, reason: reason.rawValue,
-                message: "Content \(id) of agent \(settings.agent) failed preflight: \(detail); the live agent never loaded it.")),
+                .preflightFailed, agent: settings.agent, version: id, previousVersion: control, reason: reason.rawValue,
+                message: failure.sentence(agent: settings.agent))),
             .record(Decision(
                 .contentQuarantined, agent: settings.agent, version: id, reason: "preflight-failed",
                 message: "Quarantined content \(id) of agent \(settings.agent): it failed preflight.")),
@@ -806,6 +836,7 @@ public struct AgentPolicy: Sendable, Equatable {
         var actions: [PolicyAction] = []
         if ledger.active == id {
             probationBankedSeconds = 0
+            firstContentFailure = nil
             actions += disarm([.probation])
         }
         actions.append(.record(Decision(
@@ -861,6 +892,7 @@ public struct AgentPolicy: Sendable, Equatable {
         escalationTried = []
         rollbackDidNotHelp = false
         reportedBootLoop = nil
+        firstContentFailure = nil
         resetFailedAt = now.wall
         guard phase == .givenUp || mode == .safeMode else { return [] }
         mode = .normal
@@ -943,6 +975,8 @@ public struct AgentPolicy: Sendable, Equatable {
         rollbackDidNotHelp = state.rollbackDidNotHelp ?? false
         escalation = state.escalation
         reportedBootLoop = state.reportedBootLoop
+        firstContentFailure = state.firstContentFailure
+        lastPreflightFailure = state.lastPreflightFailure
     }
 
     /// What ``restore(from:currentBootID:)`` needs after a daemon restart, as of `now`.
@@ -963,6 +997,8 @@ public struct AgentPolicy: Sendable, Equatable {
         state.rollbackDidNotHelp = rollbackDidNotHelp ? true : nil
         state.escalation = currentEscalation
         state.reportedBootLoop = reportedBootLoop
+        state.firstContentFailure = firstContentFailure
+        state.lastPreflightFailure = lastPreflightFailure
         return state
     }
 
@@ -992,12 +1028,13 @@ public struct AgentPolicy: Sendable, Equatable {
     /// Records a failure and acts on its attribution (``FailureReason/attribution(cleanExitIsFailure:)``);
     /// `termination` is nil when there was no process to end (exec failed).
     private mutating func countFailure(
-        _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, at now: Moment
+        _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, obstacle: SandboxObstacle? = nil,
+        at now: Moment
     ) -> [PolicyAction] {
         let record = FailureRecord(
             reason: reason, version: runningVersion ?? ledger.active, monotonicSeconds: now.monotonicSeconds, at: now.wall,
             exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped,
-            attribution: attribution)
+            attribution: attribution, obstacle: obstacle)
         var uncounted = 0
         failures = (recentFailures(at: now) + [record]).reversed().filter { failure in
             guard self.attribution(of: failure) != .content else { return true }
@@ -1018,8 +1055,39 @@ public struct AgentPolicy: Sendable, Equatable {
             // A failure interrupts the healthy run that probation needs.
             probationBankedSeconds = 0
             guard countedFailures(at: now).count >= settings.failureThreshold else { return scheduleRestart(at: now) }
+            guard hasComparison else { return crashLoopWithoutComparison(at: now) }
             return crashLoop(at: now)
         }
+    }
+
+    /// Whether a failing active version can be judged: some version is known-good, so the
+    /// agent has run healthily in this sandbox on this host. Without one (a fresh install, a
+    /// first configuration) a failure may as well be the sandbox's or the host's as the content's.
+    private var hasComparison: Bool {
+        mode != .normal || ledger.knownGood != nil
+    }
+
+    /// A crash loop on content with nothing to compare it with: reported (once per kind of
+    /// failure and obstacle), not quarantined; the agent keeps being restarted with the capped
+    /// backoff, so that a fixed sandbox or a reloaded configuration brings it up.
+    private mutating func crashLoopWithoutComparison(at now: Moment) -> [PolicyAction] {
+        let counted = countedFailures(at: now)
+        let version = ledger.active ?? "none"
+        let last = counted.last
+        let failing = FirstContentFailure(
+            version: version, failure: last?.signature ?? "failed", obstacle: last?.obstacle,
+            since: firstContentFailure?.since ?? now.wall)
+        let known = firstContentFailure.map { $0.version == failing.version && $0.failure == failing.failure && $0.obstacle == failing.obstacle } ?? false
+        firstContentFailure = failing
+        var actions = scheduleRestart(at: now)
+        guard !known else { return actions }
+        let cap = Self.format(settings.restartDelayMaxSeconds)
+        var message = "Agent \(settings.agent) failed \(counted.count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(version) (\(failing.failure)), and no known-good version exists to compare it with: the content is not quarantined on this evidence; Backstop keeps restarting it with backoff (at most \(cap) s)."
+        if let obstacle = failing.obstacle { message += " " + obstacle.sentence(agent: settings.agent) }
+        actions.insert(.record(Decision(
+            .crashLoop, agent: settings.agent, version: version, exitStatus: last?.exitStatus, signal: last?.signal,
+            failures: counted.count, reason: EscalationReason.noComparison.rawValue, message: message)), at: 0)
+        return actions
     }
 
     private mutating func crashLoop(at now: Moment) -> [PolicyAction] {
@@ -1246,6 +1314,7 @@ public struct AgentPolicy: Sendable, Equatable {
     /// Another version becomes active: the failures, the backoff and the healthy
     /// time of the runs so far belong to the version that ran, not to the next one.
     private mutating func forgetRunHistory() {
+        firstContentFailure = nil
         failures = []
         consecutiveFailures = 0
         probationBankedSeconds = 0
@@ -1280,7 +1349,8 @@ public struct AgentPolicy: Sendable, Equatable {
     /// The `agent-exited` decision, with `reason` nil for an exit Backstop asked for. For a
     /// failure that counts it carries the window's count including this one.
     private func recordExit(
-        _ termination: Termination, version: String?, reason: FailureReason?, attribution: Attribution? = nil, at now: Moment
+        _ termination: Termination, version: String?, reason: FailureReason?, attribution: Attribution? = nil,
+        obstacle: SandboxObstacle? = nil, at now: Moment
     ) -> PolicyAction {
         let content = version ?? "none"
         var message: String
@@ -1300,6 +1370,7 @@ public struct AgentPolicy: Sendable, Equatable {
         if let reason, let remedy = reason.remedy, reason == .oomKilled || attribution != .content {
             message += " " + remedy.prefix(1).uppercased() + remedy.dropFirst() + "."
         }
+        if reason != nil, let obstacle { message += " " + obstacle.sentence(agent: settings.agent) }
         return .record(Decision(
             .agentExited, agent: settings.agent, version: version, exitStatus: termination.exitStatus,
             signal: termination.signal, coreDumped: termination.coreDumped, failures: counted,

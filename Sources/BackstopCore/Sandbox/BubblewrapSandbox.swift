@@ -35,6 +35,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// What the last step writes on its stdin (the runner's status pipe) once the sandbox is
     /// set up, just before it execs the agent: a failure before it is the sandbox's, not the agent's.
     static let readyLine = "backstop-sandbox-ready"
+    /// The `$0` of the sandbox's shell, which prefixes what it says itself ("backstop-sandbox: line 1: ... Segmentation fault").
+    static let shellName = "backstop-sandbox"
     /// Capabilities setpriv needs to change the user and drop capabilities; it drops them itself.
     static let setprivCapabilities = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
 
@@ -198,7 +200,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             + "[ -z \"${\(AgentEnvironment.watchdogMicrosecondsVariable)-}\" ] || export \(AgentEnvironment.watchdogPIDVariable)=$BASHPID; "
             + "exec -- \"$@\"; exit \(Self.execFailedCode)"
         let script = "shopt -s execfail; exec 3>&0 0</dev/null; " + (privateProcesses ? "(\(run)) & wait $!" : run)
-        return (bwrap + setpriv + [Self.shell, "-c", script, "backstop-sandbox"] + arguments, report)
+        return (bwrap + setpriv + [Self.shell, "-c", script, Self.shellName] + arguments, report)
     }
 
     /// bwrap's mount options: read-only and writable binds from the shallowest path to the

@@ -4,9 +4,9 @@ import Foundation
 public enum PreflightOutcome: Sendable, Equatable {
     /// The instance ran for `preflight_sec` (ready, heartbeats on time) or exited 0.
     case passed
-    /// The instance failed on the content: `reason` is a ``FailureReason`` word
-    /// (`crashed`, `exited`, `start-timeout`, `hung`, `clean-exit`), `detail` says how.
-    case failed(reason: FailureReason, detail: String)
+    /// The instance failed: `reason` is a ``FailureReason`` word (`crashed`, `exited`,
+    /// `start-timeout`, `hung`, `clean-exit`), `detail` says how; `output` is the end of its stderr.
+    case failed(reason: FailureReason, detail: String, output: String)
     /// The instance could not be started (its program, the sandbox): not the content's fault.
     case couldNotRun(String)
 }
@@ -77,8 +77,9 @@ enum Preflight {
         request.sandbox = sandbox
         let record = RunRecord(runtimeDirectory: daemon.runtimeDirectory, agent: agent.name, kind: runKind)
         defer { record.ended() }
+        let errorTail = OutputTail()
         let run = Task {
-            let result = await DirectRunner.run(request) { pid in
+            let result = await DirectRunner.run(request, errorTail: errorTail) { pid in
                 record.started(pid)
                 emit.yield(.started(pid))
             }
@@ -120,11 +121,11 @@ enum Preflight {
                 }
             case .startTimeout:
                 if !ready, outcome == nil {
-                    outcome = .failed(reason: .startTimeout, detail: "no READY=1 within start_timeout_sec (\(agent.startTimeoutSeconds) s)")
+                    outcome = .failed(reason: .startTimeout, detail: "no READY=1 within start_timeout_sec (\(agent.startTimeoutSeconds) s)", output: "")
                 }
             case .watchdog(let generation):
                 if generation == heartbeats, outcome == nil {
-                    outcome = .failed(reason: .hung, detail: "no WATCHDOG=1 within watchdog_sec (\(agent.watchdogSeconds) s)")
+                    outcome = .failed(reason: .hung, detail: "no WATCHDOG=1 within watchdog_sec (\(agent.watchdogSeconds) s)", output: "")
                 }
             case .survived:
                 // One still starting has until start_timeout_sec to become ready.
@@ -136,13 +137,13 @@ enum Preflight {
                 switch result {
                 case .failure(let error): outcome = .couldNotRun(error.message)
                 case .success(.exited(code: 0)):
-                    outcome = agent.cleanExitIsFailure ? .failed(reason: .cleanExit, detail: "exit code 0 (clean_exit_is_failure)") : .passed
+                    outcome = agent.cleanExitIsFailure ? .failed(reason: .cleanExit, detail: "exit code 0 (clean_exit_is_failure)", output: "") : .passed
                 case .success(let termination)
                     where FailureReason.classify(termination, oomKilled: false, survivorsRemain: false) == .killedExternally:
                     // Someone else's SIGTERM or SIGKILL, as for a live agent: not the content's doing.
                     outcome = .couldNotRun("the instance was killed from outside (\(termination.description))")
                 case .success(let termination):
-                    outcome = .failed(reason: termination.signal == nil ? .exited : .crashed, detail: termination.description)
+                    outcome = .failed(reason: termination.signal == nil ? .exited : .crashed, detail: termination.description, output: "")
                 }
             }
             if ended { break }
@@ -155,6 +156,7 @@ enum Preflight {
         _ = await run.value
         // Nothing the instance started outlives the preflight: its session, and what left it with the mark.
         if let pid { DirectRunner.killRemains(ofSession: pid, mark: LaunchRequest.preflightStoreVariable, value: store.root) }
+        if case .failed(let reason, let detail, _) = outcome { return .failed(reason: reason, detail: detail, output: errorTail.text) }
         return outcome ?? .couldNotRun("the preflight ended without a result")
     }
 

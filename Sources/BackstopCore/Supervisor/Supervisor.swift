@@ -363,9 +363,13 @@ public actor Supervisor {
     }
 
     /// Runs the preflight of staged version `id` (``Preflight``) off the actor; the caller holds
-    /// the agent's turn, so two never run at once for one agent.
-    /// - Throws: ``ManagerError/preflightFailed(_:_:)`` after quarantining a version that failed;
-    ///   ``ManagerError/preflightCouldNotRun(_:_:)`` when the instance could not run at all (nothing is quarantined).
+    /// the agent's turn, so two never run at once for one agent. A version that fails is judged
+    /// against a control: the same preflight on the active (or else the last known-good) version;
+    /// only when the control passes is the failure the version's (``AgentPolicy/preflightFailed(_:reason:detail:control:at:)``).
+    /// - Throws: ``ManagerError/preflightFailed(_:_:)`` after quarantining a version that failed
+    ///   where its control passed; ``ManagerError/preflightCouldNotRun(_:_:)`` when the instance
+    ///   could not run at all (nothing is quarantined). Returns normally when the version passed,
+    ///   or when the preflight cannot judge it (then it is activated under probation).
     private func preflight(_ agent: String, version id: String) async throws(ManagerError) {
         let slot = try slot(agent)
         let seconds = slot.configuration.preflightSeconds
@@ -379,15 +383,49 @@ public actor Supervisor {
         switch outcome {
         case .passed:
             logger.notice("Content \(id) of agent \(agent) passed preflight.", metadata: ["agent": "\(agent)", "version": "\(id)"])
-        case .failed(let reason, let detail):
-            apply(slots[agent]!.policy.preflightFailed(id, reason: reason, detail: detail, at: Moment.now()), to: agent)
+        case .failed(let reason, let detail, let output):
+            let control = try await preflightControl(agent, failed: id, detail: detail)
+            apply(slots[agent]!.policy.preflightFailed(
+                id, reason: reason, detail: Self.withLastLine(detail, of: output), control: control, at: Moment.now()), to: agent)
             persist(agent)
+            guard case .passed = control else { return }
             throw .preflightFailed(id, detail)
         case .couldNotRun(let detail):
             logger.error("The preflight of content \(id) for agent \(agent) could not run; the version is not activated.",
                          metadata: ["agent": "\(agent)", "version": "\(id)", "error": "\(detail)"])
             throw .preflightCouldNotRun(id, detail)
         }
+    }
+
+    /// Runs the control of a failed preflight of `id`: the same preflight on the active version
+    /// (unless quarantined), or else the last known-good one; `.none` when there is neither.
+    /// - Throws: ``ManagerError/shuttingDown``.
+    private func preflightControl(_ agent: String, failed id: String, detail: String) async throws(ManagerError) -> PreflightControl {
+        let slot = try slot(agent)
+        let ledger = slot.policy.ledger
+        let active = ledger.active.flatMap { ledger.record($0)?.standing == .quarantined ? nil : $0 }
+        guard let control = active ?? ledger.knownGood, control != id else { return .none }
+        logger.notice("Content \(id) of agent \(agent) failed preflight (\(detail)); running content \(control) through the same preflight as a control.",
+                      metadata: ["agent": "\(agent)", "version": "\(id)", "control": "\(control)"])
+        let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: control)
+        guard !shuttingDown else { throw .shuttingDown }
+        switch outcome {
+        case .passed:
+            return .passed(version: control)
+        case .failed(_, let detail, let output):
+            return .failed(version: control, detail: Self.withLastLine(detail, of: output), obstacle: SandboxObstacle.find(in: output))
+        case .couldNotRun(let detail):
+            return .failed(version: control, detail: "could not run: \(detail)", obstacle: nil)
+        }
+    }
+
+    /// "exit code 1; its last output: connect: Connection refused", or `detail` alone without output
+    /// (the sandbox shell's own report of how its child ended is not the agent's output).
+    static func withLastLine(_ detail: String, of output: String) -> String {
+        guard let line = output.split(whereSeparator: \.isNewline).last(where: {
+            !$0.allSatisfy(\.isWhitespace) && !$0.hasPrefix(BubblewrapSandbox.shellName + ":")
+        }) else { return detail }
+        return detail + "; its last output: \"\(line.prefix(200))\""
     }
 
     /// Promotes `id` to known-good now.
@@ -544,7 +582,8 @@ public actor Supervisor {
         persist(name)
     }
 
-    private func processEnded(_ name: String, generation: Int, result: Result<Termination, LaunchError>) {
+    /// - Parameter obstacle: what the end of the run's stderr names as being in its way.
+    private func processEnded(_ name: String, generation: Int, result: Result<Termination, LaunchError>, obstacle: SandboxObstacle? = nil) {
         guard slots[name]?.generation == generation else { return }
         let leader = slots[name]!.pid
         slots[name]!.pid = nil
@@ -569,7 +608,7 @@ public actor Supervisor {
             let oomKilled = unasked && termination.signal == SIGKILL
                 && leader.map { KernelLog.recordsOOMKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } == true
             apply(slots[name]!.policy.agentExited(
-                termination, oomKilled: oomKilled, survivors: daemonized ? survivors : [], at: now), to: name)
+                termination, oomKilled: oomKilled, survivors: daemonized ? survivors : [], obstacle: obstacle, at: now), to: name)
             if daemonized {
                 slots[name]!.strays = Set(survivors)
                 slots[name]!.straySession = leader
@@ -764,10 +803,11 @@ public actor Supervisor {
         }
         request.sandbox = sandbox
         Task {
-            let result = await DirectRunner.run(request) { pid in
+            let errorTail = OutputTail()
+            let result = await DirectRunner.run(request, errorTail: errorTail) { pid in
                 await self.processStarted(name, generation: generation, pid: pid)
             }
-            self.processEnded(name, generation: generation, result: result)
+            self.processEnded(name, generation: generation, result: result, obstacle: SandboxObstacle.find(in: errorTail.text))
         }
     }
 
