@@ -421,7 +421,8 @@ struct AgentPolicyOperatorTests {
         #expect(actions.decision(.safeMode)?.reason == "rollback-did-not-help")
         #expect(actions.last == .spawn(version: "v1", mode: .safeMode))
         #expect(policy.rollbackDidNotHelp)
-        #expect(policy.degradedReason == "rollback did not help")
+        #expect(policy.degradedReason == "in safe mode: rolling back did not help, the agent fails the same way on known-good content; evidence: 3 failures within 120 s on content v1 (crashed SIGSEGV)")
+        #expect(policy.currentEscalation?.reason == .rollbackDidNotHelp)
         #expect(policy.ledger.active == "v1")
 
         (actions, now) = policy.crashUntilCrashLoop(from: now)
@@ -431,9 +432,13 @@ struct AgentPolicyOperatorTests {
         // Kept across a daemon restart; cleared by reset-failed.
         var restored = AgentPolicy(settings: policy.settings)
         restored.restore(from: policy.stateFile(bootID: "b", at: moment(now)), currentBootID: "other")
-        #expect(restored.degradedReason == "rollback did not help")
+        #expect(restored.degradedReason == "given up: it crash-loops in safe mode as well; evidence: 3 failures within 120 s on content v1 in safe mode (crashed SIGSEGV)")
+        #expect(restored.currentEscalation?.step == .givenUp)
+        #expect(restored.currentEscalation?.reason == .safeModeCrashLoops)
         _ = restored.resetFailed(at: moment(now))
         #expect(!restored.rollbackDidNotHelp)
+        #expect(restored.currentEscalation == nil)
+        #expect(restored.degradedReason == nil)
     }
 
     @Test("stop during backoff: the pending restart is dropped and the agent stays stopped until start")

@@ -6,13 +6,14 @@ import Testing
 func policySettings(
     threshold: Int = 3, windowSeconds: Double = 120, probationSeconds: Double = 600,
     restartDelayMilliseconds: Int = 100, restartDelayMaxSeconds: Double = 30,
-    startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false, safeModeExec: Bool = false
+    startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false, safeModeExec: Bool = false,
+    bootLoopStopsAgent: Bool = false
 ) -> PolicySettings {
     PolicySettings(
         agent: "demo", failureThreshold: threshold, failureWindowSeconds: windowSeconds,
         probationSeconds: probationSeconds, restartDelayMilliseconds: restartDelayMilliseconds,
         restartDelayMaxSeconds: restartDelayMaxSeconds, startTimeoutSeconds: startTimeoutSeconds,
-        watchdogSeconds: watchdogSeconds, notify: notify, hasSafeModeExec: safeModeExec)
+        watchdogSeconds: watchdogSeconds, notify: notify, hasSafeModeExec: safeModeExec, bootLoopStopsAgent: bootLoopStopsAgent)
 }
 
 /// Known-good v1 behind candidate v2, which the operator has just activated at t = 0:

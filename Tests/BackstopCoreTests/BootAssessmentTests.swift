@@ -105,6 +105,116 @@ struct BootAssessmentTests {
         #expect(verdict?.state == "good")
     }
 
+    @Test("content in probation is blamed for a late crash: boot_failure_threshold good boots that end uncleanly roll the candidate back before the agent starts")
+    func lateCrashInProbation() throws {
+        // Probation 600 s outlasts boot_good_after_sec (120 s): the candidate is still on trial after boot-good.
+        var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
+        var log = BootLog()
+        _ = log.enter(boot("b1", knownGood))
+        _ = policy.begin(at: moment(0))
+        policy.startAndBecomeReady(at: 0)
+        log.markGood("b1")
+        _ = try policy.activate("v2", at: moment(200))
+        _ = policy.agentExited(.signaled(signal: SIGTERM), at: moment(200.5))
+        policy.startAndBecomeReady(at: 201)
+        _ = log.record("demo", BootAgentRecord(active: "v2", candidate: "v2", mode: .normal, started: false), in: "b1")
+        _ = log.markStarted("demo", in: "b1")
+        #expect(policy.ledger.candidate == "v2")
+        // The power fails at 400 s, the candidate in probation; then again late in the next boot.
+        for (index, id) in ["b2", "b3"].enumerated() {
+            let verdict = log.enter(boot(id, candidate))
+            #expect(verdict?.state == "failed")
+            #expect(verdict?.explanation.contains("reached boot-good but ended without a clean shutdown while a candidate was in probation (demo v2)") == true)
+            let failedBoots = log.failedBootsInARow(agent: "demo", running: candidate, before: id)
+            #expect(failedBoots == index + 1)
+            guard failedBoots < 2 else { break }
+            policy = restarted(policy)
+            let started = policy.begin(at: moment(0))
+            #expect(started.spawns == [.spawn(version: "v2", mode: .normal)], "one failed boot is below boot_failure_threshold")
+            _ = log.markStarted("demo", in: id)
+            policy.startAndBecomeReady(at: 0)
+            let deadline = try #require(policy.timers[.probation])
+            #expect(deadline > 120, "boot-good comes first")
+            log.markGood(id)
+        }
+        policy = restarted(policy)
+        let actions = policy.bootLoop(failedBoots: log.failedBootsInARow(agent: "demo", running: candidate, before: "b3"), at: moment(0))
+        #expect(actions.events == [.bootAssessed, .contentQuarantined, .rollback])
+        #expect(actions.spawns == [.spawn(version: "v1", mode: .normal)], "v2 does not start again")
+        #expect(policy.ledger.quarantined == ["v2"])
+        #expect(log.consecutiveFailed(before: "b3") == 2)
+        #expect(log.boots[1].reachedGood == true, "kept after the failed verdict")
+    }
+
+    @Test("a good boot that ends uncleanly with one agent's candidate in probation is no evidence against another agent's known-good content")
+    func lateCrashBlamesOnlyTheCandidate() {
+        var log = BootLog()
+        let both = BootRecord(id: "b1", startedAt: Date(timeIntervalSince1970: 0), state: "pending", agents: ["demo": candidate, "av": knownGood])
+        _ = log.enter(both)
+        _ = log.markStarted("demo", in: "b1")
+        _ = log.markStarted("av", in: "b1")
+        log.markGood("b1")
+        _ = log.enter(BootRecord(id: "b2", startedAt: Date(timeIntervalSince1970: 0), state: "pending", agents: ["demo": candidate, "av": knownGood]))
+        #expect(log.state(of: "b1") == "failed")
+        #expect(log.failedBootsInARow(agent: "demo", running: candidate, before: "b2") == 1)
+        #expect(log.failedBootsInARow(agent: "av", running: knownGood, before: "b2") == 0)
+        #expect(!log.boots[0].countsAgainstContent(of: "av"))
+    }
+
+    @Test("a promotion keeps the agent's started mark: a boot that fails after it, before boot-good, counts against the promoted version")
+    func promotionKeepsStartedMark() {
+        var log = BootLog()
+        var fresh = candidate
+        fresh.started = false
+        _ = log.enter(boot("b1", fresh))
+        _ = log.markStarted("demo", in: "b1")
+        // Probation passes before boot-good (probation_sec below boot_good_after_sec), or an operator promotes.
+        let promoted = log.record("demo", BootAgentRecord(active: "v2", candidate: nil, mode: .normal, started: false), in: "b1")
+        #expect(promoted)
+        #expect(log.boots[0].agents?["demo"]?.started == true, "the same process still runs v2")
+        let promotedRecord = BootAgentRecord(active: "v2", candidate: nil, mode: .normal)
+        #expect(log.enter(boot("b2", promotedRecord))?.state == "failed")
+        #expect(log.failedBootsInARow(agent: "demo", running: promotedRecord, before: "b2") == 1)
+        // A new version is a new run: not started until the agent starts on it.
+        _ = log.markStarted("demo", in: "b2")
+        _ = log.record("demo", BootAgentRecord(active: "v3", candidate: "v3", mode: .normal, started: false), in: "b2")
+        #expect(log.boots[1].agents?["demo"]?.started == false)
+    }
+
+    @Test("a boot that ends during a preflight counts against the version preflighted, never against what the agent runs")
+    func preflightCrash() {
+        var log = BootLog()
+        _ = log.enter(boot("b1", knownGood))
+        _ = log.markStarted("demo", in: "b1")
+        log.markGood("b1")
+        let marked = log.markPreflight("demo", version: "v3", in: "b1")
+        let recorded = log.record("demo", knownGood, in: "b1")
+        #expect(marked)
+        #expect(!recorded, "recording what runs keeps the mark")
+        #expect(log.boots[0].agents?["demo"]?.preflight == "v3")
+        let verdict = log.enter(boot("b2", knownGood))
+        #expect(verdict?.state == "failed", "a good boot that dies during a preflight failed")
+        #expect(verdict?.explanation.contains("during a preflight of demo v3") == true)
+        #expect(log.failedBootsInARow(agent: "demo", running: knownGood, before: "b2") == 0, "not against known-good v1")
+        #expect(log.failedPreflightBootsInARow(agent: "demo", version: "v3", before: "b2") == 1)
+        // Activated again: its preflight takes the machine down before boot-good.
+        _ = log.markStarted("demo", in: "b2")
+        _ = log.markPreflight("demo", version: "v3", in: "b2")
+        _ = log.enter(boot("b3", knownGood))
+        #expect(log.failedPreflightBootsInARow(agent: "demo", version: "v3", before: "b3") == 2)
+        #expect(log.failedBootsInARow(agent: "demo", running: knownGood, before: "b3") == 0)
+        // A preflight that ended, or one whose daemon was restarted (killing it), blames nothing.
+        _ = log.markPreflight("demo", version: "v4", in: "b3")
+        let ended = log.markPreflight("demo", version: nil, in: "b3")
+        #expect(ended)
+        _ = log.markPreflight("demo", version: "v4", in: "b3")
+        let restart = log.enter(boot("b3", knownGood))
+        #expect(restart == nil)
+        #expect(log.boots[2].agents?["demo"]?.preflight == nil)
+        log.markGood("b3")
+        #expect(log.enter(boot("b4", knownGood))?.state == "good")
+    }
+
     @Test("the log keeps the last 100 boots and reads records written before agents were kept")
     func capacityAndOldRecords() throws {
         var log = BootLog()
@@ -137,10 +247,10 @@ struct AgentPolicyBootLoopTests {
         #expect(policy.lastRollback?.failure == "failed-boot")
     }
 
-    @Test("boot loops on known-good content walk the ladder: older known-good, safe mode, give up")
+    @Test("with boot_loop_stops_agent, boot loops on known-good content walk the ladder: older known-good, safe mode, give up; status says why")
     func knownGoodBootLoops() throws {
         var policy = AgentPolicy(
-            settings: policySettings(safeModeExec: true), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
+            settings: policySettings(safeModeExec: true, bootLoopStopsAgent: true), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
         var actions = policy.bootLoop(failedBoots: 2, at: moment(1))
         #expect(actions.decision(.rollback)?.reason == "boot-loop-on-known-good")
         #expect(policy.ledger.active == "v0")
@@ -150,14 +260,100 @@ struct AgentPolicyBootLoopTests {
         actions = policy.bootLoop(failedBoots: 2, at: moment(1))
         #expect(actions.decision(.bootAssessed)?.reason == "rollback-did-not-help")
         #expect(actions.spawns == [.spawn(version: "v0", mode: .safeMode)])
-        #expect(policy.degradedReason == "rollback did not help")
+        #expect(policy.degradedReason == "in safe mode: rolling back did not help, the agent fails the same way on known-good content; evidence: 2 failed boots in a row with the agent on content v0")
 
         policy = restarted(policy)
-        actions = policy.bootLoop(failedBoots: 2, at: moment(1))
+        actions = policy.bootLoop(failedBoots: 3, at: moment(1))
         #expect(actions.events.last == .gaveUp)
         #expect(actions.decision(.gaveUp)?.reason == "safe-mode-boot-loop")
         #expect(actions.spawns.isEmpty)
         #expect(policy.phase == .givenUp)
+
+        // status and status --json say which step and on what evidence, also from the state file.
+        policy = restarted(policy)
+        let status = StatusReport.Agent(policy: policy, pid: nil, statusText: nil, at: moment(2))
+        #expect(status.state == "given-up")
+        #expect(status.degradedReason == "given up: the machine fails to boot with it in safe mode as well; evidence: 3 failed boots in a row with the agent on content v0 in safe mode")
+        #expect(status.escalation?.step == "given-up")
+        #expect(status.escalation?.reason == "safe-mode-boot-loop")
+        #expect(status.escalation?.evidence == "3 failed boots in a row with the agent on content v0 in safe mode")
+        #expect(status.escalation?.version == "v0")
+        let json = String(decoding: try JSONEncoder.backstop.encode(status), as: UTF8.self)
+        #expect(json.contains(#""escalation":{"at":"#), "\(json)")
+        #expect(json.contains(#""step":"given-up""#))
+        #expect(json.contains(#""boot_loop":null"#))
+    }
+
+    @Test("by default a boot loop with no candidate to roll back is reported and the agent keeps running on its known-good content")
+    func knownGoodBootLoopIsReported() throws {
+        var policy = AgentPolicy(settings: policySettings(safeModeExec: true), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
+        let actions = policy.bootLoop(failedBoots: 2, at: moment(1))
+        #expect(actions.events == [.bootAssessed])
+        let decision = try #require(actions.decision(.bootAssessed))
+        #expect(decision.reason == "boot-loop")
+        #expect(decision.failures == 2)
+        #expect(decision.message.contains("boot loop: 2 failed boots, no candidate content to roll back"), "\(decision.message)")
+        #expect(actions.spawns == [.spawn(version: "v1", mode: .normal)], "started as it is, on v1, not v0, not in safe mode")
+        #expect(!actions.contains { if case .switchContent = $0 { true } else { false } })
+        #expect(policy.ledger.active == "v1")
+        #expect(policy.ledger.quarantined.isEmpty)
+        policy.startAndBecomeReady(at: 2)
+        #expect(policy.phase == .running)
+        #expect(policy.degradedReason == "boot loop: 2 failed boots, no candidate content to roll back")
+
+        // More failed boots: still running, the count follows; kept across a restart until reset-failed.
+        policy = restarted(policy)
+        _ = policy.bootLoop(failedBoots: 3, at: moment(1))
+        #expect(policy.phase == .starting)
+        policy = restarted(policy)
+        let status = StatusReport.Agent(policy: policy, pid: nil, statusText: nil, at: moment(2))
+        #expect(status.degraded)
+        #expect(status.degradedReason == "boot loop: 3 failed boots, no candidate content to roll back")
+        #expect(status.bootLoop == StatusReport.BootLoop(failedBoots: 3, version: "v1", at: moment(1).wall))
+        #expect(status.escalation == nil)
+        _ = policy.begin(at: moment(3))
+        _ = policy.resetFailed(at: moment(4))
+        #expect(policy.reportedBootLoop == nil)
+        #expect(!policy.isDegraded)
+    }
+
+    @Test("by default an agent in safe mode is not given up on boot evidence alone")
+    func safeModeBootLoopIsReported() throws {
+        var policy = AgentPolicy(settings: policySettings(safeModeExec: true), ledger: makeLedger(knownGood: ["v1"], active: "v1"))
+        _ = policy.begin(at: moment(0))
+        _ = policy.crashUntilCrashLoop(from: 0)
+        #expect(policy.mode == .safeMode)
+        policy = restarted(policy)
+        let actions = policy.bootLoop(failedBoots: 2, at: moment(1))
+        #expect(actions.spawns == [.spawn(version: "v1", mode: .safeMode)])
+        #expect(!actions.events.contains(.gaveUp))
+        #expect(policy.degradedReason?.hasPrefix("in safe mode: every known-good version crash-loops too; evidence: 3 failures within 120 s on content v1 (crashed SIGSEGV)") == true, "\(policy.degradedReason ?? "")")
+    }
+
+    @Test("a boot loop with a candidate still rolls it back whatever boot_loop_stops_agent says")
+    func candidateBootLoopWithoutOptIn() {
+        var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v2"))
+        let actions = policy.bootLoop(failedBoots: 2, at: moment(5))
+        #expect(actions.events == [.bootAssessed, .contentQuarantined, .rollback])
+        #expect(actions.spawns == [.spawn(version: "v1", mode: .normal)])
+        #expect(policy.reportedBootLoop == nil)
+    }
+
+    @Test("boot_failure_threshold failed boots during preflights of a staged version quarantine it; what runs is not touched")
+    func preflightBootLoop() throws {
+        var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v3"], active: "v1"))
+        _ = policy.begin(at: moment(0))
+        policy.startAndBecomeReady(at: 0)
+        let actions = policy.preflightBootLoop("v3", failedBoots: 2, at: moment(5))
+        #expect(actions.events == [.bootAssessed, .contentQuarantined])
+        #expect(actions.decision(.contentQuarantined)?.reason == "boot-loop")
+        #expect(actions.decision(.contentQuarantined)?.version == "v3")
+        #expect(actions.spawns.isEmpty)
+        #expect(policy.phase == .running)
+        #expect(policy.ledger.active == "v1")
+        #expect(policy.ledger.quarantined == ["v3"])
+        #expect(policy.activationRefusal("v3") == .versionQuarantined("v3"))
+        #expect(!policy.isDegraded, "the live agent never ran it")
     }
 
     @Test("a boot loop of the first version, with nothing known-good behind it, leaves nothing active and the agent stopped")
@@ -169,11 +365,11 @@ struct AgentPolicyBootLoopTests {
         #expect(policy.phase == .givenUp)
         #expect(policy.ledger.quarantined == ["v1"])
     }
+}
 
-    /// The policy as a new daemon process in a new boot restores it.
-    func restarted(_ policy: AgentPolicy) -> AgentPolicy {
-        var next = AgentPolicy(settings: policy.settings)
-        next.restore(from: policy.stateFile(bootID: "old", at: moment(2)), currentBootID: "new")
-        return next
-    }
+/// The policy as a new daemon process in a new boot restores it.
+private func restarted(_ policy: AgentPolicy) -> AgentPolicy {
+    var next = AgentPolicy(settings: policy.settings)
+    next.restore(from: policy.stateFile(bootID: "old", at: moment(2)), currentBootID: "new")
+    return next
 }

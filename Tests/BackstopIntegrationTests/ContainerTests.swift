@@ -150,6 +150,129 @@ struct ContainerTests {
         }
     }
 
+    @Test("a candidate that takes the machine down late, after boot-good but still in probation: boot_failure_threshold such boots roll it back before the agent starts")
+    func lateCrashInProbation() throws {
+        try withContainer { container in
+            try knownGoodThenCandidate(container, candidate: Self.sample("v3-good"))
+            // probation_sec (600) outlasts boot_good_after_sec (2): each boot is judged good with v2 still on trial.
+            for boot in 1...2 {
+                try container.waitForDecision("agent-ready", version: "v2")
+                try container.waitForDecision("boot-assessed", reason: "good")
+                let report = try container.status()
+                try #require(report.boot.state == "good")
+                try #require(report.agents.first?.content.candidate == "v2", "in probation at the crash of boot \(boot)")
+                container.powerCut()
+                try container.boot()
+                try container.waitForDecision("boot-assessed", reason: "failed")
+            }
+            try container.waitForDecision("rollback", reason: "boot-loop")
+            try container.waitForDecision("agent-ready", version: "v1")
+            let decisions = try container.decisions()
+            let failed = try #require(decisions.first { $0["BACKSTOP_EVENT"] == "boot-assessed" && $0["BACKSTOP_REASON"] == "failed" })
+            #expect(failed["MESSAGE"]?.contains("reached boot-good but ended without a clean shutdown while a candidate was in probation (demo v2)") == true, "\(failed)")
+            let events = decisions.map { $0["BACKSTOP_EVENT"] ?? "" }
+            let rollback = try #require(events.firstIndex(of: "rollback"))
+            let started = try #require(events.firstIndex(of: "agent-started"))
+            #expect(rollback < started, "rolled back before the agent started: \(events)")
+            #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == "agent-started" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" })
+            let report = try container.status()
+            #expect(report.boot.consecutiveFailed == 2)
+            let agent = try #require(report.agents.first)
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.quarantined == ["v2"])
+            #expect(agent.lastRollback?.reason == "boot-loop")
+            #expect(try container.run("/usr/bin/backstopctl", "status").status == 1, "degraded: rolled back")
+            let boots = try container.run("/usr/bin/backstopctl", "boots", "--no-legend").output.split(separator: "\n")
+            #expect(boots.prefix(2).allSatisfy { $0.contains(" failed ") && $0.contains("demo=v2") }, "\(boots)")
+        }
+    }
+
+    @Test("power cuts before boot-good with unchanged known-good content: the boot loop is reported, the agent keeps running on it, status is degraded (exit 1)")
+    func bootLoopWithoutCandidate() throws {
+        // Every boot is cut before boot-good.
+        let config = Self.config.replacingOccurrences(of: "boot_good_after_sec = 2", with: "boot_good_after_sec = 600")
+        try withContainer(config: config) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            try #require(try container.run("/usr/bin/backstopctl", "promote", "demo", "v1").status == 0)
+            for _ in 1...3 {
+                try container.waitForDecision("agent-ready", version: "v1")
+                container.powerCut()
+                try container.boot()
+            }
+            try container.waitForDecision("boot-assessed", reason: "boot-loop")
+            try container.waitForDecision("agent-ready", version: "v1")
+            let decisions = try container.decisions()
+            let loop = try #require(decisions.first { $0["BACKSTOP_EVENT"] == "boot-assessed" && $0["BACKSTOP_REASON"] == "boot-loop" })
+            #expect(loop["MESSAGE"]?.contains("boot loop: 3 failed boots, no candidate content to roll back") == true, "\(loop)")
+            #expect(loop["BACKSTOP_FAILURES"] == "3")
+            for event in ["rollback", "safe-mode", "gave-up", "content-quarantined"] {
+                #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == event }, "\(event) on boot evidence alone")
+            }
+            let report = try container.status()
+            #expect(report.boot.consecutiveFailed == 3)
+            let agent = try #require(report.agents.first)
+            #expect(agent.state == "running")
+            #expect(agent.pid != nil)
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.knownGood == "v1")
+            #expect(agent.content.quarantined.isEmpty)
+            #expect(agent.degraded)
+            #expect(agent.degradedReason == "boot loop: 3 failed boots, no candidate content to roll back")
+            #expect(agent.bootLoop?.failedBoots == 3)
+            #expect(agent.escalation == nil)
+            let text = try container.run("/usr/bin/backstopctl", "status")
+            #expect(text.status == 1, "degraded")
+            #expect(text.output.contains("Degraded: boot loop: 3 failed boots, no candidate content to roll back"), "\(text.output)")
+            // Cleared by an operator.
+            try #require(try container.run("/usr/bin/backstopctl", "reset-failed", "demo").status == 0)
+            #expect(try container.run("/usr/bin/backstopctl", "status").status == 0)
+        }
+    }
+
+    @Test("power cuts during the preflight of a staged version count against it, not against the known-good content that runs: boot_failure_threshold of them quarantine it, and the agent keeps running")
+    func crashDuringPreflight() throws {
+        try withContainer { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            try #require(try container.run("/usr/bin/backstopctl", "promote", "demo", "v1").status == 0)
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v3-good"), "--version", "v3").status == 0)
+            // From now on a version runs in a preflight instance for 5 minutes before it is activated.
+            try (Self.config + "\npreflight_sec = 300\n").write(toFile: container.directory + "/etc/backstop.toml", atomically: true, encoding: .utf8)
+            try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
+            try container.waitInBoot("the reload") { lines in lines.contains { $0.contains("Reloaded /etc/backstop/backstop.toml") } }
+            for boot in 1...2 {
+                try container.waitForDecision("agent-ready", version: "v1")
+                // As a fleet's updater would, at every boot; the machine dies while the preflight runs.
+                try #require(try container.run("/usr/bin/systemd-run", "--no-block", "--quiet", "/usr/bin/backstopctl", "activate", "demo", "v3").status == 0)
+                try container.waitInBoot("the preflight of v3") { lines in lines.contains { $0.contains("Preflight of content v3") } }
+                let log = try String(contentsOfFile: container.directory + "/state/boots.json", encoding: .utf8)
+                try #require(log.contains(#""preflight":"v3""#), "recorded before the instance starts: \(log)")
+                container.powerCut()
+                try container.boot()
+                try container.waitForDecision("boot-assessed", reason: "failed")
+                let verdict = try #require(try container.decisions().first { $0["BACKSTOP_EVENT"] == "boot-assessed" && $0["BACKSTOP_REASON"] == "failed" })
+                #expect(verdict["MESSAGE"]?.contains("it counts against content v3 of agent demo, whose preflight was running, not against v1: \(boot)") == true, "\(verdict)")
+            }
+            try container.waitForDecision("content-quarantined", reason: "boot-loop", version: "v3")
+            try container.waitForDecision("agent-ready", version: "v1")
+            let decisions = try container.decisions()
+            for event in ["rollback", "safe-mode", "gave-up"] {
+                #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == event }, "\(event): the known-good content is not blamed")
+            }
+            let report = try container.status()
+            #expect(report.boot.consecutiveFailed == 2)
+            let agent = try #require(report.agents.first)
+            #expect(agent.state == "running")
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.quarantined == ["v3"])
+            #expect(agent.bootLoop == nil)
+            let refused = try container.run("/usr/bin/backstopctl", "activate", "demo", "v3")
+            #expect(refused.status != 0)
+            #expect(refused.error.contains("quarantined"), "\(refused.error)")
+        }
+    }
+
     static let unitConfig = """
         [[agent]]
         name = "demo"

@@ -180,6 +180,10 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var bootGoodAfterSeconds = 120
     /// `boot_failure_threshold`, default 2: consecutive failed boots that make a boot loop.
     public var bootFailureThreshold = 2
+    /// `boot_loop_stops_agent`, default false: a boot loop with no candidate to roll back
+    /// walks the escalation ladder (an older known-good version, safe mode, give up) on boot
+    /// evidence alone. Off, it is reported and the agent keeps running on its content.
+    public var bootLoopStopsAgent = false
     /// Empty: safe mode means "do not start".
     public var safeModeExec: [String] = []
     /// `preflight_sec`, default 0 (off): seconds a staged version must survive in a throwaway,
@@ -245,7 +249,7 @@ public struct AgentConfiguration: Sendable, Equatable {
             // A unit is ready when systemd says it is active, as for READY=1; a transient
             // unit's watchdog is systemd's (WatchdogSec=), its end reported as `hung`.
             watchdogSeconds: transientUnit == nil ? Double(watchdogSeconds) : 0, notify: notify || watchedUnit != nil,
-            hasSafeModeExec: !safeModeExec.isEmpty,
+            hasSafeModeExec: !safeModeExec.isEmpty, bootLoopStopsAgent: bootLoopStopsAgent,
             cleanExitIsFailure: cleanExitIsFailure, hasReadyCheck: !readyCheckExec.isEmpty,
             healthCheckIntervalSeconds: healthCheckExec.isEmpty ? nil : Double(healthCheckIntervalSeconds),
             healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures,

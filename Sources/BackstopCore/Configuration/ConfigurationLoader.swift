@@ -290,7 +290,7 @@ private struct TableReader {
     static let agentKeys = [
         "name", "exec", "runner", "unit", "notify", "content_link", "failure_threshold", "failure_window_sec", "probation_sec",
         "restart_delay_ms", "restart_delay_max_sec", "start_timeout_sec", "watchdog_sec", "boot_good_after_sec",
-        "boot_failure_threshold", "safe_mode_exec", "preflight_sec", "preflight_exec", "ready_check_exec", "health_check_exec",
+        "boot_failure_threshold", "boot_loop_stops_agent", "safe_mode_exec", "preflight_sec", "preflight_exec", "ready_check_exec", "health_check_exec",
         "health_check_interval_sec", "health_check_timeout_sec", "health_check_failures", "clean_exit_is_failure",
         "max_bundle_bytes", "max_files", "require_signature", "trusted_keys", "keep_versions", "environment",
         "success_exit_status", "clean_exit",
@@ -455,6 +455,7 @@ private struct TableReader {
             case "watchdog_sec": agent.watchdogSeconds = try integer(table, key, full, minimum: 0)
             case "boot_good_after_sec": agent.bootGoodAfterSeconds = try integer(table, key, full, minimum: 1)
             case "boot_failure_threshold": agent.bootFailureThreshold = try integer(table, key, full, minimum: 1)
+            case "boot_loop_stops_agent": agent.bootLoopStopsAgent = try bool(table, key, full)
             case "safe_mode_exec": agent.safeModeExec = try command(table, key, full)
             case "preflight_sec": agent.preflightSeconds = try integer(table, key, full, minimum: 0)
             case "ready_check_exec": agent.readyCheckExec = try command(table, key, full)

@@ -258,6 +258,49 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var at: Date
     }
 
+    /// An agent's `escalation` object: the ladder step it is on and the evidence that put it there.
+    public struct Escalation: Codable, Sendable, Equatable {
+        /// `step`: `safe-mode` or `given-up`.
+        public var step: String
+        /// `reason`: the `BACKSTOP_REASON` of the `safe-mode` or `gave-up` decision, e.g. `known-good-crash-loops`.
+        public var reason: String
+        /// `explanation`: the reason in words.
+        public var explanation: String
+        /// `evidence`: what was observed, e.g. `3 failures within 120 s on content v1 (crashed SIGSEGV)`.
+        public var evidence: String
+        /// `version`: the version the evidence is about, null when none was active.
+        public var version: String?
+        /// `at`: when the step was taken, RFC 3339.
+        public var at: Date
+
+        /// Writes a missing `version` as an explicit `null`.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(step, forKey: .step)
+            try container.encode(reason, forKey: .reason)
+            try container.encode(explanation, forKey: .explanation)
+            try container.encode(evidence, forKey: .evidence)
+            try container.encode(version, forKey: .version)
+            try container.encode(at, forKey: .at)
+        }
+    }
+
+    /// An agent's `boot_loop` object: a boot loop with no candidate content to roll back,
+    /// reported while the agent keeps running (`boot_loop_stops_agent` off), until `reset-failed`.
+    public struct BootLoop: Codable, Sendable, Equatable {
+        /// `failed_boots`: failed boots in a row with the agent on `version`.
+        public var failedBoots: Int
+        /// `version`: the content the agent ran in them.
+        public var version: String
+        /// `at`: when it was judged, RFC 3339.
+        public var at: Date
+
+        enum CodingKeys: String, CodingKey {
+            case version, at
+            case failedBoots = "failed_boots"
+        }
+    }
+
     /// One element of `agents`: an agent's state, content, failures and last rollback.
     public struct Agent: Codable, Sendable, Equatable {
         /// `name`: the agent's name, `name` in `[[agent]]`.
@@ -274,8 +317,13 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var lastRollback: Rollback?
         /// Whether this agent makes `status` exit 1.
         public var degraded: Bool
-        /// `degraded_reason`: why, e.g. `rollback did not help`; null when not degraded.
+        /// `degraded_reason`: why, e.g. `rollback did not help`; for an agent given up or in
+        /// safe mode the ladder step, its reason and its evidence; null when not degraded.
         public var degradedReason: String?
+        /// `escalation`: why the agent is given up or in safe mode; null when it is neither.
+        public var escalation: Escalation?
+        /// `boot_loop`: a boot loop reported with no candidate to roll back; null when none.
+        public var bootLoop: BootLoop?
         /// `stopped_by_operator`: `backstopctl stop` holds it until `backstopctl start`.
         public var stoppedByOperator: Bool
         /// `probation`: the candidate's progress, null when there is no candidate.
@@ -293,6 +341,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
             case lastPreflightFailure = "last_preflight_failure"
             case lastRollback = "last_rollback"
             case degradedReason = "degraded_reason"
+            case escalation
+            case bootLoop = "boot_loop"
             case stoppedByOperator = "stopped_by_operator"
             case probation
             case statusText = "status_text"
@@ -309,6 +359,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
             try container.encode(lastRollback, forKey: .lastRollback)
             try container.encode(degraded, forKey: .degraded)
             try container.encode(degradedReason, forKey: .degradedReason)
+            try container.encode(escalation, forKey: .escalation)
+            try container.encode(bootLoop, forKey: .bootLoop)
             try container.encode(stoppedByOperator, forKey: .stoppedByOperator)
             try container.encode(probation, forKey: .probation)
             try container.encode(statusText, forKey: .statusText)
@@ -359,6 +411,12 @@ extension StatusReport.Agent {
         lastRollback = policy.lastRollback.map { StatusReport.Rollback(from: $0.from, to: $0.to, reason: $0.reason, at: $0.at) }
         degraded = policy.isDegraded
         degradedReason = policy.degradedReason
+        escalation = policy.currentEscalation.map {
+            StatusReport.Escalation(
+                step: $0.step.rawValue, reason: $0.reason.rawValue, explanation: $0.explanation, evidence: $0.evidence,
+                version: $0.version, at: $0.at)
+        }
+        bootLoop = policy.reportedBootLoop.map { StatusReport.BootLoop(failedBoots: $0.failedBoots, version: $0.version, at: $0.at) }
         stoppedByOperator = policy.operatorStopped
         probation = ledger.candidate.map { _ in
             StatusReport.Probation(

@@ -24,6 +24,9 @@ public enum StatusText {
             text += agent.pid.map { " (pid \($0))" } ?? ""
             text += agent.degraded ? " [degraded]\n" : "\n"
             if let reason = agent.degradedReason { text += "  Degraded: \(reason)\n" }
+            if let bootLoop = agent.bootLoop, agent.degradedReason?.hasPrefix("boot loop") != true {
+                text += " Boot loop: \(bootLoop.failedBoots) failed boots on \(bootLoop.version), no candidate content to roll back\n"
+            }
             text += "   Content: active \(agent.content.active ?? "-"), known-good \(agent.content.knownGood ?? "-")"
             text += ", candidate \(agent.content.candidate ?? "-")\n"
             if let probation = agent.probation {

@@ -22,6 +22,9 @@ public struct PolicySettings: Sendable, Equatable {
     public var notify: Bool
     /// Whether `safe_mode_exec` is set; without it safe mode means "do not start".
     public var hasSafeModeExec: Bool
+    /// `boot_loop_stops_agent`: a boot loop with no candidate to roll back walks the escalation
+    /// ladder; without it, it is reported and the agent keeps running.
+    public var bootLoopStopsAgent: Bool
     /// `clean_exit_is_failure`: a clean exit (code 0) counts against the content like any other exit.
     public var cleanExitIsFailure: Bool
     /// Whether `ready_check_exec` is set: the agent is ready only once it succeeds.
@@ -44,7 +47,7 @@ public struct PolicySettings: Sendable, Equatable {
         agent: String, failureThreshold: Int = 3, failureWindowSeconds: Double = 120,
         probationSeconds: Double = 600, restartDelayMilliseconds: Int = 100, restartDelayMaxSeconds: Double = 30,
         startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false,
-        hasSafeModeExec: Bool = false, cleanExitIsFailure: Bool = false, hasReadyCheck: Bool = false,
+        hasSafeModeExec: Bool = false, bootLoopStopsAgent: Bool = false, cleanExitIsFailure: Bool = false, hasReadyCheck: Bool = false,
         healthCheckIntervalSeconds: Double? = nil, healthCheckTimeoutSeconds: Double = 10, healthCheckFailures: Int = 3,
         programIsContent: Bool = false, successExitStatus: SuccessExitStatus = SuccessExitStatus(),
         cleanExit: CleanExit = .backoff
@@ -67,6 +70,7 @@ public struct PolicySettings: Sendable, Equatable {
         self.watchdogSeconds = watchdogSeconds
         self.notify = notify
         self.hasSafeModeExec = hasSafeModeExec
+        self.bootLoopStopsAgent = bootLoopStopsAgent
     }
 
     /// With neither `notify` nor `ready_check_exec` an agent counts as started once it has run this long.
@@ -238,7 +242,7 @@ public struct FailureRecord: Sendable, Equatable, Codable {
 }
 
 /// Why the escalation ladder reached safe mode or gave up (`BACKSTOP_REASON`).
-public enum EscalationReason: String, Sendable {
+public enum EscalationReason: String, Sendable, Codable {
     /// The failing content has no known-good version behind it (or none intact).
     case noKnownGood = "no-known-good"
     /// Every known-good version crash-looped too.
@@ -272,6 +276,47 @@ public enum EscalationReason: String, Sendable {
         case .rollbackDidNotHelp: return "rolling back did not help, the agent fails the same way on known-good content"
         case .noComparison: return "no known-good version exists to compare the failing content with"
         }
+    }
+}
+
+/// Where the escalation ladder left an agent, and on what evidence: `status`'s `escalation`.
+public struct EscalationRecord: Sendable, Equatable, Codable {
+    /// The ladder step the agent is on.
+    public enum Step: String, Sendable, Codable {
+        /// Started with `safe_mode_exec`.
+        case safeMode = "safe-mode"
+        /// Left stopped.
+        case givenUp = "given-up"
+    }
+
+    /// `safe-mode` or `given-up`.
+    public var step: Step
+    /// The `BACKSTOP_REASON` of the `safe-mode` or `gave-up` decision.
+    public var reason: EscalationReason
+    /// Why, in the words of that decision: "every known-good version crash-loops too, and no safe_mode_exec is configured".
+    public var explanation: String
+    /// What was observed: "3 failures within 120 s on content v1 (crashed SIGSEGV)",
+    /// "2 failed boots in a row with the agent on content v1".
+    public var evidence: String
+    /// The version the evidence is about, nil when none was active.
+    public var version: String?
+    /// When the step was taken.
+    public var at: Date
+}
+
+/// A boot loop with no candidate content to roll back, reported and not acted on
+/// (`boot_loop_stops_agent` off): `status` shows it until `reset-failed`.
+public struct BootLoopRecord: Sendable, Equatable, Codable {
+    /// Failed boots in a row with the agent on `version`.
+    public var failedBoots: Int
+    /// The content the agent ran in them, and still runs.
+    public var version: String
+    /// When the daemon judged it, at the start of the boot after them.
+    public var at: Date
+
+    /// "boot loop: 2 failed boots, no candidate content to roll back"
+    public var description: String {
+        "boot loop: \(failedBoots) failed boots, no candidate content to roll back"
     }
 }
 
@@ -357,6 +402,10 @@ public struct AgentPolicy: Sendable, Equatable {
     /// Whether a rollback was followed by the same failure on known-good content: Backstop
     /// then stops switching versions. Cleared by `reset-failed`, `activate` and `rollback`.
     public private(set) var rollbackDidNotHelp = false
+    /// The ladder step (safe mode, given up) the agent was put on and why; nil when neither.
+    public private(set) var escalation: EscalationRecord?
+    /// A boot loop reported without acting on it (no candidate to roll back); cleared by `reset-failed`.
+    public private(set) var reportedBootLoop: BootLoopRecord?
     /// The agent crash-loops on content that has no known-good version to compare it with;
     /// cleared by a healthy run of `restart_delay_max_sec`, a promotion, `reset-failed`,
     /// `activate` and `rollback`.
@@ -440,18 +489,31 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// Why the agent is degraded, for `status`; nil when it is not.
     public var degradedReason: String? {
+        if phase == .givenUp || mode == .safeMode {
+            let step = phase == .givenUp ? "given up" : "in safe mode"
+            guard let escalation = currentEscalation else { return step }
+            return "\(step): \(escalation.explanation); evidence: \(escalation.evidence)"
+        }
         if rollbackDidNotHelp { return "rollback did not help" }
         if let firstContentFailure { return firstContentFailure.summary }
         switch phase {
-        case .givenUp: return "given up"
         case .daemonized: return "its program forked into the background (daemonized)"
         case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
         case .awaitingDependency(let unit): return "stopped by systemd with \(unit), which its unit requires; waiting for \(unit) to be active again"
         default: break
         }
-        if mode == .safeMode { return "in safe mode" }
+        if let reportedBootLoop { return reportedBootLoop.description }
         guard let lastRollback, resetFailedAt.map({ lastRollback.at > $0 }) ?? true else { return nil }
         return "rolled back from \(lastRollback.from) to \(lastRollback.to) (\(lastRollback.reason))"
+    }
+
+    /// The ladder step the agent is on now with its evidence: nil unless it is given up or in safe mode.
+    public var currentEscalation: EscalationRecord? {
+        guard let escalation else { return nil }
+        switch escalation.step {
+        case .givenUp: return phase == .givenUp ? escalation : nil
+        case .safeMode: return mode == .safeMode && phase != .givenUp ? escalation : nil
+        }
     }
 
     /// The active version failed verification (its files no longer match their digest),
@@ -473,7 +535,7 @@ public struct AgentPolicy: Sendable, Equatable {
             ledger.deactivate()
             actions.append(.switchContent(version: nil))
             if !pendingStop.isEmpty { return actions + pendingStop }
-            return actions + enterSafeMode(.noKnownGood, version: active, at: now)
+            return actions + enterSafeMode(.noKnownGood, version: active, evidence: "content \(active) failed verification: \(detail)", at: now)
         }
         forgetRunHistory()
         ledger.activate(knownGood)
@@ -904,6 +966,7 @@ public struct AgentPolicy: Sendable, Equatable {
         consecutiveFailures = 0
         escalationTried = []
         rollbackDidNotHelp = false
+        reportedBootLoop = nil
         firstContentFailure = nil
         resetFailedAt = now.wall
         guard phase == .givenUp || mode == .safeMode else { return [] }
@@ -985,6 +1048,8 @@ public struct AgentPolicy: Sendable, Equatable {
         resetFailedAt = state.resetFailedAt
         operatorStopped = state.operatorStopped ?? false
         rollbackDidNotHelp = state.rollbackDidNotHelp ?? false
+        escalation = state.escalation
+        reportedBootLoop = state.reportedBootLoop
         firstContentFailure = state.firstContentFailure
         lastPreflightFailure = state.lastPreflightFailure
     }
@@ -1005,6 +1070,8 @@ public struct AgentPolicy: Sendable, Equatable {
         state.restartDueMonotonicSeconds = timers[.restart]
         state.operatorStopped = operatorStopped ? true : nil
         state.rollbackDidNotHelp = rollbackDidNotHelp ? true : nil
+        state.escalation = currentEscalation
+        state.reportedBootLoop = reportedBootLoop
         state.firstContentFailure = firstContentFailure
         state.lastPreflightFailure = lastPreflightFailure
         return state
@@ -1124,14 +1191,25 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// A boot loop, judged at the daemon's start before the agent runs: the machine failed to
     /// boot `failedBoots` times in a row (`boot_failure_threshold` or more) with the agent on
-    /// its current content. Walks the same ladder as a crash loop, before the agent starts:
-    /// a candidate is quarantined and rolled back; known-good content goes to an older
-    /// known-good version, then safe mode, then give up.
+    /// its current content. A candidate is quarantined and rolled back before the agent starts.
+    /// With no candidate to roll back (known-good content, or safe mode) the boots are no
+    /// evidence against the content: the loop is reported and the agent started as it is,
+    /// unless `boot_loop_stops_agent` asks for the ladder (an older known-good version, safe
+    /// mode, give up) as after a crash loop.
     public mutating func bootLoop(failedBoots: Int, at now: Moment) -> [PolicyAction] {
         guard phase == .stopped, let active = ledger.active else { return [] }
+        let inSafeMode = mode == .safeMode ? " in safe mode" : ""
+        if ledger.candidate == nil || mode == .safeMode, !settings.bootLoopStopsAgent {
+            let report = BootLoopRecord(failedBoots: failedBoots, version: active, at: now.wall)
+            reportedBootLoop = report
+            let decision = PolicyAction.record(Decision(
+                .bootAssessed, agent: settings.agent, version: active, failures: failedBoots, reason: "boot-loop",
+                message: "The machine failed to boot \(failedBoots) times in a row with agent \(settings.agent) on content \(active)\(inSafeMode): \(report.description); it keeps running on \(active) (boot_loop_stops_agent = false)."))
+            return [decision] + spawnActive(at: now)
+        }
         let signature = "failed-boot"
         let rollbackFailed = rollbackWouldRepeat(signature)
-        var message = "The machine failed to boot \(failedBoots) times in a row with agent \(settings.agent) on content \(active)\(mode == .safeMode ? " in safe mode" : ""): boot loop."
+        var message = "The machine failed to boot \(failedBoots) times in a row with agent \(settings.agent) on content \(active)\(inSafeMode): boot loop."
         if rollbackFailed, let lastRollback {
             message += " Rolling back from \(lastRollback.from) did not help, so the content is not switched again."
         }
@@ -1141,12 +1219,41 @@ public struct AgentPolicy: Sendable, Equatable {
         return [decision] + escalate(.boot, count: failedBoots, signature: signature, rollbackFailed: rollbackFailed, at: now)
     }
 
+    /// The machine failed to boot `failedBoots` times in a row (`boot_failure_threshold` or
+    /// more) while a preflight instance of staged version `id` was running: `id` is quarantined
+    /// (reason `boot-loop`), so it is not activated again without an operator's `release`.
+    /// What the agent runs is not touched.
+    public mutating func preflightBootLoop(_ id: String, failedBoots: Int, at now: Moment) -> [PolicyAction] {
+        guard let record = ledger.record(id), record.standing == .staged else { return [] }
+        ledger.quarantine(id, reason: "boot-loop", at: now.wall)
+        return [
+            .record(Decision(
+                .bootAssessed, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop",
+                message: "The machine failed to boot \(failedBoots) times in a row during a preflight of content \(id) of agent \(settings.agent): boot loop.")),
+            .record(Decision(
+                .contentQuarantined, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop",
+                message: "Quarantined content \(id) of agent \(settings.agent): the machine failed to boot \(failedBoots) times in a row during its preflight; the live agent never loaded it.")),
+        ]
+    }
+
     /// What set off an escalation: failures within the window, or failed boots in a row.
     private enum Loop {
         case crash, boot
 
         /// `crash-loop` or `boot-loop`: the quarantine and rollback reason.
         var word: String { self == .crash ? "crash-loop" : "boot-loop" }
+    }
+
+    /// What a loop of `count` on `version` showed, for `status`: "3 failures within 120 s on
+    /// content v1 (crashed SIGSEGV)", "2 failed boots in a row with the agent on content v1".
+    private func evidence(of loop: Loop, count: Int, version: String?, signature: String?) -> String {
+        let content = "content \(version ?? "none")\(mode == .safeMode ? " in safe mode" : "")"
+        switch loop {
+        case .crash:
+            return "\(count) failures within \(Self.format(settings.failureWindowSeconds)) s on \(content)" + (signature.map { " (\($0))" } ?? "")
+        case .boot:
+            return "\(count) failed boots in a row with the agent on \(content)"
+        }
     }
 
     /// The same failure again on the version a loop's rollback went to: switching versions
@@ -1161,13 +1268,15 @@ public struct AgentPolicy: Sendable, Equatable {
         _ loop: Loop, count: Int, signature: String?, rollbackFailed: Bool, at now: Moment
     ) -> [PolicyAction] {
         let from = ledger.active
+        let evidence = evidence(of: loop, count: count, version: from, signature: signature)
         if mode == .safeMode {
-            return giveUp(loop == .crash ? .safeModeCrashLoops : .safeModeBootLoops, version: from, at: now)
+            let reason: EscalationReason = loop == .crash ? .safeModeCrashLoops : .safeModeBootLoops
+            return giveUp(reason, explanation: reason.explanation, version: from, evidence: evidence, at: now)
         }
         if rollbackFailed {
             rollbackDidNotHelp = true
             if let from { escalationTried.append(from) }
-            return enterSafeMode(.rollbackDidNotHelp, version: from, at: now)
+            return enterSafeMode(.rollbackDidNotHelp, version: from, evidence: evidence, at: now)
         }
         if let candidate = ledger.candidate {
             ledger.quarantine(candidate, reason: loop.word, at: now.wall)
@@ -1181,7 +1290,7 @@ public struct AgentPolicy: Sendable, Equatable {
                 // The first version: nothing to roll back to, and a quarantined version is never left active.
                 ledger.deactivate()
                 actions.append(.switchContent(version: nil))
-                return actions + enterSafeMode(.noKnownGood, version: candidate, at: now)
+                return actions + enterSafeMode(.noKnownGood, version: candidate, evidence: evidence, at: now)
             }
             return actions + rollBack(from: candidate, to: knownGood, reason: loop.word, failure: signature, at: now)
         }
@@ -1189,7 +1298,7 @@ public struct AgentPolicy: Sendable, Equatable {
         if let older = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) {
             return rollBack(from: from ?? "none", to: older, reason: loop.word + "-on-known-good", failure: signature, at: now)
         }
-        return enterSafeMode(loop == .crash ? .knownGoodCrashLoops : .knownGoodBootLoops, version: from, at: now)
+        return enterSafeMode(loop == .crash ? .knownGoodCrashLoops : .knownGoodBootLoops, version: from, evidence: evidence, at: now)
     }
 
     private mutating func rollBack(from: String, to: String, reason: String, failure: String?, at now: Moment) -> [PolicyAction] {
@@ -1204,23 +1313,33 @@ public struct AgentPolicy: Sendable, Equatable {
         ] + spawnActive(at: now)
     }
 
-    private mutating func enterSafeMode(_ reason: EscalationReason, version: String?, at now: Moment) -> [PolicyAction] {
+    /// Safe mode on `evidence` about `version`: the agent runs `safe_mode_exec`, or without
+    /// one is given up.
+    private mutating func enterSafeMode(_ reason: EscalationReason, version: String?, evidence: String, at now: Moment) -> [PolicyAction] {
         guard settings.hasSafeModeExec, ledger.active != nil else {
             let next: EscalationReason = settings.hasSafeModeExec ? .noContent : .noSafeModeExec
             let decision = PolicyAction.record(Decision(
                 .safeMode, agent: settings.agent, version: version, reason: reason.rawValue,
                 message: "Agent \(settings.agent) enters safe mode without starting: \(reason.explanation), and \(next.explanation)."))
-            return [decision] + giveUp(next, version: version, at: now)
+            return [decision] + giveUp(
+                next, explanation: "\(reason.explanation), and \(next.explanation)", version: version, evidence: evidence, at: now)
         }
         mode = .safeMode
+        escalation = EscalationRecord(
+            step: .safeMode, reason: reason, explanation: reason.explanation, evidence: evidence, version: version, at: now.wall)
         return [.record(Decision(
             .safeMode, agent: settings.agent, version: version, reason: reason.rawValue,
             message: "Agent \(settings.agent) enters safe mode: \(reason.explanation); starting it with safe_mode_exec."))]
             + spawnActive(at: now)
     }
 
-    private mutating func giveUp(_ reason: EscalationReason, version: String?, at now: Moment) -> [PolicyAction] {
+    /// Gives up on `evidence` about `version`; `explanation` says why in a few words.
+    private mutating func giveUp(
+        _ reason: EscalationReason, explanation: String, version: String?, evidence: String, at now: Moment
+    ) -> [PolicyAction] {
         phase = .givenUp
+        escalation = EscalationRecord(
+            step: .givenUp, reason: reason, explanation: explanation, evidence: evidence, version: version, at: now.wall)
         return [.record(Decision(
             .gaveUp, agent: settings.agent, version: version, reason: reason.rawValue,
             message: "Gave up on agent \(settings.agent): \(reason.explanation); it is left stopped, "

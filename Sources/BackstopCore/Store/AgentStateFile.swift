@@ -37,6 +37,10 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
     public var operatorStopped: Bool?
     /// A rollback did not help and Backstop stopped switching versions; absent means false.
     public var rollbackDidNotHelp: Bool?
+    /// The ladder step (safe mode, given up) the agent is on and its evidence; absent when neither.
+    public var escalation: EscalationRecord?
+    /// A boot loop reported with no candidate to roll back, until `reset-failed`; absent when none.
+    public var reportedBootLoop: BootLoopRecord?
     /// The agent crash-loops on its first content (no known-good version to compare with); absent when not.
     public var firstContentFailure: FirstContentFailure?
     /// The last preflight that failed, with its control; absent when none did.

@@ -12,13 +12,18 @@ public struct BootAgentRecord: Codable, Sendable, Equatable {
     /// before it was kept (taken as started). A boot in which the agent was held stopped is
     /// no evidence against content it never ran.
     public var started: Bool?
+    /// The staged version whose preflight instance is running, nil when none: written (and
+    /// synced) before the instance starts, so that a boot that ends during it counts against
+    /// this version, not against the content the agent runs.
+    public var preflight: String?
 
     /// A record of what an agent runs.
-    public init(active: String?, candidate: String?, mode: RunMode, started: Bool? = nil) {
+    public init(active: String?, candidate: String?, mode: RunMode, started: Bool? = nil, preflight: String? = nil) {
         self.active = active
         self.candidate = candidate
         self.mode = mode
         self.started = started
+        self.preflight = preflight
     }
 
     /// Whether `other` names the same content in the same mode (started or not).
@@ -55,11 +60,26 @@ public struct BootRecord: Codable, Sendable, Equatable {
     /// Whether backstopd stopped cleanly (SIGTERM: a shutdown, or an operator stopping it) in
     /// this boot and did not start again in it.
     public var cleanShutdown: Bool?
+    /// Whether this boot reached boot-good (every agent healthy for its `boot_good_after_sec`);
+    /// kept after a verdict of `failed`, which a good boot gets when it ended uncleanly with a
+    /// candidate in probation. Nil in records written before it was kept.
+    public var reachedGood: Bool?
 
     enum CodingKeys: String, CodingKey {
         case id, state, versions, agents
         case startedAt = "started_at"
         case cleanShutdown = "clean_shutdown"
+        case reachedGood = "reached_good"
+    }
+
+    /// Whether this boot, judged `failed`, counts against what `agent` ran in it (SPEC.md's
+    /// failed boot, applied per agent): a preflight under way at its end is blamed instead
+    /// (``failedPreflightBootsInARow(agent:version:before:)``); else a candidate in probation is,
+    /// good boot or not; else the known-good content is, but only when the boot never reached
+    /// boot-good. A boot in which the agent was not started is no evidence against its content.
+    func countsAgainstContent(of agent: String) -> Bool {
+        guard state == "failed", let record = agents?[agent], record.started != false, record.preflight == nil else { return false }
+        return record.candidate != nil || reachedGood != true
     }
 
     /// A record of boot `id`; `state` is `pending` or `good`.
@@ -145,6 +165,8 @@ public struct BootLog: Codable, Sendable, Equatable {
     public mutating func enter(_ record: BootRecord) -> BootVerdict? {
         if let index = boots.firstIndex(where: { $0.id == record.id }) {
             boots[index].cleanShutdown = nil
+            // A preflight instance does not outlive the daemon that ran it.
+            for agent in boots[index].agents?.keys.sorted() ?? [] { boots[index].agents![agent]!.preflight = nil }
             return nil
         }
         let verdict = boots.indices.last.map { judge(at: $0) }
@@ -153,37 +175,48 @@ public struct BootLog: Codable, Sendable, Equatable {
         return verdict
     }
 
-    /// Judges the boot at `index`, which is over, and records the verdict in its state.
+    /// Judges the boot at `index`, which is over, and records the verdict in its state. It
+    /// failed when it ended without a clean shutdown and either never reached boot-good, or
+    /// reached it while a candidate was in probation or a preflight was running: content
+    /// still on trial is blamed for a crash of the machine at any time of the boot.
     private mutating func judge(at index: Int) -> BootVerdict {
         let boot = boots[index]
-        let candidates = (boot.agents ?? [:]).filter { $0.value.started != false }
-            .compactMap { name, agent in agent.candidate.map { "\(name) \($0)" } }.sorted()
+        let agents = (boot.agents ?? [:]).sorted { $0.key < $1.key }
+        let preflights = agents.compactMap { name, agent in agent.preflight.map { "\(name) \($0)" } }
+        let candidates = agents.filter { $0.value.started != false && $0.value.preflight == nil }
+            .compactMap { name, agent in agent.candidate.map { "\(name) \($0)" } }
+        let onTrial = (preflights.isEmpty ? [] : ["during a preflight of \(preflights.joined(separator: ", "))"])
+            + (candidates.isEmpty ? [] : ["while a candidate was in probation (\(candidates.joined(separator: ", ")))"])
         let state: String
         let explanation: String
         if boot.cleanShutdown == true {
             state = boot.state == "good" ? "good" : "stopped"
             explanation = "backstopd was stopped cleanly in it"
-        } else if boot.state == "good" && candidates.isEmpty {
+        } else if boot.state == "good" && onTrial.isEmpty {
             state = "good"
             explanation = "every agent stayed healthy for its boot_good_after_sec"
         } else if boot.state == "good" {
             state = "failed"
-            explanation = "it ended without a clean shutdown while a candidate was in probation (\(candidates.joined(separator: ", ")))"
+            explanation = "it reached boot-good but ended without a clean shutdown \(onTrial.joined(separator: " and "))"
         } else {
             state = "failed"
-            explanation = "it was never judged good and did not shut down cleanly"
+            explanation = "it was never judged good and did not shut down cleanly" + (onTrial.isEmpty ? "" : ", \(onTrial.joined(separator: " and "))")
         }
         boots[index].state = state
         return BootVerdict(record: boots[index], state: state, explanation: explanation)
     }
 
     /// Records what `agent` runs in boot `id` (a new activation, a rollback, a promotion);
-    /// whether it was started on that content is kept while the content stays the same.
+    /// whether it was started is kept while it runs the same version in the same mode (a
+    /// promotion does not restart it), and a preflight mark is kept as it is.
     /// - Returns: whether anything changed (and the log needs saving).
     public mutating func record(_ agent: String, _ running: BootAgentRecord, in id: String) -> Bool {
         guard let index = boots.firstIndex(where: { $0.id == id }) else { return false }
         var running = running
-        if let previous = boots[index].agents?[agent], previous.sameContent(as: running) { running.started = previous.started }
+        if let previous = boots[index].agents?[agent] {
+            if previous.active == running.active && previous.mode == running.mode { running.started = previous.started }
+            running.preflight = previous.preflight
+        }
         guard boots[index].agents?[agent] != running else { return false }
         boots[index].agents = (boots[index].agents ?? [:]).merging([agent: running]) { _, new in new }
         boots[index].versions[agent] = running.active
@@ -200,10 +233,22 @@ public struct BootLog: Codable, Sendable, Equatable {
         return true
     }
 
+    /// Marks that a preflight instance of `version` of `agent` runs in boot `id` from now on,
+    /// or with `version` nil that it ended. The caller saves the log before the instance starts.
+    /// - Returns: whether anything changed (and the log needs saving).
+    public mutating func markPreflight(_ agent: String, version: String?, in id: String) -> Bool {
+        guard let index = boots.firstIndex(where: { $0.id == id }), boots[index].agents?[agent] != nil,
+            boots[index].agents![agent]!.preflight != version
+        else { return false }
+        boots[index].agents![agent]!.preflight = version
+        return true
+    }
+
     /// Marks boot `id` good.
     public mutating func markGood(_ id: String) {
         guard let index = boots.firstIndex(where: { $0.id == id }) else { return }
         boots[index].state = "good"
+        boots[index].reachedGood = true
     }
 
     /// Marks boot `id` as cleanly shut down (backstopd stopped on SIGTERM).
@@ -222,14 +267,24 @@ public struct BootLog: Codable, Sendable, Equatable {
         boots.filter { $0.id != id }.reversed().prefix { $0.state == "failed" }.count
     }
 
-    /// Failed boots in a row, just before boot `id`, in which `agent` was started on exactly
-    /// the content of `running` (the same candidate, or the same known-good version in the same
-    /// mode): the count a boot loop is judged on. A failed boot in which the agent was not
-    /// started (held stopped by an operator, say) ends the row.
+    /// Failed boots in a row, just before boot `id`, that count against exactly the content of
+    /// `running` for `agent` (the same candidate, or the same known-good version in the same
+    /// mode; ``BootRecord/countsAgainstContent(of:)``): the count a boot loop is judged on. A
+    /// failed boot that is no evidence against it (the agent held stopped by an operator, a
+    /// preflight running at the crash, a good boot on known-good content) ends the row.
     public func failedBootsInARow(agent: String, running: BootAgentRecord, before id: String) -> Int {
         boots.filter { $0.id != id }.reversed().prefix { boot in
-            guard boot.state == "failed", let record = boot.agents?[agent] else { return false }
-            return record.sameContent(as: running) && record.started != false
+            guard boot.countsAgainstContent(of: agent), let record = boot.agents?[agent] else { return false }
+            return record.sameContent(as: running)
+        }.count
+    }
+
+    /// Failed boots in a row, just before boot `id`, that ended while a preflight instance of
+    /// `version` of `agent` was running: they count against that staged version, whatever the
+    /// agent itself ran.
+    public func failedPreflightBootsInARow(agent: String, version: String, before id: String) -> Int {
+        boots.filter { $0.id != id }.reversed().prefix { boot in
+            boot.state == "failed" && boot.agents?[agent]?.preflight == version
         }.count
     }
 }

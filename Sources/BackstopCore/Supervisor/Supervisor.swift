@@ -154,6 +154,13 @@ public actor Supervisor {
         bootGood = bootLog.state(of: bootID) == "good"
         if let verdict { recordVerdict(verdict) }
         for agent in configuration.agents where !unwatchable.contains(agent.name) {
+            // A boot that ended during a preflight counts against the version preflighted.
+            if verdict?.state == "failed", let preflighted = verdict?.record.agents?[agent.name]?.preflight {
+                let failedBoots = bootLog.failedPreflightBootsInARow(agent: agent.name, version: preflighted, before: bootID)
+                if failedBoots >= agent.bootFailureThreshold {
+                    apply(slots[agent.name]!.policy.preflightBootLoop(preflighted, failedBoots: failedBoots, at: now), to: agent.name)
+                }
+            }
             let policy = slots[agent.name]!.policy
             let failedBoots = verdict == nil
                 ? 0 : bootLog.failedBootsInARow(agent: agent.name, running: Self.bootRecord(of: policy), before: bootID)
@@ -182,11 +189,20 @@ public actor Supervisor {
             let version = verdict.record.agents?[agent.name]?.active ?? verdict.record.versions[agent.name]
             var message = "The previous boot \(verdict.record.id) was \(verdict.state): \(verdict.explanation)."
             if verdict.state == "failed" {
-                // The row a boot loop is judged on: boots in which the agent was started on this content.
-                let withAgent = verdict.record.agents?[agent.name].map {
-                    bootLog.failedBootsInARow(agent: agent.name, running: $0, before: bootID)
-                } ?? failedInARow
-                message += " Failed boots in a row: \(failedInARow); with agent \(agent.name) started on content \(version ?? "none"): \(withAgent) (boot_failure_threshold \(agent.bootFailureThreshold))."
+                let threshold = "boot_failure_threshold \(agent.bootFailureThreshold)"
+                message += " Failed boots in a row: \(failedInARow)"
+                if let running = verdict.record.agents?[agent.name], let preflighted = running.preflight {
+                    let withPreflight = bootLog.failedPreflightBootsInARow(agent: agent.name, version: preflighted, before: bootID)
+                    message += "; it counts against content \(preflighted) of agent \(agent.name), whose preflight was running, not against \(version ?? "none"): \(withPreflight) (\(threshold))."
+                } else if let running = verdict.record.agents?[agent.name], !verdict.record.countsAgainstContent(of: agent.name) {
+                    message += "; it is no evidence against content \(version ?? "none") of agent \(agent.name) (\(running.started == false ? "the agent was not started" : "the boot reached boot-good with no candidate in probation"))."
+                } else {
+                    // The row a boot loop is judged on: boots that count against this content.
+                    let withAgent = verdict.record.agents?[agent.name].map {
+                        bootLog.failedBootsInARow(agent: agent.name, running: $0, before: bootID)
+                    } ?? failedInARow
+                    message += "; with agent \(agent.name) started on content \(version ?? "none"): \(withAgent) (\(threshold))."
+                }
             }
             record(Decision(
                 .bootAssessed, agent: agent.name, version: version, failures: verdict.state == "failed" ? failedInARow : nil,
@@ -364,11 +380,14 @@ public actor Supervisor {
     private func preflight(_ agent: String, version id: String) async throws(ManagerError) {
         let slot = try slot(agent)
         let seconds = slot.configuration.preflightSeconds
+        // On disk before the instance starts: a machine that dies during it blames this version.
+        if bootLog.markPreflight(agent, version: id, in: bootID) { saveBootLog() }
         logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
                       metadata: ["agent": "\(agent)", "version": "\(id)"])
         let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id) { pid in
             await self.confineInScope(agent, pid: pid)
         }
+        if bootLog.markPreflight(agent, version: nil, in: bootID) { saveBootLog() }
         guard !shuttingDown else { throw .shuttingDown }
         switch outcome {
         case .passed:
