@@ -48,3 +48,10 @@ static inline int backstop_thread_limit_effective_capabilities(unsigned long lon
     data[1].effective &= (unsigned int)(mask >> 32);
     return (int)syscall(SYS_capset, &header, data);
 }
+
+/// pipe2(2) with O_CLOEXEC (declared by glibc only under _GNU_SOURCE): both ends
+/// close-on-exec from the start, so no child forked meanwhile inherits them.
+/// Returns 0, or -1 with errno set.
+static inline int backstop_pipe_cloexec(int ends[2]) {
+    return (int)syscall(SYS_pipe2, ends, O_CLOEXEC);
+}

@@ -224,6 +224,7 @@ struct Sandbox: ParsableCommand {
             }
             let sandbox = UnitSandbox(spec: agentConfiguration.sandbox, unit: unit, stateDirectory: configuration.daemon.stateDirectory, isTransient: true)
             print(sandbox.settings().report.text, terminator: "")
+            printObstacle(configuration)
             return
         }
         guard let unit = agentConfiguration.unit else {
@@ -237,6 +238,7 @@ struct Sandbox: ParsableCommand {
             var (arguments, report) = sandbox.plan(agentConfiguration.exec)
             if let reason = BubblewrapSandbox.unavailableReason { report.skip("everything", reason + "; the agent does not start") }
             print(report.text + "command:\n  " + arguments.map(Self.shellWord).joined(separator: " "))
+            printObstacle(configuration)
             return
         }
         let sandbox = UnitSandbox(spec: agentConfiguration.sandbox, unit: unit, stateDirectory: configuration.daemon.stateDirectory)
@@ -267,6 +269,15 @@ struct Sandbox: ParsableCommand {
             report.skip("everything", "\(path) differs from the configuration: write it again with `backstopctl sandbox \(agent) --drop-in --install-root /`")
         }
         print(report.text, terminator: "")
+    }
+
+    /// What the agent's last failures' output showed in its way, and the setting to open, from
+    /// the daemon, or the saved state when it does not answer; nothing when neither can be read.
+    func printObstacle(_ configuration: BackstopCore.Configuration) {
+        let status = (try? ControlClient(path: configuration.daemon.controlSocketPath)
+            .call("GetStatus", ["agent": agent], as: StatusReport.self)) ?? StatusReport.fromStateFiles(configuration).0
+        guard let found = status.agents.first(where: { $0.name == agent }), let text = StatusText.obstacle(of: found) else { return }
+        print(text, terminator: "")
     }
 
     /// `word` as a shell would need it written.

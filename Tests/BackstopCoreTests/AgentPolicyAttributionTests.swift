@@ -104,13 +104,64 @@ struct FailureAttributionTests {
     func oomKilledCounts() throws {
         var policy = try candidatePolicy(policySettings(threshold: 1))
         policy.startAndBecomeReady(at: 0)
-        let actions = policy.agentExited(.signaled(signal: SIGKILL), oomKilled: true, at: moment(5))
+        let actions = policy.agentExited(.signaled(signal: SIGKILL), oomKill: .machine, at: moment(5))
         let exit = try #require(actions.decision(.agentExited))
         #expect(exit.reason == "oom-killed")
         #expect(exit.failures == 1)
         #expect(exit.message.contains("ran out of memory"))
         #expect(actions.events.contains(.crashLoop))
         #expect(policy.ledger.active == "v1")
+    }
+
+    @Test("memory-limit: an OOM kill in the agent's own cgroup names memory_max and counts against a candidate, whose known-good version ran within the limit")
+    func memoryLimitCountsAgainstACandidate() throws {
+        var policy = try candidatePolicy(policySettings(threshold: 1))
+        policy.startAndBecomeReady(at: 0)
+        let actions = policy.agentExited(.signaled(signal: SIGKILL), oomKill: .memoryMax(bytes: 64 << 20), at: moment(5))
+        let exit = try #require(actions.decision(.agentExited))
+        #expect(exit.reason == "memory-limit")
+        #expect(exit.failures == 1)
+        #expect(exit.message.contains("memory_max 64M"), "\(exit.message)")
+        #expect(exit.message.contains("known-good v1 ran within it"), "\(exit.message)")
+        #expect(actions.events.contains(.crashLoop))
+        #expect(policy.ledger.active == "v1")
+    }
+
+    @Test("memory-limit on known-good content, or on a first version, restarts the agent and never blames the content")
+    func memoryLimitWithoutComparisonIsNotCounted() throws {
+        for ledger in [makeLedger(knownGood: ["v1"], active: "v1"), makeLedger(staged: ["v1"], active: "v1")] {
+            var policy = AgentPolicy(settings: policySettings(threshold: 1), ledger: ledger)
+            var now = 0.0
+            _ = policy.begin(restartDueMonotonicSeconds: nil, at: moment(now))
+            for _ in 0..<5 {
+                policy.startAndBecomeReady(at: now)
+                let actions = policy.agentExited(.signaled(signal: SIGKILL), oomKill: .memoryMax(bytes: 64 << 20), at: moment(now + 2))
+                let exit = try #require(actions.decision(.agentExited))
+                #expect(exit.reason == "memory-limit")
+                #expect(exit.failures == nil, "not counted")
+                #expect(exit.message.contains("memory_max 64M") && exit.message.contains("not counted against the content"), "\(exit.message)")
+                #expect(!actions.events.contains(.crashLoop) && !actions.events.contains(.contentQuarantined))
+                #expect(policy.phase == .backoff)
+                now = policy.timers[.restart]!
+                policy.fireRestart()
+            }
+            #expect(policy.ledger.quarantined.isEmpty)
+            #expect(policy.phase == .starting, "still started again, never given up")
+        }
+    }
+
+    @Test("memory_max as RLIMIT_DATA only: a failure that counts says the limit may be why; one that does not count says nothing of it")
+    func rlimitOnlyFailuresNameTheLimit() throws {
+        var policy = try candidatePolicy(policySettings(threshold: 3))
+        policy.startAndBecomeReady(at: 0)
+        let crashed = try #require(policy.agentExited(.exited(code: 1), memoryRlimitBytes: 64 << 20, at: moment(5)).decision(.agentExited))
+        #expect(crashed.reason == "exited")
+        #expect(crashed.message.contains("memory_max 64M holds this agent only as RLIMIT_DATA"), "\(crashed.message)")
+        policy.fireRestart()
+        policy.startAndBecomeReady(at: 10)
+        let killed = try #require(policy.agentExited(.signaled(signal: SIGTERM), memoryRlimitBytes: 64 << 20, at: moment(15)).decision(.agentExited))
+        #expect(killed.reason == "killed-externally")
+        #expect(!killed.message.contains("memory_max"))
     }
 
     @Test("exec-failed never rolls back and keeps retrying with backoff")

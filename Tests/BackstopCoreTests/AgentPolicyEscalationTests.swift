@@ -90,7 +90,7 @@ struct AgentPolicyEscalationTests {
         #expect(policy.ledger.quarantined == ["v2"])
     }
 
-    @Test("the first version crash-looping, with no known-good behind it, is quarantined and the agent given up",
+    @Test("the first version crash-looping, with no known-good to compare it with, is reported and retried, never quarantined",
           arguments: [false, true])
     func firstVersionCrashLoop(safeModeExec: Bool) throws {
         var policy = AgentPolicy(
@@ -100,21 +100,14 @@ struct AgentPolicyEscalationTests {
         _ = try policy.activate("v1", at: moment(0))
         #expect(policy.ledger.candidate == "v1")
 
-        let (actions, now) = policy.crashUntilCrashLoop(from: 0)
-        #expect(actions.events.suffix(4) == [.crashLoop, .contentQuarantined, .safeMode, .gaveUp])
-        #expect(!actions.events.contains(.rollback))
-        // Even with safe_mode_exec, quarantined content is never started again.
-        #expect(actions.after(.crashLoop).spawns.isEmpty)
-        #expect(policy.phase == .givenUp)
-        #expect(policy.ledger.quarantined == ["v1"])
-
-        #expect(throws: PolicyError.versionQuarantined("v1")) { try policy.activate("v1", at: moment(now)) }
-        // reset-failed alone cannot start quarantined content.
-        #expect(policy.resetFailed(at: moment(now + 1)).spawns.isEmpty)
-        #expect(policy.phase == .stopped)
-        // After an operator's release it can be activated again.
-        #expect(try policy.release("v1").events == [.contentReleased])
-        #expect(try policy.activate("v1", at: moment(now + 2)).spawns == [.spawn(version: "v1", mode: .normal)])
+        let (actions, _) = policy.crashUntilCrashLoop(from: 0)
+        #expect(actions.decision(.crashLoop)?.reason == "no-comparison")
+        #expect(!actions.events.contains(.contentQuarantined) && !actions.events.contains(.rollback))
+        #expect(!actions.events.contains(.safeMode) && !actions.events.contains(.gaveUp))
+        #expect(policy.phase == .starting, "restarted after its backoff")
+        #expect(policy.mode == .normal)
+        #expect(policy.ledger.candidate == "v1")
+        #expect(policy.ledger.quarantined.isEmpty)
     }
 
     @Test("reset-failed starts a given-up agent again on its active version, in normal mode")

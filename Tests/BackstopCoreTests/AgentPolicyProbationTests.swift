@@ -27,14 +27,16 @@ struct AgentPolicyProbationTests {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
         _ = policy.begin(at: moment(0))
         _ = policy.startAndBecomeReady(at: 0)
-        let actions = policy.preflightFailed("v2", reason: .crashed, detail: "signal SIGSEGV", at: moment(5))
+        let actions = policy.preflightFailed("v2", reason: .crashed, detail: "signal SIGSEGV", control: .passed(version: "v1"), at: moment(5))
         #expect(actions.events == [.preflightFailed, .contentQuarantined])
         #expect(actions.decision(.preflightFailed)?.reason == "crashed")
+        #expect(actions.decision(.preflightFailed)?.previousVersion == "v1", "the control is named")
+        #expect(policy.lastPreflightFailure?.verdict == .quarantined)
         #expect(actions.decision(.contentQuarantined)?.reason == "preflight-failed")
         #expect(policy.ledger.record("v2")?.standing == .quarantined)
         #expect(policy.ledger.active == "v1" && policy.phase == .running)
         #expect(!actions.contains { if case .spawn = $0 { true } else if case .terminate = $0 { true } else { false } })
-        #expect(policy.preflightFailed("v1", reason: .crashed, detail: "", at: moment(6)).isEmpty, "a known-good version is never quarantined by a preflight")
+        #expect(policy.preflightFailed("v1", reason: .crashed, detail: "", control: .passed(version: "v1"), at: moment(6)).isEmpty, "a known-good version is never quarantined by a preflight")
         #expect(policy.ledger.record("v1")?.standing == .knownGood)
     }
 

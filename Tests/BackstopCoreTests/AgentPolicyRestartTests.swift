@@ -161,6 +161,65 @@ struct AgentPolicyThresholdTests {
         #expect(policy.countedFailures(at: moment(50)).isEmpty)
         #expect(policy.ledger.candidate == "v2")
     }
+
+    @Test("clean_exit = backoff (the default): clean exits in a row back off longer each time and show degraded")
+    func cleanExitsBackOffByDefault() throws {
+        var policy = try candidatePolicy(policySettings(restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30))
+        var delays: [Double] = []
+        var now = 0.0
+        for _ in 0..<4 {
+            _ = policy.agentStarted(pid: 4242, at: moment(now))
+            let actions = policy.agentExited(.exited(code: 0), at: moment(now + 1))
+            delays.append(((try #require(actions.deadline(of: .restart)) - (now + 1)) * 1000).rounded() / 1000)
+            #expect(policy.degradedReason == "in backoff after clean-exit")
+            #expect(policy.stateWord == "backoff")
+            now = policy.timers[.restart]!
+            policy.fireRestart()
+        }
+        #expect(delays == [0.1, 0.2, 0.4, 0.8])
+    }
+
+    @Test("clean_exit = normal: an agent that exits 0 every second is started again after restart_delay_ms each time, never degraded, nothing counted")
+    func cleanExitsAsNormalLife() throws {
+        var policy = try candidatePolicy(PolicySettings(
+            agent: "demo", restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30, cleanExit: .normal))
+        var now = 0.0
+        for _ in 0..<20 {
+            let started = policy.agentStarted(pid: 4242, at: moment(now))
+            #expect(started.decision(.agentStarted) != nil)
+            #expect(policy.degradedReason == nil)
+            let actions = policy.agentExited(.exited(code: 0), at: moment(now + 1))
+            let exit = try #require(actions.decision(.agentExited))
+            #expect(exit.reason == "clean-exit" && exit.failures == nil)
+            let delay = try #require(actions.deadline(of: .restart)) - (now + 1)
+            #expect(abs(delay - 0.1) < 1e-9, "the delay stays at restart_delay_ms, not \(delay)")
+            #expect(policy.phase == .restarting)
+            #expect(policy.stateWord == "starting")
+            #expect(policy.degradedReason == nil, "a clean exit by design does not degrade the agent")
+            now = policy.timers[.restart]!
+            #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
+        }
+        #expect(policy.consecutiveFailures == 0)
+        #expect(policy.recentFailures(at: moment(now)).isEmpty)
+        #expect(policy.ledger.candidate == "v2")
+        // A crash is still a failure, backed off from the first step: the clean exits added none.
+        let crash = policy.startAndCrash(at: now)
+        #expect(crash.decision(.agentExited)?.failures == 1)
+        #expect(abs(try #require(crash.deadline(of: .restart)) - (now + 0.6)) < 1e-9)
+        #expect(policy.degradedReason == "in backoff after crashed")
+    }
+
+    @Test("clean_exit = normal: an operator stop while the restart is due leaves the agent stopped")
+    func stopWhileRestarting() throws {
+        var policy = try candidatePolicy(PolicySettings(agent: "demo", cleanExit: .normal))
+        _ = policy.agentStarted(pid: 4242, at: moment(0))
+        _ = policy.agentExited(.exited(code: 0), at: moment(1))
+        #expect(policy.phase == .restarting)
+        _ = policy.stop(at: moment(1.05))
+        #expect(policy.phase == .stopped)
+        #expect(policy.timerFired(.restart, deadline: 1.1, at: moment(1.1)).isEmpty)
+        #expect(policy.phase == .stopped)
+    }
 }
 
 @Suite("AgentPolicy: restart backoff")
@@ -368,5 +427,54 @@ struct AgentPolicyTimerTests {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], active: "v1"))
         #expect(throws: PolicyError.noSuchVersion("v9")) { try policy.activate("v9", at: moment(0)) }
         #expect(policy.ledger.active == "v1")
+    }
+}
+
+@Suite("AgentPolicy: the agent's unit stopped by systemd with a unit it requires")
+struct AgentPolicyDependencyStopTests {
+    @Test("not a failure and not an operator's stop: the agent waits, degraded, and starts when the unit is active again")
+    func waitsForTheDependency() throws {
+        var policy = try candidatePolicy()
+        policy.startAndBecomeReady(at: 0)
+        let actions = policy.stoppedWithDependency("clamav-daemon.socket", termination: .signaled(signal: SIGTERM), at: moment(10))
+        let exit = try #require(actions.decision(.agentExited))
+        #expect(exit.reason == nil && exit.failures == nil)
+        #expect(exit.message.contains("clamav-daemon.socket"))
+        #expect(actions.spawns.isEmpty && actions.deadline(of: .restart) == nil)
+        #expect(policy.phase == .awaitingDependency("clamav-daemon.socket"))
+        #expect(!policy.operatorStopped)
+        #expect(policy.failures.isEmpty)
+        #expect(policy.stateWord == "stopped")
+        #expect(policy.degradedReason?.contains("waiting for clamav-daemon.socket") == true)
+        // The exit systemd's stop causes changes nothing more.
+        #expect(policy.agentExited(.signaled(signal: SIGTERM), at: moment(10.1)).isEmpty)
+        #expect(policy.dependencyActive(at: moment(20)).spawns == [.spawn(version: "v2", mode: .normal)])
+        #expect(policy.phase == .starting)
+        #expect(policy.dependencyActive(at: moment(20.1)).isEmpty, "only a waiting agent is started")
+    }
+
+    @Test("an activation or a rollback while it waits starts the agent at once")
+    func activationStartsTheWaitingAgent() throws {
+        var policy = try candidatePolicy()
+        policy.startAndBecomeReady(at: 0)
+        _ = policy.stoppedWithDependency("clamav-daemon.socket", termination: nil, at: moment(10))
+        #expect(try policy.rollback(to: nil, at: moment(11)).spawns == [.spawn(version: "v1", mode: .normal)])
+        policy.startAndBecomeReady(at: 12)
+        _ = policy.stoppedWithDependency("clamav-daemon.socket", termination: nil, at: moment(20))
+        #expect(try policy.activate("v2", at: moment(21)).spawns == [.spawn(version: "v2", mode: .normal)])
+    }
+
+    @Test("from backoff it waits too; an operator's stop then holds and start lifts it")
+    func fromBackoffAndOperatorStop() throws {
+        var policy = try candidatePolicy()
+        _ = policy.startAndCrash(at: 0)
+        #expect(policy.phase == .backoff)
+        let actions = policy.stoppedWithDependency("dep.service", termination: nil, at: moment(0.55))
+        #expect(actions.contains(.disarm(.restart)))
+        #expect(policy.phase == .awaitingDependency("dep.service"))
+        _ = policy.stop(at: moment(1))
+        #expect(policy.phase == .stopped && policy.operatorStopped)
+        #expect(policy.dependencyActive(at: moment(2)).isEmpty)
+        #expect(policy.start(at: moment(3)).spawns == [.spawn(version: "v2", mode: .normal)])
     }
 }

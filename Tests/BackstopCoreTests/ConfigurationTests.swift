@@ -56,6 +56,7 @@ struct ConfigurationTests {
             keep_versions = 2
             environment = ["CLAMD_MODE=strict", "TZ=UTC", "CLAMD_MODE=audit", "EMPTY=", "EQUALS=a=b"]
             success_exit_status = [143, "SIGTERM", 0]
+            clean_exit = "normal"
 
             [[agent]]
             name = "osquery"
@@ -91,12 +92,15 @@ struct ConfigurationTests {
         #expect(agent.stagingRules.trustedKeysDirectory == "/etc/backstop/clamav-keys")
         #expect(agent.keepVersions == 2)
         #expect(agent.successExitStatus == SuccessExitStatus(codes: [143, 0], signals: [SIGTERM]))
+        #expect(agent.cleanExit == .normal)
+        #expect(configuration.agent(named: "osquery")?.cleanExit == .backoff, "the default")
         #expect(agent.environment == ["CLAMD_MODE": "audit", "TZ": "UTC", "EMPTY": "", "EQUALS": "a=b"], "a later assignment replaces an earlier one")
 
         #expect(agent.policySettings == PolicySettings(
             agent: "clamd_01-x", failureThreshold: 5, failureWindowSeconds: 300, probationSeconds: 900,
             restartDelayMilliseconds: 250, restartDelayMaxSeconds: 45, startTimeoutSeconds: 60,
-            watchdogSeconds: 15, notify: true, hasSafeModeExec: true, successExitStatus: SuccessExitStatus(codes: [143, 0], signals: [SIGTERM])))
+            watchdogSeconds: 15, notify: true, hasSafeModeExec: true, successExitStatus: SuccessExitStatus(codes: [143, 0], signals: [SIGTERM]),
+            cleanExit: .normal))
     }
 
     @Test("omitted keys take the defaults of SPEC.md")
@@ -179,6 +183,14 @@ struct ConfigurationTests {
     }
 
     static let faults: [Fault] = [
+        Fault(
+            what: "a clean_exit that is neither backoff nor normal",
+            source: minimalAgent + "\nclean_exit = \"always\"\n",
+            line: 4, key: "agent[0].clean_exit", message: "must be \"backoff\" or \"normal\", not \"always\""),
+        Fault(
+            what: "clean_exit = normal with clean_exit_is_failure",
+            source: minimalAgent + "\nclean_exit_is_failure = true\nclean_exit = \"normal\"\n",
+            line: 5, key: "agent[0].clean_exit", message: "contradicts clean_exit_is_failure = true"),
         Fault(
             what: "a success exit status out of range",
             source: minimalAgent + "\nsuccess_exit_status = [256]\n",

@@ -22,6 +22,42 @@ struct SandboxPlanTests {
         return sandbox
     }
 
+    @Test("bubblewrap: the notify directory is an empty tmpfs over Backstop's runtime directory, holding only the run's own socket")
+    func notifySocketAlone() throws {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var sandbox = bubblewrap(SandboxSpec())
+        sandbox.protectedDirectories = [state]
+        sandbox.notifyDirectory = state + "/demo"
+        sandbox.notifySocket = state + "/demo/agent"
+        let (arguments, report) = sandbox.plan(["/usr/bin/agent"])
+        let runtime = try #require(position(["--ro-bind", state, state], in: arguments))
+        let tmpfs = try #require(position(["--tmpfs", state + "/demo"], in: arguments))
+        let socket = try #require(position(["--ro-bind", state + "/demo/agent", state + "/demo/agent"], in: arguments))
+        #expect(runtime < tmpfs && tmpfs < socket)
+        #expect(report.applied.contains { $0.setting == "notify socket" })
+        sandbox.notifySocket = nil
+        #expect(position(["--tmpfs", state + "/demo"], in: sandbox.plan(["/usr/bin/agent"]).arguments) != nil, "a check gets none")
+        #expect(!sandbox.plan(["/usr/bin/agent"]).arguments.contains(state + "/demo/agent"))
+    }
+
+    @Test("bubblewrap: memory_max is the transient scope's MemoryMax= alone where there is one, else RLIMIT_DATA")
+    func memoryMaxWhereHeld() throws {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var spec = SandboxSpec()
+        spec.memoryMaxBytes = 64 << 20
+        var sandbox = bubblewrap(spec)
+        let (rlimit, rlimitReport) = sandbox.plan(["/usr/bin/agent"])
+        #expect(rlimit.contains { $0.contains("ulimit -d 65536") })
+        #expect(rlimitReport.applied.contains { $0.setting == "memory_max" && $0.detail.hasPrefix("64M as RLIMIT_DATA only") })
+        sandbox.cgroupScope = true
+        sandbox.memoryInScope = false
+        #expect(sandbox.plan(["/usr/bin/agent"]).arguments.contains { $0.contains("ulimit -d 65536") }, "a scope without the memory controller cannot hold it")
+        sandbox.memoryInScope = true
+        let (scope, scopeReport) = sandbox.plan(["/usr/bin/agent"])
+        #expect(!scope.contains { $0.contains("ulimit -d") })
+        #expect(scopeReport.applied.contains { $0.setting == "memory_max" && $0.detail.hasPrefix("64M as MemoryMax= of the transient scope") })
+    }
+
     /// The index of the first occurrence of `words` in order in `arguments`.
     func position(_ words: [String], in arguments: [String]) -> Int? {
         guard arguments.count >= words.count else { return nil }

@@ -161,29 +161,6 @@ struct LifecycleTests {
         #expect(try harness.status().report.boot.state == "good", "status without the daemon reads the boot log too")
     }
 
-    @Test("READY=1 from a process outside the agent's session is ignored")
-    func forgedReadinessIgnored() throws {
-        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: "notify = true\nstart_timeout_sec = 30")])
-        defer { harness.cleanUp() }
-        try harness.start()
-        try harness.stage(Paths.sample("slow-start"), as: "v1")
-        try harness.wait(for: "agent-started")
-        try sendDatagram("READY=1", to: harness.directory + "/run/notify/demo")
-        try harness.log.wait(for: "Ignored a notify datagram", seconds: 10)
-        #expect(try harness.agent().state == "starting", "the forged READY=1 did not make the agent ready")
-        try harness.wait(for: "agent-ready")
-        #expect(try harness.agent().state == "running")
-    }
-
-    /// Sends one datagram to a Unix datagram socket, as sd_notify(3) does.
-    func sendDatagram(_ text: String, to path: String) throws {
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(fd) }
-        let bytes = Array(text.utf8)
-        let sent = try UnixSocketAddress.withAddress(path) { sendto(fd, bytes, bytes.count, 0, $0, $1) }
-        #expect(sent == bytes.count)
-    }
-
     @Test("status without a readable configuration exits 4 (unknown), not 1 (degraded)")
     func statusWithoutConfiguration() throws {
         let result = try Command.run(Paths.binary("backstopctl"), ["status", "--config", "/nonexistent/backstop.toml"])

@@ -39,6 +39,9 @@ struct PreflightTests {
         #expect(staged.error.contains("content v2 failed preflight") && staged.error.contains("the live agent never loaded it"), "\(staged.error)")
         let failed = try #require(harness.log.all.first { $0.contains("event=preflight-failed") })
         #expect(failed.contains("version=v2") && failed.contains("reason=\(reason)"), "\(failed)")
+        #expect(failed.contains("the control, content v1, passed the same preflight"), "judged against the active version: \(failed)")
+        #expect(harness.log.all.contains { $0.contains("running content v1 through the same preflight as a control") })
+        #expect(try harness.agent().lastPreflightFailure?.verdict == "quarantined")
         #expect(harness.log.all.contains { $0.contains("event=content-quarantined") && $0.contains("reason=preflight-failed") })
         let agent = try harness.agent()
         #expect(agent.pid == live, "the live agent was never restarted")
@@ -162,6 +165,7 @@ struct PreflightTests {
     func selfSignalledCrashIsCaught() throws {
         let scratch = try TemporaryDirectory()
         defer { scratch.remove() }
+        let control = try scratch.makeDirectory("v0", files: ["agent.sh": "exec sleep 600\n"])
         let content = try scratch.makeDirectory("v1", files: ["agent.sh": "sleep 0.3\nkill -SEGV $$\nexec sleep 600\n"])
         let harness = try DaemonHarness(agents: ["""
             name = "script"
@@ -172,12 +176,14 @@ struct PreflightTests {
             """])
         defer { harness.cleanUp() }
         try harness.start()
+        // A version to compare with: the preflight's control.
+        try harness.stage(control, as: "v0", agent: "script")
         let staged = try harness.ctl("stage", "script", content, "--version", "v1", "--activate")
         #expect(staged.status != 0 && staged.error.contains("failed preflight (signal SIGSEGV)"), "\(staged.error)")
         let failed = try #require(harness.log.all.first { $0.contains("event=preflight-failed") })
-        #expect(failed.contains("reason=crashed"), "\(failed)")
+        #expect(failed.contains("reason=crashed") && failed.contains("the control, content v0, passed"), "\(failed)")
         let agent = try harness.agent("script")
-        #expect(agent.content.quarantined == ["v1"] && agent.content.active == nil)
+        #expect(agent.content.quarantined == ["v1"] && agent.content.active == "v0")
     }
 
     @Test("A preflight instance outlives a backstopd killed during its preflight; the next backstopd kills it, says it was a preflight, and the version stays staged")

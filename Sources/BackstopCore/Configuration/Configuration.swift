@@ -76,11 +76,43 @@ public struct Configuration: Sendable, Equatable {
                     warnings.append("agent \(agent.name): read_write_paths \(path) is a device or kernel interface, which the preflight cannot copy: its instance writes the live one, and what a version does there in preflight reaches this machine")
                 }
             }
+            if agent.transientUnit == nil || agent.preflightSeconds > 0, let bytes = agent.sandbox.memoryMaxBytes,
+               let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
+                warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
+            }
             if agent.preflightSeconds > 0, agent.watchdogSeconds > 0, agent.preflightSeconds <= agent.watchdogSeconds {
                 warnings.append("agent \(agent.name): preflight_sec (\(agent.preflightSeconds)) is not longer than watchdog_sec (\(agent.watchdogSeconds)); a version that hangs after READY=1 passes its preflight")
             }
+            if agent.preflightSeconds > 0 {
+                warnings += Self.preflightDifferences(agent).map { "agent \(agent.name): preflight: \($0)" }
+            }
         }
         return warnings
+    }
+
+    /// The settings that make a preflight instance live differently from the live agent, so
+    /// that it can fail where the live agent would not (a control run then tells; see
+    /// ``AgentPolicy/preflightFailed(_:reason:detail:control:at:)``): the live agent on the
+    /// host's network, and pid files or locks among the writable paths, which the instance
+    /// gets copies of while the live agent holds them.
+    static func preflightDifferences(_ agent: AgentConfiguration) -> [String] {
+        var differences: [String] = []
+        if !agent.sandbox.privateNetwork {
+            differences.append("a preflight instance has a network of its own with only a loopback device, while the live agent uses the host's (private_network = false): a version that talks to a local service (127.0.0.1) or needs the host's network fails its preflight for that reason, and is then activated under probation if the active version fails the same preflight")
+        }
+        for path in agent.sandbox.readWritePaths where holdsPIDFileOrLock(path) {
+            differences.append("read_write_paths entry \(path) looks like a pid file or lock directory; a preflight instance gets a copy of it, holding what the live agent holds, and an agent that refuses to start beside a running copy of itself fails every preflight")
+        }
+        return differences
+    }
+
+    /// Whether `path` is a pid file or lock, or a run-time directory that holds them (below /run, /var/run or /var/lock, or files named *.pid or *.lock in it).
+    private static func holdsPIDFileOrLock(_ path: String) -> Bool {
+        let markers = [".pid", ".lock", ".lck"]
+        if markers.contains(where: path.hasSuffix) { return true }
+        if ["/run/", "/var/run/", "/var/lock/"].contains(where: { (path + "/").hasPrefix($0) }) { return true }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        return entries.contains { name in markers.contains(where: name.hasSuffix) }
     }
 
     /// The agent called `name`, if configured.
@@ -108,7 +140,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public func preflightDirectory(agent: String) -> String { runtimeDirectory + "/preflight/" + agent }
 
     /// `<runtime_directory>/notify/<agent>`, the agent's `NOTIFY_SOCKET`.
-    public func notifySocketPath(agent: String) -> String { runtimeDirectory + "/notify/" + agent }
+    public func notifySocketPath(agent: String) -> String { notifyDirectory + "/" + agent }
+    /// `<runtime_directory>/notify`: the agents' notify sockets, root's alone (mode 0700).
+    public var notifyDirectory: String { runtimeDirectory + "/notify" }
 }
 
 /// How an agent is run.
@@ -185,6 +219,9 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// `success_exit_status`, default `[]`: exit codes and signal names (`143`, `"SIGTERM"`)
     /// that are clean exits too, as systemd's `SuccessExitStatus=`.
     public var successExitStatus = SuccessExitStatus()
+    /// `clean_exit`, default `"backoff"`: `"normal"` when clean exits are the agent's normal
+    /// life, restarted after `restart_delay_ms` with no growing backoff and no degraded status.
+    public var cleanExit = CleanExit.backoff
     /// `max_bundle_bytes`, `max_files`, `require_signature` and `trusted_keys`: what a
     /// bundle must meet to be staged.
     public var stagingRules = StagingRules()
@@ -221,7 +258,8 @@ public struct AgentConfiguration: Sendable, Equatable {
             cleanExitIsFailure: cleanExitIsFailure, hasReadyCheck: !readyCheckExec.isEmpty,
             healthCheckIntervalSeconds: healthCheckExec.isEmpty ? nil : Double(healthCheckIntervalSeconds),
             healthCheckTimeoutSeconds: Double(healthCheckTimeoutSeconds), healthCheckFailures: healthCheckFailures,
-            programIsContent: exec.first?.contains("{content}") == true, successExitStatus: successExitStatus)
+            programIsContent: exec.first?.contains("{content}") == true, successExitStatus: successExitStatus,
+            cleanExit: cleanExit)
     }
 
     /// Whether `name` is a valid agent name: `[a-z0-9_-]+`, at most 64 characters.

@@ -293,7 +293,7 @@ private struct TableReader {
         "boot_failure_threshold", "boot_loop_stops_agent", "safe_mode_exec", "preflight_sec", "preflight_exec", "ready_check_exec", "health_check_exec",
         "health_check_interval_sec", "health_check_timeout_sec", "health_check_failures", "clean_exit_is_failure",
         "max_bundle_bytes", "max_files", "require_signature", "trusted_keys", "keep_versions", "environment",
-        "success_exit_status",
+        "success_exit_status", "clean_exit",
     ]
 
     /// The keys an `[agent.sandbox]` table takes.
@@ -472,6 +472,12 @@ private struct TableReader {
             case "preflight_exec": agent.preflightExec = try command(table, key, full)
             case "environment": agent.environment = try environment(table, key, full)
             case "success_exit_status": agent.successExitStatus = try successExitStatus(table, key, full)
+            case "clean_exit":
+                let raw = try string(table, key, full)
+                guard let cleanExit = CleanExit(rawValue: raw) else {
+                    throw fail(full, "must be \"backoff\" or \"normal\", not \"\(raw)\"")
+                }
+                agent.cleanExit = cleanExit
             case "sandbox":
                 guard let sandbox = table[key]?.table else { throw fail(full, "must be a table ([agent.sandbox])") }
                 agent.sandbox = try self.sandbox(from: sandbox, key: full)
@@ -512,6 +518,9 @@ private struct TableReader {
             for key in ["exec", "safe_mode_exec", "watchdog_sec", "notify"] where table[key] != nil {
                 throw fail(prefix + "." + key, "not used with runner = \"systemd\": the unit's own settings (ExecStart=, WatchdogSec=, Type=) apply")
             }
+        }
+        if agent.cleanExit == .normal, agent.cleanExitIsFailure {
+            throw fail(prefix + ".clean_exit", "\"normal\" contradicts clean_exit_is_failure = true: a clean exit cannot be both the agent's normal life and a failure")
         }
         if agent.watchdogSeconds > 0 && !agent.notify {
             throw fail(prefix + ".watchdog_sec", "needs notify = true: heartbeats arrive as WATCHDOG=1 on the notify socket")

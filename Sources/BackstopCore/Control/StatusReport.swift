@@ -128,9 +128,12 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var signal: String?
         /// nil when not killed by a signal, or when the kernel cannot tell (before Linux 6.15).
         public var coreDumped: Bool?
+        /// `obstacle`: what the agent's output named as being in its way, a ``SandboxObstacle``
+        /// value (`read-only-file-system`, `permission-denied`, `process-limit`, ...), null when none.
+        public var obstacle: String?
 
         enum CodingKeys: String, CodingKey {
-            case reason, attribution, version, at, signal
+            case reason, attribution, version, at, signal, obstacle
             case exitStatus = "exit_status"
             case coreDumped = "core_dumped"
         }
@@ -145,6 +148,71 @@ public struct StatusReport: Codable, Sendable, Equatable {
             try container.encode(exitStatus, forKey: .exitStatus)
             try container.encode(signal, forKey: .signal)
             try container.encode(coreDumped, forKey: .coreDumped)
+            try container.encode(obstacle, forKey: .obstacle)
+        }
+    }
+
+    /// An agent's `first_content_failure` object: it crash-loops on content that has no
+    /// known-good version to compare it with, so the content is not quarantined.
+    public struct FirstContentFailing: Codable, Sendable, Equatable {
+        /// `version`: the content it fails on.
+        public var version: String
+        /// `failure`: how it fails, e.g. `exited` or `crashed SIGSEGV`.
+        public var failure: String
+        /// `obstacle`: what its output named as being in its way, null when nothing.
+        public var obstacle: String?
+        /// `setting`: the `[agent.sandbox]` key to open for that obstacle, null without one.
+        public var setting: String?
+        /// `since`: when the crash loop was first seen, RFC 3339.
+        public var since: Date
+
+        /// Writes missing fields as explicit `null`s.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(version, forKey: .version)
+            try container.encode(failure, forKey: .failure)
+            try container.encode(obstacle, forKey: .obstacle)
+            try container.encode(setting, forKey: .setting)
+            try container.encode(since, forKey: .since)
+        }
+    }
+
+    /// An agent's `last_preflight_failure` object: the last preflight that failed, and its control.
+    public struct PreflightFailed: Codable, Sendable, Equatable {
+        /// `version`: the version that failed its preflight.
+        public var version: String
+        /// `reason`: a ``FailureReason`` value.
+        public var reason: String
+        /// `detail`: how it failed, with its last line of output.
+        public var detail: String
+        /// `verdict`: `quarantined` (the control passed), `control-failed` or `no-control`
+        /// (the preflight cannot judge the agent here; the version was activated under probation).
+        public var verdict: String
+        /// `control`: the version run as the control, null when there was none.
+        public var control: String?
+        /// `control_detail`: how the control failed, null when it passed or there was none.
+        public var controlDetail: String?
+        /// `message`: the `preflight-failed` decision's sentence, with the reason the preflight cannot judge.
+        public var message: String
+        /// `at`: when, RFC 3339.
+        public var at: Date
+
+        enum CodingKeys: String, CodingKey {
+            case version, reason, detail, verdict, control, message, at
+            case controlDetail = "control_detail"
+        }
+
+        /// Writes missing fields as explicit `null`s.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(version, forKey: .version)
+            try container.encode(reason, forKey: .reason)
+            try container.encode(detail, forKey: .detail)
+            try container.encode(verdict, forKey: .verdict)
+            try container.encode(control, forKey: .control)
+            try container.encode(controlDetail, forKey: .controlDetail)
+            try container.encode(message, forKey: .message)
+            try container.encode(at, forKey: .at)
         }
     }
 
@@ -262,9 +330,15 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var probation: Probation?
         /// The agent's last `STATUS=` text, if it sent one.
         public var statusText: String?
+        /// `first_content_failure`: the agent crash-loops on content with nothing to compare it with; null when not.
+        public var firstContentFailure: FirstContentFailing?
+        /// `last_preflight_failure`: the last preflight that failed and its control; null when none did.
+        public var lastPreflightFailure: PreflightFailed?
 
         enum CodingKeys: String, CodingKey {
             case name, state, pid, content, failures, degraded
+            case firstContentFailure = "first_content_failure"
+            case lastPreflightFailure = "last_preflight_failure"
             case lastRollback = "last_rollback"
             case degradedReason = "degraded_reason"
             case escalation
@@ -290,6 +364,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
             try container.encode(stoppedByOperator, forKey: .stoppedByOperator)
             try container.encode(probation, forKey: .probation)
             try container.encode(statusText, forKey: .statusText)
+            try container.encode(firstContentFailure, forKey: .firstContentFailure)
+            try container.encode(lastPreflightFailure, forKey: .lastPreflightFailure)
         }
     }
 
@@ -330,7 +406,7 @@ extension StatusReport.Agent {
                 StatusReport.Failure(
                     reason: $0.reason.rawValue, attribution: policy.attribution(of: $0).rawValue,
                     version: $0.version, at: $0.at, exitStatus: $0.exitStatus,
-                    signal: $0.signal.map(SignalName.of), coreDumped: $0.coreDumped)
+                    signal: $0.signal.map(SignalName.of), coreDumped: $0.coreDumped, obstacle: $0.obstacle?.rawValue)
             })
         lastRollback = policy.lastRollback.map { StatusReport.Rollback(from: $0.from, to: $0.to, reason: $0.reason, at: $0.at) }
         degraded = policy.isDegraded
@@ -348,6 +424,15 @@ extension StatusReport.Agent {
                 requiredSec: Int(settings.probationSeconds))
         }
         self.statusText = statusText
+        firstContentFailure = policy.firstContentFailure.map {
+            StatusReport.FirstContentFailing(
+                version: $0.version, failure: $0.failure, obstacle: $0.obstacle?.rawValue, setting: $0.obstacle?.setting, since: $0.since)
+        }
+        lastPreflightFailure = policy.lastPreflightFailure.map {
+            StatusReport.PreflightFailed(
+                version: $0.version, reason: $0.reason.rawValue, detail: $0.detail, verdict: $0.verdict.rawValue,
+                control: $0.controlVersion, controlDetail: $0.controlDetail, message: $0.sentence(agent: settings.agent), at: $0.at)
+        }
     }
 }
 
@@ -357,10 +442,10 @@ extension AgentPolicy {
         switch phase {
         case .givenUp: return "given-up"
         case _ where mode == .safeMode: return "safe-mode"
-        case .starting, .stopping(.restart): return "starting"
+        case .starting, .restarting, .stopping(.restart): return "starting"
         case .running: return "running"
         case .backoff, .daemonized, .stopping(.failure), .stopping(.readyCheckCannotRun): return "backoff"
-        case .stopped, .stopping(.shutdown), .stopping(.operatorStop): return "stopped"
+        case .stopped, .awaitingDependency, .stopping(.shutdown), .stopping(.operatorStop): return "stopped"
         }
     }
 }

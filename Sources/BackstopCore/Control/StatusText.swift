@@ -41,8 +41,12 @@ public enum StatusText {
                 let stoppedByBackstop: Set<String> = [FailureReason.hung.rawValue, FailureReason.startTimeout.rawValue, FailureReason.healthCheck.rawValue]
                 if stoppedByBackstop.contains(failure.reason), let signal = failure.signal { detail = "(stopped with \(signal))" }
                 let counted = failure.attribution == Attribution.content.rawValue ? "" : " (\(failure.attribution), not counted)"
-                let words = [rfc3339(failure.at), failure.reason, detail, "on \(failure.version ?? "-")"].compactMap { $0 }
+                let words = [rfc3339(failure.at), failure.reason, detail, "on \(failure.version ?? "-")",
+                             failure.obstacle.map { "(output: \($0))" }].compactMap { $0 }
                 text += "            \(words.joined(separator: " "))\(counted)\n"
+            }
+            if let preflight = agent.lastPreflightFailure {
+                text += " Preflight: \(preflight.message)\n"
             }
             if let rollback = agent.lastRollback {
                 text += "  Rollback: \(rollback.from) -> \(rollback.to) (\(rollback.reason)) at \(rfc3339(rollback.at))\n"
@@ -50,6 +54,15 @@ public enum StatusText {
             if let status = agent.statusText { text += "    Status: \"\(status)\"\n" }
         }
         return text
+    }
+
+    /// What `backstopctl sandbox` adds when the agent's output showed the sandbox in its way:
+    /// the setting to open, the obstacle and the version it failed on; nil when nothing showed.
+    public static func obstacle(of agent: StatusReport.Agent) -> String? {
+        let shown = agent.firstContentFailure.flatMap { failing in failing.obstacle.map { ($0, failing.version) } }
+            ?? agent.failures.list.last(where: { $0.obstacle != nil }).map { ($0.obstacle!, $0.version ?? "-") }
+        guard let (word, version) = shown, let obstacle = SandboxObstacle(rawValue: word) else { return nil }
+        return "in the way:\n  \(obstacle.setting)  the agent's output on content \(version) showed \(obstacle.explanation): \(obstacle.remedy)\n"
     }
 
     /// One line per version, oldest first, the active one marked with `*`; `legend` adds the

@@ -39,6 +39,8 @@ public struct PolicySettings: Sendable, Equatable {
     public var programIsContent: Bool
     /// `success_exit_status`: ends besides exit code 0 that are clean exits.
     public var successExitStatus: SuccessExitStatus
+    /// `clean_exit`: whether a clean exit restarts the agent with backoff or is its normal life.
+    public var cleanExit: CleanExit
 
     /// Settings for `agent`; numbers not given take the TOML keys' defaults (SPEC.md, README.md).
     public init(
@@ -47,8 +49,10 @@ public struct PolicySettings: Sendable, Equatable {
         startTimeoutSeconds: Double = 90, watchdogSeconds: Double = 0, notify: Bool = false,
         hasSafeModeExec: Bool = false, bootLoopStopsAgent: Bool = false, cleanExitIsFailure: Bool = false, hasReadyCheck: Bool = false,
         healthCheckIntervalSeconds: Double? = nil, healthCheckTimeoutSeconds: Double = 10, healthCheckFailures: Int = 3,
-        programIsContent: Bool = false, successExitStatus: SuccessExitStatus = SuccessExitStatus()
+        programIsContent: Bool = false, successExitStatus: SuccessExitStatus = SuccessExitStatus(),
+        cleanExit: CleanExit = .backoff
     ) {
+        self.cleanExit = cleanExit
         self.programIsContent = programIsContent
         self.successExitStatus = successExitStatus
         self.cleanExitIsFailure = cleanExitIsFailure
@@ -83,6 +87,18 @@ public struct PolicySettings: Sendable, Equatable {
     public func attribution(of reason: FailureReason) -> Attribution {
         reason.attribution(cleanExitIsFailure: cleanExitIsFailure, programIsContent: programIsContent)
     }
+}
+
+/// `clean_exit`: what a clean exit (code 0, or one of `success_exit_status`) means for an
+/// agent. It never counts against the content either way (unless `clean_exit_is_failure`).
+public enum CleanExit: String, Sendable, Equatable, CaseIterable {
+    /// `"backoff"`, the default: an end nobody expected; the agent is restarted with backoff
+    /// (each clean exit in a row doubles the delay) and shows degraded while it waits.
+    case backoff
+    /// `"normal"`: the agent ends by design (a job that runs, exits and is run again, as
+    /// systemd's `Restart=always`): it is started again after `restart_delay_ms`, the delay
+    /// never grows, and it does not show degraded.
+    case normal
 }
 
 /// How a probe run ended.
@@ -138,11 +154,23 @@ public enum AgentPhase: Sendable, Equatable, Codable {
     case stopping(StopIntent)
     /// Waiting out a restart delay after a failure.
     case backoff
+    /// Waiting `restart_delay_ms` after a clean exit that is the agent's normal life
+    /// (`clean_exit = "normal"`): not a failure, and no growing delay.
+    case restarting
     /// The program exited 0 and left processes running in the background: it is not
     /// started again (that would run two) until they are gone.
     case daemonized
     /// The escalation ladder ran out: left stopped until an operator acts.
     case givenUp
+    /// systemd stopped the agent's unit along with a unit it requires (named here), not an
+    /// operator and not a failure: started again once that unit is active again.
+    case awaitingDependency(String)
+
+    /// Whether this is ``awaitingDependency(_:)``, whichever unit it waits for.
+    public var isAwaitingDependency: Bool {
+        if case .awaitingDependency = self { return true }
+        return false
+    }
 }
 
 /// Timers the policy asks its host to run; each fires at most once per arming.
@@ -203,6 +231,8 @@ public struct FailureRecord: Sendable, Equatable, Codable {
     /// Set when the attribution is not the reason's usual one (a ready check that cannot run
     /// is a configuration error even when the program is part of the content).
     public var attribution: Attribution?
+    /// What the agent's last output named as being in its way, nil when it named nothing.
+    public var obstacle: SandboxObstacle?
 
     /// How it failed, as two failures are compared to tell whether a rollback helped:
     /// the reason, and the signal for a crash (`crashed SIGSEGV`, `hung`, `exited`).
@@ -229,6 +259,9 @@ public enum EscalationReason: String, Sendable, Codable {
     case noContent = "no-content"
     /// After a rollback the agent failed the same way on known-good content.
     case rollbackDidNotHelp = "rollback-did-not-help"
+    /// The failing content has no known-good version to compare it with: not quarantined,
+    /// the agent is restarted with backoff (a `crash-loop` decision's reason, never a step of the ladder).
+    case noComparison = "no-comparison"
 
     /// Part of a sentence: "no known-good version is left".
     public var explanation: String {
@@ -241,6 +274,7 @@ public enum EscalationReason: String, Sendable, Codable {
         case .noSafeModeExec: return "no safe_mode_exec is configured"
         case .noContent: return "no content is left to run"
         case .rollbackDidNotHelp: return "rolling back did not help, the agent fails the same way on known-good content"
+        case .noComparison: return "no known-good version exists to compare the failing content with"
         }
     }
 }
@@ -372,6 +406,12 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var escalation: EscalationRecord?
     /// A boot loop reported without acting on it (no candidate to roll back); cleared by `reset-failed`.
     public private(set) var reportedBootLoop: BootLoopRecord?
+    /// The agent crash-loops on content that has no known-good version to compare it with;
+    /// cleared by a healthy run of `restart_delay_max_sec`, a promotion, `reset-failed`,
+    /// `activate` and `rollback`.
+    public private(set) var firstContentFailure: FirstContentFailure?
+    /// The last preflight that failed, with its control; kept for `status`.
+    public private(set) var lastPreflightFailure: PreflightFailure?
     /// Whether READY=1 arrived in the current run.
     private var readyNotified = false
     /// Whether `ready_check_exec` succeeded in the current run.
@@ -455,9 +495,11 @@ public struct AgentPolicy: Sendable, Equatable {
             return "\(step): \(escalation.explanation); evidence: \(escalation.evidence)"
         }
         if rollbackDidNotHelp { return "rollback did not help" }
+        if let firstContentFailure { return firstContentFailure.summary }
         switch phase {
         case .daemonized: return "its program forked into the background (daemonized)"
         case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
+        case .awaitingDependency(let unit): return "stopped by systemd with \(unit), which its unit requires; waiting for \(unit) to be active again"
         default: break
         }
         if let reportedBootLoop { return reportedBootLoop.description }
@@ -594,14 +636,18 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// The agent process ended (reaped with waitid(2)).
     /// - Parameters:
-    ///   - oomKilled: the kernel log records an OOM kill of the process.
+    ///   - oomKill: the kernel log records an OOM kill of the process, and whose.
+    ///   - memoryRlimitBytes: `memory_max` when it held the run only as RLIMIT_DATA (no cgroup):
+    ///     an allocation past it fails inside the agent, which cannot be told from other
+    ///     failures, so the exit's message names the limit.
     ///   - survivors: processes of the agent's session still alive after it ended (the
     ///     host leaves them running only when this makes the exit `daemonized`).
     ///   - known: the reason when the runner knows better than the termination does
     ///     (systemd's `Result=timeout` while starting is a start timeout, `Result=watchdog` a hang).
+    ///   - obstacle: what the end of the agent's stderr names as being in its way (``SandboxObstacle/find(in:)``).
     public mutating func agentExited(
-        _ termination: Termination, oomKilled: Bool = false, survivors: [Int32] = [], reason known: FailureReason? = nil,
-        at now: Moment
+        _ termination: Termination, oomKill: OOMKill? = nil, memoryRlimitBytes: UInt64? = nil, survivors: [Int32] = [],
+        reason known: FailureReason? = nil, obstacle: SandboxObstacle? = nil, at now: Moment
     ) -> [PolicyAction] {
         var actions = disarmRunTimers()
         bankProbation(at: now)
@@ -615,24 +661,66 @@ public struct AgentPolicy: Sendable, Equatable {
             actions.append(recordExit(termination, version: version, reason: nil, at: now))
             return actions
         case .stopping(.failure(let reason)):
-            actions.append(recordExit(termination, version: version, reason: reason, at: now))
-            return actions + countFailure(reason, termination: termination, at: now)
+            actions.append(recordExit(termination, version: version, reason: reason, obstacle: obstacle, at: now))
+            return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
         case .stopping(.readyCheckCannotRun):
             actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
             return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
         case .starting, .running:
-            let reason = known ?? FailureReason.classify(
-                termination, oomKilled: oomKilled, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
-            var exit = recordExit(termination, version: version, reason: reason, at: now)
-            if reason == .daemonized, case .record(var decision) = exit {
-                decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))."
+            var reason = known ?? FailureReason.classify(
+                termination, oomKilled: oomKill != nil, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
+            var attribution: Attribution?
+            var note: String?
+            if reason == .oomKilled, case .memoryMax(let bytes) = oomKill {
+                // The known-good version ran within the same limit: only a candidate that
+                // outgrows it is to blame; on known-good content the limit is.
+                reason = .memoryLimit
+                let compared = version != nil && version == ledger.candidate && ledger.knownGood != nil
+                attribution = compared ? .content : .restartOnly
+                note = "The OOM killer of its own cgroup ended it at memory_max \(SandboxSpec.formatBytes(bytes)); "
+                    + (compared ? "counted against candidate \(version!), as known-good \(ledger.knownGood!) ran within it"
+                        : "not counted against the content, as no known-good version ran within it for comparison")
+                    + ". Raise memory_max if this content needs more."
+            } else if let bytes = memoryRlimitBytes, settings.attribution(of: reason) == .content {
+                note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup can hold it here): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
+            }
+            var exit = recordExit(termination, version: version, reason: reason, attribution: attribution, obstacle: obstacle, at: now)
+            if case .record(var decision) = exit {
+                if reason == .daemonized { decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))." }
+                if let note { decision.message += " " + note }
                 exit = .record(decision)
             }
             actions.append(exit)
-            return actions + countFailure(reason, termination: termination, at: now)
-        case .stopped, .backoff, .givenUp, .daemonized:
+            return actions + countFailure(reason, termination: termination, attribution: attribution, obstacle: obstacle, at: now)
+        case .stopped, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
             return actions
         }
+    }
+
+    /// systemd stopped the agent's unit because `dependency`, a unit it requires
+    /// (`Requires=`, `BindsTo=`, `Requisite=`, `PartOf=`), was stopped or failed: neither an
+    /// operator's stop nor a failure of the agent. It waits for ``dependencyActive(at:)``;
+    /// an activation, a rollback or `backstopctl start` start it before that.
+    public mutating func stoppedWithDependency(_ dependency: String, termination: Termination?, at now: Moment) -> [PolicyAction] {
+        switch phase {
+        case .starting, .running, .backoff, .restarting:
+            var actions = disarmRunTimers() + disarm([.restart])
+            bankProbation(at: now)
+            phase = .awaitingDependency(dependency)
+            actions.append(.record(Decision(
+                .agentExited, agent: settings.agent, version: runningVersion ?? ledger.active,
+                exitStatus: termination?.exitStatus, signal: termination?.signal,
+                message: "Agent \(settings.agent) was stopped by systemd with \(dependency), which its unit requires; not a failure, and it starts again once \(dependency) is active again.")))
+            return actions
+        case .stopping, .stopped, .givenUp, .daemonized, .awaitingDependency:
+            return []
+        }
+    }
+
+    /// The unit the agent waited for (``AgentPhase/awaitingDependency(_:)``) is active again: start the agent.
+    public mutating func dependencyActive(at now: Moment) -> [PolicyAction] {
+        guard case .awaitingDependency = phase else { return [] }
+        return spawnActive(at: now)
     }
 
     /// The processes a `daemonized` agent left running have all exited (or were stopped).
@@ -645,7 +733,8 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping(.shutdown), .stopping(.operatorStop):
             phase = .stopped
             return []
-        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .stopped, .givenUp:
+        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .restarting, .stopped, .givenUp,
+            .awaitingDependency:
             return []
         }
     }
@@ -674,7 +763,7 @@ public struct AgentPolicy: Sendable, Equatable {
             return actions + countFailure(reason, termination: nil, at: now)
         case .stopping(.readyCheckCannotRun):
             return actions + countFailure(.execFailed, termination: nil, attribution: .configuration, at: now)
-        case .stopped, .running, .backoff, .givenUp, .daemonized:
+        case .stopped, .running, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
             return actions
         }
     }
@@ -714,14 +803,16 @@ public struct AgentPolicy: Sendable, Equatable {
             }
             ledger.promote(candidate, at: now.wall)
             probationBankedSeconds = 0
+            firstContentFailure = nil
             return [.record(Decision(
                 .contentPromoted, agent: settings.agent, version: candidate,
                 message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good."))]
         case .backoffReset:
             consecutiveFailures = 0
+            firstContentFailure = nil
             return []
         case .restart:
-            guard phase == .backoff else { return [] }
+            guard phase == .backoff || phase == .restarting else { return [] }
             return spawnActive(at: now)
         case .readyCheck:
             guard phase == .starting else { return [] }
@@ -780,16 +871,30 @@ public struct AgentPolicy: Sendable, Equatable {
         return actions
     }
 
-    /// Quarantines staged version `id` after its preflight failed (`reason`, `detail`): the
-    /// `preflight-failed` decision, then `content-quarantined`. Nothing runs differently: the
-    /// live agent never saw the version.
-    public mutating func preflightFailed(_ id: String, reason: FailureReason, detail: String, at now: Moment) -> [PolicyAction] {
+    /// Staged version `id` failed its preflight (`reason`, `detail`), judged against `control`,
+    /// the same preflight run on the active (or known-good) version. Only a control that passed
+    /// makes the failure the candidate's: `preflight-failed`, then `content-quarantined`, and the
+    /// live agent never sees it. A control that failed too, or none (the first content), means
+    /// the preflight cannot judge this agent on this host: `preflight-failed` with reason
+    /// `control-failed` or `no-control`, nothing is quarantined, and the host activates the
+    /// version under normal probation, where the live agent is the judge.
+    /// - Returns: the decisions; ``lastPreflightFailure`` says whether the version was quarantined.
+    public mutating func preflightFailed(
+        _ id: String, reason: FailureReason, detail: String, control: PreflightControl, at now: Moment
+    ) -> [PolicyAction] {
         guard let record = ledger.record(id), record.standing == .staged else { return [] }
+        let failure = PreflightFailure(version: id, reason: reason, detail: detail, control: control, at: now.wall)
+        lastPreflightFailure = failure
+        guard case .passed(let control) = control else {
+            return [.record(Decision(
+                .preflightFailed, agent: settings.agent, version: id, previousVersion: failure.controlVersion,
+                reason: failure.verdict.rawValue, message: failure.sentence(agent: settings.agent)))]
+        }
         ledger.quarantine(id, reason: "preflight-failed", at: now.wall)
         return [
             .record(Decision(
-                .preflightFailed, agent: settings.agent, version: id, reason: reason.rawValue,
-                message: "Content \(id) of agent \(settings.agent) failed preflight: \(detail); the live agent never loaded it.")),
+                .preflightFailed, agent: settings.agent, version: id, previousVersion: control, reason: reason.rawValue,
+                message: failure.sentence(agent: settings.agent))),
             .record(Decision(
                 .contentQuarantined, agent: settings.agent, version: id, reason: "preflight-failed",
                 message: "Quarantined content \(id) of agent \(settings.agent): it failed preflight.")),
@@ -806,6 +911,7 @@ public struct AgentPolicy: Sendable, Equatable {
         var actions: [PolicyAction] = []
         if ledger.active == id {
             probationBankedSeconds = 0
+            firstContentFailure = nil
             actions += disarm([.probation])
         }
         actions.append(.record(Decision(
@@ -861,6 +967,7 @@ public struct AgentPolicy: Sendable, Equatable {
         escalationTried = []
         rollbackDidNotHelp = false
         reportedBootLoop = nil
+        firstContentFailure = nil
         resetFailedAt = now.wall
         guard phase == .givenUp || mode == .safeMode else { return [] }
         mode = .normal
@@ -883,7 +990,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping:
             // A restart or a failure in progress: the exit ends in stopped instead.
             phase = .stopping(.operatorStop)
-        case .backoff:
+        case .backoff, .restarting, .awaitingDependency:
             phase = .stopped
         case .stopped, .givenUp:
             break
@@ -899,7 +1006,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping(.operatorStop):
             phase = .stopping(.restart)
             return []
-        case .stopped, .backoff, .givenUp:
+        case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
             return disarm([.restart]) + spawnActive(at: now)
         case .starting, .running, .stopping, .daemonized:
             return []
@@ -914,7 +1021,7 @@ public struct AgentPolicy: Sendable, Equatable {
             bankProbation(at: now)
             phase = .stopping(.shutdown)
             actions.append(.terminate(signal: SIGTERM))
-        case .backoff:
+        case .backoff, .restarting, .awaitingDependency:
             phase = .stopped
         case .stopped, .givenUp:
             break
@@ -943,6 +1050,8 @@ public struct AgentPolicy: Sendable, Equatable {
         rollbackDidNotHelp = state.rollbackDidNotHelp ?? false
         escalation = state.escalation
         reportedBootLoop = state.reportedBootLoop
+        firstContentFailure = state.firstContentFailure
+        lastPreflightFailure = state.lastPreflightFailure
     }
 
     /// What ``restore(from:currentBootID:)`` needs after a daemon restart, as of `now`.
@@ -963,6 +1072,8 @@ public struct AgentPolicy: Sendable, Equatable {
         state.rollbackDidNotHelp = rollbackDidNotHelp ? true : nil
         state.escalation = currentEscalation
         state.reportedBootLoop = reportedBootLoop
+        state.firstContentFailure = firstContentFailure
+        state.lastPreflightFailure = lastPreflightFailure
         return state
     }
 
@@ -992,12 +1103,18 @@ public struct AgentPolicy: Sendable, Equatable {
     /// Records a failure and acts on its attribution (``FailureReason/attribution(cleanExitIsFailure:)``);
     /// `termination` is nil when there was no process to end (exec failed).
     private mutating func countFailure(
-        _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, at now: Moment
+        _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, obstacle: SandboxObstacle? = nil,
+        at now: Moment
     ) -> [PolicyAction] {
+        if reason == .cleanExit, settings.cleanExit == .normal {
+            // The agent's normal life: no failure to record, no backoff step, nothing degraded.
+            phase = .restarting
+            return [arm(.restart, at: now.monotonicSeconds + Double(settings.restartDelayMilliseconds) / 1000)]
+        }
         let record = FailureRecord(
             reason: reason, version: runningVersion ?? ledger.active, monotonicSeconds: now.monotonicSeconds, at: now.wall,
             exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped,
-            attribution: attribution)
+            attribution: attribution, obstacle: obstacle)
         var uncounted = 0
         failures = (recentFailures(at: now) + [record]).reversed().filter { failure in
             guard self.attribution(of: failure) != .content else { return true }
@@ -1018,8 +1135,39 @@ public struct AgentPolicy: Sendable, Equatable {
             // A failure interrupts the healthy run that probation needs.
             probationBankedSeconds = 0
             guard countedFailures(at: now).count >= settings.failureThreshold else { return scheduleRestart(at: now) }
+            guard hasComparison else { return crashLoopWithoutComparison(at: now) }
             return crashLoop(at: now)
         }
+    }
+
+    /// Whether a failing active version can be judged: some version is known-good, so the
+    /// agent has run healthily in this sandbox on this host. Without one (a fresh install, a
+    /// first configuration) a failure may as well be the sandbox's or the host's as the content's.
+    private var hasComparison: Bool {
+        mode != .normal || ledger.knownGood != nil
+    }
+
+    /// A crash loop on content with nothing to compare it with: reported (once per kind of
+    /// failure and obstacle), not quarantined; the agent keeps being restarted with the capped
+    /// backoff, so that a fixed sandbox or a reloaded configuration brings it up.
+    private mutating func crashLoopWithoutComparison(at now: Moment) -> [PolicyAction] {
+        let counted = countedFailures(at: now)
+        let version = ledger.active ?? "none"
+        let last = counted.last
+        let failing = FirstContentFailure(
+            version: version, failure: last?.signature ?? "failed", obstacle: last?.obstacle,
+            since: firstContentFailure?.since ?? now.wall)
+        let known = firstContentFailure.map { $0.version == failing.version && $0.failure == failing.failure && $0.obstacle == failing.obstacle } ?? false
+        firstContentFailure = failing
+        var actions = scheduleRestart(at: now)
+        guard !known else { return actions }
+        let cap = Self.format(settings.restartDelayMaxSeconds)
+        var message = "Agent \(settings.agent) failed \(counted.count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(version) (\(failing.failure)), and no known-good version exists to compare it with: the content is not quarantined on this evidence; Backstop keeps restarting it with backoff (at most \(cap) s)."
+        if let obstacle = failing.obstacle { message += " " + obstacle.sentence(agent: settings.agent) }
+        actions.insert(.record(Decision(
+            .crashLoop, agent: settings.agent, version: version, exitStatus: last?.exitStatus, signal: last?.signal,
+            failures: counted.count, reason: EscalationReason.noComparison.rawValue, message: message)), at: 0)
+        return actions
     }
 
     private mutating func crashLoop(at now: Moment) -> [PolicyAction] {
@@ -1223,7 +1371,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .stopping:
             phase = .stopping(.restart)
             return []
-        case .stopped, .backoff, .givenUp:
+        case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
             return disarm([.restart]) + spawnActive(at: now)
         }
     }
@@ -1246,6 +1394,7 @@ public struct AgentPolicy: Sendable, Equatable {
     /// Another version becomes active: the failures, the backoff and the healthy
     /// time of the runs so far belong to the version that ran, not to the next one.
     private mutating func forgetRunHistory() {
+        firstContentFailure = nil
         failures = []
         consecutiveFailures = 0
         probationBankedSeconds = 0
@@ -1280,7 +1429,8 @@ public struct AgentPolicy: Sendable, Equatable {
     /// The `agent-exited` decision, with `reason` nil for an exit Backstop asked for. For a
     /// failure that counts it carries the window's count including this one.
     private func recordExit(
-        _ termination: Termination, version: String?, reason: FailureReason?, attribution: Attribution? = nil, at now: Moment
+        _ termination: Termination, version: String?, reason: FailureReason?, attribution: Attribution? = nil,
+        obstacle: SandboxObstacle? = nil, at now: Moment
     ) -> PolicyAction {
         let content = version ?? "none"
         var message: String
@@ -1300,6 +1450,7 @@ public struct AgentPolicy: Sendable, Equatable {
         if let reason, let remedy = reason.remedy, reason == .oomKilled || attribution != .content {
             message += " " + remedy.prefix(1).uppercased() + remedy.dropFirst() + "."
         }
+        if reason != nil, let obstacle { message += " " + obstacle.sentence(agent: settings.agent) }
         return .record(Decision(
             .agentExited, agent: settings.agent, version: version, exitStatus: termination.exitStatus,
             signal: termination.signal, coreDumped: termination.coreDumped, failures: counted,

@@ -23,7 +23,8 @@ extension FailureReason {
     ///     first word of `exec`): then a program that cannot be executed is the content's fault.
     public func attribution(cleanExitIsFailure: Bool, programIsContent: Bool = false) -> Attribution {
         switch self {
-        case .crashed, .exited, .hung, .startTimeout, .healthCheck, .oomKilled: return .content
+        // memory-limit: against a candidate, when a known-good version ran within the limit (AgentPolicy.agentExited).
+        case .crashed, .exited, .hung, .startTimeout, .healthCheck, .oomKilled, .memoryLimit: return .content
         case .cleanExit: return cleanExitIsFailure ? .content : .restartOnly
         case .killedExternally: return .restartOnly
         case .execFailed: return programIsContent ? .content : .configuration
@@ -43,10 +44,19 @@ extension FailureReason {
             return "the agent ran out of memory; raise its memory limit or check what grew"
         case .killedExternally:
             return "something outside Backstop stopped the agent; Backstop restarts it and does not blame the content"
-        case .crashed, .exited, .cleanExit, .hung, .startTimeout, .healthCheck:
+        // memory-limit: its exit message names the limit and says what to do.
+        case .crashed, .exited, .cleanExit, .hung, .startTimeout, .healthCheck, .memoryLimit:
             return nil
         }
     }
+}
+
+/// Whose OOM killer ended an agent, as the kernel log says.
+public enum OOMKill: Sendable, Equatable {
+    /// The machine ran out of memory (`Out of memory: Killed process`).
+    case machine
+    /// The agent's own cgroup reached its `memory_max` of `bytes` (`Memory cgroup out of memory: Killed process`).
+    case memoryMax(bytes: UInt64)
 }
 
 extension FailureReason {

@@ -60,6 +60,9 @@ public enum FailureReason: String, Sendable, Codable, Equatable, CaseIterable {
     case healthCheck = "health-check"
     /// Killed by the kernel's OOM killer (its `Killed process PID` record in the kernel log).
     case oomKilled = "oom-killed"
+    /// Killed by the OOM killer of its own memory cgroup, at its `memory_max`; counted against
+    /// a candidate only when a known-good version exists (it ran within the same limit).
+    case memoryLimit = "memory-limit"
     /// Ended by a SIGTERM or SIGKILL that Backstop did not send.
     case killedExternally = "killed-externally"
     /// The program could not be executed at all (missing, not executable, bad working directory).

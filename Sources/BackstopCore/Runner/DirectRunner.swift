@@ -130,11 +130,15 @@ public enum AgentEnvironment {
 /// fallback when the kernel cannot tell.
 public enum DirectRunner {
     /// Starts `request` and waits for the process to end.
-    /// - Parameter started: called with the pid once the process exists.
+    /// - Parameters:
+    ///   - errorTail: when given, stderr reaches its destination through it, and it holds the
+    ///     end of what the process wrote there, up to its exit, when this returns.
+    ///   - started: called with the pid once the process exists.
     /// - Returns: how it ended, or the reason it could not be started.
     public static func run(
-        _ request: LaunchRequest, started: @Sendable (Int32) async -> Void
+        _ request: LaunchRequest, errorTail: OutputTail? = nil, started: @Sendable (Int32) async -> Void
     ) async -> Result<Termination, LaunchError> {
+        defer { errorTail?.settle() }
         guard let program = request.arguments.first else { return .failure(LaunchError(message: "empty command line")) }
         var options = PlatformOptions()
         options.createSession = true
@@ -164,7 +168,14 @@ public enum DirectRunner {
         }
         let exitInfo = ProcessExit()
         let sandboxedChild = SandboxedChild()
-        var (output, error) = outputDescriptors(identifier: request.identifier)
+        let streams = outputDescriptors(identifier: request.identifier)
+        var output = FileDescriptorOutput.fileDescriptor(streams.output, closeAfterSpawningProcess: streams.owned)
+        var error = FileDescriptorOutput.fileDescriptor(streams.error, closeAfterSpawningProcess: streams.owned)
+        // Without a pipe the output still goes where it went; only the tail is missing.
+        if let errorTail, let writeEnd = try? errorTail.attach(relayingTo: streams.error.rawValue) {
+            if streams.owned { try? streams.error.close() }
+            error = .fileDescriptor(writeEnd, closeAfterSpawningProcess: true)
+        }
         if request.discardsStandardOutput {
             let null = open("/dev/null", O_WRONLY | O_CLOEXEC)
             if null >= 0 { output = .fileDescriptor(FileDescriptor(rawValue: null), closeAfterSpawningProcess: true) }
@@ -227,17 +238,16 @@ public enum DirectRunner {
         }
     }
 
-    /// Journal streams for the agent's stdout (priority info) and stderr (warning), else the daemon's own.
-    private static func outputDescriptors(identifier: String) -> (FileDescriptorOutput, FileDescriptorOutput) {
+    /// Journal streams for the agent's stdout (priority info) and stderr (warning), else the
+    /// daemon's own; `owned`: they are new descriptors, to be closed once the process has them.
+    private static func outputDescriptors(identifier: String) -> (output: FileDescriptor, error: FileDescriptor, owned: Bool) {
         if Journal.isAvailable, let output = try? Journal.streamDescriptor(identifier: identifier, priority: .info) {
             if let error = try? Journal.streamDescriptor(identifier: identifier, priority: .warning) {
-                return (.fileDescriptor(FileDescriptor(rawValue: output), closeAfterSpawningProcess: true),
-                        .fileDescriptor(FileDescriptor(rawValue: error), closeAfterSpawningProcess: true))
+                return (FileDescriptor(rawValue: output), FileDescriptor(rawValue: error), true)
             }
             close(output)
         }
-        return (.fileDescriptor(.standardOutput, closeAfterSpawningProcess: false),
-                .fileDescriptor(.standardError, closeAfterSpawningProcess: false))
+        return (.standardOutput, .standardError, false)
     }
 
     /// Runs a probe command and says whether it passed: exit code 0 within `timeoutSeconds`.

@@ -118,14 +118,22 @@ public enum ProcessTable {
 /// Reads the kernel log (`/dev/kmsg`, the kernel's dev-kmsg ABI) for what only the
 /// kernel knows about a process's end.
 public enum KernelLog {
+    /// Whose OOM killer killed a process (the prefix of its kernel log record).
+    public enum OOMKiller: Sendable, Equatable {
+        /// `Out of memory: Killed process ...`: the machine ran out.
+        case machine
+        /// `Memory cgroup out of memory: Killed process ...`: a cgroup reached its memory limit.
+        case memoryCgroup
+    }
+
     /// Whether the kernel's OOM killer killed `pid` after `sinceMonotonicMicroseconds`
     /// (CLOCK_MONOTONIC; kmsg stamps come from the kernel's local clock, which may lag
-    /// it slightly, so 5 s of slack is allowed): the record `Killed process PID (name)`
+    /// it slightly, so 5 s of slack is allowed), and whose: the record `Killed process PID (name)`
     /// that the OOM killer writes for the whole machine and for a memory cgroup alike.
-    /// False when the log cannot be read (it needs CAP_SYSLOG) or holds no such record.
-    public static func recordsOOMKill(of pid: Int32, sinceMonotonicMicroseconds: UInt64) -> Bool {
+    /// Nil when the log cannot be read (it needs CAP_SYSLOG) or holds no such record.
+    public static func oomKill(of pid: Int32, sinceMonotonicMicroseconds: UInt64) -> OOMKiller? {
         let descriptor = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard descriptor >= 0 else { return false }
+        guard descriptor >= 0 else { return nil }
         defer { close(descriptor) }
         let needle = "Killed process \(pid) ("
         var buffer = [UInt8](repeating: 0, count: 8192)
@@ -134,14 +142,16 @@ public enum KernelLog {
             if count < 0 {
                 // EPIPE: the record was overwritten while reading; the next read goes on.
                 if errno == EPIPE || errno == EINTR { continue }
-                return false  // EAGAIN: the end of the log.
+                return nil  // EAGAIN: the end of the log.
             }
-            guard count > 0 else { return false }
+            guard count > 0 else { return nil }
             // "PRIORITY,SEQUENCE,TIMESTAMP_USEC,FLAGS;MESSAGE"
             let record = String(decoding: buffer[0..<count], as: UTF8.self)
             guard let semicolon = record.firstIndex(of: ";"), record.contains(needle) else { continue }
             let prefix = record[..<semicolon].split(separator: ",")
-            if prefix.count >= 3, let stamp = UInt64(prefix[2]), stamp + 5_000_000 >= sinceMonotonicMicroseconds { return true }
+            if prefix.count >= 3, let stamp = UInt64(prefix[2]), stamp + 5_000_000 >= sinceMonotonicMicroseconds {
+                return record[semicolon...].contains("Memory cgroup out of memory") ? .memoryCgroup : .machine
+            }
         }
     }
 

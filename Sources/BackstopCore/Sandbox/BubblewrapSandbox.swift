@@ -22,9 +22,11 @@ import SystemPackage
 /// 203 never counts against the content. Every step execs the next: the agent keeps the
 /// pid bwrap gave it.
 ///
-/// Resource limits are rlimits (setrlimit(2)): `memory_max` is RLIMIT_DATA, `tasks_max`
-/// is RLIMIT_NPROC (counted per user, and not enforced for root); `cpu_quota` and
-/// `system_call_filter` have no equivalent here and are reported as not applied.
+/// Resource limits are rlimits (setrlimit(2)): `memory_max` is RLIMIT_DATA (only where there is
+/// no transient scope: a cgroup's MemoryMax= then holds it instead, as a failed allocation
+/// inside the agent would look like a content failure), `tasks_max` is RLIMIT_NPROC (counted
+/// per user, and not enforced for root); `cpu_quota` and `system_call_filter` have no
+/// equivalent here and are reported as not applied.
 public struct BubblewrapSandbox: Sendable, Equatable {
     /// bubblewrap, from Debian's `bubblewrap` package.
     public static let program = "/usr/bin/bwrap"
@@ -35,6 +37,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// What the last step writes on its stdin (the runner's status pipe) once the sandbox is
     /// set up, just before it execs the agent: a failure before it is the sandbox's, not the agent's.
     static let readyLine = "backstop-sandbox-ready"
+    /// The `$0` of the sandbox's shell, which prefixes what it says itself ("backstop-sandbox: line 1: ... Segmentation fault").
+    static let shellName = "backstop-sandbox"
     /// Capabilities setpriv needs to change the user and drop capabilities; it drops them itself.
     static let setprivCapabilities = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
 
@@ -50,8 +54,29 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     public var placeholderDirectory: String
     /// Whether backstopd puts the agent into a transient scope with the cgroup limits
     /// (`MemoryMax=`, `TasksMax=`, `CPUQuota=`): when systemd runs the machine (sd_booted(3)).
-    public var cgroupScope = sd_booted() > 0
+    public var cgroupScope = scopesAvailable
+    /// Whether systemd runs the machine (sd_booted(3)), so that backstopd can make transient scopes.
+    public static var scopesAvailable: Bool { sd_booted() > 0 }
+    /// Whether the transient scope's cgroup holds `memory_max` (MemoryMax=), so that the sandbox
+    /// sets no RLIMIT_DATA: a failed allocation inside the agent would look like a content failure.
+    public var memoryInScope = memoryCgroupUnavailableReason == nil
+    /// Why no cgroup can hold an agent's `memory_max` here, so that it is RLIMIT_DATA only; nil when one can.
+    public static var memoryCgroupUnavailableReason: String? {
+        if !scopesAvailable { return "systemd does not run this machine, so there is no transient scope (cgroup) to hold the agent in" }
+        if !Cgroup.memoryControllerAvailable {
+            return "/sys/fs/cgroup is not a unified (v2) hierarchy with the memory controller (cgroup v1 or hybrid, or a container it is not delegated to), so the agent's transient scope cannot hold it"
+        }
+        return nil
+    }
     static let scopeNote = "the transient scope backstop-<agent>-<pid>.scope (cgroup)"
+
+    /// `<runtime_directory>/notify`, where backstopd makes the notify sockets: an empty tmpfs
+    /// in the sandbox but for ``notifySocket``, so that no agent reaches another's socket
+    /// (nor an earlier run's). Nil leaves it as the rest of the runtime directory.
+    public var notifyDirectory: String?
+    /// The run's own notify socket (a path in ``notifyDirectory``), bound at the same path; nil
+    /// for a run that gets none (a check).
+    public var notifySocket: String?
 
     /// Writable paths replaced by another directory (a preflight's private copies), by path.
     public var substitutes: [String: String] = [:]
@@ -76,6 +101,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         self.init(
             spec: agent.sandbox, account: try SandboxAccount.resolve(agent.sandbox),
             protectedDirectories: [daemon.stateDirectory, daemon.runtimeDirectory], placeholderDirectory: daemon.placeholderDirectory)
+        notifyDirectory = daemon.notifyDirectory
     }
 
     /// The sandbox of `agent` to run it on the content at `contentPath`.
@@ -167,8 +193,14 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             return UInt64(limit.rlim_max) / unit
         }
         if let bytes = spec.memoryMaxBytes {
-            limits.append("ulimit -d \(lowered(max(1, bytes / 1024), RLIMIT_DATA.rawValue, unit: 1024, "memory_max", "RLIMIT_DATA"))")
-            report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA" + (cgroupScope ? " and MemoryMax= of \(Self.scopeNote)" : cgroup))
+            if cgroupScope && memoryInScope {
+                report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as MemoryMax= of \(Self.scopeNote): the OOM killer of that cgroup ends the agent at it, and its exit names the limit")
+            } else {
+                limits.append("ulimit -d \(lowered(max(1, bytes / 1024), RLIMIT_DATA.rawValue, unit: 1024, "memory_max", "RLIMIT_DATA"))")
+                report.apply("memory_max", "\(SandboxSpec.formatBytes(bytes)) as RLIMIT_DATA only"
+                    + (cgroupScope ? " (the transient scope cannot hold it here: no memory controller in the unified cgroup hierarchy)" : cgroup)
+                    + ": an allocation past it fails inside the agent, which cannot be told from a content failure")
+            }
         }
         if let tasks = spec.tasksMax {
             if account.uid != 0 {
@@ -198,7 +230,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
             + "[ -z \"${\(AgentEnvironment.watchdogMicrosecondsVariable)-}\" ] || export \(AgentEnvironment.watchdogPIDVariable)=$BASHPID; "
             + "exec -- \"$@\"; exit \(Self.execFailedCode)"
         let script = "shopt -s execfail; exec 3>&0 0</dev/null; " + (privateProcesses ? "(\(run)) & wait $!" : run)
-        return (bwrap + setpriv + [Self.shell, "-c", script, "backstop-sandbox"] + arguments, report)
+        return (bwrap + setpriv + [Self.shell, "-c", script, Self.shellName] + arguments, report)
     }
 
     /// bwrap's mount options: read-only and writable binds from the shallowest path to the
@@ -335,6 +367,14 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         report.apply("read_write_paths", writable.isEmpty ? "none" : writable.joined(separator: " "))
         for directory in protected { bind("--ro-bind", directory, directory) }
         report.apply("Backstop's directories", protectedDirectories.joined(separator: " ") + " read-only (always)")
+        if let directory = notifyDirectory, Self.exists(directory) {
+            let real = Self.resolved(directory)
+            options += ["--perms", "0755", "--tmpfs", real]
+            if let socket = notifySocket {
+                options += ["--ro-bind", socket, real + "/" + (socket.split(separator: "/").last.map(String.init) ?? "")]
+            }
+            report.apply("notify socket", "\(directory) holds only the run's own socket (\(notifySocket ?? "none")); no other agent's is reachable")
+        }
         for mask in masks { bind("--ro-bind", mask.placeholder, mask.hidden) }
         report.apply("inaccessible_paths", masks.isEmpty ? "none" : masks.map(\.path).joined(separator: " ") + " (replaced by mode-0000 placeholders)")
         return options

@@ -41,6 +41,10 @@ public struct AgentStateFile: Codable, Sendable, Equatable {
     public var escalation: EscalationRecord?
     /// A boot loop reported with no candidate to roll back, until `reset-failed`; absent when none.
     public var reportedBootLoop: BootLoopRecord?
+    /// The agent crash-loops on its first content (no known-good version to compare with); absent when not.
+    public var firstContentFailure: FirstContentFailure?
+    /// The last preflight that failed, with its control; absent when none did.
+    public var lastPreflightFailure: PreflightFailure?
 
     public init() {}
 

@@ -5,9 +5,9 @@ import Foundation
 public enum PreflightOutcome: Sendable, Equatable {
     /// The instance ran for `preflight_sec` (ready, heartbeats on time) or exited 0.
     case passed
-    /// The instance failed on the content: `reason` is a ``FailureReason`` word
-    /// (`crashed`, `exited`, `start-timeout`, `hung`, `clean-exit`), `detail` says how.
-    case failed(reason: FailureReason, detail: String)
+    /// The instance failed: `reason` is a ``FailureReason`` word (`crashed`, `exited`,
+    /// `start-timeout`, `hung`, `clean-exit`), `detail` says how; `output` is the end of its stderr.
+    case failed(reason: FailureReason, detail: String, output: String)
     /// The instance could not be started (its program, the sandbox): not the content's fault.
     case couldNotRun(String)
 }
@@ -31,9 +31,11 @@ enum Preflight {
         case survived
     }
 
-    /// Runs the preflight of `version` of `agent`, stored in `store`.
+    /// Runs the preflight of `version` of `agent`, stored in `store`; `confine` puts the
+    /// instance's process into a cgroup of its own for the sandbox's limits (see ``BubblewrapSandbox/cgroupScope``).
     static func run(
-        agent: AgentConfiguration, daemon: DaemonConfiguration, store: ContentStore, version: String
+        agent: AgentConfiguration, daemon: DaemonConfiguration, store: ContentStore, version: String,
+        confine: @escaping @Sendable (Int32) async -> Bool
     ) async -> PreflightOutcome {
         var sandbox: BubblewrapSandbox
         do { sandbox = try BubblewrapSandbox(agent: agent, daemon: daemon, contentPath: store.path(of: version)) } catch {
@@ -67,6 +69,7 @@ enum Preflight {
         }
         defer { socket.invalidate() }
         chown(socketPath, sandbox.account.uid, sandbox.account.gid)
+        sandbox.notifySocket = socketPath
 
         var request = LaunchRequest.make(
             agent: agent.name, exec: agent.preflightExec.isEmpty ? agent.exec : agent.preflightExec,
@@ -78,9 +81,11 @@ enum Preflight {
         request.sandbox = sandbox
         let record = RunRecord(runtimeDirectory: daemon.runtimeDirectory, agent: agent.name, kind: runKind)
         defer { record.ended() }
+        let errorTail = OutputTail()
         let run = Task {
-            let result = await DirectRunner.run(request) { pid in
+            let result = await DirectRunner.run(request, errorTail: errorTail) { pid in
                 record.started(pid)
+                _ = await confine(pid)
                 emit.yield(.started(pid))
             }
             emit.yield(.ended(result))
@@ -109,7 +114,7 @@ enum Preflight {
                 pid = started
                 if ready, agent.watchdogSeconds > 0 { after(agent.watchdogSeconds, .watchdog(generation: 0)) }
             case .notified(let message):
-                guard let pid, message.isFromSession(of: pid) else { break }
+                // The socket is this instance's alone, reachable only from its sandbox (see NotifySocket).
                 if message.value("READY") == "1", !ready {
                     ready = true
                     if survived, outcome == nil { outcome = .passed }
@@ -121,11 +126,11 @@ enum Preflight {
                 }
             case .startTimeout:
                 if !ready, outcome == nil {
-                    outcome = .failed(reason: .startTimeout, detail: "no READY=1 within start_timeout_sec (\(agent.startTimeoutSeconds) s)")
+                    outcome = .failed(reason: .startTimeout, detail: "no READY=1 within start_timeout_sec (\(agent.startTimeoutSeconds) s)", output: "")
                 }
             case .watchdog(let generation):
                 if generation == heartbeats, outcome == nil {
-                    outcome = .failed(reason: .hung, detail: "no WATCHDOG=1 within watchdog_sec (\(agent.watchdogSeconds) s)")
+                    outcome = .failed(reason: .hung, detail: "no WATCHDOG=1 within watchdog_sec (\(agent.watchdogSeconds) s)", output: "")
                 }
             case .survived:
                 // One still starting has until start_timeout_sec to become ready.
@@ -137,13 +142,13 @@ enum Preflight {
                 switch result {
                 case .failure(let error): outcome = .couldNotRun(error.message)
                 case .success(.exited(code: 0)):
-                    outcome = agent.cleanExitIsFailure ? .failed(reason: .cleanExit, detail: "exit code 0 (clean_exit_is_failure)") : .passed
+                    outcome = agent.cleanExitIsFailure ? .failed(reason: .cleanExit, detail: "exit code 0 (clean_exit_is_failure)", output: "") : .passed
                 case .success(let termination)
                     where FailureReason.classify(termination, oomKilled: false, survivorsRemain: false) == .killedExternally:
                     // Someone else's SIGTERM or SIGKILL, as for a live agent: not the content's doing.
                     outcome = .couldNotRun("the instance was killed from outside (\(termination.description))")
                 case .success(let termination):
-                    outcome = .failed(reason: termination.signal == nil ? .exited : .crashed, detail: termination.description)
+                    outcome = .failed(reason: termination.signal == nil ? .exited : .crashed, detail: termination.description, output: "")
                 }
             }
             if ended { break }
@@ -156,6 +161,7 @@ enum Preflight {
         _ = await run.value
         // Nothing the instance started outlives the preflight: its session, and what left it with the mark.
         if let pid { DirectRunner.killRemains(ofSession: pid, mark: LaunchRequest.preflightStoreVariable, value: store.root) }
+        if case .failed(let reason, let detail, _) = outcome { return .failed(reason: reason, detail: detail, output: errorTail.text) }
         return outcome ?? .couldNotRun("the preflight ended without a result")
     }
 

@@ -103,7 +103,6 @@ extension Supervisor {
                 summary.added.append(agent.name)
                 slot = restore(agent, at: now)
             }
-            (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
             slots[agent.name] = slot
             if agent.watchedUnit != nil, !attachUnits([agent]).isEmpty { continue }
             apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: nil, at: now), to: agent.name)
@@ -140,6 +139,7 @@ extension Supervisor {
             }
             unit.pump.cancel()
             unit.watcher.close()
+            stopAwaiting(name)
         } else {
             apply(slots[name]!.policy.shutdown(at: Moment.now()), to: name)
             if !Self.isStopped(slots[name]!) { await untilGone(name) }

@@ -23,6 +23,25 @@ struct UnitHost {
     var disconnected = false
     /// A reload is stopping the unit for good: its reports no longer reach the policy.
     var retiring = false
+    /// The unit the agent waits for after systemd stopped it along with it, and its watch.
+    var awaited: AwaitedUnit?
+    /// The unit's `ConditionTimestampMonotonic` when the last of its jobs ended: a later
+    /// one means systemd tried to start it since.
+    var conditionCheckedMicroseconds: UInt64?
+}
+
+/// A unit an agent's unit requires, watched while the agent waits for it to be active again.
+struct AwaitedUnit {
+    /// E.g. `clamav-daemon.socket`.
+    let name: String
+    let watcher: UnitWatcher
+    let pump: Task<Void, Never>
+
+    /// Stops watching.
+    func close() {
+        pump.cancel()
+        watcher.close()
+    }
 }
 
 /// The systemd runner: the agent is an existing unit, started, stopped and watched over
@@ -132,6 +151,7 @@ extension Supervisor {
         }
         slots[name]!.generation += 1
         slots[name]!.unit!.runReported = false
+        stopAwaiting(name)
         do {
             // Best effort: a unit that is not failed, or not loaded at the moment, has nothing to reset.
             try? unit.bus.resetFailedUnit(unit.name)
@@ -201,6 +221,11 @@ extension Supervisor {
         guard let unit = slots[name]?.unit, !shuttingDown, !unit.retiring else { return }
         let now = Moment.now()
         defer { persist(name) }
+        // A start that systemd skipped (a condition not met) ends "done" with the unit down, as
+        // a stop job for a unit that is down does; only the start checked the conditions.
+        let conditionChecked = try? unit.bus.monotonicMicroseconds("ConditionTimestampMonotonic", of: unit.name)
+        let startTried = if let before = unit.conditionCheckedMicroseconds, let conditionChecked { conditionChecked != before } else { false }
+        slots[name]!.unit!.conditionCheckedMicroseconds = conditionChecked
         if unit.stopAsked, !state.isUp {
             slots[name]!.unit!.stopAsked = false
             if job == unit.startJob, result != "done" {
@@ -214,16 +239,32 @@ extension Supervisor {
                 // The machine shuts down: systemd stops the agent before backstopd. Not an
                 // operator's decision; the agent starts again at the next boot.
                 apply(slots[name]!.policy.shutdown(at: now), to: name)
+            } else if let dependency = stoppedDependency(of: unit) {
+                runOver(name)
+                stoppedWithDependency(name, dependency, termination: state.termination, at: now)
+                return
             } else {
                 stoppedOutside(name, at: now)
             }
             runEnded(name, state, at: now)
             return
         }
-        if job != unit.startJob, slots[name]!.policy.phase == .backoff, !state.isUp, result == "done" {
-            // `systemctl stop` of a unit that is down while Backstop waits to restart it: a
-            // stop job with nothing to stop, and the operator's word all the same.
-            stoppedOutside(name, at: now)
+        if job != unit.startJob, [.backoff, .restarting].contains(slots[name]!.policy.phase), !state.isUp, result == "done" {
+            // Someone else's start that systemd skipped while Backstop waits to restart the
+            // unit: its socket triggered by a client (again and again until the socket hits its
+            // trigger limit), a unit that wants it. Not a stop; the restart stays Backstop's.
+            if startTried {
+                logger.notice("A start of the agent's unit that Backstop did not ask for was skipped: a condition of the unit is not met; Backstop restarts it after its backoff.",
+                              metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+                return
+            }
+            // A stop job for a unit that is down while Backstop waits to restart it: carried
+            // over from a unit it requires, or `systemctl stop`, the operator's word.
+            if let dependency = stoppedDependency(of: unit) {
+                stoppedWithDependency(name, dependency, termination: nil, at: now)
+            } else {
+                stoppedOutside(name, at: now)
+            }
             return
         }
         guard job == unit.startJob else { return }
@@ -241,6 +282,90 @@ extension Supervisor {
         default: why = "its start job ended with result \"\(result)\" (systemctl status \(unit.name))"
         }
         apply(slots[name]!.policy.spawnFailed("\(unit.name) did not start: \(why)", at: now), to: name)
+    }
+
+    /// The unit among those whose stop systemd carries over to the agent's unit (`Requires=`,
+    /// `BindsTo=`, `Requisite=`, `PartOf=`) that is going down (deactivating, or a stop job
+    /// queued for it) as the agent's own stop ends, or went down since (or at most
+    /// ``relationSlackMicroseconds`` before) the agent's unit began to stop; nil when there is
+    /// none. systemd does not say why it queued a unit's stop job, but a stop carried over
+    /// from a required unit comes in the same transaction as that unit's stop, and systemd
+    /// stops the agent's unit first when it is ordered after it (a socket and its service),
+    /// so the required unit is still going down. `systemctl stop` of the agent's unit alone
+    /// leaves them as they were (a oneshot it requires may have been down for long).
+    private func stoppedDependency(of unit: UnitHost) -> String? {
+        let required: [String]
+        do { required = try unit.bus.stopPropagatingUnits(of: unit.name) } catch {
+            logger.error("Cannot read the units the agent's unit requires; its stop is taken for an operator's.",
+                         metadata: ["unit": "\(unit.name)", "error": "\(error)"])
+            return nil
+        }
+        let stopBegan = (try? unit.bus.monotonicMicroseconds("ActiveExitTimestampMonotonic", of: unit.name)) ?? 0
+        return required.first { other in
+            guard let (activeState, jobType) = try? unit.bus.activeStateAndJob(other) else { return false }
+            if activeState == "deactivating" || jobType == "stop" { return true }
+            guard activeState == "inactive" || activeState == "failed",
+                let down = try? unit.bus.monotonicMicroseconds("InactiveEnterTimestampMonotonic", of: other)
+            else { return false }
+            return down + Self.relationSlackMicroseconds >= stopBegan
+        }
+    }
+
+    /// How long before the agent's unit began to stop a unit it requires may have gone down
+    /// for the stop to be taken as carried over from it, in µs: jobs of one transaction that
+    /// are not ordered against each other run side by side, and the other may finish first.
+    static let relationSlackMicroseconds: UInt64 = 1_000_000
+
+    /// systemd stopped agent `name`'s unit with `dependency`, a unit it requires: the agent
+    /// waits, not stopped by an operator, and starts again once `dependency` is active (at
+    /// once when it failed by itself, such as a socket that hit its trigger limit: the start
+    /// of the agent's unit starts it again).
+    private func stoppedWithDependency(_ name: String, _ dependency: String, termination: Termination?, at now: Moment) {
+        guard let unit = slots[name]?.unit else { return }
+        logger.notice("The agent's unit was stopped with \(dependency), which it requires; starting it again once \(dependency) is active.",
+                      metadata: ["agent": "\(name)", "unit": "\(unit.name)", "dependency": "\(dependency)"])
+        apply(slots[name]!.policy.stoppedWithDependency(dependency, termination: termination, at: now), to: name)
+        guard slots[name]!.policy.phase.isAwaitingDependency else { return }
+        stopAwaiting(name)
+        do {
+            let path = try unit.bus.loadUnit(dependency)
+            let (stream, continuation) = AsyncStream.makeStream(of: UnitEvent.self, bufferingPolicy: .bufferingNewest(16))
+            let watcher = try UnitWatcher(unit: dependency, path: path) { continuation.yield($0) }
+            let pump = Task {
+                for await event in stream {
+                    if case .changed(let state) = event { self.dependencyChanged(name, dependency, activeState: state.activeState, hasJob: state.job != nil) }
+                }
+            }
+            slots[name]!.unit!.awaited = AwaitedUnit(name: dependency, watcher: watcher, pump: pump)
+            // Read after the watch began, so that no change falls between the two.
+            let (activeState, jobType) = try unit.bus.activeStateAndJob(dependency)
+            dependencyChanged(name, dependency, activeState: activeState, hasJob: jobType != nil)
+        } catch {
+            logger.error("Cannot watch \(dependency); starting the agent's unit again now.",
+                         metadata: ["agent": "\(name)", "dependency": "\(dependency)", "error": "\(error)"])
+            apply(slots[name]!.policy.dependencyActive(at: now), to: name)
+        }
+    }
+
+    /// A state of the unit agent `name` waits for: once it is active with no job pending, or
+    /// failed by itself with none, the agent starts.
+    private func dependencyChanged(_ name: String, _ dependency: String, activeState: String, hasJob: Bool) {
+        guard slots[name]?.unit?.awaited?.name == dependency, !shuttingDown, !hasJob,
+            activeState == "active" || activeState == "failed"
+        else { return }
+        logger.notice(activeState == "active"
+                      ? "\(dependency) is active again; starting the agent's unit."
+                      : "\(dependency) failed by itself; starting the agent's unit, which starts it again.",
+                      metadata: ["agent": "\(name)", "dependency": "\(dependency)"])
+        stopAwaiting(name)
+        apply(slots[name]!.policy.dependencyActive(at: Moment.now()), to: name)
+        persist(name)
+    }
+
+    /// Ends the watch of the unit agent `name` waited for, if any.
+    func stopAwaiting(_ name: String) {
+        slots[name]?.unit?.awaited?.close()
+        slots[name]?.unit?.awaited = nil
     }
 
     /// An operator stopped the unit with systemctl: not a failure, and the agent stays
@@ -286,7 +411,7 @@ extension Supervisor {
             if !unit.runReported {
                 guard phase == .starting else {
                     // Started outside Backstop (systemctl start): supervised from now on, as after `backstopctl start`.
-                    if previous?.isUp != true, phase == .stopped || phase == .backoff || phase == .givenUp {
+                    if previous?.isUp != true, [.stopped, .backoff, .restarting, .givenUp].contains(phase) || phase.isAwaitingDependency {
                         logger.notice("The agent's unit was started outside Backstop; supervising it.", metadata: ["agent": "\(name)"])
                         apply(slots[name]!.policy.start(at: now), to: name)
                     }
@@ -321,12 +446,17 @@ extension Supervisor {
         }
     }
 
-    /// The end of a unit's run, told to the policy: how its main process ended, and what
-    /// systemd's `Result` adds (its start timeout, its watchdog).
-    private func runEnded(_ name: String, _ state: UnitState, at now: Moment) {
+    /// Forgets agent `name`'s run: its process and probes.
+    private func runOver(_ name: String) {
         slots[name]!.unit!.runReported = false
         slots[name]!.pid = nil
         stopProbes(name)
+    }
+
+    /// The end of a unit's run, told to the policy: how its main process ended, and what
+    /// systemd's `Result` adds (its start timeout, its watchdog).
+    private func runEnded(_ name: String, _ state: UnitState, at now: Moment) {
+        runOver(name)
         let phase = slots[name]!.policy.phase
         // A unit systemd could not set up never ran the content: exec-failed, as a sandbox that cannot be set up.
         if let failure = state.setUpFailure {
@@ -340,6 +470,6 @@ extension Supervisor {
         default: nil
         }
         apply(slots[name]!.policy.agentExited(
-            state.termination ?? .exited(code: 0), oomKilled: state.result == "oom-kill", reason: known, at: now), to: name)
+            state.termination ?? .exited(code: 0), oomKill: state.result == "oom-kill" ? .machine : nil, reason: known, at: now), to: name)
     }
 }

@@ -37,11 +37,17 @@ struct AgentSlot {
     var pid: Int32?
     var timers: [PolicyTimer: Task<Void, Never>] = [:]
     var killEscalation: Task<Void, Never>?
+    /// The current run's notify socket (one per run) and the task that feeds its datagrams to the actor.
     var notifySocket: NotifySocket?
     var notifyPump: Task<Void, Never>?
     var statusText: String?
     var bootHealthTimer: Task<Void, Never>?
     var bootHealthy = false
+    /// Whether the current run is in a transient scope of its own, whose cgroup holds its `memory_max`.
+    var inScope = false
+    /// The OOM kills counted in backstopd's slice (where the scope is) when the run was put in
+    /// its scope; more at its end, with the agent killed by SIGKILL, means its scope had one.
+    var sliceOOMKillsAtStart: Int?
     /// When the current run started, on CLOCK_MONOTONIC in microseconds (the kernel log's clock).
     var startedAtKernelMicroseconds: UInt64 = 0
     /// Processes a `daemonized` agent left running in the background.
@@ -122,7 +128,9 @@ public actor Supervisor {
     /// - Throws: the error of creating the state or runtime directory.
     public func start() throws {
         try DurableFile.makeDirectories(configuration.daemon.stateDirectory, mode: 0o755)
-        try DurableFile.makeDirectories(configuration.daemon.runtimeDirectory + "/notify", mode: 0o755)
+        // Root's alone: a notify socket is reached through the sandbox it is bound into.
+        try DurableFile.makeDirectories(configuration.daemon.notifyDirectory, mode: 0o700)
+        chmod(configuration.daemon.notifyDirectory, 0o700)
         do {
             try ChildReaper.shared.start { pid in Task { await self.adoptedChildReaped(pid) } }
         } catch {
@@ -146,9 +154,7 @@ public actor Supervisor {
         }
         let now = Moment.now()
         for agent in configuration.agents {
-            var slot = restore(agent, at: now)
-            (slot.notifySocket, slot.notifyPump) = openNotifySocket(for: agent.name)
-            slots[agent.name] = slot
+            slots[agent.name] = restore(agent, at: now)
         }
         let unwatchable = attachUnits(configuration.agents)
         stopUnconfiguredAgents()
@@ -245,6 +251,7 @@ public actor Supervisor {
             slots[name]?.notifySocket?.invalidate()
             slots[name]?.notifyPump?.cancel()
             slots[name]?.unit?.pump.cancel()
+            stopAwaiting(name)
             stopProbes(name)
             persist(name)
         }
@@ -380,32 +387,74 @@ public actor Supervisor {
     }
 
     /// Runs the preflight of staged version `id` (``Preflight``) off the actor; the caller holds
-    /// the agent's turn, so two never run at once for one agent.
-    /// - Throws: ``ManagerError/preflightFailed(_:_:)`` after quarantining a version that failed;
-    ///   ``ManagerError/preflightCouldNotRun(_:_:)`` when the instance could not run at all (nothing is quarantined).
+    /// the agent's turn, so two never run at once for one agent. A version that fails is judged
+    /// against a control: the same preflight on the active (or else the last known-good) version;
+    /// only when the control passes is the failure the version's (``AgentPolicy/preflightFailed(_:reason:detail:control:at:)``).
+    /// - Throws: ``ManagerError/preflightFailed(_:_:)`` after quarantining a version that failed
+    ///   where its control passed; ``ManagerError/preflightCouldNotRun(_:_:)`` when the instance
+    ///   could not run at all (nothing is quarantined). Returns normally when the version passed,
+    ///   or when the preflight cannot judge it (then it is activated under probation).
     private func preflight(_ agent: String, version id: String) async throws(ManagerError) {
         let slot = try slot(agent)
         let seconds = slot.configuration.preflightSeconds
-        logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
-                      metadata: ["agent": "\(agent)", "version": "\(id)"])
         // On disk before the instance starts: a machine that dies during it blames this version.
         if bootLog.markPreflight(agent, version: id, in: bootID) { saveBootLog() }
         synchronizeJournal(before: "the preflight of content \(id) for agent \(agent) starts")
-        let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id)
+        logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
+                      metadata: ["agent": "\(agent)", "version": "\(id)"])
+        let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id) { pid in
+            await self.confineInScope(agent, pid: pid)
+        }
         if bootLog.markPreflight(agent, version: nil, in: bootID) { saveBootLog() }
         guard !shuttingDown else { throw .shuttingDown }
         switch outcome {
         case .passed:
             logger.notice("Content \(id) of agent \(agent) passed preflight.", metadata: ["agent": "\(agent)", "version": "\(id)"])
-        case .failed(let reason, let detail):
-            apply(slots[agent]!.policy.preflightFailed(id, reason: reason, detail: detail, at: Moment.now()), to: agent)
+        case .failed(let reason, let detail, let output):
+            let control = try await preflightControl(agent, failed: id, detail: detail)
+            apply(slots[agent]!.policy.preflightFailed(
+                id, reason: reason, detail: Self.withLastLine(detail, of: output), control: control, at: Moment.now()), to: agent)
             persist(agent)
+            guard case .passed = control else { return }
             throw .preflightFailed(id, detail)
         case .couldNotRun(let detail):
             logger.error("The preflight of content \(id) for agent \(agent) could not run; the version is not activated.",
                          metadata: ["agent": "\(agent)", "version": "\(id)", "error": "\(detail)"])
             throw .preflightCouldNotRun(id, detail)
         }
+    }
+
+    /// Runs the control of a failed preflight of `id`: the same preflight on the active version
+    /// (unless quarantined), or else the last known-good one; `.none` when there is neither.
+    /// - Throws: ``ManagerError/shuttingDown``.
+    private func preflightControl(_ agent: String, failed id: String, detail: String) async throws(ManagerError) -> PreflightControl {
+        let slot = try slot(agent)
+        let ledger = slot.policy.ledger
+        let active = ledger.active.flatMap { ledger.record($0)?.standing == .quarantined ? nil : $0 }
+        guard let control = active ?? ledger.knownGood, control != id else { return .none }
+        logger.notice("Content \(id) of agent \(agent) failed preflight (\(detail)); running content \(control) through the same preflight as a control.",
+                      metadata: ["agent": "\(agent)", "version": "\(id)", "control": "\(control)"])
+        let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: control) { pid in
+            await self.confineInScope(agent, pid: pid)
+        }
+        guard !shuttingDown else { throw .shuttingDown }
+        switch outcome {
+        case .passed:
+            return .passed(version: control)
+        case .failed(_, let detail, let output):
+            return .failed(version: control, detail: Self.withLastLine(detail, of: output), obstacle: SandboxObstacle.find(in: output))
+        case .couldNotRun(let detail):
+            return .failed(version: control, detail: "could not run: \(detail)", obstacle: nil)
+        }
+    }
+
+    /// "exit code 1; its last output: connect: Connection refused", or `detail` alone without output
+    /// (the sandbox shell's own report of how its child ended is not the agent's output).
+    static func withLastLine(_ detail: String, of output: String) -> String {
+        guard let line = output.split(whereSeparator: \.isNewline).last(where: {
+            !$0.allSatisfy(\.isWhitespace) && !$0.hasPrefix(BubblewrapSandbox.shellName + ":")
+        }) else { return detail }
+        return detail + "; its last output: \"\(line.prefix(200))\""
     }
 
     /// Promotes `id` to known-good now.
@@ -550,19 +599,21 @@ public actor Supervisor {
         guard slots[name]?.generation == generation else { return }
         slots[name]!.pid = pid
         RunRecord(runtimeDirectory: configuration.daemon.runtimeDirectory, agent: name).started(pid)
-        confineInScope(name, pid: pid)
+        slots[name]!.inScope = confineInScope(name, pid: pid)
+        slots[name]!.sliceOOMKillsAtStart = slots[name]!.inScope ? Cgroup.ownSlice.flatMap { Cgroup.oomKills(in: $0.directory) } : nil
         // (A stop asked for while the process was being created terminates it now.)
         let stopping = slots[name]!.policy.isStopping
         apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
         if !stopping {
             let early = slots[name]!.notifiedEarly
             slots[name]!.notifiedEarly = []
-            early.forEach { notified(name, $0) }
+            early.forEach { notified(name, generation: generation, $0) }
         }
         persist(name)
     }
 
-    private func processEnded(_ name: String, generation: Int, result: Result<Termination, LaunchError>) {
+    /// - Parameter obstacle: what the end of the run's stderr names as being in its way.
+    private func processEnded(_ name: String, generation: Int, result: Result<Termination, LaunchError>, obstacle: SandboxObstacle? = nil) {
         guard slots[name]?.generation == generation else { return }
         let leader = slots[name]!.pid
         slots[name]!.pid = nil
@@ -584,10 +635,23 @@ public actor Supervisor {
                 DirectRunner.signalGroup(leader, SIGKILL)
                 ProcessTable.kill(survivors) { self.leftovers(of: name, session: leader) }
             }
-            let oomKilled = unasked && termination.signal == SIGKILL
-                && leader.map { KernelLog.recordsOOMKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } == true
+            let memoryMax = slots[name]!.configuration.sandbox.memoryMaxBytes
+            let killer = unasked && termination.signal == SIGKILL
+                ? leader.flatMap { KernelLog.oomKill(of: $0, sinceMonotonicMicroseconds: slots[name]!.startedAtKernelMicroseconds) } : nil
+            var oomKill = killer.map { killer -> OOMKill in
+                guard killer == .memoryCgroup, slots[name]!.inScope, let memoryMax else { return .machine }
+                return .memoryMax(bytes: memoryMax)
+            }
+            // Where the kernel log cannot be read (a container's /dev/kmsg is not the kernel's),
+            // memory.events says it: the scope is gone by now, but its slice counted the kill.
+            if oomKill == nil, unasked, termination.signal == SIGKILL, slots[name]!.inScope, let memoryMax,
+               let before = slots[name]!.sliceOOMKillsAtStart,
+               let after = Cgroup.ownSlice.flatMap({ Cgroup.oomKills(in: $0.directory) }), after > before {
+                oomKill = .memoryMax(bytes: memoryMax)
+            }
             apply(slots[name]!.policy.agentExited(
-                termination, oomKilled: oomKilled, survivors: daemonized ? survivors : [], at: now), to: name)
+                termination, oomKill: oomKill, memoryRlimitBytes: BubblewrapSandbox.memoryCgroupUnavailableReason == nil ? nil : memoryMax,
+                survivors: daemonized ? survivors : [], obstacle: obstacle, at: now), to: name)
             if daemonized {
                 slots[name]!.strays = Set(survivors)
                 slots[name]!.straySession = leader
@@ -693,16 +757,13 @@ public actor Supervisor {
         slots[name]?.probePIDs = [:]
     }
 
-    private func notified(_ name: String, _ message: NotifyMessage) {
-        guard let pid = slots[name]?.pid else {
+    /// A datagram on the socket of run `generation`: only that run's sandbox reaches it, so it
+    /// speaks for the run whether or not its sender is still running (see ``NotifySocket``).
+    private func notified(_ name: String, generation: Int, _ message: NotifyMessage) {
+        guard slots[name]?.generation == generation else { return }
+        guard slots[name]!.pid != nil else {
             // A fast agent's READY=1 can come before its start is recorded: kept for then.
-            if slots[name]?.policy.phase == .starting { slots[name]!.notifiedEarly.append(message) }
-            return
-        }
-        // Only the agent's own session may speak for it (SCM_CREDENTIALS is kernel-checked).
-        guard message.isFromSession(of: pid) else {
-            logger.notice("Ignored a notify datagram from a process outside the agent's session.",
-                         metadata: ["agent": "\(name)", "sender_pid": "\(message.senderPID)"])
+            if slots[name]!.policy.phase == .starting { slots[name]!.notifiedEarly.append(message) }
             return
         }
         let now = Moment.now()
@@ -776,6 +837,10 @@ public actor Supervisor {
         slots[name]!.generation += 1
         slots[name]!.notifiedEarly = []
         let generation = slots[name]!.generation
+        // A socket of the run's own: what an earlier run sent stays on the earlier socket.
+        slots[name]!.notifySocket?.invalidate()
+        slots[name]!.notifyPump?.cancel()
+        (slots[name]!.notifySocket, slots[name]!.notifyPump) = openNotifySocket(for: name, generation: generation)
         let slot = slots[name]!
         var request = LaunchRequest.make(
             agent: name, exec: mode == .safeMode ? slot.configuration.safeModeExec : slot.configuration.exec,
@@ -783,8 +848,10 @@ public actor Supervisor {
             contentPath: slot.store.path(of: version), version: version, notifySocket: slot.notifySocket?.path,
             watchdogSeconds: slot.configuration.watchdogSeconds)
         slots[name]!.startedAtKernelMicroseconds = KernelLog.monotonicMicroseconds()
+        slots[name]!.inScope = false
+        slots[name]!.sliceOOMKillsAtStart = nil
         slots[name]!.readyCheckFailureSaid = false
-        let sandbox: BubblewrapSandbox
+        var sandbox: BubblewrapSandbox
         do throws(SandboxError) {
             sandbox = try BubblewrapSandbox(agent: slot.configuration, daemon: configuration.daemon, contentPath: slot.store.path(of: version))
         } catch {
@@ -794,34 +861,43 @@ public actor Supervisor {
         if let path = slot.notifySocket?.path {
             // The agent's user must be able to send to its notify socket.
             chown(path, sandbox.account.uid, sandbox.account.gid)
+            sandbox.notifySocket = path
         }
         request.sandbox = sandbox
         Task {
-            let result = await DirectRunner.run(request) { pid in
+            let errorTail = OutputTail()
+            let result = await DirectRunner.run(request, errorTail: errorTail) { pid in
                 await self.processStarted(name, generation: generation, pid: pid)
             }
-            self.processEnded(name, generation: generation, result: result)
+            self.processEnded(name, generation: generation, result: result, obstacle: SandboxObstacle.find(in: errorTail.text))
         }
     }
 
     /// Under systemd, moves a sandboxed agent into a transient scope of its own,
-    /// `backstop-<agent>-<pid>.scope`, whose cgroup carries its `memory_max`, `tasks_max`
+    /// `backstop-<agent>-<pid>.scope` in backstopd's own slice, whose cgroup carries its `memory_max`, `tasks_max`
     /// and `cpu_quota` (Manager.StartTransientUnit with `PIDs=`); what it forks from now on
-    /// is counted there too. Without systemd, or when the scope cannot be made, the
-    /// sandbox's rlimits are its limits.
-    private func confineInScope(_ name: String, pid: Int32) {
-        guard let slot = slots[name], let bus = systemd else { return }
+    /// is counted there too. Without systemd the sandbox's rlimits are its limits; when the
+    /// scope cannot be made, its `memory_max` does not hold (the sandbox left it to the scope).
+    /// - Returns: whether the process is in its scope.
+    func confineInScope(_ name: String, pid: Int32) -> Bool {
+        guard let slot = slots[name], let bus = systemd else { return false }
         let limits = UnitSandbox.cgroupProperties(slot.configuration.sandbox)
         let scope = "backstop-\(name)-\(pid).scope"
+        var properties: [(String, BusValue)] = [
+            ("Description", .string("Backstop agent \(name), run by backstopd in its sandbox")),
+            ("PIDs", .pids([UInt32(pid)])),
+            ("CollectMode", .string("inactive-or-failed")),
+        ]
+        // In backstopd's own slice, whose memory.events still counts the scope's OOM kills once it is gone.
+        if let slice = Cgroup.ownSlice { properties.append(("Slice", .string(slice.unit))) }
         do {
-            _ = try bus.startTransientUnit(scope, properties: [
-                ("Description", .string("Backstop agent \(name), run by backstopd in its sandbox")),
-                ("PIDs", .pids([UInt32(pid)])),
-                ("CollectMode", .string("inactive-or-failed")),
-            ] + Self.orderedBeforeDaemon + limits)
+            _ = try bus.startTransientUnit(scope, properties: properties + Self.orderedBeforeDaemon + limits)
+            return true
         } catch {
-            logger.warning("Cannot put the agent into a transient scope; its limits are the sandbox's rlimits only.",
+            let memory = slot.configuration.sandbox.memoryMaxBytes.map { "; memory_max \(SandboxSpec.formatBytes($0)) does not hold for this run" } ?? ""
+            logger.warning("Cannot put the agent into a transient scope; its limits are the sandbox's rlimits only\(memory).",
                            metadata: ["agent": "\(name)", "scope": "\(scope)", "error": "\(error)"])
+            return false
         }
     }
 
@@ -1020,8 +1096,8 @@ public actor Supervisor {
         }
     }
 
-    /// The agent's notify socket and the task that feeds its datagrams, in order, to the actor.
-    func openNotifySocket(for name: String) -> (NotifySocket?, Task<Void, Never>?) {
+    /// A notify socket for run `generation` of the agent, and the task that feeds its datagrams, in order, to the actor.
+    func openNotifySocket(for name: String, generation: Int) -> (NotifySocket?, Task<Void, Never>?) {
         let path = configuration.daemon.notifySocketPath(agent: name)
         let (stream, continuation) = AsyncStream.makeStream(of: NotifyMessage.self, bufferingPolicy: .bufferingNewest(64))
         do {
@@ -1029,7 +1105,7 @@ public actor Supervisor {
                 continuation.yield($0)
             }
             let pump = Task {
-                for await message in stream { self.notified(name, message) }
+                for await message in stream { self.notified(name, generation: generation, message) }
             }
             return (socket, pump)
         } catch {

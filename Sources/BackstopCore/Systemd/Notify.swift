@@ -24,12 +24,6 @@ public struct NotifyMessage: Sendable, Equatable {
         assignments.last { $0.0 == key }?.1
     }
 
-    /// Whether the sender is `leader` or a process of its session (getsid(2)): only an
-    /// agent's own session may speak for it.
-    public func isFromSession(of leader: Int32) -> Bool {
-        senderPID == leader || getsid(senderPID) == leader
-    }
-
     /// Parses a datagram's payload. Lines without `=` are ignored, as systemd does.
     public static func parse(_ payload: Data) -> [(String, String)] {
         String(decoding: payload, as: UTF8.self).split(separator: "\n").compactMap { line in
@@ -48,6 +42,15 @@ public struct NotifyMessage: Sendable, Equatable {
 
 /// The receiving end of an agent's `NOTIFY_SOCKET`: an AF_UNIX datagram socket
 /// with SO_PASSCRED, read by a dispatch source (no polling).
+///
+/// Who may speak for an agent is decided by who can reach its socket, never by looking the
+/// sender up when the datagram is read: a helper that sent `READY=1` or `WATCHDOG=1` and
+/// exited at once is gone by then, most of all while backstopd is stalled. backstopd makes
+/// one socket per run in `<runtime_directory>/notify` (mode 0700, root's) and binds it alone
+/// into that run's sandbox, where the rest of that directory is an empty tmpfs
+/// (``BubblewrapSandbox/notifySocket``). So a datagram on it comes from a process of that run's
+/// sandbox (or from root on the host), and what an earlier run sent stays on the earlier
+/// run's socket, closed when the next run starts.
 ///
 /// File descriptors passed along (FDSTORE=1) are closed at once: Backstop keeps none.
 // @unchecked: every stored property is set once in init; DispatchSource's cancel is thread-safe.

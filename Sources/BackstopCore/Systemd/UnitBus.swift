@@ -144,6 +144,80 @@ public final class UnitBus: @unchecked Sendable {
         _ = try call("Reload", [], operation: "Reload")
     }
 
+    /// The units whose stop systemd carries over to unit `name`: those in its `Requires=`,
+    /// `BindsTo=`, `Requisite=` and `PartOf=` (the Unit properties of the same names,
+    /// org.freedesktop.systemd1(5); for a socket-activated service, its socket).
+    /// - Throws: ``BusError``.
+    public func stopPropagatingUnits(of name: String) throws(BusError) -> [String] {
+        let path = try loadUnit(name)
+        return try withBus { bus throws(BusError) in
+            var units: [String] = []
+            for member in ["Requires", "BindsTo", "Requisite", "PartOf"] {
+                var error = sd_bus_error()
+                defer { sd_bus_error_free(&error) }
+                var list: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+                let result = sd_bus_get_property_strv(bus, Self.destination, path, Self.unitInterface, member, &error, &list)
+                guard result >= 0 else { throw Self.busError("reading \(member) of \(name)", result, error) }
+                defer { free(list) }
+                var index = 0
+                while let entry = list?[index] {
+                    let unit = String(cString: entry)
+                    if !units.contains(unit) { units.append(unit) }
+                    free(entry)
+                    index += 1
+                }
+            }
+            return units
+        }
+    }
+
+    /// Unit `name`'s `ActiveState` and the type of the job queued or running for it
+    /// (`JobType` of its `Job`: `start`, `stop`, `restart`, ...; nil when it has none).
+    /// - Throws: ``BusError``.
+    public func activeStateAndJob(_ name: String) throws(BusError) -> (activeState: String, jobType: String?) {
+        let path = try loadUnit(name)
+        return try withBus { bus throws(BusError) in
+            let activeState = try Self.stringProperty(bus: bus, path: path, interface: Self.unitInterface, member: "ActiveState")
+            var error = sd_bus_error()
+            defer { sd_bus_error_free(&error) }
+            var reply: OpaquePointer?
+            let result = sd_bus_get_property(bus, Self.destination, path, Self.unitInterface, "Job", &error, &reply, "(uo)")
+            guard result >= 0 else { throw Self.busError("reading Job of \(name)", result, error) }
+            defer { sd_bus_message_unref(reply) }
+            var id: UInt32 = 0
+            var job: UnsafePointer<CChar>?
+            guard sd_bus_message_enter_container(reply, CChar(UInt8(ascii: "r")), "uo") > 0,
+                sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "u")), &id) >= 0,
+                sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "o")), &job) >= 0, let job
+            else { throw BusError(operation: "reading Job of \(name)", message: "malformed reply") }
+            guard id != 0 else { return (activeState, nil) }
+            // The job may end between the two reads: then there is none.
+            let jobType = try? Self.stringProperty(bus: bus, path: String(cString: job), interface: "org.freedesktop.systemd1.Job", member: "JobType")
+            return (activeState, jobType)
+        }
+    }
+
+    /// A `…TimestampMonotonic` property of unit `name` (org.freedesktop.systemd1(5)), in µs
+    /// on CLOCK_MONOTONIC, 0 when it never happened: `ConditionTimestampMonotonic` (when
+    /// systemd last checked its `Condition…=` settings, which it does at every start, also
+    /// one it then skips), `ActiveExitTimestampMonotonic` (when it last began to stop),
+    /// `InactiveEnterTimestampMonotonic` (when it was last down).
+    /// - Throws: ``BusError``.
+    public func monotonicMicroseconds(_ property: String, of name: String) throws(BusError) -> UInt64 {
+        let path = try loadUnit(name)
+        return try withBus { bus throws(BusError) in
+            var error = sd_bus_error()
+            defer { sd_bus_error_free(&error) }
+            var value: UInt64 = 0
+            let result = sd_bus_get_property_trivial(
+                bus, Self.destination, path, Self.unitInterface, property, &error, CChar(UInt8(ascii: "t")), &value)
+            guard result >= 0 else { throw Self.busError("reading \(property) of \(name)", result, error) }
+            return value
+        }
+    }
+
+    static let unitInterface = "org.freedesktop.systemd1.Unit"
+
     /// Reads a unit's state on `bus`, property by property (sd_bus_get_property(3)); the
     /// caller owns the connection.
     /// - Throws: ``BusError``.
