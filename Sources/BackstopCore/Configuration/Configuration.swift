@@ -71,11 +71,6 @@ public struct Configuration: Sendable, Equatable {
                     }
                 }
             }
-            if agent.preflightSeconds > 0 {
-                for path in agent.sandbox.readWritePaths where BubblewrapSandbox.exists(path) && Preflight.isKernelInterface(path) {
-                    warnings.append("agent \(agent.name): read_write_paths \(path) is a device or kernel interface, which the preflight cannot copy: its instance writes the live one, and what a version does there in preflight reaches this machine")
-                }
-            }
             if agent.transientUnit == nil || agent.preflightSeconds > 0, let bytes = agent.sandbox.memoryMaxBytes,
                let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
                 warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
@@ -99,6 +94,9 @@ public struct Configuration: Sendable, Equatable {
         var differences: [String] = []
         if !agent.sandbox.privateNetwork {
             differences.append("a preflight instance has a network of its own with only a loopback device, while the live agent uses the host's (private_network = false): a version that talks to a local service (127.0.0.1) or needs the host's network fails its preflight for that reason, and is then activated under probation if the active version fails the same preflight")
+        }
+        for path in agent.sandbox.readWritePaths where BubblewrapSandbox.exists(path) && Preflight.isKernelInterface(path) {
+            differences.append("read_write_paths \(path) is a device or kernel interface, which the preflight cannot copy: its instance writes the live one, and what a version does there in preflight reaches this machine")
         }
         for path in agent.sandbox.readWritePaths where holdsPIDFileOrLock(path) {
             differences.append("read_write_paths entry \(path) looks like a pid file or lock directory; a preflight instance gets a copy of it, holding what the live agent holds, and an agent that refuses to start beside a running copy of itself fails every preflight")
