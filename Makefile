@@ -19,7 +19,8 @@ SYSCONFDIR = /etc
 
 # Packages the build needs, and the ones the tests use as real parts.
 BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config bubblewrap
-TEST_PACKAGES = clamav-daemon clamav clamdscan systemd systemd-container python3 groff-base
+TEST_PACKAGES = clamav-daemon clamav clamdscan systemd systemd-container python3 groff-base \
+	qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
 BENCH_PACKAGES = python3-venv
 
 # Agents with runner = "systemd" whose unit `make install` gives the sandbox drop-in of
@@ -50,11 +51,16 @@ demo: build
 # tests that run the built binaries against real agents. The container tests boot
 # systemd in systemd-nspawn with Backstop installed from a `make install` tree, whose
 # binaries carry their Swift runtime (nothing in the container may come from /opt).
+# The virtual-machine tests boot Debian 12 with a real kernel (QEMU, software emulation
+# where KVM cannot boot it) from a base image built once from Debian packages and cached
+# in .build-vm, with the same install tree.
 TEST_INSTALL_DIR = $(CURDIR)/.build-install
+VM_CACHE_DIR = $(CURDIR)/.build-vm
 test: test-deps
 	$(SWIFT) build --build-tests
 	rm -rf "$(TEST_INSTALL_DIR)"
 	$(MAKE) install DESTDIR="$(TEST_INSTALL_DIR)"
+	scripts/vm/build-base-image.sh "$(VM_CACHE_DIR)" >/dev/null
 	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" BACKSTOP_INSTALL_DIR="$(TEST_INSTALL_DIR)" $(SWIFT) test --skip-build --disable-xctest
 
 # Benchmarks of the release build, side by side with systemd (in a container, like the
@@ -122,4 +128,4 @@ install: deps
 
 clean:
 	$(SWIFT) package clean
-	rm -rf .build-install .build-bench .build-fuzz
+	rm -rf .build-install .build-bench .build-fuzz .build-vm

@@ -411,6 +411,24 @@ struct ContainerTests {
         }
     }
 
+    @Test("a clean poweroff stops the agent's transient scope only after backstopd: no agent failure, no restart during shutdown")
+    func cleanShutdownStopsScopeAfterDaemon() throws {
+        try withContainer(config: Self.config + "\n[agent.sandbox]\ntasks_max = 64\n") { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready")
+            let pid = try #require(try container.status().agents.first?.pid)
+            let before = try container.run("/bin/systemctl", "show", "backstop-demo-\(pid).scope", "-p", "Before").output
+            #expect(before.contains("backstopd.service"), "\(before)")
+            try container.shutDown()
+            try container.boot()
+            try container.waitForDecision("agent-ready")
+            let shutdown = try container.decisions(boot: -1)
+            #expect(shutdown.filter { $0["BACKSTOP_EVENT"] == "agent-started" }.count == 1, "\(shutdown)")
+            #expect(!shutdown.contains { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_REASON"] != nil }, "\(shutdown)")
+            #expect(try container.status().agents.first?.failures.recent == 0)
+        }
+    }
+
     @Test("memory_max as deployed: where the container's cgroup hierarchy has the memory controller, a candidate that allocates past it is OOM-killed in its scope and reported as memory-limit naming the limit; where it has not, it stays RLIMIT_DATA, --check-config says so and the exits name the limit; either way the candidate is rolled back to the known-good version that ran within it")
     func memoryMaxAsDeployed() throws {
         // Holds the number of MiB its content's `megabytes` file says, each page written, then waits.

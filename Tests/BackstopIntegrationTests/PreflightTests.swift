@@ -102,6 +102,44 @@ struct PreflightTests {
         }
     }
 
+    @Test("A writable path the preflight cannot copy (a kernel interface in /proc, as /proc/sysrq-trigger) is bound live as for the agent: a good version passes its preflight, a bad one still fails it, and --check-config says so")
+    func preflightBindsKernelInterfaceLive() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        // bubblewrap's /proc has /proc/sys read-only, as /proc/sysrq-trigger (which some
+        // machines lack). The agent writes nothing there: it checks that it could.
+        let interface = "/proc/sys/vm/drop_caches"
+        let script = """
+            [ -w \(interface) ] || exit 4
+            [ -e "$BACKSTOP_CONTENT/bad" ] && exit 3
+            exec sleep 600
+            """
+        let good = try scratch.makeDirectory("good", files: ["agent.sh": script])
+        let good2 = try scratch.makeDirectory("good2", files: ["agent.sh": script, "second": ""])
+        let bad = try scratch.makeDirectory("bad", files: ["agent.sh": script, "bad": ""])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            preflight_sec = 2
+            [agent.sandbox]
+            user = "root"
+            read_write_paths = ["\(interface)"]
+            """])
+        defer { harness.cleanUp() }
+        let check = try Command.run(Paths.binary("backstopd"), ["--check-config", "--config", harness.configPath])
+        #expect(check.status == 0, "\(check.error)")
+        #expect((check.output + check.error).contains("read_write_paths \(interface) is a device or kernel interface, which the preflight cannot copy"),
+                "\(check.output)\(check.error)")
+        try harness.start()
+        try harness.stage(good, as: "v1", agent: "script")
+        try harness.wait(for: "agent-ready")
+        let passed = try harness.ctl("stage", "script", good2, "--version", "v2", "--activate")
+        #expect(passed.status == 0, "\(passed.error)")
+        let refused = try harness.ctl("stage", "script", bad, "--version", "v3", "--activate")
+        #expect(refused.status != 0 && refused.error.contains("failed preflight (exit code 3)"), "\(refused.error)")
+        #expect(try harness.agent("script").content.quarantined == ["v3"])
+    }
+
     @Test("Content below a directory the agent's user cannot search: unreachable on the host's /tmp, so the preflight could not run and the version stays staged; reachable in a private /tmp, so it goes live",
           arguments: [false, true])
     func contentBehindAClosedDirectory(privateTmp: Bool) throws {

@@ -95,6 +95,9 @@ public struct Configuration: Sendable, Equatable {
         if !agent.sandbox.privateNetwork {
             differences.append("a preflight instance has a network of its own with only a loopback device, while the live agent uses the host's (private_network = false): a version that talks to a local service (127.0.0.1) or needs the host's network fails its preflight for that reason, and is then activated under probation if the active version fails the same preflight")
         }
+        for path in agent.sandbox.readWritePaths where BubblewrapSandbox.exists(path) && Preflight.isKernelInterface(path) {
+            differences.append("read_write_paths \(path) is a device or kernel interface, which the preflight cannot copy: its instance writes the live one, and what a version does there in preflight reaches this machine")
+        }
         for path in agent.sandbox.readWritePaths where holdsPIDFileOrLock(path) {
             differences.append("read_write_paths entry \(path) looks like a pid file or lock directory; a preflight instance gets a copy of it, holding what the live agent holds, and an agent that refuses to start beside a running copy of itself fails every preflight")
         }

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// How a preflight ended.
@@ -13,7 +14,7 @@ public enum PreflightOutcome: Sendable, Equatable {
 
 /// Preflight: a staged version run once in a throwaway instance of the agent before it goes
 /// live. The instance runs in the agent's sandbox with a network namespace of its own and a
-/// private copy of each writable path, on a notify socket of its own (`<runtime>/notify/<agent>.preflight`),
+/// private copy of each writable path (but devices and kernel interfaces, ``isKernelInterface(_:)``), on a notify socket of its own (`<runtime>/notify/<agent>.preflight`),
 /// for `preflight_sec`. It fails as the live agent would: it crashes or exits non-zero,
 /// gives no `READY=1` within `start_timeout_sec` (with `notify`), or misses a `WATCHDOG=1`
 /// (with `watchdog_sec`). The live agent is not touched. The caller runs one at a time per agent.
@@ -47,7 +48,7 @@ enum Preflight {
         ContentStore.removeTree(scratch)
         do {
             try DurableFile.makeDirectories(scratch, mode: 0o700)
-            for (index, path) in agent.sandbox.readWritePaths.enumerated() where BubblewrapSandbox.exists(path) {
+            for (index, path) in agent.sandbox.readWritePaths.enumerated() where BubblewrapSandbox.exists(path) && !isKernelInterface(path) {
                 let copy = scratch + "/\(index)"
                 // What the path names, not a symlink that would lead the copy back to the live directory.
                 try copyPreservingOwners(BubblewrapSandbox.resolved(path), to: copy)
@@ -162,6 +163,27 @@ enum Preflight {
         if let pid { DirectRunner.killRemains(ofSession: pid, mark: LaunchRequest.preflightStoreVariable, value: store.root) }
         if case .failed(let reason, let detail, _) = outcome { return .failed(reason: reason, detail: detail, output: errorTail.text) }
         return outcome ?? .couldNotRun("the preflight ended without a result")
+    }
+
+    /// File system types (statfs(2) `f_type`) whose files are the kernel's interfaces, not data:
+    /// proc, sysfs, cgroup, cgroup2, debugfs, tracefs, securityfs, configfs, bpf, efivarfs, pstore.
+    private static let kernelInterfaceFileSystems: Set<Int> = [
+        0x9fa0, 0x6265_6572, 0x0027_e0eb, 0x6367_7270, 0x6462_6720, 0x7472_6163, 0x7363_6673, 0x6265_6570,
+        0xcafe_4a11, 0xde5e_81e4, 0x6165_676c,
+    ]
+
+    /// Whether the writable `path` is a device or one of the kernel's interfaces (such as
+    /// /proc/sysrq-trigger): there is nothing to copy, and a copy would not work as one. The
+    /// preflight instance gets the live one, as the agent does, and what it writes there
+    /// reaches this machine (`--check-config` says so).
+    static func isKernelInterface(_ path: String) -> Bool {
+        let real = BubblewrapSandbox.resolved(path)
+        var info = stat()
+        if stat(real, &info) == 0, [S_IFCHR, S_IFBLK].contains(info.st_mode & S_IFMT) { return true }
+        let descriptor = open(real, OpenBundle.pathOnlyFlag | O_CLOEXEC)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        return kernelInterfaceFileSystems.contains(Int(backstop_file_system_type(descriptor)))
     }
 
     /// `path` copied to `copy` with cp(1) `-a`: modes, owners and links as they are.

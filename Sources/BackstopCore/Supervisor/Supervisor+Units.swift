@@ -189,7 +189,7 @@ extension Supervisor {
             ("TimeoutStopUSec", .uint64(UInt64(Self.terminationGraceSeconds * 1_000_000))),
         ]
         if agent.notify, agent.watchdogSeconds > 0 { properties.append(("WatchdogUSec", .uint64(UInt64(agent.watchdogSeconds) * 1_000_000))) }
-        return properties + UnitSandbox(
+        return properties + Self.orderedBeforeDaemon + UnitSandbox(
             spec: agent.sandbox, unit: slot.unit!.name, stateDirectory: configuration.daemon.stateDirectory, isTransient: true
         ).busProperties()
     }

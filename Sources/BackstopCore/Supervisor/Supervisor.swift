@@ -97,6 +97,23 @@ public actor Supervisor {
     /// Grace between SIGTERM (or SIGABRT for a hang) and SIGKILL, in seconds.
     public static let terminationGraceSeconds: Double = 5
 
+    /// The service backstopd runs as (sd_pid_get_unit(3)), such as `backstopd.service`;
+    /// nil when it is not run by systemd as a service.
+    static let daemonUnit: String? = {
+        var unit: UnsafeMutablePointer<CChar>?
+        guard sd_pid_get_unit(0, &unit) >= 0, let unit else { return nil }
+        defer { free(unit) }
+        let name = String(cString: unit)
+        return name.hasSuffix(".service") ? name : nil
+    }()
+
+    /// What every transient unit made for an agent gets, so that systemd stops it only after
+    /// backstopd at shutdown (the inverse of `Before=`): backstopd stops the agent itself,
+    /// as a stop it asked for, instead of seeing it end under it and restarting it.
+    static var orderedBeforeDaemon: [(String, BusValue)] {
+        daemonUnit.map { [("Before", .strings([$0]))] } ?? []
+    }
+
     /// - Throws: `Errno` when the boot ID cannot be read.
     public init(configuration: Configuration, logger: Logger) throws {
         self.configuration = configuration
@@ -382,6 +399,7 @@ public actor Supervisor {
         let seconds = slot.configuration.preflightSeconds
         // On disk before the instance starts: a machine that dies during it blames this version.
         if bootLog.markPreflight(agent, version: id, in: bootID) { saveBootLog() }
+        synchronizeJournal(before: "the preflight of content \(id) for agent \(agent) starts")
         logger.notice("Preflight of content \(id) for agent \(agent): a throwaway sandboxed instance runs it for \(seconds) s.",
                       metadata: ["agent": "\(agent)", "version": "\(id)"])
         let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: id) { pid in
@@ -768,6 +786,7 @@ public actor Supervisor {
         for action in actions {
             switch action {
             case .spawn(let version, let mode):
+                if slots[name]!.policy.ledger.candidate == version { synchronizeJournal(before: "agent \(name) starts on candidate content \(version)") }
                 if slots[name]!.configuration.watchedUnit != nil { startUnit(name, version: version, mode: mode) } else { spawn(name, version: version, mode: mode) }
             case .terminate(let signal):
                 if slots[name]!.unit != nil { stopUnit(name, signal: signal) } else { terminate(name, signal: signal) }
@@ -794,9 +813,23 @@ public actor Supervisor {
                 }
                 if decision.event == .agentReady { startBootHealthTimer(name) }
                 if decision.event == .agentStarted, bootLog.markStarted(name, in: bootID) { saveBootLog() }
+                if decision.event == .agentStarted, let version = decision.version, slots[name]!.policy.ledger.candidate == version {
+                    synchronizeJournal(before: "agent \(name) runs candidate content \(version)")
+                }
             case .probe(let probe, let timeoutSeconds):
                 runProbe(name, probe, timeoutSeconds: timeoutSeconds)
             }
+        }
+    }
+
+    /// Makes the decisions recorded so far durable before something that may crash the
+    /// machine (content on probation, a preflight): journald writes to disk only every few
+    /// minutes, and a kernel panic before that would leave `history` without them.
+    /// `moment` says what comes next, for the warning when journald cannot be reached.
+    private func synchronizeJournal(before moment: String) {
+        do { try Journal.synchronize() } catch {
+            logger.warning("Cannot have journald write its journal to disk before \(moment); a crash now may lose the decisions before it.",
+                           metadata: ["error": "\(error)"])
         }
     }
 
@@ -858,7 +891,7 @@ public actor Supervisor {
         // In backstopd's own slice, whose memory.events still counts the scope's OOM kills once it is gone.
         if let slice = Cgroup.ownSlice { properties.append(("Slice", .string(slice.unit))) }
         do {
-            _ = try bus.startTransientUnit(scope, properties: properties + limits)
+            _ = try bus.startTransientUnit(scope, properties: properties + Self.orderedBeforeDaemon + limits)
             return true
         } catch {
             let memory = slot.configuration.sandbox.memoryMaxBytes.map { "; memory_max \(SandboxSpec.formatBytes($0)) does not hold for this run" } ?? ""

@@ -9,7 +9,12 @@ public enum BootID {
     public static func current() throws -> String {
         var id = sd_id128_t()
         try SystemdCall.check(sd_id128_get_boot(&id))
-        return withUnsafeBytes(of: id.bytes) { bytes in
+        return hex(id)
+    }
+
+    /// `id` in 32 lowercase hex digits, as journald names its directories and fields.
+    static func hex(_ id: sd_id128_t) -> String {
+        withUnsafeBytes(of: id.bytes) { bytes in
             bytes.map { String(format: "%02x", $0) }.joined()
         }
     }

@@ -46,6 +46,51 @@ public enum Journal {
         try SystemdCall.check(sd_journal_stream_fd(identifier, Int32(priority.rawValue), 1))
     }
 
+    /// systemd-journald's Varlink socket (systemd-journald(8), "Varlink interface"), root only.
+    public static let varlinkSocketPath = "/run/systemd/journal/io.systemd.journal"
+
+    /// The persistent journal's directory, `/var/log/journal/<machine ID>`.
+    public static let persistentDirectoryRoot = "/var/log/journal"
+
+    /// Has every entry journald has received so far written to disk, as `journalctl --sync`
+    /// does, without a process of its own: journald otherwise syncs only every
+    /// `SyncIntervalSec=` (5 minutes) or on an entry of priority critical or higher, and a
+    /// kernel panic in between loses what came before. First the Varlink call `journalctl
+    /// --sync` makes (`io.systemd.Journal.Synchronize`, systemd 248 and later), which returns
+    /// once journald has written every message queued before it into its files; then an
+    /// fsync(2) of the active journal files in the persistent journal's directory (and of the
+    /// directory), because journald up to systemd 253 syncs them in a thread of its own that
+    /// the next entry cancels, and returns before it is done. Returns at once when no journald
+    /// listens on the socket (no journald, or one before 248).
+    /// - Parameter timeoutSeconds: how long to wait for journald's reply.
+    /// - Throws: ``ControlClient/ClientError`` when journald does not answer in time or refuses
+    ///   (the call needs root), ``Varlink/RemoteError`` for an error reply, or `Errno` from
+    ///   fsync(2).
+    public static func synchronize(timeoutSeconds: Int = 5) throws {
+        guard access(varlinkSocketPath, F_OK) == 0 else { return }
+        do {
+            _ = try ControlClient(path: varlinkSocketPath, replyTimeoutSeconds: timeoutSeconds)
+                .callRaw("io.systemd.Journal.Synchronize", [String: String]())
+        } catch ControlClient.ClientError.daemonNotRunning {
+            // A socket left behind by a journald that is gone: nothing to sync.
+            return
+        }
+        var machine = sd_id128_t()
+        guard sd_id128_get_machine(&machine) >= 0 else { return }
+        let directory = persistentDirectoryRoot + "/" + BootID.hex(machine)
+        // Only the active files change; archived ones (system@...journal) were synced when archived.
+        let active = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter {
+            $0.hasSuffix(".journal") && !$0.contains("@")
+        }
+        for path in active.map({ directory + "/" + $0 }) + (active.isEmpty ? [] : [directory]) {
+            let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+            guard descriptor >= 0 else { continue }
+            defer { close(descriptor) }
+            // journald writes through a shared mapping: fsync writes its dirty pages too.
+            guard fsync(descriptor) == 0 else { throw Errno(rawValue: errno) }
+        }
+    }
+
     /// Whether a journald is listening on this machine (its native socket exists).
     public static var isAvailable: Bool {
         access("/run/systemd/journal/socket", F_OK) == 0
