@@ -317,6 +317,26 @@ struct AgentPolicyBootLoopTests {
         #expect(!policy.isDegraded)
     }
 
+    @Test("a boot loop that began with the promotion of the active version rolls back to the known-good version before it; one that began later is only reported")
+    func bootLoopSincePromotion() throws {
+        // v0 promoted at 0 s, v1 at 1 s: failed boots since 0.5 s began with v1's promotion.
+        var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
+        let actions = policy.bootLoop(failedBoots: 2, rowStartedAt: moment(0.5).wall, at: moment(5))
+        #expect(actions.events == [.bootAssessed, .contentQuarantined, .rollback])
+        #expect(actions.decision(.bootAssessed)?.message.contains("promoted in the first of those boots") == true)
+        #expect(actions.decision(.rollback)?.reason == "boot-loop")
+        #expect(actions.spawns == [.spawn(version: "v0", mode: .normal)], "v1 never runs again")
+        #expect(policy.ledger.quarantined == ["v1"])
+        #expect(policy.ledger.active == "v0")
+
+        // Failed boots that began after v1 was promoted: unchanged content, reported only.
+        var unchanged = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
+        let reported = unchanged.bootLoop(failedBoots: 2, rowStartedAt: moment(2).wall, at: moment(5))
+        #expect(reported.events == [.bootAssessed])
+        #expect(reported.spawns == [.spawn(version: "v1", mode: .normal)])
+        #expect(unchanged.ledger.quarantined.isEmpty)
+    }
+
     @Test("by default an agent in safe mode is not given up on boot evidence alone")
     func safeModeBootLoopIsReported() throws {
         var policy = AgentPolicy(settings: policySettings(safeModeExec: true), ledger: makeLedger(knownGood: ["v1"], active: "v1"))

@@ -1191,14 +1191,31 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// A boot loop, judged at the daemon's start before the agent runs: the machine failed to
     /// boot `failedBoots` times in a row (`boot_failure_threshold` or more) with the agent on
-    /// its current content. A candidate is quarantined and rolled back before the agent starts.
-    /// With no candidate to roll back (known-good content, or safe mode) the boots are no
-    /// evidence against the content: the loop is reported and the agent started as it is,
-    /// unless `boot_loop_stops_agent` asks for the ladder (an older known-good version, safe
-    /// mode, give up) as after a crash loop.
-    public mutating func bootLoop(failedBoots: Int, at now: Moment) -> [PolicyAction] {
+    /// its current content, the first of them started at `rowStartedAt`. A candidate is
+    /// quarantined and rolled back before the agent starts. So is a known-good version promoted
+    /// during those boots, to the known-good version before it: the loop began with the change,
+    /// and the boots before it ran the older version. Otherwise, with no candidate to roll back
+    /// (unchanged known-good content, or safe mode), the boots are no evidence against the
+    /// content: the loop is reported and the agent started as it is, unless
+    /// `boot_loop_stops_agent` asks for the ladder (an older known-good version, safe mode,
+    /// give up) as after a crash loop.
+    public mutating func bootLoop(failedBoots: Int, rowStartedAt: Date? = nil, at now: Moment) -> [PolicyAction] {
         guard phase == .stopped, let active = ledger.active else { return [] }
         let inSafeMode = mode == .safeMode ? " in safe mode" : ""
+        if ledger.candidate == nil, mode == .normal, let rowStartedAt,
+           let promotedAt = ledger.record(active)?.promotedAt, promotedAt >= rowStartedAt,
+           let previous = ledger.knownGoodNewestFirst.first(where: { $0 != active }) {
+            ledger.quarantine(active, reason: "boot-loop", at: now.wall)
+            let why = "the machine failed to boot \(failedBoots) times in a row with agent \(settings.agent) on content \(active), promoted in the first of those boots"
+            return [
+                .record(Decision(
+                    .bootAssessed, agent: settings.agent, version: active, failures: failedBoots, reason: "boot-loop",
+                    message: "Boot loop: \(why); the boots before it ran known-good \(previous).")),
+                .record(Decision(
+                    .contentQuarantined, agent: settings.agent, version: active, failures: failedBoots, reason: "boot-loop",
+                    message: "Quarantined content \(active) of agent \(settings.agent): \(why).")),
+            ] + rollBack(from: active, to: previous, reason: "boot-loop", failure: "failed-boot", at: now)
+        }
         if ledger.candidate == nil || mode == .safeMode, !settings.bootLoopStopsAgent {
             let report = BootLoopRecord(failedBoots: failedBoots, version: active, at: now.wall)
             reportedBootLoop = report

@@ -273,10 +273,15 @@ public struct BootLog: Codable, Sendable, Equatable {
     /// failed boot that is no evidence against it (the agent held stopped by an operator, a
     /// preflight running at the crash, a good boot on known-good content) ends the row.
     public func failedBootsInARow(agent: String, running: BootAgentRecord, before id: String) -> Int {
-        boots.filter { $0.id != id }.reversed().prefix { boot in
+        failedBootRow(agent: agent, running: running, before: id).count
+    }
+
+    /// The boots ``failedBootsInARow(agent:running:before:)`` counts, newest first.
+    public func failedBootRow(agent: String, running: BootAgentRecord, before id: String) -> [BootRecord] {
+        Array(boots.filter { $0.id != id }.reversed().prefix { boot in
             guard boot.countsAgainstContent(of: agent), let record = boot.agents?[agent] else { return false }
             return record.sameContent(as: running)
-        }.count
+        })
     }
 
     /// Failed boots in a row, just before boot `id`, that ended while a preflight instance of

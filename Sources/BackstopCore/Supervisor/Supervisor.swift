@@ -179,10 +179,10 @@ public actor Supervisor {
                 }
             }
             let policy = slots[agent.name]!.policy
-            let failedBoots = verdict == nil
-                ? 0 : bootLog.failedBootsInARow(agent: agent.name, running: Self.bootRecord(of: policy), before: bootID)
-            if failedBoots >= agent.bootFailureThreshold {
-                apply(slots[agent.name]!.policy.bootLoop(failedBoots: failedBoots, at: now), to: agent.name)
+            let row = verdict == nil
+                ? [] : bootLog.failedBootRow(agent: agent.name, running: Self.bootRecord(of: policy), before: bootID)
+            if row.count >= agent.bootFailureThreshold {
+                apply(slots[agent.name]!.policy.bootLoop(failedBoots: row.count, rowStartedAt: row.last?.startedAt, at: now), to: agent.name)
             } else {
                 let restartDue = slots[agent.name]!.restartDue
                 apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: restartDue, at: now), to: agent.name)

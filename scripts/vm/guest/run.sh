@@ -10,8 +10,6 @@
 # Later boots wait until Backstop has broken the loop (the agent running on the
 # known-good version, the bad one quarantined) or for 90 s (content that crashes the
 # kernel does so well before), then report on the second serial port and power off.
-# after-promotion reports in its third boot as soon as backstopd answers, before the
-# content it promoted could crash the kernel again.
 set -u
 provision=/run/provision
 scenario=$(cat "$provision/scenario")
@@ -82,7 +80,6 @@ while [ "$waited" -lt 60 ]; do
     [ $? -ne 3 ] && break
     sleep 1; waited=$((waited + 1))
 done
-[ "$scenario" = after-promotion ] && [ "$boot" -ge 3 ] && report
 # An updater that tries again at every boot: refused once the version is quarantined.
 [ "$scenario" = preflight-panic ] && backstopctl activate sensor bad
 waited=0
