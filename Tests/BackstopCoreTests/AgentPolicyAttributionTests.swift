@@ -80,6 +80,19 @@ struct FailureAttributionTests {
         policy.startAndBecomeReady(at: now)
         #expect(policy.agentExited(.exited(code: 1), at: moment(now + 2)).decision(.agentExited)?.failures == 1, "exit 1 still counts")
         #expect(FailureReason.classify(.exited(code: 143), oomKilled: false, survivorsRemain: false) == .exited, "without the setting")
+        let withKill = SuccessExitStatus(signals: [SIGKILL])
+        #expect(FailureReason.classify(.signaled(signal: SIGKILL), oomKilled: true, survivorsRemain: false, successExitStatus: withKill) == .oomKilled,
+                "an OOM kill is never a clean exit")
+    }
+
+    @Test("check-config warns when success_exit_status lists a signal that a crash or the OOM killer sends")
+    func successExitStatusCrashSignals() throws {
+        func warnings(_ list: String) throws -> [String] {
+            try Configuration.parse("[[agent]]\nname = \"a\"\nexec = [\"/bin/true\"]\nsuccess_exit_status = \(list)\n", path: "/x.toml").warnings
+        }
+        let warned = try warnings(#"[143, "SIGTERM", "SIGSEGV", "SIGKILL"]"#)
+        #expect(warned.contains { $0.contains("success_exit_status lists SIGKILL, SIGSEGV") }, "\(warned)")
+        #expect(try warnings(#"[143, "SIGTERM"]"#).allSatisfy { !$0.contains("success_exit_status") })
     }
 
     @Test("clean_exit_is_failure = true: clean exits crash-loop the candidate")

@@ -18,6 +18,34 @@ struct AgentPolicyComparisonTests {
             + policy.agentExited(.exited(code: 1), obstacle: obstacle, at: moment(seconds + 0.2))
     }
 
+    @Test("a fork refused for the process limit on known-good content is restart only; on a candidate with a known-good version it counts")
+    func processLimitOnKnownGood() throws {
+        var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
+        _ = policy.begin(at: moment(0))
+        var actions: [PolicyAction] = []
+        var now: Double = 0
+        for _ in 0..<5 {
+            actions += startAndExit(&policy, at: now, obstacle: .processLimit)
+            now = try #require(policy.timers[.restart])
+            actions += policy.fireRestart()
+        }
+        #expect(!actions.events.contains(.crashLoop) && !actions.events.contains(.safeMode) && !actions.events.contains(.gaveUp))
+        #expect(actions.decision(.agentExited)?.message.contains("not counted against it") == true)
+        #expect(policy.ledger.active == "v1")
+
+        policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v2"))
+        _ = policy.begin(at: moment(0))
+        actions = []
+        now = 0
+        for _ in 0..<3 {
+            actions += startAndExit(&policy, at: now, obstacle: .processLimit)
+            guard let due = policy.timers[.restart] else { break }
+            now = due
+            actions += policy.fireRestart()
+        }
+        #expect(actions.events.contains(.contentQuarantined) && policy.ledger.quarantined == ["v2"])
+    }
+
     @Test("a crash loop on the first content is reported with the sandbox setting to open, never quarantined; retried with capped backoff")
     func firstContentCrashLoopIsReportedAndRetried() throws {
         var policy = try firstContentPolicy(policySettings(restartDelayMaxSeconds: 4))

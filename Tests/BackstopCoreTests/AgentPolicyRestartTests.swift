@@ -179,19 +179,19 @@ struct AgentPolicyThresholdTests {
         #expect(delays == [0.1, 0.2, 0.4, 0.8])
     }
 
-    @Test("clean_exit = normal: an agent that exits 0 every second is started again after restart_delay_ms each time, never degraded, nothing counted")
+    @Test("clean_exit = normal: an agent that is ready and exits 0 every two seconds is started again after restart_delay_ms each time, never degraded, nothing counted")
     func cleanExitsAsNormalLife() throws {
         var policy = try candidatePolicy(PolicySettings(
             agent: "demo", restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30, cleanExit: .normal))
         var now = 0.0
         for _ in 0..<20 {
-            let started = policy.agentStarted(pid: 4242, at: moment(now))
+            let started = policy.startAndBecomeReady(at: now)
             #expect(started.decision(.agentStarted) != nil)
             #expect(policy.degradedReason == nil)
-            let actions = policy.agentExited(.exited(code: 0), at: moment(now + 1))
+            let actions = policy.agentExited(.exited(code: 0), at: moment(now + 2))
             let exit = try #require(actions.decision(.agentExited))
             #expect(exit.reason == "clean-exit" && exit.failures == nil)
-            let delay = try #require(actions.deadline(of: .restart)) - (now + 1)
+            let delay = try #require(actions.deadline(of: .restart)) - (now + 2)
             #expect(abs(delay - 0.1) < 1e-9, "the delay stays at restart_delay_ms, not \(delay)")
             #expect(policy.phase == .restarting)
             #expect(policy.stateWord == "starting")
@@ -212,13 +212,25 @@ struct AgentPolicyThresholdTests {
     @Test("clean_exit = normal: an operator stop while the restart is due leaves the agent stopped")
     func stopWhileRestarting() throws {
         var policy = try candidatePolicy(PolicySettings(agent: "demo", cleanExit: .normal))
-        _ = policy.agentStarted(pid: 4242, at: moment(0))
-        _ = policy.agentExited(.exited(code: 0), at: moment(1))
+        policy.startAndBecomeReady(at: 0)
+        _ = policy.agentExited(.exited(code: 0), at: moment(2))
         #expect(policy.phase == .restarting)
-        _ = policy.stop(at: moment(1.05))
+        _ = policy.stop(at: moment(2.05))
         #expect(policy.phase == .stopped)
-        #expect(policy.timerFired(.restart, deadline: 1.1, at: moment(1.1)).isEmpty)
+        #expect(policy.timerFired(.restart, deadline: 2.1, at: moment(2.1)).isEmpty)
         #expect(policy.phase == .stopped)
+    }
+
+    @Test("clean_exit = normal: a run that exits 0 before it was ready is not normal life: it backs off and shows degraded")
+    func cleanExitBeforeReady() throws {
+        var policy = try candidatePolicy(PolicySettings(
+            agent: "demo", restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30, cleanExit: .normal))
+        _ = policy.agentStarted(pid: 4242, at: moment(0))
+        let actions = policy.agentExited(.exited(code: 0), at: moment(0.2))
+        #expect(actions.decision(.agentExited)?.reason == "clean-exit")
+        #expect(policy.phase == .backoff)
+        #expect(policy.degradedReason == "in backoff after clean-exit")
+        #expect(policy.consecutiveFailures == 1)
     }
 }
 

@@ -161,6 +161,26 @@ struct BootAssessmentTests {
         #expect(!log.boots[0].countsAgainstContent(of: "av"))
     }
 
+    @Test("a boot that fails before boot-good while another agent runs a candidate or a preflight counts against that, not against known-good content")
+    func earlyCrashBlamesTheOtherAgentsTrial() {
+        for other in [candidate, BootAgentRecord(active: "v1", candidate: nil, mode: .normal, preflight: "v3")] {
+            var log = BootLog()
+            _ = log.enter(BootRecord(id: "b1", startedAt: Date(timeIntervalSince1970: 0), state: "pending", agents: ["demo": other, "av": knownGood]))
+            _ = log.markStarted("demo", in: "b1")
+            _ = log.markStarted("av", in: "b1")
+            _ = log.enter(BootRecord(id: "b2", startedAt: Date(timeIntervalSince1970: 0), state: "pending", agents: ["demo": other, "av": knownGood]))
+            #expect(log.state(of: "b1") == "failed")
+            #expect(log.boots[0].otherAgentOnTrial(than: "av") == "demo")
+            #expect(log.failedBootsInARow(agent: "av", running: knownGood, before: "b2") == 0)
+        }
+        // Alone, the same boot counts against the known-good content.
+        var log = BootLog()
+        _ = log.enter(BootRecord(id: "b1", startedAt: Date(timeIntervalSince1970: 0), state: "pending", agents: ["av": knownGood]))
+        _ = log.markStarted("av", in: "b1")
+        _ = log.enter(BootRecord(id: "b2", startedAt: Date(timeIntervalSince1970: 0), state: "pending", agents: ["av": knownGood]))
+        #expect(log.failedBootsInARow(agent: "av", running: knownGood, before: "b2") == 1)
+    }
+
     @Test("a promotion keeps the agent's started mark: a boot that fails after it, before boot-good, counts against the promoted version")
     func promotionKeepsStartedMark() {
         var log = BootLog()

@@ -25,8 +25,6 @@ struct FailureReasonTests {
                 run) exec sleep 3600 ;;
                 exit3) sleep 0.2; exit 3 ;;
                 clean) sleep 1.5; exit 0 ;;
-                # A job that does its work in a second and ends, by design, to be run again.
-                second) sleep 1; exit 0 ;;
                 # Fork into the background (a new session, so only the subreaper keeps it in view) and exit 0.
                 daemonize) setsid sleep 3600 </dev/null >/dev/null 2>&1 & exit 0 ;;
                 # The same, clearing the environment (and so Backstop's mark) on the way.
@@ -92,15 +90,16 @@ struct FailureReasonTests {
         #expect(status.failures.recent == 0, "recent counts only failures against the content")
     }
 
-    @Test("clean_exit = normal: an agent that exits 0 every second stays healthy and is restarted without growing delays")
+    @Test("clean_exit = normal: an agent that is ready and exits 0 every 1.5 s stays healthy and is restarted without growing delays")
     func cleanExitsAsNormalLife() throws {
         let agent = try ScriptAgent()
         defer { agent.scratch.remove() }
-        // With backoff the delays would be 0.5, 1, 2, 4, 8 s: the later runs would start 5 and 9 s apart.
+        // Ready after a second alive, done after 1.5 s. With backoff the delays would be 0.5, 1,
+        // 2, 4, 8 s: the later runs would start 5.5 and 9.5 s apart.
         let harness = try DaemonHarness(agents: [agent.agent("clean_exit = \"normal\"", restartDelayMilliseconds: 500, restartDelayMaxSeconds: 30)])
         defer { harness.cleanUp() }
         try harness.start()
-        try harness.stage(try agent.content("second", "second"), as: "v1", agent: "script")
+        try harness.stage(try agent.content("clean", "clean"), as: "v1", agent: "script")
         try harness.wait(for: "agent-started")
         var startedAt = [Date()]
         for run in 1...6 {
@@ -115,8 +114,8 @@ struct FailureReasonTests {
             startedAt.append(Date())
         }
         let intervals = zip(startedAt.dropFirst(), startedAt).map { $0.timeIntervalSince($1) }
-        // One second of work and 0.5 s of delay each time; slack for a loaded machine, well below 5 s.
-        #expect(intervals.allSatisfy { $0 < 3.5 }, "starts were \(intervals) s apart")
+        // 1.5 s of work and 0.5 s of delay each time; slack for a loaded machine, below 5.5 s.
+        #expect(intervals.allSatisfy { $0 < 4.5 }, "starts were \(intervals) s apart")
         let exits = harness.log.all.filter { $0.contains("event=agent-exited ") }
         #expect(exits.allSatisfy { $0.contains("clean-exit") }, "\(exits)")
         #expect(!harness.log.all.contains { $0.contains("event=crash-loop") || $0.contains("event=rollback") })

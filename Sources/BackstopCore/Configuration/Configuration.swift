@@ -75,6 +75,11 @@ public struct Configuration: Sendable, Equatable {
                let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
                 warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
             }
+            let crashSignals = agent.successExitStatus.signals.intersection([SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGKILL, SIGSYS, SIGTRAP])
+            if !crashSignals.isEmpty {
+                let names = crashSignals.sorted().map(SignalName.of)
+                warnings.append("agent \(agent.name): success_exit_status lists \(names.joined(separator: ", ")), which a crash or the OOM killer sends: such an end is a clean exit, never counted against the content, so a version that crashes this way is never rolled back")
+            }
             if agent.preflightSeconds > 0, agent.watchdogSeconds > 0, agent.preflightSeconds <= agent.watchdogSeconds {
                 warnings.append("agent \(agent.name): preflight_sec (\(agent.preflightSeconds)) is not longer than watchdog_sec (\(agent.watchdogSeconds)); a version that hangs after READY=1 passes its preflight")
             }

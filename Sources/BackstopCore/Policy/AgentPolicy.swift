@@ -684,6 +684,13 @@ public struct AgentPolicy: Sendable, Equatable {
             } else if let bytes = memoryRlimitBytes, settings.attribution(of: reason) == .content {
                 note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup can hold it here): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
             }
+            if attribution == nil, obstacle == .processLimit, version != ledger.candidate, settings.attribution(of: reason) == .content {
+                // Known-good content that ran within the same limit before: the limit is shared
+                // with every process of the agent's user (its own preflights among them), so a
+                // fork refused for it says the host ran out, not that the content went wrong.
+                attribution = .restartOnly
+                note = "A fork refused for the process limit (EAGAIN) on known-good content is not counted against it: the limit is shared with every process of the agent's user, a preflight of this agent among them. Give the agent a user of its own, or raise tasks_max."
+            }
             var exit = recordExit(termination, version: version, reason: reason, attribution: attribution, obstacle: obstacle, at: now)
             if case .record(var decision) = exit {
                 if reason == .daemonized { decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))." }
@@ -1106,8 +1113,9 @@ public struct AgentPolicy: Sendable, Equatable {
         _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, obstacle: SandboxObstacle? = nil,
         at now: Moment
     ) -> [PolicyAction] {
-        if reason == .cleanExit, settings.cleanExit == .normal {
+        if reason == .cleanExit, settings.cleanExit == .normal, phase == .running {
             // The agent's normal life: no failure to record, no backoff step, nothing degraded.
+            // A run that ends before it was ready is not: it backs off and shows degraded.
             phase = .restarting
             return [arm(.restart, at: now.monotonicSeconds + Double(settings.restartDelayMilliseconds) / 1000)]
         }

@@ -69,9 +69,9 @@ extension FailureReason {
         _ termination: Termination, oomKilled: Bool, survivorsRemain: Bool, successExitStatus: SuccessExitStatus = SuccessExitStatus()
     ) -> FailureReason {
         switch termination {
+        case .signaled(SIGKILL, _) where oomKilled: return .oomKilled
         case .exited(0), _ where successExitStatus.contains(termination): return survivorsRemain ? .daemonized : .cleanExit
         case .exited: return .exited
-        case .signaled(SIGKILL, _) where oomKilled: return .oomKilled
         // Backstop signals only an agent it is stopping, so these came from elsewhere.
         case .signaled(SIGTERM, _), .signaled(SIGKILL, _): return .killedExternally
         case .signaled: return .crashed

@@ -76,10 +76,19 @@ public struct BootRecord: Codable, Sendable, Equatable {
     /// failed boot, applied per agent): a preflight under way at its end is blamed instead
     /// (``failedPreflightBootsInARow(agent:version:before:)``); else a candidate in probation is,
     /// good boot or not; else the known-good content is, but only when the boot never reached
-    /// boot-good. A boot in which the agent was not started is no evidence against its content.
+    /// boot-good and no other agent had content on trial in it (``otherAgentOnTrial(than:)``).
+    /// A boot in which the agent was not started is no evidence against its content.
     func countsAgainstContent(of agent: String) -> Bool {
         guard state == "failed", let record = agents?[agent], record.started != false, record.preflight == nil else { return false }
-        return record.candidate != nil || reachedGood != true
+        return record.candidate != nil || (reachedGood != true && otherAgentOnTrial(than: agent) == nil)
+    }
+
+    /// Another agent that ran a candidate or a preflight in this boot: a failed boot counts
+    /// against that content, not against the known-good content of `agent`.
+    func otherAgentOnTrial(than agent: String) -> String? {
+        agents?.sorted { $0.key < $1.key }.first { name, record in
+            name != agent && ((record.started != false && record.candidate != nil) || record.preflight != nil)
+        }?.key
     }
 
     /// A record of boot `id`; `state` is `pending` or `good`.

@@ -212,7 +212,10 @@ public actor Supervisor {
                     let withPreflight = bootLog.failedPreflightBootsInARow(agent: agent.name, version: preflighted, before: bootID)
                     message += "; it counts against content \(preflighted) of agent \(agent.name), whose preflight was running, not against \(version ?? "none"): \(withPreflight) (\(threshold))."
                 } else if let running = verdict.record.agents?[agent.name], !verdict.record.countsAgainstContent(of: agent.name) {
-                    message += "; it is no evidence against content \(version ?? "none") of agent \(agent.name) (\(running.started == false ? "the agent was not started" : "the boot reached boot-good with no candidate in probation"))."
+                    let why = running.started == false ? "the agent was not started"
+                        : verdict.record.otherAgentOnTrial(than: agent.name).map { "agent \($0) had content on trial" }
+                        ?? "the boot reached boot-good with no candidate in probation"
+                    message += "; it is no evidence against content \(version ?? "none") of agent \(agent.name) (\(why))."
                 } else {
                     // The row a boot loop is judged on: boots that count against this content.
                     let withAgent = verdict.record.agents?[agent.name].map {
@@ -783,6 +786,9 @@ public actor Supervisor {
     // MARK: - Carrying out actions
 
     func apply(_ actions: [PolicyAction], to name: String) {
+        // The policy has already decided: its state is on disk before any of it is carried out
+        // or reported, so a daemon killed in between never runs a version it said it quarantined.
+        if !actions.isEmpty { persist(name) }
         for action in actions {
             switch action {
             case .spawn(let version, let mode):
