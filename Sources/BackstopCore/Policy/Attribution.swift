@@ -70,7 +70,9 @@ extension FailureReason {
     ) -> FailureReason {
         switch termination {
         case .signaled(SIGKILL, _) where oomKilled: return .oomKilled
-        case .exited(0), _ where successExitStatus.contains(termination): return survivorsRemain ? .daemonized : .cleanExit
+        case .exited(0),
+             _ where successExitStatus.contains(termination):
+            return survivorsRemain ? .daemonized : .cleanExit
         case .exited: return .exited
         // Backstop signals only an agent it is stopping, so these came from elsewhere.
         case .signaled(SIGTERM, _), .signaled(SIGKILL, _): return .killedExternally

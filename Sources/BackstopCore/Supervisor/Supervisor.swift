@@ -427,14 +427,16 @@ public actor Supervisor {
         }
     }
 
-    /// Runs the control of a failed preflight of `id`: the same preflight on the active version
-    /// (unless quarantined), or else the last known-good one; `.none` when there is neither.
+    /// Runs the control of a failed preflight of `id`: the same preflight on the last known-good
+    /// version, or else the active one (a candidate not quarantined, for an agent with no
+    /// known-good version yet); `.none` when there is neither. A candidate still on trial is
+    /// no control while a proven version exists.
     /// - Throws: ``ManagerError/shuttingDown``.
     private func preflightControl(_ agent: String, failed id: String, detail: String) async throws(ManagerError) -> PreflightControl {
         let slot = try slot(agent)
         let ledger = slot.policy.ledger
         let active = ledger.active.flatMap { ledger.record($0)?.standing == .quarantined ? nil : $0 }
-        guard let control = active ?? ledger.knownGood, control != id else { return .none }
+        guard let control = ledger.knownGood ?? active, control != id else { return .none }
         logger.notice("Content \(id) of agent \(agent) failed preflight (\(detail)); running content \(control) through the same preflight as a control.",
                       metadata: ["agent": "\(agent)", "version": "\(id)", "control": "\(control)"])
         let outcome = await Preflight.run(agent: slot.configuration, daemon: configuration.daemon, store: slot.store, version: control) { pid in
