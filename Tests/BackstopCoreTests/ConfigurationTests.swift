@@ -184,6 +184,18 @@ struct ConfigurationTests {
 
     static let faults: [Fault] = [
         Fault(
+            what: "a program named without a path",
+            source: "[[agent]]\nname = \"demo\"\nexec = [\"sh\", \"-c\", \"true\"]\n",
+            line: 3, key: "agent[0].exec", message: "must name its program by an absolute path, or one in the content ({content}/...), not \"sh\" (here: "),
+        Fault(
+            what: "the state directory at /",
+            source: "[daemon]\nstate_directory = \"/\"\n" + minimalAgent,
+            line: 2, key: "daemon.state_directory", message: "must not be /"),
+        Fault(
+            what: "the runtime directory inside the state directory",
+            source: "[daemon]\nstate_directory = \"/var/lib/b\"\nruntime_directory = \"/var/lib/b/run\"\n" + minimalAgent,
+            line: 3, key: "daemon.runtime_directory", message: "must not be the same or one inside the other"),
+        Fault(
             what: "a clean_exit that is neither backoff nor normal",
             source: minimalAgent + "\nclean_exit = \"always\"\n",
             line: 4, key: "agent[0].clean_exit", message: "must be \"backoff\" or \"normal\", not \"always\""),
@@ -613,6 +625,22 @@ struct ConfigurationTests {
         #expect(error.message.contains(fault.message), "\(error.message)")
     }
 
+    @Test("a NUL byte (zero-filled blocks after a power cut) and invalid UTF-8 are refused with their line, not cut short")
+    func damagedFile() throws {
+        let nul = try error(in: Self.minimalAgent + "\n\0\0\0\0\n")
+        #expect(nul.line == 4 && nul.key == nil && nul.message.contains("a NUL byte"), "\(nul)")
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-config-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        var bytes = Array(Self.minimalAgent.utf8) + Array("\n# caf".utf8) + [0xE9] + Array("\n".utf8)
+        try Data(bytes).write(to: URL(fileURLWithPath: scratch))
+        #expect(throws: ConfigurationError(path: scratch, line: 4, key: nil, message: "not valid UTF-8, which TOML requires")) {
+            try Configuration.source(path: scratch)
+        }
+        bytes.removeLast(3)
+        try Data(bytes).write(to: URL(fileURLWithPath: scratch))
+        #expect(try Configuration.source(path: scratch).hasSuffix("# ca"))
+    }
+
     @Test("a TOML syntax error carries the parser's line")
     func syntaxError() throws {
         let source = """
@@ -647,8 +675,8 @@ struct ConfigurationTests {
             #expect(error.message.contains("'}' where the array expects a value"), "\(value): \(error)")
         }
         // Braces in strings, inline tables in arrays and table headers after arrays are fine.
-        let fine = Self.minimalAgent + "\nsafe_mode_exec = [\"}\", \"{\", \"[x]\"]\n"
-        #expect(try Configuration.parse(fine, path: Self.path).agents.first?.safeModeExec == ["}", "{", "[x]"])
+        let fine = Self.minimalAgent + "\nsafe_mode_exec = [\"/}\", \"{\", \"[x]\"]\n"
+        #expect(try Configuration.parse(fine, path: Self.path).agents.first?.safeModeExec == ["/}", "{", "[x]"])
     }
 
     @Test("a TOML syntax error further down (a key without a value) carries its line")

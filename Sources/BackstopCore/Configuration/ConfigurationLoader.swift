@@ -27,16 +27,28 @@ extension Configuration {
         case S_IFDIR: throw ConfigurationError(path: path, line: nil, key: nil, message: "is a directory, not a configuration file")
         default: throw ConfigurationError(path: path, line: nil, key: nil, message: "is not a regular file")
         }
+        let data: Data
         do {
-            return try String(contentsOfFile: path, encoding: .utf8)
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
             throw ConfigurationError(path: path, line: nil, key: nil, message: "cannot read the file: \(error.localizedDescription)")
         }
+        for (index, line) in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated()
+        where String(validating: line, as: UTF8.self) == nil {
+            throw ConfigurationError(path: path, line: index + 1, key: nil, message: "not valid UTF-8, which TOML requires")
+        }
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// Validates TOML text as if it were read from `path` (used by ``load(path:)`` and tests).
     /// - Throws: ``ConfigurationError`` as ``load(path:)`` does.
     public static func parse(_ source: String, path: String) throws(ConfigurationError) -> Configuration {
+        if let nul = source.utf8.firstIndex(of: 0) {
+            let line = source.utf8[..<nul].reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
+            throw ConfigurationError(
+                path: path, line: line, key: nil,
+                message: "a NUL byte: the file is damaged (a power cut during a write leaves zero-filled blocks); restore it")
+        }
         if let finding = TOMLAbortGuard.finding(in: source) {
             throw ConfigurationError(path: path, line: finding.line, key: nil, message: "TOML syntax: \(finding.message)")
         }
@@ -344,6 +356,13 @@ private struct TableReader {
         }
         try checkSocketPaths(configuration)
         let stateDirectory = Self.lexicalPath(configuration.daemon.stateDirectory)
+        let runtimeDirectory = Self.lexicalPath(configuration.daemon.runtimeDirectory)
+        for (key, directory) in [("daemon.state_directory", stateDirectory), ("daemon.runtime_directory", runtimeDirectory)] where directory == "/" {
+            throw fail(key, "must not be /: it must be a directory of Backstop's own")
+        }
+        if stateDirectory == runtimeDirectory || stateDirectory.hasPrefix(runtimeDirectory + "/") || runtimeDirectory.hasPrefix(stateDirectory + "/") {
+            throw fail("daemon.runtime_directory", "\(runtimeDirectory) and state_directory (\(stateDirectory)) must not be the same or one inside the other: state is kept across boots, the sockets and records of the runtime directory are not")
+        }
         for (index, agent) in configuration.agents.enumerated() {
             let earlier = configuration.agents.prefix(index)
             if let unit = agent.unit, let other = earlier.first(where: { $0.unit == unit }) {
@@ -489,10 +508,14 @@ private struct TableReader {
         switch agent.runner {
         case .direct:
             guard table["exec"] != nil else { throw fail(prefix, "missing key \"exec\" (the agent's command line)") }
-            if agent.sandbox.engine == .systemd {
-                for (key, words) in [("exec", agent.exec), ("safe_mode_exec", agent.safeModeExec)] where words.first.map({ !$0.hasPrefix("/") }) == true {
+            for (key, words) in [("exec", agent.exec), ("safe_mode_exec", agent.safeModeExec)] {
+                guard let program = words.first, !program.hasPrefix("/") else { continue }
+                if agent.sandbox.engine == .systemd {
                     throw fail(prefix + "." + key, "must name its program by an absolute path with engine = \"systemd\" (a transient unit's ExecStart=)")
                 }
+                guard !program.hasPrefix("{content}/") else { continue }
+                let found = DirectRunner.lookUp(program, in: nil).map { " (here: \($0))" } ?? ""
+                throw fail(prefix + "." + key, "must name its program by an absolute path, or one in the content ({content}/...), not \"\(program)\"\(found): a search of PATH at run time would start whatever comes first there")
             }
             if agent.unit != nil { throw fail(prefix + ".unit", "only meaningful with runner = \"systemd\"") }
         case .systemd:

@@ -298,16 +298,19 @@ public enum DirectRunner {
         }
     }
 
+    /// The first executable regular file named `program` in the directories of `path` (a
+    /// `PATH`, systemd's default when nil), as execvp(3) would find it; nil when there is none.
+    static func lookUp(_ program: String, in path: String?) -> String? {
+        (path ?? AgentEnvironment.defaultPath).split(separator: ":").lazy.map { $0 + "/" + program }.first { candidate in
+            var info = stat()
+            return stat(candidate, &info) == 0 && info.st_mode & S_IFMT == S_IFREG && access(candidate, X_OK) == 0
+        }
+    }
+
     /// Why `program` (a path, or a name looked up in `path`, the run's `PATH`) cannot be executed; nil when it can.
     static func unexecutable(_ program: String, path: String?) -> String? {
         guard program.contains("/") else {
-            let path = path ?? AgentEnvironment.defaultPath
-            let found = path.split(separator: ":").contains { directory in
-                var info = stat()
-                let candidate = directory + "/" + program
-                return stat(candidate, &info) == 0 && info.st_mode & S_IFMT == S_IFREG && access(candidate, X_OK) == 0
-            }
-            return found ? nil : "\(program): not found in PATH"
+            return lookUp(program, in: path) == nil ? "\(program): not found in PATH" : nil
         }
         var info = stat()
         guard stat(program, &info) == 0 else { return "\(program): no such file" }
