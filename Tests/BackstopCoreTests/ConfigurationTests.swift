@@ -633,7 +633,7 @@ struct ConfigurationTests {
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         var bytes = Array(Self.minimalAgent.utf8) + Array("\n# caf".utf8) + [0xE9] + Array("\n".utf8)
         try Data(bytes).write(to: URL(fileURLWithPath: scratch))
-        #expect(throws: ConfigurationError(path: scratch, line: 4, key: nil, message: "not valid UTF-8, which TOML requires")) {
+        #expect(throws: ConfigurationError(path: scratch, line: 4, key: nil, message: "TOML syntax: not valid UTF-8, which TOML requires")) {
             try Configuration.source(path: scratch)
         }
         bytes.removeLast(3)

@@ -35,7 +35,7 @@ extension Configuration {
         }
         for (index, line) in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated()
         where String(validating: line, as: UTF8.self) == nil {
-            throw ConfigurationError(path: path, line: index + 1, key: nil, message: "not valid UTF-8, which TOML requires")
+            throw ConfigurationError(path: path, line: index + 1, key: nil, message: "TOML syntax: not valid UTF-8, which TOML requires")
         }
         return String(decoding: data, as: UTF8.self)
     }
@@ -47,7 +47,7 @@ extension Configuration {
             let line = source.utf8[..<nul].reduce(1) { $1 == UInt8(ascii: "\n") ? $0 + 1 : $0 }
             throw ConfigurationError(
                 path: path, line: line, key: nil,
-                message: "a NUL byte: the file is damaged (a power cut during a write leaves zero-filled blocks); restore it")
+                message: "TOML syntax: a NUL byte, which TOML allows nowhere: the file is damaged (a power cut during a write leaves zero-filled blocks); restore it")
         }
         if let finding = TOMLAbortGuard.finding(in: source) {
             throw ConfigurationError(path: path, line: finding.line, key: nil, message: "TOML syntax: \(finding.message)")
