@@ -1213,16 +1213,11 @@ public struct AgentPolicy: Sendable, Equatable {
         if ledger.candidate == nil, mode == .normal, let rowStartedAt,
            let promotedAt = ledger.record(active)?.promotedAt, promotedAt >= rowStartedAt,
            let previous = ledger.knownGoodNewestFirst.first(where: { $0 != active }) {
-            ledger.quarantine(active, reason: "boot-loop", at: now.wall)
             let why = "the machine failed to boot \(failedBoots) times in a row with agent \(settings.agent) on content \(active), promoted in the first of those boots"
-            return [
-                .record(Decision(
-                    .bootAssessed, agent: settings.agent, version: active, failures: failedBoots, reason: "boot-loop",
-                    message: "Boot loop: \(why); the boots before it ran known-good \(previous).")),
-                .record(Decision(
-                    .contentQuarantined, agent: settings.agent, version: active, failures: failedBoots, reason: "boot-loop",
-                    message: "Quarantined content \(active) of agent \(settings.agent): \(why).")),
-            ] + rollBack(from: active, to: previous, reason: "boot-loop", failure: "failed-boot", at: now)
+            return quarantineForBootLoop(
+                active, failedBoots: failedBoots, assessed: "Boot loop: \(why); the boots before it ran known-good \(previous).",
+                quarantined: "Quarantined content \(active) of agent \(settings.agent): \(why).", at: now)
+                + rollBack(from: active, to: previous, reason: "boot-loop", failure: "failed-boot", at: now)
         }
         if ledger.candidate == nil || mode == .safeMode, !settings.bootLoopStopsAgent {
             let report = BootLoopRecord(failedBoots: failedBoots, version: active, at: now.wall)
@@ -1250,14 +1245,22 @@ public struct AgentPolicy: Sendable, Equatable {
     /// What the agent runs is not touched.
     public mutating func preflightBootLoop(_ id: String, failedBoots: Int, at now: Moment) -> [PolicyAction] {
         guard let record = ledger.record(id), record.standing == .staged else { return [] }
+        return quarantineForBootLoop(
+            id, failedBoots: failedBoots,
+            assessed: "The machine failed to boot \(failedBoots) times in a row during a preflight of content \(id) of agent \(settings.agent): boot loop.",
+            quarantined: "Quarantined content \(id) of agent \(settings.agent): the machine failed to boot \(failedBoots) times in a row during its preflight; the live agent never loaded it.",
+            at: now)
+    }
+
+    /// Quarantines `id` for a boot loop of `failedBoots`, with its `boot-assessed` and
+    /// `content-quarantined` entries (reason `boot-loop`) saying `assessed` and `quarantined`.
+    private mutating func quarantineForBootLoop(
+        _ id: String, failedBoots: Int, assessed: String, quarantined: String, at now: Moment
+    ) -> [PolicyAction] {
         ledger.quarantine(id, reason: "boot-loop", at: now.wall)
         return [
-            .record(Decision(
-                .bootAssessed, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop",
-                message: "The machine failed to boot \(failedBoots) times in a row during a preflight of content \(id) of agent \(settings.agent): boot loop.")),
-            .record(Decision(
-                .contentQuarantined, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop",
-                message: "Quarantined content \(id) of agent \(settings.agent): the machine failed to boot \(failedBoots) times in a row during its preflight; the live agent never loaded it.")),
+            .record(Decision(.bootAssessed, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop", message: assessed)),
+            .record(Decision(.contentQuarantined, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop", message: quarantined)),
         ]
     }
 
