@@ -294,6 +294,14 @@ struct SandboxPlanTests {
         let allowed = UnitSandbox(spec: spec, unit: "x.service", stateDirectory: "/var/lib/backstop", runtimeDirectory: "/run/backstop")
         #expect(!allowed.dropIn().contains("/run/systemd/private") && allowed.dropIn().contains("InaccessiblePaths=\"-/run/backstop\"\n"))
         #expect(!allowed.dropIn().contains("ReadOnlyPaths=\"-/run\""), "a writable /run is not made read-only again")
+        #expect(allowed.dropIn().contains("\nProtectHome=yes\n"))
+
+        spec.readWritePaths = []
+        spec.inaccessiblePaths = ["/root"]
+        let homesShown = UnitSandbox(spec: spec, unit: "x.service", stateDirectory: "/var/lib/backstop", runtimeDirectory: "/run/backstop").dropIn()
+        #expect(homesShown.contains("\nReadOnlyPaths=\"-/run\" \"-/home\" \"-/run/user\"\n") && homesShown.contains("\nInaccessiblePaths=\"-/root\"\n"),
+                "ProtectSystem=strict leaves the home directories that are not hidden to ProtectHome=, so they are named: \(homesShown)")
+        #expect(!homesShown.contains("ProtectHome"))
         #expect(allowed.settings().report.applied.contains { $0.setting == "allow_service_manager" && $0.detail.hasPrefix("yes") })
     }
 }

@@ -403,6 +403,7 @@ struct ContainerTests {
           timeout 30 busctl --system call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.DBus.Peer Ping; echo "busctl=$?"
           test -e /run/backstop/io.backstop.Manager; echo "control-socket=$?"
           touch /run/agent-was-here; echo "run-writable=$?"
+          touch /home/agent-was-here; echo "home-writable=$?"
         } > /var/lib/probe/result.new 2>&1
         mv /var/lib/probe/result.new /var/lib/probe/result
         exec /usr/libexec/backstop/backstop-demo-agent --content "$1"
@@ -420,6 +421,7 @@ struct ContainerTests {
                 user = "root"
                 capabilities = []
                 read_write_paths = ["/var/lib/probe"]
+                inaccessible_paths = ["/root", "/run/user"]
                 """
             switch self {
             case .bubblewrap, .transientUnit:
@@ -451,7 +453,7 @@ struct ContainerTests {
         }
     }
 
-    @Test("a root agent without capabilities cannot escape through the service manager (systemd-run, systemctl, busctl over the system D-Bus), cannot reach Backstop's control socket and cannot write /run, in either engine", arguments: ProbeSetup.allCases)
+    @Test("a root agent without capabilities cannot escape through the service manager (systemd-run, systemctl, busctl over the system D-Bus), cannot reach Backstop's control socket and cannot write /run or a /home it sees, in either engine", arguments: ProbeSetup.allCases)
     func rootAgentCannotEscape(_ setup: ProbeSetup) throws {
         try withContainer(config: setup.config, files: setup.files) { container in
             try #require(try container.run("/bin/mkdir", "-p", "/var/lib/probe").status == 0)
@@ -465,12 +467,14 @@ struct ContainerTests {
             try #require(try container.run("/usr/bin/backstopctl", "stage", "probe", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
             try container.waitForDecision("agent-ready")
             let result = try container.run("/bin/cat", "/var/lib/probe/result").output
-            for probe in ["systemd-run", "systemctl", "busctl", "control-socket", "run-writable"] {
+            for probe in ["systemd-run", "systemctl", "busctl", "control-socket", "run-writable", "home-writable"] {
                 let line = result.split(separator: "\n").first { $0.hasPrefix(probe + "=") }
                 #expect(line != nil && line != "\(probe)=0", "\(probe) must fail inside the sandbox; the agent saw:\n\(result)")
             }
             #expect(try container.run("/bin/test", "-e", "/root/escaped").status != 0, "no process outside the sandbox wrote /root")
-            #expect(try container.run("/bin/test", "-e", "/run/agent-was-here").status != 0, "the agent wrote nothing in /run")
+            for path in ["/run/agent-was-here", "/home/agent-was-here"] {
+                #expect(try container.run("/bin/test", "-e", path).status != 0, "the agent wrote nothing in /run or /home (it sees /home, read-only)")
+            }
             let agent = try #require(try container.status().agents.first)
             #expect(agent.state == "running")
         }

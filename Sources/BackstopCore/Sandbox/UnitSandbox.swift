@@ -65,13 +65,16 @@ public struct UnitSandbox: Sendable, Equatable {
             // ProtectKernelTunables= and ProtectControlGroups= imply MountAPIVFS=; where systemd
             // cannot take the old /proc away (mounts below it that are not its own, as in a
             // container) the fresh one leaves /run and the mounts in it writable (systemd 252).
-            if !spec.readWritePaths.contains("/run"), !readOnly.contains("/run") { readOnly.insert("/run", at: 0) }
+            // ProtectSystem=strict leaves the home directories to ProtectHome=, which makes
+            // them read-only only all three together.
+            let named = ["/run"] + Self.homes.filter { !spec.inaccessiblePaths.contains($0) }
+            readOnly.insert(contentsOf: named.filter { !spec.readWritePaths.contains($0) && !readOnly.contains($0) }, at: 0)
         } else {
             report.skip("read_only_paths", SandboxSpec.writableRootNote)
         }
         if !readOnly.isEmpty { set("ReadOnlyPaths", .paths(readOnly)) }
         report.apply("read_only_paths", ((spec.readOnlyPaths.contains("/") ? ["ProtectSystem=strict"] : []) + (readOnly.isEmpty ? [] : ["ReadOnlyPaths=" + readOnly.joined(separator: " ")])).joined(separator: " ")
-            + (readOnly.contains("/run") && !spec.readOnlyPaths.contains("/run") ? " (/run named too: with the API file systems mounted afresh, systemd can leave it writable otherwise)" : ""))
+            + (readOnly.contains("/run") && !spec.readOnlyPaths.contains("/run") ? " (/run and the home directories not hidden named too: with the API file systems mounted afresh systemd can leave /run writable, and ProtectSystem=strict leaves the home directories to ProtectHome=)" : ""))
         if !spec.readWritePaths.isEmpty {
             set("ReadWritePaths", .paths(spec.readWritePaths))
             report.apply("read_write_paths", "ReadWritePaths=" + spec.readWritePaths.joined(separator: " "))
@@ -79,10 +82,9 @@ public struct UnitSandbox: Sendable, Equatable {
         set("ReadOnlyPaths", .paths([stateDirectory]))
         report.apply("state directory", "ReadOnlyPaths=\(stateDirectory) (always)")
         var inaccessible = spec.inaccessiblePaths
-        let homes = ["/home", "/root", "/run/user"]
-        if homes.allSatisfy(inaccessible.contains) {
+        if Self.homes.allSatisfy(inaccessible.contains) {
             set("ProtectHome", .string("yes"))
-            inaccessible.removeAll(where: homes.contains)
+            inaccessible.removeAll(where: Self.homes.contains)
         }
         if !inaccessible.isEmpty { set("InaccessiblePaths", .paths(inaccessible)) }
         if !spec.inaccessiblePaths.isEmpty {
@@ -117,6 +119,9 @@ public struct UnitSandbox: Sendable, Equatable {
         report.apply("always", (Self.fixedHardening + ["RestrictNamespaces"]).map { "\($0)=yes" }.joined(separator: " ") + " SystemCallArchitectures=native")
         return (settings, report)
     }
+
+    /// The directories `ProtectHome=` covers.
+    static let homes = ["/home", "/root", "/run/user"]
 
     /// What the direct engine's namespaces, private /dev and read-only /proc and /sys give
     /// every agent, as unit settings that are `yes`.
