@@ -437,7 +437,11 @@ struct BundleTests {
             """
         try fixture.run("/usr/bin/python3", "-c", script, fixture.content, entry.kind)
         var bundle = fixture.content
-        if !archiveFormat.isEmpty {
+        if archiveFormat.isEmpty {
+            // backstopctl manifest (and sign) reads the directory the same way.
+            let manifest = try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.content, expectFailure: true)
+            #expect(manifest.error.contains(entry.expected), "\(manifest.error)")
+        } else {
             bundle = fixture.directory + "/bundle.tar"
             try fixture.run("/usr/bin/tar", arguments: archiveFormat + ["-cf", bundle, "-C", fixture.content, "."])
         }

@@ -348,17 +348,17 @@ struct TreeCopier {
 
     /// Relative paths of every entry below `root`, parents before children, sorted by bytes.
     /// - Parameter excluding: a top-level name left out.
+    /// - Throws: ``StoreError/io(path:operation:errno:)`` for a directory that cannot be read,
+    ///   ``StoreError/refusedEntry(path:reason:)`` for a name that is not valid UTF-8.
     static func entries(under root: String, excluding: String? = nil) throws(StoreError) -> [String] {
         var result: [String] = []
         var pending = [""]
         while let relative = pending.popLast() {
             let directory = relative.isEmpty ? root : root + "/" + relative
-            let names: [String]
-            do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
-                var info = stat()
-                let reason = lstat(directory, &info) != 0 ? errno : (info.st_mode & S_IFMT) != S_IFDIR ? ENOTDIR : EACCES
-                throw .io(path: directory, operation: "read directory", errno: reason)
-            }
+            let descriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard descriptor >= 0 else { throw .io(path: directory, operation: "read directory", errno: errno) }
+            defer { close(descriptor) }
+            let names = try Self.names(in: descriptor, path: directory)
             for name in names where !(relative.isEmpty && name == excluding) {
                 let child = relative.isEmpty ? name : relative + "/" + name
                 result.append(child)
