@@ -7,13 +7,14 @@ import SystemPackage
 /// reaches the disk.
 ///
 /// Refused, naming the entry: absolute paths, `..` components, names and link targets
-/// that are not valid UTF-8 or hold control characters, a name that comes twice, hard links, device nodes, FIFOs, sockets,
-/// setuid or setgid bits, symlinks whose target leaves the tree, unknown entries in
-/// the metadata directory, and more entries or bytes than the ``StagingRules`` allow
-/// (counted while decompressing, so a bomb stops at the limit; the directories an entry's
-/// path implies count as entries, and a sparse file counts with its full size). Sparse
-/// files (GNU and pax sparse formats) are written with their full size, holes as zeros. Symlinks are made
-/// after every other entry, so no entry is ever written through one.
+/// that are not valid UTF-8 or hold control characters, a name that comes twice, hard
+/// links, device nodes, FIFOs, sockets, setuid or setgid bits, symlinks whose target
+/// leaves the tree, unknown entries in the metadata directory, and more entries or bytes
+/// than the ``StagingRules`` allow (counted while decompressing, so a bomb stops at the
+/// limit; the directories an entry's path implies count as entries, and a sparse file
+/// counts with its full size). Sparse files (GNU and pax sparse formats) are written with
+/// their full size, holes as zeros. Symlinks are made after every other entry, so no
+/// entry is ever written through one.
 struct BundleArchive {
     /// Where the archive's bytes come from.
     enum Source {
@@ -242,8 +243,8 @@ struct BundleArchive {
         return path
     }
 
-    /// Refuses names and link targets with control characters: they would be ambiguous in
-    /// the tree digest's lines and in every listing an operator reads.
+    /// Refuses names and link targets with control characters (C0, DEL and C1): they would
+    /// garble every listing an operator reads, and a terminal would act on them.
     static func checkName(_ text: String, of path: String) throws(StoreError) {
         if text.unicodeScalars.contains(where: EntryName.isControl) {
             throw .refusedEntry(path: path, reason: "has a control character in its name or target")

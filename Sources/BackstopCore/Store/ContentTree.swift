@@ -59,7 +59,8 @@ public enum TreeDigestFormat: Int, Codable, Sendable {
     /// One text line per entry: `D path`, `F path mode size sha256`, `L path target`. Not
     /// injective (a space may be in a name or a target: a symlink `a b` -> `c` and a symlink
     /// `a` -> `b c` give the same line), so content could take a quarantined version's
-    /// digest. Read only to check versions recorded with it and move them to ``records``.
+    /// digest. Read only to check versions recorded with it before moving them to
+    /// ``records``, and to refuse content identical to a quarantined version still recorded with it.
     case lines = 1
     /// Length-prefixed binary records (``TreeInventory/digest(_:)`` and README, "The tree
     /// digest"): an injective encoding of each entry's type, name, mode, size, content and target.
