@@ -27,15 +27,18 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case identicalToQuarantined(String)
 
     /// One sentence naming the path or version at fault; the `message` of the Varlink error.
+    /// Paths and link targets come from the bundle or the caller: their control characters
+    /// are escaped (``EntryName/escaped(_:)``), so they reach no terminal or log raw.
     public var description: String {
+        let show = EntryName.escaped
         switch self {
         case .notADirectory(let path):
             return FileManager.default.fileExists(atPath: path)
-                ? "\(path) is neither a directory nor a tar archive" : "\(path) does not exist"
-        case .cannotOpen(let path, let errno): return "cannot open \(path): \(String(cString: strerror(errno)))"
-        case .unsupportedBundle(let path, let kind): return "\(path) is a \(kind), neither a directory nor a tar archive"
-        case .notABundle(let path, let message): return "\(path) is not a readable tar archive: \(message)"
-        case .refusedEntry(let path, let reason): return "\(path) \(reason); the bundle is refused"
+                ? "\(show(path)) is neither a directory nor a tar archive" : "\(show(path)) does not exist"
+        case .cannotOpen(let path, let errno): return "cannot open \(show(path)): \(String(cString: strerror(errno)))"
+        case .unsupportedBundle(let path, let kind): return "\(show(path)) is a \(kind), neither a directory nor a tar archive"
+        case .notABundle(let path, let message): return "\(show(path)) is not a readable tar archive: \(show(message))"
+        case .refusedEntry(let path, let reason): return "\(show(path)) \(reason); the bundle is refused"
         case .limitExceeded(let message): return message
         case .badManifest(let message): return "the bundle's manifest is invalid: \(message)"
         case .manifestMismatch(let message): return "the bundle does not match its manifest: \(message)"
@@ -47,11 +50,11 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .identicalToQuarantined(let id):
             return "the content is identical to quarantined version \"\(id)\" (same SHA-256), so it is refused; release \(id) if it was quarantined wrongly"
         case .unsupportedEntry(let path, let kind):
-            return "\(path) is a \(kind); content may hold only directories, regular files and symlinks inside the tree"
+            return "\(show(path)) is a \(kind); content may hold only directories, regular files and symlinks inside the tree"
         case .symlinkEscapes(let path, let target):
-            return "\(path) is a symlink to \(target), which leaves the content tree"
+            return "\(show(path)) is a symlink to \(show(target)), which leaves the content tree"
         case .io(let path, let operation, let errno):
-            return "\(operation) \(path): \(String(cString: strerror(errno)))"
+            return "\(operation) \(show(path)): \(String(cString: strerror(errno)))"
         case .digestMismatch(let version, let expected, let actual):
             return "content \(version) does not match its recorded digest (expected \(expected), found \(actual))"
         case .missingVersion(let id): return "content \(id) is missing from the store"
@@ -146,7 +149,8 @@ public struct ContentStore: Sendable {
             let inventory = try TreeInventory.scan(work)
             let signer = try Self.checkSignature(metadata, of: inventory, rules: rules)
             let summary = inventory.summary
-            if let twin = quarantined[summary.digest] { throw StoreError.identicalToQuarantined(twin) }
+            // A quarantined record may still hold a digest in the old format (its files were gone before it could move).
+            if let twin = quarantined[summary.digest] ?? quarantined[inventory.digest(.lines)] { throw StoreError.identicalToQuarantined(twin) }
             let versionID = id ?? "sha256-" + summary.digest.prefix(16)
             if existing.contains(versionID) { throw StoreError.versionExists(versionID) }
             try TreeCopier.sealDirectories(under: work, listedIn: inventory)
@@ -196,13 +200,13 @@ public struct ContentStore: Sendable {
         return signer
     }
 
-    /// Recomputes the digest of version `id` and compares it with the record.
+    /// Recomputes the digest of version `id`, in the record's format, and compares it with the record.
     /// - Throws: ``StoreError/missingVersion(_:)`` or ``StoreError/digestMismatch(version:expected:actual:)``.
     public func verify(_ record: VersionRecord) throws(StoreError) {
         let directory = path(of: record.id)
         var info = stat()
         guard lstat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { throw .missingVersion(record.id) }
-        let actual = try TreeInventory.scan(directory).summary.digest
+        let actual = try TreeInventory.scan(directory).digest(record.digestFormat ?? .lines)
         guard actual == record.digest else {
             throw .digestMismatch(version: record.id, expected: record.digest, actual: actual)
         }

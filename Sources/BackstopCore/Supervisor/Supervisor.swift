@@ -1011,6 +1011,15 @@ public actor Supervisor {
             logger.critical("The agent's state file was inconsistent and has been repaired.",
                             metadata: ["agent": "\(agent.name)", "problems": "\(problems.joined(separator: "; "))"])
         }
+        let migration = store.migrateDigests(&state.ledger)
+        if !migration.migrated.isEmpty {
+            logger.notice("Recorded the digests of versions in the current tree digest format, after checking them in the old one; ids and standings are unchanged.",
+                          metadata: ["agent": "\(agent.name)", "versions": "\(migration.migrated.joined(separator: ","))"])
+        }
+        if !migration.mismatched.isEmpty {
+            logger.error("Versions do not match the digest they were staged with; they are refused when activated.",
+                         metadata: ["agent": "\(agent.name)", "versions": "\(migration.mismatched.joined(separator: ","))"])
+        }
         killLeftovers(of: agent.name, store: store)
         do {
             let recovery = try store.recover(ledger: &state.ledger, contentLink: agent.contentLink, at: now.wall)
