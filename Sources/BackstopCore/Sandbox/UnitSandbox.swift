@@ -80,6 +80,9 @@ public struct UnitSandbox: Sendable, Equatable {
         }
         set("PrivateTmp", .bool(spec.privateTmp))
         report.apply("private_tmp", "PrivateTmp=\(spec.privateTmp ? "yes" : "no")")
+        if spec.privateTmp {
+            report.skip("tmp_size", "PrivateTmp= is a directory in the host's /tmp and /var/tmp, not a tmpfs of the agent's: it is bounded by their file systems, not by tmp_size")
+        }
         set("PrivateNetwork", .bool(spec.privateNetwork))
         let families = spec.privateNetwork ? ["AF_UNIX"] : ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
         set("RestrictAddressFamilies", .allowList(families))
