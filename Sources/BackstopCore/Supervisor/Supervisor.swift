@@ -342,7 +342,7 @@ public actor Supervisor {
     public func stage(
         agent: String, bundle: OpenBundle, version: String?, activate: Bool, callerCapabilities: UInt64 = .max
     ) async throws(ManagerError) -> VersionRecord {
-        let store = try slot(agent).store
+        let store = try usableSlot(agent).store
         let rules = try slot(agent).configuration.stagingRules
         let ledger = try slot(agent).policy.ledger
         let existing = Set(ledger.versions.map(\.id))
@@ -383,7 +383,7 @@ public actor Supervisor {
     /// - Throws: ``ManagerError`` (no such agent or version, quarantined, or failed verification).
     public func activate(agent: String, version id: String) async throws(ManagerError) {
         try await inTurn(agent) { () async throws(ManagerError) in
-            let current = try slot(agent)
+            let current = try usableSlot(agent)
             if let refusal = current.policy.activationRefusal(id) { throw .policy(refusal) }
             guard let record = current.policy.ledger.record(id) else { throw .policy(.noSuchVersion(id)) }
             try await verify(record, in: current.store)
@@ -481,7 +481,7 @@ public actor Supervisor {
     @discardableResult
     public func rollback(agent: String, to target: String?) async throws(ManagerError) -> String? {
         try await inTurn(agent) { () async throws(ManagerError) in
-            let current = try slot(agent)
+            let current = try usableSlot(agent)
             let ledger = current.policy.ledger
             if let destination = target ?? ledger.knownGoodNewestFirst.first(where: { $0 != ledger.active }),
                 let record = ledger.record(destination)
@@ -591,12 +591,20 @@ public actor Supervisor {
     private func operate(
         _ agent: String, _ change: (inout AgentPolicy, Moment) throws(PolicyError) -> [PolicyAction]
     ) throws(ManagerError) {
-        if let refusal = try slot(agent).storeRefusal { throw .store(refusal) }
+        _ = try usableSlot(agent)
         guard !shuttingDown else { throw .shuttingDown }
         let actions: [PolicyAction]
         do { actions = try change(&slots[agent]!.policy, Moment.now()) } catch { throw .policy(error) }
         apply(actions, to: agent)
         persist(agent)
+    }
+
+    /// The slot of `name` when its store can be used.
+    /// - Throws: ``ManagerError/noSuchAgent(_:)``; ``ManagerError/store(_:)`` with the refusal of its store.
+    private func usableSlot(_ name: String) throws(ManagerError) -> AgentSlot {
+        let slot = try slot(name)
+        if let refusal = slot.storeRefusal { throw .store(refusal) }
+        return slot
     }
 
     private func slot(_ name: String) throws(ManagerError) -> AgentSlot {
