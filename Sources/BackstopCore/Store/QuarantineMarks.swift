@@ -37,29 +37,36 @@ extension ContentStore {
         return (marks, unreadable)
     }
 
-    /// Makes the marks on disk those of `ledger`'s quarantined versions: writes the missing
-    /// ones (write, fsync, rename, fsync of `quarantine/`) and removes those of versions no
-    /// longer quarantined (unlink, fsync). Called before the state file is written.
+    /// Writes the marks of `ledger`'s quarantined versions that are missing (write, fsync,
+    /// rename, fsync of `quarantine/`). Called before the state file that records them is written.
     /// - Parameter marked: the ids marked on disk now.
     /// - Returns: the ids marked afterwards.
     /// - Throws: ``StoreError``; the marks written until then stay.
-    public func updateQuarantineMarks(for ledger: ContentLedger, marked: Set<String>) throws(StoreError) -> Set<String> {
-        let records = ledger.versions.filter { $0.standing == .quarantined && Self.isValidVersionID($0.id) }
-        let quarantined = Set(records.map(\.id))
-        guard quarantined != marked else { return marked }
+    public func addQuarantineMarks(for ledger: ContentLedger, marked: Set<String>) throws(StoreError) -> Set<String> {
+        let missing = ledger.versions.filter { $0.standing == .quarantined && Self.isValidVersionID($0.id) && !marked.contains($0.id) }
+        guard !missing.isEmpty else { return marked }
         let directory = try open(quarantineDirectory, creating: true)
         try? directory.close()
         var now = marked
-        for record in records where !marked.contains(record.id) {
+        for record in missing {
             let path = quarantineMarkPath(record.id)
-            try Self.syscall(path, "write") {
-                try DurableFile.write(try JSONEncoder.backstop.encode(record), to: path)
-            }
+            try Self.syscall(path, "write") { try DurableFile.write(try JSONEncoder.backstop.encode(record), to: path) }
             now.insert(record.id)
         }
-        let released = marked.subtracting(quarantined)
-        guard !released.isEmpty else { return now }
-        for id in released.sorted() {
+        return now
+    }
+
+    /// Removes the marks of versions `ledger` does not hold quarantined (released, or
+    /// forgotten): unlink, then fsync of `quarantine/`. Called after the state file that
+    /// records the release is written, so a crash before leaves the version quarantined.
+    /// - Parameter marked: the ids marked on disk now.
+    /// - Returns: the ids marked afterwards.
+    /// - Throws: ``StoreError``.
+    public func removeQuarantineMarks(notIn ledger: ContentLedger, marked: Set<String>) throws(StoreError) -> Set<String> {
+        let stale = marked.subtracting(ledger.quarantined)
+        guard !stale.isEmpty else { return marked }
+        var now = marked
+        for id in stale.sorted() {
             let path = quarantineMarkPath(id)
             guard unlink(path) == 0 || errno == ENOENT else { throw .io(path: path, operation: "remove", errno: errno) }
             FaultInjection.step("unlink \(path)")

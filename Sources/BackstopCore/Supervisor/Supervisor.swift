@@ -66,7 +66,7 @@ struct AgentSlot {
     var unit: UnitHost?
     /// What the state file holds, so that an unchanged state is not written again.
     var savedState: AgentStateFile?
-    /// The versions with a quarantine mark on disk (``ContentStore/updateQuarantineMarks(for:marked:)``).
+    /// The versions with a quarantine mark on disk (``ContentStore/addQuarantineMarks(for:marked:)``).
     var quarantineMarks: Set<String> = []
     /// Why the store cannot be used: the agent is not started, and nothing in its store is
     /// read, written or removed until a restart finds it sound. Nil when it can.
@@ -1139,13 +1139,16 @@ public actor Supervisor {
         guard slot.storeRefusal == nil else { return }
         let state = slot.policy.stateFile(bootID: bootID, at: Moment.now())
         guard state != slot.savedState else { return }
-        // Before the state file: a quarantine it records is marked on disk first.
-        do { slots[name]!.quarantineMarks = try slot.store.updateQuarantineMarks(for: state.ledger, marked: slot.quarantineMarks) } catch {
+        // Every quarantine a state file records is marked beside the versions first, and a
+        // mark goes only once a state file records the release: at no instant is a
+        // quarantine only in the state file.
+        do { slots[name]!.quarantineMarks = try slot.store.addQuarantineMarks(for: state.ledger, marked: slot.quarantineMarks) } catch {
             logger.error("Cannot write the quarantine marks.", metadata: ["agent": "\(name)", "error": "\(error)"])
         }
         do {
             try state.save(path: slot.store.stateFile)
             slots[name]!.savedState = state
+            slots[name]!.quarantineMarks = try slot.store.removeQuarantineMarks(notIn: state.ledger, marked: slots[name]!.quarantineMarks)
         } catch {
             logger.error("Cannot write the agent's state file.", metadata: ["agent": "\(name)", "error": "\(error)"])
         }
