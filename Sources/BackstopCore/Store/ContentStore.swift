@@ -78,14 +78,11 @@ public struct ContentStore: Sendable {
     public let root: String
     /// `<state_directory>`.
     public let stateDirectory: String
-    /// The agent's name, `root`'s last component.
-    public let agent: String
 
     /// The store of `agent` at `<stateDirectory>/<agent>`; touches no file.
     public init(stateDirectory: String, agent: String) {
         root = stateDirectory + "/" + agent
         self.stateDirectory = stateDirectory
-        self.agent = agent
     }
 
     /// `<root>/versions`: one immutable directory per staged version.
