@@ -72,7 +72,10 @@ struct SandboxPlanTests {
         spec.memoryMaxBytes = 512 << 20
         #expect(position(["--size", String(128 << 20), "--tmpfs", "/tmp"], in: bubblewrap(spec).plan(["/usr/bin/agent"]).arguments) != nil)
         let unit = UnitSandbox(spec: spec, unit: "backstop-demo.service", stateDirectory: state, isTransient: true).settings().report
-        #expect(unit.notApplied.contains { $0.setting == "tmp_size" && $0.detail.contains("PrivateTmp=") })
+        #expect(unit.notApplied.isEmpty && unit.applied.contains { $0.setting == "private_tmp" && $0.detail.contains("not by tmp_size") })
+        spec.tmpSizeBytes = 64 << 20
+        let bounded = UnitSandbox(spec: spec, unit: "backstop-demo.service", stateDirectory: state, isTransient: true).settings().report
+        #expect(bounded.notApplied.contains { $0.setting == "tmp_size" && $0.detail.hasPrefix("64M: PrivateTmp=") })
     }
 
     /// The index of the first occurrence of `words` in order in `arguments`.
