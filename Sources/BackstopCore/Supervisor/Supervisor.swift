@@ -1148,9 +1148,13 @@ public actor Supervisor {
         do {
             try state.save(path: slot.store.stateFile)
             slots[name]!.savedState = state
-            slots[name]!.quarantineMarks = try slot.store.removeQuarantineMarks(notIn: state.ledger, marked: slots[name]!.quarantineMarks)
         } catch {
             logger.error("Cannot write the agent's state file.", metadata: ["agent": "\(name)", "error": "\(error)"])
+            return
+        }
+        do { slots[name]!.quarantineMarks = try slot.store.removeQuarantineMarks(notIn: state.ledger, marked: slots[name]!.quarantineMarks) } catch {
+            logger.error("Cannot remove the quarantine marks of released versions; they are quarantined again at the next start.",
+                         metadata: ["agent": "\(name)", "error": "\(error)"])
         }
     }
 
