@@ -229,6 +229,31 @@ public struct ContentLedger: Codable, Sendable, Equatable {
         }
     }
 
+    /// Quarantines every version a quarantine mark names (the marks are kept beside the
+    /// versions, ``ContentStore/quarantineMarks()``, so they outlive both generations of the
+    /// state file): a version recorded with the mark's digest is quarantined with the mark's
+    /// reason and time; one not recorded is added from its mark, with its files marked
+    /// removed when `hasFiles` says they are gone. A mark of an id recorded with another
+    /// digest belongs to other content and is skipped. Quarantining the active version does
+    /// not change `active`; ``repair(isValidID:)`` does.
+    /// - Returns: the ids whose quarantine the ledger had not recorded.
+    public mutating func applyQuarantineMarks(_ marks: [VersionRecord], hasFiles: (String) -> Bool, at date: Date) -> [String] {
+        var restored: [String] = []
+        for mark in marks {
+            if let existing = record(mark.id) {
+                guard existing.digest == mark.digest, existing.standing != .quarantined else { continue }
+                quarantine(mark.id, reason: mark.quarantineReason ?? "quarantine mark", at: mark.quarantinedAt ?? date)
+            } else {
+                var added = mark
+                added.standing = .quarantined
+                if added.filesRemovedAt == nil && !hasFiles(mark.id) { added.filesRemovedAt = date }
+                versions.append(added)
+            }
+            restored.append(mark.id)
+        }
+        return restored
+    }
+
     /// Clears the active version (the agent then has nothing to run).
     public mutating func deactivate() {
         active = nil
