@@ -497,6 +497,10 @@ struct ConfigurationTests {
             source: minimalAgent + "\n[agent.sandbox]\nmemory_max = 4096\n",
             line: 5, key: "agent[0].sandbox.memory_max", message: "too little"),
         Fault(
+            what: "tmp_size that is not a size",
+            source: minimalAgent + "\n[agent.sandbox]\ntmp_size = \"lots\"\n",
+            line: 5, key: "agent[0].sandbox.tmp_size", message: "\"lots\" is not a size"),
+        Fault(
             what: "cpu_quota without %",
             source: minimalAgent + "\n[agent.sandbox]\ncpu_quota = \"0.5\"\n",
             line: 5, key: "agent[0].sandbox.cpu_quota", message: "is not a CPU quota"),
@@ -589,6 +593,21 @@ struct ConfigurationTests {
         #expect(transient.transientUnit == "backstop-demo.service" && transient.watchedUnit == "backstop-demo.service")
         #expect(transient.policySettings.notify, "a transient unit is ready when it is active")
         #expect(try Configuration.parse(Self.minimalAgent + "\n[agent.sandbox]\nmemory_max = 268435456\n", path: Self.path).agents[0].sandbox.memoryMaxBytes == 256 << 20)
+    }
+
+    @Test("tmp_size bounds each private tmpfs; unset it is a quarter of memory_max, or 256M; with private_tmp = false it is a warning")
+    func tmpSize() throws {
+        func spec(_ lines: String) throws -> SandboxSpec {
+            try Configuration.parse(Self.minimalAgent + "\n[agent.sandbox]\n" + lines, path: Self.path).agents[0].sandbox
+        }
+        #expect(try spec("tmp_size = \"64M\"\n").privateTmpSizeBytes == 64 << 20)
+        #expect(try spec("tmp_size = 1048576\nmemory_max = \"1G\"\n").privateTmpSizeBytes == 1 << 20)
+        #expect(try spec("memory_max = \"1G\"\n").privateTmpSizeBytes == 256 << 20)
+        #expect(try spec("memory_max = \"2M\"\n").privateTmpSizeBytes == 1 << 20, "never below 1M")
+        #expect(try spec("").privateTmpSizeBytes == 256 << 20)
+        let configuration = try Configuration.parse(
+            Self.minimalAgent + "\n[agent.sandbox]\nprivate_tmp = false\ntmp_size = \"64M\"\n", path: Self.path)
+        #expect(configuration.warnings.contains { $0.contains("tmp_size (64M) has no effect with private_tmp = false") })
     }
 
     @Test("a content_link that already points into state_directory (as Backstop keeps it) is judged by the link, not its target")

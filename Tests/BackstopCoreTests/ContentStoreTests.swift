@@ -350,12 +350,92 @@ struct ContentStoreTests {
         #expect(ledger.record("orphan")?.totalBytes == orphan.totalBytes)
         #expect(fixture.storeListing.versions == ["orphan", "v1", "v2"])
         // The unfinished copy waits in staging/ for deletion off the critical path.
-        #expect(recovery.garbage == [leftover])
-        recovery.garbage.forEach(ContentStore.removeTree)
+        #expect(recovery.garbage == ["5C1D2C5E-unfinished"])
+        try fixture.store.removeFromStaging(recovery.garbage)
         #expect(fixture.storeListing.staging.isEmpty)
         #expect(linkTarget(fixture.store.activeLink) == "versions/v2")
         #expect(linkTarget(contentLink) == fixture.store.path(of: "v2"))
         try fixture.store.verify(try #require(ledger.record("v2")))
+    }
+
+    @Test("A symlink where the state directory, the agent's directory, staging/, versions/ or quarantine/ should be is refused, naming it and its target; what it leads to is never touched")
+    func symlinkInLayoutRefused() throws {
+        let fixture = try StoreFixture()
+        defer { fixture.remove() }
+        _ = try fixture.stage("v1")
+        let elsewhere = fixture.directory + "/elsewhere"
+        try write("precious\n", to: elsewhere + "/precious")
+        for directory in [fixture.store.stagingDirectory, fixture.store.versionsDirectory, fixture.store.quarantineDirectory, fixture.store.root] {
+            let aside = directory + ".real"
+            #expect(rename(directory, aside) == 0)
+            #expect(symlink(elsewhere, directory) == 0)
+            #expect(throws: StoreError.layoutRefused(path: directory, found: "a symlink to \(elsewhere)")) { try fixture.store.prepare() }
+            if directory == fixture.store.stagingDirectory {
+                #expect(throws: StoreError.layoutRefused(path: directory, found: "a symlink to \(elsewhere)")) {
+                    try fixture.store.removeFromStaging(["precious"])
+                }
+            }
+            var ledger = ContentLedger()
+            #expect(throws: StoreError.self) { _ = try fixture.store.recover(ledger: &ledger, contentLink: nil, at: Date()) }
+            #expect(throws: StoreError.self, "staging never writes through it") { _ = try fixture.stage("v2", existing: ["v1"]) }
+            #expect(FileManager.default.fileExists(atPath: elsewhere + "/precious"))
+            #expect(unlink(directory) == 0 && rename(aside, directory) == 0)
+        }
+        #expect(rename(fixture.store.stateDirectory, fixture.directory + "/state.real") == 0)
+        #expect(symlink(fixture.directory + "/state.real", fixture.store.stateDirectory) == 0)
+        #expect(throws: StoreError.layoutRefused(path: fixture.store.stateDirectory, found: "a symlink to \(fixture.directory)/state.real")) {
+            try ContentStore.openStateDirectory(fixture.store.stateDirectory, creating: true).close()
+        }
+        #expect(StoreError.layoutRefused(path: "/var/lib/backstop/demo/staging", found: "a symlink to /etc").description.hasPrefix(
+            "/var/lib/backstop/demo/staging is a symlink to /etc, where Backstop keeps a directory of its own; Backstop never follows it"))
+    }
+
+    @Test("Quarantine marks beside the versions are written for quarantined versions, removed on release, and bring a quarantine back into a ledger that lost it")
+    func quarantineMarks() throws {
+        let fixture = try StoreFixture()
+        defer { fixture.remove() }
+        var ledger = ContentLedger()
+        ledger.add(try fixture.stage("v1"))
+        try write("signature-set 2\n", to: fixture.source + "/signatures.db")
+        ledger.add(try fixture.stage("v2", existing: ["v1"]))
+        ledger.activate("v2")
+        ledger.quarantine("v2", reason: "crash-loop", at: moment(10).wall)
+        var marked = try fixture.store.addQuarantineMarks(for: ledger, marked: [])
+        #expect(try fixture.store.removeQuarantineMarks(notIn: ledger, marked: marked) == ["v2"])
+        #expect(marked == ["v2"])
+        #expect(FileManager.default.fileExists(atPath: fixture.store.quarantineMarkPath("v2")))
+
+        // Both generations of the state file lost: the versions are adopted again, as staged.
+        var adopted = fixture.store.adoptVersions(activeID: "v2", at: moment(20).wall)
+        #expect(adopted.record("v2")?.standing == .candidate)
+        let marks = try fixture.store.quarantineMarks()
+        #expect(marks.unreadable.isEmpty)
+        #expect(adopted.applyQuarantineMarks(marks.marks, hasFiles: { _ in true }, at: moment(20).wall) == ["v2"])
+        #expect(adopted.record("v2")?.standing == .quarantined && adopted.record("v2")?.quarantineReason == "crash-loop")
+        #expect(adopted.record("v1")?.standing == .staged)
+        #expect(!adopted.repair(isValidID: ContentStore.isValidVersionID).isEmpty)
+        #expect(adopted.active == nil, "a quarantined version is never active again")
+        #expect(adopted.applyQuarantineMarks(marks.marks, hasFiles: { _ in true }, at: moment(20).wall).isEmpty, "applied once")
+
+        // A version whose files are gone keeps its quarantine, and its digest stays refused.
+        var empty = ContentLedger()
+        #expect(empty.applyQuarantineMarks(marks.marks, hasFiles: { _ in false }, at: moment(30).wall) == ["v2"])
+        #expect(empty.record("v2")?.filesRemovedAt == moment(30).wall)
+        #expect(empty.quarantinedByDigest[ledger.record("v2")!.digest] == "v2")
+
+        // A mark of an id now recorded with other content is not applied.
+        var other = ContentLedger()
+        var different = ledger.record("v1")!
+        different.id = "v2"
+        other.add(different)
+        #expect(other.applyQuarantineMarks(marks.marks, hasFiles: { _ in true }, at: moment(30).wall).isEmpty)
+
+        ledger.release("v2")
+        #expect(try fixture.store.addQuarantineMarks(for: ledger, marked: marked) == ["v2"], "a release does not remove the mark before the state file is written")
+        #expect(FileManager.default.fileExists(atPath: fixture.store.quarantineMarkPath("v2")))
+        marked = try fixture.store.removeQuarantineMarks(notIn: ledger, marked: marked)
+        #expect(marked.isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: fixture.store.quarantineMarkPath("v2")))
     }
 
     @Test("recover creates a missing active link and a missing content_link")

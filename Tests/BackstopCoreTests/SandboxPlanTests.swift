@@ -58,6 +58,26 @@ struct SandboxPlanTests {
         #expect(scopeReport.applied.contains { $0.setting == "memory_max" && $0.detail.hasPrefix("64M as MemoryMax= of the transient scope") })
     }
 
+    @Test("bubblewrap: the private /tmp and /var/tmp are each a tmpfs of tmp_size bytes; the systemd engine says PrivateTmp= is not bounded by it")
+    func tmpSizeBounded() throws {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        try #require(BubblewrapSandbox.boundsTmpfs, "this machine's bwrap takes --size (bubblewrap 0.5 and later; Debian 12 has 0.8)")
+        var spec = SandboxSpec()
+        spec.tmpSizeBytes = 64 << 20
+        let (arguments, report) = bubblewrap(spec).plan(["/usr/bin/agent"])
+        #expect(position(["--size", String(64 << 20), "--tmpfs", "/tmp"], in: arguments) != nil)
+        #expect(position(["--size", String(64 << 20), "--tmpfs", "/var/tmp"], in: arguments) != nil)
+        #expect(report.applied.contains { $0.setting == "tmp_size" && $0.detail.hasPrefix("64M each") })
+        spec.tmpSizeBytes = nil
+        spec.memoryMaxBytes = 512 << 20
+        #expect(position(["--size", String(128 << 20), "--tmpfs", "/tmp"], in: bubblewrap(spec).plan(["/usr/bin/agent"]).arguments) != nil)
+        let unit = UnitSandbox(spec: spec, unit: "backstop-demo.service", stateDirectory: state, runtimeDirectory: "/run/backstop", isTransient: true).settings().report
+        #expect(unit.notApplied.isEmpty && unit.applied.contains { $0.setting == "private_tmp" && $0.detail.contains("not by tmp_size") })
+        spec.tmpSizeBytes = 64 << 20
+        let bounded = UnitSandbox(spec: spec, unit: "backstop-demo.service", stateDirectory: state, runtimeDirectory: "/run/backstop", isTransient: true).settings().report
+        #expect(bounded.notApplied.contains { $0.setting == "tmp_size" && $0.detail.hasPrefix("64M: PrivateTmp=") })
+    }
+
     /// The index of the first occurrence of `words` in order in `arguments`.
     func position(_ words: [String], in arguments: [String]) -> Int? {
         guard arguments.count >= words.count else { return nil }
@@ -251,7 +271,9 @@ struct SandboxPlanTests {
         let notify = try #require(position(["--tmpfs", runtime + "/notify"], in: arguments))
         let socket = try #require(position(["--ro-bind", runtime + "/notify/demo", runtime + "/notify/demo"], in: arguments))
         #expect(position(["--ro-bind", state, state], in: arguments) != nil, "the state directory stays read-only")
-        #expect(hidden < notify && notify < socket)
+        let notifyReadOnly = try #require(position(["--remount-ro", runtime + "/notify"], in: arguments))
+        let runtimeReadOnly = try #require(position(["--remount-ro", runtime], in: arguments))
+        #expect(hidden < notify && notify < socket && socket < notifyReadOnly && notifyReadOnly < runtimeReadOnly, "both tmpfs are read-only once made: \(arguments)")
         #expect(report.applied.contains { $0.setting == "Backstop's directories" && $0.detail.contains("\(runtime) hidden") })
 
         let present = SandboxSpec.serviceManagerPaths.filter(BubblewrapSandbox.exists).map(BubblewrapSandbox.resolved)

@@ -68,6 +68,11 @@ struct BundleFixture {
 
     @discardableResult
     func run(_ program: String, _ arguments: String..., expectFailure: Bool = false) throws -> CommandResult {
+        try run(program, arguments: arguments, expectFailure: expectFailure)
+    }
+
+    @discardableResult
+    func run(_ program: String, arguments: [String], expectFailure: Bool = false) throws -> CommandResult {
         let result = try Command.run(program, arguments)
         if (result.status != 0) != expectFailure {
             Issue.record("\(program) \(arguments.joined(separator: " ")) exited \(result.status): \(result.error)")
@@ -367,5 +372,126 @@ struct BundleTests {
         #expect(fixture.refusal(fixture.content, rules: required)?.description
             == "require_signature is set but \(fixture.keys) holds no trusted key (*.pem)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.store.versionsDirectory).sorted() == ["openssl", "signed"])
+    }
+
+    @Test("directories an archive only implies count against max_files: deep paths are refused before they fill the disk")
+    func impliedDirectoriesCount() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        // 10 entries, each 31 directories deep that the archive does not list: 320 entries in all.
+        let deep = try fixture.craftedArchive("[('b%03d/' % n + 'd/' * 30 + 'f', 'file', 'x') for n in range(10)]")
+        let refusal = fixture.refusal(deep, rules: fixture.rules(maxFiles: 100))
+        #expect(refusal?.description.hasPrefix("the bundle holds more than max_files = 100 entries (at b003/d/d/d") == true, "\(refusal?.description ?? "staged")")
+        #expect(fixture.storeIsEmpty)
+
+        // a/b/f is three entries, a and a/b implied.
+        let shallow = try fixture.craftedArchive("[('a/b/f', 'file', 'x')]")
+        #expect(fixture.refusal(shallow, rules: fixture.rules(maxFiles: 2))?.description.hasPrefix("the bundle holds more than max_files = 2 entries (at a/b)") == true)
+        #expect(try fixture.stage(shallow, rules: fixture.rules(maxFiles: 3)).fileCount == 1)
+    }
+
+    @Test(
+        "a sparse file in a GNU or pax sparse archive is staged with its full size, holes as zeros, and that size counts against max_bundle_bytes",
+        arguments: [["--format=gnu"], ["--format=pax"], ["--format=pax", "--sparse-version=0.0"], ["--format=pax", "--sparse-version=0.1"]])
+    func sparseFiles(_ format: [String]) throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let source = fixture.directory + "/sparse"
+        try FileManager.default.createDirectory(atPath: source, withIntermediateDirectories: true)
+        // All hole (truncate -s 1M), and data at 100 KiB in a file that ends in a hole.
+        #expect(FileManager.default.createFile(atPath: source + "/hole", contents: nil))
+        #expect(truncate(source + "/hole", 1 << 20) == 0)
+        FileManager.default.createFile(atPath: source + "/data", contents: nil)
+        let data = try FileHandle(forWritingTo: URL(fileURLWithPath: source + "/data"))
+        try data.seek(toOffset: 100 << 10)
+        try data.write(contentsOf: Data("data in the middle\n".utf8))
+        try data.truncate(atOffset: 1 << 20)
+        try data.close()
+        let archive = fixture.directory + "/sparse.tar"
+        try fixture.run("/usr/bin/tar", arguments: format + ["--sparse", "-cf", archive, "-C", source, "."])
+
+        let fromDirectory = try fixture.stage(source, as: "directory")
+        let record = try fixture.stage(archive, as: "archive")
+        #expect(record.totalBytes == 2 << 20)
+        #expect(record.digest == fromDirectory.digest)
+        for name in ["hole", "data"] {
+            #expect(try Data(contentsOf: URL(fileURLWithPath: fixture.store.path(of: "archive") + "/" + name))
+                == Data(contentsOf: URL(fileURLWithPath: source + "/" + name)), "\(name)")
+        }
+        let refusal = fixture.refusal(archive, rules: fixture.rules(maxBundleBytes: 1 << 20))
+        #expect(refusal?.description.hasPrefix("the bundle holds more than max_bundle_bytes = \(1 << 20) bytes") == true, "\(refusal?.description ?? "staged")")
+    }
+
+    @Test(
+        "a name or symlink target that is not valid UTF-8 is refused, naming the entry with its bytes escaped, from a directory or an archive",
+        arguments: [("name", "lat\\xe9.conf has a name that is not valid UTF-8"), ("target", "link is a symlink whose target is not valid UTF-8 (tg\\xff)")],
+        [[], ["--format=gnu"], ["--format=pax"]])
+    func invalidUTF8(_ entry: (kind: String, expected: String), archiveFormat: [String]) throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let script = """
+            import os, sys
+            top = os.fsencode(sys.argv[1])
+            if sys.argv[2] == "name": open(top + b"/lat\\xe9.conf", "w").write("x")
+            else: os.symlink(b"tg\\xff", top + b"/link")
+            """
+        try fixture.run("/usr/bin/python3", "-c", script, fixture.content, entry.kind)
+        var bundle = fixture.content
+        if archiveFormat.isEmpty {
+            // backstopctl manifest (and sign) reads the directory the same way.
+            let manifest = try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.content, expectFailure: true)
+            #expect(manifest.error.contains(entry.expected), "\(manifest.error)")
+        } else {
+            bundle = fixture.directory + "/bundle.tar"
+            try fixture.run("/usr/bin/tar", arguments: archiveFormat + ["-cf", bundle, "-C", fixture.content, "."])
+        }
+        let refusal = fixture.refusal(bundle)
+        #expect(refusal?.description.contains(entry.expected) == true, "\(refusal?.description ?? "staged")")
+        #expect(refusal?.description.contains("\u{FFFD}") == false)
+        #expect(fixture.storeIsEmpty)
+    }
+
+    @Test("control characters in a refused name are escaped in the refusal, in backstopctl's message and in the daemon's log")
+    func controlCharactersEscaped() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        let archive = try fixture.craftedArchive("[('evil\\nname', 'file', 'x')]")
+        let fromArchive = fixture.refusal(archive)?.description ?? ""
+        #expect(fromArchive.contains("evil\\nname has a control character") && !fromArchive.contains("\n"), "\(fromArchive)")
+        let c1 = try fixture.craftedArchive("[('c1\\x9b31m', 'file', 'x')]")
+        #expect(fixture.refusal(c1)?.description.contains("c1\\u{9b}31m has a control character") == true)
+
+        try Data().write(to: URL(fileURLWithPath: fixture.content + "/bad\u{1b}[2Jname"))
+        let fromDirectory = fixture.refusal(fixture.content)?.description ?? ""
+        #expect(fromDirectory.contains("/bad\\x1b[2Jname has a control character") && !fromDirectory.contains("\u{1b}"), "\(fromDirectory)")
+
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        try harness.start()
+        let staged = try harness.ctl("stage", "demo", fixture.content, "--version", "v1")
+        #expect(staged.status == 1)
+        #expect(staged.error.contains("/bad\\x1b[2Jname has a control character") && !staged.error.contains("\u{1b}"), "\(staged.error)")
+        let logged = harness.log.all.filter { $0.contains("Refused the operator request Stage") }
+        #expect(logged.count == 1 && logged.allSatisfy { $0.contains("bad\\x1b[2Jname") && !$0.contains("\u{1b}") }, "\(logged)")
+        #expect(fixture.storeIsEmpty)
+    }
+
+    @Test("README's Python reproduces the tree digest of a staged version")
+    func readmeDigestRecipe() throws {
+        let fixture = try BundleFixture()
+        defer { fixture.remove() }
+        try FileManager.default.createDirectory(atPath: fixture.content + "/rules/empty", withIntermediateDirectories: true)
+        #expect(symlink("../channel-100.conf", fixture.content + "/rules/current") == 0)
+        try Data("#!/bin/sh\n".utf8).write(to: URL(fileURLWithPath: fixture.content + "/rules/hook b c.sh"))
+        #expect(chmod(fixture.content + "/rules/hook b c.sh", 0o755) == 0)
+        try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.content)
+        let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
+        let section = try #require(readme.range(of: "### The tree digest").map { readme[$0.upperBound...] })
+        let start = try #require(section.range(of: "```python\n"))
+        let end = try #require(section[start.upperBound...].range(of: "```"))
+        let recipe = section[start.upperBound..<end.lowerBound] + "\nimport sys\nprint(tree_digest(sys.argv[1]))\n"
+        let computed = try fixture.run("/usr/bin/python3", "-c", String(recipe), fixture.content)
+        let staged = try fixture.stage(fixture.content)
+        #expect(computed.output == staged.digest + "\n")
     }
 }

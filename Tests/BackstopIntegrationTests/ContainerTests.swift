@@ -402,6 +402,7 @@ struct ContainerTests {
           timeout 30 systemctl show --property=Version --value; echo "systemctl=$?"
           timeout 30 busctl --system call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.DBus.Peer Ping; echo "busctl=$?"
           test -e /run/backstop/io.backstop.Manager; echo "control-socket=$?"
+          touch /run/backstop/agent-was-here; echo "runtime-writable=$?"
           touch /run/agent-was-here; echo "run-writable=$?"
           touch /home/agent-was-here; echo "home-writable=$?"
         } > /var/lib/probe/result.new 2>&1
@@ -467,7 +468,7 @@ struct ContainerTests {
             try #require(try container.run("/usr/bin/backstopctl", "stage", "probe", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
             try container.waitForDecision("agent-ready")
             let result = try container.run("/bin/cat", "/var/lib/probe/result").output
-            for probe in ["systemd-run", "systemctl", "busctl", "control-socket", "run-writable", "home-writable"] {
+            for probe in ["systemd-run", "systemctl", "busctl", "control-socket", "runtime-writable", "run-writable", "home-writable"] {
                 let line = result.split(separator: "\n").first { $0.hasPrefix(probe + "=") }
                 #expect(line != nil && line != "\(probe)=0", "\(probe) must fail inside the sandbox; the agent saw:\n\(result)")
             }

@@ -89,6 +89,21 @@ final class CrashFixture: @unchecked Sendable {
         return problems
     }
 
+    /// Checks that every quarantine the state file records has its mark beside the versions
+    /// (what keeps it when both generations of the state file are lost); with `exactly`,
+    /// also that no mark is left of a version not quarantined (after a restart has settled).
+    /// - Returns: the problems found, empty when none.
+    func quarantineMarkProblems(exactly: Bool) -> [String] {
+        let store = ContentStore(stateDirectory: stateDirectory, agent: "demo")
+        guard let state = try? AgentStateFile.load(path: store.stateFile) else { return [] }
+        let marks = (try? FileManager.default.contentsOfDirectory(atPath: store.quarantineDirectory)) ?? []
+        let marked = Set(marks.filter { $0.hasSuffix(".json") }.map { String($0.dropLast(".json".count)) })
+        let quarantined = Set(state.ledger.quarantined)
+        var problems = quarantined.subtracting(marked).sorted().map { "quarantined \($0) has no mark" }
+        if exactly { problems += marked.subtracting(quarantined).sorted().map { "\($0) has a mark but is not quarantined" } }
+        return problems
+    }
+
     /// Version ids the daemon's log says were removed (garbage collection or its recovery).
     static func removedVersions(in lines: [String]) -> Set<String> {
         var ids = Set<String>()
@@ -207,10 +222,12 @@ struct CrashSafetyTests {
             }
             let before = harness.log.all
             harness.killDaemon()
+            let atKill = fixture.quarantineMarkProblems(exactly: false)
             try harness.start()
             harness.stop()
             let removed = CrashFixture.removedVersions(in: before + harness.log.all)
             let problems = fixture.invariantProblems(confirmedStaged: confirmed, removedSaid: removed)
+                + atKill.map { "at the kill: \($0)" } + fixture.quarantineMarkProblems(exactly: true)
             #expect(problems.isEmpty, "killed at step \(step): \(steps[step - 1]): \(problems)")
             if !problems.isEmpty { break }
         }
@@ -271,11 +288,13 @@ struct CrashSafetyTests {
             default: tally.interrupted += 1
             }
             let before = harness.log.all
+            let atKill = fixture.quarantineMarkProblems(exactly: false)
 
             try harness.start()
             harness.stop()
             removed.formUnion(CrashFixture.removedVersions(in: before + harness.log.all))
             let problems = fixture.invariantProblems(confirmedStaged: confirmed, removedSaid: removed)
+                + atKill.map { "at the kill: \($0)" } + fixture.quarantineMarkProblems(exactly: true)
             if !problems.isEmpty { print((before + harness.log.all).joined(separator: "\n")) }
             #expect(problems.isEmpty, "run \(run) (seed \(seed)): \(command.joined(separator: " ")) killed after \(delayMicroseconds) µs: \(problems)")
             if !problems.isEmpty { break }

@@ -28,6 +28,35 @@ struct FuzzCorpusTests {
         }
     }
 
+    @Test(
+        "the corpus's hostile bundles are staged as they are or refused naming the entry safely, with the fuzz target's limits",
+        arguments: [
+            ("sparse-gnu.tar", nil), ("sparse-pax.tar", nil),
+            ("implied-directories.tar", "the bundle holds more than max_files = 256 entries (at b008/"),
+            ("control-character.tar", "bad\\x1b[2Jname has a control character"),
+            ("not-utf8.tar", "lat\\xe9.conf has a name that is not valid UTF-8"),
+        ] as [(String, String?)])
+    func hostileBundles(_ name: String, refusal expected: String?) throws {
+        let directory = NSTemporaryDirectory() + "backstop-corpus-" + UUID().uuidString
+        defer { ContentStore.removeTree(directory) }
+        let store = ContentStore(stateDirectory: directory, agent: "demo")
+        var rules = StagingRules()
+        rules.maxBundleBytes = 1 << 20
+        rules.maxFiles = 256
+        let bundle = try OpenBundle.open(Self.corpus + "/bundle/" + name)
+        defer { bundle.close() }
+        switch Result(catching: { () throws(StoreError) in try store.stage(from: bundle, id: "v1", existing: [], rules: rules, at: Date()) }) {
+        case .success(let record):
+            #expect(expected == nil, "staged, expected a refusal containing \(expected ?? "")")
+            // A fully sparse file of 512 KiB: all of it, zeros.
+            #expect(record.totalBytes == 512 << 10)
+            #expect(try Data(contentsOf: URL(fileURLWithPath: store.path(of: "v1") + "/hole")) == Data(count: 512 << 10))
+        case .failure(let error):
+            #expect(error.description.contains(expected ?? "(staged)"), "\(error.description)")
+            #expect(!error.description.unicodeScalars.contains { $0.value < 0x20 })
+        }
+    }
+
     @Test("every configuration in the corpus is accepted or refused with a message by backstopd --check-config and backstopctl; the crashes are syntax errors")
     func replayConfigurations() throws {
         let aborts = try FileManager.default.contentsOfDirectory(atPath: Paths.repository + "/Fuzz/Aborts/configuration")

@@ -57,6 +57,9 @@ struct SandboxTests {
         }
         #expect(report["write-own"]?.hasPrefix("allowed") == true, "\(report["write-own"] ?? "no report")")
         #expect(report["write-tmp"]?.hasPrefix("allowed") == true, "its private /tmp is writable to it, as a /tmp is: \(report["write-tmp"] ?? "no report")")
+        for attempt in ["fill-tmp", "fill-var-tmp"] {
+            #expect(report[attempt] == "refused No space left on device", "the private tmpfs holds tmp_size (a quarter of memory_max): \(attempt): \(report[attempt] ?? "no report")")
+        }
         #expect(report["identity"] == "uid=65534 gid=65534", "the default user is nobody")
         #expect(!FileManager.default.fileExists(atPath: "/etc/backstop-escape"))
         #expect(!FileManager.default.fileExists(atPath: "/tmp/backstop-escape-tmp"), "its /tmp is its own")
@@ -73,8 +76,9 @@ struct SandboxTests {
             inaccessible_paths = []
             private_network = false
             tasks_max = "infinity"
+            tmp_size = "1G"
             """)
-        for attempt in ["write-outside", "read-inaccessible", "gain-capability", "network", "memory", "tasks", "write-own"] {
+        for attempt in ["write-outside", "read-inaccessible", "gain-capability", "network", "memory", "tasks", "write-own", "fill-tmp", "fill-var-tmp"] {
             #expect(report[attempt]?.hasPrefix("allowed") == true, "\(attempt): \(report[attempt] ?? "no report")")
         }
         for attempt in ["write-content", "write-store-link"] {

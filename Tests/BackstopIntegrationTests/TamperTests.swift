@@ -230,6 +230,84 @@ struct TamperTests {
         #expect(agent.pid == pid, "the healthy agent was not restarted")
     }
 
+    @Test("A symlink where staging/ should be is refused: the agent is not started, status says why, and the files it leads to survive startup")
+    func symlinkedStagingRefused() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        harness.stop()
+        let elsewhere = harness.directory + "/elsewhere"
+        try FileManager.default.createDirectory(atPath: elsewhere + "/keep", withIntermediateDirectories: true)
+        try Data("precious\n".utf8).write(to: URL(fileURLWithPath: elsewhere + "/keep/file"))
+        let staging = harness.directory + "/state/demo/staging"
+        try FileManager.default.removeItem(atPath: staging)
+        #expect(symlink(elsewhere, staging) == 0)
+
+        try harness.start()
+        try harness.log.wait(for: "content store is refused", seconds: 10)
+        let (report, exitCode) = try harness.status()
+        let agent = try #require(report.agents.first)
+        #expect(exitCode == 1, "degraded")
+        #expect(agent.state == "stopped" && agent.pid == nil)
+        #expect(agent.degradedReason?.contains("\(staging) is a symlink to \(elsewhere)") == true, "\(agent.degradedReason ?? "no reason")")
+        let activate = try harness.ctl("activate", "demo", "v1")
+        #expect(activate.status != 0 && activate.error.contains("is a symlink to \(elsewhere)"), "\(activate.error)")
+        harness.stop()
+        #expect(FileManager.default.fileExists(atPath: elsewhere + "/keep/file"), "startup cleanup never follows the symlink")
+        #expect(!harness.log.all.contains { $0.contains("event=agent-started") }, "the agent is not started on a store it cannot trust")
+    }
+
+    @Test("A state directory that is a symlink is refused: backstopd does not start, and says why")
+    func symlinkedStateDirectoryRefused() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent()])
+        defer { harness.cleanUp() }
+        let real = harness.directory + "/real-state"
+        try FileManager.default.createDirectory(atPath: real, withIntermediateDirectories: true)
+        #expect(symlink(real, harness.directory + "/state") == 0)
+        try harness.start(waitUntilRunning: false)
+        try harness.log.wait(for: "backstopd: \(harness.directory)/state is a symlink to \(real), where Backstop keeps a directory of its own", seconds: 20)
+        #expect(harness.waitForExit(seconds: 20), "backstopd exits")
+        #expect(harness.process?.terminationStatus != 0)
+        #expect(harness.log.all.contains { $0.contains("critical") && $0.contains("the state directory is refused") }, "and says so in the journal")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: real).isEmpty, "nothing was made through it")
+    }
+
+    @Test("Both state files lost: a quarantined version stays quarantined (its mark is beside the versions): activate is refused, and a restart with the active link on it does not run it")
+    func quarantineOutlivesStateFiles() throws {
+        let harness = try harnessWithKnownGood()
+        defer { harness.cleanUp() }
+        try harness.stage(Paths.sample("v2-channel-291"), as: "v2")
+        try harness.wait(for: "rollback", seconds: 60)
+        try harness.wait(for: "agent-ready", after: "rollback")
+        harness.stop()
+        let agentDirectory = harness.directory + "/state/demo"
+        func loseStateFiles() throws {
+            try FileManager.default.removeItem(atPath: agentDirectory + "/state.json")
+            try FileManager.default.removeItem(atPath: agentDirectory + "/state.json.prev")
+        }
+        try loseStateFiles()
+
+        try harness.start()
+        try harness.log.wait(for: "they are quarantined again", seconds: 10)
+        try harness.wait(for: "agent-ready")
+        var agent = try harness.agent()
+        #expect(agent.content.active == "v1")
+        #expect(agent.content.quarantined == ["v2"])
+        let activate = try harness.ctl("activate", "demo", "v2")
+        #expect(activate.status == 1 && activate.error.contains("quarantined"), "\(activate.error)")
+
+        // A crash that left the active link on v2, and the state files lost again.
+        harness.stop()
+        try loseStateFiles()
+        #expect(unlink(agentDirectory + "/active") == 0 && symlink("versions/v2", agentDirectory + "/active") == 0)
+        try harness.start()
+        try harness.log.wait(for: "they are quarantined again", seconds: 10)
+        agent = try harness.agent()
+        #expect(agent.content.active != "v2")
+        #expect(agent.content.quarantined == ["v2"])
+        #expect(!harness.log.all.contains { $0.contains("event=agent-started") && $0.contains("version=v2") }, "v2 never runs again")
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: agentDirectory + "/active")) != "versions/v2")
+    }
+
     @Test("A second daemon sharing only the runtime directory refuses to start too")
     func secondDaemonSharingRuntimeDirectory() throws {
         let harness = try harnessWithKnownGood()

@@ -61,7 +61,9 @@ struct VirtualMachine {
             && installTree.map { FileManager.default.isExecutableFile(atPath: $0 + "/usr/sbin/backstopd") } == true
     }
 
-    /// Where the consoles of each boot and the results are kept (left for a failure's reader).
+    /// Where the consoles of each boot and the results are kept for a failure's reader:
+    /// `consoles/<scenario>` in the image cache (`BACKSTOP_VM_CACHE`, default .build-vm),
+    /// replaced by the scenario's next run, so nothing piles up in /tmp.
     let directory: String
     /// The boot in which the guest reported, from 1.
     let finalBoot: Int
@@ -77,7 +79,9 @@ struct VirtualMachine {
     /// Boots the machine through `scenario` (see scripts/vm/guest/run.sh), at most three boots.
     /// - Throws: when the script fails (its output in the error) or a section is not JSON.
     static func run(scenario: String) throws -> VirtualMachine {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-vm-\(scenario)-\(UUID().uuidString.prefix(8))").path
+        let cache = ProcessInfo.processInfo.environment["BACKSTOP_VM_CACHE"] ?? Paths.repository + "/.build-vm"
+        let directory = cache + "/consoles/" + scenario
+        try? FileManager.default.removeItem(atPath: directory)
         let started = Date()
         let result = try Command.run(Paths.repository + "/scripts/vm/run-scenario.sh", [installTree!, scenario, directory, "3"])
         print("VM scenario \(scenario): \(Int(Date().timeIntervalSince(started))) s\n\(result.error)")

@@ -81,6 +81,9 @@ public struct Configuration: Sendable, Equatable {
                let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
                 warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
             }
+            if let bytes = agent.sandbox.tmpSizeBytes, !agent.sandbox.privateTmp {
+                warnings.append("agent \(agent.name): sandbox: tmp_size (\(SandboxSpec.formatBytes(bytes))) has no effect with private_tmp = false: the agent writes the host's /tmp")
+            }
             let crashSignals = agent.successExitStatus.signals.intersection([SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, SIGKILL, SIGSYS, SIGTRAP])
             if !crashSignals.isEmpty {
                 let names = crashSignals.sorted().map(SignalName.of)

@@ -311,7 +311,8 @@ private struct TableReader {
     /// The keys an `[agent.sandbox]` table takes.
     static let sandboxKeys = [
         "engine", "user", "group", "capabilities", "no_new_privileges", "read_only_paths", "read_write_paths",
-        "inaccessible_paths", "allow_service_manager", "private_tmp", "private_network", "memory_max", "cpu_quota", "tasks_max", "system_call_filter",
+        "inaccessible_paths", "allow_service_manager", "private_tmp", "tmp_size", "private_network", "memory_max", "cpu_quota", "tasks_max",
+        "system_call_filter",
     ]
 
     /// What to say about unknown `key` in a table that takes `known`: a likely misspelling
@@ -590,6 +591,16 @@ private struct TableReader {
             case "allow_service_manager": spec.allowServiceManager = try bool(table, key, full)
             case "private_tmp": spec.privateTmp = try bool(table, key, full)
             case "private_network": spec.privateNetwork = try bool(table, key, full)
+            case "tmp_size":
+                if table[key]?.int != nil {
+                    spec.tmpSizeBytes = UInt64(try integer(table, key, full, minimum: 1))
+                } else {
+                    let text = try string(table, key, full)
+                    guard let bytes = SandboxSpec.bytes(of: text) else {
+                        throw fail(full, "\"\(text)\" is not a size: bytes, or a number with K, M, G or T (such as \"64M\")")
+                    }
+                    spec.tmpSizeBytes = bytes
+                }
             case "memory_max":
                 if table[key]?.int != nil {
                     spec.memoryMaxBytes = UInt64(try integer(table, key, full, minimum: 1))

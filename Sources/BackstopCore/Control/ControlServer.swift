@@ -127,7 +127,8 @@ public final class ControlServer: @unchecked Sendable {
             let parameters = (try? JSONSerialization.jsonObject(with: call.parameters) as? [String: Any]) ?? [:]
             let reason = ((try? JSONSerialization.jsonObject(with: replyParameters) as? [String: Any])?["message"] as? String)
             var refusal = metadata
-            for key in ["agent", "version", "path"] { if let value = parameters[key] { refusal[key] = "\(value)" } }
+            // The caller's words, shown safely: a bundle path may hold control characters.
+            for key in ["agent", "version", "path"] { if let value = parameters[key] { refusal[key] = "\(EntryName.escaped("\(value)"))" } }
             logger.notice("Refused the operator request \(method) (\(name))\(reason.map { ": " + $0 } ?? ".")", metadata: refusal)
         case .parameters where ManagerInterface.mutating.contains(method):
             // Who changed what, for the record (the decisions it led to are logged on their own).

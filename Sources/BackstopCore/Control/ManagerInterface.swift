@@ -15,6 +15,7 @@ public enum ManagerInterface {
         type Version (
           id: string,
           digest: string,
+          digest_format: ?int,
           standing: string,
           file_count: int,
           total_bytes: int,

@@ -26,6 +26,17 @@ public struct DaemonService: Sendable {
     ///   when the state or runtime directory, the boot ID or the control socket cannot be set up.
     public func run(until shutdownRequested: @Sendable () async -> Void, reloadRequests: AsyncStream<Void>) async throws {
         let configuration = effective.configuration
+        do throws(StoreError) {
+            let directory = try ContentStore.openStateDirectory(configuration.daemon.stateDirectory, creating: true)
+            try? directory.close()
+        } catch {
+            if case .layoutRefused = error {
+                logger.critical("backstopd does not start: the state directory is refused: \(error)",
+                                metadata: ["path": "\(configuration.daemon.stateDirectory)", "error": "\(error)"])
+                throw error
+            }
+            // Another error (not root, a read-only file system) is the instance lock's to report, below.
+        }
         // A second daemon must not share either directory: it would take over the sockets.
         let locks = [
             try InstanceLock(directory: configuration.daemon.stateDirectory),

@@ -399,6 +399,10 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var timers: [PolicyTimer: Double] = [:]
     /// Whether an operator stopped the agent (`backstopctl stop`); it stays stopped until `start`.
     public private(set) var operatorStopped = false
+    /// Why the agent's store cannot be used (a symlink where one of its directories should
+    /// be, ``StoreError/layoutRefused(path:found:)``): the agent is never started and is
+    /// degraded with this reason until a restart finds the store sound. Nil when it can.
+    public var storeRefusal: String?
     /// Whether a rollback was followed by the same failure on known-good content: Backstop
     /// then stops switching versions. Cleared by `reset-failed`, `activate` and `rollback`.
     public private(set) var rollbackDidNotHelp = false
@@ -489,6 +493,7 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// Why the agent is degraded, for `status`; nil when it is not.
     public var degradedReason: String? {
+        if let storeRefusal { return "not started: \(storeRefusal)" }
         if phase == .givenUp || mode == .safeMode {
             let step = phase == .givenUp ? "given up" : "in safe mode"
             guard let escalation = currentEscalation else { return step }
@@ -1406,7 +1411,7 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// Starts a run on the active version, unless there is none to run or an operator stopped the agent.
     private mutating func spawnActive(at now: Moment) -> [PolicyAction] {
-        guard let active = ledger.active, ledger.record(active)?.standing != .quarantined, !operatorStopped else {
+        guard let active = ledger.active, ledger.record(active)?.standing != .quarantined, !operatorStopped, storeRefusal == nil else {
             phase = .stopped
             return []
         }

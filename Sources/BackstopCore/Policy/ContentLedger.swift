@@ -19,8 +19,12 @@ public struct VersionRecord: Codable, Sendable, Equatable {
 
     /// The version id: operator-given, or `sha256-` and the first 16 hex digits of the tree digest.
     public var id: String
-    /// SHA-256 of the whole tree in hex (see ``ContentStore/treeDigest(of:)``).
+    /// SHA-256 of the whole tree in hex, in ``digestFormat``.
     public var digest: String
+    /// How ``digest`` encodes the tree; nil in records written before formats were
+    /// numbered, which are ``TreeDigestFormat/lines`` (startup moves those whose files
+    /// are in the store to the current format, ``ContentStore/migrateDigests(_:)``).
+    public var digestFormat: TreeDigestFormat?
     /// Number of regular files in the tree.
     public var fileCount: Int
     /// Total size of the regular files in bytes.
@@ -43,6 +47,7 @@ public struct VersionRecord: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case id, digest, standing
+        case digestFormat = "digest_format"
         case fileCount = "file_count"
         case totalBytes = "total_bytes"
         case stagedAt = "staged_at"
@@ -53,10 +58,12 @@ public struct VersionRecord: Codable, Sendable, Equatable {
         case filesRemovedAt = "files_removed_at"
     }
 
-    /// A freshly staged version: standing `staged`, never promoted or quarantined.
+    /// A freshly staged version: standing `staged`, never promoted or quarantined, its
+    /// digest in the current format.
     public init(id: String, digest: String, fileCount: Int, totalBytes: Int64, stagedAt: Date) {
         self.id = id
         self.digest = digest
+        self.digestFormat = .current
         self.fileCount = fileCount
         self.totalBytes = totalBytes
         self.standing = .staged
@@ -133,7 +140,9 @@ public struct ContentLedger: Codable, Sendable, Equatable {
     }
 
     /// The quarantined versions' ids by their digest (the first for each): content with one of
-    /// these digests is the same bytes, refused under any id.
+    /// these digests is the same bytes, refused under any id. A record still in the
+    /// ``TreeDigestFormat/lines`` format (its files were removed before it could move to the
+    /// current one) is listed under that digest.
     public var quarantinedByDigest: [String: String] {
         Dictionary(versions.filter { $0.standing == .quarantined }.map { ($0.digest, $0.id) }) { first, _ in first }
     }
@@ -210,6 +219,39 @@ public struct ContentLedger: Codable, Sendable, Equatable {
             self.active = knownGood
         }
         return problems
+    }
+
+    /// Records `digest`, in `format`, as the digest of `id` (moving a record to the current format).
+    public mutating func redigest(_ id: String, digest: String, format: TreeDigestFormat) {
+        update(id) {
+            $0.digest = digest
+            $0.digestFormat = format
+        }
+    }
+
+    /// Quarantines every version a quarantine mark names (the marks are kept beside the
+    /// versions, ``ContentStore/quarantineMarks()``, so they outlive both generations of the
+    /// state file): a version recorded with the mark's digest is quarantined with the mark's
+    /// reason and time; one not recorded is added from its mark, with its files marked
+    /// removed when `hasFiles` says they are gone. A mark of an id recorded with another
+    /// digest belongs to other content and is skipped. Quarantining the active version does
+    /// not change `active`; ``repair(isValidID:)`` does.
+    /// - Returns: the ids whose quarantine the ledger had not recorded.
+    public mutating func applyQuarantineMarks(_ marks: [VersionRecord], hasFiles: (String) -> Bool, at date: Date) -> [String] {
+        var restored: [String] = []
+        for mark in marks {
+            if let existing = record(mark.id) {
+                guard existing.digest == mark.digest, existing.standing != .quarantined else { continue }
+                quarantine(mark.id, reason: mark.quarantineReason ?? "quarantine mark", at: mark.quarantinedAt ?? date)
+            } else {
+                var added = mark
+                added.standing = .quarantined
+                if added.filesRemovedAt == nil && !hasFiles(mark.id) { added.filesRemovedAt = date }
+                versions.append(added)
+            }
+            restored.append(mark.id)
+        }
+        return restored
     }
 
     /// Clears the active version (the agent then has nothing to run).

@@ -367,6 +367,12 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 bind("--symlink", link.target, link.path)
             }
             report.apply("private_tmp", "yes: /tmp and /var/tmp are empty tmpfs of the agent's own (mode 1777)")
+            let size = SandboxSpec.formatBytes(spec.privateTmpSizeBytes)
+            if Self.boundsTmpfs {
+                report.apply("tmp_size", "\(size) each (tmpfs size=): a write past it fails with ENOSPC")
+            } else {
+                report.skip("tmp_size", "\(Self.program) is older than bubblewrap 0.5 and has no --size, so the private /tmp is bounded only by the agent's memory_max (a cgroup's)")
+            }
         }
         func shown(_ entry: (path: String, writable: Bool, configured: String?)) -> String {
             let name = entry.configured.map { $0 == entry.path ? $0 : "\($0) (at \(entry.path))" } ?? entry.path
@@ -393,7 +399,10 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 options += ["--ro-bind", socket, real + "/" + (socket.split(separator: "/").last.map(String.init) ?? "")]
             }
             report.apply("notify socket", "\(directory) holds only the run's own socket (\(notifySocket ?? "none")); no other agent's is reachable")
+            options += ["--remount-ro", real]
         }
+        // Read-only once made: a root agent could otherwise fill the tmpfs (memory).
+        if let runtime { options += ["--remount-ro", runtime] }
         for mask in masks { bind("--ro-bind", mask.placeholder, mask.hidden) }
         let inaccessible = masks.filter { spec.inaccessiblePaths.contains($0.path) }.map(\.path)
         report.apply("inaccessible_paths", inaccessible.isEmpty ? "none" : inaccessible.joined(separator: " ") + " (replaced by mode-0000 placeholders)")
@@ -417,9 +426,27 @@ public struct BubblewrapSandbox: Sendable, Equatable {
 
     /// Empty tmpfs on /tmp and /var/tmp (when there is one), mode 1777 like any /tmp (and
     /// systemd's PrivateTmp=): an agent that is not root makes its temporary files there too.
+    /// Each is at most `tmp_size` bytes (tmpfs size=), so that an agent's temporary files
+    /// cannot take the host's memory (a tmpfs is RAM and swap).
     private func privateTmpOptions() -> [String] {
-        Self.privateTmpDirectories.filter { $0 == "/tmp" || Self.exists($0) }.flatMap { ["--perms", "1777", "--tmpfs", $0] }
+        let size = Self.boundsTmpfs ? ["--size", String(spec.privateTmpSizeBytes)] : []
+        return Self.privateTmpDirectories.filter { $0 == "/tmp" || Self.exists($0) }.flatMap { ["--perms", "1777"] + size + ["--tmpfs", $0] }
     }
+
+    /// Whether this bwrap takes `--size` before `--tmpfs` (bubblewrap 0.5 and later), as its `--help` says.
+    static let boundsTmpfs: Bool = {
+        guard unavailableReason == nil else { return false }
+        let process = Process()
+        let output = Pipe()
+        process.executableURL = URL(fileURLWithPath: program)
+        process.arguments = ["--help"]
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return false }
+        let help = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: help, as: UTF8.self).contains("--size")
+    }()
 
     static func exists(_ path: String) -> Bool {
         var info = stat()

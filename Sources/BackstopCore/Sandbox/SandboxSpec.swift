@@ -39,6 +39,12 @@ public struct SandboxSpec: Sendable, Equatable {
     public var allowServiceManager = false
     /// `private_tmp`, default true: `/tmp` and `/var/tmp` are empty and the agent's own.
     public var privateTmp = true
+    /// `tmp_size`, default a quarter of `memory_max`, or 256M without one: the most bytes each
+    /// of the private `/tmp` and `/var/tmp` holds (tmpfs size=, written as `memory_max` is), so
+    /// that files there cannot fill the host's memory. Nil is the default (``privateTmpSizeBytes``).
+    public var tmpSizeBytes: UInt64?
+    /// The size each private tmpfs gets: `tmp_size`, else the default.
+    public var privateTmpSizeBytes: UInt64 { tmpSizeBytes ?? memoryMaxBytes.map { max($0 / 4, 1 << 20) } ?? 256 << 20 }
     /// `private_network`, default true: a network namespace with only a loopback device.
     /// Unix sockets (the notify socket, clamd's control socket) still work.
     public var privateNetwork = true

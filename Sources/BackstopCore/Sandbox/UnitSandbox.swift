@@ -99,7 +99,10 @@ public struct UnitSandbox: Sendable, Equatable {
             report.apply("allow_service_manager", "no: InaccessiblePaths=" + SandboxSpec.serviceManagerPaths.joined(separator: " ") + ": systemctl, systemd-run and D-Bus clients cannot reach systemd")
         }
         set("PrivateTmp", .bool(spec.privateTmp))
-        report.apply("private_tmp", "PrivateTmp=\(spec.privateTmp ? "yes" : "no")")
+        report.apply("private_tmp", spec.privateTmp ? "PrivateTmp=yes (directories of the unit's own in the host's /tmp and /var/tmp, bounded by their file systems, not by tmp_size)" : "PrivateTmp=no")
+        if spec.privateTmp, let bytes = spec.tmpSizeBytes {
+            report.skip("tmp_size", "\(SandboxSpec.formatBytes(bytes)): PrivateTmp= is directories in the host's /tmp and /var/tmp, not a tmpfs of the agent's, so it is bounded by their file systems")
+        }
         set("PrivateNetwork", .bool(spec.privateNetwork))
         let families = spec.privateNetwork ? ["AF_UNIX"] : ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
         set("RestrictAddressFamilies", .allowList(families))

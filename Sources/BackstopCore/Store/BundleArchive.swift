@@ -6,12 +6,15 @@ import SystemPackage
 /// writes its tree into an empty directory, checking each entry before anything of it
 /// reaches the disk.
 ///
-/// Refused, naming the entry: absolute paths, `..` components, names with control
-/// characters, a name that comes twice, hard links, device nodes, FIFOs, sockets,
-/// setuid or setgid bits, symlinks whose target leaves the tree, unknown entries in
-/// the metadata directory, and more entries or bytes than the ``StagingRules`` allow
-/// (counted while decompressing, so a bomb stops at the limit). Symlinks are made
-/// after every other entry, so no entry is ever written through one.
+/// Refused, naming the entry: absolute paths, `..` components, names and link targets
+/// that are not valid UTF-8 or hold control characters, a name that comes twice, hard
+/// links, device nodes, FIFOs, sockets, setuid or setgid bits, symlinks whose target
+/// leaves the tree, unknown entries in the metadata directory, and more entries or bytes
+/// than the ``StagingRules`` allow (counted while decompressing, so a bomb stops at the
+/// limit; the directories an entry's path implies count as entries, and a sparse file
+/// counts with its full size). Sparse files (GNU and pax sparse formats) are written with
+/// their full size, holes as zeros. Symlinks are made after every other entry, so no
+/// entry is ever written through one.
 struct BundleArchive {
     /// Where the archive's bytes come from.
     enum Source {
@@ -79,17 +82,19 @@ struct BundleArchive {
             guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
                 throw .notABundle(path: name, message: Self.message(archive))
             }
-            // In UTF-8 whatever the locale (a daemon often runs in the C locale).
-            guard let name = archive_entry_pathname_utf8(entry) ?? archive_entry_pathname(entry) else {
-                throw .refusedEntry(path: "entry \(budget.entries + 1)", reason: "has a name that is not valid text")
+            // The name's bytes as the archive holds them (libarchive converts to UTF-8 only
+            // from the locale's charset, and repairs what it cannot convert): they must be UTF-8.
+            guard let rawName = archive_entry_pathname(entry) ?? archive_entry_pathname_utf8(entry) else {
+                throw .refusedEntry(path: "entry \(budget.entries + 1)", reason: "has no name")
             }
-            let path = try Self.normalizedPath(String(cString: name))
+            let name = try EntryName.text(cString: rawName)
+            let path = try Self.normalizedPath(name)
             try budget.admitEntry(path.isEmpty ? "." : path)
             let type = archive_entry_filetype(entry)
             if path.isEmpty {
                 // "./", the top itself: a plain directory, nothing else (its data would go uncounted).
                 guard type == S_IFDIR, archive_entry_hardlink(entry) == nil, archive_entry_mode(entry) & (S_ISUID | S_ISGID) == 0 else {
-                    throw .refusedEntry(path: String(cString: name), reason: "names the top of the bundle, which must be a plain directory")
+                    throw .refusedEntry(path: name, reason: "names the top of the bundle, which must be a plain directory")
                 }
                 continue
             }
@@ -108,12 +113,15 @@ struct BundleArchive {
             let full = destination + "/" + path
             switch type {
             case S_IFDIR:
-                try makeDirectories(path)
+                try makeDirectories(path, listed: true, budget: &budget)
             case S_IFREG:
-                try makeDirectories(Self.parent(of: path))
-                try write(archive, to: full, path: path, executable: archive_entry_mode(entry) & 0o111 != 0, budget: &budget)
+                try makeDirectories(Self.parent(of: path), listed: false, budget: &budget)
+                let size = archive_entry_size_is_set(entry) != 0 ? Int64(archive_entry_size(entry)) : nil
+                try write(archive, to: full, path: path, executable: archive_entry_mode(entry) & 0o111 != 0, size: size, budget: &budget)
             case S_IFLNK:
-                let target = (archive_entry_symlink_utf8(entry) ?? archive_entry_symlink(entry)).map { String(cString: $0) } ?? ""
+                let target = try (archive_entry_symlink(entry) ?? archive_entry_symlink_utf8(entry)).map { (raw) throws(StoreError) in
+                    try EntryName.text(cString: raw, linkOf: path)
+                } ?? ""
                 try Self.checkName(target, of: path)
                 guard TreeCopier.staysInside(link: path, target: target) else {
                     throw .symlinkEscapes(path: path, target: target)
@@ -124,7 +132,7 @@ struct BundleArchive {
             }
         }
         for link in links {
-            try makeDirectories(Self.parent(of: link.path))
+            try makeDirectories(Self.parent(of: link.path), listed: false, budget: &budget)
             let full = destination + "/" + link.path
             guard symlink(link.target, full) == 0 else {
                 if errno == EEXIST { throw .refusedEntry(path: link.path, reason: "appears twice in the bundle") }
@@ -164,12 +172,18 @@ struct BundleArchive {
     }
 
     /// mkdir -p below the destination; an existing component must be a directory made here.
-    private func makeDirectories(_ relative: String) throws(StoreError) {
+    /// Each directory made counts against `max_files`, but `relative` itself when it is
+    /// `listed`, an entry of the archive (counted with its header).
+    private func makeDirectories(_ relative: String, listed: Bool, budget: inout StagingBudget) throws(StoreError) {
         var current = destination
-        for component in relative.split(separator: "/") {
+        let components = relative.split(separator: "/")
+        for (index, component) in components.enumerated() {
             current += "/" + component
-            if mkdir(current, 0o700) == 0 { continue }
             let relativePath = String(current.dropFirst(destination.count + 1))
+            if mkdir(current, 0o700) == 0 {
+                if !listed || index < components.count - 1 { try budget.admitEntry(relativePath) }
+                continue
+            }
             if errno == ENAMETOOLONG { throw Self.tooLong(relativePath) }
             var info = stat()
             guard errno == EEXIST, lstat(current, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
@@ -178,8 +192,11 @@ struct BundleArchive {
         }
     }
 
+    /// Writes the entry's data to `full`. archive_read_data(3) fills the holes of a sparse
+    /// file with zeros but stops at its last data block, so a file that ends in a hole (or
+    /// is one) is then extended to the `size` its header gives; the extension reads as zeros.
     private func write(
-        _ archive: OpaquePointer, to full: String, path: String, executable: Bool, budget: inout StagingBudget
+        _ archive: OpaquePointer, to full: String, path: String, executable: Bool, size: Int64?, budget: inout StagingBudget
     ) throws(StoreError) {
         let file: StoredFile
         do { file = try StoredFile(path: full, executable: executable) } catch let error as Errno {
@@ -191,6 +208,7 @@ struct BundleArchive {
         }
         defer { file.close() }
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var written: Int64 = 0
         while true {
             let count = buffer.withUnsafeMutableBytes { archive_read_data(archive, $0.baseAddress, $0.count) }
             if count == 0 { break }
@@ -199,6 +217,11 @@ struct BundleArchive {
             try ContentStore.syscall(full, "write") {
                 try buffer.withUnsafeBytes { try file.write(UnsafeRawBufferPointer(rebasing: $0[..<count])) }
             }
+            written += Int64(count)
+        }
+        if let size, size > written {
+            try budget.admitBytes(size - written, path: path)
+            try ContentStore.syscall(full, "extend") { try file.extend(to: size) }
         }
         try ContentStore.syscall(full, "fsync") { try file.seal() }
     }
@@ -220,10 +243,10 @@ struct BundleArchive {
         return path
     }
 
-    /// Refuses names and link targets with control characters: they would be ambiguous in
-    /// the tree digest's lines and in every listing an operator reads.
+    /// Refuses names and link targets with control characters (C0, DEL and C1): they would
+    /// garble every listing an operator reads, and a terminal would act on them.
     static func checkName(_ text: String, of path: String) throws(StoreError) {
-        if text.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+        if text.unicodeScalars.contains(where: EntryName.isControl) {
             throw .refusedEntry(path: path, reason: "has a control character in its name or target")
         }
     }

@@ -98,9 +98,9 @@ public struct BundleManifest: Codable, Sendable, Equatable {
         for path in paths {
             let normalized = try? BundleArchive.normalizedPath(path)
             guard normalized == path, !path.isEmpty, !path.hasPrefix(directoryName + "/"), path != directoryName else {
-                throw .badManifest("\"\(path)\" is not a relative, normalized path of the content")
+                throw .badManifest("\"\(EntryName.escaped(path))\" is not a relative, normalized path of the content")
             }
-            guard seen.insert(path).inserted else { throw .badManifest("\"\(path)\" is listed twice") }
+            guard seen.insert(path).inserted else { throw .badManifest("\"\(EntryName.escaped(path))\" is listed twice") }
         }
         return manifest
     }
@@ -121,7 +121,7 @@ public struct BundleManifest: Codable, Sendable, Equatable {
         }
         for (path, entry) in inventory.entries {
             guard let listed = expected.removeValue(forKey: Array(path.utf8)) else {
-                throw .manifestMismatch("\(path) is in the bundle but not in the manifest")
+                throw .manifestMismatch("\(EntryName.escaped(path)) is in the bundle but not in the manifest")
             }
             let sameTarget: Bool
             if case .symlink(let target) = entry, case .symlink(let listedTarget) = listed.entry {
@@ -130,11 +130,11 @@ public struct BundleManifest: Codable, Sendable, Equatable {
                 sameTarget = listed.entry == entry
             }
             guard sameTarget else {
-                throw .manifestMismatch("\(path) is \(Self.describe(entry)) in the bundle but \(Self.describe(listed.entry)) in the manifest")
+                throw .manifestMismatch("\(EntryName.escaped(path)) is \(Self.describe(entry)) in the bundle but \(Self.describe(listed.entry)) in the manifest")
             }
         }
         if let missing = expected.values.map(\.path).sorted().first {
-            throw .manifestMismatch("\(missing) is in the manifest but not in the bundle")
+            throw .manifestMismatch("\(EntryName.escaped(missing)) is in the manifest but not in the bundle")
         }
     }
 
@@ -158,7 +158,7 @@ public struct BundleManifest: Codable, Sendable, Equatable {
         case .directory: return "a directory"
         case .file(let executable, let size, let sha256):
             return "a\(executable ? "n executable" : "") file of \(size) bytes with sha256 \(sha256.prefix(16))…"
-        case .symlink(let target): return "a symlink to \(target)"
+        case .symlink(let target): return "a symlink to \(EntryName.escaped(target))"
         }
     }
 

@@ -25,17 +25,24 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
     case missingVersion(String)
     /// The content is byte for byte that of a quarantined version (its id).
     case identicalToQuarantined(String)
+    /// A directory of the store's layout (the state directory, an agent's, `versions/`,
+    /// `staging/`, `quarantine/`) is something else: a symlink (`a symlink to TARGET`) or
+    /// another kind of file. It is never followed, and nothing in the store is touched.
+    case layoutRefused(path: String, found: String)
 
     /// One sentence naming the path or version at fault; the `message` of the Varlink error.
+    /// Paths and link targets come from the bundle or the caller: their control characters
+    /// are escaped (``EntryName/escaped(_:)``), so they reach no terminal or log raw.
     public var description: String {
+        let show = EntryName.escaped
         switch self {
         case .notADirectory(let path):
             return FileManager.default.fileExists(atPath: path)
-                ? "\(path) is neither a directory nor a tar archive" : "\(path) does not exist"
-        case .cannotOpen(let path, let errno): return "cannot open \(path): \(String(cString: strerror(errno)))"
-        case .unsupportedBundle(let path, let kind): return "\(path) is a \(kind), neither a directory nor a tar archive"
-        case .notABundle(let path, let message): return "\(path) is not a readable tar archive: \(message)"
-        case .refusedEntry(let path, let reason): return "\(path) \(reason); the bundle is refused"
+                ? "\(show(path)) is neither a directory nor a tar archive" : "\(show(path)) does not exist"
+        case .cannotOpen(let path, let errno): return "cannot open \(show(path)): \(String(cString: strerror(errno)))"
+        case .unsupportedBundle(let path, let kind): return "\(show(path)) is a \(kind), neither a directory nor a tar archive"
+        case .notABundle(let path, let message): return "\(show(path)) is not a readable tar archive: \(show(message))"
+        case .refusedEntry(let path, let reason): return "\(show(path)) \(reason); the bundle is refused"
         case .limitExceeded(let message): return message
         case .badManifest(let message): return "the bundle's manifest is invalid: \(message)"
         case .manifestMismatch(let message): return "the bundle does not match its manifest: \(message)"
@@ -47,14 +54,16 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
         case .identicalToQuarantined(let id):
             return "the content is identical to quarantined version \"\(id)\" (same SHA-256), so it is refused; release \(id) if it was quarantined wrongly"
         case .unsupportedEntry(let path, let kind):
-            return "\(path) is a \(kind); content may hold only directories, regular files and symlinks inside the tree"
+            return "\(show(path)) is a \(kind); content may hold only directories, regular files and symlinks inside the tree"
         case .symlinkEscapes(let path, let target):
-            return "\(path) is a symlink to \(target), which leaves the content tree"
+            return "\(show(path)) is a symlink to \(show(target)), which leaves the content tree"
         case .io(let path, let operation, let errno):
-            return "\(operation) \(path): \(String(cString: strerror(errno)))"
+            return "\(operation) \(show(path)): \(String(cString: strerror(errno)))"
         case .digestMismatch(let version, let expected, let actual):
             return "content \(version) does not match its recorded digest (expected \(expected), found \(actual))"
         case .missingVersion(let id): return "content \(id) is missing from the store"
+        case .layoutRefused(let path, let found):
+            return "\(path) is \(found), where Backstop keeps a directory of its own; Backstop never follows it, so the store is refused and nothing in it is touched: make it a real directory again (moving its files back), then restart backstopd"
         }
     }
 }
@@ -70,10 +79,13 @@ public enum StoreError: Error, Equatable, CustomStringConvertible {
 public struct ContentStore: Sendable {
     /// `<state_directory>/<agent>`.
     public let root: String
+    /// `<state_directory>`.
+    public let stateDirectory: String
 
     /// The store of `agent` at `<stateDirectory>/<agent>`; touches no file.
     public init(stateDirectory: String, agent: String) {
         root = stateDirectory + "/" + agent
+        self.stateDirectory = stateDirectory
     }
 
     /// `<root>/versions`: one immutable directory per staged version.
@@ -97,13 +109,128 @@ public struct ContentStore: Sendable {
             }
     }
 
-    /// Creates the store's directories: `versions/` readable by all (an agent may run
-    /// as its own user and must read its content), `staging/` for root only.
-    /// - Throws: the FileManager error.
-    public func prepare() throws {
-        try DurableFile.makeDirectories(root, mode: 0o755)
-        try DurableFile.makeDirectories(versionsDirectory, mode: 0o755)
-        try DurableFile.makeDirectories(stagingDirectory, mode: 0o700)
+    /// `<root>/quarantine`: one mark per quarantined version (``QuarantineMarks``).
+    public var quarantineDirectory: String { root + "/quarantine" }
+
+    /// Creates the store's directories where they are missing: `versions/` readable by all
+    /// (an agent may run as its own user and must read its content), `staging/` and
+    /// `quarantine/` for root only. Each is opened without following a symlink, relative to
+    /// the one above it, so a symlink in the layout is refused, never followed.
+    /// - Throws: ``StoreError/layoutRefused(path:found:)`` for a symlink or other file where a
+    ///   directory should be; ``StoreError/io(path:operation:errno:)`` otherwise.
+    public func prepare() throws(StoreError) {
+        for directory in [versionsDirectory, stagingDirectory, quarantineDirectory] {
+            let descriptor = try open(directory, creating: true)
+            try? descriptor.close()
+        }
+    }
+
+    /// The mode each directory of the layout is made with.
+    private func mode(of path: String) -> mode_t {
+        path == stagingDirectory || path == quarantineDirectory ? 0o700 : 0o755
+    }
+
+    /// Opens `path`, the state directory or a directory of the store below it, one component
+    /// at a time from the state directory, each with `O_NOFOLLOW` relative to the one above
+    /// (openat(2)), so that no symlink of the layout is followed, whenever it appears.
+    /// - Parameter creating: make missing directories (mkdirat(2)), the state directory's
+    ///   parents included.
+    /// - Returns: the directory's descriptor; the caller closes it.
+    /// - Throws: ``StoreError/layoutRefused(path:found:)``, ``StoreError/io(path:operation:errno:)``.
+    func open(_ path: String, creating: Bool) throws(StoreError) -> FileDescriptor {
+        let below = path == stateDirectory ? [] : path.dropFirst(stateDirectory.count + 1).split(separator: "/").map(String.init)
+        var current = try Self.openStateDirectory(stateDirectory, creating: creating).rawValue
+        var walked = stateDirectory
+        for name in below {
+            walked += "/" + name
+            let parent = current
+            defer { _ = Glibc.close(parent) }
+            current = try Self.openDirectory(name, in: parent, path: walked, mode: mode(of: walked), creating: creating)
+        }
+        return FileDescriptor(rawValue: current)
+    }
+
+    /// Opens `state_directory` without following a symlink there (its parents may be
+    /// symlinks: they are the host's), made with its parents when missing and `creating`.
+    /// backstopd refuses to start on a state directory that is a symlink: a store reached
+    /// through it would look like a new, empty one wherever it leads.
+    /// - Returns: its descriptor; the caller closes it.
+    /// - Throws: ``StoreError/layoutRefused(path:found:)``, ``StoreError/io(path:operation:errno:)``.
+    public static func openStateDirectory(_ path: String, creating: Bool) throws(StoreError) -> FileDescriptor {
+        if creating {
+            let parent = (path as NSString).deletingLastPathComponent
+            do { try DurableFile.makeDirectories(parent.isEmpty ? "/" : parent) } catch {
+                throw .io(path: parent, operation: "create", errno: (error as? Errno)?.rawValue ?? EIO)
+            }
+        }
+        return FileDescriptor(rawValue: try openDirectory(path, in: AT_FDCWD, path: path, mode: 0o755, creating: creating))
+    }
+
+    /// openat(2) of directory `name` in `parent` with `O_NOFOLLOW`, made first when missing and `creating`.
+    /// - Throws: ``StoreError/layoutRefused(path:found:)`` when `name` is not a directory.
+    private static func openDirectory(_ name: String, in parent: Int32, path: String, mode: mode_t, creating: Bool) throws(StoreError) -> Int32 {
+        let flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+        var descriptor = openat(parent, name, flags)
+        if descriptor < 0, errno == ENOENT, creating {
+            guard mkdirat(parent, name, mode) == 0 || errno == EEXIST else { throw .io(path: path, operation: "create", errno: errno) }
+            descriptor = openat(parent, name, flags)
+        }
+        guard descriptor < 0 else { return descriptor }
+        let code = errno
+        var info = stat()
+        guard code == ELOOP || code == ENOTDIR, fstatat(parent, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
+            throw .io(path: path, operation: "open", errno: code)
+        }
+        switch info.st_mode & S_IFMT {
+        case S_IFLNK:
+            var target = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let length = readlinkat(parent, name, &target, target.count - 1)
+            let shown = length >= 0 ? String(decoding: target[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+            throw .layoutRefused(path: path, found: "a symlink to \(shown)")
+        case S_IFREG: throw .layoutRefused(path: path, found: "a regular file")
+        default: throw .layoutRefused(path: path, found: "not a directory")
+        }
+    }
+
+    /// Removes entries `names` of `staging/` (unfinished copies, discarded versions) and
+    /// everything below them, walking with openat(2) and `O_NOFOLLOW` from a `staging/`
+    /// opened the same way: a symlink anywhere is removed itself, never followed.
+    /// - Throws: ``StoreError`` when `staging/` cannot be opened (a symlink there included).
+    public func removeFromStaging(_ names: [String]) throws(StoreError) {
+        let staging = try open(stagingDirectory, creating: false)
+        defer { try? staging.close() }
+        for name in names { Self.removeTree(named: name, in: staging.rawValue) }
+    }
+
+    /// Removes `name` in directory `parent` and, for a directory, all below it (made
+    /// writable first: versions are read-only), never following a symlink.
+    private static func removeTree(named name: String, in parent: Int32) {
+        if unlinkat(parent, name, 0) == 0 { return }
+        let descriptor = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard descriptor >= 0 else { return }
+        _ = fchmod(descriptor, 0o700)
+        for entry in names(in: descriptor) { removeTree(named: entry, in: descriptor) }
+        _ = Glibc.close(descriptor)
+        _ = unlinkat(parent, name, AT_REMOVEDIR)
+    }
+
+    /// The entries of the open directory `descriptor` (readdir(3) of a duplicate, so the
+    /// caller keeps `descriptor`), without `.` and `..`; empty when it cannot be read.
+    static func names(in descriptor: Int32) -> [String] {
+        let duplicate = dup(descriptor)
+        guard duplicate >= 0 else { return [] }
+        guard let stream = fdopendir(duplicate) else {
+            _ = Glibc.close(duplicate)
+            return []
+        }
+        defer { closedir(stream) }
+        rewinddir(stream)
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
     }
 
     /// Copies a bundle into the store (never moves it), checks every entry and the
@@ -132,7 +259,7 @@ public struct ContentStore: Sendable {
         defer { bundle.close() }
         if let id, !Self.isValidVersionID(id) { throw .invalidVersionID(id) }
         if let id, existing.contains(id) { throw .versionExists(id) }
-        do { try prepare() } catch { throw .io(path: root, operation: "create", errno: (error as? Errno)?.rawValue ?? EIO) }
+        try prepare()
         let work = stagingDirectory + "/" + UUID().uuidString
         do {
             try Self.syscall(work, "create") { guard mkdir(work, 0o700) == 0 else { throw Errno(rawValue: errno) } }
@@ -146,7 +273,8 @@ public struct ContentStore: Sendable {
             let inventory = try TreeInventory.scan(work)
             let signer = try Self.checkSignature(metadata, of: inventory, rules: rules)
             let summary = inventory.summary
-            if let twin = quarantined[summary.digest] { throw StoreError.identicalToQuarantined(twin) }
+            // A quarantined record may still hold a digest in the old format (its files were gone before it could move).
+            if let twin = quarantined[summary.digest] ?? quarantined[inventory.digest(.lines)] { throw StoreError.identicalToQuarantined(twin) }
             let versionID = id ?? "sha256-" + summary.digest.prefix(16)
             if existing.contains(versionID) { throw StoreError.versionExists(versionID) }
             try TreeCopier.sealDirectories(under: work, listedIn: inventory)
@@ -196,13 +324,13 @@ public struct ContentStore: Sendable {
         return signer
     }
 
-    /// Recomputes the digest of version `id` and compares it with the record.
+    /// Recomputes the digest of version `id`, in the record's format, and compares it with the record.
     /// - Throws: ``StoreError/missingVersion(_:)`` or ``StoreError/digestMismatch(version:expected:actual:)``.
     public func verify(_ record: VersionRecord) throws(StoreError) {
         let directory = path(of: record.id)
         var info = stat()
         guard lstat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { throw .missingVersion(record.id) }
-        let actual = try TreeInventory.scan(directory).summary.digest
+        let actual = try TreeInventory.scan(directory).digest(record.digestFormat ?? .lines)
         guard actual == record.digest else {
             throw .digestMismatch(version: record.id, expected: record.digest, actual: actual)
         }
@@ -255,24 +383,28 @@ public struct ContentStore: Sendable {
         /// interrupted between its rename and its record): forgotten, or for a quarantined
         /// version marked as removed. The active version is never among them.
         public var missingVersions: [String]
-        /// Paths to delete: unfinished copies and removed versions in `staging/`. Deleting a
-        /// large tree takes a while, so the caller does it off the critical path.
+        /// Entries of `staging/` to delete (unfinished copies and removed versions), for
+        /// ``removeFromStaging(_:)``. Deleting a large tree takes a while, so the caller does it
+        /// off the critical path.
         public var garbage: [String]
     }
 
     /// Startup recovery: adopts complete versions the ledger does not know (anything in
     /// `versions/` was renamed there only once complete), finishes removals whose files
     /// are gone, lists `staging/` for deletion, and makes the active link agree with the ledger.
-    /// - Throws: ``StoreError/io(path:operation:errno:)`` when the link cannot be fixed.
+    /// - Throws: ``StoreError/layoutRefused(path:found:)`` before touching anything when a
+    ///   directory of the layout is a symlink; ``StoreError/io(path:operation:errno:)`` when the link cannot be fixed.
     public func recover(ledger: inout ContentLedger, contentLink: String?, at date: Date) throws(StoreError) -> Recovery {
+        try prepare()
         let adopted = adoptUnknown(into: &ledger, at: date)
         let missing = ledger.versions.filter { record in
             var info = stat()
             return record.id != ledger.active && record.filesRemovedAt == nil && lstat(path(of: record.id), &info) != 0
         }.map(\.id)
         for id in missing { ledger.filesRemoved(id, at: date) }
-        let garbage = ((try? FileManager.default.contentsOfDirectory(atPath: stagingDirectory)) ?? [])
-            .map { stagingDirectory + "/" + $0 }
+        let staging = try open(stagingDirectory, creating: false)
+        let garbage = Self.names(in: staging.rawValue)
+        try? staging.close()
         let contentTarget = contentLink.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: $0) }
         if let active = ledger.active {
             if activeTarget() != active || (contentLink != nil && contentTarget != path(of: active)) {
@@ -287,13 +419,13 @@ public struct ContentStore: Sendable {
     /// Takes version `id` out of `versions/` for garbage collection: renamed into
     /// `staging/` (atomic, then fsync of `versions/`), where it is no version any more and
     /// is deleted by the caller, or at the next startup.
-    /// - Returns: the path to delete.
-    /// - Throws: ``StoreError/io(path:operation:errno:)``.
+    /// - Returns: its name in `staging/`, for ``removeFromStaging(_:)``.
+    /// - Throws: ``StoreError/io(path:operation:errno:)``, ``StoreError/layoutRefused(path:found:)``.
     public func discard(_ id: String) throws(StoreError) -> String {
-        let trash = stagingDirectory + "/removed-" + id + "-" + UUID().uuidString
+        try prepare()
+        let trash = "removed-" + id + "-" + UUID().uuidString
         try Self.syscall(path(of: id), "remove") {
-            try DurableFile.makeDirectories(stagingDirectory, mode: 0o700)
-            try DurableFile.rename(path(of: id), to: trash)
+            try DurableFile.rename(path(of: id), to: stagingDirectory + "/" + trash)
             try DurableFile.syncDirectory(at: versionsDirectory)
         }
         return trash

@@ -7,7 +7,8 @@ import SystemPackage
 public struct StagingRules: Sendable, Equatable {
     /// Most bytes of regular-file data a bundle may hold (after decompression), `max_bundle_bytes`.
     public var maxBundleBytes: Int64 = 2 << 30
-    /// Most entries (files, directories and symlinks) a bundle may hold, `max_files`.
+    /// Most entries (files, directories and symlinks) a bundle may hold, `max_files`. The
+    /// directories an archive implies (`a` and `a/b` for an entry `a/b/f` it does not list) count too.
     public var maxFiles = 100_000
     /// Whether a bundle must carry a manifest signed by a trusted key, `require_signature`.
     public var requireSignature = false
@@ -38,7 +39,7 @@ struct StagingBudget {
     mutating func admitEntry(_ path: String) throws(StoreError) {
         entries += 1
         if entries > rules.maxFiles {
-            throw .limitExceeded("the bundle holds more than max_files = \(rules.maxFiles) entries (at \(path))")
+            throw .limitExceeded("the bundle holds more than max_files = \(rules.maxFiles) entries (at \(EntryName.escaped(path)))")
         }
     }
 
@@ -47,16 +48,32 @@ struct StagingBudget {
     mutating func admitBytes(_ count: Int64, path: String) throws(StoreError) {
         bytes += count
         if bytes > rules.maxBundleBytes {
-            throw .limitExceeded("the bundle holds more than max_bundle_bytes = \(rules.maxBundleBytes) bytes (at \(path))")
+            throw .limitExceeded("the bundle holds more than max_bundle_bytes = \(rules.maxBundleBytes) bytes (at \(EntryName.escaped(path)))")
         }
     }
 }
 
+/// How a tree digest encodes a tree before SHA-256 hashes it. A version's record names the
+/// format of its digest (`digest_format`); records without one are ``lines``.
+public enum TreeDigestFormat: Int, Codable, Sendable {
+    /// One text line per entry: `D path`, `F path mode size sha256`, `L path target`. Not
+    /// injective (a space may be in a name or a target: a symlink `a b` -> `c` and a symlink
+    /// `a` -> `b c` give the same line), so content could take a quarantined version's
+    /// digest. Read only to check versions recorded with it before moving them to
+    /// ``records``, and to refuse content identical to a quarantined version still recorded with it.
+    case lines = 1
+    /// Length-prefixed binary records (``TreeInventory/digest(_:)`` and README, "The tree
+    /// digest"): an injective encoding of each entry's type, name, mode, size, content and target.
+    case records = 2
+
+    /// The format of every digest the store computes now.
+    public static let current = TreeDigestFormat.records
+}
+
 /// What a tree holds, entry by entry, in byte order of the relative paths.
 ///
-/// The tree digest is SHA-256 over one line per entry: `D path`, `F path mode size sha256`
-/// (mode 755 or 644), `L path target`. It depends only on names, contents, the executable
-/// bit and link targets, so a version keeps its digest wherever it is stored.
+/// Its digest depends only on names, contents, the executable bit and link targets, so a
+/// version keeps its digest wherever it is stored.
 struct TreeInventory {
     enum Entry: Equatable {
         case directory
@@ -87,24 +104,69 @@ struct TreeInventory {
         return inventory
     }
 
-    /// The digest, file count and size.
-    var summary: TreeSummary {
+    /// The tree digest in `format`, lowercase hex.
+    ///
+    /// ``TreeDigestFormat/records``: SHA-256 over the 16 bytes `backstop-tree/2\n`, then one
+    /// record per entry in byte order of the paths. A record is a type byte (`D`, `F` or `L`)
+    /// and the path as a 4-byte big-endian length and its UTF-8 bytes; a file adds its mode
+    /// (4 bytes, big-endian: 0o755 when executable, else 0o644), its size (8 bytes,
+    /// big-endian) and the 32 bytes of its contents' SHA-256; a symlink adds its target as
+    /// length and bytes like the path. Each record parses in one way only, so two trees
+    /// that differ give different byte strings.
+    func digest(_ format: TreeDigestFormat) -> String {
         var hasher = SHA256()
+        switch format {
+        case .lines:
+            for (path, entry) in entries {
+                let line: String
+                switch entry {
+                case .directory: line = "D \(path)\n"
+                case .file(let executable, let size, let sha256): line = "F \(path) \(executable ? 755 : 644) \(size) \(sha256)\n"
+                case .symlink(let target): line = "L \(path) \(target)\n"
+                }
+                hasher.update(data: Data(line.utf8))
+            }
+        case .records:
+            var bytes = Array("backstop-tree/2\n".utf8)
+            func append<Integer: FixedWidthInteger>(_ value: Integer) { withUnsafeBytes(of: value.bigEndian) { bytes += $0 } }
+            func append(_ text: String) {
+                append(UInt32(text.utf8.count))
+                bytes += text.utf8
+            }
+            for (path, entry) in entries {
+                switch entry {
+                case .directory:
+                    bytes += "D".utf8
+                    append(path)
+                case .file(let executable, let size, let sha256):
+                    bytes += "F".utf8
+                    append(path)
+                    append(UInt32(executable ? 0o755 : 0o644))
+                    append(UInt64(size))
+                    bytes += TreeCopier.bytes(hex: sha256)
+                case .symlink(let target):
+                    bytes += "L".utf8
+                    append(path)
+                    append(target)
+                }
+                // Hashed as it goes: a tree of many entries need not be held whole.
+                hasher.update(data: bytes)
+                bytes.removeAll(keepingCapacity: true)
+            }
+            hasher.update(data: bytes)
+        }
+        return TreeCopier.hex(hasher.finalize())
+    }
+
+    /// The digest (in ``TreeDigestFormat/current``), file count and size.
+    var summary: TreeSummary {
         var fileCount = 0
         var totalBytes: Int64 = 0
-        for (path, entry) in entries {
-            let line: String
-            switch entry {
-            case .directory: line = "D \(path)\n"
-            case .file(let executable, let size, let sha256):
-                fileCount += 1
-                totalBytes += size
-                line = "F \(path) \(executable ? 755 : 644) \(size) \(sha256)\n"
-            case .symlink(let target): line = "L \(path) \(target)\n"
-            }
-            hasher.update(data: Data(line.utf8))
+        for case (_, .file(_, let size, _)) in entries {
+            fileCount += 1
+            totalBytes += size
         }
-        return TreeSummary(digest: TreeCopier.hex(hasher.finalize()), fileCount: fileCount, totalBytes: totalBytes)
+        return TreeSummary(digest: digest(.current), fileCount: fileCount, totalBytes: totalBytes)
     }
 }
 
@@ -213,6 +275,7 @@ struct TreeCopier {
     }
 
     /// The names in an open directory (readdir(3) on a duplicate of its descriptor), sorted by bytes.
+    /// - Throws: ``StoreError/refusedEntry(path:reason:)`` for a name that is not valid UTF-8.
     private static func names(in directory: Int32, path: String) throws(StoreError) -> [String] {
         let duplicate = dup(directory)
         guard duplicate >= 0, let stream = fdopendir(duplicate) else {
@@ -224,12 +287,18 @@ struct TreeCopier {
         var names: [String] = []
         // readdir(3) returns NULL at the end and on an error alike; errno tells them apart.
         errno = 0
+        var undecodable: [UInt8]?
         while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name != "." && name != ".." { names.append(name) }
+            let bytes = withUnsafeBytes(of: entry.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
+            if let name = EntryName.decode(bytes) {
+                if name != "." && name != ".." { names.append(name) }
+            } else if undecodable == nil {
+                undecodable = bytes
+            }
             errno = 0
         }
         guard errno == 0 else { throw .io(path: path, operation: "read directory", errno: errno) }
+        if let undecodable { _ = try EntryName.text(undecodable, in: path) }
         return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
 
@@ -280,17 +349,17 @@ struct TreeCopier {
 
     /// Relative paths of every entry below `root`, parents before children, sorted by bytes.
     /// - Parameter excluding: a top-level name left out.
+    /// - Throws: ``StoreError/io(path:operation:errno:)`` for a directory that cannot be read,
+    ///   ``StoreError/refusedEntry(path:reason:)`` for a name that is not valid UTF-8.
     static func entries(under root: String, excluding: String? = nil) throws(StoreError) -> [String] {
         var result: [String] = []
         var pending = [""]
         while let relative = pending.popLast() {
             let directory = relative.isEmpty ? root : root + "/" + relative
-            let names: [String]
-            do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
-                var info = stat()
-                let reason = lstat(directory, &info) != 0 ? errno : (info.st_mode & S_IFMT) != S_IFDIR ? ENOTDIR : EACCES
-                throw .io(path: directory, operation: "read directory", errno: reason)
-            }
+            let descriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard descriptor >= 0 else { throw .io(path: directory, operation: "read directory", errno: errno) }
+            defer { close(descriptor) }
+            let names = try Self.names(in: descriptor, path: directory)
             for name in names where !(relative.isEmpty && name == excluding) {
                 let child = relative.isEmpty ? name : relative + "/" + name
                 result.append(child)
@@ -349,11 +418,12 @@ struct TreeCopier {
     }
 
     /// The target of symlink `name` in the open directory `directory` (readlinkat(2)).
+    /// - Throws: ``StoreError/refusedEntry(path:reason:)`` for a target that is not valid UTF-8.
     static func linkTarget(at directory: Int32, _ name: String, path: String) throws(StoreError) -> String {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let count = readlinkat(directory, name, &buffer, buffer.count - 1)
         guard count >= 0 else { throw .io(path: path, operation: "readlink", errno: errno) }
-        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return try EntryName.text(buffer[..<count].map { UInt8(bitPattern: $0) }, linkOf: path)
     }
 
     static func linkTarget(_ path: String) throws(StoreError) -> String {
@@ -410,6 +480,14 @@ struct TreeCopier {
     static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
         digest.map { String(format: "%02x", $0) }.joined()
     }
+
+    /// The bytes of a hex string (two digits each; anything else reads as 0).
+    static func bytes(hex: String) -> [UInt8] {
+        let digits = Array(hex.utf8)
+        return stride(from: 0, to: digits.count - 1, by: 2).map {
+            UInt8(String(decoding: digits[$0...$0 + 1], as: UTF8.self), radix: 16) ?? 0
+        }
+    }
 }
 
 /// A file being written into a staged copy: created exclusively (a name that comes
@@ -431,6 +509,12 @@ struct StoredFile {
     /// - Throws: `Errno` from write(2).
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         _ = try descriptor.writeAll(bytes)
+    }
+
+    /// Sets the file's size with ftruncate(2): what lies past the data written reads as zeros.
+    /// - Throws: `Errno` from ftruncate(2).
+    func extend(to size: Int64) throws {
+        guard ftruncate(descriptor.rawValue, off_t(size)) == 0 else { throw Errno(rawValue: errno) }
     }
 
     /// fsync(2), then read-only.

@@ -78,7 +78,12 @@ extension Supervisor {
         var retired: [String: (state: AgentStateFile, store: ContentStore, generation: Int)] = [:]
         for agent in configuration.agents where after[agent.name] != agent {
             let leaving = after[agent.name] == nil
-            try? await inTurn(agent.name) { () async throws(ManagerError) in retired[agent.name] = await retire(agent.name, leaving: leaving) }
+            try? await inTurn(agent.name) { () async throws(ManagerError) in
+                // A refused store was never read: the agent is restored from it afresh, as at a start.
+                let refused = slots[agent.name]?.storeRefusal != nil
+                let last = await retire(agent.name, leaving: leaving)
+                if !refused { retired[agent.name] = last }
+            }
             if leaving { summary.removed.append(agent.name) }
         }
         configuration = new
@@ -100,7 +105,7 @@ extension Supervisor {
                 // Later than any run of the retired slot: a late event of one is never taken for the new run's.
                 slot.generation = old.generation + 1
             } else {
-                summary.added.append(agent.name)
+                if before[agent.name] == nil { summary.added.append(agent.name) } else { summary.restarted.append(agent.name) }
                 slot = restore(agent, at: now)
             }
             slots[agent.name] = slot

@@ -66,6 +66,11 @@ struct AgentSlot {
     var unit: UnitHost?
     /// What the state file holds, so that an unchanged state is not written again.
     var savedState: AgentStateFile?
+    /// The versions with a quarantine mark on disk (``ContentStore/addQuarantineMarks(for:marked:)``).
+    var quarantineMarks: Set<String> = []
+    /// Why the store cannot be used: the agent is not started, and nothing in its store is
+    /// read, written or removed until a restart finds it sound. Nil when it can.
+    var storeRefusal: StoreError?
 }
 
 /// The daemon's core: owns every agent's policy, runs the actions it asks for, and
@@ -337,7 +342,7 @@ public actor Supervisor {
     public func stage(
         agent: String, bundle: OpenBundle, version: String?, activate: Bool, callerCapabilities: UInt64 = .max
     ) async throws(ManagerError) -> VersionRecord {
-        let store = try slot(agent).store
+        let store = try usableSlot(agent).store
         let rules = try slot(agent).configuration.stagingRules
         let ledger = try slot(agent).policy.ledger
         let existing = Set(ledger.versions.map(\.id))
@@ -378,7 +383,7 @@ public actor Supervisor {
     /// - Throws: ``ManagerError`` (no such agent or version, quarantined, or failed verification).
     public func activate(agent: String, version id: String) async throws(ManagerError) {
         try await inTurn(agent) { () async throws(ManagerError) in
-            let current = try slot(agent)
+            let current = try usableSlot(agent)
             if let refusal = current.policy.activationRefusal(id) { throw .policy(refusal) }
             guard let record = current.policy.ledger.record(id) else { throw .policy(.noSuchVersion(id)) }
             try await verify(record, in: current.store)
@@ -476,7 +481,7 @@ public actor Supervisor {
     @discardableResult
     public func rollback(agent: String, to target: String?) async throws(ManagerError) -> String? {
         try await inTurn(agent) { () async throws(ManagerError) in
-            let current = try slot(agent)
+            let current = try usableSlot(agent)
             let ledger = current.policy.ledger
             if let destination = target ?? ledger.knownGoodNewestFirst.first(where: { $0 != ledger.active }),
                 let record = ledger.record(destination)
@@ -514,7 +519,8 @@ public actor Supervisor {
             guard !removed.isEmpty else { return }
             persist(name)
             logger.info("Removed the files of old versions.", metadata: ["agent": "\(name)", "versions": "\(removed.joined(separator: ","))"])
-            Task.detached(priority: .background) { trash.forEach(ContentStore.removeTree) }
+            let store = slot.store
+            Task.detached(priority: .background) { try? store.removeFromStaging(trash) }
         }
     }
 
@@ -585,12 +591,20 @@ public actor Supervisor {
     private func operate(
         _ agent: String, _ change: (inout AgentPolicy, Moment) throws(PolicyError) -> [PolicyAction]
     ) throws(ManagerError) {
-        _ = try slot(agent)
+        _ = try usableSlot(agent)
         guard !shuttingDown else { throw .shuttingDown }
         let actions: [PolicyAction]
         do { actions = try change(&slots[agent]!.policy, Moment.now()) } catch { throw .policy(error) }
         apply(actions, to: agent)
         persist(agent)
+    }
+
+    /// The slot of `name` when its store can be used.
+    /// - Throws: ``ManagerError/noSuchAgent(_:)``; ``ManagerError/store(_:)`` with the refusal of its store.
+    private func usableSlot(_ name: String) throws(ManagerError) -> AgentSlot {
+        let slot = try slot(name)
+        if let refusal = slot.storeRefusal { throw .store(refusal) }
+        return slot
     }
 
     private func slot(_ name: String) throws(ManagerError) -> AgentSlot {
@@ -1003,13 +1017,49 @@ public actor Supervisor {
         var policy = AgentPolicy(settings: agent.policySettings)
         let path = store.stateFile
         do { try store.prepare() } catch {
+            if case .layoutRefused = error {
+                // Nothing in it is read, written or removed: its state file, versions and
+                // staging leftovers may be anywhere the symlink leads.
+                logger.critical("The agent's content store is refused, so the agent is not started: \(error)",
+                                metadata: ["agent": "\(agent.name)", "error": "\(error)"])
+                killLeftovers(of: agent.name, store: store)
+                policy.storeRefusal = error.description
+                var slot = AgentSlot(configuration: agent, store: store, policy: policy)
+                slot.storeRefusal = error
+                return slot
+            }
             logger.error("Cannot create the content store.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
         }
         var state = loadState(path: path, store: store)
+        var quarantineMarks: Set<String> = []
+        do {
+            let (marks, unreadable) = try store.quarantineMarks()
+            quarantineMarks = Set(marks.map(\.id))
+            if !unreadable.isEmpty {
+                logger.error("Some quarantine marks cannot be read; the state file's quarantines stand.",
+                             metadata: ["agent": "\(agent.name)", "path": "\(store.quarantineDirectory)", "files": "\(unreadable.joined(separator: ","))"])
+            }
+            let restored = state.ledger.applyQuarantineMarks(marks, hasFiles: { id in var info = stat(); return lstat(store.path(of: id), &info) == 0 }, at: now.wall)
+            if !restored.isEmpty {
+                logger.critical("Versions marked quarantined beside the store were not quarantined in the state file; they are quarantined again.",
+                                metadata: ["agent": "\(agent.name)", "versions": "\(restored.joined(separator: ","))"])
+            }
+        } catch {
+            logger.error("Cannot read the quarantine marks.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
+        }
         let problems = state.ledger.repair(isValidID: ContentStore.isValidVersionID)
         if !problems.isEmpty {
             logger.critical("The agent's state file was inconsistent and has been repaired.",
                             metadata: ["agent": "\(agent.name)", "problems": "\(problems.joined(separator: "; "))"])
+        }
+        let migration = store.migrateDigests(&state.ledger)
+        if !migration.migrated.isEmpty {
+            logger.notice("Recorded the digests of versions in the current tree digest format, after checking them in the old one; ids and standings are unchanged.",
+                          metadata: ["agent": "\(agent.name)", "versions": "\(migration.migrated.joined(separator: ","))"])
+        }
+        if !migration.mismatched.isEmpty {
+            logger.error("Versions do not match the digest they were staged with; they are refused when activated.",
+                         metadata: ["agent": "\(agent.name)", "versions": "\(migration.mismatched.joined(separator: ","))"])
         }
         killLeftovers(of: agent.name, store: store)
         do {
@@ -1023,13 +1073,14 @@ public actor Supervisor {
                                metadata: ["agent": "\(agent.name)", "versions": "\(recovery.missingVersions.joined(separator: ","))"])
             }
             // Deleting is not on the way to a running agent.
-            Task.detached(priority: .background) { recovery.garbage.forEach(ContentStore.removeTree) }
+            Task.detached(priority: .background) { try? store.removeFromStaging(recovery.garbage) }
         } catch {
             logger.error("Cannot restore the active link.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
         }
         policy.restore(from: state, currentBootID: bootID)
         var slot = AgentSlot(configuration: agent, store: store, policy: policy)
         slot.restartDue = state.bootID == bootID ? state.restartDueMonotonicSeconds : nil
+        slot.quarantineMarks = quarantineMarks
         slots[agent.name] = slot
         if let active = policy.ledger.active {
             // Verified like every switch: a damaged active version is quarantined before the agent starts.
@@ -1094,13 +1145,25 @@ public actor Supervisor {
         guard let slot = slots[name] else { return }
         // What ran at the end of a boot decides its verdict (a candidate in probation at a crash counts).
         if bootLog.record(name, Self.bootRecord(of: slot.policy), in: bootID) { saveBootLog() }
+        guard slot.storeRefusal == nil else { return }
         let state = slot.policy.stateFile(bootID: bootID, at: Moment.now())
         guard state != slot.savedState else { return }
+        // Every quarantine a state file records is marked beside the versions first, and a
+        // mark goes only once a state file records the release: at no instant is a
+        // quarantine only in the state file.
+        do { slots[name]!.quarantineMarks = try slot.store.addQuarantineMarks(for: state.ledger, marked: slot.quarantineMarks) } catch {
+            logger.error("Cannot write the quarantine marks.", metadata: ["agent": "\(name)", "error": "\(error)"])
+        }
         do {
             try state.save(path: slot.store.stateFile)
             slots[name]!.savedState = state
         } catch {
             logger.error("Cannot write the agent's state file.", metadata: ["agent": "\(name)", "error": "\(error)"])
+            return
+        }
+        do { slots[name]!.quarantineMarks = try slot.store.removeQuarantineMarks(notIn: state.ledger, marked: slots[name]!.quarantineMarks) } catch {
+            logger.error("Cannot remove the quarantine marks of released versions; they are quarantined again at the next start.",
+                         metadata: ["agent": "\(name)", "error": "\(error)"])
         }
     }
 

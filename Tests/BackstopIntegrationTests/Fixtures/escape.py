@@ -75,6 +75,19 @@ def write_tmp():
         file.write("allowed\n")
     return "wrote /tmp/backstop-escape-tmp"
 
+def fill(directory):
+    # 32 MiB: past the default tmp_size under memory_max = "64M" (16M), within an open one.
+    path = os.path.join(directory, "backstop-fill")
+    try:
+        with open(path, "wb") as file:
+            for _ in range(32):
+                file.write(b"\0" * (1024 * 1024))
+                file.flush()
+        return f"wrote 32 MiB into {directory}"
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
 def own_directory():
     with open(os.path.join(report_directory, "scratch"), "w") as file:
         file.write("allowed\n")
@@ -90,6 +103,8 @@ attempt("memory", memory)
 attempt("tasks", tasks)
 attempt("write-own", own_directory)
 attempt("write-tmp", write_tmp)
+attempt("fill-tmp", lambda: fill("/tmp"))
+attempt("fill-var-tmp", lambda: fill("/var/tmp"))
 lines.append(f"identity uid={os.getuid()} gid={os.getgid()}")
 with open(os.path.join(report_directory, "report.tmp"), "w") as file:
     file.write("\n".join(lines) + "\ndone\n")
