@@ -184,6 +184,12 @@ public enum ManagerInterface {
         }
     }
 
+    /// The reply to every call from a process of a supervised agent, whatever its uid: `why`
+    /// says what makes it an agent's (``Supervisor/agent(calling:)``).
+    static func agentRefusal(_ why: String) -> Varlink.Reply {
+        .failure(name + ".PermissionDenied", ["message": "calls from a supervised agent are refused: \(why)"])
+    }
+
     /// Mutating methods need uid 0; reading needs uid 0 or membership of group `backstop`.
     static func authorize(_ method: String, peer: PeerCredentials) -> Varlink.Reply? {
         if peer.uid == 0 { return nil }
