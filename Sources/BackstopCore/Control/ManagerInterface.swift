@@ -58,6 +58,7 @@ public enum ManagerInterface {
         error StagingRefused (message: string)
         # Stage came without a descriptor sent with it, or without file_descriptor.
         error FileDescriptorRequired (message: string)
+        # Also every call, of any method, from a process of a supervised agent, whatever its uid.
         error PermissionDenied (message: string)
         error ShuttingDown (message: string)
         """
