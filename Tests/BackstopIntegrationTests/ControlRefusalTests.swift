@@ -10,15 +10,14 @@ import Testing
     .enabled(if: Container.available,
              "needs root, systemd-nspawn and an install tree in BACKSTOP_INSTALL_DIR (`make test` provides all three)"))
 struct ControlRefusalTests {
-    /// An agent that, once `/run/agent-control/io.backstop.Manager` exists, calls backstopd
-    /// there: GetInfo, GetStatus, Promote of its own v1 and Stop of agent `other`, one
-    /// connection each. It writes each reply to `/var/lib/probe-out/<its name>` and exits;
+    /// An agent (Python) run as `agent.py NAME SOCKET DIRECTORY` that, once SOCKET exists,
+    /// calls backstopd there: GetInfo, GetStatus, Promote of its own v1 and Stop of agent
+    /// `other`, one connection each. It writes each reply to DIRECTORY/NAME and exits;
     /// started again, it only waits.
     static let probeAgent = """
         import json, os, socket, sys, time
-        name = sys.argv[1]
-        out = "/var/lib/probe-out/" + name
-        path = "/run/agent-control/io.backstop.Manager"
+        name, path, directory = sys.argv[1:4]
+        out = directory + "/" + name
         if os.path.exists(out):
             time.sleep(100000)
         while not os.path.exists(path):
@@ -55,7 +54,7 @@ struct ControlRefusalTests {
 
         [[agent]]
         name = "direct"
-        exec = ["/usr/bin/python3", "{content}/agent.py", "direct"]
+        exec = ["/usr/bin/python3", "{content}/agent.py", "direct", "/run/agent-control/io.backstop.Manager", "/var/lib/probe-out"]
         failure_window_sec = 60
         restart_delay_ms = 100
         [agent.sandbox]
@@ -65,7 +64,7 @@ struct ControlRefusalTests {
 
         [[agent]]
         name = "unit"
-        exec = ["/usr/bin/python3", "{content}/agent.py", "unit"]
+        exec = ["/usr/bin/python3", "{content}/agent.py", "unit", "/run/agent-control/io.backstop.Manager", "/var/lib/probe-out"]
         failure_window_sec = 60
         restart_delay_ms = 100
         [agent.sandbox]
