@@ -194,15 +194,13 @@ public final class ControlServer: @unchecked Sendable {
     fileprivate func answer(_ call: Varlink.Call, descriptors: [FileDescriptor], connection: Connection) async -> Varlink.Reply {
         let peer = connection.peer
         let metadata: Logger.Metadata = ["method": "\(call.method)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)"]
-        let agent: String? = switch connection.caller {
-        case .identified(let process): await supervisor.agent(calling: process)
-        case .unidentified(let why): "backstopd cannot tell whether it belongs to a supervised agent: \(why)"
+        let refusal: String? = switch connection.caller {
+        case .identified(let process): await supervisor.agent(calling: process).map { "calls from a supervised agent are refused: \($0)" }
+        case .unidentified(let why): "calls from a process backstopd cannot identify are refused: \(why)"
         }
-        if let agent {
-            queue.async { [self] in
-                noteRefusal(of: connection, "Refused a control call from a supervised agent: \(agent).", metadata: metadata)
-            }
-            return ManagerInterface.agentRefusal(agent)
+        if let refusal {
+            queue.async { [self] in noteRefusal(of: connection, "Refused a control call: \(refusal).", metadata: metadata) }
+            return ManagerInterface.callerRefusal(refusal)
         }
         let reply = await ManagerInterface.handle(call, descriptors: descriptors, peer: peer, supervisor: supervisor)
         let method = call.method.split(separator: ".").last.map(String.init) ?? call.method

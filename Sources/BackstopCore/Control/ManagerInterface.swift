@@ -185,10 +185,11 @@ public enum ManagerInterface {
         }
     }
 
-    /// The reply to every call from a process of a supervised agent, whatever its uid: `why`
-    /// says what makes it an agent's (``Supervisor/agent(calling:)``).
-    static func agentRefusal(_ why: String) -> Varlink.Reply {
-        .failure(name + ".PermissionDenied", ["message": "calls from a supervised agent are refused: \(why)"])
+    /// The reply to every call from a process of a supervised agent (``Supervisor/agent(calling:)``)
+    /// or from one that cannot be identified (``CallerProcess/Identification``), whatever its
+    /// uid; `message` says which and why.
+    static func callerRefusal(_ message: String) -> Varlink.Reply {
+        .failure(name + ".PermissionDenied", ["message": message])
     }
 
     /// Mutating methods need uid 0; reading needs uid 0 or membership of group `backstop`.
