@@ -120,3 +120,45 @@ struct ControlSocketTests {
         #expect(harness.log.all.contains { $0.contains("oldest control connection") })
     }
 }
+
+/// Without systemd (no unit, no scope), an agent's process is told by its session and parents.
+@Suite(
+    .serialized, .timeLimit(.minutes(2)),
+    .enabled(if: Environment.isRoot, "needs root: the control socket is root's"),
+    .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"),
+    .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs python3 for the agent that calls the socket"))
+struct AgentCallerTests {
+    @Test("A root agent that backstopd runs under bubblewrap, with no systemd to give it a scope, has every control call refused")
+    func rootAgentWithoutSystemd() throws {
+        let content = FileManager.default.temporaryDirectory.appendingPathComponent("backstop-probe-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: content + "/v1", withIntermediateDirectories: true)
+        defer { ContentStore.removeTree(content) }
+        try ControlRefusalTests.probeAgent.write(toFile: content + "/v1/agent.py", atomically: true, encoding: .utf8)
+        // A second name for the socket, outside the runtime directory: only the call's origin
+        // may decide, not whether the runtime directory is in the agent's view.
+        let socket = content + "/io.backstop.Manager"
+        let harness = try DaemonHarness(agents: [
+            DaemonHarness.demoAgent(name: "other"),
+            """
+            name = "direct"
+            exec = ["/usr/bin/python3", "{content}/agent.py", "direct", "\(socket)", "\(content)"]
+            failure_window_sec = 60
+            """,
+        ])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(Paths.sample("v1-good"), as: "v1", agent: "other")
+        try harness.wait(for: "agent-ready")
+        try harness.stage(content + "/v1", as: "v1", agent: "direct")
+        try #require(link(harness.directory + "/run/io.backstop.Manager", socket) == 0, "\(String(cString: strerror(errno)))")
+        try harness.log.wait(for: "event=agent-exited agent=direct", seconds: 30)
+        let replies = try String(contentsOfFile: content + "/direct", encoding: .utf8).split(separator: "\n")
+        #expect(replies.count == 4, "\(replies)")
+        for reply in replies {
+            #expect(reply.contains("\"error\":\"io.backstop.Manager.PermissionDenied\"")
+                && reply.contains("calls from a supervised agent are refused: it belongs to agent direct"), "\(reply)")
+        }
+        #expect(try harness.agent("other").state == "running")
+        #expect(try harness.agent("direct").content.knownGood == nil)
+    }
+}

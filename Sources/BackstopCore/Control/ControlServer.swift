@@ -16,6 +16,15 @@ import SystemPackage
 /// at most ``maximumPendingDescriptors`` waiting per connection, and closed once their
 /// call is answered, whether it used them or not, or when the connection closes first.
 /// Only root's calls take descriptors: those of any other peer are closed on receipt.
+///
+/// Every call from a process of a supervised agent is refused, whatever its uid, root
+/// included, reading the status too (``CallerProcess``, ``Supervisor/agent(calling:)``), and
+/// so is every call from a process that cannot be identified. Refused calls are logged at
+/// debug priority, a journald rate-limit pool that no decision uses (journald counts its
+/// limit per unit and per priority class), once per connection and at most
+/// ``maximumRefusalEntries`` times per ``refusalWindowSeconds`` in all; the rest are counted
+/// in one entry at the end of the window. So no flood of refused calls can make journald
+/// drop a decision, nor fill the journal.
 // @unchecked: mutable state (the connection table) is touched only on `queue`.
 public final class ControlServer: @unchecked Sendable {
     /// The socket's path, `<runtime_directory>/io.backstop.Manager`.
@@ -28,9 +37,26 @@ public final class ControlServer: @unchecked Sendable {
     private var connections: [Int32: Connection] = [:]
     /// Connections accepted so far; numbers them in order of arrival.
     private var acceptedCount = 0
+    /// Logs refused calls and closed connections, at debug priority.
+    private let refusalLogger: Logger
+    /// When the current window of refusal entries ends; nil before the first refusal.
+    private var refusalWindowEnd: DispatchTime?
+    /// Refusal entries written in the current window.
+    private var refusalEntries = 0
+    /// Refused calls and closed connections not logged one by one since the last summary.
+    private var unloggedRefusals = 0
+    /// Writes the summary of ``unloggedRefusals`` at the end of the window.
+    private var refusalSummary: (any DispatchSourceTimer)?
 
     /// Connections served at once; more are closed on accept.
     public static let maximumConnections = 256
+    /// Connections served at once for one user other than root, or for one systemd unit of
+    /// root's (an agent's unit or scope, an operator's session); more are closed on accept.
+    public static let maximumConnectionsPerCaller = 32
+    /// Refused calls (and connections closed to make room) logged one by one per window, in all.
+    public static let maximumRefusalEntries = 10
+    /// The length of a window of refusal entries, in seconds.
+    public static let refusalWindowSeconds = 60
     /// A connection with no complete message for this long (while no call of it runs) is closed.
     public static let idleTimeoutSeconds = 30
     /// Descriptors that may wait for their calls on one connection (a `Stage` call takes one);
@@ -44,6 +70,9 @@ public final class ControlServer: @unchecked Sendable {
         self.path = path
         self.supervisor = supervisor
         self.logger = logger
+        var refusalLogger = logger
+        refusalLogger.logLevel = .debug
+        self.refusalLogger = refusalLogger
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw Errno(rawValue: errno) }
         do {
@@ -76,6 +105,8 @@ public final class ControlServer: @unchecked Sendable {
             acceptSource = nil
             for connection in connections.values { connection.close() }
             connections = [:]
+            refusalSummary?.cancel()
+            refusalSummary = nil
         }
         _ = unlink(path)
     }
@@ -87,26 +118,30 @@ public final class ControlServer: @unchecked Sendable {
             guard fd >= 0 else { return }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            if connections.count >= Self.maximumConnections {
-                // Make room, so that no crowd of clients can lock the operator out: first a
-                // client that does not read its replies, then the oldest connection without a
-                // call running, then the oldest one (its call still completes; only the reply
-                // is lost). The newcomer, such as an operator's status call, stays.
-                func rank(_ connection: Connection) -> (Int, Int, Int) {
-                    (connection.isBlocked ? 0 : 1, connection.isIdle ? 0 : 1, connection.serial)
-                }
-                if let evicted = connections.values.min(by: { rank($0) < rank($1) }) {
-                    logger.notice("Closed the oldest control connection to make room.",
-                                  metadata: ["peer_pid": "\(evicted.peer.pid)"])
-                    evicted.close()
-                }
-            }
             guard let peer = try? PeerCredentials.of(socket: fd) else {
                 Glibc.close(fd)
                 continue
             }
+            let caller = CallerProcess.identify(socket: fd, pid: peer.pid)
+            let key = Self.capKey(peer: peer, caller: caller)
+            // Make room, so that no crowd of clients can lock the operator out: first a client
+            // that does not read its replies, then the oldest connection without a call
+            // running, then the oldest one (its call still completes; only the reply is lost).
+            // The newcomer, such as an operator's status call, stays. One user (one unit of
+            // root's) makes room among its own connections only.
+            func rank(_ connection: Connection) -> (Int, Int, Int) {
+                (connection.isBlocked ? 0 : 1, connection.isIdle ? 0 : 1, connection.serial)
+            }
+            let own = key.map { key in connections.values.filter { $0.capKey == key } } ?? []
+            let callerFull = own.count >= Self.maximumConnectionsPerCaller
+            let crowd = callerFull ? own : connections.count >= Self.maximumConnections ? Array(connections.values) : []
+            if let evicted = crowd.min(by: { rank($0) < rank($1) }) {
+                noteRefusal(of: nil, "Closed the oldest control connection\(callerFull ? " of its user or unit" : "") to make room.",
+                            metadata: ["peer_uid": "\(evicted.peer.uid)", "peer_pid": "\(evicted.peer.pid)"])
+                evicted.close()
+            }
             acceptedCount += 1
-            let connection = Connection(fd: fd, peer: peer, serial: acceptedCount, queue: queue, server: self)
+            let connection = Connection(fd: fd, peer: peer, caller: caller, capKey: key, serial: acceptedCount, queue: queue, server: self)
             connections[fd] = connection
             connection.start()
         }
@@ -116,13 +151,62 @@ public final class ControlServer: @unchecked Sendable {
         connections[connection.fd] = nil
     }
 
-    fileprivate func answer(_ call: Varlink.Call, descriptors: [FileDescriptor], peer: PeerCredentials) async -> Varlink.Reply {
+    /// What the connections of one caller count against (``maximumConnectionsPerCaller``):
+    /// its uid, or for root the unit its process is in; nil (only the total counts) for root
+    /// outside any unit.
+    private static func capKey(peer: PeerCredentials, caller: CallerProcess.Identification) -> String? {
+        if peer.uid != 0 { return "uid \(peer.uid)" }
+        guard case .identified(let process) = caller, let unit = process.unit else { return nil }
+        return "unit \(unit)"
+    }
+
+    /// Logs a refused call of `connection` (nil: a connection closed to make room) at debug
+    /// priority: the first of each connection, up to ``maximumRefusalEntries`` per window;
+    /// the others are counted, and said in one entry at the end of the window. On `queue`.
+    private func noteRefusal(of connection: Connection?, _ message: Logger.Message, metadata: Logger.Metadata) {
+        let now = DispatchTime.now()
+        if refusalWindowEnd.map({ now >= $0 }) ?? true {
+            refusalWindowEnd = now + .seconds(Self.refusalWindowSeconds)
+            refusalEntries = 0
+        }
+        if connection?.refusalLogged != true, refusalEntries < Self.maximumRefusalEntries {
+            connection?.refusalLogged = true
+            refusalEntries += 1
+            refusalLogger.debug(message, metadata: metadata)
+            return
+        }
+        unloggedRefusals += 1
+        guard refusalSummary == nil, let end = refusalWindowEnd else { return }
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: end)
+        timer.setEventHandler { [weak self] in
+            guard let self else { return }
+            refusalLogger.debug("\(unloggedRefusals) further refused control calls or closed connections were not logged one by one in the last \(Self.refusalWindowSeconds) s.",
+                                metadata: ["refused": "\(unloggedRefusals)"])
+            unloggedRefusals = 0
+            refusalSummary?.cancel()
+            refusalSummary = nil
+        }
+        refusalSummary = timer
+        timer.resume()
+    }
+
+    fileprivate func answer(_ call: Varlink.Call, descriptors: [FileDescriptor], connection: Connection) async -> Varlink.Reply {
+        let peer = connection.peer
+        let metadata: Logger.Metadata = ["method": "\(call.method)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)"]
+        let refusal: String? = switch connection.caller {
+        case .identified(let process): await supervisor.agent(calling: process).map { "calls from a supervised agent are refused: \($0)" }
+        case .unidentified(let why): "calls from a process backstopd cannot identify are refused: \(why)"
+        }
+        if let refusal {
+            queue.async { [self] in noteRefusal(of: connection, "Refused a control call: \(refusal).", metadata: metadata) }
+            return ManagerInterface.callerRefusal(refusal)
+        }
         let reply = await ManagerInterface.handle(call, descriptors: descriptors, peer: peer, supervisor: supervisor)
         let method = call.method.split(separator: ".").last.map(String.init) ?? call.method
-        let metadata: Logger.Metadata = ["method": "\(call.method)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)"]
         switch reply {
         case .error(let name, _) where name.hasSuffix(".PermissionDenied"):
-            logger.warning("Denied a control request.", metadata: metadata)
+            queue.async { [self] in noteRefusal(of: connection, "Denied a control request.", metadata: metadata) }
         case .error(let name, let replyParameters) where ManagerInterface.mutating.contains(method):
             let parameters = (try? JSONSerialization.jsonObject(with: call.parameters) as? [String: Any]) ?? [:]
             let reason = ((try? JSONSerialization.jsonObject(with: replyParameters) as? [String: Any])?["message"] as? String)
@@ -148,6 +232,12 @@ public final class ControlServer: @unchecked Sendable {
 private final class Connection: @unchecked Sendable {
     let fd: Int32
     let peer: PeerCredentials
+    /// Its process, as read at accept.
+    let caller: CallerProcess.Identification
+    /// What it counts against (``ControlServer/maximumConnectionsPerCaller``).
+    let capKey: String?
+    /// A refused call of it was logged; the next ones are only counted.
+    var refusalLogged = false
     /// The order of arrival: lower is older.
     let serial: Int
     let queue: DispatchQueue
@@ -178,9 +268,11 @@ private final class Connection: @unchecked Sendable {
     /// A reply waits for the client to read it.
     var isBlocked: Bool { !output.isEmpty }
 
-    init(fd: Int32, peer: PeerCredentials, serial: Int, queue: DispatchQueue, server: ControlServer) {
+    init(fd: Int32, peer: PeerCredentials, caller: CallerProcess.Identification, capKey: String?, serial: Int, queue: DispatchQueue, server: ControlServer) {
         self.fd = fd
         self.peer = peer
+        self.caller = caller
+        self.capKey = capKey
         self.serial = serial
         self.queue = queue
         self.server = server
@@ -304,9 +396,8 @@ private final class Connection: @unchecked Sendable {
         }
         let descriptors = takeDescriptors(through: end)
         inFlight = true
-        let peer = self.peer
         Task { [self] in
-            let reply = await server?.answer(call, descriptors: descriptors, peer: peer)
+            let reply = await server?.answer(call, descriptors: descriptors, connection: self)
             Self.close(descriptors)
             queue.async { [self] in
                 inFlight = false

@@ -59,6 +59,7 @@ public enum ManagerInterface {
         error StagingRefused (message: string)
         # Stage came without a descriptor sent with it, or without file_descriptor.
         error FileDescriptorRequired (message: string)
+        # Also every call, of any method, from a process of a supervised agent, whatever its uid.
         error PermissionDenied (message: string)
         error ShuttingDown (message: string)
         """
@@ -183,6 +184,13 @@ public enum ManagerInterface {
         case .preflightFailed(let id, _), .preflightCouldNotRun(let id, _): return .failure(name + ".PreflightFailed", ["version": id, "message": message])
         case .shuttingDown: return .failure(name + ".ShuttingDown", ["message": message])
         }
+    }
+
+    /// The reply to every call from a process of a supervised agent (``Supervisor/agent(calling:)``)
+    /// or from one that cannot be identified (``CallerProcess/Identification``), whatever its
+    /// uid; `message` says which and why.
+    static func callerRefusal(_ message: String) -> Varlink.Reply {
+        .failure(name + ".PermissionDenied", ["message": message])
     }
 
     /// Mutating methods need uid 0; reading needs uid 0 or membership of group `backstop`.
