@@ -222,7 +222,9 @@ struct Sandbox: ParsableCommand {
             guard !dropIn, installRoot == nil else {
                 throw failure("agent \(agent) runs as the transient unit \(unit), whose sandbox is set at each start; a drop-in is for an agent's own unit")
             }
-            let sandbox = UnitSandbox(spec: agentConfiguration.sandbox, unit: unit, stateDirectory: configuration.daemon.stateDirectory, isTransient: true)
+            let sandbox = UnitSandbox(
+                spec: agentConfiguration.sandbox, unit: unit, stateDirectory: configuration.daemon.stateDirectory,
+                runtimeDirectory: configuration.daemon.runtimeDirectory, isTransient: true)
             print(sandbox.settings().report.text, terminator: "")
             printObstacle(configuration)
             return
@@ -241,7 +243,9 @@ struct Sandbox: ParsableCommand {
             printObstacle(configuration)
             return
         }
-        let sandbox = UnitSandbox(spec: agentConfiguration.sandbox, unit: unit, stateDirectory: configuration.daemon.stateDirectory)
+        let sandbox = UnitSandbox(
+            spec: agentConfiguration.sandbox, unit: unit, stateDirectory: configuration.daemon.stateDirectory,
+            runtimeDirectory: configuration.daemon.runtimeDirectory)
         if let installRoot {
             guard dropIn else { throw failure("--install-root goes with --drop-in") }
             let path = UnitSandbox.dropInPath(unit: unit, root: installRoot)

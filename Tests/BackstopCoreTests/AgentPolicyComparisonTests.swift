@@ -261,6 +261,8 @@ struct AgentPolicyComparisonTests {
         ("ERROR: Can't open /var/log/clamav/clamav.log in append mode (check permissions!).", .permissionDenied),
         ("dial tcp 127.0.0.1:8080: connect: connection refused", .network),
         ("bind: Address already in use", .addressInUse),
+        ("Failed to connect to bus: Permission denied", .serviceManager),
+        ("dbus: Failed to connect to socket /run/dbus/system_bus_socket: Connection refused", .serviceManager),
     ])
     func obstacles(output: String, expected: SandboxObstacle) {
         #expect(SandboxObstacle.find(in: output) == expected)

@@ -715,4 +715,21 @@ struct ConfigurationTests {
             #expect(!AgentConfiguration.isValidName(name), "\(name)")
         }
     }
+
+    @Test("allow_service_manager: off by default; set, it is parsed and --check-config warns, more sharply for root")
+    func allowServiceManager() throws {
+        #expect(try Configuration.parse(Self.minimalAgent, path: Self.path).agents[0].sandbox.allowServiceManager == false)
+        func warnings(_ sandbox: String) throws -> [String] {
+            let configuration = try Configuration.parse(Self.minimalAgent + "\n[agent.sandbox]\n" + sandbox, path: Self.path)
+            #expect(configuration.agents[0].sandbox.allowServiceManager == sandbox.contains("allow_service_manager = true"))
+            return configuration.warnings.filter { $0.contains("allow_service_manager") }
+        }
+        #expect(try warnings("allow_service_manager = false\n").isEmpty)
+        let root = try warnings("user = \"root\"\nallow_service_manager = true\n")
+        #expect(root.count == 1 && root[0].hasPrefix("agent demo: sandbox: allow_service_manager = true") && root[0].contains("outside its sandbox"), "\(root)")
+        let nobody = try warnings("allow_service_manager = true\n")
+        #expect(nobody.count == 1 && nobody[0].contains("polkit grant user nobody"), "\(nobody)")
+        let wrong = try error(in: Self.minimalAgent + "\n[agent.sandbox]\nallow_service_manager = \"yes\"\n")
+        #expect(wrong.key == "agent[0].sandbox.allow_service_manager")
+    }
 }

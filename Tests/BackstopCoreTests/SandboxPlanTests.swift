@@ -71,10 +71,10 @@ struct SandboxPlanTests {
         spec.tmpSizeBytes = nil
         spec.memoryMaxBytes = 512 << 20
         #expect(position(["--size", String(128 << 20), "--tmpfs", "/tmp"], in: bubblewrap(spec).plan(["/usr/bin/agent"]).arguments) != nil)
-        let unit = UnitSandbox(spec: spec, unit: "backstop-demo.service", stateDirectory: state, isTransient: true).settings().report
+        let unit = UnitSandbox(spec: spec, unit: "backstop-demo.service", stateDirectory: state, runtimeDirectory: "/run/backstop", isTransient: true).settings().report
         #expect(unit.notApplied.isEmpty && unit.applied.contains { $0.setting == "private_tmp" && $0.detail.contains("not by tmp_size") })
         spec.tmpSizeBytes = 64 << 20
-        let bounded = UnitSandbox(spec: spec, unit: "backstop-demo.service", stateDirectory: state, isTransient: true).settings().report
+        let bounded = UnitSandbox(spec: spec, unit: "backstop-demo.service", stateDirectory: state, runtimeDirectory: "/run/backstop", isTransient: true).settings().report
         #expect(bounded.notApplied.contains { $0.setting == "tmp_size" && $0.detail.hasPrefix("64M: PrivateTmp=") })
     }
 
@@ -167,7 +167,7 @@ struct SandboxPlanTests {
         spec.readOnlyPaths = ["/usr"]
         let (arguments, report) = bubblewrap(spec).plan(["/usr/bin/agent"])
         #expect(position(["--bind", "/", "/"], in: arguments) != nil && position(["--ro-bind", "/usr", "/usr"], in: arguments) != nil)
-        let unit = UnitSandbox(spec: spec, unit: "agent.service", stateDirectory: state).settings()
+        let unit = UnitSandbox(spec: spec, unit: "agent.service", stateDirectory: state, runtimeDirectory: "/run/backstop").settings()
         for notApplied in [report.notApplied, unit.report.notApplied] {
             #expect(notApplied.contains { $0.setting == "read_only_paths" && $0.detail.contains("the rest of the file system is writable") })
         }
@@ -229,7 +229,7 @@ struct SandboxPlanTests {
         spec.tasksMax = nil
         spec.systemCallFilter = ["@system-service", "~@privileged"]
         spec.readWritePaths = ["/var/lib/agent"]
-        let unit = UnitSandbox(spec: spec, unit: "x.service", stateDirectory: "/var/lib/backstop")
+        let unit = UnitSandbox(spec: spec, unit: "x.service", stateDirectory: "/var/lib/backstop", runtimeDirectory: "/run/backstop")
         let dropIn = unit.dropIn()
         for line in ["CapabilityBoundingSet=CAP_NET_RAW CAP_CHOWN", "ProtectSystem=strict", "ProtectHome=yes", "CPUQuota=50%",
                      "MemoryMax=512M", "TasksMax=infinity", "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged",
@@ -247,5 +247,83 @@ struct SandboxPlanTests {
         #expect(values("RestrictNamespaces") == [.uint64(0)])
         #expect(values("SystemCallErrorNumber") == [.int32(EPERM)])
         #expect(UnitSandbox.cgroupProperties(unit.spec).map(\.0) == ["MemoryMax", "CPUQuotaPerSecUSec", "TasksMax"])
+    }
+
+    @Test("bubblewrap: Backstop's runtime directory is an empty tmpfs holding only the notify directory, and the service manager's sockets are masked for every user, root included, unless allow_service_manager")
+    func runtimeDirectoryAndServiceManagerHidden() throws {
+        let runtime = try makeTemporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(atPath: state)
+            try? FileManager.default.removeItem(atPath: runtime)
+        }
+        try FileManager.default.createDirectory(atPath: runtime + "/notify", withIntermediateDirectories: true)
+        // Stands for /run/systemd/private: a path that exists whatever runs this test.
+        let root = SandboxAccount(user: "root", uid: 0, group: "root", gid: 0, hasPasswdEntry: true)
+        var sandbox = BubblewrapSandbox(
+            spec: SandboxSpec(), account: root, protectedDirectories: [state, runtime], placeholderDirectory: runtime + "/inaccessible")
+        sandbox.cgroupScope = false
+        sandbox.runtimeDirectory = runtime
+        sandbox.notifyDirectory = runtime + "/notify"
+        sandbox.notifySocket = runtime + "/notify/demo"
+        let (arguments, report) = sandbox.plan(["/usr/bin/agent"])
+        #expect(position(["--ro-bind", runtime, runtime], in: arguments) == nil, "the runtime directory is not bound: \(arguments)")
+        let hidden = try #require(position(["--perms", "0755", "--tmpfs", runtime], in: arguments))
+        let notify = try #require(position(["--tmpfs", runtime + "/notify"], in: arguments))
+        let socket = try #require(position(["--ro-bind", runtime + "/notify/demo", runtime + "/notify/demo"], in: arguments))
+        #expect(position(["--ro-bind", state, state], in: arguments) != nil, "the state directory stays read-only")
+        let notifyReadOnly = try #require(position(["--remount-ro", runtime + "/notify"], in: arguments))
+        let runtimeReadOnly = try #require(position(["--remount-ro", runtime], in: arguments))
+        #expect(hidden < notify && notify < socket && socket < notifyReadOnly && notifyReadOnly < runtimeReadOnly, "both tmpfs are read-only once made: \(arguments)")
+        #expect(report.applied.contains { $0.setting == "Backstop's directories" && $0.detail.contains("\(runtime) hidden") })
+
+        let present = SandboxSpec.serviceManagerPaths.filter(BubblewrapSandbox.exists).map(BubblewrapSandbox.resolved)
+        let line = try #require(report.applied.first { $0.setting == "allow_service_manager" })
+        #expect(line.detail.hasPrefix("no: "))
+        for path in Set(present) {
+            let placeholder = runtime + "/inaccessible/" + (FileManager.default.fileExists(atPath: path + "/.") ? "directory" : "file")
+            #expect(position(["--ro-bind", placeholder, path], in: arguments) != nil, "\(path) is masked: \(arguments)")
+            #expect(line.detail.contains(path), "\(line.detail)")
+        }
+        #expect(!report.notApplied.contains { $0.setting == "allow_service_manager" || $0.detail.contains("/run/systemd/io.systemd.Manager") },
+                "the sockets this systemd lacks are no loss: \(report.notApplied)")
+
+        sandbox.spec.allowServiceManager = true
+        let (allowed, allowedReport) = sandbox.plan(["/usr/bin/agent"])
+        for path in present { #expect(!allowed.contains(path), "\(path) stays reachable when allowed") }
+        #expect(allowedReport.applied.contains { $0.setting == "allow_service_manager" && $0.detail.hasPrefix("yes") })
+    }
+
+    @Test("systemd: Backstop's runtime directory and the service manager's sockets are inaccessible unless allow_service_manager; / read-only names /run too, unless it is writable")
+    func unitHidesRuntimeAndServiceManager() throws {
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        var spec = SandboxSpec()
+        spec.user = "root"
+        let unit = UnitSandbox(spec: spec, unit: "x.service", stateDirectory: "/var/lib/backstop", runtimeDirectory: "/run/backstop")
+        let dropIn = unit.dropIn()
+        let manager = SandboxSpec.serviceManagerPaths.map { UnitFileSyntax.quoted("-" + $0) }.joined(separator: " ")
+        for line in ["InaccessiblePaths=\"-/run/backstop\"", "InaccessiblePaths=" + manager, "ReadOnlyPaths=\"-/run\"", "ProtectSystem=strict"] {
+            #expect(dropIn.contains("\n" + line + "\n"), "\(line) in \(dropIn)")
+        }
+        #expect(SandboxSpec.serviceManagerPaths.contains("/run/systemd/private") && SandboxSpec.serviceManagerPaths.contains("/run/dbus"))
+        let values = unit.busProperties().filter { $0.0 == "InaccessiblePaths" }.map(\.1)
+        #expect(values.contains(.strings(["-/run/backstop"])) && values.contains(.strings(SandboxSpec.serviceManagerPaths.map { "-" + $0 })))
+        let report = unit.settings().report
+        #expect(report.applied.contains { $0.setting == "allow_service_manager" && $0.detail.hasPrefix("no: InaccessiblePaths=/run/systemd/private") })
+        #expect(report.applied.contains { $0.setting == "runtime directory" && $0.detail.hasPrefix("InaccessiblePaths=/run/backstop") })
+
+        spec.allowServiceManager = true
+        spec.readWritePaths = ["/run"]
+        let allowed = UnitSandbox(spec: spec, unit: "x.service", stateDirectory: "/var/lib/backstop", runtimeDirectory: "/run/backstop")
+        #expect(!allowed.dropIn().contains("/run/systemd/private") && allowed.dropIn().contains("InaccessiblePaths=\"-/run/backstop\"\n"))
+        #expect(!allowed.dropIn().contains("ReadOnlyPaths=\"-/run\""), "a writable /run is not made read-only again")
+        #expect(allowed.dropIn().contains("\nProtectHome=yes\n"))
+
+        spec.readWritePaths = []
+        spec.inaccessiblePaths = ["/root"]
+        let homesShown = UnitSandbox(spec: spec, unit: "x.service", stateDirectory: "/var/lib/backstop", runtimeDirectory: "/run/backstop").dropIn()
+        #expect(homesShown.contains("\nReadOnlyPaths=\"-/run\" \"-/home\" \"-/run/user\"\n") && homesShown.contains("\nInaccessiblePaths=\"-/root\"\n"),
+                "ProtectSystem=strict leaves the home directories that are not hidden to ProtectHome=, so they are named: \(homesShown)")
+        #expect(!homesShown.contains("ProtectHome"))
+        #expect(allowed.settings().report.applied.contains { $0.setting == "allow_service_manager" && $0.detail.hasPrefix("yes") })
     }
 }

@@ -393,6 +393,94 @@ struct ContainerTests {
         }
     }
 
+    /// A root agent without capabilities that tries, before it execs the demo agent, what
+    /// would turn the service manager or Backstop against the host; each line of its result
+    /// is `NAME=EXIT-STATUS`.
+    static let escapeProbe = """
+        {
+          timeout 30 systemd-run --wait --pipe --quiet /bin/sh -c 'touch /root/escaped'; echo "systemd-run=$?"
+          timeout 30 systemctl show --property=Version --value; echo "systemctl=$?"
+          timeout 30 busctl --system call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.DBus.Peer Ping; echo "busctl=$?"
+          test -e /run/backstop/io.backstop.Manager; echo "control-socket=$?"
+          touch /run/backstop/agent-was-here; echo "runtime-writable=$?"
+          touch /run/agent-was-here; echo "run-writable=$?"
+          touch /home/agent-was-here; echo "home-writable=$?"
+        } > /var/lib/probe/result.new 2>&1
+        mv /var/lib/probe/result.new /var/lib/probe/result
+        exec /usr/libexec/backstop/backstop-demo-agent --content "$1"
+
+        """
+
+    /// How the escape probe runs: bubblewrap, a transient unit (engine = "systemd"), or its own
+    /// unit with the drop-in of `backstopctl sandbox --drop-in` (runner = "systemd").
+    enum ProbeSetup: String, CaseIterable, CustomTestStringConvertible {
+        case bubblewrap, transientUnit, unitWithDropIn
+        var testDescription: String { rawValue }
+        var config: String {
+            let sandbox = """
+                [agent.sandbox]
+                user = "root"
+                capabilities = []
+                read_write_paths = ["/var/lib/probe"]
+                inaccessible_paths = ["/root", "/run/user"]
+                """
+            switch self {
+            case .bubblewrap, .transientUnit:
+                return """
+                    [[agent]]
+                    name = "probe"
+                    exec = ["/bin/sh", "/etc/probe.sh", "{content}"]
+                    notify = true
+                    \(sandbox)
+                    \(self == .transientUnit ? "engine = \"systemd\"" : "")
+                    """
+            case .unitWithDropIn:
+                return """
+                    [[agent]]
+                    name = "probe"
+                    runner = "systemd"
+                    unit = "probe.service"
+                    content_link = "/var/lib/probe-content"
+                    \(sandbox)
+                    """
+            }
+        }
+        var files: [String: String] {
+            var files = ["/etc/probe.sh": ContainerTests.escapeProbe]
+            if self == .unitWithDropIn {
+                files["/etc/systemd/system/probe.service"] = "[Service]\nType=notify\nExecStart=/bin/sh /etc/probe.sh /var/lib/probe-content\n"
+            }
+            return files
+        }
+    }
+
+    @Test("a root agent without capabilities cannot escape through the service manager (systemd-run, systemctl, busctl over the system D-Bus), cannot reach Backstop's control socket and cannot write /run or a /home it sees, in either engine", arguments: ProbeSetup.allCases)
+    func rootAgentCannotEscape(_ setup: ProbeSetup) throws {
+        try withContainer(config: setup.config, files: setup.files) { container in
+            try #require(try container.run("/bin/mkdir", "-p", "/var/lib/probe").status == 0)
+            if setup == .unitWithDropIn {
+                let installed = try container.run("/usr/bin/backstopctl", "sandbox", "probe", "--drop-in", "--install-root", "/")
+                try #require(installed.status == 0, "\(installed)")
+                try container.run("/bin/systemctl", "daemon-reload")
+            }
+            let report = try container.run("/usr/bin/backstopctl", "sandbox", "probe").output
+            #expect(report.contains("allow_service_manager") && report.contains("/run/systemd/private"), "the report names what it hides: \(report)")
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "probe", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready")
+            let result = try container.run("/bin/cat", "/var/lib/probe/result").output
+            for probe in ["systemd-run", "systemctl", "busctl", "control-socket", "runtime-writable", "run-writable", "home-writable"] {
+                let line = result.split(separator: "\n").first { $0.hasPrefix(probe + "=") }
+                #expect(line != nil && line != "\(probe)=0", "\(probe) must fail inside the sandbox; the agent saw:\n\(result)")
+            }
+            #expect(try container.run("/bin/test", "-e", "/root/escaped").status != 0, "no process outside the sandbox wrote /root")
+            for path in ["/run/agent-was-here", "/home/agent-was-here"] {
+                #expect(try container.run("/bin/test", "-e", path).status != 0, "the agent wrote nothing in /run or /home (it sees /home, read-only)")
+            }
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+        }
+    }
+
     @Test("bubblewrap under systemd: the sandboxed agent is moved into a transient scope whose cgroup carries memory_max and tasks_max")
     func bubblewrapAgentInScope() throws {
         try withContainer(config: Self.config + "\n[agent.sandbox]\nmemory_max = \"128M\"\ntasks_max = 64\n") { container in

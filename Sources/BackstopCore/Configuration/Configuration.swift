@@ -71,6 +71,12 @@ public struct Configuration: Sendable, Equatable {
                     }
                 }
             }
+            if agent.sandbox.allowServiceManager {
+                warnings.append("agent \(agent.name): sandbox: allow_service_manager = true leaves systemd's sockets and the system D-Bus reachable; "
+                    + (agent.sandbox.user == "root" || agent.sandbox.user == "0"
+                        ? "as root the agent can have systemd start any process outside its sandbox (systemd-run), so the sandbox holds it only as far as it chooses"
+                        : "the agent can ask systemd for whatever D-Bus policy and polkit grant user \(agent.sandbox.user)"))
+            }
             if agent.transientUnit == nil || agent.preflightSeconds > 0, let bytes = agent.sandbox.memoryMaxBytes,
                let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
                 warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")

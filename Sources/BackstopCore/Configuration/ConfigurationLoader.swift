@@ -311,7 +311,8 @@ private struct TableReader {
     /// The keys an `[agent.sandbox]` table takes.
     static let sandboxKeys = [
         "engine", "user", "group", "capabilities", "no_new_privileges", "read_only_paths", "read_write_paths",
-        "inaccessible_paths", "private_tmp", "tmp_size", "private_network", "memory_max", "cpu_quota", "tasks_max", "system_call_filter",
+        "inaccessible_paths", "allow_service_manager", "private_tmp", "tmp_size", "private_network", "memory_max", "cpu_quota", "tasks_max",
+        "system_call_filter",
     ]
 
     /// What to say about unknown `key` in a table that takes `known`: a likely misspelling
@@ -587,6 +588,7 @@ private struct TableReader {
             case "read_only_paths": spec.readOnlyPaths = try paths(table, key, full)
             case "read_write_paths": spec.readWritePaths = try paths(table, key, full)
             case "inaccessible_paths": spec.inaccessiblePaths = try paths(table, key, full)
+            case "allow_service_manager": spec.allowServiceManager = try bool(table, key, full)
             case "private_tmp": spec.privateTmp = try bool(table, key, full)
             case "private_network": spec.privateNetwork = try bool(table, key, full)
             case "tmp_size":

@@ -96,6 +96,8 @@ public struct PreflightFailure: Sendable, Equatable, Codable {
             return "a preflight instance has a network of its own with only a loopback device: it cannot reach services of the host (127.0.0.1 included), and its ports are not the live agent's"
         case .readOnlyFileSystem?, .permissionDenied?:
             return "a preflight instance writes only to copies of read_write_paths and a /tmp of its own"
+        case .serviceManager?:
+            return "a preflight instance cannot reach systemd or the system D-Bus, as the live agent cannot without allow_service_manager"
         case .processLimit?:
             return "a preflight instance shares the process limit (tasks_max) of the live agent's user while the live agent runs"
         case nil:

@@ -16,6 +16,9 @@ public enum SandboxObstacle: String, Sendable, Codable, Equatable, CaseIterable 
     case network
     /// EADDRINUSE, "Address already in use": a fixed port or socket someone else holds.
     case addressInUse = "address-in-use"
+    /// "Failed to connect to bus", the system D-Bus socket or systemd's private socket: the
+    /// service manager, which the sandbox hides unless `allow_service_manager`.
+    case serviceManager = "service-manager"
 
     /// The obstacle the last line of `output` that names one names, nil when none does.
     /// Lines are compared without regard to case, as strerror(3) words them in the C locale
@@ -25,6 +28,8 @@ public enum SandboxObstacle: String, Sendable, Codable, Equatable, CaseIterable 
     public static func find(in output: String) -> SandboxObstacle? {
         let lines = output.split(whereSeparator: \.isNewline).map { $0.lowercased() }
         for (index, line) in lines.enumerated().reversed() {
+            // Before "permission denied": the hidden sockets refuse with EACCES or ECONNREFUSED.
+            if ["failed to connect to bus", "system_bus_socket", "/run/systemd/private"].contains(where: line.contains) { return .serviceManager }
             if line.contains("read-only file system") { return .readOnlyFileSystem }
             if line.contains("cannot fork") || line.contains("can't fork") || line.contains("can't create new thread") { return .processLimit }
             if line.contains("resource temporarily unavailable"),
@@ -50,6 +55,7 @@ public enum SandboxObstacle: String, Sendable, Codable, Equatable, CaseIterable 
         case .processLimit: return "EAGAIN from fork"
         case .network: return "ECONNREFUSED"
         case .addressInUse: return "EADDRINUSE"
+        case .serviceManager: return "EACCES or ECONNREFUSED on the bus"
         }
     }
 
@@ -60,6 +66,7 @@ public enum SandboxObstacle: String, Sendable, Codable, Equatable, CaseIterable 
         case .permissionDenied: return "user"
         case .processLimit: return "tasks_max"
         case .network, .addressInUse: return "private_network"
+        case .serviceManager: return "allow_service_manager"
         }
     }
 
@@ -71,6 +78,7 @@ public enum SandboxObstacle: String, Sendable, Codable, Equatable, CaseIterable 
         case .processLimit: return "a fork refused for the process limit (EAGAIN)"
         case .network: return "a connection that could not be made (network unreachable or refused)"
         case .addressInUse: return "an address already in use (EADDRINUSE)"
+        case .serviceManager: return "a connection to systemd or the system D-Bus that was refused"
         }
     }
 
@@ -87,6 +95,8 @@ public enum SandboxObstacle: String, Sendable, Codable, Equatable, CaseIterable 
             return "set private_network = false if the agent talks to services on the host (its own network has only a loopback device)"
         case .addressInUse:
             return "check private_network and the ports or sockets the agent binds"
+        case .serviceManager:
+            return "set allow_service_manager = true if the agent must talk to systemd or over the system D-Bus (as root it can then start processes outside its sandbox)"
         }
     }
 

@@ -11,8 +11,9 @@ import SystemPackage
 ///
 /// bwrap (run as root, without a user namespace) makes the mount, IPC, UTS, cgroup and
 /// (with `private_network`) network namespaces, binds the file system read-only, the
-/// writable paths writable and Backstop's state directory read-only on top, masks the
-/// inaccessible paths, and keeps only the listed capabilities plus the three setpriv(1)
+/// writable paths writable and Backstop's state directory read-only on top, hides Backstop's
+/// runtime directory (its control socket) but for the run's own notify socket, masks the
+/// inaccessible paths and the service manager's sockets (unless `allow_service_manager`), and keeps only the listed capabilities plus the three setpriv(1)
 /// needs to change user; setpriv then switches to the agent's user, drops those three
 /// from every set (bounding, inheritable, ambient) and sets no_new_privs; bash lowers
 /// the resource limits, says on its stdin (the runner's pipe) that the sandbox is set up,
@@ -46,9 +47,13 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     public var spec: SandboxSpec
     /// Whom the agent runs as (`spec`'s user and group, looked up).
     public var account: SandboxAccount
-    /// Backstop's state and runtime directories: always read-only to the agent, on top of
-    /// everything else (its notify socket still takes datagrams).
+    /// Backstop's state and runtime directories: never writable to the agent, on top of
+    /// everything else; the state directory is read-only (the agent reads its content there).
     public var protectedDirectories: [String]
+    /// Backstop's runtime directory (one of ``protectedDirectories``): an empty tmpfs in the
+    /// sandbox but for ``notifyDirectory``, so that no agent reaches the control socket, even
+    /// as root. Nil leaves it read-only like the state directory.
+    public var runtimeDirectory: String?
     /// `<runtime_directory>/inaccessible`, holding the mode-0000 `directory` and `file`
     /// mounted over inaccessible paths (as systemd's /run/systemd/inaccessible).
     public var placeholderDirectory: String
@@ -101,6 +106,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         self.init(
             spec: agent.sandbox, account: try SandboxAccount.resolve(agent.sandbox),
             protectedDirectories: [daemon.stateDirectory, daemon.runtimeDirectory], placeholderDirectory: daemon.placeholderDirectory)
+        runtimeDirectory = daemon.runtimeDirectory
         notifyDirectory = daemon.notifyDirectory
     }
 
@@ -260,26 +266,30 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         // The inaccessible paths, masked last (where their symlinks lead), but decided first:
         // what they hide is not bound.
         var masks: [(path: String, hidden: String, placeholder: String)] = []
-        for path in spec.inaccessiblePaths {
+        let serviceManager = spec.allowServiceManager ? [] : SandboxSpec.serviceManagerPaths
+        for path in spec.inaccessiblePaths + serviceManager {
+            let setting = spec.inaccessiblePaths.contains(path) ? "inaccessible_paths" : "allow_service_manager"
             var info = stat()
             guard stat(path, &info) == 0 else {
-                report.skip("inaccessible_paths", "\(path): does not exist")
+                // The service manager's sockets differ between systemd versions: the absent ones are no loss.
+                if setting == "inaccessible_paths" { report.skip(setting, "\(path): does not exist") }
                 continue
             }
             // Hiding what the sandbox itself runs (or the agent's program), or the content,
             // would fail every start before the agent runs, blamed on the content.
             let hidden = Self.resolved(path)
             if let needed = (Self.neededFiles + [program].compactMap { $0 }).first(where: { Self.isInside(Self.resolved($0), hidden) }) {
-                report.skip("inaccessible_paths", "\(path): would hide \(needed), which the sandbox runs")
+                report.skip(setting, "\(path): would hide \(needed), which the sandbox runs")
                 continue
             }
             if let directory = protected.first(where: { Self.isInside($0, hidden) || Self.isInside(hidden, $0) }) {
-                report.skip("inaccessible_paths", "\(path): would hide Backstop's directory \(directory) or part of it, where the agent reads its content and notify socket")
+                report.skip(setting, "\(path): would hide Backstop's directory \(directory) or part of it, where the agent reads its content and notify socket")
                 continue
             }
             for needed in named where Self.isInside(Self.resolved(needed), hidden) {
                 report.skip("exec", "\(needed) is hidden by inaccessible path \(path)")
             }
+            guard !masks.contains(where: { $0.hidden == hidden }) else { continue }
             masks.append((path, hidden, placeholderDirectory + (info.st_mode & S_IFMT == S_IFDIR ? "/directory" : "/file")))
         }
         func masked(_ path: String, _ real: String, _ setting: String) -> Bool {
@@ -313,7 +323,8 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         var tmpAdded = false
         // bwrap makes missing mount points mode 0700; inside a private /tmp they are made 0755 first.
         var made: Set<String> = []
-        func bind(_ flag: String, _ source: String, _ destination: String) {
+        /// A mount at `destination`: `flag` with `source` (nil for a tmpfs).
+        func bind(_ flag: String, _ source: String?, _ destination: String) {
             if spec.privateTmp {
                 var ancestor = ""
                 for component in destination.split(separator: "/").dropLast() {
@@ -323,7 +334,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                     made.insert(ancestor)
                 }
             }
-            options += [flag, source, destination]
+            options += [flag] + (source.map { [$0] } ?? []) + [destination]
         }
         for entry in binds {
             if spec.privateTmp, !tmpAdded, Self.depth(entry.path) >= 1 {
@@ -371,8 +382,16 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         let writable = binds.filter { $0.writable && $0.configured != nil }.map(shown)
         report.apply("read_only_paths", readOnly.isEmpty ? "none" : readOnly.joined(separator: " "))
         report.apply("read_write_paths", writable.isEmpty ? "none" : writable.joined(separator: " "))
-        for directory in protected { bind("--ro-bind", directory, directory) }
-        report.apply("Backstop's directories", protectedDirectories.joined(separator: " ") + " read-only (always)")
+        let runtime = runtimeDirectory.flatMap { Self.exists($0) ? Self.resolved($0) : nil }
+        for directory in protected {
+            if directory == runtime {
+                options += ["--perms", "0755"]
+                bind("--tmpfs", nil, directory)
+            } else {
+                bind("--ro-bind", directory, directory)
+            }
+        }
+        report.apply("Backstop's directories", protectedDirectories.map { $0 == runtimeDirectory ? "\($0) hidden (an empty tmpfs: no control socket)" : "\($0) read-only" }.joined(separator: ", ") + " (always)")
         if let directory = notifyDirectory, Self.exists(directory) {
             let real = Self.resolved(directory)
             options += ["--perms", "0755", "--tmpfs", real]
@@ -380,9 +399,19 @@ public struct BubblewrapSandbox: Sendable, Equatable {
                 options += ["--ro-bind", socket, real + "/" + (socket.split(separator: "/").last.map(String.init) ?? "")]
             }
             report.apply("notify socket", "\(directory) holds only the run's own socket (\(notifySocket ?? "none")); no other agent's is reachable")
+            options += ["--remount-ro", real]
         }
+        // Read-only once made: a root agent could otherwise fill the tmpfs (memory).
+        if let runtime { options += ["--remount-ro", runtime] }
         for mask in masks { bind("--ro-bind", mask.placeholder, mask.hidden) }
-        report.apply("inaccessible_paths", masks.isEmpty ? "none" : masks.map(\.path).joined(separator: " ") + " (replaced by mode-0000 placeholders)")
+        let inaccessible = masks.filter { spec.inaccessiblePaths.contains($0.path) }.map(\.path)
+        report.apply("inaccessible_paths", inaccessible.isEmpty ? "none" : inaccessible.joined(separator: " ") + " (replaced by mode-0000 placeholders)")
+        let managerHidden = masks.filter { serviceManager.contains($0.path) && !inaccessible.contains($0.path) }.map(\.path)
+        if spec.allowServiceManager {
+            report.apply("allow_service_manager", "yes: systemd's sockets and the system D-Bus stay reachable (as root, the agent can start processes outside this sandbox)")
+        } else {
+            report.apply("allow_service_manager", "no: " + (managerHidden.isEmpty ? "none of \(serviceManager.joined(separator: " ")) is here" : managerHidden.joined(separator: " ") + " hidden (mode-0000 placeholders): systemctl, systemd-run and D-Bus clients cannot reach systemd"))
+        }
         return options
     }
 

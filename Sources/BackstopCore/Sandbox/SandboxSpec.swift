@@ -31,6 +31,12 @@ public struct SandboxSpec: Sendable, Equatable {
     /// `inaccessible_paths`, default `["/home", "/root", "/run/user"]`: replaced in the agent's
     /// view by an empty directory or file that even root without capabilities cannot read.
     public var inaccessiblePaths = ["/home", "/root", "/run/user"]
+    /// `allow_service_manager`, default false: whether the agent may reach the service manager:
+    /// systemd's own sockets (``serviceManagerPaths``) and the system D-Bus, over which
+    /// `systemctl` and `systemd-run` act. By default they are hidden as inaccessible paths are,
+    /// for every user: root, even without capabilities, could have systemd start processes
+    /// for it outside the sandbox.
+    public var allowServiceManager = false
     /// `private_tmp`, default true: `/tmp` and `/var/tmp` are empty and the agent's own.
     public var privateTmp = true
     /// `tmp_size`, default a quarter of `memory_max`, or 256M without one: the most bytes each
@@ -63,6 +69,14 @@ public struct SandboxSpec: Sendable, Equatable {
         /// A transient systemd unit, ``UnitSandbox``.
         case systemd
     }
+
+    /// The sockets of the service manager that ``allowServiceManager`` leaves reachable:
+    /// systemd's private bus (systemctl and systemd-run as root use it, systemd(1)), its
+    /// Varlink sockets, and the directory of the system D-Bus socket (through which
+    /// org.freedesktop.systemd1 is reached too), also where /var/run is not a symlink to /run.
+    public static let serviceManagerPaths = [
+        "/run/systemd/private", "/run/systemd/io.systemd.Manager", "/run/systemd/io.system.ManagedOOM", "/run/dbus", "/var/run/dbus",
+    ]
 
     /// Every capability of capabilities(7) as of Linux 6.x, in kernel order.
     public static let knownCapabilities = [

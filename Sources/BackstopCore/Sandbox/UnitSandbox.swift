@@ -10,6 +10,8 @@ import Foundation
 /// direct engine gets from its namespaces and its private `/dev` (private devices and
 /// IPC, a read-only kernel, no new namespaces, no realtime, no set-user-ID files) are
 /// always on here, as are `SystemCallArchitectures=native` and `LockPersonality=yes`.
+/// Backstop's runtime directory is always inaccessible (a unit's notify socket is systemd's
+/// own), and so are the service manager's sockets unless `allow_service_manager` is set.
 public struct UnitSandbox: Sendable, Equatable {
     /// What to apply.
     public var spec: SandboxSpec
@@ -17,14 +19,17 @@ public struct UnitSandbox: Sendable, Equatable {
     public var unit: String
     /// Backstop's state directory: read-only to the unit in any case (backstopd's runtime drop-in says so too).
     public var stateDirectory: String
+    /// Backstop's runtime directory, with its control socket: inaccessible to the unit in any case.
+    public var runtimeDirectory: String
     /// Whether `unit` is the agent's transient unit (properties at each start) rather than its own (a drop-in).
     public var isTransient: Bool
 
     /// The engine for `spec` applied to `unit`.
-    public init(spec: SandboxSpec, unit: String, stateDirectory: String, isTransient: Bool = false) {
+    public init(spec: SandboxSpec, unit: String, stateDirectory: String, runtimeDirectory: String, isTransient: Bool = false) {
         self.spec = spec
         self.unit = unit
         self.stateDirectory = stateDirectory
+        self.runtimeDirectory = runtimeDirectory
         self.isTransient = isTransient
     }
 
@@ -57,11 +62,19 @@ public struct UnitSandbox: Sendable, Equatable {
         if readOnly.contains("/") {
             set("ProtectSystem", .string("strict"))
             readOnly.removeAll { $0 == "/" }
+            // ProtectKernelTunables= and ProtectControlGroups= imply MountAPIVFS=; where systemd
+            // cannot take the old /proc away (mounts below it that are not its own, as in a
+            // container) the fresh one leaves /run and the mounts in it writable (systemd 252).
+            // ProtectSystem=strict leaves the home directories to ProtectHome=, which makes
+            // them read-only only all three together.
+            let named = ["/run"] + Self.homes.filter { !spec.inaccessiblePaths.contains($0) }
+            readOnly.insert(contentsOf: named.filter { !spec.readWritePaths.contains($0) && !readOnly.contains($0) }, at: 0)
         } else {
             report.skip("read_only_paths", SandboxSpec.writableRootNote)
         }
         if !readOnly.isEmpty { set("ReadOnlyPaths", .paths(readOnly)) }
-        report.apply("read_only_paths", ((spec.readOnlyPaths.contains("/") ? ["ProtectSystem=strict"] : []) + (readOnly.isEmpty ? [] : ["ReadOnlyPaths=" + readOnly.joined(separator: " ")])).joined(separator: " "))
+        report.apply("read_only_paths", ((spec.readOnlyPaths.contains("/") ? ["ProtectSystem=strict"] : []) + (readOnly.isEmpty ? [] : ["ReadOnlyPaths=" + readOnly.joined(separator: " ")])).joined(separator: " ")
+            + (readOnly.contains("/run") && !spec.readOnlyPaths.contains("/run") ? " (/run and the home directories not hidden named too: with the API file systems mounted afresh systemd can leave /run writable, and ProtectSystem=strict leaves the home directories to ProtectHome=)" : ""))
         if !spec.readWritePaths.isEmpty {
             set("ReadWritePaths", .paths(spec.readWritePaths))
             report.apply("read_write_paths", "ReadWritePaths=" + spec.readWritePaths.joined(separator: " "))
@@ -69,14 +82,21 @@ public struct UnitSandbox: Sendable, Equatable {
         set("ReadOnlyPaths", .paths([stateDirectory]))
         report.apply("state directory", "ReadOnlyPaths=\(stateDirectory) (always)")
         var inaccessible = spec.inaccessiblePaths
-        let homes = ["/home", "/root", "/run/user"]
-        if homes.allSatisfy(inaccessible.contains) {
+        if Self.homes.allSatisfy(inaccessible.contains) {
             set("ProtectHome", .string("yes"))
-            inaccessible.removeAll(where: homes.contains)
+            inaccessible.removeAll(where: Self.homes.contains)
         }
         if !inaccessible.isEmpty { set("InaccessiblePaths", .paths(inaccessible)) }
         if !spec.inaccessiblePaths.isEmpty {
             report.apply("inaccessible_paths", [inaccessible.count < spec.inaccessiblePaths.count ? "ProtectHome=yes" : "", inaccessible.isEmpty ? "" : "InaccessiblePaths=" + inaccessible.joined(separator: " ")].filter { !$0.isEmpty }.joined(separator: " "))
+        }
+        set("InaccessiblePaths", .paths([runtimeDirectory]))
+        report.apply("runtime directory", "InaccessiblePaths=\(runtimeDirectory) (always: no control socket)")
+        if spec.allowServiceManager {
+            report.apply("allow_service_manager", "yes: systemd's sockets and the system D-Bus stay reachable (as root, the unit can start processes outside this sandbox)")
+        } else {
+            set("InaccessiblePaths", .paths(SandboxSpec.serviceManagerPaths))
+            report.apply("allow_service_manager", "no: InaccessiblePaths=" + SandboxSpec.serviceManagerPaths.joined(separator: " ") + ": systemctl, systemd-run and D-Bus clients cannot reach systemd")
         }
         set("PrivateTmp", .bool(spec.privateTmp))
         report.apply("private_tmp", spec.privateTmp ? "PrivateTmp=yes (directories of the unit's own in the host's /tmp and /var/tmp, bounded by their file systems, not by tmp_size)" : "PrivateTmp=no")
@@ -102,6 +122,9 @@ public struct UnitSandbox: Sendable, Equatable {
         report.apply("always", (Self.fixedHardening + ["RestrictNamespaces"]).map { "\($0)=yes" }.joined(separator: " ") + " SystemCallArchitectures=native")
         return (settings, report)
     }
+
+    /// The directories `ProtectHome=` covers.
+    static let homes = ["/home", "/root", "/run/user"]
 
     /// What the direct engine's namespaces, private /dev and read-only /proc and /sys give
     /// every agent, as unit settings that are `yes`.

@@ -190,7 +190,8 @@ extension Supervisor {
         ]
         if agent.notify, agent.watchdogSeconds > 0 { properties.append(("WatchdogUSec", .uint64(UInt64(agent.watchdogSeconds) * 1_000_000))) }
         return properties + Self.orderedBeforeDaemon + UnitSandbox(
-            spec: agent.sandbox, unit: slot.unit!.name, stateDirectory: configuration.daemon.stateDirectory, isTransient: true
+            spec: agent.sandbox, unit: slot.unit!.name, stateDirectory: configuration.daemon.stateDirectory,
+            runtimeDirectory: configuration.daemon.runtimeDirectory, isTransient: true
         ).busProperties()
     }
 
