@@ -203,6 +203,7 @@ struct ControlRefusalTests {
                     "journald dropped none of backstopd's entries: \(journald)")
             let refusals = try container.run("/bin/journalctl", "-b", "-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=backstopd").output
                 .split(separator: "\n").filter { $0.contains("Denied a control request") }
+            print("journal entries about them: \(refusals.count)")
             #expect(!refusals.isEmpty && refusals.count <= 3 * ControlServer.maximumRefusalEntries, "\(refusals.count) entries for \(calls) refused calls")
             #expect(refusals.allSatisfy { $0.contains("\"PRIORITY\":\"7\"") }, "\(refusals.prefix(3))")
             #expect(try container.status().agents.first?.state == "running", "no refused Stop stopped the agent")
