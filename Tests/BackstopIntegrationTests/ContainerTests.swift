@@ -405,6 +405,10 @@ struct ContainerTests {
           touch /run/backstop/agent-was-here; echo "runtime-writable=$?"
           touch /run/agent-was-here; echo "run-writable=$?"
           touch /home/agent-was-here; echo "home-writable=$?"
+          timeout 5 python3 -c "import os; os.close(os.open('/run/initctl', os.O_WRONLY | os.O_NONBLOCK))"; echo "initctl=$?"
+          timeout 5 python3 -c "import socket; socket.socket(socket.AF_UNIX).connect('/run/systemd/journal/io.systemd.journal')"; echo "journal-varlink=$?"
+          echo "bwrap-processes=$(pgrep -x bwrap | wc -l)"
+          reached=1; for pid in $(pgrep -x bwrap); do ls "/proc/$pid/root/" >/dev/null 2>&1 && reached=0; done; echo "bwrap-root=$reached"
         } > /var/lib/probe/result.new 2>&1
         mv /var/lib/probe/result.new /var/lib/probe/result
         exec /usr/libexec/backstop/backstop-demo-agent --content "$1"
@@ -412,7 +416,8 @@ struct ContainerTests {
         """
 
     /// How the escape probe runs: bubblewrap, a transient unit (engine = "systemd"), or its own
-    /// unit with the drop-in of `backstopctl sandbox --drop-in` (runner = "systemd").
+    /// unit with the drop-in of `backstopctl sandbox --drop-in` (runner = "systemd"); beside
+    /// it, the demo agent under bubblewrap, whose bwrap process the probe tries to reach.
     enum ProbeSetup: String, CaseIterable, CustomTestStringConvertible {
         case bubblewrap, transientUnit, unitWithDropIn
         var testDescription: String { rawValue }
@@ -424,9 +429,16 @@ struct ContainerTests {
                 read_write_paths = ["/var/lib/probe"]
                 inaccessible_paths = ["/root", "/run/user"]
                 """
+            let bystander = """
+                [[agent]]
+                name = "bystander"
+                exec = ["/usr/libexec/backstop/backstop-demo-agent", "--content", "{content}"]
+                notify = true
+
+                """
             switch self {
             case .bubblewrap, .transientUnit:
-                return """
+                return bystander + """
                     [[agent]]
                     name = "probe"
                     exec = ["/bin/sh", "/etc/probe.sh", "{content}"]
@@ -435,7 +447,7 @@ struct ContainerTests {
                     \(self == .transientUnit ? "engine = \"systemd\"" : "")
                     """
             case .unitWithDropIn:
-                return """
+                return bystander + """
                     [[agent]]
                     name = "probe"
                     runner = "systemd"
@@ -465,10 +477,16 @@ struct ContainerTests {
             }
             let report = try container.run("/usr/bin/backstopctl", "sandbox", "probe").output
             #expect(report.contains("allow_service_manager") && report.contains("/run/systemd/private"), "the report names what it hides: \(report)")
-            try #require(try container.run("/usr/bin/backstopctl", "stage", "probe", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            for path in ["/run/initctl", "/run/systemd/journal/io.systemd.journal"] {
+                try #require(try container.run("/bin/test", "-e", path).status == 0, "\(path) exists outside the sandbox")
+            }
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "bystander", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
             try container.waitForDecision("agent-ready")
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "probe", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", count: 2)
             let result = try container.run("/bin/cat", "/var/lib/probe/result").output
-            for probe in ["systemd-run", "systemctl", "busctl", "control-socket", "runtime-writable", "run-writable", "home-writable"] {
+            #expect(!result.contains("bwrap-processes=0"), "the probe saw the bystander's bwrap process:\n\(result)")
+            for probe in ["systemd-run", "systemctl", "busctl", "control-socket", "runtime-writable", "run-writable", "home-writable", "initctl", "journal-varlink", "bwrap-root"] {
                 let line = result.split(separator: "\n").first { $0.hasPrefix(probe + "=") }
                 #expect(line != nil && line != "\(probe)=0", "\(probe) must fail inside the sandbox; the agent saw:\n\(result)")
             }
@@ -476,8 +494,7 @@ struct ContainerTests {
             for path in ["/run/agent-was-here", "/home/agent-was-here"] {
                 #expect(try container.run("/bin/test", "-e", path).status != 0, "the agent wrote nothing in /run or /home (it sees /home, read-only)")
             }
-            let agent = try #require(try container.status().agents.first)
-            #expect(agent.state == "running")
+            #expect(try container.status().agents.allSatisfy { $0.state == "running" })
         }
     }
 

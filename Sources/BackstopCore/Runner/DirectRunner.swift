@@ -151,7 +151,11 @@ public enum DirectRunner {
             // bwrap's stdin is a pipe: bwrap reports the sandboxed child's pid on a copy of it
             // (bwrap(1) --json-status-fd, which bwrap closes in the child), and the child
             // inherits the pipe itself to say when its sandbox is set up.
-            arguments = [BubblewrapSandbox.shell, "-c", "exec \"$@\" 3>&0", "backstop-bwrap", BubblewrapSandbox.program, "--json-status-fd", "3"]
+            // bwrap's own processes run in a group no agent shares (``BubblewrapSandbox/launcherGroupName``),
+            // set by setpriv(1): a set*gid(2) of glibc's in the forked child of this threaded
+            // process waits forever for threads the child does not have.
+            arguments = [BubblewrapSandbox.setpriv, "--regid=\(BubblewrapSandbox.launcherGroupID)", "--clear-groups", "--",
+                         BubblewrapSandbox.shell, "-c", "exec \"$@\" 3>&0", "backstop-bwrap", BubblewrapSandbox.program, "--json-status-fd", "3"]
                 + sandbox.plan(arguments).arguments.dropFirst()
             do { statusPipe = try FileDescriptor.pipe() } catch {
                 return .failure(LaunchError(message: "cannot make a pipe for bwrap's status: \(error)"))

@@ -32,6 +32,22 @@ public struct BubblewrapSandbox: Sendable, Equatable {
     /// bubblewrap, from Debian's `bubblewrap` package.
     public static let program = "/usr/bin/bwrap"
     static let setpriv = "/usr/bin/setpriv"
+    /// The group bubblewrap runs in (made by Backstop's sysusers.d file). bwrap's outer
+    /// process stays in the host's namespaces as root with every capability dropped and
+    /// dumpable; a root agent without capabilities would pass ptrace(2)'s access check to
+    /// it (same uid, same gid, a superset of its empty capability set) and reach the host's
+    /// file system through its /proc/PID/root. In a group of its own it fails that check
+    /// ("the caller's fsgid matches the target's gids", ptrace(2), PTRACE_MODE_FSCREDS), and
+    /// no agent may run in this group (``SandboxAccount/resolve(_:)``).
+    public static let launcherGroupName = "backstop-sandbox"
+    /// The gid bubblewrap runs in where ``launcherGroupName`` does not exist: one in the
+    /// range systemd leaves unused (docs/UIDS-GIDS.md), below 2^31.
+    public static let fallbackLauncherGroupID: gid_t = 2_147_483_646
+
+    /// The gid of ``launcherGroupName``, else ``fallbackLauncherGroupID`` (getgrnam(3)).
+    public static var launcherGroupID: gid_t {
+        getgrnam(launcherGroupName).map { $0.pointee.gr_gid } ?? fallbackLauncherGroupID
+    }
     static let shell = "/bin/bash"
     /// The exit code of the last step when the program cannot be executed (systemd's EXIT_EXEC).
     static let execFailedCode: Int32 = 203
@@ -173,9 +189,12 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         bwrap += ["--die-with-parent", "--new-session", "--"]
         report.apply("capabilities", kept.isEmpty ? "none: all dropped from the bounding set" : kept.joined(separator: " ") + " kept; all others dropped from the bounding set")
         report.apply("session", "a session of its own (--new-session); "
-            + (account.uid == 0 ? "killed with backstopd (--die-with-parent)" : "if backstopd is killed, the next one kills it (the kernel drops --die-with-parent at the user change)"))
+            + (account.uid == 0 ? "killed with backstopd (--die-with-parent, kept across the group change by setpriv --pdeathsig keep)" : "if backstopd is killed, the next one kills it (the kernel drops --die-with-parent at the user change)"))
+        report.apply("launcher", "bwrap runs as root in group \(Self.launcherGroupName) (gid \(Self.launcherGroupID)), which no agent shares: an agent cannot open its /proc entry, which leads to the host's file system")
 
         var setpriv = [Self.setpriv, "--reuid=\(account.uid)", "--regid=\(account.gid)"]
+        // The group changes from the launcher's: the kernel would drop the death signal.
+        if account.uid == 0 { setpriv.append("--pdeathsig=keep") }
         setpriv.append(account.hasPasswdEntry && spec.group == nil ? "--init-groups" : "--clear-groups")
         let capabilityList = (["-all"] + kept.map { "+" + $0.dropFirst(4).lowercased() }).joined(separator: ",")
         setpriv += ["--bounding-set=" + capabilityList, "--inh-caps=" + capabilityList, "--ambient-caps=" + capabilityList]

@@ -15,7 +15,8 @@ public struct SandboxAccount: Sendable, Equatable {
     public var hasPasswdEntry: Bool
 
     /// The account for `spec`'s `user` and `group` (default: the user's primary group).
-    /// - Throws: ``SandboxError`` when a name is unknown or a bare uid has no group given.
+    /// - Throws: ``SandboxError`` when a name is unknown, a bare uid has no group given, or
+    ///   the group is ``BubblewrapSandbox/launcherGroupName``.
     public static func resolve(_ spec: SandboxSpec) throws(SandboxError) -> SandboxAccount {
         var account: SandboxAccount
         if let entry = getpwnam(spec.user) ?? UInt32(spec.user).flatMap({ getpwuid($0) }) {
@@ -40,6 +41,9 @@ public struct SandboxAccount: Sendable, Equatable {
             }
         }
         account.group = getgrgid(account.gid).map { String(cString: $0.pointee.gr_name) } ?? String(account.gid)
+        if account.gid == BubblewrapSandbox.launcherGroupID {
+            throw SandboxError(message: "group \(account.group) (gid \(account.gid)) is the group bubblewrap runs in (\(BubblewrapSandbox.launcherGroupName)): an agent in it could reach the host's file system through bwrap's /proc entry; choose another")
+        }
         // A name can map to these too (passwd, NSS): setresuid(2) would take them for "unchanged".
         for (kind, id) in [("user", account.uid), ("group", account.gid)] where !isValidID(id) {
             throw SandboxError(message: "\(kind) \(kind == "user" ? account.user : account.group) has id \(id), which the kernel and systemd take for \"unchanged\"; the agent would keep root's")

@@ -72,10 +72,15 @@ public struct SandboxSpec: Sendable, Equatable {
 
     /// The sockets of the service manager that ``allowServiceManager`` leaves reachable:
     /// systemd's private bus (systemctl and systemd-run as root use it, systemd(1)), its
-    /// Varlink sockets, and the directory of the system D-Bus socket (through which
-    /// org.freedesktop.systemd1 is reached too), also where /var/run is not a symlink to /run.
+    /// Varlink sockets, the SysV `/run/initctl` FIFO (systemd-initctl(8): a runlevel written
+    /// there reloads or powers off the machine, and a FIFO opens for writing on a read-only
+    /// mount), journald's Varlink socket (systemd-journald(8): `RelinquishVar` would move
+    /// every later entry, decisions included, to volatile storage), and the directory of the
+    /// system D-Bus socket (through which org.freedesktop.systemd1 is reached too), also
+    /// where /var/run is not a symlink to /run. The journal's logging sockets stay reachable.
     public static let serviceManagerPaths = [
-        "/run/systemd/private", "/run/systemd/io.systemd.Manager", "/run/systemd/io.system.ManagedOOM", "/run/dbus", "/var/run/dbus",
+        "/run/systemd/private", "/run/systemd/io.systemd.Manager", "/run/systemd/io.system.ManagedOOM", "/run/initctl",
+        "/run/systemd/journal/io.systemd.journal", "/run/dbus", "/var/run/dbus",
     ]
 
     /// Every capability of capabilities(7) as of Linux 6.x, in kernel order.

@@ -1032,12 +1032,16 @@ public actor Supervisor {
         }
         var state = loadState(path: path, store: store)
         var quarantineMarks: Set<String> = []
+        // The versions whose marks cannot be read: quarantined all the same (once recovery has
+        // adopted what the state file lost), since a mark says nothing but "quarantined".
+        var unreadableMarks: [String] = []
         do {
             let (marks, unreadable) = try store.quarantineMarks()
             quarantineMarks = Set(marks.map(\.id))
+            unreadableMarks = unreadable.filter { $0.hasSuffix(".json") }.map { String($0.dropLast(".json".count)) }.filter(ContentStore.isValidVersionID)
             if !unreadable.isEmpty {
-                logger.error("Some quarantine marks cannot be read; the state file's quarantines stand.",
-                             metadata: ["agent": "\(agent.name)", "path": "\(store.quarantineDirectory)", "files": "\(unreadable.joined(separator: ","))"])
+                logger.critical("Some quarantine marks cannot be read; the versions they name stay quarantined, and their marks are written anew.",
+                                metadata: ["agent": "\(agent.name)", "path": "\(store.quarantineDirectory)", "files": "\(unreadable.joined(separator: ","))"])
             }
             let restored = state.ledger.applyQuarantineMarks(marks, hasFiles: { id in var info = stat(); return lstat(store.path(of: id), &info) == 0 }, at: now.wall)
             if !restored.isEmpty {
@@ -1076,6 +1080,10 @@ public actor Supervisor {
             Task.detached(priority: .background) { try? store.removeFromStaging(recovery.garbage) }
         } catch {
             logger.error("Cannot restore the active link.", metadata: ["agent": "\(agent.name)", "error": "\(error)"])
+        }
+        for id in unreadableMarks where state.ledger.record(id).map({ $0.standing != .quarantined }) == true {
+            state.ledger.quarantine(id, reason: "quarantine mark unreadable", at: now.wall)
+            if state.ledger.active == id { state.ledger.deactivate() }
         }
         policy.restore(from: state, currentBootID: bootID)
         var slot = AgentSlot(configuration: agent, store: store, policy: policy)
