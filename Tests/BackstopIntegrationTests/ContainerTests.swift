@@ -680,6 +680,50 @@ struct ContainerTests {
         }
     }
 
+    /// Content for units whose start checks it: /srv/good has the `ok` file they test for, /srv/bad has not.
+    static let checkedContent = ["/srv/good/ok": "", "/srv/bad/rules": ""]
+
+    /// The agent's v2 exits, which must be three: one per start, with the status of the command that failed.
+    func expectCandidateExits(_ container: Container, status: String) throws {
+        let exits = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
+        #expect(exits.count == 3, "counted once per start: \(exits.map { $0["MESSAGE"] ?? "" })")
+        #expect(exits.allSatisfy { $0["BACKSTOP_REASON"] == "exited" && $0["BACKSTOP_EXIT_STATUS"] == status },
+                "\(exits.map { ($0["BACKSTOP_REASON"] ?? "", $0["BACKSTOP_EXIT_STATUS"] ?? "") })")
+    }
+
+    @Test("the systemd runner: an ExecStartPre= that fails on bad content is the content's failure with its exit status, counted once per start; the bad version is rolled back and quarantined, the good one runs")
+    func unitStartPreFails() throws {
+        let unit = """
+            [Service]
+            ExecStartPre=/bin/sh -c 'test -f /var/lib/demo-content/ok'
+            ExecStart=/bin/sleep infinity
+            """
+        try withContainer(config: Self.unitConfig, files: Self.checkedContent.merging(["/etc/systemd/system/demo-agent.service": unit]) { $1 }) { container in
+            try knownGoodThenCandidate(container, good: "/srv/good", candidate: "/srv/bad")
+            let agent = try expectRolledBack(container)
+            try expectCandidateExits(container, status: "1")
+            #expect(agent.content.knownGood == "v1")
+        }
+    }
+
+    @Test("the systemd runner: a Type=forking unit with a ready check is ready on good content and known-good; its start process failing on bad content is rolled back and quarantined")
+    func forkingUnitWithReadyCheck() throws {
+        let unit = """
+            [Service]
+            Type=forking
+            ExecStart=/bin/sh -c 'test -f /var/lib/demo-content/ok || exit 3; /bin/sleep infinity & exit 0'
+            """
+        try withContainer(config: Self.unitConfig + "\nready_check_exec = [\"/bin/true\"]\n",
+                          files: Self.checkedContent.merging(["/etc/systemd/system/demo-agent.service": unit]) { $1 }) { container in
+            try knownGoodThenCandidate(container, good: "/srv/good", candidate: "/srv/bad")
+            let agent = try expectRolledBack(container)
+            try expectCandidateExits(container, status: "3")
+            #expect(agent.content.knownGood == "v1")
+            #expect(try container.run("/bin/systemctl", "show", "demo-agent", "-p", "MainPID").output.contains("MainPID=\(agent.pid ?? -1)"))
+            #expect(agent.failures.list.allSatisfy { $0.version == "v2" }, "the good version never failed its start: \(agent.failures.list)")
+        }
+    }
+
     /// The demo agent's unit, refused by systemd until the operator fixes its surroundings:
     /// it needs a unit that fails until /run/prerequisite-ok exists, and /run/demo-enabled.
     static let refusedUnits = [
