@@ -53,7 +53,7 @@ struct UnitStateTests {
         #expect(ended(result: "signal", code: 2, status: SIGSEGV).termination == .signaled(signal: SIGSEGV, coreDumped: false))
     }
 
-    @Test("Of a unit's start commands, the last to end unsuccessfully failed the start; clean exits are no failure")
+    @Test("Of a unit's start commands, the first to end unsuccessfully failed the start; clean exits are no failure")
     func failingCommand() {
         // A forking unit: ExecStartPre= passed, then the start process exited 1.
         let forking = [command("ExecStartPre", .exited(code: 0), endedAt: 5), command("ExecStart", .exited(code: 1), endedAt: 9)]
