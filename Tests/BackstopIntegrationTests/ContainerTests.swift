@@ -680,8 +680,12 @@ struct ContainerTests {
         }
     }
 
-    /// Content for units whose start checks it: /srv/good has the `ok` file they test for, /srv/bad has not.
-    static let checkedContent = ["/srv/good/ok": "", "/srv/bad/rules": ""]
+    /// Content for units whose start checks it: /srv/good has the `ok` file they test for, /srv/bad
+    /// has not; both have the templates the demo agent needs.
+    static let checkedContent = [
+        "/srv/good/ok": "", "/srv/good/templates.conf": "template process_create fields=20\n",
+        "/srv/bad/templates.conf": "template process_create fields=20\n",
+    ]
 
     /// The agent's v2 exits, which must be three: one per start, with the status of the command that failed.
     func expectCandidateExits(_ container: Container, status: String) throws {
@@ -691,13 +695,28 @@ struct ContainerTests {
                 "\(exits.map { ($0["BACKSTOP_REASON"] ?? "", $0["BACKSTOP_EXIT_STATUS"] ?? "") })")
     }
 
-    @Test("the systemd runner: an ExecStartPre= that fails on bad content is the content's failure with its exit status, counted once per start; the bad version is rolled back and quarantined, the good one runs")
-    func unitStartPreFails() throws {
-        let unit = """
-            [Service]
-            ExecStartPre=/bin/sh -c 'test -f /var/lib/demo-content/ok'
-            ExecStart=/bin/sleep infinity
-            """
+    /// A unit whose start checks its content with `test -f /var/lib/demo-content/ok`: in
+    /// `ExecStartPre=` for each start type, or in `ExecStartPost=`.
+    enum CheckedStart: String, CaseIterable, Sendable {
+        case simplePre = "Type=simple, ExecStartPre="
+        case execPre = "Type=exec, ExecStartPre="
+        case notifyPre = "Type=notify, ExecStartPre="
+        case simplePost = "Type=simple, ExecStartPost="
+
+        var unit: String {
+            let check = "/bin/sh -c 'test -f /var/lib/demo-content/ok'"
+            return switch self {
+            case .simplePre: "[Service]\nType=simple\nExecStartPre=\(check)\nExecStart=/bin/sleep infinity\n"
+            case .execPre: "[Service]\nType=exec\nExecStartPre=\(check)\nExecStart=/bin/sleep infinity\n"
+            case .notifyPre: "[Service]\nType=notify\nExecStartPre=\(check)\nExecStart=/usr/libexec/backstop/backstop-demo-agent --content /var/lib/demo-content\n"
+            case .simplePost: "[Service]\nType=simple\nExecStart=/bin/sleep infinity\nExecStartPost=\(check)\n"
+            }
+        }
+    }
+
+    @Test("the systemd runner: a start command that fails on bad content is the content's failure with its exit status, counted once per start; the bad version is rolled back and quarantined, the good one runs", arguments: CheckedStart.allCases)
+    func unitStartCommandFails(_ start: CheckedStart) throws {
+        let unit = start.unit
         try withContainer(config: Self.unitConfig, files: Self.checkedContent.merging(["/etc/systemd/system/demo-agent.service": unit]) { $1 }) { container in
             try knownGoodThenCandidate(container, good: "/srv/good", candidate: "/srv/bad")
             let agent = try expectRolledBack(container)
