@@ -1061,9 +1061,10 @@ struct ContainerTests {
         }
     }
 
-    @Test("the systemd runner: a unit systemd cannot set up (217/USER, a user that does not exist) is exec-failed, never counted against the content")
-    func unitSetUpFailure() throws {
-        let unit = Self.demoUnit + "\nUser=backstop-no-such-user\n"
+    @Test("the systemd runner: a unit systemd cannot set up (217/USER, a user that does not exist; 203/EXEC, an ExecStartPre= program that does not exist) is exec-failed, never counted against the content",
+          arguments: ["User=backstop-no-such-user", "ExecStartPre=/usr/bin/backstop-no-such-program"])
+    func unitSetUpFailure(_ setting: String) throws {
+        let unit = Self.demoUnit + "\n\(setting)\n"
         try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": unit]) { container in
             try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
             try container.waitForDecision("agent-exited", reason: "exec-failed", version: "v1", count: 4)
