@@ -261,7 +261,8 @@ public final class UnitBus: @unchecked Sendable {
     static let unitInterface = "org.freedesktop.systemd1.Unit"
 
     /// The command of unit `name` that failed its start (``UnitCommandEnd/failing(_:)`` among
-    /// those of ``UnitCommandEnd/startSettings`` run since the unit last left `inactive`,
+    /// those of ``UnitCommandEnd/startSettings`` that ended since the unit last left `inactive`
+    /// (systemd records that just after it forks the first command, so by start time they would not match),
     /// leaving out those whose failure is ignored, `-` in the unit file); nil when none did.
     /// - Throws: ``BusError``.
     public func failedCommand(of name: String) throws(BusError) -> UnitCommandEnd? {
@@ -299,7 +300,7 @@ public final class UnitBus: @unchecked Sendable {
                         && sd_bus_message_exit_container(reply) >= 0
                     guard read, let program else { throw BusError(operation: "reading \(setting) of \(name)", message: "malformed reply") }
                     // times: start realtime, start monotonic, exit realtime, exit monotonic.
-                    if ignoresFailure == 0, times[1] >= activationMicroseconds, let termination = Termination(siginfoCode: code, status: status) {
+                    if ignoresFailure == 0, times[3] >= activationMicroseconds, let termination = Termination(siginfoCode: code, status: status) {
                         ends.append(UnitCommandEnd(
                             setting: setting, path: String(cString: program), termination: termination, exitMonotonicMicroseconds: times[3]))
                     }
