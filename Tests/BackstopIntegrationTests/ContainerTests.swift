@@ -680,6 +680,69 @@ struct ContainerTests {
         }
     }
 
+    /// Content for units whose start checks it: /srv/good has the `ok` file they test for, /srv/bad
+    /// has not; both have the templates the demo agent needs.
+    static let checkedContent = [
+        "/srv/good/ok": "", "/srv/good/templates.conf": "template process_create fields=20\n",
+        "/srv/bad/templates.conf": "template process_create fields=20\n",
+    ]
+
+    /// The agent's v2 exits, which must be three: one per start, with the status of the command that failed.
+    func expectCandidateExits(_ container: Container, status: String) throws {
+        let exits = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
+        #expect(exits.count == 3, "counted once per start: \(exits.map { $0["MESSAGE"] ?? "" })")
+        #expect(exits.allSatisfy { $0["BACKSTOP_REASON"] == "exited" && $0["BACKSTOP_EXIT_STATUS"] == status },
+                "\(exits.map { ($0["BACKSTOP_REASON"] ?? "", $0["BACKSTOP_EXIT_STATUS"] ?? "") })")
+    }
+
+    /// A unit whose start checks its content with `test -f /var/lib/demo-content/ok`: in
+    /// `ExecStartPre=` for each start type, or in `ExecStartPost=`.
+    enum CheckedStart: String, CaseIterable, Sendable {
+        case simplePre = "Type=simple, ExecStartPre="
+        case execPre = "Type=exec, ExecStartPre="
+        case notifyPre = "Type=notify, ExecStartPre="
+        case simplePost = "Type=simple, ExecStartPost="
+
+        var unit: String {
+            let check = "/bin/sh -c 'test -f /var/lib/demo-content/ok'"
+            return switch self {
+            case .simplePre: "[Service]\nType=simple\nExecStartPre=\(check)\nExecStart=/bin/sleep infinity\n"
+            case .execPre: "[Service]\nType=exec\nExecStartPre=\(check)\nExecStart=/bin/sleep infinity\n"
+            case .notifyPre: "[Service]\nType=notify\nExecStartPre=\(check)\nExecStart=/usr/libexec/backstop/backstop-demo-agent --content /var/lib/demo-content\n"
+            case .simplePost: "[Service]\nType=simple\nExecStart=/bin/sleep infinity\nExecStartPost=\(check)\n"
+            }
+        }
+    }
+
+    @Test("the systemd runner: a start command that fails on bad content is the content's failure with its exit status, counted once per start; the bad version is rolled back and quarantined, the good one runs", arguments: CheckedStart.allCases)
+    func unitStartCommandFails(_ start: CheckedStart) throws {
+        let unit = start.unit
+        try withContainer(config: Self.unitConfig, files: Self.checkedContent.merging(["/etc/systemd/system/demo-agent.service": unit]) { $1 }) { container in
+            try knownGoodThenCandidate(container, good: "/srv/good", candidate: "/srv/bad")
+            let agent = try expectRolledBack(container)
+            try expectCandidateExits(container, status: "1")
+            #expect(agent.content.knownGood == "v1")
+        }
+    }
+
+    @Test("the systemd runner: a Type=forking unit with a ready check is ready on good content and known-good; its start process failing on bad content is rolled back and quarantined")
+    func forkingUnitWithReadyCheck() throws {
+        let unit = """
+            [Service]
+            Type=forking
+            ExecStart=/bin/sh -c 'test -f /var/lib/demo-content/ok || exit 3; /bin/sleep infinity & exit 0'
+            """
+        try withContainer(config: Self.unitConfig + "\nready_check_exec = [\"/bin/true\"]\n",
+                          files: Self.checkedContent.merging(["/etc/systemd/system/demo-agent.service": unit]) { $1 }) { container in
+            try knownGoodThenCandidate(container, good: "/srv/good", candidate: "/srv/bad")
+            let agent = try expectRolledBack(container)
+            try expectCandidateExits(container, status: "3")
+            #expect(agent.content.knownGood == "v1")
+            #expect(try container.run("/bin/systemctl", "show", "demo-agent", "-p", "MainPID").output.contains("MainPID=\(agent.pid ?? -1)"))
+            #expect(agent.failures.list.allSatisfy { $0.version == "v2" }, "the good version never failed its start: \(agent.failures.list)")
+        }
+    }
+
     /// The demo agent's unit, refused by systemd until the operator fixes its surroundings:
     /// it needs a unit that fails until /run/prerequisite-ok exists, and /run/demo-enabled.
     static let refusedUnits = [
@@ -998,9 +1061,10 @@ struct ContainerTests {
         }
     }
 
-    @Test("the systemd runner: a unit systemd cannot set up (217/USER, a user that does not exist) is exec-failed, never counted against the content")
-    func unitSetUpFailure() throws {
-        let unit = Self.demoUnit + "\nUser=backstop-no-such-user\n"
+    @Test("the systemd runner: a unit systemd cannot set up (217/USER, a user that does not exist; 203/EXEC, an ExecStartPre= program that does not exist) is exec-failed, never counted against the content",
+          arguments: ["User=backstop-no-such-user", "ExecStartPre=/usr/bin/backstop-no-such-program"])
+    func unitSetUpFailure(_ setting: String) throws {
+        let unit = Self.demoUnit + "\n\(setting)\n"
         try withContainer(config: Self.unitConfig, files: ["/etc/systemd/system/demo-agent.service": unit]) { container in
             try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
             try container.waitForDecision("agent-exited", reason: "exec-failed", version: "v1", count: 4)

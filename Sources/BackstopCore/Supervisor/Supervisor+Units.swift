@@ -28,6 +28,9 @@ struct UnitHost {
     /// The unit's `ConditionTimestampMonotonic` when the last of its jobs ended: a later
     /// one means systemd tried to start it since.
     var conditionCheckedMicroseconds: UInt64?
+    /// Probes of the current run, with their timeouts in seconds, that wait for the unit to
+    /// have a main process or be active (``Supervisor/runProbe(_:_:timeoutSeconds:)``).
+    var heldProbes: [Probe: Double] = [:]
 }
 
 /// A unit an agent's unit requires, watched while the agent waits for it to be active again.
@@ -151,6 +154,7 @@ extension Supervisor {
         }
         slots[name]!.generation += 1
         slots[name]!.unit!.runReported = false
+        slots[name]!.unit!.heldProbes = [:]
         stopAwaiting(name)
         do {
             // Best effort: a unit that is not failed, or not loaded at the moment, has nothing to reset.
@@ -422,6 +426,11 @@ extension Supervisor {
                 apply(slots[name]!.policy.agentStarted(pid: state.mainPID, at: now), to: name)
             }
             if state.mainPID > 0 { slots[name]!.pid = state.mainPID }
+            if state.mainPID > 0 || state.activeState == "active" {
+                let held = slots[name]!.unit!.heldProbes
+                slots[name]!.unit!.heldProbes = [:]
+                for (probe, timeoutSeconds) in held { runProbe(name, probe, timeoutSeconds: timeoutSeconds) }
+            }
             if state.activeState == "active" { apply(slots[name]!.policy.agentReady(at: now), to: name) }
         } else if state.activeState == "deactivating" {
             // Stopping for a job that is not Backstop's (Backstop's own stops happen while the
@@ -450,15 +459,34 @@ extension Supervisor {
     /// Forgets agent `name`'s run: its process and probes.
     private func runOver(_ name: String) {
         slots[name]!.unit!.runReported = false
+        slots[name]!.unit!.heldProbes = [:]
         slots[name]!.pid = nil
         stopProbes(name)
     }
 
     /// The end of a unit's run, told to the policy: how its main process ended, and what
     /// systemd's `Result` adds (its start timeout, its watchdog).
+    ///
+    /// A unit that failed (`Result=exit-code`, `signal`, `core-dump`, `timeout`) ends with the
+    /// exit code or signal of the command that failed it first, read from the unit's
+    /// properties: an `ExecStartPre=`, the start process of a `Type=forking` unit, an
+    /// `ExecStartPost=`, or the main process. A failure like any other, never a clean exit.
     private func runEnded(_ name: String, _ state: UnitState, at now: Moment) {
         runOver(name)
         let phase = slots[name]!.policy.phase
+        var state = state
+        if ["exit-code", "signal", "core-dump", "timeout"].contains(state.result), let unit = slots[name]!.unit {
+            do {
+                state.failedCommand = try unit.bus.failedCommand(of: unit.name)
+            } catch {
+                logger.error("Cannot read which command of the agent's unit failed.",
+                             metadata: ["agent": "\(name)", "unit": "\(unit.name)", "error": "\(error)"])
+            }
+            if let command = state.failedCommand {
+                logger.notice("The agent's unit failed in \(command.setting)= (\(command.path)): \(command.termination.description), Result=\(state.result).",
+                              metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
+            }
+        }
         // A unit systemd could not set up never ran the content: exec-failed, as a sandbox that cannot be set up.
         if let failure = state.setUpFailure {
             logger.error("The agent's unit failed before its program ran; a configuration error, not the content's.",

@@ -714,9 +714,15 @@ public actor Supervisor {
     }
 
     /// Runs a ready or health check of the current run, off the actor.
-    private func runProbe(_ name: String, _ probe: Probe, timeoutSeconds: Double) {
+    /// A unit's probe waits until the unit has a main process or is active (while its
+    /// `ExecStartPre=` or a forking unit's start process runs, there is nothing to check yet).
+    func runProbe(_ name: String, _ probe: Probe, timeoutSeconds: Double) {
         let slot = slots[name]!
         guard let version = slot.policy.runningVersion else { return }
+        if let unit = slot.unit, slot.pid == nil, unit.lastState?.activeState != "active" {
+            slots[name]!.unit!.heldProbes[probe] = timeoutSeconds
+            return
+        }
         let generation = slot.generation
         var request = LaunchRequest.make(
             agent: name, exec: probe == .ready ? slot.configuration.readyCheckExec : slot.configuration.healthCheckExec,
@@ -735,7 +741,7 @@ public actor Supervisor {
     }
 
     private func probeStarted(_ name: String, generation: Int, _ probe: Probe, pid: Int32) {
-        guard slots[name]?.generation == generation, slots[name]?.pid != nil else {
+        guard slots[name]?.generation == generation, isRunOn(name) else {
             // The run it checks is already over.
             DirectRunner.signalGroup(pid, SIGKILL)
             return
@@ -745,7 +751,7 @@ public actor Supervisor {
 
     private func probeFinished(_ name: String, generation: Int, _ probe: Probe, result: ProbeResult) {
         // A probe of a run that is over was killed with it; its result means nothing.
-        guard slots[name]?.generation == generation, slots[name]?.pid != nil, !shuttingDown else { return }
+        guard slots[name]?.generation == generation, isRunOn(name), !shuttingDown else { return }
         slots[name]!.probePIDs[probe] = nil
         let metadata: Logger.Metadata = ["agent": "\(name)", "probe": "\(probe.rawValue)"]
         switch result {
@@ -768,6 +774,12 @@ public actor Supervisor {
         }
         apply(slots[name]!.policy.probeFinished(probe, result: result, at: Moment.now()), to: name)
         persist(name)
+    }
+
+    /// Whether agent `name`'s current run is on: its process runs, or its unit's run began
+    /// and has not ended (a unit may be active without a main process).
+    private func isRunOn(_ name: String) -> Bool {
+        slots[name]?.pid != nil || slots[name]?.unit?.runReported == true
     }
 
     /// Kills the probes of the run that ended; their results are ignored.

@@ -19,6 +19,11 @@ public struct UnitState: Sendable, Equatable {
     /// none; sent in the same change as `ActiveState`, so a stop job is seen with the
     /// `deactivating` it causes.
     public var job: String? = nil
+    /// The unit's start command that failed it first (an `ExecStartPre=`, the `ExecStart=`
+    /// of a `Type=forking` unit, an `ExecStartPost=`, or the main process itself), nil when
+    /// none did or it is not known. Not in systemd's change signals: read over the bus once
+    /// the unit failed (``UnitBus/failedCommand(of:)``).
+    public var failedCommand: UnitCommandEnd? = nil
 
     /// Whether the unit runs or is on its way up.
     public var isUp: Bool { ["active", "activating", "reloading"].contains(activeState) }
@@ -29,16 +34,53 @@ public struct UnitState: Sendable, Equatable {
     /// "Process Exit Codes"), or the unit's `Result` is `resources` (no process was made).
     public var setUpFailure: String? {
         if result == "resources" { return "systemd could not allocate what the unit needs (Result=resources)" }
-        guard execMainCode == 1, (200...243).contains(execMainStatus) else { return nil }
-        return "systemd could not set the unit up: its exit status \(execMainStatus) is systemd's own (systemd.exec(5), Process Exit Codes)"
+        guard case .exited(let status) = termination, (200...243).contains(status) else { return nil }
+        let which = failedCommand.map { " of \($0.setting)=" } ?? ""
+        return "systemd could not set the unit up: the exit status \(status)\(which) is systemd's own (systemd.exec(5), Process Exit Codes)"
     }
 
-    /// How the main process ended, from `ExecMainCode` and `ExecMainStatus`; nil when it has not.
+    /// How the run ended: the end of the ``failedCommand`` when one failed the unit (the main
+    /// process, if any, was then stopped by systemd as a consequence), else the main
+    /// process's end, from `ExecMainCode` and `ExecMainStatus`; nil when neither is known.
     public var termination: Termination? {
-        switch execMainCode {
-        case 1: return .exited(code: execMainStatus)
-        case 2: return .signaled(signal: execMainStatus, coreDumped: false)
-        case 3: return .signaled(signal: execMainStatus, coreDumped: true)
+        failedCommand?.termination ?? Termination(siginfoCode: execMainCode, status: execMainStatus)
+    }
+}
+
+/// A command of a unit that ended unsuccessfully, from the `Exec…` property that lists it
+/// (`a(sasbttttuii)`: path, argv, ignore failure, start and exit times, pid, `si_code`, status;
+/// org.freedesktop.systemd1(5)).
+public struct UnitCommandEnd: Sendable, Equatable {
+    /// The setting it comes from: `ExecStartPre`, `ExecStart`, `ExecStartPost`.
+    public var setting: String
+    /// The program, e.g. `/bin/sh`.
+    public var path: String
+    /// How it ended.
+    public var termination: Termination
+    /// When it ended, in µs on CLOCK_MONOTONIC.
+    public var exitMonotonicMicroseconds: UInt64
+
+    /// The settings whose commands run while a unit starts, in the order systemd runs them.
+    /// `ExecCondition=` is not among them: its failure skips the unit, as a condition does.
+    public static let startSettings = ["ExecStartPre", "ExecStart", "ExecStartPost"]
+
+    /// The one command among `ends` that failed the unit: the first to end unsuccessfully (a
+    /// clean exit is no failure; what ends after it, such as the main process after a failing
+    /// `ExecStartPost=`, was stopped by systemd because of it), nil when none did.
+    public static func failing(_ ends: [UnitCommandEnd]) -> UnitCommandEnd? {
+        ends.filter { $0.termination != .exited(code: 0) }.min { $0.exitMonotonicMicroseconds < $1.exitMonotonicMicroseconds }
+    }
+}
+
+extension Termination {
+    /// A process's end as systemd reports it (`ExecMainCode`/`ExecMainStatus`, or a command's
+    /// code and status): `si_code` 1 `CLD_EXITED` with the exit code, 2 `CLD_KILLED` or 3
+    /// `CLD_DUMPED` with the signal; nil for 0 (it has not ended, or never ran).
+    init?(siginfoCode code: Int32, status: Int32) {
+        switch code {
+        case 1: self = .exited(code: status)
+        case 2: self = .signaled(signal: status, coreDumped: false)
+        case 3: self = .signaled(signal: status, coreDumped: true)
         default: return nil
         }
     }
@@ -217,6 +259,56 @@ public final class UnitBus: @unchecked Sendable {
     }
 
     static let unitInterface = "org.freedesktop.systemd1.Unit"
+
+    /// The command of unit `name` that failed its start (``UnitCommandEnd/failing(_:)`` among
+    /// those of ``UnitCommandEnd/startSettings`` that ended since the unit last left `inactive`
+    /// (systemd records that just after it forks the first command, so by start time they would not match),
+    /// leaving out those whose failure is ignored, `-` in the unit file); nil when none did.
+    /// - Throws: ``BusError``.
+    public func failedCommand(of name: String) throws(BusError) -> UnitCommandEnd? {
+        let path = try loadUnit(name)
+        let activationMicroseconds = try monotonicMicroseconds("InactiveExitTimestampMonotonic", of: name)
+        return try withBus { bus throws(BusError) in
+            var ends: [UnitCommandEnd] = []
+            for setting in UnitCommandEnd.startSettings {
+                var error = sd_bus_error()
+                defer { sd_bus_error_free(&error) }
+                var reply: OpaquePointer?
+                let result = sd_bus_get_property(
+                    bus, Self.destination, path, "org.freedesktop.systemd1.Service", setting, &error, &reply, "a(sasbttttuii)")
+                guard result >= 0 else { throw Self.busError("reading \(setting) of \(name)", result, error) }
+                defer { sd_bus_message_unref(reply) }
+                guard sd_bus_message_enter_container(reply, CChar(UInt8(ascii: "a")), "(sasbttttuii)") >= 0 else {
+                    throw BusError(operation: "reading \(setting) of \(name)", message: "malformed reply")
+                }
+                while sd_bus_message_enter_container(reply, CChar(UInt8(ascii: "r")), "sasbttttuii") > 0 {
+                    var program: UnsafePointer<CChar>?
+                    var ignoresFailure: Int32 = 0
+                    var times: [UInt64] = [0, 0, 0, 0]
+                    var pid: UInt32 = 0
+                    var code: Int32 = 0
+                    var status: Int32 = 0
+                    var read = sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "s")), &program) >= 0
+                        && sd_bus_message_skip(reply, "as") >= 0
+                        && sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "b")), &ignoresFailure) >= 0
+                    for index in times.indices where read {
+                        read = sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "t")), &times[index]) >= 0
+                    }
+                    read = read && sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "u")), &pid) >= 0
+                        && sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "i")), &code) >= 0
+                        && sd_bus_message_read_basic(reply, CChar(UInt8(ascii: "i")), &status) >= 0
+                        && sd_bus_message_exit_container(reply) >= 0
+                    guard read, let program else { throw BusError(operation: "reading \(setting) of \(name)", message: "malformed reply") }
+                    // times: start realtime, start monotonic, exit realtime, exit monotonic.
+                    if ignoresFailure == 0, times[3] >= activationMicroseconds, let termination = Termination(siginfoCode: code, status: status) {
+                        ends.append(UnitCommandEnd(
+                            setting: setting, path: String(cString: program), termination: termination, exitMonotonicMicroseconds: times[3]))
+                    }
+                }
+            }
+            return UnitCommandEnd.failing(ends)
+        }
+    }
 
     /// Reads a unit's state on `bus`, property by property (sd_bus_get_property(3)); the
     /// caller owns the connection.
