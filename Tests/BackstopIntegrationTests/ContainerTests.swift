@@ -89,6 +89,42 @@ struct ContainerTests {
         }
     }
 
+    @Test("content_link below /etc: under the shipped unit the link is made and the agent reads its content through it; with a drop-in ProtectSystem=full, --check-config (systemctl reload) says the link cannot be made, and the next version is exec-failed, not started and not blamed")
+    func contentLinkBelowEtc() throws {
+        let config = """
+            [[agent]]
+            name = "demo"
+            exec = ["/usr/libexec/backstop/backstop-demo-agent", "--content", "/etc/demo-rules"]
+            content_link = "/etc/demo-rules"
+            notify = true
+            restart_delay_ms = 100
+            """
+        try withContainer(config: config) { container in
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v1-good"), "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            #expect(try container.run("/bin/readlink", "/etc/demo-rules").output == "/var/lib/backstop/demo/versions/v1\n")
+
+            try container.run("/bin/mkdir", "-p", "/etc/systemd/system/backstopd.service.d")
+            try container.run("/bin/sh", "-c", "printf '[Service]\\nProtectSystem=full\\n' > /etc/systemd/system/backstopd.service.d/protect.conf")
+            try #require(try container.run("/bin/systemctl", "daemon-reload").status == 0)
+            try #require(try container.run("/bin/systemctl", "restart", "backstopd").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1", count: 2)
+            try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
+            let reload = try container.run("/bin/journalctl", "-b", "-u", "backstopd", "--no-pager", "-o", "cat")
+            #expect(reload.output.contains("content_link /etc/demo-rules cannot be made: /etc is on a read-only mount"), "\(reload.output)")
+
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "demo", Self.sample("v3-good"), "--version", "v2", "--activate").status == 0)
+            try container.waitForDecision("agent-exited", reason: "exec-failed", version: "v2")
+            let decisions = try container.decisions()
+            #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == "agent-started" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" },
+                    "never started on content it cannot find")
+            #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == "content-quarantined" })
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.content.quarantined.isEmpty && agent.content.active == "v2", "the content is not blamed")
+            #expect(agent.failures.recent == 0)
+        }
+    }
+
     @Test("a bad update crash-loops at runtime and is rolled back without a reboot")
     func runtimeCrashLoop() throws {
         try withContainer { container in

@@ -259,6 +259,45 @@ struct PreflightTests {
         #expect(try harness.agent("script").content.active == "v2")
     }
 
+    @Test("With content_link the preflight instance reads the candidate through the link, never the live version: a first good version (no link yet) passes, a bad one behind a good live version fails")
+    func preflightSeesCandidateThroughContentLink() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let link = scratch.path + "/rules"
+        // The agent reads its content only through the link, as fail2ban reads /etc/fail2ban.
+        let script = "[ \"$(cat \(link)/mode)\" = good ] || exit 3\nexec sleep 600\n"
+        let good = try scratch.makeDirectory("good", files: ["agent.sh": script, "mode": "good\n"])
+        let good2 = try scratch.makeDirectory("good2", files: ["agent.sh": script, "mode": "good\n", "second": ""])
+        let bad = try scratch.makeDirectory("bad", files: ["agent.sh": script, "mode": "bad\n"])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            content_link = "\(link)"
+            preflight_sec = 2
+            [agent.sandbox]
+            private_tmp = false
+            """])
+        defer { harness.cleanUp() }
+        let versions = harness.directory + "/state/script/versions/"
+        try harness.start()
+        try harness.stage(good, as: "v1", agent: "script")
+        #expect(harness.log.all.contains { $0.contains("Content v1 of agent script passed preflight") })
+        try harness.wait(for: "agent-ready")
+        let live = try #require(try harness.agent("script").pid)
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == versions + "v1")
+        let refused = try harness.ctl("stage", "script", bad, "--version", "v2", "--activate")
+        #expect(refused.status != 0 && refused.error.contains("failed preflight (exit code 3)"), "\(refused.error)")
+        var agent = try harness.agent("script")
+        #expect(agent.pid == live && agent.content.active == "v1" && agent.content.quarantined == ["v2"])
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == versions + "v1", "the live link was never switched")
+        #expect(try String(contentsOfFile: versions + "v1/mode", encoding: .utf8) == "good\n", "the live version is untouched")
+        let passed = try harness.ctl("stage", "script", good2, "--version", "v3", "--activate")
+        #expect(passed.status == 0, "\(passed.error)")
+        try harness.wait(for: "agent-ready", count: 2)
+        agent = try harness.agent("script")
+        #expect(agent.content.active == "v3" && agent.content.quarantined == ["v2"])
+    }
+
     @Test("A good version passes its preflight and goes live")
     func goodVersionGoesLive() throws {
         let harness = try harnessOnKnownGood(preflightSeconds: 3)

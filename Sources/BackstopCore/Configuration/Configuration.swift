@@ -38,6 +38,9 @@ public struct Configuration: Sendable, Equatable {
                 else { continue }
                 warnings.append("agent \(agent.name): \(key): \(program) is not an executable file (yet); \(consequence)")
             }
+            if let link = agent.contentLink, let reason = Self.contentLinkUnwritable(link) {
+                warnings.append("agent \(agent.name): content_link \(link) cannot be made: \(reason); the agent will not start on a version until it can (exec-failed, not counted against the content)")
+            }
             // Probation must outlast the time it takes to notice a hang, or a hanging version is promoted first.
             let detection = max(
                 agent.watchdogSeconds, agent.healthCheckExec.isEmpty ? 0 : agent.healthCheckIntervalSeconds * agent.healthCheckFailures)
@@ -97,6 +100,19 @@ public struct Configuration: Sendable, Equatable {
             }
         }
         return warnings
+    }
+
+    /// Why backstopd could not make or switch a `content_link` at `link` (in the directory
+    /// holding it, or the first of its parents that exists, which backstopd would create the
+    /// rest in): that directory is on a read-only mount in this mount namespace, as a unit's
+    /// `ProtectSystem=` or `ReadOnlyPaths=` makes /etc or /usr (`backstopd --check-config` run
+    /// by `systemctl reload` sees the namespace of backstopd's own unit). Nil when it is writable.
+    static func contentLinkUnwritable(_ link: String) -> String? {
+        var directory = (link as NSString).deletingLastPathComponent
+        while !BubblewrapSandbox.exists(directory), directory != "/" { directory = (directory as NSString).deletingLastPathComponent }
+        var info = statvfs()
+        guard statvfs(directory, &info) == 0, info.f_flag & UInt(ST_RDONLY) != 0 else { return nil }
+        return "\(directory) is on a read-only mount here (in a unit with ProtectSystem= or ReadOnlyPaths=, add ReadWritePaths=\(directory) to a drop-in)"
     }
 
     /// The settings that make a preflight instance live differently from the live agent, so

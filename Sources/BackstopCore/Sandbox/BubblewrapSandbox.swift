@@ -101,6 +101,17 @@ public struct BubblewrapSandbox: Sendable, Equatable {
 
     /// Writable paths replaced by another directory (a preflight's private copies), by path.
     public var substitutes: [String: String] = [:]
+    /// A directory mounted read-only over another, after Backstop's directories: a preflight's
+    /// candidate over the version directory its agent's `content_link` leads to, so that the
+    /// instance finds the candidate through the link (in its own mount namespace only). Nil for none.
+    public var contentOverlay: ContentOverlay?
+    /// A preflight candidate (a version directory) and the directory it is mounted over.
+    public struct ContentOverlay: Sendable, Equatable {
+        /// The candidate's directory.
+        public var candidate: String
+        /// Where the agent's `content_link` leads on the host (resolved), for the live version.
+        public var linkTarget: String
+    }
     /// Whether the process gets a PID namespace of its own, with a /proc that shows only it
     /// (a preflight: it must not see, signal or reach the live agent). bash stays its PID 1
     /// and runs the agent as its child: the kernel ignores the signals an init sends itself
@@ -422,6 +433,7 @@ public struct BubblewrapSandbox: Sendable, Equatable {
         }
         // Read-only once made: a root agent could otherwise fill the tmpfs (memory).
         if let runtime { options += ["--remount-ro", runtime] }
+        if let overlay = contentOverlay { bind("--ro-bind", overlay.candidate, overlay.linkTarget) }
         for mask in masks { bind("--ro-bind", mask.placeholder, mask.hidden) }
         let inaccessible = masks.filter { spec.inaccessiblePaths.contains($0.path) }.map(\.path)
         report.apply("inaccessible_paths", inaccessible.isEmpty ? "none" : inaccessible.joined(separator: " ") + " (replaced by mode-0000 placeholders)")

@@ -344,8 +344,8 @@ public struct ContentStore: Sendable {
         _ = Glibc.rename(link, link + ".unexpected-" + String(Int(Date().timeIntervalSince1970)))
     }
 
-    /// Points the active link at version `id`, and `contentLink` too when given;
-    /// with `id` nil both links are removed (no version is active).
+    /// Points the active link at version `id`, and `contentLink` too when given (unless it
+    /// already points there); with `id` nil both links are removed (no version is active).
     /// - Throws: ``StoreError/io(path:operation:errno:)``.
     public func point(at id: String?, contentLink: String?) throws(StoreError) {
         guard let id else {
@@ -358,7 +358,8 @@ public struct ContentStore: Sendable {
         }
         clearNonLink(at: activeLink)
         try Self.syscall(activeLink, "swap") { try DurableFile.replaceSymlink(at: activeLink, pointingTo: "versions/" + id) }
-        if let contentLink {
+        // One already right is left as it is: its directory may be read-only to backstopd.
+        if let contentLink, (try? FileManager.default.destinationOfSymbolicLink(atPath: contentLink)) != path(of: id) {
             try Self.syscall(contentLink, "swap") {
                 try DurableFile.makeDirectories((contentLink as NSString).deletingLastPathComponent)
                 clearNonLink(at: contentLink)

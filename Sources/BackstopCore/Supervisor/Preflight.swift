@@ -43,6 +43,19 @@ enum Preflight {
         }
         sandbox.spec.privateNetwork = true
         sandbox.privateProcesses = true
+        var linkMade: String?
+        if let link = agent.contentLink {
+            switch contentLinkView(link, candidate: store.path(of: version)) {
+            case .success(let overlay):
+                sandbox.contentOverlay = overlay
+                if overlay == nil { linkMade = link }
+            case .failure(let error): return .couldNotRun(error.message)
+            }
+        }
+        defer {
+            // Removed unless something else has been put there meanwhile.
+            if let linkMade, (try? FileManager.default.destinationOfSymbolicLink(atPath: linkMade)) == store.path(of: version) { unlink(linkMade) }
+        }
         let scratch = daemon.preflightDirectory(agent: agent.name)
         defer { ContentStore.removeTree(scratch) }
         ContentStore.removeTree(scratch)
@@ -163,6 +176,33 @@ enum Preflight {
         if let pid { DirectRunner.killRemains(ofSession: pid, mark: LaunchRequest.preflightStoreVariable, value: store.root) }
         if case .failed(let reason, let detail, _) = outcome { return .failed(reason: reason, detail: detail, output: errorTail.text) }
         return outcome ?? .couldNotRun("the preflight ended without a result")
+    }
+
+    /// How the preflight instance finds `candidate` through the agent's `content_link` at
+    /// `link`, never the live version: a link to a version directory (an active version) gets
+    /// the candidate mounted over that directory in the instance's mount namespace (the overlay
+    /// returned); with no link (no version active, so no agent runs on one) the link is made,
+    /// to the candidate, for the preflight (nil returned), and removed after it.
+    /// - Returns: ``SandboxError`` when the link is something else, or cannot be made (a
+    ///   setup problem, not the candidate's).
+    private static func contentLinkView(_ link: String, candidate: String) -> Result<BubblewrapSandbox.ContentOverlay?, SandboxError> {
+        var info = stat()
+        guard lstat(link, &info) == 0 else {
+            guard errno == ENOENT else { return .failure(SandboxError(message: "content_link \(link): \(String(cString: strerror(errno)))")) }
+            do {
+                try DurableFile.makeDirectories((link as NSString).deletingLastPathComponent)
+                try DurableFile.replaceSymlink(at: link, pointingTo: candidate)
+            } catch {
+                return .failure(SandboxError(message: "content_link \(link) cannot be made for the preflight: \(error)"))
+            }
+            return .success(nil)
+        }
+        let target = BubblewrapSandbox.resolved(link)
+        var targetInfo = stat()
+        guard (info.st_mode & S_IFMT) == S_IFLNK, stat(target, &targetInfo) == 0, (targetInfo.st_mode & S_IFMT) == S_IFDIR else {
+            return .failure(SandboxError(message: "content_link \(link) is not a link to a version directory, so the preflight instance could not find the candidate through it"))
+        }
+        return .success(BubblewrapSandbox.ContentOverlay(candidate: candidate, linkTarget: target))
     }
 
     /// File system types (statfs(2) `f_type`) whose files are the kernel's interfaces, not data:

@@ -58,6 +58,9 @@ struct AgentSlot {
     var probePIDs: [Probe: Int32] = [:]
     /// Whether a failed ready check was logged in the current run (the rest go to debug).
     var readyCheckFailureSaid = false
+    /// Why the last switch of the active link or `content_link` failed, nil after one that
+    /// worked: the agent is not started on content it cannot find there (a setup failure).
+    var contentSwitchError: String?
     /// A backoff restored from the state file (monotonic deadline, same boot).
     var restartDue: Double?
     /// Notify datagrams that came while the agent was starting, before its pid was known.
@@ -820,6 +823,17 @@ public actor Supervisor {
         for action in actions {
             switch action {
             case .spawn(let version, let mode):
+                if slots[name]!.contentSwitchError != nil {
+                    // Tried again at each start, so that a fixed mount or directory heals it.
+                    do {
+                        try slots[name]!.store.point(at: version, contentLink: slots[name]!.configuration.contentLink)
+                        slots[name]!.contentSwitchError = nil
+                    } catch {
+                        // Started now, it would run on missing or old content, and that content would be blamed.
+                        apply(slots[name]!.policy.spawnFailed("its content cannot be put in place: \(error)", at: Moment.now()), to: name)
+                        return
+                    }
+                }
                 if slots[name]!.policy.ledger.candidate == version { synchronizeJournal(before: "agent \(name) starts on candidate content \(version)") }
                 if slots[name]!.configuration.watchedUnit != nil { startUnit(name, version: version, mode: mode) } else { spawn(name, version: version, mode: mode) }
             case .terminate(let signal):
@@ -833,7 +847,11 @@ public actor Supervisor {
                         return
                     }
                 }
-                do { try slot.store.point(at: version, contentLink: slot.configuration.contentLink) } catch {
+                do {
+                    try slot.store.point(at: version, contentLink: slot.configuration.contentLink)
+                    slots[name]!.contentSwitchError = nil
+                } catch {
+                    slots[name]!.contentSwitchError = "\(error)"
                     logger.error("Cannot switch the active link.", metadata: ["agent": "\(name)", "error": "\(error)"])
                 }
             case .arm(let timer, let deadline):
