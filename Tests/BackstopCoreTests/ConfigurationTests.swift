@@ -732,4 +732,27 @@ struct ConfigurationTests {
         let wrong = try error(in: Self.minimalAgent + "\n[agent.sandbox]\nallow_service_manager = \"yes\"\n")
         #expect(wrong.key == "agent[0].sandbox.allow_service_manager")
     }
+
+    @Test("capabilities missing from backstopd's own bounding set (CapBnd) are warned about; the mask is read as proc(5) writes it")
+    func capabilitiesOutsideTheBoundingSet() throws {
+        // CAP_CHOWN (0), CAP_KILL (5), CAP_NET_ADMIN (12): 0x1021.
+        let status = "Name:\tbackstopd\nCapEff:\t000001ffffffffff\nCapBnd:\t0000000000001021\nCapAmb:\t0000000000000000\n"
+        let bounding = try #require(CapabilityBoundingSet.names(inStatus: status))
+        #expect(bounding == ["CAP_CHOWN", "CAP_KILL", "CAP_NET_ADMIN"])
+        #expect(CapabilityBoundingSet.names(inStatus: "Name:\tx\n") == nil)
+        #expect(CapabilityBoundingSet.names(inStatus: "CapBnd:\tzz\n") == nil)
+        #expect(CapabilityBoundingSet.current != nil, "this test process's own, from /proc/self/status")
+
+        func warnings(_ capabilities: String) throws -> [String] {
+            let configuration = try Configuration.parse(
+                Self.minimalAgent + "\n[agent.sandbox]\ncapabilities = \(capabilities)\n", path: Self.path)
+            return Configuration.capabilityWarnings(configuration.agents[0], boundingSet: bounding)
+        }
+        #expect(try warnings("[]").isEmpty)
+        #expect(try warnings("[\"CAP_NET_ADMIN\", \"CAP_KILL\"]").isEmpty)
+        let missing = try warnings("[\"CAP_NET_ADMIN\", \"CAP_SYS_ADMIN\", \"CAP_NET_RAW\"]")
+        #expect(missing.count == 1)
+        #expect(missing.first?.hasPrefix("agent demo: sandbox: capabilities: CAP_SYS_ADMIN, CAP_NET_RAW are not in backstopd's own capability bounding set") == true,
+                "\(missing)")
+    }
 }

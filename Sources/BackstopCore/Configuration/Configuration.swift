@@ -56,6 +56,9 @@ public struct Configuration: Sendable, Equatable {
                 if agent.transientUnit == nil || agent.preflightSeconds > 0, let reason = BubblewrapSandbox.unavailableReason {
                     warnings.append("agent \(agent.name): \(reason); the agent will not start until it is")
                 }
+                if agent.transientUnit == nil || agent.preflightSeconds > 0, let bounding = CapabilityBoundingSet.current {
+                    warnings += Self.capabilityWarnings(agent, boundingSet: bounding)
+                }
                 if agent.transientUnit != nil, sd_booted() <= 0 {
                     warnings.append("agent \(agent.name): sandbox.engine = \"systemd\" needs backstopd to run under systemd, which does not run this machine; the agent will not start")
                 }
@@ -97,6 +100,14 @@ public struct Configuration: Sendable, Equatable {
             }
         }
         return warnings
+    }
+
+    /// The warning for `agent`'s `capabilities` that `boundingSet` (backstopd's own) lacks:
+    /// bubblewrap can leave an agent only what backstopd holds. Empty when none is missing.
+    static func capabilityWarnings(_ agent: AgentConfiguration, boundingSet: Set<String>) -> [String] {
+        let missing = CapabilityBoundingSet.missing(agent.sandbox.capabilities, from: boundingSet)
+        guard !missing.isEmpty else { return [] }
+        return ["agent \(agent.name): sandbox: capabilities: \(missing.joined(separator: ", ")) \(missing.count == 1 ? "is" : "are") not in backstopd's own capability bounding set (CapBnd in /proc/self/status; CapabilityBoundingSet= of the unit that starts it), so the agent cannot have \(missing.count == 1 ? "it" : "them"); add \(missing.count == 1 ? "it" : "them") to backstopd's bounding set or run the agent with sandbox.engine = \"systemd\""]
     }
 
     /// The settings that make a preflight instance live differently from the live agent, so
