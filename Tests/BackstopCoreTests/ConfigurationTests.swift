@@ -733,6 +733,22 @@ struct ConfigurationTests {
         #expect(wrong.key == "agent[0].sandbox.allow_service_manager")
     }
 
+    @Test("--check-config warns when an agent with a private network names an abstract Unix socket, which lives in the network namespace")
+    func abstractSocketUnderPrivateNetwork() throws {
+        func warnings(_ agent: String, _ sandbox: String = "") throws -> [String] {
+            try Configuration.parse(Self.minimalAgent + "\n" + agent + "\n[agent.sandbox]\n" + sandbox, path: Self.path)
+                .warnings.filter { $0.contains("abstract Unix socket") }
+        }
+        let check = "ready_check_exec = [\"/usr/bin/socat\", \"-\", \"ABSTRACT-CONNECT:usbguard\"]"
+        let warned = try warnings(check)
+        #expect(warned.count == 1)
+        #expect(warned.first?.hasPrefix("agent demo: sandbox: ready_check_exec names an abstract Unix socket (ABSTRACT-CONNECT:usbguard)") == true, "\(warned)")
+        #expect(try warnings("health_check_exec = [\"/bin/client\", \"--socket\", \"@/run/agent\"]").count == 1)
+        #expect(try warnings("environment = [\"AGENT_SOCKET=unix:@agent\"]").first?.contains("environment.AGENT_SOCKET") == true)
+        #expect(try warnings(check, "private_network = false\n").isEmpty, "the host's network: abstract sockets are reachable")
+        #expect(try warnings("health_check_exec = [\"/bin/client\", \"/run/agent.sock\", \"user@host\"]").isEmpty, "a path, and an @ inside a word")
+    }
+
     @Test("capabilities missing from backstopd's own bounding set (CapBnd) are warned about; the mask is read as proc(5) writes it")
     func capabilitiesOutsideTheBoundingSet() throws {
         // CAP_CHOWN (0), CAP_KILL (5), CAP_NET_ADMIN (12): 0x1021.

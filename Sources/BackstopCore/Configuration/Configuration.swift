@@ -84,6 +84,9 @@ public struct Configuration: Sendable, Equatable {
                let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
                 warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
             }
+            if agent.sandbox.privateNetwork, let (key, word) = Self.abstractSocketWord(agent) {
+                warnings.append("agent \(agent.name): sandbox: \(key) names an abstract Unix socket (\(word)), which belongs to the network namespace: with private_network = true the agent cannot reach the host's; set private_network = false if it must")
+            }
             if let bytes = agent.sandbox.tmpSizeBytes, !agent.sandbox.privateTmp {
                 warnings.append("agent \(agent.name): sandbox: tmp_size (\(SandboxSpec.formatBytes(bytes))) has no effect with private_tmp = false: the agent writes the host's /tmp")
             }
@@ -100,6 +103,23 @@ public struct Configuration: Sendable, Equatable {
             }
         }
         return warnings
+    }
+
+    /// The first word of `agent`'s programs or environment that names an abstract Unix socket
+    /// (`@name`, `unix:@name`, `unix-abstract:name`, socat's `ABSTRACT-CONNECT:name`), with its key.
+    static func abstractSocketWord(_ agent: AgentConfiguration) -> (key: String, word: String)? {
+        let words: [(String, [String])] = [
+            ("exec", agent.exec), ("safe_mode_exec", agent.safeModeExec), ("ready_check_exec", agent.readyCheckExec),
+            ("health_check_exec", agent.healthCheckExec),
+        ] + agent.environment.sorted { $0.key < $1.key }.map { ("environment.\($0.key)", [$0.value]) }
+        for (key, values) in words {
+            for word in values {
+                let lower = word.lowercased()
+                let named = ["unix:@", "unix-abstract:", "abstract-connect:", "abstract-client:"].contains { lower.contains($0) }
+                if named || (word.hasPrefix("@") && word.count > 1 && !word.contains(" ")) { return (key, word) }
+            }
+        }
+        return nil
     }
 
     /// The warning for `agent`'s `capabilities` that `boundingSet` (backstopd's own) lacks:
