@@ -127,7 +127,8 @@ public struct Configuration: Sendable, Equatable {
     static func capabilityWarnings(_ agent: AgentConfiguration, boundingSet: Set<String>) -> [String] {
         let missing = CapabilityBoundingSet.missing(agent.sandbox.capabilities, from: boundingSet)
         guard !missing.isEmpty else { return [] }
-        return ["agent \(agent.name): sandbox: capabilities: \(missing.joined(separator: ", ")) \(missing.count == 1 ? "is" : "are") not in backstopd's own capability bounding set (CapBnd in /proc/self/status; CapabilityBoundingSet= of the unit that starts it), so the agent cannot have \(missing.count == 1 ? "it" : "them"); add \(missing.count == 1 ? "it" : "them") to backstopd's bounding set or run the agent with sandbox.engine = \"systemd\""]
+        return ["agent \(agent.name): sandbox: capabilities: \(missing.joined(separator: ", ")) \(missing.count == 1 ? "is" : "are") not in backstopd's own capability bounding set (CapBnd in /proc/self/status; CapabilityBoundingSet= of the unit that starts it), so the agent cannot have \(missing.count == 1 ? "it" : "them") under bubblewrap; add \(missing.count == 1 ? "it" : "them") to backstopd's bounding set"
+            + (agent.transientUnit == nil ? " or run the agent with sandbox.engine = \"systemd\"" : " (its preflight instance runs under bubblewrap)")]
     }
 
     /// The settings that make a preflight instance live differently from the live agent, so
