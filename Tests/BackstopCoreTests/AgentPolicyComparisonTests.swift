@@ -268,6 +268,19 @@ struct AgentPolicyComparisonTests {
         #expect(SandboxObstacle.find(in: output) == expected)
     }
 
+    @Test("a connection refused under a private network names abstract Unix sockets too: they belong to the network namespace")
+    func networkRemedyNamesAbstractSockets() {
+        let sentence = SandboxObstacle.network.sentence(agent: "usbguard")
+        #expect(sentence.contains("set private_network = false"), "\(sentence)")
+        #expect(sentence.contains("abstract Unix sockets"), "\(sentence)")
+    }
+
+    @Test("ready and health checks have journal identifiers of their own, never the agent's")
+    func checkIdentifiers() {
+        #expect(Probe.ready.journalIdentifier(agent: "clamd") == "clamd-ready-check")
+        #expect(Probe.health.journalIdentifier(agent: "clamd") == "clamd-health-check")
+    }
+
     @Test("output that names no obstacle, or only an EAGAIN that is not fork's, names none; the last line that names one wins")
     func noObstacle() {
         #expect(SandboxObstacle.find(in: "LibClamAV Error: Malformed database\n") == nil)

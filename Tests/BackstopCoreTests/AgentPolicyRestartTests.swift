@@ -232,6 +232,21 @@ struct AgentPolicyThresholdTests {
         #expect(policy.degradedReason == "in backoff after clean-exit")
         #expect(policy.consecutiveFailures == 1)
     }
+
+    @Test("a restart loop stays degraded while it starts again, until a run is ready")
+    func restartLoopDegradedWhileStarting() throws {
+        var policy = try candidatePolicy(PolicySettings(
+            agent: "demo", restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30, notify: true, cleanExit: .normal))
+        #expect(!policy.isDegraded, "the first start after an activation")
+        _ = policy.agentStarted(pid: 4242, at: moment(0))
+        _ = policy.agentExited(.exited(code: 0), at: moment(0.2))
+        #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
+        _ = policy.agentStarted(pid: 4243, at: moment(0.4))
+        #expect(policy.phase == .starting)
+        #expect(policy.degradedReason == "restarting after 1 failure in a row (last: clean-exit), not ready since")
+        _ = policy.agentReady(at: moment(1))
+        #expect(!policy.isDegraded, "ready again")
+    }
 }
 
 @Suite("AgentPolicy: restart backoff")
@@ -385,13 +400,15 @@ struct AgentPolicyTimerTests {
         let started = policy.agentStarted(pid: 9, at: moment(0))
         let deadline = try #require(started.deadline(of: .startTimeout))
         #expect(deadline == 90)
-        let hung = policy.timerFired(.startTimeout, deadline: deadline, at: moment(90))
-        #expect(hung.decision(.agentHung)?.reason == "start-timeout")
-        #expect(hung.contains(.terminate(signal: SIGABRT)))
+        let timedOut = policy.timerFired(.startTimeout, deadline: deadline, at: moment(90))
+        #expect(timedOut.events.isEmpty, "a start that times out is not a hang: no agent-hung")
+        #expect(timedOut.contains(.terminate(signal: SIGABRT)))
         #expect(policy.phase == .stopping(.failure(.startTimeout)))
 
         let exit = policy.agentExited(.signaled(signal: SIGABRT), at: moment(90.1))
-        #expect(exit.decision(.agentExited)?.reason == "start-timeout")
+        let exited = try #require(exit.decision(.agentExited))
+        #expect(exited.reason == "start-timeout")
+        #expect(exited.message.contains("did not become ready within 90 s"), "\(exited.message)")
         #expect(policy.failures.map(\.reason) == [.startTimeout])
         #expect(policy.phase == .backoff)
     }

@@ -732,4 +732,43 @@ struct ConfigurationTests {
         let wrong = try error(in: Self.minimalAgent + "\n[agent.sandbox]\nallow_service_manager = \"yes\"\n")
         #expect(wrong.key == "agent[0].sandbox.allow_service_manager")
     }
+
+    @Test("--check-config warns when an agent with a private network names an abstract Unix socket, which lives in the network namespace")
+    func abstractSocketUnderPrivateNetwork() throws {
+        func warnings(_ agent: String, _ sandbox: String = "") throws -> [String] {
+            try Configuration.parse(Self.minimalAgent + "\n" + agent + "\n[agent.sandbox]\n" + sandbox, path: Self.path)
+                .warnings.filter { $0.contains("abstract Unix socket") }
+        }
+        let check = "ready_check_exec = [\"/usr/bin/socat\", \"-\", \"ABSTRACT-CONNECT:usbguard\"]"
+        let warned = try warnings(check)
+        #expect(warned.count == 1)
+        #expect(warned.first?.hasPrefix("agent demo: sandbox: ready_check_exec names an abstract Unix socket (ABSTRACT-CONNECT:usbguard)") == true, "\(warned)")
+        #expect(try warnings("health_check_exec = [\"/bin/client\", \"--socket\", \"@/run/agent\"]").count == 1)
+        #expect(try warnings("environment = [\"AGENT_SOCKET=unix:@agent\"]").first?.contains("environment.AGENT_SOCKET") == true)
+        #expect(try warnings(check, "private_network = false\n").isEmpty, "the host's network: abstract sockets are reachable")
+        #expect(try warnings("health_check_exec = [\"/bin/client\", \"/run/agent.sock\", \"user@host\"]").isEmpty, "a path, and an @ inside a word")
+    }
+
+    @Test("capabilities missing from backstopd's own bounding set (CapBnd) are warned about; the mask is read as proc(5) writes it")
+    func capabilitiesOutsideTheBoundingSet() throws {
+        // CAP_CHOWN (0), CAP_KILL (5), CAP_NET_ADMIN (12): 0x1021.
+        let status = "Name:\tbackstopd\nCapEff:\t000001ffffffffff\nCapBnd:\t0000000000001021\nCapAmb:\t0000000000000000\n"
+        let bounding = try #require(CapabilityBoundingSet.names(inStatus: status))
+        #expect(bounding == ["CAP_CHOWN", "CAP_KILL", "CAP_NET_ADMIN"])
+        #expect(CapabilityBoundingSet.names(inStatus: "Name:\tx\n") == nil)
+        #expect(CapabilityBoundingSet.names(inStatus: "CapBnd:\tzz\n") == nil)
+        #expect(CapabilityBoundingSet.current != nil, "this test process's own, from /proc/self/status")
+
+        func warnings(_ capabilities: String) throws -> [String] {
+            let configuration = try Configuration.parse(
+                Self.minimalAgent + "\n[agent.sandbox]\ncapabilities = \(capabilities)\n", path: Self.path)
+            return Configuration.capabilityWarnings(configuration.agents[0], boundingSet: bounding)
+        }
+        #expect(try warnings("[]").isEmpty)
+        #expect(try warnings("[\"CAP_NET_ADMIN\", \"CAP_KILL\"]").isEmpty)
+        let missing = try warnings("[\"CAP_NET_ADMIN\", \"CAP_SYS_ADMIN\", \"CAP_NET_RAW\"]")
+        #expect(missing.count == 1)
+        #expect(missing.first?.hasPrefix("agent demo: sandbox: capabilities: CAP_SYS_ADMIN, CAP_NET_RAW are not in backstopd's own capability bounding set") == true,
+                "\(missing)")
+    }
 }

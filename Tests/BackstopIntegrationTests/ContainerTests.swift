@@ -815,7 +815,7 @@ struct ContainerTests {
             #expect(agent.content.quarantined.isEmpty)
             #expect(agent.failures.recent == 0, "refused starts do not count against the content")
             #expect(!agent.failures.list.isEmpty && agent.failures.list.allSatisfy { $0.reason == "exec-failed" })
-            #expect(!(try container.decisions()).contains { $0["BACKSTOP_EVENT"] == "agent-hung" }, "no start timeout stood in for the refusal")
+            #expect(!(try container.decisions()).contains { $0["BACKSTOP_REASON"] == "start-timeout" }, "no start timeout stood in for the refusal")
         }
     }
 

@@ -321,6 +321,31 @@ struct FailureReasonTests {
         #expect(probes.isEmpty, "hung probes are killed, not left behind")
     }
 
+    @Test("an agent that is restarted and not ready since is degraded: status exits 1 while it starts again")
+    func restartedAndNotReadyIsDegraded() throws {
+        let agent = try ScriptAgent()
+        defer { agent.scratch.remove() }
+        let harness = try DaemonHarness(agents: [agent.agent("""
+            ready_check_exec = ["/bin/sh", "-c", "test -e \(agent.scratch.path)/ready"]
+            start_timeout_sec = 600
+            """)])
+        defer { harness.cleanUp() }
+        try harness.start()
+        try harness.stage(try agent.content("good", "run"), as: "v1", agent: "script")
+        try harness.wait(for: "agent-started")
+        #expect(try harness.status().exitCode == 0, "starting for the first time is not degraded")
+        kill(try #require(try harness.agent("script").pid), SIGTERM)
+        try harness.wait(for: "agent-started", count: 2, seconds: 20)
+        let (report, exitCode) = try harness.status()
+        let status = try #require(report.agents.first { $0.name == "script" })
+        #expect(status.state == "starting")
+        #expect(exitCode == 1, "restarted after killed-externally and not ready since")
+        #expect(status.degradedReason?.hasPrefix("restarting after 1 failure") == true, "\(status.degradedReason ?? "nil")")
+        try #require(FileManager.default.createFile(atPath: agent.scratch.path + "/ready", contents: nil))
+        try harness.wait(for: "agent-ready", seconds: 20)
+        #expect(try harness.status().exitCode == 0, "ready again")
+    }
+
     @Test("a first version whose agent never becomes ready is not promoted, nor quarantined with nothing to compare it with; once its ready check passes it is promoted")
     func neverReadyIsNotPromoted() throws {
         let agent = try ScriptAgent()
@@ -342,6 +367,8 @@ struct FailureReasonTests {
         #expect(status.content.knownGood == nil)
         #expect(status.firstContentFailure?.failure.hasPrefix("start-timeout") == true)
         #expect(!harness.log.all.contains { $0.contains("event=content-promoted") || $0.contains("event=agent-ready") })
+        #expect(!harness.log.all.contains { $0.contains("event=agent-hung") }, "a start that timed out did not hang")
+        #expect(harness.log.all.contains { $0.contains("event=agent-exited") && $0.contains("reason=start-timeout") })
 
         // Once the check passes, the version, still retried, becomes ready and is promoted.
         try #require(FileManager.default.createFile(atPath: agent.scratch.path + "/ready", contents: nil))

@@ -45,6 +45,7 @@ struct JournalTests {
             journalctl --sync
             journalctl -D /run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=backstopd > "\(out)/journal.json"
             journalctl -D /run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=demo > "\(out)/agent.json"
+            journalctl -D /run/log/journal -o json --no-pager SYSLOG_IDENTIFIER=demo-ready-check > "\(out)/ready-check.json"
             journalctl -D /run/log/journal -x --no-pager MESSAGE_ID=\(rollbackID) > "\(out)/explained.txt"
             journalctl --list-catalog > "\(out)/catalog.txt"
             "\(ctl)" history -D /run/log/journal > "\(out)/history.txt"
@@ -114,6 +115,10 @@ struct JournalTests {
         let agentLines = outputs.objects("agent.json").compactMap { $0["MESSAGE"] as? String }
         #expect(agentLines.contains { $0.hasPrefix("backstop-demo-agent: loaded content v1") })
         #expect(agentLines.contains { $0.hasPrefix("backstop-demo-agent: loaded content v2") })
+        // Its ready check's stderr, under the check's identifier, not the agent's.
+        let checkLines = outputs.objects("ready-check.json").compactMap { $0["MESSAGE"] as? String }
+        #expect(checkLines.contains("ready check: content v1 is readable"), "\(checkLines)")
+        #expect(!agentLines.contains { $0.hasPrefix("ready check:") }, "\(agentLines)")
 
         // journalctl -x explains the rollback with the catalog's text.
         #expect(outputs.text("explained.txt").contains("Agent demo was rolled back to v1"))

@@ -71,4 +71,19 @@ struct VerbTests {
         #expect(read(fd, &byte, 1) == 0, "the daemon closed the connection")
         #expect(Date().timeIntervalSince(started) >= Double(ControlServer.idleTimeoutSeconds) - 1)
     }
+
+    @Test("backstopd --check-config warns about a capability an agent asks for that backstopd's own bounding set lacks",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), "needs setpriv (util-linux) to narrow the bounding set"))
+    func checkConfigCapabilityOutsideTheBoundingSet() throws {
+        let harness = try DaemonHarness(agents: [DaemonHarness.demoAgent(extra: DaemonHarness.testSandbox + "\ncapabilities = [\"CAP_NET_ADMIN\", \"CAP_NET_RAW\"]")])
+        defer { harness.cleanUp() }
+        let backstopd = Paths.binary("backstopd")
+        let full = try Command.run(backstopd, ["--check-config", "--config", harness.configPath])
+        #expect(full.status == 0, "\(full.error)")
+        #expect(!full.error.contains("bounding set"), "\(full.error)")
+        // As a unit with CapabilityBoundingSet=~CAP_NET_RAW would start it.
+        let narrowed = try Command.run("/usr/bin/setpriv", ["--bounding-set", "-net_raw", backstopd, "--check-config", "--config", harness.configPath])
+        #expect(narrowed.status == 0, "\(narrowed.error)")
+        #expect(narrowed.error.contains("agent demo: sandbox: capabilities: CAP_NET_RAW is not in backstopd's own capability bounding set"), "\(narrowed.error)")
+    }
 }

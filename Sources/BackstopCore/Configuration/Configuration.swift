@@ -59,6 +59,9 @@ public struct Configuration: Sendable, Equatable {
                 if agent.transientUnit == nil || agent.preflightSeconds > 0, let reason = BubblewrapSandbox.unavailableReason {
                     warnings.append("agent \(agent.name): \(reason); the agent will not start until it is")
                 }
+                if agent.transientUnit == nil || agent.preflightSeconds > 0, let bounding = CapabilityBoundingSet.current {
+                    warnings += Self.capabilityWarnings(agent, boundingSet: bounding)
+                }
                 if agent.transientUnit != nil, sd_booted() <= 0 {
                     warnings.append("agent \(agent.name): sandbox.engine = \"systemd\" needs backstopd to run under systemd, which does not run this machine; the agent will not start")
                 }
@@ -83,6 +86,9 @@ public struct Configuration: Sendable, Equatable {
             if agent.transientUnit == nil || agent.preflightSeconds > 0, let bytes = agent.sandbox.memoryMaxBytes,
                let reason = BubblewrapSandbox.memoryCgroupUnavailableReason {
                 warnings.append("agent \(agent.name): sandbox: memory_max (\(SandboxSpec.formatBytes(bytes))) can only be an RLIMIT_DATA here: \(reason); an allocation past it fails inside the agent, which may report it as anything (clamd: \"Malformed database\"), so its failures name the limit but cannot be told from the content's")
+            }
+            if agent.sandbox.privateNetwork, let (key, word) = Self.abstractSocketWord(agent) {
+                warnings.append("agent \(agent.name): sandbox: \(key) names an abstract Unix socket (\(word)), which belongs to the network namespace: with private_network = true the agent cannot reach the host's; set private_network = false if it must")
             }
             if let bytes = agent.sandbox.tmpSizeBytes, !agent.sandbox.privateTmp {
                 warnings.append("agent \(agent.name): sandbox: tmp_size (\(SandboxSpec.formatBytes(bytes))) has no effect with private_tmp = false: the agent writes the host's /tmp")
@@ -113,6 +119,32 @@ public struct Configuration: Sendable, Equatable {
         var info = statvfs()
         guard statvfs(directory, &info) == 0, info.f_flag & UInt(ST_RDONLY) != 0 else { return nil }
         return "\(directory) is on a read-only mount here (in a unit with ProtectSystem= or ReadOnlyPaths=, add ReadWritePaths=\(directory) to a drop-in)"
+    }
+
+    /// The first word of `agent`'s programs or environment that names an abstract Unix socket
+    /// (`@name`, `unix:@name`, `unix-abstract:name`, socat's `ABSTRACT-CONNECT:name`), with its key.
+    static func abstractSocketWord(_ agent: AgentConfiguration) -> (key: String, word: String)? {
+        let words: [(String, [String])] = [
+            ("exec", agent.exec), ("safe_mode_exec", agent.safeModeExec), ("ready_check_exec", agent.readyCheckExec),
+            ("health_check_exec", agent.healthCheckExec),
+        ] + agent.environment.sorted { $0.key < $1.key }.map { ("environment.\($0.key)", [$0.value]) }
+        for (key, values) in words {
+            for word in values {
+                let lower = word.lowercased()
+                let named = ["unix:@", "unix-abstract:", "abstract-connect:", "abstract-client:"].contains { lower.contains($0) }
+                if named || (word.hasPrefix("@") && word.count > 1 && !word.contains(" ")) { return (key, word) }
+            }
+        }
+        return nil
+    }
+
+    /// The warning for `agent`'s `capabilities` that `boundingSet` (backstopd's own) lacks:
+    /// bubblewrap can leave an agent only what backstopd holds. Empty when none is missing.
+    static func capabilityWarnings(_ agent: AgentConfiguration, boundingSet: Set<String>) -> [String] {
+        let missing = CapabilityBoundingSet.missing(agent.sandbox.capabilities, from: boundingSet)
+        guard !missing.isEmpty else { return [] }
+        return ["agent \(agent.name): sandbox: capabilities: \(missing.joined(separator: ", ")) \(missing.count == 1 ? "is" : "are") not in backstopd's own capability bounding set (CapBnd in /proc/self/status; CapabilityBoundingSet= of the unit that starts it), so the agent cannot have \(missing.count == 1 ? "it" : "them") under bubblewrap; add \(missing.count == 1 ? "it" : "them") to backstopd's bounding set"
+            + (agent.transientUnit == nil ? " or run the agent with sandbox.engine = \"systemd\"" : " (its preflight instance runs under bubblewrap)")]
     }
 
     /// The settings that make a preflight instance live differently from the live agent, so

@@ -117,6 +117,12 @@ public enum Probe: String, Sendable, Equatable, Codable {
     case ready
     /// `health_check_exec`: run every `health_check_interval_sec` while the agent is ready.
     case health
+
+    /// The `SYSLOG_IDENTIFIER` the check's stderr goes to the journal under, `<agent>-ready-check`
+    /// or `<agent>-health-check`: its output is not the agent's own.
+    public func journalIdentifier(agent: String) -> String {
+        "\(agent)-\(rawValue)-check"
+    }
 }
 
 /// Which command line the agent runs with.
@@ -504,6 +510,10 @@ public struct AgentPolicy: Sendable, Equatable {
         switch phase {
         case .daemonized: return "its program forked into the background (daemonized)"
         case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
+        case .starting where consecutiveFailures > 0:
+            // A restart loop spends part of its time starting: not healthy until a run is ready.
+            return "restarting after \(consecutiveFailures) failure\(consecutiveFailures == 1 ? "" : "s") in a row"
+                + (failures.last.map { " (last: \($0.reason.rawValue))" } ?? "") + ", not ready since"
         case .awaitingDependency(let unit): return "stopped by systemd with \(unit), which its unit requires; waiting for \(unit) to be active again"
         default: break
         }
@@ -666,7 +676,12 @@ public struct AgentPolicy: Sendable, Equatable {
             actions.append(recordExit(termination, version: version, reason: nil, at: now))
             return actions
         case .stopping(.failure(let reason)):
-            actions.append(recordExit(termination, version: version, reason: reason, obstacle: obstacle, at: now))
+            var exit = recordExit(termination, version: version, reason: reason, obstacle: obstacle, at: now)
+            if reason == .startTimeout, case .record(var decision) = exit {
+                decision.message += " It did not become ready within \(Self.format(settings.startTimeoutSeconds)) s (start_timeout_sec), so Backstop stopped it."
+                exit = .record(decision)
+            }
+            actions.append(exit)
             return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
         case .stopping(.readyCheckCannotRun):
             actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
@@ -788,13 +803,9 @@ public struct AgentPolicy: Sendable, Equatable {
         switch timer {
         case .startTimeout:
             guard phase == .starting else { return [] }
+            // Not hung: it never became ready. Its `agent-exited` entry (reason `start-timeout`) reports it.
             phase = .stopping(.failure(.startTimeout))
-            return [
-                .record(Decision(
-                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.startTimeout.rawValue,
-                    message: "Agent \(settings.agent) did not become ready within \(Self.format(settings.startTimeoutSeconds)) s; stopping it.")),
-                .terminate(signal: SIGABRT),
-            ]
+            return [.terminate(signal: SIGABRT)]
         case .startedAfter:
             guard phase == .starting else { return [] }
             return becomeReady(at: now)

@@ -92,7 +92,7 @@ public enum SandboxObstacle: String, Sendable, Codable, Equatable, CaseIterable 
         case .processLimit:
             return "raise tasks_max or give the agent a user of its own: without a cgroup tasks_max is RLIMIT_NPROC, shared with every process of that user on the host"
         case .network:
-            return "set private_network = false if the agent talks to services on the host (its own network has only a loopback device)"
+            return "set private_network = false if the agent talks to services on the host (its own network has only a loopback device, and abstract Unix sockets, such as usbguard's, are the host network's)"
         case .addressInUse:
             return "check private_network and the ports or sockets the agent binds"
         case .serviceManager:

@@ -46,7 +46,9 @@ public struct SandboxSpec: Sendable, Equatable {
     /// The size each private tmpfs gets: `tmp_size`, else the default.
     public var privateTmpSizeBytes: UInt64 { tmpSizeBytes ?? memoryMaxBytes.map { max($0 / 4, 1 << 20) } ?? 256 << 20 }
     /// `private_network`, default true: a network namespace with only a loopback device.
-    /// Unix sockets (the notify socket, clamd's control socket) still work.
+    /// Unix sockets bound to a path (the notify socket, clamd's control socket) still work;
+    /// abstract ones (a name starting with NUL, `@` in ss(8), usbguard's) belong to the
+    /// network namespace and are out of reach.
     public var privateNetwork = true
     /// `memory_max`, default none: the most memory the agent may use, in bytes
     /// (written as an integer or with a K, M, G or T suffix, 1024-based).

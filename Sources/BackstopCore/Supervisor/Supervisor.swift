@@ -731,6 +731,7 @@ public actor Supervisor {
             agent: name, exec: probe == .ready ? slot.configuration.readyCheckExec : slot.configuration.healthCheckExec,
             environment: slot.configuration.environment, store: slot.store.root, contentPath: slot.store.path(of: version), version: version, notifySocket: nil,
             watchdogSeconds: 0)
+        request.identifier = probe.journalIdentifier(agent: name)
         request.discardsStandardOutput = true
         request.environment[LaunchRequest.storeVariable] = nil
         request.environment[LaunchRequest.probeStoreVariable] = slot.store.root
