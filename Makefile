@@ -19,7 +19,7 @@ SYSCONFDIR = /etc
 
 # Packages the build needs, and the ones the tests use as real parts.
 BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config bubblewrap
-TEST_PACKAGES = clamav-daemon clamav clamdscan systemd systemd-container python3 groff-base \
+TEST_PACKAGES = clamav-daemon clamav clamdscan crowdsec fail2ban usbguard systemd systemd-container python3 groff-base \
 	qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
 BENCH_PACKAGES = python3-venv
 

@@ -19,10 +19,12 @@ final class Container: @unchecked Sendable {
     }
 
     /// Units of this tree that wait for a network or set it up, which a container without one
-    /// never finishes, and clamd, which the first boot's presets would enable.
+    /// never finishes, and the agents of the tests' packages (clamd, crowdsec, fail2ban,
+    /// usbguard), which the first boot's presets would enable.
     static let masked = [
         "systemd-networkd-wait-online.service", "clamav-daemon.service", "clamav-freshclam.service", "clamav-clamonacc.service",
         "clamav-freshclam-once.timer", "systemd-resolved.service", "systemd-timesyncd.service",
+        "crowdsec.service", "fail2ban.service", "usbguard.service", "usbguard-dbus.service",
     ]
 
     let directory: String
