@@ -52,27 +52,24 @@ struct ControlRefusalTests {
         failure_window_sec = 60
         restart_delay_ms = 100
 
+        """ + probeAgentConfig(name: "direct", engine: "bubblewrap") + probeAgentConfig(name: "unit", engine: "systemd")
+
+    /// A root agent without capabilities that runs ``probeAgent`` under the sandbox `engine`.
+    static func probeAgentConfig(name: String, engine: String) -> String {
+        """
         [[agent]]
-        name = "direct"
-        exec = ["/usr/bin/python3", "{content}/agent.py", "direct", "/run/agent-control/io.backstop.Manager", "/var/lib/probe-out"]
+        name = "\(name)"
+        exec = ["/usr/bin/python3", "{content}/agent.py", "\(name)", "/run/agent-control/io.backstop.Manager", "/var/lib/probe-out"]
         failure_window_sec = 60
         restart_delay_ms = 100
         [agent.sandbox]
+        engine = "\(engine)"
         user = "root"
         capabilities = []
         read_write_paths = ["/var/lib/probe-out"]
 
-        [[agent]]
-        name = "unit"
-        exec = ["/usr/bin/python3", "{content}/agent.py", "unit", "/run/agent-control/io.backstop.Manager", "/var/lib/probe-out"]
-        failure_window_sec = 60
-        restart_delay_ms = 100
-        [agent.sandbox]
-        engine = "systemd"
-        user = "root"
-        capabilities = []
-        read_write_paths = ["/var/lib/probe-out"]
         """
+    }
 
     @Test("a root agent without capabilities, under bubblewrap and as a transient unit, has every control call refused (GetInfo, GetStatus, Promote of its own candidate, Stop of another agent), with an error that says why")
     func rootAgentsAreRefused() throws {
