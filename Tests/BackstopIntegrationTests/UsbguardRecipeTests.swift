@@ -24,30 +24,33 @@ extension ContainerTests {
         """
 
     /// What Debian's usbguard package leaves at installation, which a volatile container's
-    /// empty /etc and /var lack: usbguard-daemon.conf (this machine's, unchanged), an empty
-    /// `RuleFile=` (/etc/usbguard/rules.conf), the IPC access control directory and the
-    /// audit log directory; the README's drop-in; and the unit disabled, as the recipe says.
-    static func usbguardFiles() throws -> [String: String] {
-        [
-            "/etc/usbguard/usbguard-daemon.conf": try String(contentsOfFile: "/etc/usbguard/usbguard-daemon.conf", encoding: .utf8),
-            "/etc/tmpfiles.d/usbguard.conf": """
-                f /etc/usbguard/rules.conf 0600 root root -
-                d /etc/usbguard/IPCAccessControl.d 0755 root root -
-                d /var/log/usbguard 0755 root root -
+    /// empty /etc and /var lack: an empty `RuleFile=` (/etc/usbguard/rules.conf), the IPC
+    /// access control directory and the audit log directory; the README's drop-in; and the
+    /// unit disabled, as the recipe says. usbguard-daemon.conf comes in
+    /// ``usbguardSetUp(_:)`` (mode 0600 as Debian ships it, which a bound file cannot have).
+    static let usbguardFiles = [
+        "/etc/tmpfiles.d/usbguard.conf": """
+            d /etc/usbguard 0755 root root -
+            f /etc/usbguard/rules.conf 0600 root root -
+            d /etc/usbguard/IPCAccessControl.d 0755 root root -
+            d /var/log/usbguard 0755 root root -
 
-                """,
-            "/etc/systemd/system/usbguard.service.d/backstop.conf": usbguardDropIn,
-            "/etc/systemd/system-preset/00-backstop-test.preset": "disable usbguard.service\n",
-        ]
-    }
+            """,
+        "/etc/systemd/system/usbguard.service.d/backstop.conf": usbguardDropIn,
+        "/etc/systemd/system-preset/00-backstop-test.preset": "disable usbguard.service\n",
+    ]
 
-    /// Rule sets in the container: /srv/rules-v1 allows the root hubs and a keyboard;
-    /// /srv/rules-v2 adds a rule with its closing brace missing, which usbguard cannot parse.
-    func usbguardRuleVersions(_ container: Container) throws {
+    /// This machine's usbguard-daemon.conf (Debian's) in the container, mode 0600, and rule
+    /// sets: /srv/rules-v1 allows the root hubs and a keyboard; /srv/rules-v2 adds a rule
+    /// with its closing brace missing, which usbguard cannot parse.
+    func usbguardSetUp(_ container: Container) throws {
+        let daemonConfig = try String(contentsOfFile: "/etc/usbguard/usbguard-daemon.conf", encoding: .utf8)
         // This machine has no USB bus: usbguard's uevent backend reads /sys/bus/usb/devices at
         // start and exits 1 without it. An empty one stands for a host with nothing plugged in.
         try #require(try container.run("/bin/sh", "-c", """
             mount -t tmpfs -o mode=0755 tmpfs /sys/bus && mkdir -p /sys/bus/usb/devices
+            (umask 077 && cat > /etc/usbguard/usbguard-daemon.conf) <<'USBGUARD_DAEMON_CONF'
+            \(daemonConfig)USBGUARD_DAEMON_CONF
             mkdir -p /srv/rules-v1 /srv/rules-v2
             cat > /srv/rules-v1/50-hubs.conf <<'EOF'
             allow id 1d6b:0002 with-interface equals { 09:00:00 }
@@ -75,9 +78,9 @@ extension ContainerTests {
     @Test("usbguard.service (Type=forking) under the systemd runner: its rules are the content, a rule that does not parse is rolled back and usbguard enforces the known-good rules")
     func usbguardRulesRolledBack() throws {
         try withContainer(
-            config: Self.usbguardConfig, files: try Self.usbguardFiles(), masked: Container.masked.filter { $0 != "usbguard.service" }
+            config: Self.usbguardConfig, files: Self.usbguardFiles, masked: Container.masked.filter { $0 != "usbguard.service" }
         ) { container in
-            try usbguardRuleVersions(container)
+            try usbguardSetUp(container)
             // The README's advice: nobody but root reads the rules in the store.
             try #require(try container.run("/bin/chmod", "0700", "/var/lib/backstop/usbguard").status == 0)
 
