@@ -81,14 +81,17 @@ extension ContainerTests {
             config: Self.usbguardConfig, files: Self.usbguardFiles, masked: Container.masked.filter { $0 != "usbguard.service" }
         ) { container in
             try usbguardSetUp(container)
+            // A content_link under /etc is one backstopd's shipped unit can make: no warning.
+            let check = try container.run("/usr/sbin/backstopd", "--check-config")
+            #expect(check.status == 0 && check.output == "/etc/backstop/backstop.toml: OK (1 agent)\n", "\(check.output) \(check.error)")
             // The README's advice: nobody but root reads the rules in the store.
             try #require(try container.run("/bin/chmod", "0700", "/var/lib/backstop/usbguard").status == 0)
 
             try #require(try container.run("/usr/bin/backstopctl", "stage", "usbguard", "/srv/rules-v1", "--version", "v1", "--activate").status == 0)
             try container.waitForDecision("agent-ready", version: "v1")
             #expect(try usbguardListRules(container) == Self.usbguardRulesOfV1)
-            let unreadable = try container.run("/usr/sbin/runuser", "-u", "nobody", "--", "/bin/cat", "/etc/usbguard/rules.d/60-keyboard.conf")
-            #expect(unreadable.status != 0, "another user reads the rules: \(unreadable.output)")
+            let unreadable = try container.run("/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/cat", "/etc/usbguard/rules.d/60-keyboard.conf")
+            #expect(unreadable.status != 0 && unreadable.error.contains("Permission denied"), "\(unreadable.output) \(unreadable.error)")
             try #require(try container.run("/usr/bin/backstopctl", "promote", "usbguard", "v1").status == 0)
 
             try #require(try container.run("/usr/bin/backstopctl", "stage", "usbguard", "/srv/rules-v2", "--version", "v2", "--activate").status == 0)
@@ -105,6 +108,11 @@ extension ContainerTests {
             #expect(shown.contains("ActiveState=active"))
             #expect(shown.contains("MainPID=\(agent.pid ?? -1)"))
             #expect(try usbguardListRules(container) == Self.usbguardRulesOfV1)
+
+            // A permanent change through usbguard's IPC cannot be saved into a version.
+            let append = try container.run("/usr/bin/usbguard", "append-rule", "block id 1234:5678")
+            #expect(append.status != 0)
+            #expect((append.output + append.error).contains("Read-only file system"), "\(append.output) \(append.error)")
         }
     }
 }
