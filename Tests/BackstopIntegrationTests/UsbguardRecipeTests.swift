@@ -10,6 +10,7 @@ extension ContainerTests {
         runner = "systemd"
         unit = "usbguard.service"
         content_link = "/etc/usbguard/rules.d"
+        ready_check_exec = ["/usr/bin/usbguard", "list-rules"]
         failure_window_sec = 60
         restart_delay_ms = 100
         boot_good_after_sec = 2
@@ -97,6 +98,7 @@ extension ContainerTests {
             try #require(try container.run("/usr/bin/backstopctl", "stage", "usbguard", "/srv/rules-v2", "--version", "v2", "--activate").status == 0)
             let agent = try expectRolledBack(container)
             #expect(agent.content.knownGood == "v1")
+            #expect(!(try container.decisions()).contains { $0["BACKSTOP_EVENT"] == "agent-ready" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" })
             // Each failed start is the forking start process exiting 1 on the rule it cannot parse.
             let exits = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
             #expect(exits.count == 3)
