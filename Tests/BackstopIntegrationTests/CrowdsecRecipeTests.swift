@@ -1,0 +1,161 @@
+@testable import BackstopCore
+import Foundation
+import Testing
+
+/// README's CrowdSec recipe in a container that boots systemd: Debian's own `crowdsec.service`
+/// (`Type=notify`, `ExecStartPre=crowdsec -t`) under the systemd runner, crowdsec's hub items
+/// (scenarios, the parsers they build on, grok patterns) as content at `config_dir`.
+extension ContainerTests {
+    static let crowdsecConfig = """
+        [[agent]]
+        name = "crowdsec"
+        runner = "systemd"
+        unit = "crowdsec.service"
+        content_link = "/etc/crowdsec/content"
+        probation_sec = 5
+        failure_window_sec = 120
+        restart_delay_ms = 100
+        boot_good_after_sec = 2
+        """
+
+    /// Where the test's log lines for crowdsec go (its acquisition, below).
+    static let crowdsecLogDirectory = "/var/log/backstop-test"
+
+    /// The hub items Debian's postinst would enable that this test's content takes over: the
+    /// sshd collection's parsers and its brute-force scenario (the link in /etc/crowdsec, the
+    /// item below /var/lib/crowdsec/hub).
+    static let crowdsecHubItems = [
+        "parsers/s00-raw/syslog-logs.yaml": "parsers/s00-raw/crowdsecurity/syslog-logs.yaml",
+        "parsers/s01-parse/sshd-logs.yaml": "parsers/s01-parse/crowdsecurity/sshd-logs.yaml",
+        "parsers/s02-enrich/dateparse-enrich.yaml": "parsers/s02-enrich/crowdsecurity/dateparse-enrich.yaml",
+        "scenarios/ssh-bf.yaml": "scenarios/crowdsecurity/ssh-bf.yaml",
+    ]
+
+    /// What Debian's crowdsec package sets up at installation, which a volatile container's empty
+    /// /etc and /var lack: its configuration files and grok patterns (this machine's), the offline
+    /// hub under /var/lib/crowdsec with its data files, and the enabled hub items as links, as its
+    /// postinst makes them; the Central API left out, as on the test machines. Besides: the
+    /// recipe's `config.yaml.local`, an acquisition that reads the test's log lines, and a preset
+    /// that leaves the unit disabled, as the recipe has it (backstopd starts it).
+    /// - Throws: when crowdsec's files on this machine cannot be read (its package is missing).
+    static func crowdsecFiles() throws -> [String: String] {
+        var files = [
+            "/etc/crowdsec/config.yaml.local": """
+                # Optimization for sqlite, see README.Debian:
+                db_config:
+                  use_wal: true
+                config_paths:
+                  config_dir: /etc/crowdsec/content/
+
+                """,
+            "/etc/crowdsec/acquis.yaml": """
+                filenames:
+                  - \(crowdsecLogDirectory)/*.log
+                force_inotify: true
+                labels:
+                  type: syslog
+
+                """,
+            "/etc/crowdsec/online_api_credentials.yaml": "# Central API not used\n",
+            "/etc/systemd/system-preset/00-backstop-test.preset": "disable crowdsec.service\n",
+        ]
+        for name in ["config.yaml", "profiles.yaml", "simulation.yaml"] {
+            files["/etc/crowdsec/" + name] = try String(contentsOfFile: "/etc/crowdsec/" + name, encoding: .utf8)
+        }
+        for name in try FileManager.default.contentsOfDirectory(atPath: "/etc/crowdsec/patterns") {
+            files["/etc/crowdsec/patterns/" + name] = try String(contentsOfFile: "/etc/crowdsec/patterns/" + name, encoding: .utf8)
+        }
+        let hub = "/usr/share/crowdsec/hub"
+        var tmpfiles = [
+            "d /var/lib/crowdsec 0755 root root -", "d /var/lib/crowdsec/hub 0755 root root -",
+            "C /var/lib/crowdsec/data - - - - /usr/share/crowdsec/data",
+            "d \(crowdsecLogDirectory) 0755 root root -",
+        ] + [".index.json", "parsers", "scenarios"].map { "L /var/lib/crowdsec/hub/\($0) - - - - \(hub)/\($0)" }
+        let directories = Set(crowdsecHubItems.keys.flatMap { link in
+            let parts = link.split(separator: "/").dropLast()
+            return parts.indices.map { parts[...$0].joined(separator: "/") }
+        })
+        tmpfiles += directories.sorted().map { "d /etc/crowdsec/\($0) 0755 root root -" }
+        tmpfiles += crowdsecHubItems.sorted { $0.key < $1.key }.map { "L /etc/crowdsec/\($0.key) - - - - /var/lib/crowdsec/hub/\($0.value)" }
+        files["/etc/tmpfiles.d/crowdsec.conf"] = tmpfiles.joined(separator: "\n") + "\n"
+        return files
+    }
+
+    /// Registers crowdsec with its Local API (as Debian's postinst does; the unit's
+    /// `ConditionPathExists=` waits for these credentials), then takes over the content it runs
+    /// as README says, into /srv/crowdsec-v1.
+    func crowdsecInstalled(_ container: Container) throws {
+        let registered = try container.run("/usr/bin/cscli", "machines", "add", "--auto")
+        try #require(registered.status == 0, "\(registered.output) \(registered.error)")
+        let copied = try container.run("/bin/sh", "-c", """
+            set -e; mkdir /srv/crowdsec-v1
+            cp -rL /etc/crowdsec/scenarios /etc/crowdsec/parsers /etc/crowdsec/patterns /srv/crowdsec-v1/
+            """)
+        try #require(copied.status == 0, "\(copied.error)")
+    }
+
+    /// Writes `attempts` failed ssh logins from `address` as a new log file crowdsec reads, and
+    /// waits (up to 30 s) until the running crowdsec's Local API holds a ban for `address`.
+    /// - Returns: that ban as `cscli decisions list -o raw` prints it (`id,source,ip,reason,action,...`).
+    func crowdsecBans(_ container: Container, address: String, attempts: Int = 7) throws -> String {
+        // Made under a name the acquisition ignores and renamed into place, so crowdsec (watching
+        // the directory) reads the whole file from its start.
+        let file = "\(Self.crowdsecLogDirectory)/auth-\(address).log"
+        let written = try container.run("/bin/sh", "-c", """
+            for i in $(seq \(attempts)); do
+                echo "$(date '+%b %e %H:%M:%S') host sshd[4242]: Failed password for invalid user admin$i from \(address) port 4000$i ssh2"
+            done > \(file).tmp && mv \(file).tmp \(file)
+            """)
+        try #require(written.status == 0, "\(written.error)")
+        // The Local API has no call that waits for a decision (bouncers poll it too), so this asks
+        // again until the ban is there or the time is up.
+        let deadline = Date().addingTimeInterval(30)
+        var decisions = CommandResult(status: -1, output: "", error: "")
+        while Date() < deadline {
+            decisions = try container.run("/usr/bin/cscli", "decisions", "list", "-o", "raw")
+            if let ban = decisions.output.split(separator: "\n").first(where: { $0.contains("Ip:\(address),") }) { return String(ban) }
+            usleep(250_000)
+        }
+        throw HarnessError.failed("no ban for \(address) within 30 s: \(decisions.output) \(decisions.error)")
+    }
+
+    @Test("crowdsec.service as Debian ships it, its `crowdsec -t` kept: a scenario with an invalid filter fails that check, is rolled back and quarantined, and crowdsec bans again with the known-good scenarios")
+    func crowdsecBadScenarioRolledBack() throws {
+        try withContainer(
+            config: Self.crowdsecConfig, files: try Self.crowdsecFiles(), masked: Container.masked.filter { $0 != "crowdsec.service" }
+        ) { container in
+            try crowdsecInstalled(container)
+            // The known-good version bans a brute-forcing address: the running crowdsec loaded the scenario.
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-v1", "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            let firstBan = try crowdsecBans(container, address: "192.0.2.7")
+            #expect(firstBan.contains(",crowdsecurity/ssh-bf,ban,"), "\(firstBan)")
+            try container.waitForDecision("content-promoted", version: "v1")
+
+            // v2: an operator's edit of the scenario's filter, with `startswith` for expr's `startsWith`.
+            let typo = #"s/^filter: "evt.Meta.log_type == 'ssh_failed-auth'"$/filter: "evt.Meta.log_type == 'ssh_failed-auth' \&\& evt.Meta.source_ip startswith '192.0.2.'"/"#
+            try #require(try container.run("/bin/cp", "-r", "/srv/crowdsec-v1", "/srv/crowdsec-v2").status == 0)
+            try #require(try container.run("/bin/sed", "-i", typo, "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
+            try #require(try container.run("/bin/grep", "-q", "startswith", "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-v2", "--version", "v2", "--activate").status == 0)
+
+            let agent = try expectRolledBack(container)
+            #expect(agent.content.knownGood == "v1")
+            // Each start failed in the unit's ExecStartPre= (systemd's "control process"), with crowdsec's own reason.
+            try expectCandidateExits(container, status: "1")
+            let unitLog = try container.run("/bin/journalctl", "-u", "crowdsec.service", "--no-pager", "-o", "cat").output
+            #expect(unitLog.components(separatedBy: "Control process exited, code=exited, status=1/FAILURE").count - 1 == 3, "\(unitLog)")
+            #expect(unitLog.contains("invalid filter"), "\(unitLog)")
+            let shown = try container.run("/bin/systemctl", "show", "crowdsec.service", "-p", "ExecStartPre", "-p", "MainPID").output
+            #expect(shown.contains("/usr/bin/crowdsec -c /etc/crowdsec/config.yaml -t"), "the unit's own check ran: \(shown)")
+            #expect(shown.contains("MainPID=\(agent.pid ?? -1)"))
+
+            // crowdsec is back on the known-good scenario: it lists it from the link, and bans a new address.
+            let listed = try container.run("/usr/bin/cscli", "--branch", "master", "scenarios", "list", "-o", "json").output
+            #expect(listed.contains("/etc/crowdsec/content/scenarios/ssh-bf.yaml"), "\(listed)")
+            let ban = try crowdsecBans(container, address: "192.0.2.8")
+            #expect(ban.contains(",crowdsecurity/ssh-bf,ban,"), "\(ban)")
+            #expect(try container.run("/bin/readlink", "-f", "/etc/crowdsec/content").output.contains("/versions/v1"))
+        }
+    }
+}
