@@ -94,8 +94,9 @@ extension ContainerTests {
         try #require(copied.status == 0, "\(copied.error)")
     }
 
-    /// Writes `attempts` failed ssh logins from `address` as a new log file crowdsec reads, and
-    /// waits (up to 30 s) until the running crowdsec's Local API holds a ban for `address`.
+    /// Writes `attempts` failed ssh logins as one user from `address` as a new log file crowdsec
+    /// reads, and waits (up to 30 s) until the running crowdsec's Local API holds a ban for
+    /// `address`. (One user: so only `crowdsecurity/ssh-bf` bans, not its user-enumeration sibling.)
     /// - Returns: that ban as `cscli decisions list -o raw` prints it (`id,source,ip,reason,action,...`).
     func crowdsecBans(_ container: Container, address: String, attempts: Int = 7) throws -> String {
         // Made under a name the acquisition ignores and renamed into place, so crowdsec (watching
@@ -103,7 +104,7 @@ extension ContainerTests {
         let file = "\(Self.crowdsecLogDirectory)/auth-\(address).log"
         let written = try container.run("/bin/sh", "-c", """
             for i in $(seq \(attempts)); do
-                echo "$(date '+%b %e %H:%M:%S') host sshd[4242]: Failed password for invalid user admin$i from \(address) port 4000$i ssh2"
+                echo "$(date '+%b %e %H:%M:%S') host sshd[4242]: Failed password for invalid user admin from \(address) port 4000$i ssh2"
             done > \(file).tmp && mv \(file).tmp \(file)
             """)
         try #require(written.status == 0, "\(written.error)")
@@ -150,7 +151,8 @@ extension ContainerTests {
             #expect(shown.contains("/usr/bin/crowdsec -c /etc/crowdsec/config.yaml -t"), "the unit's own check ran: \(shown)")
             #expect(shown.contains("MainPID=\(agent.pid ?? -1)"))
 
-            // crowdsec is back on the known-good scenario: it lists it from the link, and bans a new address.
+            // crowdsec is back on the known-good scenario: it lists it from the link, and bans a new
+            // address. (`--branch`: else cscli asks version.crowdsec.net, out of the container's reach.)
             let listed = try container.run("/usr/bin/cscli", "--branch", "master", "scenarios", "list", "-o", "json").output
             #expect(listed.contains("/etc/crowdsec/content/scenarios/ssh-bf.yaml"), "\(listed)")
             let ban = try crowdsecBans(container, address: "192.0.2.8")
