@@ -18,6 +18,29 @@ extension ContainerTests {
         boot_good_after_sec = 2
         """
 
+    /// The recipe's preflight: the unit's own check on the candidate, in a throwaway instance
+    /// that then idles until `preflight_sec` is over.
+    static let crowdsecPreflightConfig = crowdsecConfig + """
+
+        preflight_sec = 15
+        preflight_exec = ["/bin/sh", "-c", "/usr/bin/crowdsec -c /etc/crowdsec/preflight.yaml -t && exec /bin/sleep infinity"]
+        [agent.sandbox]
+        user = "root"
+        read_write_paths = ["/var/lib/crowdsec/data"]
+        """
+
+    /// The recipe's `preflight.yaml` (a link to `config.yaml`) and its `.local`.
+    static let crowdsecPreflightFiles = [
+        "/etc/crowdsec/preflight.yaml.local": """
+            config_paths:
+              config_dir: /etc/crowdsec/content/
+            common:
+              log_media: stdout
+
+            """,
+        "/etc/tmpfiles.d/crowdsec-preflight.conf": "L /etc/crowdsec/preflight.yaml - - - - config.yaml\n",
+    ]
+
     /// Where the test's log lines for crowdsec go (its acquisition, below).
     static let crowdsecLogDirectory = "/var/log/backstop-test"
 
@@ -94,6 +117,25 @@ extension ContainerTests {
         try #require(copied.status == 0, "\(copied.error)")
     }
 
+    /// Makes /srv/crowdsec-v2: /srv/crowdsec-v1 with an operator's edit of the scenario's filter,
+    /// `startswith` written for expr's `startsWith`, which crowdsec refuses to load.
+    func crowdsecBadScenario(_ container: Container) throws {
+        let typo = #"s/^filter: "evt.Meta.log_type == 'ssh_failed-auth'"$/filter: "evt.Meta.log_type == 'ssh_failed-auth' \&\& evt.Meta.source_ip startswith '192.0.2.'"/"#
+        try #require(try container.run("/bin/cp", "-r", "/srv/crowdsec-v1", "/srv/crowdsec-v2").status == 0)
+        try #require(try container.run("/bin/sed", "-i", typo, "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
+        try #require(try container.run("/bin/grep", "-q", "startswith", "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
+    }
+
+    /// Stages /srv/crowdsec-v1 as v1 and shows the running crowdsec detecting with it (a ban for
+    /// 192.0.2.7 by its scenario), until it has passed probation.
+    func crowdsecKnownGood(_ container: Container) throws {
+        try #require(try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-v1", "--version", "v1", "--activate").status == 0)
+        try container.waitForDecision("agent-ready", version: "v1")
+        let ban = try crowdsecBans(container, address: "192.0.2.7")
+        #expect(ban.contains(",crowdsecurity/ssh-bf,ban,"), "\(ban)")
+        try container.waitForDecision("content-promoted", version: "v1")
+    }
+
     /// Writes `attempts` failed ssh logins as one user from `address` as a new log file crowdsec
     /// reads, and waits (up to 30 s) until the running crowdsec's Local API holds a ban for
     /// `address`. (One user: so only `crowdsecurity/ssh-bf` bans, not its user-enumeration sibling.)
@@ -126,18 +168,8 @@ extension ContainerTests {
             config: Self.crowdsecConfig, files: try Self.crowdsecFiles(), masked: Container.masked.filter { $0 != "crowdsec.service" }
         ) { container in
             try crowdsecInstalled(container)
-            // The known-good version bans a brute-forcing address: the running crowdsec loaded the scenario.
-            try #require(try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-v1", "--version", "v1", "--activate").status == 0)
-            try container.waitForDecision("agent-ready", version: "v1")
-            let firstBan = try crowdsecBans(container, address: "192.0.2.7")
-            #expect(firstBan.contains(",crowdsecurity/ssh-bf,ban,"), "\(firstBan)")
-            try container.waitForDecision("content-promoted", version: "v1")
-
-            // v2: an operator's edit of the scenario's filter, with `startswith` for expr's `startsWith`.
-            let typo = #"s/^filter: "evt.Meta.log_type == 'ssh_failed-auth'"$/filter: "evt.Meta.log_type == 'ssh_failed-auth' \&\& evt.Meta.source_ip startswith '192.0.2.'"/"#
-            try #require(try container.run("/bin/cp", "-r", "/srv/crowdsec-v1", "/srv/crowdsec-v2").status == 0)
-            try #require(try container.run("/bin/sed", "-i", typo, "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
-            try #require(try container.run("/bin/grep", "-q", "startswith", "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
+            try crowdsecKnownGood(container)
+            try crowdsecBadScenario(container)
             try #require(try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-v2", "--version", "v2", "--activate").status == 0)
 
             let agent = try expectRolledBack(container)
@@ -158,6 +190,39 @@ extension ContainerTests {
             let ban = try crowdsecBans(container, address: "192.0.2.8")
             #expect(ban.contains(",crowdsecurity/ssh-bf,ban,"), "\(ban)")
             #expect(try container.run("/bin/readlink", "-f", "/etc/crowdsec/content").output.contains("/versions/v1"))
+        }
+    }
+
+    @Test("crowdsec with the recipe's preflight: a scenario with an invalid filter fails `crowdsec -t` in the throwaway instance and is quarantined; the running crowdsec never loads it and goes on banning")
+    func crowdsecPreflightRefusesBadScenario() throws {
+        try withContainer(
+            config: Self.crowdsecPreflightConfig, files: try Self.crowdsecFiles().merging(Self.crowdsecPreflightFiles) { $1 },
+            masked: Container.masked.filter { $0 != "crowdsec.service" }
+        ) { container in
+            try crowdsecInstalled(container)
+            try crowdsecKnownGood(container)
+            let live = try #require(try container.status().agents.first?.pid)
+
+            try crowdsecBadScenario(container)
+            let refused = try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-v2", "--version", "v2", "--activate")
+            #expect(refused.status != 0)
+            #expect(refused.error.contains("failed preflight"), "\(refused.error)")
+            let decisions = try container.decisions()
+            let failed = try #require(decisions.first { $0["BACKSTOP_EVENT"] == "preflight-failed" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" })
+            #expect(failed["BACKSTOP_REASON"] == "exited")
+            #expect(failed["BACKSTOP_PREVIOUS_VERSION"] == "v1", "the known-good version was the control")
+            #expect(failed["MESSAGE"]?.contains("invalid filter") == true, "crowdsec's own reason: \(failed["MESSAGE"] ?? "")")
+            #expect(decisions.contains { $0["BACKSTOP_EVENT"] == "content-quarantined" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" })
+            #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == "agent-started" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" })
+
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running")
+            #expect(agent.pid == live, "the running crowdsec was never restarted")
+            #expect(agent.content.active == "v1")
+            #expect(agent.content.quarantined == ["v2"])
+            #expect(try container.run("/bin/systemctl", "show", "crowdsec.service", "-p", "MainPID").output.contains("MainPID=\(live)"))
+            let ban = try crowdsecBans(container, address: "192.0.2.8")
+            #expect(ban.contains(",crowdsecurity/ssh-bf,ban,"), "\(ban)")
         }
     }
 }
