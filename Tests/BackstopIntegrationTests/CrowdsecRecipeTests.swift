@@ -6,40 +6,50 @@ import Testing
 /// (`Type=notify`, `ExecStartPre=crowdsec -t`) under the systemd runner, crowdsec's hub items
 /// (scenarios, the parsers they build on, grok patterns) as content at `config_dir`.
 extension ContainerTests {
-    static let crowdsecConfig = """
-        [[agent]]
-        name = "crowdsec"
-        runner = "systemd"
-        unit = "crowdsec.service"
-        content_link = "/etc/crowdsec/content"
-        probation_sec = 5
-        failure_window_sec = 120
-        restart_delay_ms = 100
-        boot_good_after_sec = 2
-        """
+    /// README.md's section on CrowdSec, so that the tests follow what it says.
+    struct CrowdsecRecipe {
+        let section: String
 
-    /// The recipe's preflight: the unit's own check on the candidate, in a throwaway instance
-    /// that then idles until `preflight_sec` is over.
-    static let crowdsecPreflightConfig = crowdsecConfig + """
+        init() throws {
+            let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
+            guard let start = readme.range(of: "## CrowdSec as the agent\n"),
+                  let end = readme.range(of: "\n## ", range: start.upperBound..<readme.endIndex) else {
+                throw HarnessError.failed("README.md has no section \"CrowdSec as the agent\"")
+            }
+            section = String(readme[start.upperBound..<end.lowerBound])
+        }
 
-        preflight_sec = 15
-        preflight_exec = ["/bin/sh", "-c", "/usr/bin/crowdsec -c /etc/crowdsec/preflight.yaml -t && exec /bin/sleep infinity"]
-        [agent.sandbox]
-        user = "root"
-        read_write_paths = ["/var/lib/crowdsec/data"]
-        """
+        /// The recipe's fenced blocks in `language` (`toml`, `yaml`, `sh`), in order; `count` of them.
+        func blocks(_ language: String, count: Int) throws -> [String] {
+            let blocks = section.components(separatedBy: "```\(language)\n").dropFirst().compactMap {
+                $0.components(separatedBy: "\n```").first.map { $0 + "\n" }
+            }
+            guard blocks.count == count else { throw HarnessError.failed("the recipe has \(blocks.count) \(language) blocks, not \(count)") }
+            return blocks
+        }
 
-    /// The recipe's `preflight.yaml` (a link to `config.yaml`) and its `.local`.
-    static let crowdsecPreflightFiles = [
-        "/etc/crowdsec/preflight.yaml.local": """
-            config_paths:
-              config_dir: /etc/crowdsec/content/
-            common:
-              log_media: stdout
+        /// /etc/backstop/backstop.toml: the recipe's `[[agent]]` with the test's shorter times,
+        /// and with `preflight`, its preflight keys and sandbox (`preflight_sec` shortened too).
+        func configuration(preflight: Bool) throws -> String {
+            let toml = try blocks("toml", count: 2)
+            let times = "probation_sec = 5\nfailure_window_sec = 120\nrestart_delay_ms = 100\nboot_good_after_sec = 2\n"
+            guard preflight else { return toml[0] + times }
+            guard toml[1].contains("preflight_sec = 30 ") else { throw HarnessError.failed("the recipe's preflight_sec is not 30: \(toml[1])") }
+            return toml[0] + times + toml[1].replacingOccurrences(of: "preflight_sec = 30 ", with: "preflight_sec = 15 ")
+        }
 
-            """,
-        "/etc/tmpfiles.d/crowdsec-preflight.conf": "L /etc/crowdsec/preflight.yaml - - - - config.yaml\n",
-    ]
+        /// The recipe's lines for /etc/crowdsec/config.yaml.local.
+        func localConfiguration() throws -> String { try blocks("yaml", count: 1)[0] }
+
+        /// The commands that take over what crowdsec runs into /srv/crowdsec-current, without its
+        /// `backstopctl stage` (the tests stage that directory under ids of their own).
+        func takeOver() throws -> String {
+            try blocks("sh", count: 2)[0].split(separator: "\n").filter { !$0.hasPrefix("backstopctl ") }.joined(separator: "\n")
+        }
+
+        /// The commands that make the preflight's `preflight.yaml`.
+        func preflightFiles() throws -> String { try blocks("sh", count: 2)[1] }
+    }
 
     /// Where the test's log lines for crowdsec go (its acquisition, below).
     static let crowdsecLogDirectory = "/var/log/backstop-test"
@@ -58,19 +68,13 @@ extension ContainerTests {
     /// /etc and /var lack: its configuration files and grok patterns (this machine's), the offline
     /// hub under /var/lib/crowdsec with its data files, and the enabled hub items as links, as its
     /// postinst makes them; the Central API left out, as on the test machines. Besides: the
-    /// recipe's `config.yaml.local`, an acquisition that reads the test's log lines, and a preset
+    /// recipe's `config.yaml.local` (after the lines Debian's postinst writes), an acquisition that reads the test's log lines, and a preset
     /// that leaves the unit disabled, as the recipe has it (backstopd starts it).
     /// - Throws: when crowdsec's files on this machine cannot be read (its package is missing).
     static func crowdsecFiles() throws -> [String: String] {
         var files = [
-            "/etc/crowdsec/config.yaml.local": """
-                # Optimization for sqlite, see README.Debian:
-                db_config:
-                  use_wal: true
-                config_paths:
-                  config_dir: /etc/crowdsec/content/
-
-                """,
+            "/etc/crowdsec/config.yaml.local": "# Optimization for sqlite, see README.Debian:\ndb_config:\n  use_wal: true\n"
+                + (try CrowdsecRecipe().localConfiguration()),
             "/etc/crowdsec/acquis.yaml": """
                 filenames:
                   - \(crowdsecLogDirectory)/*.log
@@ -106,30 +110,27 @@ extension ContainerTests {
 
     /// Registers crowdsec with its Local API (as Debian's postinst does; the unit's
     /// `ConditionPathExists=` waits for these credentials), then takes over the content it runs
-    /// as README says, into /srv/crowdsec-v1.
+    /// with the recipe's commands, into /srv/crowdsec-current.
     func crowdsecInstalled(_ container: Container) throws {
         let registered = try container.run("/usr/bin/cscli", "machines", "add", "--auto")
         try #require(registered.status == 0, "\(registered.output) \(registered.error)")
-        let copied = try container.run("/bin/sh", "-c", """
-            set -e; mkdir /srv/crowdsec-v1
-            cp -rL /etc/crowdsec/scenarios /etc/crowdsec/parsers /etc/crowdsec/patterns /srv/crowdsec-v1/
-            """)
-        try #require(copied.status == 0, "\(copied.error)")
+        let takenOver = try container.run("/bin/sh", "-ec", try CrowdsecRecipe().takeOver())
+        try #require(takenOver.status == 0, "\(takenOver.output) \(takenOver.error)")
     }
 
-    /// Makes /srv/crowdsec-v2: /srv/crowdsec-v1 with an operator's edit of the scenario's filter,
+    /// Makes /srv/crowdsec-v2: /srv/crowdsec-current with an operator's edit of the scenario's filter,
     /// `startswith` written for expr's `startsWith`, which crowdsec refuses to load.
     func crowdsecBadScenario(_ container: Container) throws {
         let typo = #"s/^filter: "evt.Meta.log_type == 'ssh_failed-auth'"$/filter: "evt.Meta.log_type == 'ssh_failed-auth' \&\& evt.Meta.source_ip startswith '192.0.2.'"/"#
-        try #require(try container.run("/bin/cp", "-r", "/srv/crowdsec-v1", "/srv/crowdsec-v2").status == 0)
+        try #require(try container.run("/bin/cp", "-r", "/srv/crowdsec-current", "/srv/crowdsec-v2").status == 0)
         try #require(try container.run("/bin/sed", "-i", typo, "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
         try #require(try container.run("/bin/grep", "-q", "startswith", "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
     }
 
-    /// Stages /srv/crowdsec-v1 as v1 and shows the running crowdsec detecting with it (a ban for
+    /// Stages /srv/crowdsec-current as v1 and shows the running crowdsec detecting with it (a ban for
     /// 192.0.2.7 by its scenario), until it has passed probation.
     func crowdsecKnownGood(_ container: Container) throws {
-        try #require(try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-v1", "--version", "v1", "--activate").status == 0)
+        try #require(try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-current", "--version", "v1", "--activate").status == 0)
         try container.waitForDecision("agent-ready", version: "v1")
         let ban = try crowdsecBans(container, address: "192.0.2.7")
         #expect(ban.contains(",crowdsecurity/ssh-bf,ban,"), "\(ban)")
@@ -165,7 +166,7 @@ extension ContainerTests {
     @Test("crowdsec.service as Debian ships it, its `crowdsec -t` kept: a scenario with an invalid filter fails that check, is rolled back and quarantined, and crowdsec bans again with the known-good scenarios")
     func crowdsecBadScenarioRolledBack() throws {
         try withContainer(
-            config: Self.crowdsecConfig, files: try Self.crowdsecFiles(), masked: Container.masked.filter { $0 != "crowdsec.service" }
+            config: try CrowdsecRecipe().configuration(preflight: false), files: try Self.crowdsecFiles(), masked: Container.masked.filter { $0 != "crowdsec.service" }
         ) { container in
             try crowdsecInstalled(container)
             try crowdsecKnownGood(container)
@@ -196,10 +197,12 @@ extension ContainerTests {
     @Test("crowdsec with the recipe's preflight: a scenario with an invalid filter fails `crowdsec -t` in the throwaway instance and is quarantined; the running crowdsec never loads it and goes on banning")
     func crowdsecPreflightRefusesBadScenario() throws {
         try withContainer(
-            config: Self.crowdsecPreflightConfig, files: try Self.crowdsecFiles().merging(Self.crowdsecPreflightFiles) { $1 },
+            config: try CrowdsecRecipe().configuration(preflight: true), files: try Self.crowdsecFiles(),
             masked: Container.masked.filter { $0 != "crowdsec.service" }
         ) { container in
             try crowdsecInstalled(container)
+            let made = try container.run("/bin/sh", "-ec", try CrowdsecRecipe().preflightFiles())
+            try #require(made.status == 0, "\(made.output) \(made.error)")
             try crowdsecKnownGood(container)
             let live = try #require(try container.status().agents.first?.pid)
 
