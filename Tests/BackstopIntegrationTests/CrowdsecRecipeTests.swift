@@ -68,8 +68,9 @@ extension ContainerTests {
     /// /etc and /var lack: its configuration files and grok patterns (this machine's), the offline
     /// hub under /var/lib/crowdsec with its data files, and the enabled hub items as links, as its
     /// postinst makes them; the Central API left out, as on the test machines. Besides: the
-    /// recipe's `config.yaml.local` (after the lines Debian's postinst writes), an acquisition that reads the test's log lines, and a preset
-    /// that leaves the unit disabled, as the recipe has it (backstopd starts it).
+    /// recipe's `config.yaml.local` (after the lines Debian's postinst writes there), an
+    /// acquisition that reads the test's log lines, and a preset that leaves the unit disabled,
+    /// as the recipe has it (backstopd starts it).
     /// - Throws: when crowdsec's files on this machine cannot be read (its package is missing).
     static func crowdsecFiles() throws -> [String: String] {
         var files = [
@@ -118,8 +119,8 @@ extension ContainerTests {
         try #require(takenOver.status == 0, "\(takenOver.output) \(takenOver.error)")
     }
 
-    /// Makes /srv/crowdsec-v2: /srv/crowdsec-current with an operator's edit of the scenario's filter,
-    /// `startswith` written for expr's `startsWith`, which crowdsec refuses to load.
+    /// Makes /srv/crowdsec-v2: /srv/crowdsec-current with an operator's edit of the scenario's
+    /// filter, `startswith` written for expr's `startsWith`, which crowdsec refuses to load.
     func crowdsecBadScenario(_ container: Container) throws {
         let typo = #"s/^filter: "evt.Meta.log_type == 'ssh_failed-auth'"$/filter: "evt.Meta.log_type == 'ssh_failed-auth' \&\& evt.Meta.source_ip startswith '192.0.2.'"/"#
         try #require(try container.run("/bin/cp", "-r", "/srv/crowdsec-current", "/srv/crowdsec-v2").status == 0)
@@ -127,8 +128,8 @@ extension ContainerTests {
         try #require(try container.run("/bin/grep", "-q", "startswith", "/srv/crowdsec-v2/scenarios/ssh-bf.yaml").status == 0)
     }
 
-    /// Stages /srv/crowdsec-current as v1 and shows the running crowdsec detecting with it (a ban for
-    /// 192.0.2.7 by its scenario), until it has passed probation.
+    /// Stages /srv/crowdsec-current as v1, shows the running crowdsec detecting with it (a ban
+    /// for 192.0.2.7 by its scenario) and waits until it has passed probation.
     func crowdsecKnownGood(_ container: Container) throws {
         try #require(try container.run("/usr/bin/backstopctl", "stage", "crowdsec", "/srv/crowdsec-current", "--version", "v1", "--activate").status == 0)
         try container.waitForDecision("agent-ready", version: "v1")
@@ -166,7 +167,8 @@ extension ContainerTests {
     @Test("crowdsec.service as Debian ships it, its `crowdsec -t` kept: a scenario with an invalid filter fails that check, is rolled back and quarantined, and crowdsec bans again with the known-good scenarios")
     func crowdsecBadScenarioRolledBack() throws {
         try withContainer(
-            config: try CrowdsecRecipe().configuration(preflight: false), files: try Self.crowdsecFiles(), masked: Container.masked.filter { $0 != "crowdsec.service" }
+            config: try CrowdsecRecipe().configuration(preflight: false), files: try Self.crowdsecFiles(),
+            masked: Container.masked.filter { $0 != "crowdsec.service" }
         ) { container in
             try crowdsecInstalled(container)
             try crowdsecKnownGood(container)
