@@ -1,0 +1,146 @@
+@testable import BackstopCore
+import Foundation
+import Testing
+
+/// The README's fail2ban recipe: Debian's own `fail2ban.service` (Type=simple,
+/// `fail2ban-server -xf start`) under the systemd runner, its configuration directory
+/// /etc/fail2ban as the content, with the drop-in and ready check the README shows.
+extension ContainerTests {
+    static let fail2banConfig = """
+        [[agent]]
+        name = "fail2ban"
+        runner = "systemd"
+        unit = "fail2ban.service"
+        content_link = "/etc/fail2ban"
+        ready_check_exec = ["/bin/sh", "-c", "fail2ban-client status | grep -Eq 'Number of jail:[[:space:]]*[1-9]'"]
+        failure_window_sec = 60
+        restart_delay_ms = 100
+        boot_good_after_sec = 2
+        """
+
+    /// The README's drop-in for fail2ban.service, a disabled unit (as the README has the
+    /// operator leave it, so that only backstopd starts it), the log files its jails read
+    /// (auth.log, which rsyslog would make, for the packaged sshd jail), and this machine's
+    /// packaged /etc/fail2ban as a base64 tar archive: the container's /etc starts empty.
+    static func fail2banFiles() throws -> [String: String] {
+        let packaged = try Command.run("/bin/sh", ["-c", "tar -C /etc -cz fail2ban | base64 -w0"])
+        try #require(packaged.status == 0 && !packaged.output.isEmpty, "the packaged /etc/fail2ban: \(packaged.error)")
+        return [
+            "/etc/systemd/system/fail2ban.service.d/backstop.conf": "[Service]\nExecStartPre=/usr/bin/fail2ban-client --test\n",
+            "/etc/systemd/system-preset/00-backstop-test.preset": "disable fail2ban.service\n",
+            "/etc/tmpfiles.d/fail2ban-logs.conf": "f /var/log/auth.log 0640 root root -\nf /var/log/webapp.log 0640 root root -\n",
+            "/srv/fail2ban-packaged.tar.gz.base64": packaged.output,
+        ]
+    }
+
+    /// Makes /srv/v1 in the container: the packaged /etc/fail2ban taken over as it is, plus a
+    /// jail `webapp` on /var/log/webapp.log that bans with an unreachable route (the
+    /// container's private network has no firewall to add a rule to); then /srv/v2, v1 with
+    /// `mistake` (a shell command run in /srv/v2) applied.
+    func fail2banVersions(_ container: Container, mistake: String) throws {
+        let made = try container.run("/bin/sh", "-c", #"""
+            set -e
+            mkdir -p /srv/packaged && base64 -d /srv/fail2ban-packaged.tar.gz.base64 | tar -xz -C /srv/packaged
+            cp -a /srv/packaged/fail2ban /srv/v1
+            cat > /srv/v1/filter.d/webapp.conf <<'EOF'
+            [Definition]
+            failregex = ^\s*webapp: login failed for \S+ from <HOST>$
+            EOF
+            cat > /srv/v1/jail.d/webapp.local <<'EOF'
+            [webapp]
+            enabled = true
+            logpath = /var/log/webapp.log
+            maxretry = 3
+            banaction = route
+            EOF
+            cp -a /srv/v1 /srv/v2 && cd /srv/v2
+            """# + "\n" + mistake)
+        try #require(made.status == 0, "\(made.output) \(made.error)")
+    }
+
+    /// Waits (30 s at most) until fail2ban's log, /var/log/fail2ban.log, has a line with `text`.
+    func waitForFail2banLog(_ container: Container, _ text: String) throws {
+        let found = try container.run("/bin/sh", "-c", "timeout 30 tail -F -n +1 /var/log/fail2ban.log | grep -q -m1 -F '\(text)'")
+        try #require(found.status == 0, "no '\(text)' in fail2ban's log: \(found.error)")
+    }
+
+    /// Writes three failed logins from `address` into webapp's log and waits until fail2ban bans it.
+    func fail2banFailedLogins(_ container: Container, from address: String) throws {
+        try container.run("/bin/sh", "-c", """
+            for i in 1 2 3; do echo "$(date '+%Y-%m-%d %H:%M:%S') webapp: login failed for admin from \(address)" >> /var/log/webapp.log; done
+            """)
+        try waitForFail2banLog(container, "] Ban \(address)")
+    }
+
+    /// Expects fail2ban's own tools to show `address` banned by jail webapp: in its banned
+    /// list, and as an unreachable route.
+    func expectBanned(_ container: Container, _ address: String) throws {
+        let jail = try container.run("/usr/bin/fail2ban-client", "status", "webapp")
+        #expect(jail.status == 0 && jail.output.contains("Banned IP list:") && jail.output.contains(address), "\(jail.output) \(jail.error)")
+        let routes = try container.run("/usr/sbin/ip", "route", "show", "type", "unreachable").output
+        #expect(routes.contains("unreachable \(address) "), "\(routes)")
+    }
+
+    /// The agent's exits on v2: three, one per start, each `exited` with fail2ban's 255.
+    func expectFail2banExits(_ container: Container) throws {
+        let decisions = try container.decisions()
+        let exits = decisions.filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
+        #expect(exits.count == 3, "\(exits.map { $0["MESSAGE"] ?? "" })")
+        #expect(exits.allSatisfy { $0["BACKSTOP_REASON"] == "exited" && $0["BACKSTOP_EXIT_STATUS"] == "255" },
+                "\(exits.map { ($0["BACKSTOP_REASON"] ?? "", $0["BACKSTOP_EXIT_STATUS"] ?? "") })")
+        #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == "agent-ready" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" },
+                "the ready check never passed on a configuration fail2ban refused")
+    }
+
+    @Test("fail2ban.service: the packaged configuration with a jail of its own is known-good and bans a test address; a filter with a broken regex makes fail2ban-server exit 255, and that version is rolled back and quarantined; fail2ban bans again on the known-good one")
+    func fail2banBrokenRegex() throws {
+        try withContainer(
+            config: Self.fail2banConfig, files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
+        ) { container in
+            try fail2banVersions(container, mistake: #"sed -i 's/for \\S+ from/for (\\S+ from/' filter.d/webapp.conf && grep -q 'for (' filter.d/webapp.conf"#)
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "fail2ban", "/srv/v1", "--version", "v1", "--activate").status == 0)
+            try container.waitForDecision("agent-ready", version: "v1")
+            #expect(try container.run("/bin/readlink", "/etc/fail2ban").output == "/var/lib/backstop/fail2ban/versions/v1\n")
+            let jails = try container.run("/usr/bin/fail2ban-client", "status").output
+            #expect(jails.contains("Jail list:\tsshd, webapp"), "\(jails)")
+            try fail2banFailedLogins(container, from: "192.0.2.10")
+            try expectBanned(container, "192.0.2.10")
+            try #require(try container.run("/usr/bin/backstopctl", "promote", "fail2ban", "v1").status == 0)
+
+            try #require(try container.run("/usr/bin/backstopctl", "stage", "fail2ban", "/srv/v2", "--version", "v2", "--activate").status == 0)
+            let agent = try expectRolledBack(container)
+            try expectFail2banExits(container)
+            #expect(agent.content.knownGood == "v1")
+            let refused = try container.run("/bin/journalctl", "-u", "fail2ban", "--no-pager", "-o", "cat").output
+            #expect(refused.contains("Unable to compile regular expression"), "fail2ban said why")
+            let shown = try container.run("/bin/systemctl", "show", "fail2ban", "-p", "ActiveState", "-p", "MainPID").output
+            #expect(shown.contains("ActiveState=active") && shown.contains("MainPID=\(agent.pid ?? -1)"), "\(shown)")
+            // Back on v1: the earlier ban is restored from fail2ban's database, and a new one is made.
+            try waitForFail2banLog(container, "] Restore Ban 192.0.2.10")
+            try expectBanned(container, "192.0.2.10")
+            try fail2banFailedLogins(container, from: "192.0.2.20")
+            try expectBanned(container, "192.0.2.20")
+        }
+    }
+
+    @Test("fail2ban.service: a jail whose filter does not exist, which fail2ban-server would skip and run on without, is refused by the drop-in's fail2ban-client --test; that version is rolled back and quarantined, and every jail runs again")
+    func fail2banMissingFilter() throws {
+        try withContainer(
+            config: Self.fail2banConfig, files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
+        ) { container in
+            try fail2banVersions(container, mistake: """
+                printf '\\n[webapp-admin]\\nenabled = true\\nfilter = webapp-admn\\nlogpath = /var/log/webapp.log\\nbanaction = route\\n' >> jail.d/webapp.local
+                """)
+            try knownGoodThenCandidate(container, agent: "fail2ban", good: "/srv/v1", candidate: "/srv/v2")
+            let agent = try expectRolledBack(container)
+            try expectFail2banExits(container)
+            let refused = try container.run("/bin/journalctl", "-u", "fail2ban", "--no-pager", "-o", "cat").output
+            #expect(refused.contains("Unable to read the filter 'webapp-admn'"), "fail2ban-client --test said why")
+            #expect(try container.run("/bin/systemctl", "show", "fail2ban", "-p", "MainPID").output.contains("MainPID=\(agent.pid ?? -1)"))
+            let jails = try container.run("/usr/bin/fail2ban-client", "status").output
+            #expect(jails.contains("Jail list:\tsshd, webapp"), "\(jails)")
+            try fail2banFailedLogins(container, from: "192.0.2.30")
+            try expectBanned(container, "192.0.2.30")
+        }
+    }
+}
