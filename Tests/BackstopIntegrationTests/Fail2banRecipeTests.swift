@@ -83,13 +83,10 @@ extension ContainerTests {
 
     /// The agent's exits on v2: three, one per start, each `exited` with fail2ban's 255.
     func expectFail2banExits(_ container: Container) throws {
-        let decisions = try container.decisions()
-        let exits = decisions.filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
+        let exits = try container.decisions().filter { $0["BACKSTOP_EVENT"] == "agent-exited" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" }
         #expect(exits.count == 3, "\(exits.map { $0["MESSAGE"] ?? "" })")
         #expect(exits.allSatisfy { $0["BACKSTOP_REASON"] == "exited" && $0["BACKSTOP_EXIT_STATUS"] == "255" },
                 "\(exits.map { ($0["BACKSTOP_REASON"] ?? "", $0["BACKSTOP_EXIT_STATUS"] ?? "") })")
-        #expect(!decisions.contains { $0["BACKSTOP_EVENT"] == "agent-ready" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" },
-                "the ready check never passed on a configuration fail2ban refused")
     }
 
     @Test("fail2ban.service: the packaged configuration with a jail of its own is known-good and bans a test address; a filter with a broken regex makes fail2ban-server exit 255, and that version is rolled back and quarantined; fail2ban bans again on the known-good one")
@@ -111,8 +108,8 @@ extension ContainerTests {
             let agent = try expectRolledBack(container)
             try expectFail2banExits(container)
             #expect(agent.content.knownGood == "v1")
-            let refused = try container.run("/bin/journalctl", "-u", "fail2ban", "--no-pager", "-o", "cat").output
-            #expect(refused.contains("Unable to compile regular expression"), "fail2ban said why")
+            // fail2ban-server says why in its own log (Debian's logtarget), not on stderr.
+            try waitForFail2banLog(container, "Unable to compile regular expression")
             let shown = try container.run("/bin/systemctl", "show", "fail2ban", "-p", "ActiveState", "-p", "MainPID").output
             #expect(shown.contains("ActiveState=active") && shown.contains("MainPID=\(agent.pid ?? -1)"), "\(shown)")
             // Back on v1: the earlier ban is restored from fail2ban's database, and a new one is made.
@@ -136,6 +133,8 @@ extension ContainerTests {
             try expectFail2banExits(container)
             let refused = try container.run("/bin/journalctl", "-u", "fail2ban", "--no-pager", "-o", "cat").output
             #expect(refused.contains("Unable to read the filter 'webapp-admn'"), "fail2ban-client --test said why")
+            #expect(!(try container.decisions()).contains { $0["BACKSTOP_EVENT"] == "agent-ready" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" },
+                    "fail2ban-server never ran on it")
             #expect(try container.run("/bin/systemctl", "show", "fail2ban", "-p", "MainPID").output.contains("MainPID=\(agent.pid ?? -1)"))
             let jails = try container.run("/usr/bin/fail2ban-client", "status").output
             #expect(jails.contains("Jail list:\tsshd, webapp"), "\(jails)")
