@@ -2,31 +2,56 @@
 import Foundation
 import Testing
 
-/// The README's fail2ban recipe: Debian's own `fail2ban.service` (Type=simple,
+/// README.md's fail2ban recipe, to the letter: Debian's own `fail2ban.service` (Type=simple,
 /// `fail2ban-server -xf start`) under the systemd runner, its configuration directory
-/// /etc/fail2ban as the content, with the drop-in and ready check the README shows.
+/// /etc/fail2ban as the content, with the recipe's `[[agent]]` table and drop-in.
 extension ContainerTests {
-    static let fail2banConfig = """
-        [[agent]]
-        name = "fail2ban"
-        runner = "systemd"
-        unit = "fail2ban.service"
-        content_link = "/etc/fail2ban"
-        ready_check_exec = ["/bin/sh", "-c", "fail2ban-client status | grep -Eq 'Number of jail:[[:space:]]*[1-9]'"]
-        failure_window_sec = 60
-        restart_delay_ms = 100
-        boot_good_after_sec = 2
-        """
+    /// README.md's section "fail2ban as the agent", so that the tests follow what it says.
+    struct Fail2banRecipe {
+        let section: String
 
-    /// The README's drop-in for fail2ban.service, a disabled unit (as the README has the
+        init() throws {
+            let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
+            guard let start = readme.range(of: "## fail2ban as the agent\n"),
+                  let end = readme.range(of: "\n## ", range: start.upperBound..<readme.endIndex) else {
+                throw HarnessError.failed("README.md has no section \"fail2ban as the agent\"")
+            }
+            section = String(readme[start.upperBound..<end.lowerBound])
+        }
+
+        /// The text of the recipe's one code block in `language` (without its fences).
+        func block(_ language: String) throws -> String {
+            let blocks = section.components(separatedBy: "```\(language)\n").dropFirst()
+            guard blocks.count == 1, let block = blocks.first?.components(separatedBy: "\n```").first else {
+                throw HarnessError.failed("the recipe has \(blocks.count) \(language) blocks, not one")
+            }
+            return block + "\n"
+        }
+
+        /// The drop-in: the `ini` block, whose first line names its path (`# /etc/systemd/...`).
+        func dropIn() throws -> (path: String, text: String) {
+            let text = try block("ini")
+            guard let first = text.split(separator: "\n").first, first.hasPrefix("# /etc/systemd/system/fail2ban.service.d/") else {
+                throw HarnessError.failed("the recipe's drop-in does not start with its path: \(text)")
+            }
+            return (String(first.dropFirst(2)), text)
+        }
+    }
+
+    /// The recipe's `[[agent]]` table, as /etc/backstop/backstop.toml.
+    static func fail2banConfig() throws -> String { try Fail2banRecipe().block("toml") }
+
+    /// The recipe's drop-in for fail2ban.service, the unit disabled (as the recipe has the
     /// operator leave it, so that only backstopd starts it), the log files its jails read
     /// (auth.log, which rsyslog would make, for the packaged sshd jail), and this machine's
     /// packaged /etc/fail2ban as a base64 tar archive: the container's /etc starts empty.
     static func fail2banFiles() throws -> [String: String] {
+        let dropIn = try Fail2banRecipe().dropIn()
+        #expect(dropIn.text.contains("ExecStartPre=/usr/bin/fail2ban-client --test\n"), "\(dropIn.text)")
         let packaged = try Command.run("/bin/sh", ["-c", "tar -C /etc -cz fail2ban | base64 -w0"])
         try #require(packaged.status == 0 && !packaged.output.isEmpty, "the packaged /etc/fail2ban: \(packaged.error)")
         return [
-            "/etc/systemd/system/fail2ban.service.d/backstop.conf": "[Service]\nExecStartPre=/usr/bin/fail2ban-client --test\n",
+            dropIn.path: dropIn.text,
             "/etc/systemd/system-preset/00-backstop-test.preset": "disable fail2ban.service\n",
             "/etc/tmpfiles.d/fail2ban-logs.conf": "f /var/log/auth.log 0640 root root -\nf /var/log/webapp.log 0640 root root -\n",
             "/srv/fail2ban-packaged.tar.gz.base64": packaged.output,
@@ -92,7 +117,7 @@ extension ContainerTests {
     @Test("fail2ban.service: the packaged configuration with a jail of its own is known-good and bans a test address; a filter with a broken regex makes fail2ban-server exit 255, and that version is rolled back and quarantined; fail2ban bans again on the known-good one")
     func fail2banBrokenRegex() throws {
         try withContainer(
-            config: Self.fail2banConfig, files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
+            config: try Self.fail2banConfig(), files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
         ) { container in
             try fail2banVersions(container, mistake: #"sed -i 's/for \\S+ from/for (\\S+ from/' filter.d/webapp.conf && grep -q 'for (' filter.d/webapp.conf"#)
             try #require(try container.run("/usr/bin/backstopctl", "stage", "fail2ban", "/srv/v1", "--version", "v1", "--activate").status == 0)
@@ -123,7 +148,7 @@ extension ContainerTests {
     @Test("fail2ban.service: a jail whose filter does not exist, which fail2ban-server would skip and run on without, is refused by the drop-in's fail2ban-client --test; that version is rolled back and quarantined, and every jail runs again")
     func fail2banMissingFilter() throws {
         try withContainer(
-            config: Self.fail2banConfig, files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
+            config: try Self.fail2banConfig(), files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
         ) { container in
             try fail2banVersions(container, mistake: """
                 printf '\\n[webapp-admin]\\nenabled = true\\nfilter = webapp-admn\\nlogpath = /var/log/webapp.log\\nbanaction = route\\n' >> jail.d/webapp.local
