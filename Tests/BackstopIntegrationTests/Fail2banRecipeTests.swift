@@ -145,19 +145,43 @@ extension ContainerTests {
         }
     }
 
-    @Test("fail2ban.service: a jail whose filter does not exist, which fail2ban-server would skip and run on without, is refused by the drop-in's fail2ban-client --test; that version is rolled back and quarantined, and every jail runs again")
-    func fail2banMissingFilter() throws {
+    /// Mistakes in a version that the recipe's drop-in (`fail2ban-client --test` before each
+    /// start) refuses, so that fail2ban-server never runs on them: the mistake as a shell
+    /// command run in the version's directory, and what `--test` says about it.
+    enum Fail2banRefusedMistake: String, CaseIterable, Sendable {
+        case syntaxError = "a line without = in jail.d/webapp.local"
+        case missingLogFile = "a jail whose logpath matches no file"
+        case missingFilter = "a jail whose filter file does not exist, which fail2ban-server alone skips and runs on without"
+
+        var command: String {
+            switch self {
+            case .syntaxError: "printf 'bantime 1h\\n' >> jail.d/webapp.local"
+            case .missingLogFile: "sed -i 's|^logpath = .*|logpath = /var/log/webapp/access.log|' jail.d/webapp.local"
+            case .missingFilter:
+                "printf '\\n[webapp-admin]\\nenabled = true\\nfilter = webapp-admn\\nlogpath = /var/log/webapp.log\\nbanaction = route\\n' >> jail.d/webapp.local"
+            }
+        }
+
+        var complaint: String {
+            switch self {
+            case .syntaxError: "Source contains parsing errors"
+            case .missingLogFile: "Have not found any log file for webapp jail"
+            case .missingFilter: "Unable to read the filter 'webapp-admn'"
+            }
+        }
+    }
+
+    @Test("fail2ban.service: a version that the drop-in's fail2ban-client --test refuses fails its start with 255, is rolled back and quarantined, and every jail runs and bans again", arguments: Fail2banRefusedMistake.allCases)
+    func fail2banRefusedByTest(_ mistake: Fail2banRefusedMistake) throws {
         try withContainer(
             config: try Self.fail2banConfig(), files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
         ) { container in
-            try fail2banVersions(container, mistake: """
-                printf '\\n[webapp-admin]\\nenabled = true\\nfilter = webapp-admn\\nlogpath = /var/log/webapp.log\\nbanaction = route\\n' >> jail.d/webapp.local
-                """)
+            try fail2banVersions(container, mistake: mistake.command)
             try knownGoodThenCandidate(container, agent: "fail2ban", good: "/srv/v1", candidate: "/srv/v2")
             let agent = try expectRolledBack(container)
             try expectFail2banExits(container)
             let refused = try container.run("/bin/journalctl", "-u", "fail2ban", "--no-pager", "-o", "cat").output
-            #expect(refused.contains("Unable to read the filter 'webapp-admn'"), "fail2ban-client --test said why")
+            #expect(refused.contains(mistake.complaint) && refused.contains("ERROR: test configuration failed"), "fail2ban-client --test said why")
             #expect(!(try container.decisions()).contains { $0["BACKSTOP_EVENT"] == "agent-ready" && $0["BACKSTOP_CONTENT_VERSION"] == "v2" },
                     "fail2ban-server never ran on it")
             #expect(try container.run("/bin/systemctl", "show", "fail2ban", "-p", "MainPID").output.contains("MainPID=\(agent.pid ?? -1)"))
