@@ -6,20 +6,24 @@ import Testing
 /// `fail2ban-server -xf start`) under the systemd runner, its configuration directory
 /// /etc/fail2ban as the content, with the recipe's `[[agent]]` table and drop-in.
 extension ContainerTests {
-    /// README.md's section "fail2ban as the agent", so that the tests follow what it says.
+    /// README.md's fail2ban recipe: the text of its section, from its heading to the next
+    /// `## ` heading, so that the tests follow what the README says.
     struct Fail2banRecipe {
+        static let heading = "## fail2ban as the agent"
         let section: String
 
+        /// - Throws: when README.md has no such section.
         init() throws {
             let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
-            guard let start = readme.range(of: "## fail2ban as the agent\n"),
+            guard let start = readme.range(of: "\n" + Self.heading + "\n"),
                   let end = readme.range(of: "\n## ", range: start.upperBound..<readme.endIndex) else {
-                throw HarnessError.failed("README.md has no section \"fail2ban as the agent\"")
+                throw HarnessError.failed("README.md has no section \"\(Self.heading)\"")
             }
             section = String(readme[start.upperBound..<end.lowerBound])
         }
 
-        /// The text of the recipe's one code block in `language` (without its fences).
+        /// The text of the section's one code block in `language` (without its fences).
+        /// - Throws: when the section has none or several.
         func block(_ language: String) throws -> String {
             let blocks = section.components(separatedBy: "```\(language)\n").dropFirst()
             guard blocks.count == 1, let block = blocks.first?.components(separatedBy: "\n```").first else {
@@ -28,11 +32,12 @@ extension ContainerTests {
             return block + "\n"
         }
 
-        /// The drop-in: the `ini` block, whose first line names its path (`# /etc/systemd/...`).
-        func dropIn() throws -> (path: String, text: String) {
+        /// The section's one `ini` block, a file whose first line names its path (`# /etc/...`).
+        /// - Throws: when there is no such block, or its first line is no path.
+        func file() throws -> (path: String, text: String) {
             let text = try block("ini")
-            guard let first = text.split(separator: "\n").first, first.hasPrefix("# /etc/systemd/system/fail2ban.service.d/") else {
-                throw HarnessError.failed("the recipe's drop-in does not start with its path: \(text)")
+            guard let first = text.split(separator: "\n").first, first.hasPrefix("# /") else {
+                throw HarnessError.failed("the recipe's ini block does not start with its path: \(text)")
             }
             return (String(first.dropFirst(2)), text)
         }
@@ -46,9 +51,10 @@ extension ContainerTests {
     /// (auth.log, which rsyslog would make, for the packaged sshd jail), and this machine's
     /// packaged /etc/fail2ban as a base64 tar archive: the container's /etc starts empty.
     static func fail2banFiles() throws -> [String: String] {
-        let dropIn = try Fail2banRecipe().dropIn()
+        let dropIn = try Fail2banRecipe().file()
+        #expect(dropIn.path == "/etc/systemd/system/fail2ban.service.d/backstop.conf")
         #expect(dropIn.text.contains("ExecStartPre=/usr/bin/fail2ban-client --test\n"), "\(dropIn.text)")
-        let packaged = try Command.run("/bin/sh", ["-c", "tar -C /etc -cz fail2ban | base64 -w0"])
+        let packaged = try Command.run("/bin/bash", ["-o", "pipefail", "-c", "tar -C /etc -cz fail2ban | base64 -w0"])
         try #require(packaged.status == 0 && !packaged.output.isEmpty, "the packaged /etc/fail2ban: \(packaged.error)")
         return [
             dropIn.path: dropIn.text,
