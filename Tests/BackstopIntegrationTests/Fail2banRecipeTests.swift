@@ -120,7 +120,7 @@ extension ContainerTests {
                 "\(exits.map { ($0["BACKSTOP_REASON"] ?? "", $0["BACKSTOP_EXIT_STATUS"] ?? "") })")
     }
 
-    @Test("fail2ban.service: the packaged configuration with a jail of its own is known-good and bans a test address; a filter with a broken regex makes fail2ban-server exit 255, and that version is rolled back and quarantined; fail2ban bans again on the known-good one")
+    @Test("fail2ban.service: the packaged configuration with a jail of its own is known-good and bans a test address; a filter with a broken regex makes fail2ban-server exit 255, and that version is rolled back and quarantined; fail2ban bans again on the known-good one, and after a reboot")
     func fail2banBrokenRegex() throws {
         try withContainer(
             config: try Self.fail2banConfig(), files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
@@ -148,6 +148,15 @@ extension ContainerTests {
             try expectBanned(container, "192.0.2.10")
             try fail2banFailedLogins(container, from: "192.0.2.20")
             try expectBanned(container, "192.0.2.20")
+
+            // A reboot: the unit is disabled, so backstopd starts it, on v1, through a link made again.
+            #expect(try container.run("/bin/systemctl", "is-enabled", "fail2ban.service").output.hasPrefix("disabled"))
+            try container.shutDown()
+            try container.boot()
+            try container.waitForDecision("agent-ready", version: "v1")
+            #expect(try container.run("/bin/readlink", "/etc/fail2ban").output == "/var/lib/backstop/fail2ban/versions/v1\n")
+            try fail2banFailedLogins(container, from: "192.0.2.40")
+            try expectBanned(container, "192.0.2.40")
         }
     }
 
