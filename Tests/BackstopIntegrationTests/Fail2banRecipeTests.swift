@@ -206,4 +206,33 @@ extension ContainerTests {
             try expectBanned(container, "192.0.2.30")
         }
     }
+
+    @Test("fail2ban.service taken over as the recipe says: a running fail2ban on the packaged /etc/fail2ban, copied, staged and activated through the link; the directory is set aside and fail2ban bans on the version")
+    func fail2banTakeover() throws {
+        try withContainer(config: "", files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }) { container in
+            // The host before Backstop: the package's directory with a jail of the operator's, fail2ban running on it.
+            try fail2banVersions(container, mistake: "true")
+            let installed = try container.run("/bin/sh", "-c", "cp -a /srv/v1 /etc/fail2ban && systemctl start fail2ban")
+            try #require(installed.status == 0, "\(installed.output) \(installed.error)")
+            try fail2banFailedLogins(container, from: "192.0.2.50")
+
+            // The recipe's steps: copy the directory, add the agent, reload backstopd, stage and activate the copy.
+            try #require(try container.run("/bin/cp", "-a", "/etc/fail2ban", "/srv/fail2ban-current").status == 0)
+            try Self.fail2banConfig().write(toFile: container.configDirectory + "/backstop.toml", atomically: true, encoding: .utf8)
+            try #require(try container.run("/bin/systemctl", "reload", "backstopd").status == 0)
+            let staged = try container.run("/usr/bin/backstopctl", "stage", "fail2ban", "/srv/fail2ban-current", "--version", "current", "--activate")
+            try #require(staged.status == 0, "\(staged.output) \(staged.error)")
+            try container.waitForDecision("agent-ready", version: "current")
+            #expect(try container.run("/bin/readlink", "/etc/fail2ban").output == "/var/lib/backstop/fail2ban/versions/current\n")
+            let setAside = try container.run("/bin/sh", "-c", "ls -d /etc/fail2ban.unexpected-*/jail.d/webapp.local")
+            #expect(setAside.status == 0, "the packaged directory is set aside, not deleted: \(setAside.error)")
+            try #require(try container.run("/usr/bin/backstopctl", "promote", "fail2ban", "current").status == 0)
+            let agent = try #require(try container.status().agents.first)
+            #expect(agent.state == "running" && agent.content.knownGood == "current")
+            #expect(try container.run("/bin/systemctl", "show", "fail2ban", "-p", "MainPID").output.contains("MainPID=\(agent.pid ?? -1)"))
+            try expectBanned(container, "192.0.2.50")
+            try fail2banFailedLogins(container, from: "192.0.2.60")
+            try expectBanned(container, "192.0.2.60")
+        }
+    }
 }
