@@ -64,6 +64,14 @@ extension ContainerTests {
         ]
     }
 
+    /// Runs `body` with a booted container that has ``fail2banFiles()``, fail2ban.service not
+    /// masked, and `config` (the recipe's `[[agent]]` table when nil) as backstop.toml.
+    func withFail2banContainer(config: String? = nil, _ body: (Container) throws -> Void) throws {
+        try withContainer(
+            config: try config ?? Self.fail2banConfig(), files: try Self.fail2banFiles(),
+            masked: Container.masked.filter { $0 != "fail2ban.service" }, body)
+    }
+
     /// Makes /srv/v1 in the container: the packaged /etc/fail2ban taken over as it is, plus a
     /// jail `webapp` on /var/log/webapp.log that bans with an unreachable route (the
     /// container's private network has no firewall to add a rule to); then /srv/v2, v1 with
@@ -122,9 +130,7 @@ extension ContainerTests {
 
     @Test("fail2ban.service: the packaged configuration with a jail of its own is known-good and bans a test address; a filter with a broken regex makes fail2ban-server exit 255, and that version is rolled back and quarantined; fail2ban bans again on the known-good one, and after a reboot")
     func fail2banBrokenRegex() throws {
-        try withContainer(
-            config: try Self.fail2banConfig(), files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
-        ) { container in
+        try withFail2banContainer { container in
             try fail2banVersions(container, mistake: #"sed -i 's/for \\S+ from/for (\\S+ from/' filter.d/webapp.conf && grep -q 'for (' filter.d/webapp.conf"#)
             try #require(try container.run("/usr/bin/backstopctl", "stage", "fail2ban", "/srv/v1", "--version", "v1", "--activate").status == 0)
             try container.waitForDecision("agent-ready", version: "v1")
@@ -188,9 +194,7 @@ extension ContainerTests {
 
     @Test("fail2ban.service: a version that the drop-in's fail2ban-client --test refuses fails its start with 255, is rolled back and quarantined, and every jail runs and bans again", arguments: Fail2banRefusedMistake.allCases)
     func fail2banRefusedByTest(_ mistake: Fail2banRefusedMistake) throws {
-        try withContainer(
-            config: try Self.fail2banConfig(), files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }
-        ) { container in
+        try withFail2banContainer { container in
             try fail2banVersions(container, mistake: mistake.command)
             try knownGoodThenCandidate(container, agent: "fail2ban", good: "/srv/v1", candidate: "/srv/v2")
             let agent = try expectRolledBack(container)
@@ -209,7 +213,7 @@ extension ContainerTests {
 
     @Test("fail2ban.service taken over as the recipe says: a running fail2ban on the packaged /etc/fail2ban, copied, staged and activated through the link; the directory is set aside and fail2ban bans on the version")
     func fail2banTakeover() throws {
-        try withContainer(config: "", files: try Self.fail2banFiles(), masked: Container.masked.filter { $0 != "fail2ban.service" }) { container in
+        try withFail2banContainer(config: "") { container in
             // The host before Backstop: the package's directory with a jail of the operator's, fail2ban running on it.
             try fail2banVersions(container, mistake: "true")
             let installed = try container.run("/bin/sh", "-c", "cp -a /srv/v1 /etc/fail2ban && systemctl start fail2ban")
