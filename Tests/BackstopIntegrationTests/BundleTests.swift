@@ -485,12 +485,8 @@ struct BundleTests {
         try Data("#!/bin/sh\n".utf8).write(to: URL(fileURLWithPath: fixture.content + "/rules/hook b c.sh"))
         #expect(chmod(fixture.content + "/rules/hook b c.sh", 0o755) == 0)
         try fixture.run(Paths.binary("backstopctl"), "manifest", fixture.content)
-        let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
-        let section = try #require(readme.range(of: "### The tree digest").map { readme[$0.upperBound...] })
-        let start = try #require(section.range(of: "```python\n"))
-        let end = try #require(section[start.upperBound...].range(of: "```"))
-        let recipe = section[start.upperBound..<end.lowerBound] + "\nimport sys\nprint(tree_digest(sys.argv[1]))\n"
-        let computed = try fixture.run("/usr/bin/python3", "-c", String(recipe), fixture.content)
+        let recipe = try ReadmeSection("### The tree digest").block("python") + "import sys\nprint(tree_digest(sys.argv[1]))\n"
+        let computed = try fixture.run("/usr/bin/python3", "-c", recipe, fixture.content)
         let staged = try fixture.stage(fixture.content)
         #expect(computed.output == staged.digest + "\n")
     }

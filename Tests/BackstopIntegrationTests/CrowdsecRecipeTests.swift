@@ -8,30 +8,14 @@ import Testing
 extension ContainerTests {
     /// README.md's section on CrowdSec, so that the tests follow what it says.
     struct CrowdsecRecipe {
-        let section: String
+        let section: ReadmeSection
 
-        init() throws {
-            let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
-            guard let start = readme.range(of: "## CrowdSec as the agent\n"),
-                  let end = readme.range(of: "\n## ", range: start.upperBound..<readme.endIndex) else {
-                throw HarnessError.failed("README.md has no section \"CrowdSec as the agent\"")
-            }
-            section = String(readme[start.upperBound..<end.lowerBound])
-        }
-
-        /// The recipe's fenced blocks in `language` (`toml`, `yaml`, `sh`), in order; `count` of them.
-        func blocks(_ language: String, count: Int) throws -> [String] {
-            let blocks = section.components(separatedBy: "```\(language)\n").dropFirst().compactMap {
-                $0.components(separatedBy: "\n```").first.map { $0 + "\n" }
-            }
-            guard blocks.count == count else { throw HarnessError.failed("the recipe has \(blocks.count) \(language) blocks, not \(count)") }
-            return blocks
-        }
+        init() throws { section = try ReadmeSection("## CrowdSec as the agent") }
 
         /// /etc/backstop/backstop.toml: the recipe's `[[agent]]` with the test's shorter times,
         /// and with `preflight`, its preflight keys and sandbox (`preflight_sec` shortened too).
         func configuration(preflight: Bool) throws -> String {
-            let toml = try blocks("toml", count: 2)
+            let toml = try section.blocks("toml", count: 2)
             let times = "probation_sec = 5\nfailure_window_sec = 120\nrestart_delay_ms = 100\nboot_good_after_sec = 2\n"
             guard preflight else { return toml[0] + times }
             guard toml[1].contains("preflight_sec = 30 ") else { throw HarnessError.failed("the recipe's preflight_sec is not 30: \(toml[1])") }
@@ -39,16 +23,16 @@ extension ContainerTests {
         }
 
         /// The recipe's lines for /etc/crowdsec/config.yaml.local.
-        func localConfiguration() throws -> String { try blocks("yaml", count: 1)[0] }
+        func localConfiguration() throws -> String { try section.blocks("yaml", count: 1)[0] }
 
         /// The commands that take over what crowdsec runs into /srv/crowdsec-current, without its
         /// `backstopctl stage` (the tests stage that directory under ids of their own).
         func takeOver() throws -> String {
-            try blocks("sh", count: 2)[0].split(separator: "\n").filter { !$0.hasPrefix("backstopctl ") }.joined(separator: "\n")
+            try section.blocks("sh", count: 2)[0].split(separator: "\n").filter { !$0.hasPrefix("backstopctl ") }.joined(separator: "\n")
         }
 
         /// The commands that make the preflight's `preflight.yaml`.
-        func preflightFiles() throws -> String { try blocks("sh", count: 2)[1] }
+        func preflightFiles() throws -> String { try section.blocks("sh", count: 2)[1] }
     }
 
     /// Where the test's log lines for crowdsec go (its acquisition, below).

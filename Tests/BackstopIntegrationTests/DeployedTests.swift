@@ -107,44 +107,12 @@ struct DeployedTests {
 
     // MARK: README.md's clamd recipe
 
-    /// README.md's section on `clamd` run by Backstop, so that the test follows what it says.
-    struct ClamdRecipe {
-        let section: String
-
-        init() throws {
-            let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
-            guard let start = readme.range(of: "### `clamd` run by Backstop"),
-                  let end = readme.range(of: "\n## ", range: start.upperBound..<readme.endIndex) else {
-                throw HarnessError.failed("README.md has no section \"`clamd` run by Backstop\"")
-            }
-            section = String(readme[start.lowerBound..<end.lowerBound])
+    /// The units that README.md's clamd recipe masks (its `systemctl mask` line).
+    static func maskedUnits(_ recipe: ReadmeSection) throws -> [String] {
+        guard let line = recipe.text.split(separator: "\n").first(where: { $0.hasPrefix("systemctl mask ") }) else {
+            throw HarnessError.failed("the recipe masks no unit")
         }
-
-        /// The text of the here-document the recipe writes to `path` (`cat > PATH <<'EOF'`).
-        func file(_ path: String) throws -> String {
-            guard let start = section.range(of: "cat > \(path) <<'EOF'\n"),
-                  let end = section.range(of: "\nEOF\n", range: start.upperBound..<section.endIndex) else {
-                throw HarnessError.failed("the recipe writes no \(path)")
-            }
-            return String(section[start.upperBound..<end.lowerBound]) + "\n"
-        }
-
-        /// The recipe's one TOML block: the agent's table for /etc/backstop/backstop.toml.
-        func configuration() throws -> String {
-            let blocks = section.components(separatedBy: "```toml\n").dropFirst()
-            guard blocks.count == 1, let block = blocks.first?.components(separatedBy: "\n```").first else {
-                throw HarnessError.failed("the recipe has \(blocks.count) TOML blocks, not one")
-            }
-            return block + "\n"
-        }
-
-        /// The units `systemctl mask` masks in the recipe.
-        func maskedUnits() throws -> [String] {
-            guard let line = section.split(separator: "\n").first(where: { $0.hasPrefix("systemctl mask ") }) else {
-                throw HarnessError.failed("the recipe masks no unit")
-            }
-            return line.split(separator: " ").dropFirst(2).map(String.init)
-        }
+        return line.split(separator: " ").dropFirst(2).map(String.init)
     }
 
     /// The EICAR anti-virus test file (its MD5 is 44d88612fea8a8f36de82e1278abb02f).
@@ -152,18 +120,18 @@ struct DeployedTests {
 
     @Test("README.md's clamd recipe, to the letter: clamd run by Backstop scans the EICAR file in the host's /tmp and in a user's home directory, and again after a reboot")
     func clamdRecipe() throws {
-        let recipe = try ClamdRecipe()
-        let masked = try recipe.maskedUnits()
+        let recipe = try ReadmeSection("### `clamd` run by Backstop")
+        let masked = try Self.maskedUnits(recipe)
         #expect(Set(masked) == ["clamav-daemon.service", "clamav-daemon.socket"])
         let files = [
-            "/etc/backstop/clamd.conf": try recipe.file("/etc/backstop/clamd.conf"),
-            "/etc/tmpfiles.d/backstop-clamd.conf": try recipe.file("/etc/tmpfiles.d/backstop-clamd.conf"),
+            "/etc/backstop/clamd.conf": try recipe.hereDocument("/etc/backstop/clamd.conf"),
+            "/etc/tmpfiles.d/backstop-clamd.conf": try recipe.hereDocument("/etc/tmpfiles.d/backstop-clamd.conf"),
             // What Debian's clamav-daemon package made at installation, and a user with a home
             // directory as Debian 12's adduser makes it (mode 0700).
             "/etc/sysusers.d/clamav.conf": "u clamav - \"Clam AntiVirus\" /var/lib/clamav\n",
             "/etc/sysusers.d/alice.conf": "u alice - \"A user\" /home/alice\n",
         ]
-        try Container.booted(config: try recipe.configuration(), files: files, masked: Array(Set(Container.masked + masked))) { container in
+        try Container.booted(config: try recipe.block("toml"), files: files, masked: Array(Set(Container.masked + masked))) { container in
             let database = "44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature"
             try container.run("/bin/sh", "-c", "mkdir -p /srv/sigs-1 && echo '\(database)' > /srv/sigs-1/eicar.hdb")
             try #require(try container.run("/usr/bin/backstopctl", "stage", "clamav", "/srv/sigs-1", "--version", "sigs-1", "--activate").status == 0)

@@ -6,52 +6,28 @@ import Testing
 /// `fail2ban-server -xf start`) under the systemd runner, its configuration directory
 /// /etc/fail2ban as the content, with the recipe's `[[agent]]` table and drop-in.
 extension ContainerTests {
-    /// README.md's fail2ban recipe: the text of its section, from its heading to the next
-    /// `## ` heading, so that the tests follow what the README says.
-    struct Fail2banRecipe {
-        static let heading = "## fail2ban as the agent"
-        let section: String
+    /// README.md's fail2ban recipe.
+    static func fail2banRecipe() throws -> ReadmeSection { try ReadmeSection("## fail2ban as the agent") }
 
-        /// - Throws: when README.md has no such section.
-        init() throws {
-            let readme = try String(contentsOfFile: Paths.repository + "/README.md", encoding: .utf8)
-            guard let start = readme.range(of: "\n" + Self.heading + "\n"),
-                  let end = readme.range(of: "\n## ", range: start.upperBound..<readme.endIndex) else {
-                throw HarnessError.failed("README.md has no section \"\(Self.heading)\"")
-            }
-            section = String(readme[start.upperBound..<end.lowerBound])
+    /// The recipe's one `ini` block, a file whose first line names its path (`# /etc/...`).
+    /// - Throws: when there is no such block, or its first line is no path.
+    static func fail2banDropIn() throws -> (path: String, text: String) {
+        let text = try fail2banRecipe().block("ini")
+        guard let first = text.split(separator: "\n").first, first.hasPrefix("# /") else {
+            throw HarnessError.failed("the recipe's ini block does not start with its path: \(text)")
         }
-
-        /// The text of the section's one code block in `language` (without its fences).
-        /// - Throws: when the section has none or several.
-        func block(_ language: String) throws -> String {
-            let blocks = section.components(separatedBy: "```\(language)\n").dropFirst()
-            guard blocks.count == 1, let block = blocks.first?.components(separatedBy: "\n```").first else {
-                throw HarnessError.failed("the recipe has \(blocks.count) \(language) blocks, not one")
-            }
-            return block + "\n"
-        }
-
-        /// The section's one `ini` block, a file whose first line names its path (`# /etc/...`).
-        /// - Throws: when there is no such block, or its first line is no path.
-        func file() throws -> (path: String, text: String) {
-            let text = try block("ini")
-            guard let first = text.split(separator: "\n").first, first.hasPrefix("# /") else {
-                throw HarnessError.failed("the recipe's ini block does not start with its path: \(text)")
-            }
-            return (String(first.dropFirst(2)), text)
-        }
+        return (String(first.dropFirst(2)), text)
     }
 
     /// The recipe's `[[agent]]` table, as /etc/backstop/backstop.toml.
-    static func fail2banConfig() throws -> String { try Fail2banRecipe().block("toml") }
+    static func fail2banConfig() throws -> String { try fail2banRecipe().block("toml") }
 
     /// The recipe's drop-in for fail2ban.service, the unit disabled (as the recipe has the
     /// operator leave it, so that only backstopd starts it), the log files its jails read
     /// (auth.log, which rsyslog would make, for the packaged sshd jail), and this machine's
     /// packaged /etc/fail2ban as a base64 tar archive: the container's /etc starts empty.
     static func fail2banFiles() throws -> [String: String] {
-        let dropIn = try Fail2banRecipe().file()
+        let dropIn = try fail2banDropIn()
         #expect(dropIn.path == "/etc/systemd/system/fail2ban.service.d/backstop.conf")
         #expect(dropIn.text.contains("ExecStartPre=/usr/bin/fail2ban-client --test\n"), "\(dropIn.text)")
         let packaged = try Command.run("/bin/bash", ["-o", "pipefail", "-c", "tar -C /etc -cz fail2ban | base64 -w0"])
