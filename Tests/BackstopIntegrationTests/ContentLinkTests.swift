@@ -52,4 +52,44 @@ struct ContentLinkTests {
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == harness.directory + "/state/script/versions/v1")
         #expect(try harness.agent("script").content.quarantined.isEmpty)
     }
+
+    @Test("A directory at content_link that cannot be set aside (on a read-only mount): the exit names the rename that failed and why, not only the swap; once it can, the directory is kept beside the link as .unexpected-<time>")
+    func directoryThatCannotBeSetAside() throws {
+        let scratch = try TemporaryDirectory()
+        defer { scratch.remove() }
+        let directory = try scratch.makeDirectory("var-lib", files: [:])
+        let link = directory + "/rules"
+        try FileManager.default.createDirectory(atPath: link, withIntermediateDirectories: false)
+        try "the operator's own\n".write(toFile: link + "/old.rules", atomically: true, encoding: .utf8)
+        let good = try scratch.makeDirectory("good", files: ["agent.sh": "exec sleep 600\n"])
+        let harness = try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            content_link = "\(link)"
+            restart_delay_ms = 50
+            [agent.sandbox]
+            private_tmp = false
+            """])
+        defer { harness.cleanUp() }
+        try #require(try Command.run("/bin/mount", ["--bind", directory, directory]).status == 0)
+        var mounted = true
+        defer { if mounted { _ = try? Command.run("/bin/umount", [directory]) } }
+        try #require(try Command.run("/bin/mount", ["-o", "remount,bind,ro", directory, directory]).status == 0)
+
+        try harness.start()
+        try harness.stage(good, as: "v1", agent: "script")
+        try harness.wait(for: "agent-exited")
+        let exited = try #require(harness.log.all.first { $0.contains("event=agent-exited") })
+        #expect(exited.contains("reason=exec-failed") && exited.contains("set aside (rename to \(link).unexpected-")
+                    && exited.contains("Read-only file system") && exited.contains("content_link"), "\(exited)")
+        #expect(try harness.agent("script").content.quarantined.isEmpty, "the content is not blamed")
+
+        try #require(try Command.run("/bin/umount", [directory]).status == 0)
+        mounted = false
+        try harness.wait(for: "agent-ready")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == harness.directory + "/state/script/versions/v1")
+        let aside = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix("rules.unexpected-") }
+        #expect(aside.count == 1, "\(aside)")
+        #expect(try String(contentsOfFile: directory + "/" + (aside.first ?? "-") + "/old.rules", encoding: .utf8) == "the operator's own\n")
+    }
 }

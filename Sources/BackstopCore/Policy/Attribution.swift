@@ -37,7 +37,7 @@ extension FailureReason {
     public var remedy: String? {
         switch self {
         case .execFailed:
-            return "check that the agent can be started (exec or ready_check_exec names an executable program; with runner = systemd, the unit exists and starts); Backstop keeps retrying with backoff and does not blame the content"
+            return "check that the agent can be started (exec or ready_check_exec names an executable program; with runner = systemd, the unit exists and starts; backstopd can make its content_link); Backstop keeps retrying with backoff and does not blame the content"
         case .daemonized:
             return "configure the agent to stay in the foreground (for clamd: Foreground yes); Backstop starts it again once the background processes have exited"
         case .oomKilled:

@@ -338,10 +338,14 @@ public struct ContentStore: Sendable {
 
     /// Moves whatever is not a symlink at `link` aside (`<link>.unexpected-<seconds>`), so
     /// that rename(2) can put a link there; nothing found is deleted.
-    func clearNonLink(at link: String) {
+    /// - Throws: ``StoreError/io(path:operation:errno:)`` when rename(2) cannot move it (`EXDEV`
+    ///   for a directory of an overlayfs lower layer, `EROFS`, `EACCES`): the caller's swap
+    ///   would fail on it, and this says why.
+    func clearNonLink(at link: String) throws(StoreError) {
         var info = stat()
         guard lstat(link, &info) == 0, (info.st_mode & S_IFMT) != S_IFLNK else { return }
-        _ = Glibc.rename(link, link + ".unexpected-" + String(Int(Date().timeIntervalSince1970)))
+        let aside = link + ".unexpected-" + String(Int(Date().timeIntervalSince1970))
+        guard Glibc.rename(link, aside) == 0 else { throw .io(path: link, operation: "set aside (rename to \(aside))", errno: errno) }
     }
 
     /// Points the active link at version `id`, and `contentLink` too when given (unless it
@@ -356,13 +360,13 @@ public struct ContentStore: Sendable {
             try Self.syscall(root, "fsync") { try DurableFile.syncDirectory(at: root) }
             return
         }
-        clearNonLink(at: activeLink)
+        try clearNonLink(at: activeLink)
         try Self.syscall(activeLink, "swap") { try DurableFile.replaceSymlink(at: activeLink, pointingTo: "versions/" + id) }
         // One already right is left as it is: its directory may be read-only to backstopd.
         if let contentLink, (try? FileManager.default.destinationOfSymbolicLink(atPath: contentLink)) != path(of: id) {
             try Self.syscall(contentLink, "swap") {
                 try DurableFile.makeDirectories((contentLink as NSString).deletingLastPathComponent)
-                clearNonLink(at: contentLink)
+                try clearNonLink(at: contentLink)
                 try DurableFile.replaceSymlink(at: contentLink, pointingTo: path(of: id))
             }
         }
