@@ -105,9 +105,9 @@ install: deps
 		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(CATALOGDIR) $(DESTDIR)$(DATADIR)/examples \
 		$(DESTDIR)$(SYSCONFDIR)/backstop $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(BASHCOMPLETIONDIR) $(DESTDIR)$(ZSHCOMPLETIONDIR) $(DESTDIR)$(FISHCOMPLETIONDIR)
-	install -m 0755 $(RELEASE_BIN)/backstopd $(DESTDIR)$(SBINDIR)/backstopd
-	install -m 0755 $(RELEASE_BIN)/backstopctl $(DESTDIR)$(BINDIR)/backstopctl
-	install -m 0755 $(RELEASE_BIN)/backstop-demo-agent $(DESTDIR)$(LIBEXECDIR)/backstop-demo-agent
+	install -s -m 0755 $(RELEASE_BIN)/backstopd $(DESTDIR)$(SBINDIR)/backstopd
+	install -s -m 0755 $(RELEASE_BIN)/backstopctl $(DESTDIR)$(BINDIR)/backstopctl
+	install -s -m 0755 $(RELEASE_BIN)/backstop-demo-agent $(DESTDIR)$(LIBEXECDIR)/backstop-demo-agent
 	sed 's|@SBINDIR@|$(SBINDIR)|g' systemd/backstopd.service > $(DESTDIR)$(UNITDIR)/backstopd.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/backstopd.service
 	install -m 0644 systemd/backstop.tmpfiles $(DESTDIR)$(TMPFILESDIR)/backstop.conf
