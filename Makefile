@@ -118,7 +118,8 @@ install: deps
 	$(RELEASE_BIN)/backstopctl --generate-completion-script bash > $(DESTDIR)$(BASHCOMPLETIONDIR)/backstopctl
 	$(RELEASE_BIN)/backstopctl --generate-completion-script zsh > $(DESTDIR)$(ZSHCOMPLETIONDIR)/_backstopctl
 	$(RELEASE_BIN)/backstopctl --generate-completion-script fish > $(DESTDIR)$(FISHCOMPLETIONDIR)/backstopctl.fish
-	@[ -n "$(DESTDIR)" ] || journalctl --update-catalog
+	@[ -n "$(DESTDIR)" ] || { journalctl --update-catalog && systemd-sysusers $(SYSUSERSDIR)/backstop.conf && \
+		systemd-tmpfiles --create $(TMPFILESDIR)/backstop.conf; }
 	cp -R examples/content $(DESTDIR)$(DATADIR)/examples/
 	test -e $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml || \
 		install -m 0644 examples/backstop.toml $(DESTDIR)$(SYSCONFDIR)/backstop/backstop.toml
