@@ -15,10 +15,11 @@ BASHCOMPLETIONDIR = $(PREFIX)/share/bash-completion/completions
 ZSHCOMPLETIONDIR = $(PREFIX)/share/zsh/vendor-completions
 FISHCOMPLETIONDIR = $(PREFIX)/share/fish/vendor_completions.d
 DATADIR = $(PREFIX)/share/backstop
+DOCDIR = $(PREFIX)/share/doc/backstop
 SYSCONFDIR = /etc
 
 # Packages the build needs, and the ones the tests use as real parts.
-BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config bubblewrap
+BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config bubblewrap binutils
 TEST_PACKAGES = clamav-daemon clamav clamdscan crowdsec fail2ban usbguard systemd systemd-container python3 groff-base \
 	qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
 BENCH_PACKAGES = python3-venv
@@ -102,7 +103,7 @@ install: deps
 	$(SWIFT) build $(RELEASE_FLAGS)
 	$(eval RELEASE_BIN := $(shell $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path))
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(CATALOGDIR) $(DESTDIR)$(DATADIR)/examples \
+		$(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(CATALOGDIR) $(DESTDIR)$(DATADIR)/examples $(DESTDIR)$(DOCDIR) \
 		$(DESTDIR)$(SYSCONFDIR)/backstop $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(BASHCOMPLETIONDIR) $(DESTDIR)$(ZSHCOMPLETIONDIR) $(DESTDIR)$(FISHCOMPLETIONDIR)
 	install -s -m 0755 $(RELEASE_BIN)/backstopd $(DESTDIR)$(SBINDIR)/backstopd
@@ -113,6 +114,7 @@ install: deps
 	install -m 0644 systemd/backstop.tmpfiles $(DESTDIR)$(TMPFILESDIR)/backstop.conf
 	install -m 0644 systemd/backstop.sysusers $(DESTDIR)$(SYSUSERSDIR)/backstop.conf
 	install -m 0644 systemd/backstop.catalog $(DESTDIR)$(CATALOGDIR)/backstop.catalog
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 0644 docs/man/backstopctl.1 $(DESTDIR)$(MANDIR)/man1/backstopctl.1
 	install -m 0644 docs/man/backstopd.8 $(DESTDIR)$(MANDIR)/man8/backstopd.8
 	$(RELEASE_BIN)/backstopctl --generate-completion-script bash > $(DESTDIR)$(BASHCOMPLETIONDIR)/backstopctl

@@ -28,6 +28,20 @@ struct InstallTests {
         #expect(unit.contains("Type=notify") && unit.contains("WatchdogSec=") && unit.contains("Restart=always"))
     }
 
+    @Test("The install tree holds what the journal catalog points at, and its binaries are stripped",
+          .enabled(if: Container.installTree != nil, "needs an install tree: run `make test` (or set BACKSTOP_INSTALL_DIR)"))
+    func installTree() throws {
+        let tree = try #require(Container.installTree)
+        let catalog = try String(contentsOfFile: tree + "/usr/lib/systemd/catalog/backstop.catalog", encoding: .utf8)
+        let links = Set(catalog.split(separator: "\n").filter { $0.hasPrefix("Support: file://") }.map { $0.dropFirst("Support: file://".count) })
+        #expect(!links.isEmpty)
+        for link in links { #expect(FileManager.default.fileExists(atPath: tree + link), "the catalog's Support link \(link) is not installed") }
+        for binary in ["/usr/sbin/backstopd", "/usr/bin/backstopctl", "/usr/libexec/backstop/backstop-demo-agent"] {
+            let sections = try Command.run("/usr/bin/readelf", ["-S", "-W", tree + binary])
+            #expect(sections.status == 0 && !sections.output.contains(".symtab") && !sections.output.contains(".debug_info"), "\(binary) is not stripped")
+        }
+    }
+
     @Test("Completion scripts are generated for bash, zsh and fish and know every verb", arguments: ["bash", "zsh", "fish"])
     func completions(shell: String) throws {
         let result = try Command.run(Paths.binary("backstopctl"), ["--generate-completion-script", shell])
