@@ -8,6 +8,43 @@ import Testing
     .enabled(if: Environment.isRoot, "needs root: it bind-mounts a directory read-only, and staging is root's"),
     .enabled(if: Environment.haveBinaries, "needs the built binaries: run `make test` (or set BACKSTOP_BIN_DIR)"))
 struct ContentLinkTests {
+    /// A daemon with agent `script`: `{content}/agent.sh` run by sh, its content at `link`.
+    static func scriptHarness(link: String) throws -> DaemonHarness {
+        try DaemonHarness(agents: ["""
+            name = "script"
+            exec = ["/bin/sh", "{content}/agent.sh"]
+            content_link = "\(link)"
+            restart_delay_ms = 50
+            [agent.sandbox]
+            private_tmp = false
+            """])
+    }
+
+    /// `directory` bind-mounted read-only over itself (as /etc under `ProtectSystem=full`), until ``remove()``.
+    final class ReadOnlyBind {
+        let directory: String
+        private var mounted = false
+
+        /// - Throws: when mount(8) fails.
+        init(_ directory: String) throws {
+            self.directory = directory
+            try #require(try Command.run("/bin/mount", ["--bind", directory, directory]).status == 0)
+            mounted = true
+            guard try Command.run("/bin/mount", ["-o", "remount,bind,ro", directory, directory]).status == 0 else {
+                try remove()
+                throw HarnessError.failed("cannot make \(directory) read-only")
+            }
+        }
+
+        /// Unmounts it (again: a no-op); the directory is writable again.
+        /// - Throws: when umount(8) fails.
+        func remove() throws {
+            guard mounted else { return }
+            try #require(try Command.run("/bin/umount", [directory]).status == 0)
+            mounted = false
+        }
+    }
+
     @Test("A content_link in a read-only directory (as /etc under a unit's ProtectSystem=full): --check-config says so, the agent is not started on missing content (exec-failed) and the version is not quarantined; once the directory is writable the next start makes the link")
     func unwritableLinkIsSetupFailure() throws {
         let scratch = try TemporaryDirectory()
@@ -16,19 +53,10 @@ struct ContentLinkTests {
         let link = directory + "/rules"
         let script = "[ \"$(cat \(link)/mode)\" = good ] || exit 3\nexec sleep 600\n"
         let good = try scratch.makeDirectory("good", files: ["agent.sh": script, "mode": "good\n"])
-        let harness = try DaemonHarness(agents: ["""
-            name = "script"
-            exec = ["/bin/sh", "{content}/agent.sh"]
-            content_link = "\(link)"
-            restart_delay_ms = 50
-            [agent.sandbox]
-            private_tmp = false
-            """])
+        let harness = try Self.scriptHarness(link: link)
         defer { harness.cleanUp() }
-        try #require(try Command.run("/bin/mount", ["--bind", directory, directory]).status == 0)
-        var mounted = true
-        defer { if mounted { _ = try? Command.run("/bin/umount", [directory]) } }
-        try #require(try Command.run("/bin/mount", ["-o", "remount,bind,ro", directory, directory]).status == 0)
+        let readOnly = try ReadOnlyBind(directory)
+        defer { try? readOnly.remove() }
 
         let check = try Command.run(Paths.binary("backstopd"), ["--check-config", "--config", harness.configPath])
         #expect(check.status == 0, "\(check.error)")
@@ -46,8 +74,7 @@ struct ContentLinkTests {
         #expect(agent.failures.recent == 0)
 
         // Made writable again: the next start puts the link in place and runs the agent on v1.
-        try #require(try Command.run("/bin/umount", [directory]).status == 0)
-        mounted = false
+        try readOnly.remove()
         try harness.wait(for: "agent-ready")
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == harness.directory + "/state/script/versions/v1")
         #expect(try harness.agent("script").content.quarantined.isEmpty)
@@ -62,19 +89,10 @@ struct ContentLinkTests {
         try FileManager.default.createDirectory(atPath: link, withIntermediateDirectories: false)
         try "the operator's own\n".write(toFile: link + "/old.rules", atomically: true, encoding: .utf8)
         let good = try scratch.makeDirectory("good", files: ["agent.sh": "exec sleep 600\n"])
-        let harness = try DaemonHarness(agents: ["""
-            name = "script"
-            exec = ["/bin/sh", "{content}/agent.sh"]
-            content_link = "\(link)"
-            restart_delay_ms = 50
-            [agent.sandbox]
-            private_tmp = false
-            """])
+        let harness = try Self.scriptHarness(link: link)
         defer { harness.cleanUp() }
-        try #require(try Command.run("/bin/mount", ["--bind", directory, directory]).status == 0)
-        var mounted = true
-        defer { if mounted { _ = try? Command.run("/bin/umount", [directory]) } }
-        try #require(try Command.run("/bin/mount", ["-o", "remount,bind,ro", directory, directory]).status == 0)
+        let readOnly = try ReadOnlyBind(directory)
+        defer { try? readOnly.remove() }
 
         try harness.start()
         try harness.stage(good, as: "v1", agent: "script")
@@ -84,8 +102,7 @@ struct ContentLinkTests {
                     && exited.contains("Read-only file system") && exited.contains("content_link"), "\(exited)")
         #expect(try harness.agent("script").content.quarantined.isEmpty, "the content is not blamed")
 
-        try #require(try Command.run("/bin/umount", [directory]).status == 0)
-        mounted = false
+        try readOnly.remove()
         try harness.wait(for: "agent-ready")
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == harness.directory + "/state/script/versions/v1")
         let aside = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasPrefix("rules.unexpected-") }
