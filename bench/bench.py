@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -93,8 +94,8 @@ def restart_latencies(rows):
 
 
 def process_figures(pid):
-    """VmRSS and VmHWM (KiB), CPU time (clock ticks) and context switches over all threads."""
-    figures = {"rss_kib": 0, "hwm_kib": 0, "cpu_ticks": 0, "switches": 0}
+    """VmRSS and VmHWM (KiB), CPU time (clock ticks) and context switches by thread ID."""
+    figures = {"rss_kib": 0, "hwm_kib": 0, "cpu_ticks": 0, "switches": {}}
     with open(f"/proc/{pid}/status") as file:
         for line in file:
             if line.startswith("VmRSS:"):
@@ -105,11 +106,18 @@ def process_figures(pid):
         fields = file.read().rsplit(")", 1)[1].split()
         figures["cpu_ticks"] = int(fields[11]) + int(fields[12])  # utime + stime
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/status") as file:
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/status") as file:
             for line in file:
                 if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                    figures["switches"] += int(line.split()[1])
+                    figures["switches"][task] = figures["switches"].get(task, 0) + int(line.split()[1])
     return figures
+
+
+def switches_between(before, after):
+    """Context switches from the figures `before` to `after`: each thread's own, a thread
+    that started in between with all of its own, one that ended with one (its last)."""
+    ended = sum(1 for task in before["switches"] if task not in after["switches"])
+    return ended + sum(count - before["switches"].get(task, 0) for task, count in after["switches"].items())
 
 
 # --- Backstop (inside the private journald) -------------------------------------------
@@ -130,17 +138,27 @@ class Backstop:
         self.process = None
 
     def start(self):
-        self.started_ns = now_ns()
-        # STATE_DIRECTORY, as systemd sets it: backstopd keeps its last good configuration there.
-        self.process = subprocess.Popen([os.path.join(self.bin_dir, "backstopd"), "--config", self.config],
-                                        env=dict(os.environ, STATE_DIRECTORY=os.path.join(self.directory, "state")),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        socket_path = os.path.join(self.directory, "run", "io.backstop.Manager")
-        deadline = time.monotonic() + 30
-        while not os.path.exists(socket_path):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("backstopd did not come up")
-            time.sleep(0.01)
+        """Starts backstopd as systemd would (Type=notify) and returns once it says READY=1:
+        its control socket listens earlier, before the agents are set up."""
+        path = os.path.join(self.directory, "notify")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(path)
+            notify.settimeout(1)
+            self.started_ns = now_ns()
+            # STATE_DIRECTORY, as systemd sets it: backstopd keeps its last good configuration there.
+            self.process = subprocess.Popen([os.path.join(self.bin_dir, "backstopd"), "--config", self.config],
+                                            env=dict(os.environ, STATE_DIRECTORY=os.path.join(self.directory, "state"),
+                                                     NOTIFY_SOCKET=path),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    if "READY=1" in notify.recv(4096).decode(errors="replace").splitlines():
+                        return
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("backstopd did not come up")
 
     def ctl(self, *arguments, check=True):
         result = subprocess.run([os.path.join(self.bin_dir, "backstopctl"), *arguments, "--config", self.config],
@@ -250,11 +268,11 @@ def bench_floor(bin_dir, crashes):
         floor = os.path.join(work, "floor")
         subprocess.run(["cc", "-O2", "-o", floor, os.path.join(ROOT, "bench", "floor.c")], check=True)
         timestamps = os.path.join(work, "timestamps")
-        output = subprocess.run([floor, str(crashes + 1), os.path.join(bin_dir, "backstop-demo-agent"),
-                                 "--content", os.path.join(CONTENT, "v2-channel-291"), "--timestamp-file", timestamps],
-                                capture_output=True, text=True, check=True, timeout=300).stdout
+        subprocess.run([floor, str(crashes + 1), os.path.join(work, "exits"), os.path.join(bin_dir, "backstop-demo-agent"),
+                        "--content", os.path.join(CONTENT, "v2-channel-291"), "--timestamp-file", timestamps],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=300)
         rows = read_timestamps(timestamps)
-        exits = [int(line.split()[2]) for line in output.splitlines()]
+        exits = [ns for _, _, ns in read_timestamps(os.path.join(work, "exits"))]
         crashed = [ns for event, _, ns in rows if event == "crash"]
         if len(crashed) != len(exits):
             raise RuntimeError(f"the floor saw {len(exits)} exits of {len(crashed)} crashes")
@@ -368,7 +386,7 @@ def bench_footprint(bin_dir, agents, seconds):
         per_minute = 60 / seconds
         return {"agents": agents, "rss_kib": after["rss_kib"], "hwm_kib": after["hwm_kib"],
                 "cpu_ms_per_min": (after["cpu_ticks"] - before["cpu_ticks"]) * 1000 / os.sysconf("SC_CLK_TCK") * per_minute,
-                "wakeups_per_min": (after["switches"] - before["switches"]) * per_minute}
+                "wakeups_per_min": switches_between(before, after) * per_minute}
     finally:
         daemon.remove()
 
@@ -560,10 +578,8 @@ def sandbox_drop_in(bin_dir, unit):
     try:
         config = os.path.join(directory, "backstop.toml")
         with open(config, "w") as file:
-            file.write(f'[daemon]\nstate_directory = "{directory}/state"\nruntime_directory = "{directory}/run"\n\n'
-                       f'[[agent]]\nname = "bench"\nrunner = "systemd"\nunit = "{unit}"\n'
-                       f'exec = ["/usr/libexec/backstop/backstop-demo-agent"]\n\n'
-                       '[agent.sandbox]\nread_write_paths = ["/var/lib/bench"]\n')
+            file.write(f'[[agent]]\nname = "bench"\nrunner = "systemd"\nunit = "{unit}"\n'
+                       'content_link = "/var/lib/bench/bad"\n\n[agent.sandbox]\nread_write_paths = ["/var/lib/bench"]\n')
         return subprocess.run([os.path.join(bin_dir, "backstopctl"), "sandbox", "bench", "--drop-in", "--config", config],
                               capture_output=True, text=True, check=True).stdout
     finally:

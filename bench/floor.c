@@ -3,10 +3,10 @@
  * state, no sandbox). Each exit is written as "exit PID NS", NS being CLOCK_MONOTONIC
  * nanoseconds read as soon as epoll reports the pidfd readable.
  *
- *     floor EXITS PROGRAM [ARG...]
+ *     floor EXITS FILE PROGRAM [ARG...]
  *
- * Stops after EXITS exits and writes the lines to standard output at the end, so that
- * no write lies between an exit and the next start. */
+ * Stops after EXITS exits and writes the lines to FILE at the end, so that no write lies
+ * between an exit and the next start. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <spawn.h>
@@ -42,8 +42,8 @@ static pid_t start(char **argv, int epoll, int *pidfd) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 3) {
-        fprintf(stderr, "usage: floor EXITS PROGRAM [ARG...]\n");
+    if (argc < 4) {
+        fprintf(stderr, "usage: floor EXITS FILE PROGRAM [ARG...]\n");
         return 2;
     }
     long exits = strtol(argv[1], NULL, 10);
@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     int pidfd;
-    pid_t pid = start(argv + 2, epoll, &pidfd);
+    pid_t pid = start(argv + 3, epoll, &pidfd);
     for (long n = 0; n < exits;) {
         struct epoll_event event;
         int ready = epoll_wait(epoll, &event, 1, -1);
@@ -70,8 +70,13 @@ int main(int argc, char **argv) {
         pids[n++] = pid;
         waitpid(pid, NULL, 0);
         close(pidfd);
-        if (n < exits) pid = start(argv + 2, epoll, &pidfd);
+        if (n < exits) pid = start(argv + 3, epoll, &pidfd);
     }
-    for (long n = 0; n < exits; n++) printf("exit %d %lld\n", (int)pids[n], stamps[n]);
-    return 0;
+    FILE *file = fopen(argv[2], "w");
+    if (!file) {
+        perror(argv[2]);
+        return 1;
+    }
+    for (long n = 0; n < exits; n++) fprintf(file, "exit %d %lld\n", (int)pids[n], stamps[n]);
+    return fclose(file) == 0 ? 0 : 1;
 }
