@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Backstop's benchmarks, side by side with systemd and supervisord (`make bench`).
+"""Backstop's benchmarks, side by side with a minimal C supervisor, systemd and supervisord (`make bench`).
 
 Every figure comes from timestamps that the parties write themselves on one clock,
 CLOCK_MONOTONIC (shared by the host and its containers):
@@ -10,11 +10,13 @@ CLOCK_MONOTONIC (shared by the host and its containers):
   so "recorded" means in the journal, where an operator finds it.
 
 Backstop runs in a private mount namespace with a journald of its own
-(scripts/with-private-journald.sh); systemd runs as PID 1 of a container that boots
-this machine's tree with the release build laid over /usr; supervisord comes from
-PyPI. All three supervise the same agent binary with the same content.
+(scripts/with-private-journald.sh), its agents in its default sandbox; the C floor
+(bench/floor.c, compiled here) is pidfd + epoll and nothing else; systemd runs as PID 1
+of a container that boots this machine's tree with the release build laid over /usr;
+supervisord comes from PyPI. All supervise the same agent binary with the same content.
 
     bench/bench.py --bin RELEASE_BIN_DIR --install-tree DESTDIR --supervisord PATH --markdown docs/benchmarks.md
+    bench/bench.py --smoke --bin BIN_DIR    # a few crashes and a small staging, JSON on stdout
 """
 
 import argparse
@@ -808,6 +810,7 @@ def main():
     parser.add_argument("--alone-seconds", type=int, default=60, help="how long systemd and supervisord get alone")
     parser.add_argument("--backstop-only", metavar="RESULT", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    arguments.bin = os.path.abspath(arguments.bin)  # the agents' exec and the sandbox need absolute paths
     arguments.crashes = arguments.crashes or (5 if arguments.smoke else 1000)
     arguments.staging_files = arguments.staging_files or (100 if arguments.smoke else 10000)
     if arguments.backstop_only:
