@@ -674,7 +674,7 @@ def ms(figures, keys=("median", "p99")):
     return " / ".join(f"{figures[key]:.3f}" for key in keys) + f" (n={figures['n']})"
 
 
-def report(backstop, floor, systemd, supervisord, sizes, settings):
+def report(backstop, floor, systemd, supervisord, sizes, settings, load_at_start):
     lines = []
     add = lines.append
     footprint = {f["agents"]: f for f in backstop["footprint"]}
@@ -703,7 +703,8 @@ def report(backstop, floor, systemd, supervisord, sizes, settings):
     machine = (f"{platform.node()}: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs, "
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
                f"{subprocess.run(['systemctl', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}, "
-               f"load average {os.getloadavg()[0]:.1f} at the end (figures from a busy machine are inflated)")
+               f"load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end and "
+               f"{os.getloadavg()[1]:.1f} over its last five minutes (figures from a busy machine are inflated)")
     return table, machine
 
 
@@ -820,7 +821,7 @@ def main():
     if arguments.smoke:
         smoke(arguments)
         return
-    started = time.monotonic()
+    started, load_at_start = time.monotonic(), os.getloadavg()[0]
     backstop = run_backstop_phase(arguments)
     log(f"C floor: {arguments.crashes} crashes (detection, restart)")
     floor = bench_floor(arguments.bin, arguments.crashes)
@@ -829,7 +830,7 @@ def main():
     log(f"supervisord: {arguments.supervisord_restarts} restarts, and alone with bad content for {arguments.alone_seconds} s")
     supervisord = bench_supervisord(arguments.supervisord, arguments.bin, arguments.supervisord_restarts, arguments.alone_seconds)
     sizes = {name: os.path.getsize(os.path.join(arguments.bin, name)) for name in ("backstopd", "backstopctl")}
-    table, machine = report(backstop, floor, systemd, supervisord, sizes, arguments)
+    table, machine = report(backstop, floor, systemd, supervisord, sizes, arguments, load_at_start)
     print(table)
     print(f"\n{machine}; {time.monotonic() - started:.0f} s")
     if arguments.markdown:
