@@ -242,7 +242,7 @@ def storm(bin_dir, name):
 def bench_crashes(bin_dir, crashes):
     """Detection and restart latency over `crashes` crashes of a crash-looping agent."""
     with storm(bin_dir, "storm") as (daemon, timestamps):
-        wait_for(f"{crashes} crashes", lambda: count(timestamps, "crash") >= crashes + 1, 300)
+        wait_for(f"{crashes} crashes", lambda: count(timestamps, "crash") >= crashes + 1, 30 + crashes * 0.3)
         daemon.stop()
         rows = read_timestamps(timestamps)
         exits = [e for e in journal("storm", "agent-exited") if e.get("BACKSTOP_REASON") == "crashed"]
