@@ -21,7 +21,7 @@ SYSCONFDIR = /etc
 # Packages the build needs, and the ones the tests use as real parts.
 BUILD_PACKAGES = libsystemd-dev libarchive-dev pkg-config bubblewrap binutils
 TEST_PACKAGES = clamav-daemon clamav clamdscan crowdsec fail2ban usbguard systemd systemd-container python3 groff-base \
-	qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
+	qemu-system-x86 qemu-utils mmdebstrap e2fsprogs gcc
 BENCH_PACKAGES = python3-venv
 
 # Agents with runner = "systemd" whose unit `make install` gives the sandbox drop-in of
@@ -66,9 +66,10 @@ test: test-deps
 	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" BACKSTOP_INSTALL_DIR="$(TEST_INSTALL_DIR)" $(SWIFT) test --skip-build --disable-xctest --skip VirtualMachineTests
 	BACKSTOP_BIN_DIR="$(DEBUG_BIN)" BACKSTOP_INSTALL_DIR="$(TEST_INSTALL_DIR)" $(SWIFT) test --skip-build --disable-xctest --filter VirtualMachineTests
 
-# Benchmarks of the release build, side by side with systemd (in a container, like the
-# tests) and supervisord (from PyPI, in a virtualenv of its own). Prints the table and
-# writes it into docs/benchmarks.md.
+# Benchmarks of the release build, side by side with a minimal C supervisor (bench/floor.c,
+# compiled by the benchmark), systemd (in a container, like the tests) and supervisord (from
+# PyPI, in a virtualenv of its own). Prints the tables and writes them into docs/benchmarks.md.
+# The tests run its --smoke subset on the debug build (BenchSmokeTests).
 BENCH_DIR = $(CURDIR)/.build-bench
 SUPERVISOR_VERSION = 4.3.0
 bench: test-deps

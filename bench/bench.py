@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Backstop's benchmarks, side by side with systemd and supervisord (`make bench`).
+"""Backstop's benchmarks, side by side with a minimal C supervisor, systemd and supervisord (`make bench`).
 
 Every figure comes from timestamps that the parties write themselves on one clock,
 CLOCK_MONOTONIC (shared by the host and its containers):
@@ -10,11 +10,13 @@ CLOCK_MONOTONIC (shared by the host and its containers):
   so "recorded" means in the journal, where an operator finds it.
 
 Backstop runs in a private mount namespace with a journald of its own
-(scripts/with-private-journald.sh); systemd runs as PID 1 of a container that boots
-this machine's tree with the release build laid over /usr; supervisord comes from
-PyPI. All three supervise the same agent binary with the same content.
+(scripts/with-private-journald.sh), its agents in its default sandbox; the C floor
+(bench/floor.c, compiled here) is pidfd + epoll and nothing else; systemd runs as PID 1
+of a container that boots this machine's tree with the release build laid over /usr;
+supervisord comes from PyPI. All supervise the same agent binary with the same content.
 
     bench/bench.py --bin RELEASE_BIN_DIR --install-tree DESTDIR --supervisord PATH --markdown docs/benchmarks.md
+    bench/bench.py --smoke --bin BIN_DIR    # a few crashes and a small staging, JSON on stdout
 """
 
 import argparse
@@ -25,6 +27,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -93,8 +96,8 @@ def restart_latencies(rows):
 
 
 def process_figures(pid):
-    """VmRSS and VmHWM (KiB), CPU time (clock ticks) and context switches over all threads."""
-    figures = {"rss_kib": 0, "hwm_kib": 0, "cpu_ticks": 0, "switches": 0}
+    """VmRSS and VmHWM (KiB), CPU time (clock ticks) and context switches by thread ID."""
+    figures = {"rss_kib": 0, "hwm_kib": 0, "cpu_ticks": 0, "switches": {}}
     with open(f"/proc/{pid}/status") as file:
         for line in file:
             if line.startswith("VmRSS:"):
@@ -105,11 +108,18 @@ def process_figures(pid):
         fields = file.read().rsplit(")", 1)[1].split()
         figures["cpu_ticks"] = int(fields[11]) + int(fields[12])  # utime + stime
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/status") as file:
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/status") as file:
             for line in file:
                 if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                    figures["switches"] += int(line.split()[1])
+                    figures["switches"][task] = figures["switches"].get(task, 0) + int(line.split()[1])
     return figures
+
+
+def switches_between(before, after):
+    """Context switches from the figures `before` to `after`: each thread's own, a thread
+    that started in between with all of its own, one that ended with one (its last)."""
+    ended = sum(1 for task in before["switches"] if task not in after["switches"])
+    return ended + sum(count - before["switches"].get(task, 0) for task, count in after["switches"].items())
 
 
 # --- Backstop (inside the private journald) -------------------------------------------
@@ -130,17 +140,27 @@ class Backstop:
         self.process = None
 
     def start(self):
-        self.started_ns = now_ns()
-        # STATE_DIRECTORY, as systemd sets it: backstopd keeps its last good configuration there.
-        self.process = subprocess.Popen([os.path.join(self.bin_dir, "backstopd"), "--config", self.config],
-                                        env=dict(os.environ, STATE_DIRECTORY=os.path.join(self.directory, "state")),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        socket_path = os.path.join(self.directory, "run", "io.backstop.Manager")
-        deadline = time.monotonic() + 30
-        while not os.path.exists(socket_path):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("backstopd did not come up")
-            time.sleep(0.01)
+        """Starts backstopd as systemd would (Type=notify) and returns once it says READY=1:
+        its control socket listens earlier, before the agents are set up."""
+        path = os.path.join(self.directory, "notify")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(path)
+            notify.settimeout(1)
+            self.started_ns = now_ns()
+            # STATE_DIRECTORY, as systemd sets it: backstopd keeps its last good configuration there.
+            self.process = subprocess.Popen([os.path.join(self.bin_dir, "backstopd"), "--config", self.config],
+                                            env=dict(os.environ, STATE_DIRECTORY=os.path.join(self.directory, "state"),
+                                                     NOTIFY_SOCKET=path),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    if "READY=1" in notify.recv(4096).decode(errors="replace").splitlines():
+                        return
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("backstopd did not come up")
 
     def ctl(self, *arguments, check=True):
         result = subprocess.run([os.path.join(self.bin_dir, "backstopctl"), *arguments, "--config", self.config],
@@ -163,10 +183,23 @@ class Backstop:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def demo_agent(bin_dir, name, timestamps, extra=""):
-    return (f'name = "{name}"\n'
-            f'exec = ["{bin_dir}/backstop-demo-agent", "--content", "{{content}}", "--timestamp-file", "{timestamps}"]\n'
-            + extra)
+def agent_directory(prefix):
+    """A directory for the agent's `--timestamp-file`, writable by the sandbox's user
+    (`nobody` by default): an agent reaches it only as one of its `read_write_paths`."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(directory, 0o777)
+    return directory
+
+
+def demo_agent(bin_dir, name, timestamps=None, extra=""):
+    """An `[[agent]]` body for the demo agent in Backstop's default sandbox; with
+    `timestamps`, the directory of that file (from ``agent_directory``) is its one
+    writable path, since the private /tmp would hide it."""
+    arguments = ["--content", "{content}"] + (["--timestamp-file", timestamps] if timestamps else [])
+    body = (f'name = "{name}"\nexec = {json.dumps([os.path.join(bin_dir, "backstop-demo-agent"), *arguments])}\n' + extra)
+    if timestamps:
+        body += f'\n[agent.sandbox]\nread_write_paths = ["{os.path.dirname(timestamps)}"]\n'
+    return body
 
 
 def journal(agent, event=None):
@@ -193,7 +226,7 @@ def storm(bin_dir, name):
     """A backstopd whose agent `name` crash-loops on the bad content with no backoff and no
     rollback: every crash is one more detection and one more restart. Yields the daemon and
     the agent's timestamp file; removes both afterwards."""
-    work = tempfile.mkdtemp(prefix=f"backstop-bench-{name}-")
+    work = agent_directory(f"backstop-bench-{name}-")
     timestamps = os.path.join(work, "timestamps")
     daemon = Backstop(bin_dir, [demo_agent(bin_dir, name, timestamps, "failure_threshold = 1000000\nfailure_window_sec = 1\n"
                                            "restart_delay_ms = 0\nrestart_delay_max_sec = 0\n")])
@@ -209,7 +242,7 @@ def storm(bin_dir, name):
 def bench_crashes(bin_dir, crashes):
     """Detection and restart latency over `crashes` crashes of a crash-looping agent."""
     with storm(bin_dir, "storm") as (daemon, timestamps):
-        wait_for(f"{crashes} crashes", lambda: count(timestamps, "crash") >= crashes + 1, 300)
+        wait_for(f"{crashes} crashes", lambda: count(timestamps, "crash") >= crashes + 1, 30 + crashes * 0.3)
         daemon.stop()
         rows = read_timestamps(timestamps)
         exits = [e for e in journal("storm", "agent-exited") if e.get("BACKSTOP_REASON") == "crashed"]
@@ -228,9 +261,68 @@ def detection_latencies(rows, exits):
     return latencies
 
 
+def bench_floor(bin_dir, crashes):
+    """The physical floor: bench/floor.c (pidfd + epoll, restart at once, compiled here with
+    cc) supervising the same agent on the same content, unsandboxed. Detection ends when
+    epoll reports the agent's pidfd readable; restart, as for the others, at the next start."""
+    work = tempfile.mkdtemp(prefix="backstop-bench-floor-")
+    try:
+        floor = os.path.join(work, "floor")
+        subprocess.run(["cc", "-O2", "-o", floor, os.path.join(ROOT, "bench", "floor.c")], check=True)
+        timestamps = os.path.join(work, "timestamps")
+        subprocess.run([floor, str(crashes + 1), os.path.join(work, "exits"), os.path.join(bin_dir, "backstop-demo-agent"),
+                        "--content", os.path.join(CONTENT, "v2-channel-291"), "--timestamp-file", timestamps],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=300)
+        rows = read_timestamps(timestamps)
+        exits = [ns for _, _, ns in read_timestamps(os.path.join(work, "exits"))]
+        crashed = [ns for event, _, ns in rows if event == "crash"]
+        if len(crashed) != len(exits):
+            raise RuntimeError(f"the floor saw {len(exits)} exits of {len(crashed)} crashes")
+        detection = [exit_ns - crash_ns for crash_ns, exit_ns in zip(crashed, exits)]
+        return {"detection": summary(detection[:crashes]), "restart": summary(restart_latencies(rows)[:crashes])}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def small_files(path, files):
+    """A content tree of `files` small files (a line each), 100 to a directory."""
+    for index in range(files):
+        directory = os.path.join(path, f"d{index // 100:04d}")
+        if index % 100 == 0:
+            os.makedirs(directory)
+        with open(os.path.join(directory, f"rule-{index:06d}.conf"), "w") as file:
+            file.write(f"channel {index} allow\n")
+
+
+def bench_staging(bin_dir, files):
+    """`backstopctl stage` of a tree of `files` small files against `tar -x` of the same
+    tree followed by `sync`, on the same file system; seconds on the benchmark's clock."""
+    work = tempfile.mkdtemp(prefix="backstop-bench-staging-")
+    daemon = Backstop(bin_dir, [demo_agent(bin_dir, "staging")])
+    try:
+        tree = os.path.join(work, "tree")
+        small_files(tree, files)
+        archive = os.path.join(work, "tree.tar")
+        subprocess.run(["tar", "-cf", archive, "-C", tree, "."], check=True)
+        os.makedirs(os.path.join(work, "extracted"))
+        daemon.start()
+        subprocess.run(["sync"], check=True)
+        started = now_ns()
+        subprocess.run(["tar", "-xf", archive, "-C", os.path.join(work, "extracted")], check=True)
+        subprocess.run(["sync"], check=True)
+        tar_ns = now_ns() - started
+        started = now_ns()
+        daemon.ctl("stage", "staging", tree, "--version", "many")
+        stage_ns = now_ns() - started
+        return {"files": files, "tar_s": tar_ns / 1e9, "stage_s": stage_ns / 1e9}
+    finally:
+        daemon.remove()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def bench_hangs(bin_dir, samples):
     """Hang detection: from the heartbeat deadline (READY + watchdog_sec) to the agent-hung decision."""
-    work = tempfile.mkdtemp(prefix="backstop-bench-hang-")
+    work = agent_directory("backstop-bench-hang-")
     body = demo_agent(bin_dir, "hang", os.path.join(work, "timestamps"),
                       "notify = true\nwatchdog_sec = 1\nfailure_threshold = 1000000\nfailure_window_sec = 1\n"
                       "restart_delay_ms = 0\nrestart_delay_max_sec = 0\n")
@@ -260,7 +352,7 @@ def bench_recovery(bin_dir, runs, policy, prefix):
     times = []
     for run in range(runs):
         name = f"{prefix}{run}"  # the journal is shared: one agent name per run
-        work = tempfile.mkdtemp(prefix="backstop-bench-ttr-")
+        work = agent_directory("backstop-bench-ttr-")
         timestamps = os.path.join(work, "timestamps")
         daemon = Backstop(bin_dir, [demo_agent(bin_dir, name, timestamps, "notify = true\n" + policy)])
         try:
@@ -282,7 +374,7 @@ def bench_recovery(bin_dir, runs, policy, prefix):
 def bench_footprint(bin_dir, agents, seconds):
     """backstopd idle with `agents` healthy agents: memory, CPU time and wakeups per minute."""
     names = [f"idle{agents}x{index}" for index in range(agents)]  # the journal is shared: names of their own
-    bodies = [demo_agent(bin_dir, name, "/dev/null", "notify = true\n") for name in names]
+    bodies = [demo_agent(bin_dir, name, extra="notify = true\n") for name in names]
     daemon = Backstop(bin_dir, bodies)
     try:
         daemon.start()
@@ -296,7 +388,7 @@ def bench_footprint(bin_dir, agents, seconds):
         per_minute = 60 / seconds
         return {"agents": agents, "rss_kib": after["rss_kib"], "hwm_kib": after["hwm_kib"],
                 "cpu_ms_per_min": (after["cpu_ticks"] - before["cpu_ticks"]) * 1000 / os.sysconf("SC_CLK_TCK") * per_minute,
-                "wakeups_per_min": (after["switches"] - before["switches"]) * per_minute}
+                "wakeups_per_min": switches_between(before, after) * per_minute}
     finally:
         daemon.remove()
 
@@ -340,7 +432,7 @@ def bench_boot(bin_dir, runs, boots, versions):
     """From backstopd's exec to the agent's start at boot, with a small and a large history."""
     results = {}
     for label, history in (("empty", None), ("large", (boots, versions))):
-        work = tempfile.mkdtemp(prefix="backstop-bench-boot-")
+        work = agent_directory("backstop-bench-boot-")
         timestamps = os.path.join(work, "timestamps")
         name = f"boot{label}"  # the journal is shared: a name of its own
         daemon = Backstop(bin_dir, [demo_agent(bin_dir, name, timestamps, "notify = true\n")])
@@ -396,6 +488,10 @@ def backstop_phase(arguments):
     results = {}
     log(f"Backstop: {arguments.crashes} crashes (detection, restart)")
     results.update(bench_crashes(bin_dir, arguments.crashes))
+    log(f"Backstop: staging {arguments.staging_files} small files, and tar -x + sync of them")
+    results["staging"] = bench_staging(bin_dir, arguments.staging_files)
+    if arguments.smoke:
+        return results
     log(f"Backstop: {arguments.hangs} hangs")
     results.update(bench_hangs(bin_dir, arguments.hangs))
     log("Backstop: time to recovery, default and fast policy")
@@ -423,8 +519,10 @@ class Container:
         os.makedirs(self.bench)
         shutil.copytree(os.path.join(CONTENT, "v2-channel-291"), os.path.join(self.bench, "bad"))
         binds = []
+        os.chmod(self.bench, 0o777)  # the sandboxed unit's agent runs as nobody
         for name, text in units.items():
-            path = os.path.join(self.directory, name)
+            path = os.path.join(self.directory, "units", name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as file:
                 file.write(text)
             binds.append(f"--bind-ro={path}:/etc/systemd/system/{name}")
@@ -474,11 +572,30 @@ class Container:
 AGENT = "/usr/libexec/backstop/backstop-demo-agent --content /var/lib/bench/bad --timestamp-file /var/lib/bench/{name}"
 
 
-def systemd_units():
+def sandbox_drop_in(bin_dir, unit):
+    """The drop-in `backstopctl sandbox --drop-in` writes for `unit` with Backstop's default
+    sandbox and /var/lib/bench writable (where the agent writes its timestamps): the sandbox
+    that Backstop's own agents get, as unit settings."""
+    directory = tempfile.mkdtemp(prefix="backstop-bench-drop-in-")
+    try:
+        config = os.path.join(directory, "backstop.toml")
+        with open(config, "w") as file:
+            file.write(f'[[agent]]\nname = "bench"\nrunner = "systemd"\nunit = "{unit}"\n'
+                       'content_link = "/var/lib/bench/bad"\n\n[agent.sandbox]\nread_write_paths = ["/var/lib/bench"]\n')
+        return subprocess.run([os.path.join(bin_dir, "backstopctl"), "sandbox", "bench", "--drop-in", "--config", config],
+                              capture_output=True, text=True, check=True).stdout
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def systemd_units(bin_dir):
+    # Restart latency: restart at once, never give up; without a sandbox, and in the one
+    # Backstop's agents get by default.
+    restart = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart={agent}\nRestart=on-failure\nRestartSec=0\n"
     return {
-        # Restart latency: restart at once, never give up.
-        "bench-restart.service": "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart="
-        + AGENT.format(name="restart") + "\nRestart=on-failure\nRestartSec=0\n",
+        "bench-restart.service": restart.format(agent=AGENT.format(name="restart")),
+        "bench-sandboxed.service": restart.format(agent=AGENT.format(name="sandboxed")),
+        "bench-sandboxed.service.d/sandbox.conf": sandbox_drop_in(bin_dir, "bench-sandboxed.service"),
         # What an operator would write: Restart=on-failure with systemd's defaults otherwise.
         "bench-alone.service": "[Service]\nExecStart=" + AGENT.format(name="alone") + "\nRestart=on-failure\n",
     }
@@ -525,23 +642,26 @@ def bench_supervisord(supervisord, bin_dir, restarts, alone_seconds):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def bench_systemd(install_tree, restarts, alone_seconds):
-    """systemd (Restart=on-failure) on the same agent: restart latency, and what it does alone with bad content."""
-    container = Container(install_tree, systemd_units())
+def bench_systemd(install_tree, bin_dir, restarts, alone_seconds):
+    """systemd (Restart=on-failure) on the same agent: restart latency without a sandbox and
+    with Backstop's, and what it does alone with bad content."""
+    container = Container(install_tree, systemd_units(bin_dir))
     try:
         started = time.monotonic()
-        container.run("systemctl", "start", "--no-block", "bench-restart.service", "bench-alone.service")
-        restart_file = os.path.join(container.bench, "restart")
-        wait_for(f"{restarts} systemd restarts",
-                 lambda: count(restart_file, "start") > restarts, 300)
-        container.run("systemctl", "stop", "bench-restart.service")
-        latencies = restart_latencies(read_timestamps(restart_file))[:restarts]
+        container.run("systemctl", "start", "--no-block", "bench-alone.service")
+        results = {}
+        for key, unit, name in (("restart", "bench-restart.service", "restart"),
+                                ("restart_sandboxed", "bench-sandboxed.service", "sandboxed")):
+            container.run("systemctl", "start", "--no-block", unit)
+            timestamps = os.path.join(container.bench, name)
+            wait_for(f"{restarts} systemd restarts of {unit}", lambda: count(timestamps, "start") > restarts, 300)
+            container.run("systemctl", "stop", unit)
+            results[key] = summary(restart_latencies(read_timestamps(timestamps))[:restarts])
         time.sleep(max(0, alone_seconds - (time.monotonic() - started)))
         shown = container.run("systemctl", "show", "bench-alone.service", "-p", "ActiveState", "-p", "Result").stdout
         state = dict(line.split("=", 1) for line in shown.split())
         crashes = count(os.path.join(container.bench, "alone"), "crash")
-        return {"restart": summary(latencies),
-                "alone": {"state": f"{state.get('ActiveState')} ({state.get('Result')})", "crashes": crashes}}
+        return dict(results, alone={"state": f"{state.get('ActiveState')} ({state.get('Result')})", "crashes": crashes})
     finally:
         container.remove()
 
@@ -554,62 +674,118 @@ def ms(figures, keys=("median", "p99")):
     return " / ".join(f"{figures[key]:.3f}" for key in keys) + f" (n={figures['n']})"
 
 
-def report(backstop, systemd, supervisord, sizes, settings):
+def report(backstop, floor, systemd, supervisord, sizes, settings, load_at_start):
     lines = []
     add = lines.append
     footprint = {f["agents"]: f for f in backstop["footprint"]}
-    add("| Figure | Backstop | systemd | supervisord |")
-    add("|---|---|---|---|")
-    add(f"| Crash detection, death → decision in the journal, ms median / p99 | {ms(backstop['detection'])} | n/a | n/a |")
-    add(f"| Hang detection, heartbeat deadline → decision, ms min / median / max | {ms(backstop['hang'], ('min', 'median', 'max'))} | n/a | n/a |")
-    add(f"| Restart latency, death → new agent process running, ms median / p99 | {ms(backstop['restart'])} | {ms(systemd['restart'])} | {ms(supervisord['restart'])} |")
-    add(f"| Time to recovery, first crash on bad content → READY on known-good, ms min / median / max, default policy | {ms(backstop['recovery_default'], ('min', 'median', 'max'))} | never: {systemd['alone']['state']} after {systemd['alone']['crashes']} crashes in {settings.alone_seconds} s | never: {supervisord['alone']['state']} after {supervisord['alone']['crashes']} crashes in {settings.alone_seconds} s |")
-    add(f"| Time to recovery, fast policy (failure_threshold = 2, restart_delay_ms = 0), ms min / median / max | {ms(backstop['recovery_fast'], ('min', 'median', 'max'))} | | |")
+    staging = backstop["staging"]
+    add("| Figure | Backstop | C floor (pidfd + epoll) | systemd, Backstop's sandbox | systemd, no sandbox | supervisord |")
+    add("|---|---|---|---|---|---|")
+    add(f"| Crash detection, death → decision (Backstop: in the journal; floor: pidfd readable), ms median / p99 | {ms(backstop['detection'])} | {ms(floor['detection'])} | n/a | n/a | n/a |")
+    add(f"| Hang detection, heartbeat deadline → decision, ms min / median / max | {ms(backstop['hang'], ('min', 'median', 'max'))} | n/a | n/a | n/a | n/a |")
+    add(f"| Restart latency, death → new agent process running, ms median / p99 | {ms(backstop['restart'])} | {ms(floor['restart'])} | {ms(systemd['restart_sandboxed'])} | {ms(systemd['restart'])} | {ms(supervisord['restart'])} |")
+    add(f"| Time to recovery, first crash on bad content → READY on known-good, ms min / median / max, default policy | {ms(backstop['recovery_default'], ('min', 'median', 'max'))} | | | never: {systemd['alone']['state']} after {systemd['alone']['crashes']} crashes in {settings.alone_seconds} s | never: {supervisord['alone']['state']} after {supervisord['alone']['crashes']} crashes in {settings.alone_seconds} s |")
+    add(f"| Time to recovery, fast policy (failure_threshold = 2, restart_delay_ms = 0), ms min / median / max | {ms(backstop['recovery_fast'], ('min', 'median', 'max'))} | | | | |")
     for count in (1, 10):
         f = footprint[count]
-        add(f"| Idle with {count} agent(s): VmRSS / VmHWM MiB | {f['rss_kib'] / 1024:.1f} / {f['hwm_kib'] / 1024:.1f} | | |")
+        add(f"| Idle with {count} agent(s): VmRSS / VmHWM MiB | {f['rss_kib'] / 1024:.1f} / {f['hwm_kib'] / 1024:.1f} | | | | |")
         add(f"| Idle with {count} agent(s): CPU ms per minute (in steps of {2 * 1000 / os.sysconf('SC_CLK_TCK') * 60 / settings.idle_seconds:.0f}: clock ticks), "
-            f"wakeups (context switches) per minute | {f['cpu_ms_per_min']:.0f}, {f['wakeups_per_min']:.0f} | | |")
+            f"wakeups (context switches) per minute | {f['cpu_ms_per_min']:.0f}, {f['wakeups_per_min']:.0f} | | | | |")
     boot = backstop["boot"]
-    add(f"| Boot assessment, exec → agent started, ms min / median / max: empty history | {ms(boot['empty'], ('min', 'median', 'max'))} | | |")
-    add(f"| … with {settings.boots} boot records and {settings.versions} versions | {ms(boot['large'], ('min', 'median', 'max'))} | | |")
+    add(f"| Boot assessment, exec → agent started, ms min / median / max: empty history | {ms(boot['empty'], ('min', 'median', 'max'))} | | | | |")
+    add(f"| … with {settings.boots} boot records and {settings.versions} versions | {ms(boot['large'], ('min', 'median', 'max'))} | | | | |")
+    add(f"| Staging {staging['files']} small files, s: `backstopctl stage` (Backstop) against `tar -x` + `sync` (floor column) | {staging['stage_s']:.2f} | {staging['tar_s']:.2f} | | | |")
     stress = backstop["stress"]
-    add(f"| Crash storm ({settings.stress_seconds} s, no backoff): `status --json` latency ms median / p99 / max | {ms(stress['status'], ('median', 'p99', 'max'))} | | |")
-    add(f"| … VmRSS at start → end MiB; decisions lost | {stress['rss_start_kib'] / 1024:.1f} → {stress['rss_end_kib'] / 1024:.1f}; {stress['lost']} of {stress['crashes']} | | |")
-    add("| Binary sizes, MiB (static Swift runtime) | " + ", ".join(f"{name} {size / 1048576:.1f}" for name, size in sizes.items()) + " | | |")
-    table = "\n".join(lines) + "\n\n" + goals(backstop, systemd, settings)
+    add(f"| Crash storm ({settings.stress_seconds} s, no backoff): `status --json` latency ms median / p99 / max | {ms(stress['status'], ('median', 'p99', 'max'))} | | | | |")
+    add(f"| … VmRSS at start → end MiB; decisions lost | {stress['rss_start_kib'] / 1024:.1f} → {stress['rss_end_kib'] / 1024:.1f}; {stress['lost']} of {stress['crashes']} | | | | |")
+    add("| Binary sizes, MiB (static Swift runtime) | " + ", ".join(f"{name} {size / 1048576:.1f}" for name, size in sizes.items()) + " | | | | |")
+    table = "\n".join(lines) + "\n\n" + targets(backstop, floor, systemd, sizes, settings)
     machine = (f"{platform.node()}: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs, "
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
                f"{subprocess.run(['systemctl', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}, "
-               f"load average {os.getloadavg()[0]:.1f} at the end (figures from a busy machine are inflated)")
+               f"load average {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end and "
+               f"{os.getloadavg()[1]:.1f} over its last five minutes (figures from a busy machine are inflated)")
     return table, machine
 
 
-def goals(backstop, systemd, settings):
-    """The goals set for Backstop, each with the figure that shows it and by how much it is missed."""
-    def verdict(value, goal, unit):
-        return "met" if value <= goal else f"missed by {value - goal:.1f} {unit} ({value / goal:.1f}×)" if goal else f"missed ({value:.0f} {unit})"
-    detection = backstop["detection"]["p99"]
-    restart, systemd_restart = backstop["restart"]["median"], systemd["restart"]["median"]
-    one = next(f for f in backstop["footprint"] if f["agents"] == 1)
-    rss = one["rss_kib"] / 1024
-    assessment = backstop["boot"]["large"]["median"] - backstop["boot"]["empty"]["median"]
-    stress = backstop["stress"]
-    flat = stress["rss_end_kib"] - stress["rss_start_kib"] <= 2048 and stress["lost"] == 0
-    rows = [
-        ("Crash detection p99 under 1 ms", f"{detection:.2f} ms", verdict(detection, 1, "ms")),
-        ("Restart latency (median) no worse than systemd's", f"{restart:.2f} ms against {systemd_restart:.2f} ms",
-         verdict(restart, systemd_restart, "ms")),
-        ("Idle VmRSS under 15 MiB (1 agent)", f"{rss:.1f} MiB", verdict(rss, 15, "MiB")),
-        ("No periodic wakeups beyond the watchdog ping (idle, 1 agent, not under systemd)",
-         f"{one['wakeups_per_min']:.0f} per minute", verdict(one["wakeups_per_min"], 0, "per minute")),
-        (f"Boot assessment under 10 ms with {settings.boots} boots and {settings.versions} versions "
-         "(median exec → start, large history minus empty)", f"{assessment:.1f} ms", verdict(assessment, 10, "ms")),
-        ("Crash storm: memory flat (under 2 MiB growth), no decision lost",
-         f"+{(stress['rss_end_kib'] - stress['rss_start_kib']) / 1024:.1f} MiB, {stress['lost']} lost of {stress['crashes']}",
-         "met" if flat else "missed"),
-    ]
-    return "\n".join(["| Goal | Measured | Verdict |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+# Why a target is not met, as far as it has been measured (docs/benchmarks.md tells how).
+CAUSES = {
+    "rss": "Foundation and its ICU data (about 9.6 MiB), crypto (3.5 MiB) and the relocations of a static runtime (about 3 MiB)",
+    "size": "Foundation's ICU data (32 MiB), debug information (22 MiB) and symbols (16 MiB) in the binary",
+    "wakeups": "swift-subprocess sleeps 1 s in a loop per running process; libdispatch's 1 Hz pool monitor",
+    "detection": "a /proc scan for what the run left behind (about 3.4 ms) comes before the decision",
+    "restart": "bash → bwrap → setpriv → bash → agent: three wrapper execs (about 5.6 ms); the durable write of the failure",
+    "boot": "`ldd` twice at the first spawn, a configuration-check child, an environ scan of every process",
+    "staging": "an fsync per file",
+}
+
+
+def targets(backstop, floor, systemd, sizes, settings):
+    """The targets for Backstop's footprint and latency, each as a ratio of measured to
+    target with its verdict, and the measured cause of a miss."""
+    rows = []
+
+    def target(what, measured, value, limit, cause, unit=""):
+        if limit:
+            ratio = f"{value / limit:.2f}"
+        else:
+            ratio = "n/a (target 0)"
+        verdict = "met" if value <= limit else f"not met: {CAUSES[cause]}"
+        rows.append(f"| {what} | {measured} | {ratio} | {verdict} |")
+
+    footprint = {f["agents"]: f for f in backstop["footprint"]}
+    for agents, limit in ((1, 14), (10, 16)):
+        rss = footprint[agents]["rss_kib"] / 1024
+        target(f"Idle VmRSS with {agents} agent(s) ≤ {limit} MiB", f"{rss:.1f} MiB", rss, limit, "rss")
+    for name, size in sizes.items():
+        mib = size / 1048576
+        target(f"{name} ≤ 25 MiB", f"{mib:.1f} MiB", mib, 25, "size")
+    for agents in (1, 10):
+        wakeups = footprint[agents]["wakeups_per_min"]
+        target(f"Idle wakeups with {agents} agent(s): 0 context switches a minute", f"{wakeups:.0f} a minute", wakeups, 0, "wakeups")
+    detection = backstop["detection"]
+    target("Crash detection median ≤ 1 ms", f"{detection['median']:.3f} ms", detection["median"], 1, "detection")
+    target("Crash detection p99 ≤ 3 × the C floor's p99", f"{detection['p99']:.3f} ms against 3 × {floor['detection']['p99']:.3f} ms",
+           detection["p99"], 3 * floor["detection"]["p99"], "detection")
+    restart = backstop["restart"]["median"]
+    sandboxed, bare = systemd["restart_sandboxed"]["median"], systemd["restart"]["median"]
+    target("Restart latency median ≤ systemd's with Backstop's sandbox", f"{restart:.3f} ms against {sandboxed:.3f} ms",
+           restart, sandboxed, "restart")
+    target("Restart latency median ≤ 1.5 × systemd's without a sandbox", f"{restart:.3f} ms against 1.5 × {bare:.3f} ms",
+           restart, 1.5 * bare, "restart")
+    boot = backstop["boot"]["large"]["median"]
+    target(f"Boot assessment (exec → agent started, median) ≤ 15 ms with {settings.boots} boot records",
+           f"{boot:.1f} ms", boot, 15, "boot")
+    staging = backstop["staging"]
+    target(f"Staging {staging['files']} small files ≤ 3 × `tar -x` + `sync`",
+           f"{staging['stage_s']:.2f} s against 3 × {staging['tar_s']:.2f} s", staging["stage_s"], 3 * staging["tar_s"], "staging")
+    return "\n".join(["| Target | Measured | Ratio (measured / target) | Verdict |", "|---|---|---|---|"] + rows)
+
+
+def smoke(arguments):
+    """A few crashes under Backstop and under the C floor, and a small staging: proves
+    that the benchmark still runs (`--smoke`, from the tests). Prints the figures as JSON;
+    fails when a party produced fewer samples than asked for."""
+    floor = bench_floor(arguments.bin, arguments.crashes)
+    backstop = run_backstop_phase(arguments)
+    print(json.dumps({"backstop": backstop, "floor": floor}, indent=2))
+    counts = {"Backstop's detection": backstop["detection"]["n"], "Backstop's restarts": backstop["restart"]["n"],
+              "the floor's detection": floor["detection"]["n"], "the floor's restarts": floor["restart"]["n"]}
+    short = [f"{name}: {n} of {arguments.crashes}" for name, n in counts.items() if n != arguments.crashes]
+    if short:
+        raise SystemExit("bench smoke: too few samples: " + "; ".join(short))
+
+
+def run_backstop_phase(arguments):
+    """``backstop_phase`` next to a journald of its own (scripts/with-private-journald.sh)."""
+    result = tempfile.NamedTemporaryFile(prefix="backstop-bench-", suffix=".json", delete=False).name
+    try:
+        subprocess.run([os.path.join(ROOT, "scripts", "with-private-journald.sh"), "--", sys.executable,
+                        os.path.abspath(__file__), *sys.argv[1:], "--backstop-only", result], check=True)
+        with open(result) as file:
+            return json.load(file)
+    finally:
+        os.unlink(result)
 
 
 def main():
@@ -618,7 +794,9 @@ def main():
     parser.add_argument("--install-tree", help="a `make install` DESTDIR (for the container)")
     parser.add_argument("--supervisord", help="supervisord from PyPI")
     parser.add_argument("--markdown", help="write the report here")
-    parser.add_argument("--crashes", type=int, default=1000)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few crashes under Backstop and the C floor and a small staging, to prove the benchmark runs")
+    parser.add_argument("--crashes", type=int)
     parser.add_argument("--hangs", type=int, default=20)
     parser.add_argument("--restarts", type=int, default=300)
     parser.add_argument("--supervisord-restarts", type=int, default=30,
@@ -627,29 +805,32 @@ def main():
     parser.add_argument("--idle-seconds", type=int, default=30)
     parser.add_argument("--boots", type=int, default=10000)
     parser.add_argument("--versions", type=int, default=1000)
+    parser.add_argument("--staging-files", type=int,
+                        help="files in the staged tree (10,000; 100 with --smoke): at an fsync per file, 100,000 take ten minutes")
     parser.add_argument("--stress-seconds", type=int, default=60)
     parser.add_argument("--alone-seconds", type=int, default=60, help="how long systemd and supervisord get alone")
     parser.add_argument("--backstop-only", metavar="RESULT", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    arguments.bin = os.path.abspath(arguments.bin)  # the agents' exec and the sandbox need absolute paths
+    arguments.crashes = arguments.crashes or (5 if arguments.smoke else 1000)
+    arguments.staging_files = arguments.staging_files or (100 if arguments.smoke else 10000)
     if arguments.backstop_only:
         with open(arguments.backstop_only, "w") as file:
             json.dump(backstop_phase(arguments), file)
         return
-    started = time.monotonic()
-    result = tempfile.NamedTemporaryFile(prefix="backstop-bench-", suffix=".json", delete=False).name
-    try:
-        subprocess.run([os.path.join(ROOT, "scripts", "with-private-journald.sh"), "--", sys.executable,
-                        os.path.abspath(__file__), *sys.argv[1:], "--backstop-only", result], check=True)
-        with open(result) as file:
-            backstop = json.load(file)
-    finally:
-        os.unlink(result)
-    log(f"systemd: {arguments.restarts} restarts, and alone with bad content for {arguments.alone_seconds} s")
-    systemd = bench_systemd(arguments.install_tree, arguments.restarts, arguments.alone_seconds)
+    if arguments.smoke:
+        smoke(arguments)
+        return
+    started, load_at_start = time.monotonic(), os.getloadavg()[0]
+    backstop = run_backstop_phase(arguments)
+    log(f"C floor: {arguments.crashes} crashes (detection, restart)")
+    floor = bench_floor(arguments.bin, arguments.crashes)
+    log(f"systemd: {arguments.restarts} restarts without a sandbox and with Backstop's, and alone with bad content for {arguments.alone_seconds} s")
+    systemd = bench_systemd(arguments.install_tree, arguments.bin, arguments.restarts, arguments.alone_seconds)
     log(f"supervisord: {arguments.supervisord_restarts} restarts, and alone with bad content for {arguments.alone_seconds} s")
     supervisord = bench_supervisord(arguments.supervisord, arguments.bin, arguments.supervisord_restarts, arguments.alone_seconds)
     sizes = {name: os.path.getsize(os.path.join(arguments.bin, name)) for name in ("backstopd", "backstopctl")}
-    table, machine = report(backstop, systemd, supervisord, sizes, arguments)
+    table, machine = report(backstop, floor, systemd, supervisord, sizes, arguments, load_at_start)
     print(table)
     print(f"\n{machine}; {time.monotonic() - started:.0f} s")
     if arguments.markdown:
