@@ -14,14 +14,14 @@ struct AgentPolicyComparisonTests {
     /// The agent starts at `seconds` and exits 1 at once, its output showing `obstacle`.
     @discardableResult
     func startAndExit(_ policy: inout AgentPolicy, at seconds: Double, obstacle: SandboxObstacle?) -> [PolicyAction] {
-        policy.agentStarted(pid: 77, at: moment(seconds))
-            + policy.agentExited(.exited(code: 1), obstacle: obstacle, at: moment(seconds + 0.2))
+        policy.handle(.agentStarted(pid: 77), at: moment(seconds))
+            + policy.handle(.agentExited(.exited(code: 1), obstacle: obstacle), at: moment(seconds + 0.2))
     }
 
     @Test("a fork refused for the process limit on known-good content is restart only; on a candidate with a known-good version it counts")
     func processLimitOnKnownGood() throws {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         var actions: [PolicyAction] = []
         var now: Double = 0
         for _ in 0..<5 {
@@ -34,7 +34,7 @@ struct AgentPolicyComparisonTests {
         #expect(policy.ledger.active == "v1")
 
         policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v2"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         actions = []
         now = 0
         for _ in 0..<3 {
@@ -129,11 +129,11 @@ struct AgentPolicyComparisonTests {
         #expect(ready.events.contains(.agentReady))
         #expect(policy.firstContentFailure != nil, "one start is no healthy run yet")
         let reset = try #require(policy.timers[.backoffReset])
-        _ = policy.timerFired(.backoffReset, deadline: reset, at: moment(reset))
+        _ = policy.handle(.timerFired(.backoffReset, deadline: reset), at: moment(reset))
         #expect(policy.firstContentFailure == nil, "a healthy run of restart_delay_max_sec clears it")
         #expect(!policy.isDegraded)
         let probation = try #require(policy.timers[.probation])
-        #expect(policy.timerFired(.probation, deadline: probation, at: moment(probation)).events == [.contentPromoted])
+        #expect(policy.handle(.timerFired(.probation, deadline: probation), at: moment(probation)).events == [.contentPromoted])
         #expect(policy.ledger.knownGood == "v1")
     }
 
@@ -145,18 +145,18 @@ struct AgentPolicyComparisonTests {
 
         // The operator stages a version that works: it runs through probation.
         _ = try policy.activate("v2", at: moment(now))
-        _ = policy.agentExited(.signaled(signal: SIGTERM), at: moment(now))
+        _ = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(now))
         #expect(policy.firstContentFailure == nil)
         #expect(policy.ledger.record("v1")?.standing == .staged)
         policy.startAndBecomeReady(at: now)
         let probation = try #require(policy.timers[.probation])
-        _ = policy.timerFired(.probation, deadline: probation, at: moment(probation))
+        _ = policy.handle(.timerFired(.probation, deadline: probation), at: moment(probation))
         #expect(policy.ledger.knownGood == "v2")
         now = probation + 1
 
         // v1 again: now there is a comparison, and the crash loop is a verdict.
         _ = try policy.activate("v1", at: moment(now))
-        _ = policy.agentExited(.signaled(signal: SIGTERM), at: moment(now))
+        _ = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(now))
         var actions: [PolicyAction] = []
         for _ in 0..<3 {
             actions += startAndExit(&policy, at: now, obstacle: .readOnlyFileSystem)
@@ -182,7 +182,7 @@ struct AgentPolicyComparisonTests {
 
         // The control failed too: the preflight cannot judge the agent here.
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         let failed = policy.preflightFailed(
             "v2", reason: .exited, detail: "exit code 1", control: .failed(version: "v1", detail: "exit code 1", obstacle: .network), at: moment(2))
         #expect(failed.events == [.preflightFailed])

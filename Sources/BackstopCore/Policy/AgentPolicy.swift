@@ -179,6 +179,72 @@ public enum AgentPhase: Sendable, Equatable, Codable {
     }
 }
 
+/// What happens to one supervised agent, fed to ``AgentPolicy/handle(_:at:)`` with the time it happened.
+public enum AgentEvent: Sendable, Equatable {
+    /// The daemon begins supervising: the agent starts on its active version, unless it was
+    /// given up before (that needs an operator). A backoff that was running when the daemon
+    /// stopped (its end on CLOCK_BOOTTIME, from the state file) is waited out first.
+    case begin(restartDueMonotonicSeconds: Double? = nil)
+    /// The active version failed verification (its files no longer match their digest), as
+    /// described, at start or when the host was about to switch to it.
+    case activeContentCorrupt(String)
+    /// The process was created (fork and exec succeeded), or a unit began to activate; `pid`
+    /// is 0 while a unit has no main process yet (its `ExecStartPre=` runs).
+    case agentStarted(pid: Int32)
+    /// READY=1 arrived on the agent's notify socket.
+    case agentReady
+    /// A probe the policy asked for (``PolicyAction/probe(_:timeoutSeconds:)``) ended.
+    case probeFinished(Probe, result: ProbeResult)
+    /// WATCHDOG=1 arrived on the agent's notify socket.
+    case heartbeat
+    /// The agent process ended (reaped with waitid(2)), or its unit went inactive.
+    /// - oomKill: the kernel log records an OOM kill of the process, and whose.
+    /// - memoryRlimitBytes: `memory_max` when it held the run only as RLIMIT_DATA (no cgroup):
+    ///   an allocation past it fails inside the agent, which cannot be told from other
+    ///   failures, so the exit's message names the limit.
+    /// - survivors: processes of the agent's session still alive after it ended (the
+    ///   host leaves them running only when this makes the exit `daemonized`).
+    /// - reason: the reason when the runner knows better than the termination does
+    ///   (systemd's `Result=timeout` while starting is a start timeout, `Result=watchdog` a hang).
+    /// - obstacle: what the end of the agent's stderr names as being in its way (``SandboxObstacle/find(in:)``).
+    case agentExited(
+        Termination, oomKill: OOMKill? = nil, memoryRlimitBytes: UInt64? = nil, survivors: [Int32] = [],
+        reason: FailureReason? = nil, obstacle: SandboxObstacle? = nil)
+    /// systemd stopped the agent's unit because the named unit, which it requires
+    /// (`Requires=`, `BindsTo=`, `Requisite=`, `PartOf=`), was stopped or failed: neither an
+    /// operator's stop nor a failure of the agent. How the main process ended, if it ran.
+    case stoppedWithDependency(String, termination: Termination?)
+    /// The unit the agent waits for (``AgentPhase/awaitingDependency(_:)``) is active again.
+    case dependencyActive
+    /// The processes a `daemonized` agent left running have all exited (or were stopped).
+    case backgroundProcessesExited
+    /// The agent could not be started at all (fork or exec failed), as described.
+    case spawnFailed(String)
+    /// A timer armed for the monotonic `deadline` reached it.
+    case timerFired(PolicyTimer, deadline: Double)
+    /// `backstopctl reset-failed`: the failure history and the escalation are cleared; an agent
+    /// that was given up (or in safe mode) starts again on its active version.
+    case resetFailed
+    /// `backstopctl stop`: the agent (and what it left in the background) is terminated and
+    /// kept stopped, across daemon restarts and reboots, until ``start``.
+    case stop
+    /// `backstopctl start`: an operator stop is lifted and the agent started now: from
+    /// stopped, from backoff (the delay is skipped) or from given-up (the escalation is kept).
+    case start
+    /// The daemon is stopping: the agent is terminated and left stopped.
+    case shutdown
+    /// A boot loop, judged at the daemon's start before the agent runs: the machine failed to
+    /// boot `failedBoots` times in a row (`boot_failure_threshold` or more) with the agent on
+    /// its current content, the first of them started at `rowStartedAt`. A candidate is
+    /// quarantined and rolled back before the agent starts. So is a known-good version promoted
+    /// during those boots, to the known-good version before it: the loop began with the change,
+    /// and the boots before it ran the older version. Otherwise, with no candidate to roll back
+    /// (unchanged known-good content, or safe mode), the boots are no evidence against the
+    /// content: the loop is reported and the agent started as it is, unless
+    /// `boot_loop_stops_agent` asks for the ladder (an older known-good version, safe mode,
+    /// give up) as after a crash loop.
+    case bootLoop(failedBoots: Int, rowStartedAt: Date? = nil)
+}
 /// Timers the policy asks its host to run; each fires at most once per arming.
 public enum PolicyTimer: String, Sendable, CaseIterable, Codable {
     /// `start_timeout_sec` after spawn (with `notify` or `ready_check_exec`).
@@ -214,7 +280,7 @@ public enum PolicyAction: Sendable, Equatable {
     /// Report a decision to the journal and the timeline.
     case record(Decision)
     /// Run a probe; its process is killed after `timeoutSeconds` and the result fed to
-    /// ``AgentPolicy/probeFinished(_:result:at:)``.
+    /// ``AgentPolicy/handle(_:at:)`` as ``AgentEvent/probeFinished(_:result:)``.
     case probe(Probe, timeoutSeconds: Double)
 }
 
@@ -372,10 +438,12 @@ public enum PolicyError: Error, Equatable, CustomStringConvertible {
 
 /// The crash-loop, probation, backoff and escalation rules of one agent, with no I/O.
 ///
-/// The host feeds events with the current ``Moment`` and carries out the returned
-/// ``PolicyAction``s in order. Every rule is a pure function of the events and the
-/// injected clock, so tests drive it without processes or sleeps (the model is
-/// s6-supervise's state × event table).
+/// The host feeds each ``AgentEvent`` with the current ``Moment`` to ``handle(_:at:)``, a
+/// table of ``AgentPhase`` × ``AgentEvent`` in the manner of s6-supervise, and carries out
+/// the returned ``PolicyAction``s in order. Every rule is a pure function of the events and
+/// the injected clock, so tests drive it without processes or sleeps. Operator requests
+/// that can be refused (``activate(_:at:)``, ``rollback(to:at:)``, ``promote(_:at:)``,
+/// ``release(_:)``) are methods that throw.
 public struct AgentPolicy: Sendable, Equatable {
     /// The agent's numbers from its `[[agent]]` table.
     public let settings: PolicySettings
@@ -473,16 +541,503 @@ public struct AgentPolicy: Sendable, Equatable {
 
     // MARK: - Events
 
-    /// The daemon begins supervising: start the agent on its active version, unless
-    /// it was given up before (that needs an operator).
-    /// A backoff that was running when the daemon stopped is waited out first.
-    public mutating func begin(restartDueMonotonicSeconds: Double? = nil, at now: Moment) -> [PolicyAction] {
-        guard phase == .stopped else { return [] }
-        if let due = restartDueMonotonicSeconds, due > now.monotonicSeconds, ledger.active != nil, !operatorStopped {
-            phase = .backoff
-            return [arm(.restart, at: due)]
+    /// Handles one event in the agent's current ``phase``: the policy's state × event table,
+    /// in the manner of s6-supervise, one `switch phase` per event. Every cell is written out,
+    /// those that ignore their event among them, so that each rule is found in one place (a
+    /// single `switch (phase, event)` is more than the compiler can check for exhaustiveness).
+    /// A timer firing that was re-armed or disarmed since (its `deadline` is not the armed
+    /// one) is stale and ignored in any phase.
+    /// - Returns: what the host carries out, in order.
+    public mutating func handle(_ event: AgentEvent, at now: Moment) -> [PolicyAction] {
+        switch event {
+        case .begin(let due):
+            switch phase {
+            case .stopped:
+                if let due, due > now.monotonicSeconds, ledger.active != nil, !operatorStopped {
+                    phase = .backoff
+                    return [arm(.restart, at: due)]
+                }
+                return spawnActive(at: now)
+            case .starting, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .activeContentCorrupt(let detail):
+            switch phase {
+            case .starting:
+                // The spawn the host dropped is made again, on the version rolled back to.
+                return quarantineCorruptActive(detail, pending: .spawn, at: now)
+            case .stopping(.restart):
+                // The host dropped the stop before the restart: it is asked for again.
+                return quarantineCorruptActive(detail, pending: .terminate, at: now)
+            case .stopped, .running, .stopping(.failure), .stopping(.shutdown), .stopping(.operatorStop),
+                .stopping(.readyCheckCannotRun), .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return quarantineCorruptActive(detail, pending: nil, at: now)
+            }
+
+        case .agentStarted(let pid):
+            switch phase {
+            case .starting:
+                var actions = [recordStarted(pid: pid)]
+                if settings.notify || settings.hasReadyCheck {
+                    actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))
+                    if settings.hasReadyCheck { actions.append(arm(.readyCheck, at: now.monotonicSeconds)) }
+                } else {
+                    actions.append(arm(.startedAfter, at: now.monotonicSeconds + PolicySettings.startedAfterSeconds))
+                }
+                return actions
+            case .stopping:
+                // Asked to stop while it was being created: recorded as started, so that its
+                // exit has a start, and terminated.
+                return [recordStarted(pid: pid), .terminate(signal: SIGTERM)]
+            case .stopped, .running, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .agentReady:
+            switch phase {
+            case .starting:
+                guard settings.notify, !readyNotified else { return [] }
+                readyNotified = true
+                return readinessComplete ? becomeReady(at: now) : []
+            case .stopped, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .probeFinished(.ready, let result):
+            switch phase {
+            case .starting:
+                return readyCheckFinished(result, at: now)
+            case .stopped, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .probeFinished(.health, let result):
+            switch phase {
+            case .running:
+                return healthCheckFinished(result, at: now)
+            case .stopped, .starting, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .heartbeat:
+            switch phase {
+            case .running:
+                guard settings.watchdogSeconds > 0 else { return [] }
+                return [arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds)]
+            case .stopped, .starting, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .agentExited(let termination, let oomKill, let memoryRlimitBytes, let survivors, let known, let obstacle):
+            switch phase {
+            case .stopping(.restart):
+                let actions = endRun(at: now) + [recordExit(termination, version: exitVersion, reason: nil, at: now)]
+                return actions + spawnActive(at: now)
+            case .stopping(.shutdown), .stopping(.operatorStop):
+                let actions = endRun(at: now)
+                phase = .stopped
+                return actions + [recordExit(termination, version: exitVersion, reason: nil, at: now)]
+            case .stopping(.failure(let reason)):
+                var actions = endRun(at: now)
+                var record = recordExit(termination, version: exitVersion, reason: reason, obstacle: obstacle, at: now)
+                if reason == .startTimeout, case .record(var decision) = record {
+                    decision.message += " It did not become ready within \(Self.format(settings.startTimeoutSeconds)) s (start_timeout_sec), so Backstop stopped it."
+                    record = .record(decision)
+                }
+                actions.append(record)
+                return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
+            case .stopping(.readyCheckCannotRun):
+                let actions = endRun(at: now)
+                    + [recordExit(termination, version: exitVersion, reason: .execFailed, attribution: .configuration, at: now)]
+                return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
+            case .starting, .running:
+                return endRun(at: now) + unaskedExit(
+                    termination, oomKill: oomKill, memoryRlimitBytes: memoryRlimitBytes, survivors: survivors, reason: known,
+                    obstacle: obstacle, at: now)
+            case .stopped, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
+                // No run to end: only what is left of one is dropped.
+                return endRun(at: now)
+            }
+
+        case .stoppedWithDependency(let dependency, let termination):
+            switch phase {
+            case .starting, .running, .backoff, .restarting:
+                var actions = disarmRunTimers() + disarm([.restart])
+                bankProbation(at: now)
+                phase = .awaitingDependency(dependency)
+                actions.append(.record(Decision(
+                    .agentExited, agent: settings.agent, version: runningVersion ?? ledger.active,
+                    exitStatus: termination?.exitStatus, signal: termination?.signal,
+                    message: "Agent \(settings.agent) was stopped by systemd with \(dependency), which its unit requires; not a failure, and it starts again once \(dependency) is active again.")))
+                return actions
+            case .stopping, .stopped, .givenUp, .daemonized, .awaitingDependency:
+                return []
+            }
+
+        case .dependencyActive:
+            switch phase {
+            case .awaitingDependency:
+                return spawnActive(at: now)
+            case .stopped, .starting, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp:
+                return []
+            }
+
+        case .backgroundProcessesExited:
+            switch phase {
+            case .daemonized:
+                return scheduleRestart(at: now)
+            case .stopping(.restart):
+                return spawnActive(at: now)
+            case .stopping(.shutdown), .stopping(.operatorStop):
+                phase = .stopped
+                return []
+            case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .restarting, .stopped,
+                .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .spawnFailed(let message):
+            switch phase {
+            case .starting:
+                let counts = settings.attribution(of: .execFailed) == .content
+                let why = counts
+                    ? "the program is part of content \(ledger.active ?? "none"), so this counts against it"
+                    : FailureReason.execFailed.remedy!
+                let actions = disarmRunTimers() + [.record(Decision(
+                    .agentExited, agent: settings.agent, version: ledger.active,
+                    failures: counts ? countedFailures(at: now).count + 1 : nil, reason: FailureReason.execFailed.rawValue,
+                    message: "Agent \(settings.agent) could not be started: \(message); \(why)."))]
+                return actions + countFailure(.execFailed, termination: nil, at: now)
+            // A stop requested meanwhile is honoured as if the process had exited.
+            case .stopping(.shutdown), .stopping(.operatorStop):
+                let actions = disarmRunTimers()
+                phase = .stopped
+                return actions
+            case .stopping(.restart):
+                return disarmRunTimers() + spawnActive(at: now)
+            case .stopping(.failure(let reason)):
+                return disarmRunTimers() + countFailure(reason, termination: nil, at: now)
+            case .stopping(.readyCheckCannotRun):
+                return disarmRunTimers() + countFailure(.execFailed, termination: nil, attribution: .configuration, at: now)
+            case .stopped, .running, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
+                return disarmRunTimers()
+            }
+
+        case .timerFired(let timer, let deadline):
+            // A firing of a timer re-armed or disarmed since is stale, in any phase.
+            guard timers[timer] == deadline else { return [] }
+            timers[timer] = nil
+            return timerFired(timer, at: now)
+
+        case .resetFailed:
+            clearFailureHistory(at: now)
+            switch phase {
+            case .givenUp:
+                mode = .normal
+                return disarm([.restart]) + spawnActive(at: now)
+            case .stopped, .starting, .running, .stopping, .backoff, .restarting, .daemonized, .awaitingDependency:
+                // Safe mode ends: the agent starts again on its active version with `exec`.
+                guard mode == .safeMode else { return [] }
+                mode = .normal
+                return restartOnActive(at: now)
+            }
+
+        case .stop:
+            operatorStopped = true
+            let actions = disarm([.restart])
+            switch phase {
+            case .starting, .running, .daemonized:
+                bankProbation(at: now)
+                phase = .stopping(.operatorStop)
+                return actions + disarmRunTimers() + [.terminate(signal: SIGTERM)]
+            case .stopping(.shutdown), .stopped, .givenUp:
+                return actions
+            case .stopping(.restart), .stopping(.failure), .stopping(.operatorStop), .stopping(.readyCheckCannotRun):
+                // A restart or a failure in progress: the exit ends in stopped instead.
+                phase = .stopping(.operatorStop)
+                return actions
+            case .backoff, .restarting, .awaitingDependency:
+                phase = .stopped
+                return actions
+            }
+
+        case .start:
+            operatorStopped = false
+            switch phase {
+            case .stopping(.operatorStop):
+                phase = .stopping(.restart)
+                return []
+            case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
+                // From backoff the delay is skipped; from given-up the escalation is kept.
+                return disarm([.restart]) + spawnActive(at: now)
+            case .starting, .running, .stopping(.restart), .stopping(.failure), .stopping(.shutdown),
+                .stopping(.readyCheckCannotRun), .daemonized:
+                return []
+            }
+
+        case .shutdown:
+            let actions = disarm(PolicyTimer.allCases)
+            switch phase {
+            case .starting, .running, .stopping, .daemonized:
+                bankProbation(at: now)
+                phase = .stopping(.shutdown)
+                return actions + [.terminate(signal: SIGTERM)]
+            case .backoff, .restarting, .awaitingDependency:
+                phase = .stopped
+                return actions
+            case .stopped, .givenUp:
+                return actions
+            }
+
+        case .bootLoop(let failedBoots, let rowStartedAt):
+            switch phase {
+            case .stopped:
+                return judgeBootLoop(failedBoots: failedBoots, rowStartedAt: rowStartedAt, at: now)
+            case .starting, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
         }
-        return spawnActive(at: now)
+    }
+
+    /// The cells of ``AgentEvent/timerFired(_:deadline:)``: `timer` reached its deadline (not a stale firing).
+    private mutating func timerFired(_ timer: PolicyTimer, at now: Moment) -> [PolicyAction] {
+        switch (timer, phase) {
+        case (.startTimeout, .starting):
+            // Not hung: it never became ready. Its `agent-exited` entry (reason `start-timeout`) reports it.
+            phase = .stopping(.failure(.startTimeout))
+            return [.terminate(signal: SIGABRT)]
+        case (.startTimeout, .stopped), (.startTimeout, .running), (.startTimeout, .stopping), (.startTimeout, .backoff),
+            (.startTimeout, .restarting), (.startTimeout, .daemonized), (.startTimeout, .givenUp),
+            (.startTimeout, .awaitingDependency):
+            return []
+
+        case (.startedAfter, .starting):
+            return becomeReady(at: now)
+        case (.startedAfter, .stopped), (.startedAfter, .running), (.startedAfter, .stopping), (.startedAfter, .backoff),
+            (.startedAfter, .restarting), (.startedAfter, .daemonized), (.startedAfter, .givenUp),
+            (.startedAfter, .awaitingDependency):
+            return []
+
+        case (.readyCheck, .starting):
+            return [.probe(.ready, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
+        case (.readyCheck, .stopped), (.readyCheck, .running), (.readyCheck, .stopping), (.readyCheck, .backoff),
+            (.readyCheck, .restarting), (.readyCheck, .daemonized), (.readyCheck, .givenUp), (.readyCheck, .awaitingDependency):
+            return []
+
+        case (.watchdog, .running):
+            phase = .stopping(.failure(.hung))
+            return [
+                .record(Decision(
+                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.hung.rawValue,
+                    message: "Agent \(settings.agent) missed its watchdog heartbeat for \(Self.format(settings.watchdogSeconds)) s; aborting it.")),
+                .terminate(signal: SIGABRT),
+            ]
+        case (.watchdog, .stopped), (.watchdog, .starting), (.watchdog, .stopping), (.watchdog, .backoff),
+            (.watchdog, .restarting), (.watchdog, .daemonized), (.watchdog, .givenUp), (.watchdog, .awaitingDependency):
+            return []
+
+        case (.probation, .running):
+            return probationEnded(at: now)
+        case (.probation, .stopped), (.probation, .starting), (.probation, .stopping), (.probation, .backoff),
+            (.probation, .restarting), (.probation, .daemonized), (.probation, .givenUp), (.probation, .awaitingDependency):
+            return []
+
+        case (.healthCheck, .running):
+            return [.probe(.health, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
+        case (.healthCheck, .stopped), (.healthCheck, .starting), (.healthCheck, .stopping), (.healthCheck, .backoff),
+            (.healthCheck, .restarting), (.healthCheck, .daemonized), (.healthCheck, .givenUp),
+            (.healthCheck, .awaitingDependency):
+            return []
+
+        case (.restart, .backoff), (.restart, .restarting):
+            return spawnActive(at: now)
+        // A restart delay that ended after something else started or stopped the agent.
+        case (.restart, .stopped), (.restart, .starting), (.restart, .running), (.restart, .stopping),
+            (.restart, .daemonized), (.restart, .givenUp), (.restart, .awaitingDependency):
+            return []
+
+        // A healthy run of `restart_delay_max_sec` resets the backoff, whatever came after it.
+        case (.backoffReset, .stopped), (.backoffReset, .starting), (.backoffReset, .running), (.backoffReset, .stopping),
+            (.backoffReset, .backoff), (.backoffReset, .restarting), (.backoffReset, .daemonized), (.backoffReset, .givenUp),
+            (.backoffReset, .awaitingDependency):
+            consecutiveFailures = 0
+            firstContentFailure = nil
+            return []
+        }
+    }
+
+    /// The version the ending run was spawned on: an activation while it ran changed the
+    /// active one, not what it runs.
+    private var exitVersion: String? {
+        runningVersion ?? ledger.active
+    }
+
+    /// What is left of a run when its process ended: its timers, and its healthy time banked for probation.
+    private mutating func endRun(at now: Moment) -> [PolicyAction] {
+        let actions = disarmRunTimers()
+        bankProbation(at: now)
+        return actions
+    }
+
+    /// The `agent-started` decision of a process with `pid` (0 while a unit has no main process yet).
+    private func recordStarted(pid: Int32) -> PolicyAction {
+        .record(Decision(
+            .agentStarted, agent: settings.agent, version: exitVersion,
+            message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(exitVersion ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
+    }
+
+    /// What a host had pending for a version found damaged, and makes again for the version rolled back to.
+    private enum PendingRunAction {
+        /// The spawn of a run that was starting.
+        case spawn
+        /// The stop before a restart.
+        case terminate
+    }
+
+    /// The active version failed verification (its files no longer match their digest), at
+    /// start or when the host was about to switch to it: it is quarantined and the agent rolled
+    /// back to the last known-good version (verified in turn by the host), or it gives up.
+    /// `pending` is what the host dropped for the damaged version.
+    private mutating func quarantineCorruptActive(_ detail: String, pending: PendingRunAction?, at now: Moment) -> [PolicyAction] {
+        guard let active = ledger.active else { return [] }
+        ledger.quarantine(active, reason: "verification-failed", at: now.wall)
+        // A rollback to this version never happened: status must not claim it.
+        if lastRollback?.to == active { lastRollback = nil }
+        var actions: [PolicyAction] = [.record(Decision(
+            .contentQuarantined, agent: settings.agent, version: active, reason: "verification-failed",
+            message: "Quarantined content \(active) of agent \(settings.agent): \(detail)."))]
+        let pendingStop: [PolicyAction] = pending == .terminate ? [.terminate(signal: SIGTERM)] : []
+        // Not back to a known-good version that already failed in this escalation.
+        guard let knownGood = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) else {
+            ledger.deactivate()
+            actions.append(.switchContent(version: nil))
+            if !pendingStop.isEmpty { return actions + pendingStop }
+            return actions + enterSafeMode(.noKnownGood, version: active, evidence: "content \(active) failed verification: \(detail)", at: now)
+        }
+        forgetRunHistory()
+        ledger.activate(knownGood)
+        lastRollback = RollbackRecord(from: active, to: knownGood, reason: "verification-failed", at: now.wall)
+        actions += [
+            .switchContent(version: knownGood),
+            .record(Decision(
+                .rollback, agent: settings.agent, version: knownGood, previousVersion: active, reason: "verification-failed",
+                message: "Rolled agent \(settings.agent) back from content \(active) to known-good \(knownGood) (verification-failed).")),
+        ]
+        if pending == .spawn { return actions + [.spawn(version: knownGood, mode: mode)] }
+        return actions + pendingStop
+    }
+
+    /// Whether every readiness signal the agent is configured for arrived in this run.
+    private var readinessComplete: Bool {
+        (!settings.notify || readyNotified) && (!settings.hasReadyCheck || readyCheckPassed)
+    }
+
+    /// A `ready_check_exec` run of a starting agent ended. One that cannot run at all stops
+    /// the agent as an `exec-failed` configuration error.
+    private mutating func readyCheckFinished(_ result: ProbeResult, at now: Moment) -> [PolicyAction] {
+        guard settings.hasReadyCheck, !readyCheckPassed else { return [] }
+        switch result {
+        case .passed:
+            readyCheckPassed = true
+            return readinessComplete ? becomeReady(at: now) : []
+        case .couldNotRun:
+            phase = .stopping(.readyCheckCannotRun)
+            return disarmRunTimers() + [.terminate(signal: SIGTERM)]
+        case .failed:
+            break
+        }
+        readyCheckFailuresInARow += 1
+        let pause = min(
+            PolicySettings.readyCheckRetrySeconds * pow(2, Double(min(readyCheckFailuresInARow - 1, 30))),
+            PolicySettings.readyCheckRetryMaxSeconds)
+        return [arm(.readyCheck, at: now.monotonicSeconds + pause)]
+    }
+
+    /// A `health_check_exec` run of a ready agent ended. One that cannot run is not counted (the host reports it).
+    private mutating func healthCheckFinished(_ result: ProbeResult, at now: Moment) -> [PolicyAction] {
+        guard let interval = settings.healthCheckIntervalSeconds else { return [] }
+        let detail: String
+        switch result {
+        case .passed: healthCheckFailuresInARow = 0; detail = ""
+        case .failed(let what): healthCheckFailuresInARow += 1; detail = what
+        case .couldNotRun: return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
+        }
+        guard healthCheckFailuresInARow >= settings.healthCheckFailures else {
+            return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
+        }
+        phase = .stopping(.failure(.healthCheck))
+        return [
+            .record(Decision(
+                .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.healthCheck.rawValue,
+                message: "Agent \(settings.agent) failed its health check \(healthCheckFailuresInARow) times in a row (last: \(detail)); stopping it.")),
+            .terminate(signal: SIGTERM),
+        ]
+    }
+
+    /// The candidate's probation ended with the agent ready: it becomes known-good, unless
+    /// the last health check failed (then the next one is waited for).
+    private mutating func probationEnded(at now: Moment) -> [PolicyAction] {
+        guard let candidate = ledger.candidate else { return [] }
+        if healthCheckFailuresInARow > 0, let interval = settings.healthCheckIntervalSeconds {
+            return [arm(.probation, at: now.monotonicSeconds + interval)]
+        }
+        ledger.promote(candidate, at: now.wall)
+        probationBankedSeconds = 0
+        firstContentFailure = nil
+        return [.record(Decision(
+            .contentPromoted, agent: settings.agent, version: candidate,
+            message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good."))]
+    }
+
+    /// The agent ended without Backstop asking (starting or ready): classified, recorded and counted.
+    private mutating func unaskedExit(
+        _ termination: Termination, oomKill: OOMKill?, memoryRlimitBytes: UInt64?, survivors: [Int32],
+        reason known: FailureReason?, obstacle: SandboxObstacle?, at now: Moment
+    ) -> [PolicyAction] {
+        let version = exitVersion
+        var reason = known ?? FailureReason.classify(
+            termination, oomKilled: oomKill != nil, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
+        var attribution: Attribution?
+        var note: String?
+        if reason == .oomKilled, case .memoryMax(let bytes) = oomKill {
+            // The known-good version ran within the same limit: only a candidate that
+            // outgrows it is to blame; on known-good content the limit is.
+            reason = .memoryLimit
+            let compared = version != nil && version == ledger.candidate && ledger.knownGood != nil
+            attribution = compared ? .content : .restartOnly
+            note = "The OOM killer of its own cgroup ended it at memory_max \(SandboxSpec.formatBytes(bytes)); "
+                + (compared ? "counted against candidate \(version!), as known-good \(ledger.knownGood!) ran within it"
+                    : "not counted against the content, as no known-good version ran within it for comparison")
+                + ". Raise memory_max if this content needs more."
+        } else if let bytes = memoryRlimitBytes, settings.attribution(of: reason) == .content {
+            note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup can hold it here): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
+        }
+        if attribution == nil, obstacle == .processLimit, version != ledger.candidate, settings.attribution(of: reason) == .content {
+            // Known-good content that ran within the same limit before: the limit is shared
+            // with every process of the agent's user (its own preflights among them), so a
+            // fork refused for it says the host ran out, not that the content went wrong.
+            attribution = .restartOnly
+            note = "A fork refused for the process limit (EAGAIN) on known-good content is not counted against it: the limit is shared with every process of the agent's user, a preflight of this agent among them. Give the agent a user of its own, or raise tasks_max."
+        }
+        var exit = recordExit(termination, version: version, reason: reason, attribution: attribution, obstacle: obstacle, at: now)
+        if case .record(var decision) = exit {
+            if reason == .daemonized { decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))." }
+            if let note { decision.message += " " + note }
+            exit = .record(decision)
+        }
+        return [exit] + countFailure(reason, termination: termination, attribution: attribution, obstacle: obstacle, at: now)
+    }
+
+    /// `reset-failed`: the failure history and the escalation are forgotten.
+    private mutating func clearFailureHistory(at now: Moment) {
+        failures = []
+        consecutiveFailures = 0
+        escalationTried = []
+        rollbackDidNotHelp = false
+        reportedBootLoop = nil
+        firstContentFailure = nil
+        resetFailedAt = now.wall
     }
 
     /// Whether Backstop has signalled the agent and waits for its exit.
@@ -528,321 +1083,6 @@ public struct AgentPolicy: Sendable, Equatable {
         switch escalation.step {
         case .givenUp: return phase == .givenUp ? escalation : nil
         case .safeMode: return mode == .safeMode && phase != .givenUp ? escalation : nil
-        }
-    }
-
-    /// The active version failed verification (its files no longer match their digest),
-    /// at start or when the host was about to switch to it: quarantine it and roll back
-    /// to the last known-good version (verified in turn by the host), or give up.
-    public mutating func activeContentCorrupt(_ detail: String, at now: Moment) -> [PolicyAction] {
-        guard let active = ledger.active else { return [] }
-        ledger.quarantine(active, reason: "verification-failed", at: now.wall)
-        // A rollback to this version never happened: status must not claim it.
-        if lastRollback?.to == active { lastRollback = nil }
-        var actions: [PolicyAction] = [.record(Decision(
-            .contentQuarantined, agent: settings.agent, version: active, reason: "verification-failed",
-            message: "Quarantined content \(active) of agent \(settings.agent): \(detail)."))]
-        // The host dropped what it had not yet carried out for the damaged version:
-        // a spawn still pending (phase starting) or the stop before a restart.
-        let pendingStop: [PolicyAction] = phase == .stopping(.restart) ? [.terminate(signal: SIGTERM)] : []
-        // Not back to a known-good version that already failed in this escalation.
-        guard let knownGood = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) else {
-            ledger.deactivate()
-            actions.append(.switchContent(version: nil))
-            if !pendingStop.isEmpty { return actions + pendingStop }
-            return actions + enterSafeMode(.noKnownGood, version: active, evidence: "content \(active) failed verification: \(detail)", at: now)
-        }
-        forgetRunHistory()
-        ledger.activate(knownGood)
-        lastRollback = RollbackRecord(from: active, to: knownGood, reason: "verification-failed", at: now.wall)
-        actions += [
-            .switchContent(version: knownGood),
-            .record(Decision(
-                .rollback, agent: settings.agent, version: knownGood, previousVersion: active, reason: "verification-failed",
-                message: "Rolled agent \(settings.agent) back from content \(active) to known-good \(knownGood) (verification-failed).")),
-        ]
-        if phase == .starting { return actions + [.spawn(version: knownGood, mode: mode)] }
-        return actions + pendingStop
-    }
-
-    /// The process was created (fork and exec succeeded), or a unit began to activate;
-    /// `pid` is 0 while a unit has no main process yet (its `ExecStartPre=` runs). One that
-    /// was asked to stop while it was being created is recorded as started, so that its
-    /// exit has a start, and terminated.
-    public mutating func agentStarted(pid: Int32, at now: Moment) -> [PolicyAction] {
-        // The version this process was spawned on: an activation while it was being created
-        // changed the active one, not what it runs.
-        let version = runningVersion ?? ledger.active
-        let started = PolicyAction.record(Decision(
-            .agentStarted, agent: settings.agent, version: version,
-            message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(version ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
-        if isStopping { return [started, .terminate(signal: SIGTERM)] }
-        guard phase == .starting else { return [] }
-        var actions: [PolicyAction] = [started]
-        if settings.notify || settings.hasReadyCheck {
-            actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))
-            if settings.hasReadyCheck { actions.append(arm(.readyCheck, at: now.monotonicSeconds)) }
-        } else {
-            actions.append(arm(.startedAfter, at: now.monotonicSeconds + PolicySettings.startedAfterSeconds))
-        }
-        return actions
-    }
-
-    /// READY=1 arrived on the agent's notify socket.
-    public mutating func agentReady(at now: Moment) -> [PolicyAction] {
-        guard settings.notify, phase == .starting, !readyNotified else { return [] }
-        readyNotified = true
-        return readinessComplete ? becomeReady(at: now) : []
-    }
-
-    /// Whether every readiness signal the agent is configured for arrived in this run.
-    private var readinessComplete: Bool {
-        (!settings.notify || readyNotified) && (!settings.hasReadyCheck || readyCheckPassed)
-    }
-
-    /// A probe the policy asked for (``PolicyAction/probe(_:timeoutSeconds:)``) ended.
-    /// A ready check that cannot run at all stops the agent as an `exec-failed` configuration
-    /// error; a health check that cannot run is not counted (the host reports it).
-    public mutating func probeFinished(_ probe: Probe, result: ProbeResult, at now: Moment) -> [PolicyAction] {
-        switch probe {
-        case .ready:
-            guard settings.hasReadyCheck, phase == .starting, !readyCheckPassed else { return [] }
-            switch result {
-            case .passed:
-                readyCheckPassed = true
-                return readinessComplete ? becomeReady(at: now) : []
-            case .couldNotRun:
-                phase = .stopping(.readyCheckCannotRun)
-                return disarmRunTimers() + [.terminate(signal: SIGTERM)]
-            case .failed:
-                break
-            }
-            readyCheckFailuresInARow += 1
-            let pause = min(
-                PolicySettings.readyCheckRetrySeconds * pow(2, Double(min(readyCheckFailuresInARow - 1, 30))),
-                PolicySettings.readyCheckRetryMaxSeconds)
-            return [arm(.readyCheck, at: now.monotonicSeconds + pause)]
-        case .health:
-            guard let interval = settings.healthCheckIntervalSeconds, phase == .running else { return [] }
-            let detail: String
-            switch result {
-            case .passed: healthCheckFailuresInARow = 0; detail = ""
-            case .failed(let what): healthCheckFailuresInARow += 1; detail = what
-            case .couldNotRun: return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
-            }
-            guard healthCheckFailuresInARow >= settings.healthCheckFailures else {
-                return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
-            }
-            phase = .stopping(.failure(.healthCheck))
-            return [
-                .record(Decision(
-                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.healthCheck.rawValue,
-                    message: "Agent \(settings.agent) failed its health check \(healthCheckFailuresInARow) times in a row (last: \(detail)); stopping it.")),
-                .terminate(signal: SIGTERM),
-            ]
-        }
-    }
-
-    /// WATCHDOG=1 arrived: push the hang deadline out.
-    public mutating func heartbeat(at now: Moment) -> [PolicyAction] {
-        guard settings.watchdogSeconds > 0, phase == .running else { return [] }
-        return [arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds)]
-    }
-
-    /// The agent process ended (reaped with waitid(2)).
-    /// - Parameters:
-    ///   - oomKill: the kernel log records an OOM kill of the process, and whose.
-    ///   - memoryRlimitBytes: `memory_max` when it held the run only as RLIMIT_DATA (no cgroup):
-    ///     an allocation past it fails inside the agent, which cannot be told from other
-    ///     failures, so the exit's message names the limit.
-    ///   - survivors: processes of the agent's session still alive after it ended (the
-    ///     host leaves them running only when this makes the exit `daemonized`).
-    ///   - known: the reason when the runner knows better than the termination does
-    ///     (systemd's `Result=timeout` while starting is a start timeout, `Result=watchdog` a hang).
-    ///   - obstacle: what the end of the agent's stderr names as being in its way (``SandboxObstacle/find(in:)``).
-    public mutating func agentExited(
-        _ termination: Termination, oomKill: OOMKill? = nil, memoryRlimitBytes: UInt64? = nil, survivors: [Int32] = [],
-        reason known: FailureReason? = nil, obstacle: SandboxObstacle? = nil, at now: Moment
-    ) -> [PolicyAction] {
-        var actions = disarmRunTimers()
-        bankProbation(at: now)
-        let version = runningVersion ?? ledger.active
-        switch phase {
-        case .stopping(.restart):
-            actions.append(recordExit(termination, version: version, reason: nil, at: now))
-            return actions + spawnActive(at: now)
-        case .stopping(.shutdown), .stopping(.operatorStop):
-            phase = .stopped
-            actions.append(recordExit(termination, version: version, reason: nil, at: now))
-            return actions
-        case .stopping(.failure(let reason)):
-            var exit = recordExit(termination, version: version, reason: reason, obstacle: obstacle, at: now)
-            if reason == .startTimeout, case .record(var decision) = exit {
-                decision.message += " It did not become ready within \(Self.format(settings.startTimeoutSeconds)) s (start_timeout_sec), so Backstop stopped it."
-                exit = .record(decision)
-            }
-            actions.append(exit)
-            return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
-        case .stopping(.readyCheckCannotRun):
-            actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
-            return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
-        case .starting, .running:
-            var reason = known ?? FailureReason.classify(
-                termination, oomKilled: oomKill != nil, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
-            var attribution: Attribution?
-            var note: String?
-            if reason == .oomKilled, case .memoryMax(let bytes) = oomKill {
-                // The known-good version ran within the same limit: only a candidate that
-                // outgrows it is to blame; on known-good content the limit is.
-                reason = .memoryLimit
-                let compared = version != nil && version == ledger.candidate && ledger.knownGood != nil
-                attribution = compared ? .content : .restartOnly
-                note = "The OOM killer of its own cgroup ended it at memory_max \(SandboxSpec.formatBytes(bytes)); "
-                    + (compared ? "counted against candidate \(version!), as known-good \(ledger.knownGood!) ran within it"
-                        : "not counted against the content, as no known-good version ran within it for comparison")
-                    + ". Raise memory_max if this content needs more."
-            } else if let bytes = memoryRlimitBytes, settings.attribution(of: reason) == .content {
-                note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup can hold it here): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
-            }
-            if attribution == nil, obstacle == .processLimit, version != ledger.candidate, settings.attribution(of: reason) == .content {
-                // Known-good content that ran within the same limit before: the limit is shared
-                // with every process of the agent's user (its own preflights among them), so a
-                // fork refused for it says the host ran out, not that the content went wrong.
-                attribution = .restartOnly
-                note = "A fork refused for the process limit (EAGAIN) on known-good content is not counted against it: the limit is shared with every process of the agent's user, a preflight of this agent among them. Give the agent a user of its own, or raise tasks_max."
-            }
-            var exit = recordExit(termination, version: version, reason: reason, attribution: attribution, obstacle: obstacle, at: now)
-            if case .record(var decision) = exit {
-                if reason == .daemonized { decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))." }
-                if let note { decision.message += " " + note }
-                exit = .record(decision)
-            }
-            actions.append(exit)
-            return actions + countFailure(reason, termination: termination, attribution: attribution, obstacle: obstacle, at: now)
-        case .stopped, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
-            return actions
-        }
-    }
-
-    /// systemd stopped the agent's unit because `dependency`, a unit it requires
-    /// (`Requires=`, `BindsTo=`, `Requisite=`, `PartOf=`), was stopped or failed: neither an
-    /// operator's stop nor a failure of the agent. It waits for ``dependencyActive(at:)``;
-    /// an activation, a rollback or `backstopctl start` start it before that.
-    public mutating func stoppedWithDependency(_ dependency: String, termination: Termination?, at now: Moment) -> [PolicyAction] {
-        switch phase {
-        case .starting, .running, .backoff, .restarting:
-            var actions = disarmRunTimers() + disarm([.restart])
-            bankProbation(at: now)
-            phase = .awaitingDependency(dependency)
-            actions.append(.record(Decision(
-                .agentExited, agent: settings.agent, version: runningVersion ?? ledger.active,
-                exitStatus: termination?.exitStatus, signal: termination?.signal,
-                message: "Agent \(settings.agent) was stopped by systemd with \(dependency), which its unit requires; not a failure, and it starts again once \(dependency) is active again.")))
-            return actions
-        case .stopping, .stopped, .givenUp, .daemonized, .awaitingDependency:
-            return []
-        }
-    }
-
-    /// The unit the agent waited for (``AgentPhase/awaitingDependency(_:)``) is active again: start the agent.
-    public mutating func dependencyActive(at now: Moment) -> [PolicyAction] {
-        guard case .awaitingDependency = phase else { return [] }
-        return spawnActive(at: now)
-    }
-
-    /// The processes a `daemonized` agent left running have all exited (or were stopped).
-    public mutating func backgroundProcessesExited(at now: Moment) -> [PolicyAction] {
-        switch phase {
-        case .daemonized:
-            return scheduleRestart(at: now)
-        case .stopping(.restart):
-            return spawnActive(at: now)
-        case .stopping(.shutdown), .stopping(.operatorStop):
-            phase = .stopped
-            return []
-        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .restarting, .stopped, .givenUp,
-            .awaitingDependency:
-            return []
-        }
-    }
-
-    /// The agent could not be started at all (fork or exec failed).
-    /// A stop requested meanwhile is honoured as if the process had exited.
-    public mutating func spawnFailed(_ message: String, at now: Moment) -> [PolicyAction] {
-        var actions = disarmRunTimers()
-        switch phase {
-        case .starting:
-            let counts = settings.attribution(of: .execFailed) == .content
-            let why = counts
-                ? "the program is part of content \(ledger.active ?? "none"), so this counts against it"
-                : FailureReason.execFailed.remedy!
-            actions.append(.record(Decision(
-                .agentExited, agent: settings.agent, version: ledger.active,
-                failures: counts ? countedFailures(at: now).count + 1 : nil, reason: FailureReason.execFailed.rawValue,
-                message: "Agent \(settings.agent) could not be started: \(message); \(why).")))
-            return actions + countFailure(.execFailed, termination: nil, at: now)
-        case .stopping(.shutdown), .stopping(.operatorStop):
-            phase = .stopped
-            return actions
-        case .stopping(.restart):
-            return actions + spawnActive(at: now)
-        case .stopping(.failure(let reason)):
-            return actions + countFailure(reason, termination: nil, at: now)
-        case .stopping(.readyCheckCannotRun):
-            return actions + countFailure(.execFailed, termination: nil, attribution: .configuration, at: now)
-        case .stopped, .running, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
-            return actions
-        }
-    }
-
-    /// A timer armed earlier reached its deadline. Stale firings (re-armed or disarmed
-    /// since) are ignored.
-    public mutating func timerFired(_ timer: PolicyTimer, deadline: Double, at now: Moment) -> [PolicyAction] {
-        guard timers[timer] == deadline else { return [] }
-        timers[timer] = nil
-        switch timer {
-        case .startTimeout:
-            guard phase == .starting else { return [] }
-            // Not hung: it never became ready. Its `agent-exited` entry (reason `start-timeout`) reports it.
-            phase = .stopping(.failure(.startTimeout))
-            return [.terminate(signal: SIGABRT)]
-        case .startedAfter:
-            guard phase == .starting else { return [] }
-            return becomeReady(at: now)
-        case .watchdog:
-            guard phase == .running else { return [] }
-            phase = .stopping(.failure(.hung))
-            return [
-                .record(Decision(
-                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.hung.rawValue,
-                    message: "Agent \(settings.agent) missed its watchdog heartbeat for \(Self.format(settings.watchdogSeconds)) s; aborting it.")),
-                .terminate(signal: SIGABRT),
-            ]
-        case .probation:
-            guard phase == .running, let candidate = ledger.candidate else { return [] }
-            // Healthy means the last health check passed too: wait for the next one.
-            if healthCheckFailuresInARow > 0, let interval = settings.healthCheckIntervalSeconds {
-                return [arm(.probation, at: now.monotonicSeconds + interval)]
-            }
-            ledger.promote(candidate, at: now.wall)
-            probationBankedSeconds = 0
-            firstContentFailure = nil
-            return [.record(Decision(
-                .contentPromoted, agent: settings.agent, version: candidate,
-                message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good."))]
-        case .backoffReset:
-            consecutiveFailures = 0
-            firstContentFailure = nil
-            return []
-        case .restart:
-            guard phase == .backoff || phase == .restarting else { return [] }
-            return spawnActive(at: now)
-        case .readyCheck:
-            guard phase == .starting else { return [] }
-            return [.probe(.ready, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
-        case .healthCheck:
-            guard phase == .running else { return [] }
-            return [.probe(.health, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
         }
     }
 
@@ -980,76 +1220,6 @@ public struct AgentPolicy: Sendable, Equatable {
         return [.record(Decision(
             .contentReleased, agent: settings.agent, version: id, reason: "operator",
             message: "An operator released content \(id) of agent \(settings.agent) from quarantine; it can be activated again."))]
-    }
-
-    /// Clears the failure history and the escalation; an agent that was given up
-    /// (or in safe mode) starts again on its active version.
-    public mutating func resetFailed(at now: Moment) -> [PolicyAction] {
-        failures = []
-        consecutiveFailures = 0
-        escalationTried = []
-        rollbackDidNotHelp = false
-        reportedBootLoop = nil
-        firstContentFailure = nil
-        resetFailedAt = now.wall
-        guard phase == .givenUp || mode == .safeMode else { return [] }
-        mode = .normal
-        return restartOnActive(at: now)
-    }
-
-    /// `backstopctl stop`: terminate the agent (and what it left in the background) and
-    /// keep it stopped, across daemon restarts and reboots, until ``start(at:)``.
-    public mutating func stop(at now: Moment) -> [PolicyAction] {
-        operatorStopped = true
-        var actions = disarm([.restart])
-        switch phase {
-        case .starting, .running, .daemonized:
-            bankProbation(at: now)
-            actions += disarmRunTimers()
-            phase = .stopping(.operatorStop)
-            actions.append(.terminate(signal: SIGTERM))
-        case .stopping(.shutdown):
-            break
-        case .stopping:
-            // A restart or a failure in progress: the exit ends in stopped instead.
-            phase = .stopping(.operatorStop)
-        case .backoff, .restarting, .awaitingDependency:
-            phase = .stopped
-        case .stopped, .givenUp:
-            break
-        }
-        return actions
-    }
-
-    /// `backstopctl start`: lift an operator stop and start the agent now: from stopped,
-    /// from backoff (the delay is skipped) or from given-up (the escalation is kept).
-    public mutating func start(at now: Moment) -> [PolicyAction] {
-        operatorStopped = false
-        switch phase {
-        case .stopping(.operatorStop):
-            phase = .stopping(.restart)
-            return []
-        case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
-            return disarm([.restart]) + spawnActive(at: now)
-        case .starting, .running, .stopping, .daemonized:
-            return []
-        }
-    }
-
-    /// The daemon is stopping: terminate the agent; it is left stopped.
-    public mutating func shutdown(at now: Moment) -> [PolicyAction] {
-        var actions = disarm(PolicyTimer.allCases)
-        switch phase {
-        case .starting, .running, .stopping, .daemonized:
-            bankProbation(at: now)
-            phase = .stopping(.shutdown)
-            actions.append(.terminate(signal: SIGTERM))
-        case .backoff, .restarting, .awaitingDependency:
-            phase = .stopped
-        case .stopped, .givenUp:
-            break
-        }
-        return actions
     }
 
     // MARK: - Restoring persisted state
@@ -1213,18 +1383,9 @@ public struct AgentPolicy: Sendable, Equatable {
         return [decision] + escalate(.crash, count: count, signature: signature, rollbackFailed: rollbackFailed, at: now)
     }
 
-    /// A boot loop, judged at the daemon's start before the agent runs: the machine failed to
-    /// boot `failedBoots` times in a row (`boot_failure_threshold` or more) with the agent on
-    /// its current content, the first of them started at `rowStartedAt`. A candidate is
-    /// quarantined and rolled back before the agent starts. So is a known-good version promoted
-    /// during those boots, to the known-good version before it: the loop began with the change,
-    /// and the boots before it ran the older version. Otherwise, with no candidate to roll back
-    /// (unchanged known-good content, or safe mode), the boots are no evidence against the
-    /// content: the loop is reported and the agent started as it is, unless
-    /// `boot_loop_stops_agent` asks for the ladder (an older known-good version, safe mode,
-    /// give up) as after a crash loop.
-    public mutating func bootLoop(failedBoots: Int, rowStartedAt: Date? = nil, at now: Moment) -> [PolicyAction] {
-        guard phase == .stopped, let active = ledger.active else { return [] }
+    /// A boot loop of `failedBoots` judged with the agent stopped (``AgentEvent/bootLoop(failedBoots:rowStartedAt:)``).
+    private mutating func judgeBootLoop(failedBoots: Int, rowStartedAt: Date?, at now: Moment) -> [PolicyAction] {
+        guard let active = ledger.active else { return [] }
         let inSafeMode = mode == .safeMode ? " in safe mode" : ""
         if ledger.candidate == nil, mode == .normal, let rowStartedAt,
            let promotedAt = ledger.record(active)?.promotedAt, promotedAt >= rowStartedAt,

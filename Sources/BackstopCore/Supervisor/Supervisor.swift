@@ -190,10 +190,10 @@ public actor Supervisor {
             let row = verdict == nil
                 ? [] : bootLog.failedBootRow(agent: agent.name, running: Self.bootRecord(of: policy), before: bootID)
             if row.count >= agent.bootFailureThreshold {
-                apply(slots[agent.name]!.policy.bootLoop(failedBoots: row.count, rowStartedAt: row.last?.startedAt, at: now), to: agent.name)
+                apply(slots[agent.name]!.policy.handle(.bootLoop(failedBoots: row.count, rowStartedAt: row.last?.startedAt), at: now), to: agent.name)
             } else {
                 let restartDue = slots[agent.name]!.restartDue
-                apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: restartDue, at: now), to: agent.name)
+                apply(slots[agent.name]!.policy.handle(.begin(restartDueMonotonicSeconds: restartDue), at: now), to: agent.name)
             }
             persist(agent.name)
             // keep_versions may have been lowered since the last run.
@@ -252,7 +252,7 @@ public actor Supervisor {
         for name in slots.keys.sorted() {
             cancelTimers(name)
             // A unit is systemd's to run: it goes on without backstopd (and is watched again at the next start).
-            if slots[name]!.unit == nil { apply(slots[name]!.policy.shutdown(at: now), to: name) }
+            if slots[name]!.unit == nil { apply(slots[name]!.policy.handle(.shutdown, at: now), to: name) }
             persist(name)
         }
         if !allStopped {
@@ -549,7 +549,7 @@ public actor Supervisor {
         let names = try agent.map { name throws(ManagerError) in _ = try slot(name); return [name] } ?? slots.keys.sorted()
         for name in names {
             try await inTurn(name) { () throws(ManagerError) in
-                try operate(name) { policy, now in policy.resetFailed(at: now) }
+                try operate(name) { policy, now in policy.handle(.resetFailed, at: now) }
             }
         }
     }
@@ -558,7 +558,7 @@ public actor Supervisor {
     /// - Throws: ``ManagerError/noSuchAgent(_:)``, ``ManagerError/shuttingDown``.
     public func stop(agent: String) async throws(ManagerError) {
         try await inTurn(agent) { () throws(ManagerError) in
-            try operate(agent) { policy, now in policy.stop(at: now) }
+            try operate(agent) { policy, now in policy.handle(.stop, at: now) }
         }
     }
 
@@ -569,7 +569,7 @@ public actor Supervisor {
     @discardableResult
     public func start(agent: String) async throws(ManagerError) -> (state: String, reason: String?) {
         try await inTurn(agent) { () throws(ManagerError) in
-            try operate(agent) { policy, now in policy.start(at: now) }
+            try operate(agent) { policy, now in policy.handle(.start, at: now) }
         }
         let policy = slots[agent]!.policy
         return (policy.stateWord, policy.degradedReason)
@@ -625,7 +625,7 @@ public actor Supervisor {
         slots[name]!.sliceOOMKillsAtStart = slots[name]!.inScope ? Cgroup.ownSlice.flatMap { Cgroup.oomKills(in: $0.directory) } : nil
         // (A stop asked for while the process was being created terminates it now.)
         let stopping = slots[name]!.policy.isStopping
-        apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
+        apply(slots[name]!.policy.handle(.agentStarted(pid: pid), at: Moment.now()), to: name)
         if !stopping {
             let early = slots[name]!.notifiedEarly
             slots[name]!.notifiedEarly = []
@@ -671,15 +671,15 @@ public actor Supervisor {
                let after = Cgroup.ownSlice.flatMap({ Cgroup.oomKills(in: $0.directory) }), after > before {
                 oomKill = .memoryMax(bytes: memoryMax)
             }
-            apply(slots[name]!.policy.agentExited(
+            apply(slots[name]!.policy.handle(.agentExited(
                 termination, oomKill: oomKill, memoryRlimitBytes: BubblewrapSandbox.memoryCgroupUnavailableReason == nil ? nil : memoryMax,
-                survivors: daemonized ? survivors : [], obstacle: obstacle, at: now), to: name)
+                survivors: daemonized ? survivors : [], obstacle: obstacle), at: now), to: name)
             if daemonized {
                 slots[name]!.strays = Set(survivors)
                 slots[name]!.straySession = leader
             }
         case .failure(let error):
-            apply(slots[name]!.policy.spawnFailed(error.message, at: now), to: name)
+            apply(slots[name]!.policy.handle(.spawnFailed(error.message), at: now), to: name)
         }
         persist(name)
         resumeStopWaitersIfDone()
@@ -695,7 +695,7 @@ public actor Supervisor {
             guard slots[name]!.strays.isEmpty else { continue }
             slots[name]!.killEscalation?.cancel()
             logger.notice("The processes agent \(name) left in the background have exited.", metadata: ["agent": "\(name)"])
-            apply(slots[name]!.policy.backgroundProcessesExited(at: Moment.now()), to: name)
+            apply(slots[name]!.policy.handle(.backgroundProcessesExited, at: Moment.now()), to: name)
             persist(name)
         }
         resumeStopWaitersIfDone()
@@ -776,7 +776,7 @@ public actor Supervisor {
                 : "this check is not counted until health_check_exec is fixed"
             logger.error("The \(probe.rawValue) check of agent \(name) cannot run: \(detail); \(consequence).", metadata: metadata)
         }
-        apply(slots[name]!.policy.probeFinished(probe, result: result, at: Moment.now()), to: name)
+        apply(slots[name]!.policy.handle(.probeFinished(probe, result: result), at: Moment.now()), to: name)
         persist(name)
     }
 
@@ -803,15 +803,15 @@ public actor Supervisor {
         }
         let now = Moment.now()
         if let text = message.value("STATUS") { slots[name]!.statusText = text }
-        if message.value("READY") == "1" { apply(slots[name]!.policy.agentReady(at: now), to: name) }
-        if message.value("WATCHDOG") == "1" { apply(slots[name]!.policy.heartbeat(at: now), to: name) }
+        if message.value("READY") == "1" { apply(slots[name]!.policy.handle(.agentReady, at: now), to: name) }
+        if message.value("WATCHDOG") == "1" { apply(slots[name]!.policy.handle(.heartbeat, at: now), to: name) }
         persist(name)
     }
 
     private func timerFired(_ name: String, _ timer: PolicyTimer, deadline: Double) {
         guard slots[name] != nil, !shuttingDown else { return }
         slots[name]!.timers[timer] = nil
-        apply(slots[name]!.policy.timerFired(timer, deadline: deadline, at: Moment.now()), to: name)
+        apply(slots[name]!.policy.handle(.timerFired(timer, deadline: deadline), at: Moment.now()), to: name)
         persist(name)
     }
 
@@ -831,7 +831,7 @@ public actor Supervisor {
                         slots[name]!.contentSwitchError = nil
                     } catch {
                         // Started now, it would run on missing or old content, and that content would be blamed.
-                        apply(slots[name]!.policy.spawnFailed("its content cannot be put in place: \(error)", at: Moment.now()), to: name)
+                        apply(slots[name]!.policy.handle(.spawnFailed("its content cannot be put in place: \(error)"), at: Moment.now()), to: name)
                         return
                     }
                 }
@@ -844,7 +844,7 @@ public actor Supervisor {
                 if let version, let record = slot.policy.ledger.record(version) {
                     do { try slot.store.verify(record) } catch {
                         // The rest of this batch was about running the damaged version.
-                        apply(slots[name]!.policy.activeContentCorrupt("\(error)", at: Moment.now()), to: name)
+                        apply(slots[name]!.policy.handle(.activeContentCorrupt("\(error)"), at: Moment.now()), to: name)
                         return
                     }
                 }
