@@ -159,7 +159,7 @@ struct FailureAttributionTests {
                 policy.fireRestart()
             }
             #expect(policy.ledger.quarantined.isEmpty)
-            #expect(policy.phase == .starting, "still started again, never given up")
+            #expect(policy.phase.isStarting, "still started again, never given up")
         }
     }
 
@@ -283,14 +283,14 @@ struct AgentPolicyProbeTests {
             let retry = policy.handle(.probeFinished(.ready, result: .failed("exit code 1")), at: moment(now))
             let next = try #require(retry.deadline(of: .readyCheck))
             pauses.append(next - now)
-            #expect(policy.phase == .starting)
+            #expect(policy.phase.isStarting)
             #expect(policy.handle(.timerFired(.readyCheck, deadline: next), at: moment(next)) == [.probe(.ready, timeoutSeconds: 5)])
             now = next
         }
         #expect(pauses.map { ($0 * 100).rounded() / 100 } == [0.1, 0.2, 0.4, 0.8, 1.6, 2])
         let ready = policy.handle(.probeFinished(.ready, result: .passed), at: moment(now + 0.1))
         #expect(ready.events == [.agentReady])
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(ready.contains(.disarm(.startTimeout)))
     }
 
@@ -299,7 +299,7 @@ struct AgentPolicyProbeTests {
         var policy = try candidatePolicy(probeSettings(notify: true))
         _ = policy.handle(.agentStarted(pid: 10), at: moment(0))
         #expect(policy.handle(.agentReady, at: moment(1)).isEmpty)
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
         #expect(policy.handle(.probeFinished(.ready, result: .passed), at: moment(2)).events == [.agentReady])
     }
 
@@ -402,8 +402,8 @@ struct AgentPolicyProbeTests {
             let next = policy.handle(.probeFinished(.health, result: .couldNotRun("/opt/check: no such file")), at: moment(at))
             #expect(next == [.arm(.healthCheck, atMonotonicSeconds: at + 10)])
         }
-        #expect(policy.phase == .running)
-        #expect(policy.healthCheckFailuresInARow == 0)
+        #expect(policy.phase.isRunning)
+        #expect(policy.phase == .running(ReadyRun(healthCheckFailuresInARow: 0)))
     }
 
     @Test("results of probes of an earlier run are ignored")

@@ -124,7 +124,7 @@ struct AgentPolicyComparisonTests {
         var policy = try firstContentPolicy(policySettings(probationSeconds: 100, restartDelayMaxSeconds: 30))
         let (_, now) = policy.crashUntilCrashLoop(from: 0)
         #expect(policy.firstContentFailure != nil)
-        #expect(policy.phase == .starting, "restarted after the crash loop")
+        #expect(policy.phase.isStarting, "restarted after the crash loop")
         let ready = policy.startAndBecomeReady(at: now)
         #expect(ready.events.contains(.agentReady))
         #expect(policy.firstContentFailure != nil, "one start is no healthy run yet")

@@ -21,13 +21,13 @@ struct AgentPolicyEscalationTests {
         #expect(switchIndex < spawnIndex)
         #expect(spawnIndex == actions.count - 1)
 
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
         #expect(policy.ledger.active == "v1")
         #expect(policy.ledger.quarantined == ["v2"])
         #expect(policy.ledger.record("v2")?.quarantineReason == "crash-loop")
         #expect(policy.lastRollback?.from == "v2")
         #expect(policy.lastRollback?.to == "v1")
-        #expect(policy.lastRollback?.reason == "crash-loop")
+        #expect(policy.lastRollback?.reason == .crashLoop)
         #expect(policy.failures.isEmpty)
         #expect(policy.consecutiveFailures == 0)
         #expect(policy.isDegraded)
@@ -104,7 +104,7 @@ struct AgentPolicyEscalationTests {
         #expect(actions.decision(.crashLoop)?.reason == "no-comparison")
         #expect(!actions.events.contains(.contentQuarantined) && !actions.events.contains(.rollback))
         #expect(!actions.events.contains(.safeMode) && !actions.events.contains(.gaveUp))
-        #expect(policy.phase == .starting, "restarted after its backoff")
+        #expect(policy.phase.isStarting, "restarted after its backoff")
         #expect(policy.mode == .normal)
         #expect(policy.ledger.candidate == "v1")
         #expect(policy.ledger.quarantined.isEmpty)
@@ -123,7 +123,7 @@ struct AgentPolicyEscalationTests {
 
         let actions = policy.handle(.resetFailed, at: moment(now + 10))
         #expect(actions == [.spawn(version: "v1", mode: .normal)])
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
         #expect(policy.mode == .normal)
         #expect(policy.failures.isEmpty)
         #expect(policy.escalationTried.isEmpty)
@@ -160,14 +160,14 @@ struct AgentPolicyEscalationTests {
 
         let (_, now) = policy.crashUntilCrashLoop(from: 20)
         policy.startAndBecomeReady(at: now)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(policy.mode == .normal)
         #expect(policy.ledger.active == "v1")
         #expect(policy.isDegraded, "rolled back since the last reset-failed")
 
         #expect(policy.handle(.resetFailed, at: moment(now + 100)).isEmpty, "a running agent is left running")
         #expect(!policy.isDegraded)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(policy.ledger.quarantined == ["v2"], "reset-failed keeps the quarantine")
     }
 

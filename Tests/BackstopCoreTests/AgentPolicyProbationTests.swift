@@ -19,7 +19,7 @@ struct AgentPolicyProbationTests {
         #expect(policy.ledger.knownGood == "v2")
         #expect(policy.ledger.knownGoodNewestFirst == ["v2", "v1"])
         #expect(policy.ledger.record("v2")?.promotedAt == moment(601).wall)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
     }
 
     @Test("a failed preflight quarantines a staged version without touching what runs; other standings are left alone")
@@ -34,7 +34,7 @@ struct AgentPolicyProbationTests {
         #expect(policy.lastPreflightFailure?.verdict == .quarantined)
         #expect(actions.decision(.contentQuarantined)?.reason == "preflight-failed")
         #expect(policy.ledger.record("v2")?.standing == .quarantined)
-        #expect(policy.ledger.active == "v1" && policy.phase == .running)
+        #expect(policy.ledger.active == "v1" && policy.phase.isRunning)
         #expect(!actions.contains { if case .spawn = $0 { true } else if case .terminate = $0 { true } else { false } })
         #expect(policy.preflightFailed("v1", reason: .crashed, detail: "", control: .passed(version: "v1"), at: moment(6)).isEmpty, "a known-good version is never quarantined by a preflight")
         #expect(policy.ledger.record("v1")?.standing == .knownGood)

@@ -57,7 +57,7 @@ struct AgentPolicyThresholdTests {
             #expect(policy.phase == .backoff)
             #expect(actions.deadline(of: .restart) != nil)
             #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
-            #expect(policy.phase == .starting)
+            #expect(policy.phase.isStarting)
         }
         #expect(policy.recentFailures(at: moment(30)).count == 2)
         #expect(policy.ledger.candidate == "v2")
@@ -242,7 +242,7 @@ struct AgentPolicyThresholdTests {
         _ = policy.handle(.agentExited(.exited(code: 0)), at: moment(0.2))
         #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
         _ = policy.handle(.agentStarted(pid: 4243), at: moment(0.4))
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
         #expect(policy.degradedReason == "restarting after 1 failure in a row (last: clean-exit), not ready since")
         _ = policy.handle(.agentReady, at: moment(1))
         #expect(!policy.isDegraded, "ready again")
@@ -331,7 +331,7 @@ struct AgentPolicyTimerTests {
             == [.spawn(version: "v2", mode: .normal)])
         // Fired once: the same deadline again is stale too.
         #expect(policy.handle(.timerFired(.restart, deadline: deadline), at: moment(deadline + 1)).isEmpty)
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
     }
 
     @Test("a timer that was never armed is ignored")
@@ -341,7 +341,7 @@ struct AgentPolicyTimerTests {
         for timer in [PolicyTimer.startTimeout, .watchdog, .restart] {
             #expect(policy.handle(.timerFired(timer, deadline: 5), at: moment(5)).isEmpty)
         }
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
     }
 
     @Test("without notify the agent is ready one second after it started; READY=1 is ignored")
@@ -351,10 +351,10 @@ struct AgentPolicyTimerTests {
         #expect(started.deadline(of: .startedAfter) == 11)
         #expect(started.deadline(of: .startTimeout) == nil)
         #expect(policy.handle(.agentReady, at: moment(10.5)).isEmpty)
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
         let ready = policy.handle(.timerFired(.startedAfter, deadline: 11), at: moment(11))
         #expect(ready.events == [.agentReady])
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
     }
 
     @Test("watchdog: heartbeats push the deadline; a missed one aborts the agent and counts as hung")
@@ -368,7 +368,7 @@ struct AgentPolicyTimerTests {
         #expect(policy.handle(.heartbeat, at: moment(5)) == [.arm(.watchdog, atMonotonicSeconds: 15)])
 
         #expect(policy.handle(.timerFired(.watchdog, deadline: 11), at: moment(11)).isEmpty, "re-armed since")
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
 
         let hung = policy.handle(.timerFired(.watchdog, deadline: 15), at: moment(15))
         #expect(hung.events == [.agentHung])
@@ -420,7 +420,7 @@ struct AgentPolicyTimerTests {
         let deadline = try #require(started.deadline(of: .startTimeout))
         #expect(policy.handle(.agentReady, at: moment(3)).contains(.disarm(.startTimeout)))
         #expect(policy.handle(.timerFired(.startTimeout, deadline: deadline), at: moment(deadline)).isEmpty)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(policy.failures.isEmpty)
     }
 
@@ -478,7 +478,7 @@ struct AgentPolicyDependencyStopTests {
         // The exit systemd's stop causes changes nothing more.
         #expect(policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(10.1)).isEmpty)
         #expect(policy.handle(.dependencyActive, at: moment(20)).spawns == [.spawn(version: "v2", mode: .normal)])
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
         #expect(policy.handle(.dependencyActive, at: moment(20.1)).isEmpty, "only a waiting agent is started")
     }
 

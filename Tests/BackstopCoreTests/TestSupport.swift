@@ -75,7 +75,7 @@ extension AgentPolicy {
     /// - Returns: the actions of both steps.
     @discardableResult
     mutating func startAndBecomeReady(at seconds: Double, pid: Int32 = 4242) -> [PolicyAction] {
-        precondition(phase == .starting, "the policy has not asked for a spawn (phase \(phase))")
+        precondition(phase.isStarting, "the policy has not asked for a spawn (phase \(phase))")
         var actions = handle(.agentStarted(pid: pid), at: moment(seconds))
         if settings.notify {
             actions += handle(.agentReady, at: moment(seconds + 1))
@@ -90,7 +90,7 @@ extension AgentPolicy {
     /// (before it counts as ready).
     @discardableResult
     mutating func startAndCrash(at seconds: Double, signal: Int32 = SIGSEGV) -> [PolicyAction] {
-        precondition(phase == .starting, "the policy has not asked for a spawn (phase \(phase))")
+        precondition(phase.isStarting, "the policy has not asked for a spawn (phase \(phase))")
         return handle(.agentStarted(pid: 4242), at: moment(seconds))
             + handle(.agentExited(.signaled(signal: signal)), at: moment(seconds + 0.5))
     }

@@ -152,10 +152,10 @@ public enum StopIntent: Sendable, Equatable, Codable {
 public enum AgentPhase: Sendable, Equatable, Codable {
     /// Not running: no active version yet, or the daemon stopped it.
     case stopped
-    /// Spawn requested or process alive but not ready yet.
-    case starting
-    /// Ready (READY=1, or alive for a second without `notify`).
-    case running
+    /// Spawn requested or process alive but not ready yet, with what arrived of its readiness.
+    case starting(StartingRun)
+    /// Ready (READY=1, or alive for a second without `notify`), with its health checks.
+    case running(ReadyRun)
     /// Backstop sent a signal and waits for the exit.
     case stopping(StopIntent)
     /// Waiting out a restart delay after a failure.
@@ -171,6 +171,18 @@ public enum AgentPhase: Sendable, Equatable, Codable {
     /// systemd stopped the agent's unit along with a unit it requires (named here), not an
     /// operator and not a failure: started again once that unit is active again.
     case awaitingDependency(String)
+
+    /// Whether this is ``starting(_:)``, whatever arrived of its readiness.
+    public var isStarting: Bool {
+        if case .starting = self { return true }
+        return false
+    }
+
+    /// Whether this is ``running(_:)``, whatever its health checks said.
+    public var isRunning: Bool {
+        if case .running = self { return true }
+        return false
+    }
 
     /// Whether this is ``awaitingDependency(_:)``, whichever unit it waits for.
     public var isAwaitingDependency: Bool {
@@ -245,6 +257,35 @@ public enum AgentEvent: Sendable, Equatable {
     /// give up) as after a crash loop.
     case bootLoop(failedBoots: Int, rowStartedAt: Date? = nil)
 }
+/// What arrived of a starting run's readiness (``AgentPhase/starting(_:)``).
+public struct StartingRun: Sendable, Equatable, Codable {
+    /// Whether READY=1 arrived.
+    public var readyNotified = false
+    /// Whether `ready_check_exec` succeeded.
+    public var readyCheckPassed = false
+    /// Failed ready checks so far; sets the pause before the next one.
+    public var readyCheckFailuresInARow = 0
+
+    /// A run that was just spawned: nothing has arrived yet.
+    public init() {}
+
+    /// Whether every readiness signal the agent is configured for (`notify`, `ready_check_exec`) arrived.
+    func isComplete(_ settings: PolicySettings) -> Bool {
+        (!settings.notify || readyNotified) && (!settings.hasReadyCheck || readyCheckPassed)
+    }
+}
+
+/// A ready run's health (``AgentPhase/running(_:)``).
+public struct ReadyRun: Sendable, Equatable, Codable {
+    /// Failed health checks in a row.
+    public var healthCheckFailuresInARow = 0
+
+    /// A run that just became ready; `healthCheckFailuresInARow` failed health checks in a row.
+    public init(healthCheckFailuresInARow: Int = 0) {
+        self.healthCheckFailuresInARow = healthCheckFailuresInARow
+    }
+}
+
 /// Timers the policy asks its host to run; each fires at most once per arming.
 public enum PolicyTimer: String, Sendable, CaseIterable, Codable {
     /// `start_timeout_sec` after spawn (with `notify` or `ready_check_exec`).
@@ -398,13 +439,30 @@ public struct RollbackRecord: Sendable, Equatable, Codable {
     public var from: String
     /// The known-good version made active.
     public var to: String
-    /// `crash-loop`, `crash-loop-on-known-good`, `verification-failed` or `operator`.
-    public var reason: String
+    /// Why it was rolled back.
+    public var reason: RollbackReason
     /// Wall-clock time of the rollback.
     public var at: Date
     /// How the agent failed on `from` for a crash-loop rollback, e.g. `crashed SIGSEGV`
     /// (``FailureRecord/signature``); nil for other rollbacks.
     public var failure: String?
+}
+
+/// Why the agent was rolled back: the `BACKSTOP_REASON` of a `rollback` decision, `status`'s
+/// `last_rollback.reason` and the state file's, in SPEC.md's spelling.
+public enum RollbackReason: String, Sendable, Codable, Equatable, CaseIterable {
+    /// The candidate crash-looped in probation.
+    case crashLoop = "crash-loop"
+    /// A known-good version crash-looped; the agent went back to an older one.
+    case crashLoopOnKnownGood = "crash-loop-on-known-good"
+    /// The machine boot-looped with the candidate, or with a version promoted during the failed boots.
+    case bootLoop = "boot-loop"
+    /// The machine boot-looped with a known-good version; the agent went back to an older one.
+    case bootLoopOnKnownGood = "boot-loop-on-known-good"
+    /// The active version's files no longer matched their digest.
+    case verificationFailed = "verification-failed"
+    /// An operator ran `backstopctl rollback`.
+    case `operator`
 }
 
 /// Errors of operator requests the policy refuses.
@@ -490,14 +548,6 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var firstContentFailure: FirstContentFailure?
     /// The last preflight that failed, with its control; kept for `status`.
     public private(set) var lastPreflightFailure: PreflightFailure?
-    /// Whether READY=1 arrived in the current run.
-    private var readyNotified = false
-    /// Whether `ready_check_exec` succeeded in the current run.
-    private var readyCheckPassed = false
-    /// Failed ready checks in the current run; sets the pause before the next one.
-    private var readyCheckFailuresInARow = 0
-    /// Failed health checks in a row in the current run.
-    public private(set) var healthCheckFailuresInARow = 0
 
     /// A policy for a stopped agent in normal mode, with no failures counted.
     public init(settings: PolicySettings, ledger: ContentLedger = ContentLedger()) {
@@ -596,26 +646,27 @@ public struct AgentPolicy: Sendable, Equatable {
 
         case .agentReady:
             switch phase {
-            case .starting:
-                guard settings.notify, !readyNotified else { return [] }
-                readyNotified = true
-                return readinessComplete ? becomeReady(at: now) : []
+            case .starting(var run):
+                guard settings.notify, !run.readyNotified else { return [] }
+                run.readyNotified = true
+                phase = .starting(run)
+                return run.isComplete(settings) ? becomeReady(at: now) : []
             case .stopped, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
                 return []
             }
 
         case .probeFinished(.ready, let result):
             switch phase {
-            case .starting:
-                return readyCheckFinished(result, at: now)
+            case .starting(let run):
+                return readyCheckFinished(result, run: run, at: now)
             case .stopped, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
                 return []
             }
 
         case .probeFinished(.health, let result):
             switch phase {
-            case .running:
-                return healthCheckFinished(result, at: now)
+            case .running(let run):
+                return healthCheckFinished(result, run: run, at: now)
             case .stopped, .starting, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
                 return []
             }
@@ -837,8 +888,8 @@ public struct AgentPolicy: Sendable, Equatable {
             (.watchdog, .restarting), (.watchdog, .daemonized), (.watchdog, .givenUp), (.watchdog, .awaitingDependency):
             return []
 
-        case (.probation, .running):
-            return probationEnded(at: now)
+        case (.probation, .running(let run)):
+            return probationEnded(run: run, at: now)
         case (.probation, .stopped), (.probation, .starting), (.probation, .stopping), (.probation, .backoff),
             (.probation, .restarting), (.probation, .daemonized), (.probation, .givenUp), (.probation, .awaitingDependency):
             return []
@@ -917,69 +968,70 @@ public struct AgentPolicy: Sendable, Equatable {
         }
         forgetRunHistory()
         ledger.activate(knownGood)
-        lastRollback = RollbackRecord(from: active, to: knownGood, reason: "verification-failed", at: now.wall)
+        lastRollback = RollbackRecord(from: active, to: knownGood, reason: .verificationFailed, at: now.wall)
         actions += [
             .switchContent(version: knownGood),
             .record(Decision(
-                .rollback, agent: settings.agent, version: knownGood, previousVersion: active, reason: "verification-failed",
+                .rollback, agent: settings.agent, version: knownGood, previousVersion: active,
+                reason: RollbackReason.verificationFailed.rawValue,
                 message: "Rolled agent \(settings.agent) back from content \(active) to known-good \(knownGood) (verification-failed).")),
         ]
         if pending == .spawn { return actions + [.spawn(version: knownGood, mode: mode)] }
         return actions + pendingStop
     }
 
-    /// Whether every readiness signal the agent is configured for arrived in this run.
-    private var readinessComplete: Bool {
-        (!settings.notify || readyNotified) && (!settings.hasReadyCheck || readyCheckPassed)
-    }
-
     /// A `ready_check_exec` run of a starting agent ended. One that cannot run at all stops
     /// the agent as an `exec-failed` configuration error.
-    private mutating func readyCheckFinished(_ result: ProbeResult, at now: Moment) -> [PolicyAction] {
-        guard settings.hasReadyCheck, !readyCheckPassed else { return [] }
+    private mutating func readyCheckFinished(_ result: ProbeResult, run: StartingRun, at now: Moment) -> [PolicyAction] {
+        guard settings.hasReadyCheck, !run.readyCheckPassed else { return [] }
+        var run = run
         switch result {
         case .passed:
-            readyCheckPassed = true
-            return readinessComplete ? becomeReady(at: now) : []
+            run.readyCheckPassed = true
+            phase = .starting(run)
+            return run.isComplete(settings) ? becomeReady(at: now) : []
         case .couldNotRun:
             phase = .stopping(.readyCheckCannotRun)
             return disarmRunTimers() + [.terminate(signal: SIGTERM)]
         case .failed:
             break
         }
-        readyCheckFailuresInARow += 1
+        run.readyCheckFailuresInARow += 1
+        phase = .starting(run)
         let pause = min(
-            PolicySettings.readyCheckRetrySeconds * pow(2, Double(min(readyCheckFailuresInARow - 1, 30))),
+            PolicySettings.readyCheckRetrySeconds * pow(2, Double(min(run.readyCheckFailuresInARow - 1, 30))),
             PolicySettings.readyCheckRetryMaxSeconds)
         return [arm(.readyCheck, at: now.monotonicSeconds + pause)]
     }
 
     /// A `health_check_exec` run of a ready agent ended. One that cannot run is not counted (the host reports it).
-    private mutating func healthCheckFinished(_ result: ProbeResult, at now: Moment) -> [PolicyAction] {
+    private mutating func healthCheckFinished(_ result: ProbeResult, run: ReadyRun, at now: Moment) -> [PolicyAction] {
         guard let interval = settings.healthCheckIntervalSeconds else { return [] }
+        var run = run
         let detail: String
         switch result {
-        case .passed: healthCheckFailuresInARow = 0; detail = ""
-        case .failed(let what): healthCheckFailuresInARow += 1; detail = what
+        case .passed: run.healthCheckFailuresInARow = 0; detail = ""
+        case .failed(let what): run.healthCheckFailuresInARow += 1; detail = what
         case .couldNotRun: return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
         }
-        guard healthCheckFailuresInARow >= settings.healthCheckFailures else {
+        phase = .running(run)
+        guard run.healthCheckFailuresInARow >= settings.healthCheckFailures else {
             return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
         }
         phase = .stopping(.failure(.healthCheck))
         return [
             .record(Decision(
                 .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.healthCheck.rawValue,
-                message: "Agent \(settings.agent) failed its health check \(healthCheckFailuresInARow) times in a row (last: \(detail)); stopping it.")),
+                message: "Agent \(settings.agent) failed its health check \(run.healthCheckFailuresInARow) times in a row (last: \(detail)); stopping it.")),
             .terminate(signal: SIGTERM),
         ]
     }
 
     /// The candidate's probation ended with the agent ready: it becomes known-good, unless
     /// the last health check failed (then the next one is waited for).
-    private mutating func probationEnded(at now: Moment) -> [PolicyAction] {
+    private mutating func probationEnded(run: ReadyRun, at now: Moment) -> [PolicyAction] {
         guard let candidate = ledger.candidate else { return [] }
-        if healthCheckFailuresInARow > 0, let interval = settings.healthCheckIntervalSeconds {
+        if run.healthCheckFailuresInARow > 0, let interval = settings.healthCheckIntervalSeconds {
             return [arm(.probation, at: now.monotonicSeconds + interval)]
         }
         ledger.promote(candidate, at: now.wall)
@@ -1074,7 +1126,7 @@ public struct AgentPolicy: Sendable, Equatable {
         }
         if let reportedBootLoop { return reportedBootLoop.description }
         guard let lastRollback, resetFailedAt.map({ lastRollback.at > $0 }) ?? true else { return nil }
-        return "rolled back from \(lastRollback.from) to \(lastRollback.to) (\(lastRollback.reason))"
+        return "rolled back from \(lastRollback.from) to \(lastRollback.to) (\(lastRollback.reason.rawValue))"
     }
 
     /// The ladder step the agent is on now with its evidence: nil unless it is given up or in safe mode.
@@ -1197,14 +1249,14 @@ public struct AgentPolicy: Sendable, Equatable {
         let from = ledger.active ?? "none"
         forgetRunHistory()
         ledger.activate(destination)
-        lastRollback = RollbackRecord(from: from, to: destination, reason: "operator", at: now.wall)
+        lastRollback = RollbackRecord(from: from, to: destination, reason: .operator, at: now.wall)
         escalationTried = []
         rollbackDidNotHelp = false
         mode = .normal
         var actions: [PolicyAction] = [
             .switchContent(version: destination),
             .record(Decision(
-                .rollback, agent: settings.agent, version: destination, previousVersion: from, reason: "operator",
+                .rollback, agent: settings.agent, version: destination, previousVersion: from, reason: RollbackReason.operator.rawValue,
                 message: "An operator rolled agent \(settings.agent) back from \(from) to \(destination).")),
         ]
         actions += restartOnActive(at: now)
@@ -1273,7 +1325,7 @@ public struct AgentPolicy: Sendable, Equatable {
     // MARK: - Rules
 
     private mutating func becomeReady(at now: Moment) -> [PolicyAction] {
-        phase = .running
+        phase = .running(ReadyRun())
         readySinceMonotonic = now.monotonicSeconds
         var actions = disarm([.startTimeout, .startedAfter])
         actions.append(.record(Decision(
@@ -1299,7 +1351,7 @@ public struct AgentPolicy: Sendable, Equatable {
         _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, obstacle: SandboxObstacle? = nil,
         at now: Moment
     ) -> [PolicyAction] {
-        if reason == .cleanExit, settings.cleanExit == .normal, phase == .running {
+        if reason == .cleanExit, settings.cleanExit == .normal, phase.isRunning {
             // The agent's normal life: no failure to record, no backoff step, nothing degraded.
             // A run that ends before it was ready is not: it backs off and shows degraded.
             phase = .restarting
@@ -1394,7 +1446,7 @@ public struct AgentPolicy: Sendable, Equatable {
             return quarantineForBootLoop(
                 active, failedBoots: failedBoots, assessed: "Boot loop: \(why); the boots before it ran known-good \(previous).",
                 quarantined: "Quarantined content \(active) of agent \(settings.agent): \(why).", at: now)
-                + rollBack(from: active, to: previous, reason: "boot-loop", failure: "failed-boot", at: now)
+                + rollBack(from: active, to: previous, reason: .bootLoop, failure: "failed-boot", at: now)
         }
         if ledger.candidate == nil || mode == .safeMode, !settings.bootLoopStopsAgent {
             let report = BootLoopRecord(failedBoots: failedBoots, version: active, at: now.wall)
@@ -1445,8 +1497,10 @@ public struct AgentPolicy: Sendable, Equatable {
     private enum Loop {
         case crash, boot
 
-        /// `crash-loop` or `boot-loop`: the quarantine and rollback reason.
-        var word: String { self == .crash ? "crash-loop" : "boot-loop" }
+        /// `crash-loop` or `boot-loop`: the quarantine reason, and the reason of a rollback from a candidate.
+        var reason: RollbackReason { self == .crash ? .crashLoop : .bootLoop }
+        /// The reason of a rollback from a known-good version to an older one.
+        var onKnownGood: RollbackReason { self == .crash ? .crashLoopOnKnownGood : .bootLoopOnKnownGood }
     }
 
     /// What a loop of `count` on `version` showed, for `status`: "3 failures within 120 s on
@@ -1484,12 +1538,12 @@ public struct AgentPolicy: Sendable, Equatable {
             return enterSafeMode(.rollbackDidNotHelp, version: from, evidence: evidence, at: now)
         }
         if let candidate = ledger.candidate {
-            ledger.quarantine(candidate, reason: loop.word, at: now.wall)
+            ledger.quarantine(candidate, reason: loop.reason.rawValue, at: now.wall)
             let why = loop == .crash
                 ? "it crash-looped in probation"
                 : "the machine failed to boot \(count) times in a row with it in probation"
             var actions: [PolicyAction] = [.record(Decision(
-                .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: loop.word,
+                .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: loop.reason.rawValue,
                 message: "Quarantined content \(candidate) of agent \(settings.agent): \(why)."))]
             guard let knownGood = ledger.knownGood else {
                 // The first version: nothing to roll back to, and a quarantined version is never left active.
@@ -1497,24 +1551,24 @@ public struct AgentPolicy: Sendable, Equatable {
                 actions.append(.switchContent(version: nil))
                 return actions + enterSafeMode(.noKnownGood, version: candidate, evidence: evidence, at: now)
             }
-            return actions + rollBack(from: candidate, to: knownGood, reason: loop.word, failure: signature, at: now)
+            return actions + rollBack(from: candidate, to: knownGood, reason: loop.reason, failure: signature, at: now)
         }
         if let from { escalationTried.append(from) }
         if let older = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) {
-            return rollBack(from: from ?? "none", to: older, reason: loop.word + "-on-known-good", failure: signature, at: now)
+            return rollBack(from: from ?? "none", to: older, reason: loop.onKnownGood, failure: signature, at: now)
         }
         return enterSafeMode(loop == .crash ? .knownGoodCrashLoops : .knownGoodBootLoops, version: from, evidence: evidence, at: now)
     }
 
-    private mutating func rollBack(from: String, to: String, reason: String, failure: String?, at now: Moment) -> [PolicyAction] {
+    private mutating func rollBack(from: String, to: String, reason: RollbackReason, failure: String?, at now: Moment) -> [PolicyAction] {
         forgetRunHistory()
         ledger.activate(to)
         lastRollback = RollbackRecord(from: from, to: to, reason: reason, at: now.wall, failure: failure)
         return [
             .switchContent(version: to),
             .record(Decision(
-                .rollback, agent: settings.agent, version: to, previousVersion: from, reason: reason,
-                message: "Rolled agent \(settings.agent) back from content \(from) to known-good \(to) (\(reason)).")),
+                .rollback, agent: settings.agent, version: to, previousVersion: from, reason: reason.rawValue,
+                message: "Rolled agent \(settings.agent) back from content \(from) to known-good \(to) (\(reason.rawValue)).")),
         ] + spawnActive(at: now)
     }
 
@@ -1587,12 +1641,8 @@ public struct AgentPolicy: Sendable, Equatable {
             phase = .stopped
             return []
         }
-        phase = .starting
+        phase = .starting(StartingRun())
         runningVersion = active
-        readyNotified = false
-        readyCheckPassed = false
-        readyCheckFailuresInARow = 0
-        healthCheckFailuresInARow = 0
         return [.spawn(version: active, mode: mode)]
     }
 

@@ -274,7 +274,7 @@ extension Supervisor {
         }
         guard job == unit.startJob else { return }
         slots[name]!.unit!.startJob = nil
-        guard slots[name]!.policy.phase == .starting, !unit.runReported, !state.isUp, state.activeState != "failed" else { return }
+        guard slots[name]!.policy.phase.isStarting, !unit.runReported, !state.isUp, state.activeState != "failed" else { return }
         let why: String
         switch result {
         case "canceled":
@@ -414,7 +414,7 @@ extension Supervisor {
                 logger.notice("The agent's unit was restarted outside Backstop.", metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
             }
             if !unit.runReported {
-                guard phase == .starting else {
+                guard phase.isStarting else {
                     // Started outside Backstop (systemctl start): supervised from now on, as after `backstopctl start`.
                     if previous?.isUp != true, [.stopped, .backoff, .restarting, .givenUp].contains(phase) || phase.isAwaitingDependency {
                         logger.notice("The agent's unit was started outside Backstop; supervising it.", metadata: ["agent": "\(name)"])
@@ -438,8 +438,8 @@ extension Supervisor {
             // While Backstop's own start job runs, a `systemctl restart` is merged into it, and
             // systemd's giving up on the start looks the same until that job ends. Without a
             // job, the main process ended by itself.
-            if unit.runReported, let job = state.job, phase == .starting || phase == .running,
-                job != unit.startJob || phase == .starting
+            if unit.runReported, let job = state.job, phase.isStarting || phase.isRunning,
+                job != unit.startJob || phase.isStarting
             {
                 slots[name]!.unit!.stopAsked = true
             }
@@ -448,7 +448,7 @@ extension Supervisor {
             // restart); the end of their job tells (``unitJobRemoved(_:job:result:state:)``).
             guard !unit.stopAsked else { return }
             // A start that failed before its activation was seen is a run that ended too.
-            let failedEarly = !unit.runReported && phase == .starting && state.activeState == "failed"
+            let failedEarly = !unit.runReported && phase.isStarting && state.activeState == "failed"
                 && previous?.activeState != "failed"
             guard unit.runReported || failedEarly else { return }
             if failedEarly { apply(slots[name]!.policy.handle(.agentStarted(pid: state.mainPID), at: now), to: name) }
@@ -494,7 +494,7 @@ extension Supervisor {
         }
         let known: FailureReason? = switch state.result {
         case _ where state.setUpFailure != nil: .execFailed
-        case "timeout" where phase == .starting: .startTimeout
+        case "timeout" where phase.isStarting: .startTimeout
         case "watchdog": .hung
         default: nil
         }

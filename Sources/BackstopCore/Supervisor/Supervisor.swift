@@ -283,7 +283,7 @@ public actor Supervisor {
 
     /// Whether nothing of the slot's runs is left (a unit is systemd's to run, so it counts as stopped).
     static func isStopped(_ slot: AgentSlot) -> Bool {
-        slot.unit != nil || (slot.pid == nil && slot.strays.isEmpty && slot.policy.phase != .starting && !slot.policy.isStopping)
+        slot.unit != nil || (slot.pid == nil && slot.strays.isEmpty && !slot.policy.phase.isStarting && !slot.policy.isStopping)
     }
 
     func resumeStopWaitersIfDone() {
@@ -648,7 +648,7 @@ public actor Supervisor {
         switch result {
         case .success(let termination):
             let policy = slots[name]!.policy
-            let unasked = policy.phase == .starting || policy.phase == .running
+            let unasked = policy.phase.isStarting || policy.phase.isRunning
             let survivors = leader.map { leftovers(of: name, session: $0) } ?? []
             // An agent that forked into the background keeps running there until it ends or
             // is stopped; anything else an agent leaves behind ends with it.
@@ -798,7 +798,7 @@ public actor Supervisor {
         guard slots[name]?.generation == generation else { return }
         guard slots[name]!.pid != nil else {
             // A fast agent's READY=1 can come before its start is recorded: kept for then.
-            if slots[name]!.policy.phase == .starting { slots[name]!.notifiedEarly.append(message) }
+            if slots[name]!.policy.phase.isStarting { slots[name]!.notifiedEarly.append(message) }
             return
         }
         let now = Moment.now()
@@ -1023,7 +1023,7 @@ public actor Supervisor {
     }
 
     private func bootHealthReached(_ name: String, generation: Int) {
-        guard slots[name]?.generation == generation, slots[name]?.policy.phase == .running else { return }
+        guard slots[name]?.generation == generation, slots[name]?.policy.phase.isRunning == true else { return }
         slots[name]!.bootHealthy = true
         // An agent with no content yet does not hold the verdict back; a given-up one does.
         if slots.values.allSatisfy({ $0.bootHealthy || ($0.policy.ledger.active == nil && $0.policy.phase != .givenUp) }) {
