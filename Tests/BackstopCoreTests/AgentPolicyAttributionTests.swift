@@ -433,7 +433,7 @@ struct AgentPolicyOperatorTests {
         #expect(actions.decision(.crashLoop)?.reason == "rollback-did-not-help")
         #expect(actions.decision(.safeMode)?.reason == "rollback-did-not-help")
         #expect(actions.last == .spawn(version: "v1", mode: .safeMode))
-        #expect(policy.rollbackDidNotHelp)
+        #expect(policy.escalationState.rollbackDidNotHelp)
         #expect(policy.degradedReason == "in safe mode: rolling back did not help, the agent fails the same way on known-good content; evidence: 3 failures within 120 s on content v1 (crashed SIGSEGV)")
         #expect(policy.currentEscalation?.reason == .rollbackDidNotHelp)
         #expect(policy.ledger.active == "v1")
@@ -449,7 +449,7 @@ struct AgentPolicyOperatorTests {
         #expect(restored.currentEscalation?.step == .givenUp)
         #expect(restored.currentEscalation?.reason == .safeModeCrashLoops)
         _ = restored.handle(.resetFailed, at: moment(now))
-        #expect(!restored.rollbackDidNotHelp)
+        #expect(!restored.escalationState.rollbackDidNotHelp)
         #expect(restored.currentEscalation == nil)
         #expect(restored.degradedReason == nil)
     }

@@ -28,8 +28,8 @@ struct AgentPolicyEscalationTests {
         #expect(policy.lastRollback?.from == "v2")
         #expect(policy.lastRollback?.to == "v1")
         #expect(policy.lastRollback?.reason == .crashLoop)
-        #expect(policy.failures.isEmpty)
-        #expect(policy.consecutiveFailures == 0)
+        #expect(policy.escalationState.failures.isEmpty)
+        #expect(policy.escalationState.consecutiveFailures == 0)
         #expect(policy.isDegraded)
 
         #expect(throws: PolicyError.versionQuarantined("v2")) { try policy.activate("v2", at: moment(end)) }
@@ -125,8 +125,8 @@ struct AgentPolicyEscalationTests {
         #expect(actions == [.spawn(version: "v1", mode: .normal)])
         #expect(policy.phase.isStarting)
         #expect(policy.mode == .normal)
-        #expect(policy.failures.isEmpty)
-        #expect(policy.escalationTried.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
+        #expect(policy.escalationState.escalationTried.isEmpty)
         policy.startAndBecomeReady(at: now + 10)
         #expect(!policy.isDegraded)
     }

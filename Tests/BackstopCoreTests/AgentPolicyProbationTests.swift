@@ -91,7 +91,7 @@ struct AgentPolicyProbationTests {
         #expect(exit.decision(.agentExited)?.reason == nil, "a stop Backstop asked for is not a failure")
         #expect(exit.spawns.isEmpty)
         #expect(policy.phase == .stopped)
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
 
         #expect(policy.handle(.begin(), at: moment(500)) == [.spawn(version: "v2", mode: .normal)])
         let ready = policy.startAndBecomeReady(at: 500)  // ready at 501

@@ -96,8 +96,8 @@ struct AgentPolicyThresholdTests {
         let exit = try #require(actions.decision(.agentExited))
         #expect(exit.exitStatus == 3)
         #expect(exit.reason == "exited")
-        #expect(policy.failures.map(\.reason) == [.exited])
-        #expect(policy.failures.first?.version == "v2")
+        #expect(policy.escalationState.failures.map(\.reason) == [.exited])
+        #expect(policy.escalationState.failures.first?.version == "v2")
     }
 
     @Test("a failure exactly failure_window_sec old has left the window")
@@ -199,7 +199,7 @@ struct AgentPolicyThresholdTests {
             now = policy.timers[.restart]!
             #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
         }
-        #expect(policy.consecutiveFailures == 0)
+        #expect(policy.escalationState.consecutiveFailures == 0)
         #expect(policy.recentFailures(at: moment(now)).isEmpty)
         #expect(policy.ledger.candidate == "v2")
         // A crash is still a failure, backed off from the first step: the clean exits added none.
@@ -230,7 +230,7 @@ struct AgentPolicyThresholdTests {
         #expect(actions.decision(.agentExited)?.reason == "clean-exit")
         #expect(policy.phase == .backoff)
         #expect(policy.degradedReason == "in backoff after clean-exit")
-        #expect(policy.consecutiveFailures == 1)
+        #expect(policy.escalationState.consecutiveFailures == 1)
     }
 
     @Test("a restart loop stays degraded while it starts again, until a run is ready")
@@ -289,12 +289,12 @@ struct AgentPolicyBackoffTests {
             policy.startAndCrash(at: Double(index) * 10)
             policy.fireRestart()
         }
-        #expect(policy.consecutiveFailures == 3)
+        #expect(policy.escalationState.consecutiveFailures == 3)
         let ready = policy.startAndBecomeReady(at: 100)  // ready at 101
         let resetDeadline = try #require(ready.deadline(of: .backoffReset))
         #expect(resetDeadline == 101 + 30)
         #expect(policy.handle(.timerFired(.backoffReset, deadline: resetDeadline), at: moment(resetDeadline)).isEmpty)
-        #expect(policy.consecutiveFailures == 0)
+        #expect(policy.escalationState.consecutiveFailures == 0)
         let crash = policy.handle(.agentExited(.signaled(signal: SIGSEGV)), at: moment(200))
         #expect(crash.deadline(of: .restart) == 200 + 0.1)
     }
@@ -314,7 +314,7 @@ struct AgentPolicyBackoffTests {
         #expect(crash.deadline(of: .restart) == 120 + 0.8)
         // The disarmed reset deadline passing later changes nothing.
         #expect(policy.handle(.timerFired(.backoffReset, deadline: resetDeadline), at: moment(resetDeadline)).isEmpty)
-        #expect(policy.consecutiveFailures == 4)
+        #expect(policy.escalationState.consecutiveFailures == 4)
     }
 }
 
@@ -381,7 +381,7 @@ struct AgentPolicyTimerTests {
         #expect(decision.reason == "hung")
         #expect(decision.signal == SIGABRT)
         #expect(decision.failures == 1)
-        #expect(policy.failures.map(\.reason) == [.hung])
+        #expect(policy.escalationState.failures.map(\.reason) == [.hung])
         #expect(policy.phase == .backoff)
     }
 
@@ -409,7 +409,7 @@ struct AgentPolicyTimerTests {
         let exited = try #require(exit.decision(.agentExited))
         #expect(exited.reason == "start-timeout")
         #expect(exited.message.contains("did not become ready within 90 s"), "\(exited.message)")
-        #expect(policy.failures.map(\.reason) == [.startTimeout])
+        #expect(policy.escalationState.failures.map(\.reason) == [.startTimeout])
         #expect(policy.phase == .backoff)
     }
 
@@ -421,7 +421,7 @@ struct AgentPolicyTimerTests {
         #expect(policy.handle(.agentReady, at: moment(3)).contains(.disarm(.startTimeout)))
         #expect(policy.handle(.timerFired(.startTimeout, deadline: deadline), at: moment(deadline)).isEmpty)
         #expect(policy.phase.isRunning)
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
     }
 
     @Test("spawn failure (exec failed) counts as a failure")
@@ -429,7 +429,7 @@ struct AgentPolicyTimerTests {
         var policy = try candidatePolicy()
         let actions = policy.handle(.spawnFailed("No such file or directory"), at: moment(0))
         #expect(actions.decision(.agentExited)?.reason == "exec-failed")
-        #expect(policy.failures.map(\.reason) == [.execFailed])
+        #expect(policy.escalationState.failures.map(\.reason) == [.execFailed])
         #expect(policy.phase == .backoff)
     }
 
@@ -448,7 +448,7 @@ struct AgentPolicyTimerTests {
         let exit = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(50.2))
         #expect(exit.decision(.agentExited)?.reason == nil)
         #expect(exit.spawns == [.spawn(version: "v2", mode: .normal)])
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
     }
 
     @Test("activating an unknown version throws noSuchVersion")
@@ -472,7 +472,7 @@ struct AgentPolicyDependencyStopTests {
         #expect(actions.spawns.isEmpty && actions.deadline(of: .restart) == nil)
         #expect(policy.phase == .awaitingDependency("clamav-daemon.socket"))
         #expect(!policy.operatorStopped)
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
         #expect(policy.stateWord == "stopped")
         #expect(policy.degradedReason?.contains("waiting for clamav-daemon.socket") == true)
         // The exit systemd's stop causes changes nothing more.

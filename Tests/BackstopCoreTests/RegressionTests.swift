@@ -29,10 +29,10 @@ struct RegressionTests {
         policy.startAndCrash(at: 1)
         policy.fireRestart()
         policy.startAndCrash(at: 3)
-        #expect(policy.failures.count == 2)
+        #expect(policy.escalationState.failures.count == 2)
         let activation = try policy.activate("v2", at: moment(5))
         #expect(activation.contains(.spawn(version: "v2", mode: .normal)))
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
         let crash = policy.startAndCrash(at: 6)
         #expect(crash.decision(.crashLoop) == nil)
         #expect(policy.phase == .backoff)
@@ -91,7 +91,7 @@ struct ExecFailureTests {
             #expect(policy.isDegraded)
             policy.fireRestart()
         }
-        #expect(policy.failures.count == 6)
+        #expect(policy.escalationState.failures.count == 6)
         #expect(policy.ledger.quarantined.isEmpty)
         #expect(policy.ledger.candidate == "v2")
     }

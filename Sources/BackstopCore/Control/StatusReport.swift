@@ -424,7 +424,7 @@ extension StatusReport.Agent {
                 requiredSec: Int(settings.probationSeconds))
         }
         self.statusText = statusText
-        firstContentFailure = policy.firstContentFailure.map {
+        firstContentFailure = policy.escalationState.firstContentFailure.map {
             StatusReport.FirstContentFailing(
                 version: $0.version, failure: $0.failure, obstacle: $0.obstacle?.rawValue, setting: $0.obstacle?.setting, since: $0.since)
         }

@@ -286,6 +286,47 @@ public struct ReadyRun: Sendable, Equatable, Codable {
     }
 }
 
+/// How an agent has been failing and how far its escalation went: the failures counted toward
+/// a crash loop, the restart backoff, the known-good versions tried. One value, so that what
+/// resets it (a healthy run, another version, `reset-failed`) is said in one place.
+public struct EscalationState: Sendable, Equatable {
+    /// Failures inside the sliding window, oldest first.
+    public internal(set) var failures: [FailureRecord] = []
+    /// Failures since the last healthy run; drives the backoff.
+    public internal(set) var consecutiveFailures = 0
+    /// Known-good versions already tried in the current escalation.
+    public internal(set) var escalationTried: [String] = []
+    /// Whether a rollback was followed by the same failure on known-good content: Backstop
+    /// then stops switching versions. Cleared by `reset-failed`, `activate` and `rollback`.
+    public internal(set) var rollbackDidNotHelp = false
+    /// The agent crash-loops on content that has no known-good version to compare it with;
+    /// cleared by a healthy run of `restart_delay_max_sec`, a promotion, `reset-failed`,
+    /// `activate` and `rollback`.
+    public internal(set) var firstContentFailure: FirstContentFailure?
+
+    /// Nothing failed yet.
+    public init() {}
+
+    /// A run was healthy for `restart_delay_max_sec`: the backoff starts again from its first step.
+    mutating func healthyRun() {
+        consecutiveFailures = 0
+        firstContentFailure = nil
+    }
+
+    /// Another version becomes active: the failures and the backoff belong to the version that ran.
+    mutating func forgetRuns() {
+        firstContentFailure = nil
+        failures = []
+        consecutiveFailures = 0
+    }
+
+    /// An operator chose what to run (`activate`, `rollback`): the ladder starts again.
+    mutating func restartLadder() {
+        escalationTried = []
+        rollbackDidNotHelp = false
+    }
+}
+
 /// Timers the policy asks its host to run; each fires at most once per arming.
 public enum PolicyTimer: String, Sendable, CaseIterable, Codable {
     /// `start_timeout_sec` after spawn (with `notify` or `ready_check_exec`).
@@ -511,18 +552,14 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var phase: AgentPhase = .stopped
     /// Whether the agent runs `exec` or, after escalation, `safe_mode_exec`.
     public private(set) var mode: RunMode = .normal
-    /// Failures inside the sliding window, oldest first.
-    public private(set) var failures: [FailureRecord] = []
-    /// Failures since the last healthy run; drives the backoff.
-    public private(set) var consecutiveFailures = 0
+    /// The failures counted toward a crash loop, the restart backoff and how far the escalation went.
+    public private(set) var escalationState = EscalationState()
     /// Healthy seconds the candidate has accumulated before the current run.
     public private(set) var probationBankedSeconds: Double = 0
     /// When the current run became ready (monotonic), nil when not running.
     public private(set) var readySinceMonotonic: Double?
     /// The version the last spawn ran, which an exit is about even after an activation.
     public private(set) var runningVersion: String?
-    /// Known-good versions already tried in the current escalation.
-    public private(set) var escalationTried: [String] = []
     /// The last rollback, nil if none; with ``resetFailedAt`` it decides the degraded mark.
     public private(set) var lastRollback: RollbackRecord?
     /// When an operator last ran `reset-failed`: rollbacks before it no longer mark the agent degraded.
@@ -535,17 +572,10 @@ public struct AgentPolicy: Sendable, Equatable {
     /// be, ``StoreError/layoutRefused(path:found:)``): the agent is never started and is
     /// degraded with this reason until a restart finds the store sound. Nil when it can.
     public var storeRefusal: String?
-    /// Whether a rollback was followed by the same failure on known-good content: Backstop
-    /// then stops switching versions. Cleared by `reset-failed`, `activate` and `rollback`.
-    public private(set) var rollbackDidNotHelp = false
     /// The ladder step (safe mode, given up) the agent was put on and why; nil when neither.
     public private(set) var escalation: EscalationRecord?
     /// A boot loop reported without acting on it (no candidate to roll back); cleared by `reset-failed`.
     public private(set) var reportedBootLoop: BootLoopRecord?
-    /// The agent crash-loops on content that has no known-good version to compare it with;
-    /// cleared by a healthy run of `restart_delay_max_sec`, a promotion, `reset-failed`,
-    /// `activate` and `rollback`.
-    public private(set) var firstContentFailure: FirstContentFailure?
     /// The last preflight that failed, with its control; kept for `status`.
     public private(set) var lastPreflightFailure: PreflightFailure?
 
@@ -559,7 +589,7 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// Failures of every reason inside the window ending at `now`, oldest first.
     public func recentFailures(at now: Moment) -> [FailureRecord] {
-        failures.filter { now.monotonicSeconds - $0.monotonicSeconds < settings.failureWindowSeconds }
+        escalationState.failures.filter { now.monotonicSeconds - $0.monotonicSeconds < settings.failureWindowSeconds }
     }
 
     /// The failures inside the window that count against the content (``Attribution/content``).
@@ -912,8 +942,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case (.backoffReset, .stopped), (.backoffReset, .starting), (.backoffReset, .running), (.backoffReset, .stopping),
             (.backoffReset, .backoff), (.backoffReset, .restarting), (.backoffReset, .daemonized), (.backoffReset, .givenUp),
             (.backoffReset, .awaitingDependency):
-            consecutiveFailures = 0
-            firstContentFailure = nil
+            escalationState.healthyRun()
             return []
         }
     }
@@ -960,7 +989,7 @@ public struct AgentPolicy: Sendable, Equatable {
             message: "Quarantined content \(active) of agent \(settings.agent): \(detail)."))]
         let pendingStop: [PolicyAction] = pending == .terminate ? [.terminate(signal: SIGTERM)] : []
         // Not back to a known-good version that already failed in this escalation.
-        guard let knownGood = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) else {
+        guard let knownGood = ledger.knownGoodNewestFirst.first(where: { !escalationState.escalationTried.contains($0) }) else {
             ledger.deactivate()
             actions.append(.switchContent(version: nil))
             if !pendingStop.isEmpty { return actions + pendingStop }
@@ -1036,7 +1065,7 @@ public struct AgentPolicy: Sendable, Equatable {
         }
         ledger.promote(candidate, at: now.wall)
         probationBankedSeconds = 0
-        firstContentFailure = nil
+        escalationState.firstContentFailure = nil
         return [.record(Decision(
             .contentPromoted, agent: settings.agent, version: candidate,
             message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good."))]
@@ -1083,12 +1112,8 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// `reset-failed`: the failure history and the escalation are forgotten.
     private mutating func clearFailureHistory(at now: Moment) {
-        failures = []
-        consecutiveFailures = 0
-        escalationTried = []
-        rollbackDidNotHelp = false
+        escalationState = EscalationState()
         reportedBootLoop = nil
-        firstContentFailure = nil
         resetFailedAt = now.wall
     }
 
@@ -1112,15 +1137,15 @@ public struct AgentPolicy: Sendable, Equatable {
             guard let escalation = currentEscalation else { return step }
             return "\(step): \(escalation.explanation); evidence: \(escalation.evidence)"
         }
-        if rollbackDidNotHelp { return "rollback did not help" }
-        if let firstContentFailure { return firstContentFailure.summary }
+        if escalationState.rollbackDidNotHelp { return "rollback did not help" }
+        if let firstContentFailure = escalationState.firstContentFailure { return firstContentFailure.summary }
         switch phase {
         case .daemonized: return "its program forked into the background (daemonized)"
-        case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
-        case .starting where consecutiveFailures > 0:
+        case .backoff: return "in backoff" + (escalationState.failures.last.map { " after \($0.reason.rawValue)" } ?? "")
+        case .starting where escalationState.consecutiveFailures > 0:
             // A restart loop spends part of its time starting: not healthy until a run is ready.
-            return "restarting after \(consecutiveFailures) failure\(consecutiveFailures == 1 ? "" : "s") in a row"
-                + (failures.last.map { " (last: \($0.reason.rawValue))" } ?? "") + ", not ready since"
+            return "restarting after \(escalationState.consecutiveFailures) failure\(escalationState.consecutiveFailures == 1 ? "" : "s") in a row"
+                + (escalationState.failures.last.map { " (last: \($0.reason.rawValue))" } ?? "") + ", not ready since"
         case .awaitingDependency(let unit): return "stopped by systemd with \(unit), which its unit requires; waiting for \(unit) to be active again"
         default: break
         }
@@ -1171,8 +1196,7 @@ public struct AgentPolicy: Sendable, Equatable {
         let previous = ledger.active
         forgetRunHistory()
         ledger.activate(id)
-        escalationTried = []
-        rollbackDidNotHelp = false
+        escalationState.restartLadder()
         mode = .normal
         let probation = ledger.candidate == id
             ? "; probation \(Self.format(settings.probationSeconds)) s starts when it is ready" : ""
@@ -1226,7 +1250,7 @@ public struct AgentPolicy: Sendable, Equatable {
         var actions: [PolicyAction] = []
         if ledger.active == id {
             probationBankedSeconds = 0
-            firstContentFailure = nil
+            escalationState.firstContentFailure = nil
             actions += disarm([.probation])
         }
         actions.append(.record(Decision(
@@ -1250,8 +1274,7 @@ public struct AgentPolicy: Sendable, Equatable {
         forgetRunHistory()
         ledger.activate(destination)
         lastRollback = RollbackRecord(from: from, to: destination, reason: .operator, at: now.wall)
-        escalationTried = []
-        rollbackDidNotHelp = false
+        escalationState.restartLadder()
         mode = .normal
         var actions: [PolicyAction] = [
             .switchContent(version: destination),
@@ -1283,19 +1306,19 @@ public struct AgentPolicy: Sendable, Equatable {
     public mutating func restore(from state: AgentStateFile, currentBootID: String) {
         let sameBoot = state.bootID == currentBootID
         ledger = state.ledger
-        failures = sameBoot ? state.failures : []
-        consecutiveFailures = sameBoot ? state.consecutiveFailures : 0
+        escalationState.failures = sameBoot ? state.failures : []
+        escalationState.consecutiveFailures = sameBoot ? state.consecutiveFailures : 0
         probationBankedSeconds = sameBoot ? state.probationBankedSeconds : 0
         phase = state.givenUp ? .givenUp : .stopped
         mode = state.mode
-        escalationTried = state.escalationTried
+        escalationState.escalationTried = state.escalationTried
         lastRollback = state.lastRollback
         resetFailedAt = state.resetFailedAt
         operatorStopped = state.operatorStopped ?? false
-        rollbackDidNotHelp = state.rollbackDidNotHelp ?? false
+        escalationState.rollbackDidNotHelp = state.rollbackDidNotHelp ?? false
         escalation = state.escalation
         reportedBootLoop = state.reportedBootLoop
-        firstContentFailure = state.firstContentFailure
+        escalationState.firstContentFailure = state.firstContentFailure
         lastPreflightFailure = state.lastPreflightFailure
     }
 
@@ -1304,20 +1327,20 @@ public struct AgentPolicy: Sendable, Equatable {
         var state = AgentStateFile()
         state.ledger = ledger
         state.bootID = bootID
-        state.failures = failures
-        state.consecutiveFailures = consecutiveFailures
+        state.failures = escalationState.failures
+        state.consecutiveFailures = escalationState.consecutiveFailures
         state.probationBankedSeconds = probationElapsedSeconds(at: now)
         state.givenUp = phase == .givenUp
         state.mode = mode
-        state.escalationTried = escalationTried
+        state.escalationTried = escalationState.escalationTried
         state.lastRollback = lastRollback
         state.resetFailedAt = resetFailedAt
         state.restartDueMonotonicSeconds = timers[.restart]
         state.operatorStopped = operatorStopped ? true : nil
-        state.rollbackDidNotHelp = rollbackDidNotHelp ? true : nil
+        state.rollbackDidNotHelp = escalationState.rollbackDidNotHelp ? true : nil
         state.escalation = currentEscalation
         state.reportedBootLoop = reportedBootLoop
-        state.firstContentFailure = firstContentFailure
+        state.firstContentFailure = escalationState.firstContentFailure
         state.lastPreflightFailure = lastPreflightFailure
         return state
     }
@@ -1362,12 +1385,12 @@ public struct AgentPolicy: Sendable, Equatable {
             exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped,
             attribution: attribution, obstacle: obstacle)
         var uncounted = 0
-        failures = (recentFailures(at: now) + [record]).reversed().filter { failure in
+        escalationState.failures = (recentFailures(at: now) + [record]).reversed().filter { failure in
             guard self.attribution(of: failure) != .content else { return true }
             uncounted += 1
             return uncounted <= Self.uncountedFailuresKept
         }.reversed()
-        consecutiveFailures += 1
+        escalationState.consecutiveFailures += 1
         switch self.attribution(of: record) {
         case .restartOnly, .configuration:
             // Not the content's doing: restarted with backoff, never rolled back. A daemonized
@@ -1402,9 +1425,9 @@ public struct AgentPolicy: Sendable, Equatable {
         let last = counted.last
         let failing = FirstContentFailure(
             version: version, failure: last?.signature ?? "failed", obstacle: last?.obstacle,
-            since: firstContentFailure?.since ?? now.wall)
-        let known = firstContentFailure.map { $0.version == failing.version && $0.failure == failing.failure && $0.obstacle == failing.obstacle } ?? false
-        firstContentFailure = failing
+            since: escalationState.firstContentFailure?.since ?? now.wall)
+        let known = escalationState.firstContentFailure.map { $0.version == failing.version && $0.failure == failing.failure && $0.obstacle == failing.obstacle } ?? false
+        escalationState.firstContentFailure = failing
         var actions = scheduleRestart(at: now)
         guard !known else { return actions }
         let cap = Self.format(settings.restartDelayMaxSeconds)
@@ -1421,8 +1444,8 @@ public struct AgentPolicy: Sendable, Equatable {
         let count = counted.count
         let signature = counted.last?.signature
         let from = ledger.active
-        failures = []
-        consecutiveFailures = 0
+        escalationState.failures = []
+        escalationState.consecutiveFailures = 0
         let rollbackFailed = rollbackWouldRepeat(signature)
         var message = "Agent \(settings.agent) failed \(count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(from ?? "none"): crash loop."
         if rollbackFailed, let lastRollback {
@@ -1533,8 +1556,8 @@ public struct AgentPolicy: Sendable, Equatable {
             return giveUp(reason, explanation: reason.explanation, version: from, evidence: evidence, at: now)
         }
         if rollbackFailed {
-            rollbackDidNotHelp = true
-            if let from { escalationTried.append(from) }
+            escalationState.rollbackDidNotHelp = true
+            if let from { escalationState.escalationTried.append(from) }
             return enterSafeMode(.rollbackDidNotHelp, version: from, evidence: evidence, at: now)
         }
         if let candidate = ledger.candidate {
@@ -1553,8 +1576,8 @@ public struct AgentPolicy: Sendable, Equatable {
             }
             return actions + rollBack(from: candidate, to: knownGood, reason: loop.reason, failure: signature, at: now)
         }
-        if let from { escalationTried.append(from) }
-        if let older = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) {
+        if let from { escalationState.escalationTried.append(from) }
+        if let older = ledger.knownGoodNewestFirst.first(where: { !escalationState.escalationTried.contains($0) }) {
             return rollBack(from: from ?? "none", to: older, reason: loop.onKnownGood, failure: signature, at: now)
         }
         return enterSafeMode(loop == .crash ? .knownGoodCrashLoops : .knownGoodBootLoops, version: from, evidence: evidence, at: now)
@@ -1609,7 +1632,7 @@ public struct AgentPolicy: Sendable, Equatable {
 
     private mutating func scheduleRestart(at now: Moment) -> [PolicyAction] {
         phase = .backoff
-        let delay = Self.restartDelaySeconds(consecutiveFailures: consecutiveFailures, settings: settings)
+        let delay = Self.restartDelaySeconds(consecutiveFailures: escalationState.consecutiveFailures, settings: settings)
         return [arm(.restart, at: now.monotonicSeconds + delay)]
     }
 
@@ -1649,9 +1672,7 @@ public struct AgentPolicy: Sendable, Equatable {
     /// Another version becomes active: the failures, the backoff and the healthy
     /// time of the runs so far belong to the version that ran, not to the next one.
     private mutating func forgetRunHistory() {
-        firstContentFailure = nil
-        failures = []
-        consecutiveFailures = 0
+        escalationState.forgetRuns()
         probationBankedSeconds = 0
         readySinceMonotonic = nil
     }
