@@ -247,7 +247,7 @@ struct FailureAttributionTests {
     @Test("an activation while a daemonized agent runs stops its processes first, then starts the new version")
     func activationStopsDaemonizedProcesses() throws {
         var policy = try candidatePolicy()
-        policy.staged(record("v3"))
+        _ = policy.staged(record("v3"))
         _ = policy.handle(.agentStarted(pid: 10), at: moment(0))
         _ = policy.handle(.agentExited(.exited(code: 0), survivors: [11]), at: moment(0.2))
         let actions = try policy.activate("v3", at: moment(5))
@@ -512,7 +512,7 @@ struct AgentPolicyOperatorTests {
     @Test("requests during backoff apply at once and in order: activate, then stop, then start")
     func commandsDuringBackoff() throws {
         var policy = try candidatePolicy()
-        policy.staged(record("v3"))
+        _ = policy.staged(record("v3"))
         policy.startAndCrash(at: 0)
         #expect(policy.phase == .backoff)
         let activate = try policy.activate("v3", at: moment(0.52))

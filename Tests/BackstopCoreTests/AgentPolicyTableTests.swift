@@ -184,4 +184,30 @@ struct AgentPolicyTableTests {
         #expect(policy.handle(.shutdown, at: moment(0.55)) == [.disarm(.restart)])
         #expect(policy.phase == .stopped && policy.timers.isEmpty)
     }
+
+    @Test("what the host does besides recording is asked for: the boot log's start, the boot-health clock, garbage collection")
+    func explicitHostActions() throws {
+        var policy = AgentPolicy(settings: policySettings(probationSeconds: 60), ledger: makeLedger(knownGood: ["v1"], active: "v1"))
+        let staged = policy.staged(record("v2"))
+        #expect(staged.events == [.contentStaged] && staged.last == .collectGarbage)
+        _ = try policy.activate("v2", at: moment(0))
+        let started = policy.handle(.agentStarted(pid: 7), at: moment(0))
+        #expect(Array(started.prefix(2)).events == [.agentStarted] && started[1] == .markStartedThisBoot)
+        let deadline = try #require(started.deadline(of: .startedAfter))
+        let ready = policy.handle(.timerFired(.startedAfter, deadline: deadline), at: moment(deadline))
+        let readyAt = try #require(ready.firstIndex { if case .record(let d) = $0 { d.event == .agentReady } else { false } })
+        #expect(ready[readyAt + 1] == .startBootHealthClock)
+        #expect(ready.filter { $0 == .startBootHealthClock }.count == 1)
+        let probation = try #require(ready.deadline(of: .probation))
+        let promoted = policy.handle(.timerFired(.probation, deadline: probation), at: moment(probation))
+        #expect(promoted.events == [.contentPromoted] && promoted.last == .collectGarbage)
+        #expect(!promoted.contains(.markStartedThisBoot) && !promoted.contains(.startBootHealthClock))
+
+        var failing = try candidatePolicy()
+        let loop = failing.crashUntilCrashLoop(from: 0).actions
+        let quarantined = try #require(loop.firstIndex { if case .record(let d) = $0 { d.event == .contentQuarantined } else { false } })
+        #expect(loop[quarantined + 1] == .collectGarbage)
+        #expect(loop.filter { $0 == .collectGarbage }.count == 1, "one collection for the one quarantine")
+        #expect(loop.filter { $0 == .markStartedThisBoot }.count == loop.events.filter { $0 == .agentStarted }.count)
+    }
 }

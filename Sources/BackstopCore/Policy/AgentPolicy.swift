@@ -361,6 +361,14 @@ public enum PolicyAction: Sendable, Equatable {
     case disarm(PolicyTimer)
     /// Report a decision to the journal and the timeline.
     case record(Decision)
+    /// Collect garbage in the agent's store: a version was staged, promoted or quarantined,
+    /// so which versions are kept may have changed.
+    case collectGarbage
+    /// The agent was started in this boot: the boot log says so, so that a failed boot
+    /// counts against the content it ran.
+    case markStartedThisBoot
+    /// The agent became ready: its `boot_good_after_sec` toward a good boot starts now.
+    case startBootHealthClock
     /// Run a probe; its process is killed after `timeoutSeconds` and the result fed to
     /// ``AgentPolicy/handle(_:at:)`` as ``AgentEvent/probeFinished(_:result:)``.
     case probe(Probe, timeoutSeconds: Double)
@@ -658,7 +666,7 @@ public struct AgentPolicy: Sendable, Equatable {
         case .agentStarted(let pid):
             switch phase {
             case .starting:
-                var actions = [recordStarted(pid: pid)]
+                var actions = recordStarted(pid: pid)
                 if settings.notify || settings.hasReadyCheck {
                     actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))
                     if settings.hasReadyCheck { actions.append(arm(.readyCheck, at: now.monotonicSeconds)) }
@@ -669,7 +677,7 @@ public struct AgentPolicy: Sendable, Equatable {
             case .stopping:
                 // Asked to stop while it was being created: recorded as started, so that its
                 // exit has a start, and terminated.
-                return [recordStarted(pid: pid), .terminate(signal: SIGTERM)]
+                return recordStarted(pid: pid) + [.terminate(signal: SIGTERM)]
             case .stopped, .running, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
                 return []
             }
@@ -960,11 +968,13 @@ public struct AgentPolicy: Sendable, Equatable {
         return actions
     }
 
-    /// The `agent-started` decision of a process with `pid` (0 while a unit has no main process yet).
-    private func recordStarted(pid: Int32) -> PolicyAction {
-        .record(Decision(
+    /// The `agent-started` decision of a process with `pid` (0 while a unit has no main
+    /// process yet), and the boot log's note that the agent started in this boot.
+    private func recordStarted(pid: Int32) -> [PolicyAction] {
+        let started = PolicyAction.record(Decision(
             .agentStarted, agent: settings.agent, version: exitVersion,
             message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(exitVersion ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
+        return [started, .markStartedThisBoot]
     }
 
     /// What a host had pending for a version found damaged, and makes again for the version rolled back to.
@@ -986,7 +996,7 @@ public struct AgentPolicy: Sendable, Equatable {
         if lastRollback?.to == active { lastRollback = nil }
         var actions: [PolicyAction] = [.record(Decision(
             .contentQuarantined, agent: settings.agent, version: active, reason: "verification-failed",
-            message: "Quarantined content \(active) of agent \(settings.agent): \(detail)."))]
+            message: "Quarantined content \(active) of agent \(settings.agent): \(detail).")), .collectGarbage]
         let pendingStop: [PolicyAction] = pending == .terminate ? [.terminate(signal: SIGTERM)] : []
         // Not back to a known-good version that already failed in this escalation.
         guard let knownGood = ledger.knownGoodNewestFirst.first(where: { !escalationState.escalationTried.contains($0) }) else {
@@ -1068,7 +1078,7 @@ public struct AgentPolicy: Sendable, Equatable {
         escalationState.firstContentFailure = nil
         return [.record(Decision(
             .contentPromoted, agent: settings.agent, version: candidate,
-            message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good."))]
+            message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good.")), .collectGarbage]
     }
 
     /// The agent ended without Backstop asking (starting or ready): classified, recorded and counted.
@@ -1166,8 +1176,15 @@ public struct AgentPolicy: Sendable, Equatable {
     // MARK: - Operator requests
 
     /// Adds a staged version to the ledger (the store has copied and verified it).
-    public mutating func staged(_ record: VersionRecord) {
+    /// - Returns: its `content-staged` decision and a garbage collection.
+    public mutating func staged(_ record: VersionRecord) -> [PolicyAction] {
         ledger.add(record)
+        return [
+            .record(Decision(
+                .contentStaged, agent: settings.agent, version: record.id,
+                message: "Staged content \(record.id) for agent \(settings.agent): \(record.fileCount == 1 ? "1 file" : "\(record.fileCount) files"), \(record.totalBytes) bytes, sha256 \(record.digest.prefix(16)).")),
+            .collectGarbage,
+        ]
     }
 
     /// Records that garbage collection removed the files of `id` (never the active version).
@@ -1237,6 +1254,7 @@ public struct AgentPolicy: Sendable, Equatable {
             .record(Decision(
                 .contentQuarantined, agent: settings.agent, version: id, reason: "preflight-failed",
                 message: "Quarantined content \(id) of agent \(settings.agent): it failed preflight.")),
+            .collectGarbage,
         ]
     }
 
@@ -1256,6 +1274,7 @@ public struct AgentPolicy: Sendable, Equatable {
         actions.append(.record(Decision(
             .contentPromoted, agent: settings.agent, version: id, reason: "operator",
             message: "Content \(id) of agent \(settings.agent) was promoted to known-good by an operator.")))
+        actions.append(.collectGarbage)
         return actions
     }
 
@@ -1354,6 +1373,7 @@ public struct AgentPolicy: Sendable, Equatable {
         actions.append(.record(Decision(
             .agentReady, agent: settings.agent, version: ledger.active,
             message: "Agent \(settings.agent) is ready on content \(ledger.active ?? "none").")))
+        actions.append(.startBootHealthClock)
         if settings.watchdogSeconds > 0 {
             actions.append(arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds))
         }
@@ -1513,6 +1533,7 @@ public struct AgentPolicy: Sendable, Equatable {
         return [
             .record(Decision(.bootAssessed, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop", message: assessed)),
             .record(Decision(.contentQuarantined, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop", message: quarantined)),
+            .collectGarbage,
         ]
     }
 
@@ -1567,7 +1588,7 @@ public struct AgentPolicy: Sendable, Equatable {
                 : "the machine failed to boot \(count) times in a row with it in probation"
             var actions: [PolicyAction] = [.record(Decision(
                 .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: loop.reason.rawValue,
-                message: "Quarantined content \(candidate) of agent \(settings.agent): \(why)."))]
+                message: "Quarantined content \(candidate) of agent \(settings.agent): \(why).")), .collectGarbage]
             guard let knownGood = ledger.knownGood else {
                 // The first version: nothing to roll back to, and a quarantined version is never left active.
                 ledger.deactivate()

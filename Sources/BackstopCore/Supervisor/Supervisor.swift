@@ -372,12 +372,7 @@ public actor Supervisor {
         guard !shuttingDown else { throw .shuttingDown }
         // A reload removed the agent meanwhile: its files stay in the store, adopted as staged if it returns.
         guard slots[agent] != nil else { throw .noSuchAgent(agent) }
-        slots[agent]!.policy.staged(record)
-        persist(agent)
-        apply([.record(Decision(
-            .contentStaged, agent: agent, version: record.id,
-            message: "Staged content \(record.id) for agent \(agent): \(record.fileCount == 1 ? "1 file" : "\(record.fileCount) files"), \(record.totalBytes) bytes, sha256 \(record.digest.prefix(16))."))],
-            to: agent)
+        apply(slots[agent]!.policy.staged(record), to: agent)
         if activate { try await self.activate(agent: agent, version: record.id) }
         return record
     }
@@ -861,14 +856,15 @@ public actor Supervisor {
                 slots[name]!.timers.removeValue(forKey: timer)?.cancel()
             case .record(let decision):
                 record(decision)
-                if [.contentStaged, .contentPromoted, .contentQuarantined].contains(decision.event) {
-                    Task { await self.collectGarbage(name) }
-                }
-                if decision.event == .agentReady { startBootHealthTimer(name) }
-                if decision.event == .agentStarted, bootLog.markStarted(name, in: bootID) { saveBootLog() }
                 if decision.event == .agentStarted, let version = decision.version, slots[name]!.policy.ledger.candidate == version {
                     synchronizeJournal(before: "agent \(name) runs candidate content \(version)")
                 }
+            case .collectGarbage:
+                Task { await self.collectGarbage(name) }
+            case .markStartedThisBoot:
+                if bootLog.markStarted(name, in: bootID) { saveBootLog() }
+            case .startBootHealthClock:
+                startBootHealthTimer(name)
             case .probe(let probe, let timeoutSeconds):
                 runProbe(name, probe, timeoutSeconds: timeoutSeconds)
             }
