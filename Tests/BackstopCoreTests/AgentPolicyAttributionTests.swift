@@ -48,7 +48,7 @@ struct FailureAttributionTests {
         var now = 0.0
         for _ in 0..<10 {
             policy.startAndBecomeReady(at: now)
-            let actions = policy.agentExited(termination, at: moment(now + 2))
+            let actions = policy.handle(.agentExited(termination), at: moment(now + 2))
             #expect(actions.decision(.agentExited)?.reason == reason.rawValue)
             #expect(actions.decision(.agentExited)?.failures == nil, "not counted")
             #expect(!actions.events.contains(.crashLoop))
@@ -70,7 +70,7 @@ struct FailureAttributionTests {
         var now = 0.0
         for termination in [Termination.exited(code: 143), .signaled(signal: SIGTERM), .exited(code: 143)] {
             policy.startAndBecomeReady(at: now)
-            let actions = policy.agentExited(termination, at: moment(now + 2))
+            let actions = policy.handle(.agentExited(termination), at: moment(now + 2))
             #expect(actions.decision(.agentExited)?.reason == FailureReason.cleanExit.rawValue, "\(termination)")
             #expect(actions.decision(.agentExited)?.failures == nil, "not counted")
             now = policy.timers[.restart]!
@@ -78,7 +78,7 @@ struct FailureAttributionTests {
         }
         #expect(policy.ledger.quarantined.isEmpty && policy.countedFailures(at: moment(now)).isEmpty)
         policy.startAndBecomeReady(at: now)
-        #expect(policy.agentExited(.exited(code: 1), at: moment(now + 2)).decision(.agentExited)?.failures == 1, "exit 1 still counts")
+        #expect(policy.handle(.agentExited(.exited(code: 1)), at: moment(now + 2)).decision(.agentExited)?.failures == 1, "exit 1 still counts")
         #expect(FailureReason.classify(.exited(code: 143), oomKilled: false, survivorsRemain: false) == .exited, "without the setting")
         let withKill = SuccessExitStatus(signals: [SIGKILL])
         #expect(FailureReason.classify(.signaled(signal: SIGKILL), oomKilled: true, survivorsRemain: false, successExitStatus: withKill) == .oomKilled,
@@ -104,7 +104,7 @@ struct FailureAttributionTests {
         var now = 0.0
         for _ in 0..<3 {
             policy.startAndBecomeReady(at: now)
-            events += policy.agentExited(.exited(code: 0), at: moment(now + 2)).events
+            events += policy.handle(.agentExited(.exited(code: 0)), at: moment(now + 2)).events
             guard policy.phase == .backoff else { break }
             now = policy.timers[.restart]!
             policy.fireRestart()
@@ -117,7 +117,7 @@ struct FailureAttributionTests {
     func oomKilledCounts() throws {
         var policy = try candidatePolicy(policySettings(threshold: 1))
         policy.startAndBecomeReady(at: 0)
-        let actions = policy.agentExited(.signaled(signal: SIGKILL), oomKill: .machine, at: moment(5))
+        let actions = policy.handle(.agentExited(.signaled(signal: SIGKILL), oomKill: .machine), at: moment(5))
         let exit = try #require(actions.decision(.agentExited))
         #expect(exit.reason == "oom-killed")
         #expect(exit.failures == 1)
@@ -130,7 +130,7 @@ struct FailureAttributionTests {
     func memoryLimitCountsAgainstACandidate() throws {
         var policy = try candidatePolicy(policySettings(threshold: 1))
         policy.startAndBecomeReady(at: 0)
-        let actions = policy.agentExited(.signaled(signal: SIGKILL), oomKill: .memoryMax(bytes: 64 << 20), at: moment(5))
+        let actions = policy.handle(.agentExited(.signaled(signal: SIGKILL), oomKill: .memoryMax(bytes: 64 << 20)), at: moment(5))
         let exit = try #require(actions.decision(.agentExited))
         #expect(exit.reason == "memory-limit")
         #expect(exit.failures == 1)
@@ -145,10 +145,10 @@ struct FailureAttributionTests {
         for ledger in [makeLedger(knownGood: ["v1"], active: "v1"), makeLedger(staged: ["v1"], active: "v1")] {
             var policy = AgentPolicy(settings: policySettings(threshold: 1), ledger: ledger)
             var now = 0.0
-            _ = policy.begin(restartDueMonotonicSeconds: nil, at: moment(now))
+            _ = policy.handle(.begin(restartDueMonotonicSeconds: nil), at: moment(now))
             for _ in 0..<5 {
                 policy.startAndBecomeReady(at: now)
-                let actions = policy.agentExited(.signaled(signal: SIGKILL), oomKill: .memoryMax(bytes: 64 << 20), at: moment(now + 2))
+                let actions = policy.handle(.agentExited(.signaled(signal: SIGKILL), oomKill: .memoryMax(bytes: 64 << 20)), at: moment(now + 2))
                 let exit = try #require(actions.decision(.agentExited))
                 #expect(exit.reason == "memory-limit")
                 #expect(exit.failures == nil, "not counted")
@@ -159,7 +159,7 @@ struct FailureAttributionTests {
                 policy.fireRestart()
             }
             #expect(policy.ledger.quarantined.isEmpty)
-            #expect(policy.phase == .starting, "still started again, never given up")
+            #expect(policy.phase.isStarting, "still started again, never given up")
         }
     }
 
@@ -167,12 +167,12 @@ struct FailureAttributionTests {
     func rlimitOnlyFailuresNameTheLimit() throws {
         var policy = try candidatePolicy(policySettings(threshold: 3))
         policy.startAndBecomeReady(at: 0)
-        let crashed = try #require(policy.agentExited(.exited(code: 1), memoryRlimitBytes: 64 << 20, at: moment(5)).decision(.agentExited))
+        let crashed = try #require(policy.handle(.agentExited(.exited(code: 1), memoryRlimitBytes: 64 << 20), at: moment(5)).decision(.agentExited))
         #expect(crashed.reason == "exited")
         #expect(crashed.message.contains("memory_max 64M holds this agent only as RLIMIT_DATA"), "\(crashed.message)")
         policy.fireRestart()
         policy.startAndBecomeReady(at: 10)
-        let killed = try #require(policy.agentExited(.signaled(signal: SIGTERM), memoryRlimitBytes: 64 << 20, at: moment(15)).decision(.agentExited))
+        let killed = try #require(policy.handle(.agentExited(.signaled(signal: SIGTERM), memoryRlimitBytes: 64 << 20), at: moment(15)).decision(.agentExited))
         #expect(killed.reason == "killed-externally")
         #expect(!killed.message.contains("memory_max"))
     }
@@ -181,7 +181,7 @@ struct FailureAttributionTests {
     func execFailedNeverRollsBack() throws {
         var policy = try candidatePolicy(policySettings(threshold: 1))
         for _ in 0..<5 {
-            let actions = policy.spawnFailed("/opt/agent: no such executable", at: moment(1))
+            let actions = policy.handle(.spawnFailed("/opt/agent: no such executable"), at: moment(1))
             #expect(actions.decision(.agentExited)?.reason == "exec-failed")
             #expect(actions.decision(.agentExited)?.message.contains("does not blame the content") == true)
             #expect(!actions.events.contains(.rollback))
@@ -196,9 +196,9 @@ struct FailureAttributionTests {
         var settings = policySettings(threshold: 2)
         settings.programIsContent = true
         var policy = try candidatePolicy(settings)
-        _ = policy.spawnFailed("/var/lib/backstop/demo/versions/v2/run: not executable (mode 644)", at: moment(0))
+        _ = policy.handle(.spawnFailed("/var/lib/backstop/demo/versions/v2/run: not executable (mode 644)"), at: moment(0))
         policy.fireRestart()
-        let second = policy.spawnFailed("/var/lib/backstop/demo/versions/v2/run: not executable (mode 644)", at: moment(1))
+        let second = policy.handle(.spawnFailed("/var/lib/backstop/demo/versions/v2/run: not executable (mode 644)"), at: moment(1))
         #expect(second.decision(.agentExited)?.failures == 2)
         #expect(second.decision(.agentExited)?.message.contains("part of content v2") == true)
         #expect(second.events.contains(.rollback))
@@ -212,7 +212,7 @@ struct FailureAttributionTests {
         var now = 0.0
         for index in 0..<60 {
             policy.startAndBecomeReady(at: now)
-            _ = policy.agentExited(index % 30 == 29 ? .signaled(signal: SIGSEGV) : .exited(code: 0), at: moment(now + 2))
+            _ = policy.handle(.agentExited(index % 30 == 29 ? .signaled(signal: SIGSEGV) : .exited(code: 0)), at: moment(now + 2))
             now = policy.timers[.restart]!
             policy.fireRestart()
         }
@@ -225,8 +225,8 @@ struct FailureAttributionTests {
     @Test("a daemonized agent is not started again, nor rolled back, until its background processes are gone")
     func daemonizedWaitsForItsProcesses() throws {
         var policy = try candidatePolicy(policySettings(threshold: 1))
-        _ = policy.agentStarted(pid: 10, at: moment(0))
-        let actions = policy.agentExited(.exited(code: 0), survivors: [11, 12], at: moment(0.2))
+        _ = policy.handle(.agentStarted(pid: 10), at: moment(0))
+        let actions = policy.handle(.agentExited(.exited(code: 0), survivors: [11, 12]), at: moment(0.2))
         let exit = try #require(actions.decision(.agentExited))
         #expect(exit.reason == "daemonized")
         #expect(exit.message.contains("Foreground yes"))
@@ -238,7 +238,7 @@ struct FailureAttributionTests {
         #expect(policy.stateWord == "backoff")
         #expect(policy.degradedReason?.contains("daemonized") == true)
 
-        let gone = policy.backgroundProcessesExited(at: moment(30))
+        let gone = policy.handle(.backgroundProcessesExited, at: moment(30))
         #expect(gone == [.arm(.restart, atMonotonicSeconds: 30.1)])
         #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
         #expect(policy.ledger.candidate == "v2")
@@ -247,13 +247,13 @@ struct FailureAttributionTests {
     @Test("an activation while a daemonized agent runs stops its processes first, then starts the new version")
     func activationStopsDaemonizedProcesses() throws {
         var policy = try candidatePolicy()
-        policy.staged(record("v3"))
-        _ = policy.agentStarted(pid: 10, at: moment(0))
-        _ = policy.agentExited(.exited(code: 0), survivors: [11], at: moment(0.2))
+        _ = policy.staged(record("v3"))
+        _ = policy.handle(.agentStarted(pid: 10), at: moment(0))
+        _ = policy.handle(.agentExited(.exited(code: 0), survivors: [11]), at: moment(0.2))
         let actions = try policy.activate("v3", at: moment(5))
         #expect(actions.contains(.terminate(signal: SIGTERM)))
         #expect(actions.spawns.isEmpty)
-        #expect(policy.backgroundProcessesExited(at: moment(6)) == [.spawn(version: "v3", mode: .normal)])
+        #expect(policy.handle(.backgroundProcessesExited, at: moment(6)) == [.spawn(version: "v3", mode: .normal)])
     }
 }
 
@@ -271,36 +271,36 @@ struct AgentPolicyProbeTests {
     @Test("with ready_check_exec the agent is starting until a check passes; failed checks are retried with growing pauses")
     func readyOnlyAfterCheckPasses() throws {
         var policy = try candidatePolicy(probeSettings())
-        let started = policy.agentStarted(pid: 10, at: moment(0))
+        let started = policy.handle(.agentStarted(pid: 10), at: moment(0))
         #expect(started.deadline(of: .startTimeout) == 30)
         #expect(started.deadline(of: .startedAfter) == nil, "alive for a second is not ready")
-        #expect(policy.timerFired(.readyCheck, deadline: 0, at: moment(0)) == [.probe(.ready, timeoutSeconds: 5)])
+        #expect(policy.handle(.timerFired(.readyCheck, deadline: 0), at: moment(0)) == [.probe(.ready, timeoutSeconds: 5)])
 
         var pauses: [Double] = []
         var now = 0.0
         for _ in 0..<6 {
             now += 0.05
-            let retry = policy.probeFinished(.ready, result: .failed("exit code 1"), at: moment(now))
+            let retry = policy.handle(.probeFinished(.ready, result: .failed("exit code 1")), at: moment(now))
             let next = try #require(retry.deadline(of: .readyCheck))
             pauses.append(next - now)
-            #expect(policy.phase == .starting)
-            #expect(policy.timerFired(.readyCheck, deadline: next, at: moment(next)) == [.probe(.ready, timeoutSeconds: 5)])
+            #expect(policy.phase.isStarting)
+            #expect(policy.handle(.timerFired(.readyCheck, deadline: next), at: moment(next)) == [.probe(.ready, timeoutSeconds: 5)])
             now = next
         }
         #expect(pauses.map { ($0 * 100).rounded() / 100 } == [0.1, 0.2, 0.4, 0.8, 1.6, 2])
-        let ready = policy.probeFinished(.ready, result: .passed, at: moment(now + 0.1))
+        let ready = policy.handle(.probeFinished(.ready, result: .passed), at: moment(now + 0.1))
         #expect(ready.events == [.agentReady])
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(ready.contains(.disarm(.startTimeout)))
     }
 
     @Test("with notify and ready_check_exec both READY=1 and a passing check are needed")
     func notifyAndReadyCheck() throws {
         var policy = try candidatePolicy(probeSettings(notify: true))
-        _ = policy.agentStarted(pid: 10, at: moment(0))
-        #expect(policy.agentReady(at: moment(1)).isEmpty)
-        #expect(policy.phase == .starting)
-        #expect(policy.probeFinished(.ready, result: .passed, at: moment(2)).events == [.agentReady])
+        _ = policy.handle(.agentStarted(pid: 10), at: moment(0))
+        #expect(policy.handle(.agentReady, at: moment(1)).isEmpty)
+        #expect(policy.phase.isStarting)
+        #expect(policy.handle(.probeFinished(.ready, result: .passed), at: moment(2)).events == [.agentReady])
     }
 
     @Test("a candidate whose agent never becomes ready is not promoted: start timeouts crash-loop it")
@@ -309,11 +309,11 @@ struct AgentPolicyProbeTests {
         var events: [EventKind] = []
         var now = 0.0
         for _ in 0..<3 {
-            events += policy.agentStarted(pid: 10, at: moment(now)).events
+            events += policy.handle(.agentStarted(pid: 10), at: moment(now)).events
             let timeout = policy.timers[.startTimeout]!
             // Past the probation length, but never ready.
-            events += policy.timerFired(.startTimeout, deadline: timeout, at: moment(timeout)).events
-            events += policy.agentExited(.signaled(signal: SIGABRT), at: moment(timeout + 1)).events
+            events += policy.handle(.timerFired(.startTimeout, deadline: timeout), at: moment(timeout)).events
+            events += policy.handle(.agentExited(.signaled(signal: SIGABRT)), at: moment(timeout + 1)).events
             guard policy.phase == .backoff else { break }
             now = policy.timers[.restart]!
             policy.fireRestart()
@@ -331,8 +331,8 @@ struct AgentPolicyProbeTests {
         var next = try #require(ready.deadline(of: .healthCheck))
         #expect(next == 11)
         func check(_ passed: Bool) -> [PolicyAction] {
-            #expect(policy.timerFired(.healthCheck, deadline: next, at: moment(next)) == [.probe(.health, timeoutSeconds: 5)])
-            let actions = policy.probeFinished(.health, result: passed ? .passed : .failed("timed out after 5 s and was killed"), at: moment(next + 1))
+            #expect(policy.handle(.timerFired(.healthCheck, deadline: next), at: moment(next)) == [.probe(.health, timeoutSeconds: 5)])
+            let actions = policy.handle(.probeFinished(.health, result: passed ? .passed : .failed("timed out after 5 s and was killed")), at: moment(next + 1))
             next = actions.deadline(of: .healthCheck) ?? next
             return actions
         }
@@ -344,7 +344,7 @@ struct AgentPolicyProbeTests {
         #expect(hung.reason == "health-check")
         #expect(hung.message.contains("timed out after 5 s"))
         #expect(failed.contains(.terminate(signal: SIGTERM)))
-        let exit = policy.agentExited(.signaled(signal: SIGTERM), at: moment(next + 2))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(next + 2))
         #expect(exit.decision(.agentExited)?.reason == "health-check")
         #expect(exit.decision(.agentExited)?.failures == 1)
     }
@@ -354,15 +354,15 @@ struct AgentPolicyProbeTests {
         var policy = try candidatePolicy(probeSettings(readyCheck: false, healthInterval: 50))
         let ready = policy.startAndBecomeReady(at: 0)
         let probation = try #require(ready.deadline(of: .probation))
-        _ = policy.timerFired(.healthCheck, deadline: 51, at: moment(51))
-        _ = policy.probeFinished(.health, result: .failed("exit code 1"), at: moment(52))
-        let deferred = policy.timerFired(.probation, deadline: probation, at: moment(probation))
+        _ = policy.handle(.timerFired(.healthCheck, deadline: 51), at: moment(51))
+        _ = policy.handle(.probeFinished(.health, result: .failed("exit code 1")), at: moment(52))
+        let deferred = policy.handle(.timerFired(.probation, deadline: probation), at: moment(probation))
         #expect(deferred.events.isEmpty)
         #expect(policy.ledger.candidate == "v2")
-        _ = policy.timerFired(.healthCheck, deadline: 102, at: moment(102))
-        _ = policy.probeFinished(.health, result: .passed, at: moment(103))
+        _ = policy.handle(.timerFired(.healthCheck, deadline: 102), at: moment(102))
+        _ = policy.handle(.probeFinished(.health, result: .passed), at: moment(103))
         let later = try #require(deferred.deadline(of: .probation))
-        #expect(policy.timerFired(.probation, deadline: later, at: moment(later)).events == [.contentPromoted])
+        #expect(policy.handle(.timerFired(.probation, deadline: later), at: moment(later)).events == [.contentPromoted])
     }
 
     @Test("a ready check that cannot run stops the agent as exec-failed, a configuration error even when the program is content")
@@ -371,11 +371,11 @@ struct AgentPolicyProbeTests {
         settings.programIsContent = true
         settings.failureThreshold = 1
         var policy = try candidatePolicy(settings)
-        _ = policy.agentStarted(pid: 10, at: moment(0))
-        let stop = policy.probeFinished(.ready, result: .couldNotRun("/opt/check: no such file"), at: moment(0.1))
+        _ = policy.handle(.agentStarted(pid: 10), at: moment(0))
+        let stop = policy.handle(.probeFinished(.ready, result: .couldNotRun("/opt/check: no such file")), at: moment(0.1))
         #expect(stop.contains(.terminate(signal: SIGTERM)))
         #expect(stop.deadline(of: .startTimeout) == nil)
-        let exit = policy.agentExited(.signaled(signal: SIGTERM), at: moment(0.2))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(0.2))
         #expect(exit.decision(.agentExited)?.reason == "exec-failed")
         #expect(exit.decision(.agentExited)?.failures == nil, "not counted")
         #expect(!exit.events.contains(.crashLoop))
@@ -387,8 +387,8 @@ struct AgentPolicyProbeTests {
     @Test("a reason the runner knows (systemd's start timeout) wins over the signal that ended the agent")
     func knownReason() throws {
         var policy = try candidatePolicy(probeSettings(readyCheck: false))
-        _ = policy.agentStarted(pid: 10, at: moment(0))
-        let exit = policy.agentExited(.signaled(signal: SIGTERM), reason: .startTimeout, at: moment(5))
+        _ = policy.handle(.agentStarted(pid: 10), at: moment(0))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGTERM), reason: .startTimeout), at: moment(5))
         #expect(exit.decision(.agentExited)?.reason == "start-timeout")
         #expect(exit.decision(.agentExited)?.failures == 1, "counted against the content, unlike killed-externally")
     }
@@ -399,19 +399,19 @@ struct AgentPolicyProbeTests {
         policy.startAndBecomeReady(at: 0)
         for check in 0..<5 {
             let at = 11 + Double(check) * 10
-            let next = policy.probeFinished(.health, result: .couldNotRun("/opt/check: no such file"), at: moment(at))
+            let next = policy.handle(.probeFinished(.health, result: .couldNotRun("/opt/check: no such file")), at: moment(at))
             #expect(next == [.arm(.healthCheck, atMonotonicSeconds: at + 10)])
         }
-        #expect(policy.phase == .running)
-        #expect(policy.healthCheckFailuresInARow == 0)
+        #expect(policy.phase.isRunning)
+        #expect(policy.phase == .running(ReadyRun(healthCheckFailuresInARow: 0)))
     }
 
     @Test("results of probes of an earlier run are ignored")
     func staleProbeResults() throws {
         var policy = try candidatePolicy(probeSettings())
-        _ = policy.agentStarted(pid: 10, at: moment(0))
-        _ = policy.agentExited(.signaled(signal: SIGSEGV), at: moment(1))
-        #expect(policy.probeFinished(.ready, result: .passed, at: moment(1.5)).isEmpty)
+        _ = policy.handle(.agentStarted(pid: 10), at: moment(0))
+        _ = policy.handle(.agentExited(.signaled(signal: SIGSEGV)), at: moment(1))
+        #expect(policy.handle(.probeFinished(.ready, result: .passed), at: moment(1.5)).isEmpty)
         #expect(policy.phase == .backoff)
     }
 }
@@ -433,7 +433,7 @@ struct AgentPolicyOperatorTests {
         #expect(actions.decision(.crashLoop)?.reason == "rollback-did-not-help")
         #expect(actions.decision(.safeMode)?.reason == "rollback-did-not-help")
         #expect(actions.last == .spawn(version: "v1", mode: .safeMode))
-        #expect(policy.rollbackDidNotHelp)
+        #expect(policy.escalationState.rollbackDidNotHelp)
         #expect(policy.degradedReason == "in safe mode: rolling back did not help, the agent fails the same way on known-good content; evidence: 3 failures within 120 s on content v1 (crashed SIGSEGV)")
         #expect(policy.currentEscalation?.reason == .rollbackDidNotHelp)
         #expect(policy.ledger.active == "v1")
@@ -448,8 +448,8 @@ struct AgentPolicyOperatorTests {
         #expect(restored.degradedReason == "given up: it crash-loops in safe mode as well; evidence: 3 failures within 120 s on content v1 in safe mode (crashed SIGSEGV)")
         #expect(restored.currentEscalation?.step == .givenUp)
         #expect(restored.currentEscalation?.reason == .safeModeCrashLoops)
-        _ = restored.resetFailed(at: moment(now))
-        #expect(!restored.rollbackDidNotHelp)
+        _ = restored.handle(.resetFailed, at: moment(now))
+        #expect(!restored.escalationState.rollbackDidNotHelp)
         #expect(restored.currentEscalation == nil)
         #expect(restored.degradedReason == nil)
     }
@@ -459,26 +459,26 @@ struct AgentPolicyOperatorTests {
         var policy = try candidatePolicy()
         policy.startAndCrash(at: 0)
         let restart = try #require(policy.timers[.restart])
-        let stop = policy.stop(at: moment(0.55))
+        let stop = policy.handle(.stop, at: moment(0.55))
         #expect(stop == [.disarm(.restart)])
         #expect(policy.phase == .stopped)
-        #expect(policy.timerFired(.restart, deadline: restart, at: moment(restart)).isEmpty)
+        #expect(policy.handle(.timerFired(.restart, deadline: restart), at: moment(restart)).isEmpty)
         #expect(!policy.isDegraded, "an operator stop is intended")
-        #expect(policy.begin(at: moment(1)).isEmpty, "a daemon restart keeps it stopped")
+        #expect(policy.handle(.begin(), at: moment(1)).isEmpty, "a daemon restart keeps it stopped")
 
         var restored = AgentPolicy(settings: policy.settings)
         restored.restore(from: policy.stateFile(bootID: "b", at: moment(1)), currentBootID: "c")
-        #expect(restored.begin(at: moment(1)).isEmpty, "so does a reboot")
-        #expect(restored.start(at: moment(2)) == [.spawn(version: "v2", mode: .normal)])
+        #expect(restored.handle(.begin(), at: moment(1)).isEmpty, "so does a reboot")
+        #expect(restored.handle(.start, at: moment(2)) == [.spawn(version: "v2", mode: .normal)])
     }
 
     @Test("stop while running terminates the agent; its exit is expected and leaves it stopped")
     func stopWhileRunning() throws {
         var policy = try candidatePolicy()
         policy.startAndBecomeReady(at: 0)
-        #expect(policy.stop(at: moment(5)).contains(.terminate(signal: SIGTERM)))
+        #expect(policy.handle(.stop, at: moment(5)).contains(.terminate(signal: SIGTERM)))
         #expect(policy.stateWord == "stopped")
-        let exit = policy.agentExited(.signaled(signal: SIGTERM), at: moment(6))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(6))
         #expect(exit.decision(.agentExited)?.reason == nil)
         #expect(exit.spawns.isEmpty)
         #expect(policy.phase == .stopped)
@@ -501,34 +501,34 @@ struct AgentPolicyOperatorTests {
     func activateWhileStopped() throws {
         var policy = try candidatePolicy()
         policy.startAndBecomeReady(at: 0)
-        _ = policy.stop(at: moment(5))
-        _ = policy.agentExited(.signaled(signal: SIGTERM), at: moment(6))
+        _ = policy.handle(.stop, at: moment(5))
+        _ = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(6))
         let rollback = try policy.rollback(to: nil, at: moment(7))
         #expect(rollback.contains(.switchContent(version: "v1")))
         #expect(rollback.spawns.isEmpty)
-        #expect(policy.start(at: moment(8)) == [.spawn(version: "v1", mode: .normal)])
+        #expect(policy.handle(.start, at: moment(8)) == [.spawn(version: "v1", mode: .normal)])
     }
 
     @Test("requests during backoff apply at once and in order: activate, then stop, then start")
     func commandsDuringBackoff() throws {
         var policy = try candidatePolicy()
-        policy.staged(record("v3"))
+        _ = policy.staged(record("v3"))
         policy.startAndCrash(at: 0)
         #expect(policy.phase == .backoff)
         let activate = try policy.activate("v3", at: moment(0.52))
         #expect(activate.contains(.disarm(.restart)))
         #expect(activate.spawns == [.spawn(version: "v3", mode: .normal)])
-        _ = policy.stop(at: moment(0.53))
+        _ = policy.handle(.stop, at: moment(0.53))
         #expect(policy.isStopping)
         // The process of the v3 start comes up after the stop: it is stopped, not left running,
         // and recorded as started, so that its exit does not stand alone in the log.
-        let started = policy.agentStarted(pid: 20, at: moment(0.54))
+        let started = policy.handle(.agentStarted(pid: 20), at: moment(0.54))
         #expect(started.decision(.agentStarted)?.version == "v3")
         #expect(started.contains(.terminate(signal: SIGTERM)))
         #expect(started.deadline(of: .startedAfter) == nil, "no run timers for a run that is ending")
-        #expect(policy.agentExited(.signaled(signal: SIGTERM), at: moment(0.6)).spawns.isEmpty)
+        #expect(policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(0.6)).spawns.isEmpty)
         #expect(policy.phase == .stopped)
-        #expect(policy.start(at: moment(1)) == [.spawn(version: "v3", mode: .normal)])
+        #expect(policy.handle(.start, at: moment(1)) == [.spawn(version: "v3", mode: .normal)])
         #expect(policy.ledger.active == "v3")
     }
 
@@ -536,6 +536,6 @@ struct AgentPolicyOperatorTests {
     func startDuringBackoff() throws {
         var policy = try candidatePolicy()
         policy.startAndCrash(at: 0)
-        #expect(policy.start(at: moment(0.51)) == [.disarm(.restart), .spawn(version: "v2", mode: .normal)])
+        #expect(policy.handle(.start, at: moment(0.51)) == [.disarm(.restart), .spawn(version: "v2", mode: .normal)])
     }
 }

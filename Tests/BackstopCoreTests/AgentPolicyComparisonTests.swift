@@ -14,14 +14,14 @@ struct AgentPolicyComparisonTests {
     /// The agent starts at `seconds` and exits 1 at once, its output showing `obstacle`.
     @discardableResult
     func startAndExit(_ policy: inout AgentPolicy, at seconds: Double, obstacle: SandboxObstacle?) -> [PolicyAction] {
-        policy.agentStarted(pid: 77, at: moment(seconds))
-            + policy.agentExited(.exited(code: 1), obstacle: obstacle, at: moment(seconds + 0.2))
+        policy.handle(.agentStarted(pid: 77), at: moment(seconds))
+            + policy.handle(.agentExited(.exited(code: 1), obstacle: obstacle), at: moment(seconds + 0.2))
     }
 
     @Test("a fork refused for the process limit on known-good content is restart only; on a candidate with a known-good version it counts")
     func processLimitOnKnownGood() throws {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         var actions: [PolicyAction] = []
         var now: Double = 0
         for _ in 0..<5 {
@@ -34,7 +34,7 @@ struct AgentPolicyComparisonTests {
         #expect(policy.ledger.active == "v1")
 
         policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v2"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         actions = []
         now = 0
         for _ in 0..<3 {
@@ -79,10 +79,10 @@ struct AgentPolicyComparisonTests {
         #expect(loop.message.contains("read_write_paths") && loop.message.contains("backstopctl sandbox demo"))
         // Every exit says what the output showed.
         #expect(actions.decision(.agentExited)?.message.contains("read-only file system (EROFS)") == true)
-        #expect(policy.failures.last?.obstacle == .readOnlyFileSystem)
+        #expect(policy.escalationState.failures.last?.obstacle == .readOnlyFileSystem)
 
         // Status: degraded, with the reason and the setting.
-        let failing = try #require(policy.firstContentFailure)
+        let failing = try #require(policy.escalationState.firstContentFailure)
         #expect(failing.version == "v1" && failing.failure == "exited" && failing.obstacle == .readOnlyFileSystem)
         #expect(policy.isDegraded)
         let reason = try #require(policy.degradedReason)
@@ -95,7 +95,7 @@ struct AgentPolicyComparisonTests {
         // Kept in the state file across a daemon restart.
         var restored = AgentPolicy(settings: policy.settings)
         restored.restore(from: policy.stateFile(bootID: "b", at: moment(now)), currentBootID: "b")
-        #expect(restored.firstContentFailure == failing)
+        #expect(restored.escalationState.firstContentFailure == failing)
     }
 
     @Test("another failure or obstacle is reported again; nothing in the output reports no setting")
@@ -115,25 +115,25 @@ struct AgentPolicyComparisonTests {
         #expect(loops.count == 2)
         #expect(loops.first?.message.contains("backstopctl sandbox") == false, "no obstacle, no setting named")
         #expect(loops.last?.message.contains("tasks_max") == true)
-        #expect(policy.firstContentFailure?.obstacle == .processLimit)
-        #expect(policy.firstContentFailure?.since == moment(0.2 + 80).wall, "since the first crash loop, not the last")
+        #expect(policy.escalationState.firstContentFailure?.obstacle == .processLimit)
+        #expect(policy.escalationState.firstContentFailure?.since == moment(0.2 + 80).wall, "since the first crash loop, not the last")
     }
 
     @Test("once the sandbox is fixed the first content runs, passes probation and the report clears")
     func fixedSandboxBringsItUp() throws {
         var policy = try firstContentPolicy(policySettings(probationSeconds: 100, restartDelayMaxSeconds: 30))
         let (_, now) = policy.crashUntilCrashLoop(from: 0)
-        #expect(policy.firstContentFailure != nil)
-        #expect(policy.phase == .starting, "restarted after the crash loop")
+        #expect(policy.escalationState.firstContentFailure != nil)
+        #expect(policy.phase.isStarting, "restarted after the crash loop")
         let ready = policy.startAndBecomeReady(at: now)
         #expect(ready.events.contains(.agentReady))
-        #expect(policy.firstContentFailure != nil, "one start is no healthy run yet")
+        #expect(policy.escalationState.firstContentFailure != nil, "one start is no healthy run yet")
         let reset = try #require(policy.timers[.backoffReset])
-        _ = policy.timerFired(.backoffReset, deadline: reset, at: moment(reset))
-        #expect(policy.firstContentFailure == nil, "a healthy run of restart_delay_max_sec clears it")
+        _ = policy.handle(.timerFired(.backoffReset, deadline: reset), at: moment(reset))
+        #expect(policy.escalationState.firstContentFailure == nil, "a healthy run of restart_delay_max_sec clears it")
         #expect(!policy.isDegraded)
         let probation = try #require(policy.timers[.probation])
-        #expect(policy.timerFired(.probation, deadline: probation, at: moment(probation)).events == [.contentPromoted])
+        #expect(policy.handle(.timerFired(.probation, deadline: probation), at: moment(probation)).events == [.contentPromoted])
         #expect(policy.ledger.knownGood == "v1")
     }
 
@@ -145,18 +145,18 @@ struct AgentPolicyComparisonTests {
 
         // The operator stages a version that works: it runs through probation.
         _ = try policy.activate("v2", at: moment(now))
-        _ = policy.agentExited(.signaled(signal: SIGTERM), at: moment(now))
-        #expect(policy.firstContentFailure == nil)
+        _ = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(now))
+        #expect(policy.escalationState.firstContentFailure == nil)
         #expect(policy.ledger.record("v1")?.standing == .staged)
         policy.startAndBecomeReady(at: now)
         let probation = try #require(policy.timers[.probation])
-        _ = policy.timerFired(.probation, deadline: probation, at: moment(probation))
+        _ = policy.handle(.timerFired(.probation, deadline: probation), at: moment(probation))
         #expect(policy.ledger.knownGood == "v2")
         now = probation + 1
 
         // v1 again: now there is a comparison, and the crash loop is a verdict.
         _ = try policy.activate("v1", at: moment(now))
-        _ = policy.agentExited(.signaled(signal: SIGTERM), at: moment(now))
+        _ = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(now))
         var actions: [PolicyAction] = []
         for _ in 0..<3 {
             actions += startAndExit(&policy, at: now, obstacle: .readOnlyFileSystem)
@@ -167,7 +167,7 @@ struct AgentPolicyComparisonTests {
         #expect(actions.decision(.contentQuarantined)?.version == "v1")
         #expect(actions.decision(.rollback)?.version == "v2")
         #expect(policy.ledger.quarantined == ["v1"])
-        #expect(policy.firstContentFailure == nil)
+        #expect(policy.escalationState.firstContentFailure == nil)
     }
 
     @Test("a failed preflight is a verdict only against a control that passed")
@@ -182,7 +182,7 @@ struct AgentPolicyComparisonTests {
 
         // The control failed too: the preflight cannot judge the agent here.
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         let failed = policy.preflightFailed(
             "v2", reason: .exited, detail: "exit code 1", control: .failed(version: "v1", detail: "exit code 1", obstacle: .network), at: moment(2))
         #expect(failed.events == [.preflightFailed])

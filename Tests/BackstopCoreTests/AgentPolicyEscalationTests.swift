@@ -21,15 +21,15 @@ struct AgentPolicyEscalationTests {
         #expect(switchIndex < spawnIndex)
         #expect(spawnIndex == actions.count - 1)
 
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
         #expect(policy.ledger.active == "v1")
         #expect(policy.ledger.quarantined == ["v2"])
         #expect(policy.ledger.record("v2")?.quarantineReason == "crash-loop")
         #expect(policy.lastRollback?.from == "v2")
         #expect(policy.lastRollback?.to == "v1")
-        #expect(policy.lastRollback?.reason == "crash-loop")
-        #expect(policy.failures.isEmpty)
-        #expect(policy.consecutiveFailures == 0)
+        #expect(policy.lastRollback?.reason == .crashLoop)
+        #expect(policy.escalationState.failures.isEmpty)
+        #expect(policy.escalationState.consecutiveFailures == 0)
         #expect(policy.isDegraded)
 
         #expect(throws: PolicyError.versionQuarantined("v2")) { try policy.activate("v2", at: moment(end)) }
@@ -71,7 +71,7 @@ struct AgentPolicyEscalationTests {
         #expect(actions.after(.crashLoop).spawns.isEmpty)
         #expect(policy.phase == .givenUp)
         #expect(policy.isDegraded)
-        #expect(policy.begin(at: moment(now)).isEmpty, "a given-up agent waits for an operator")
+        #expect(policy.handle(.begin(), at: moment(now)).isEmpty, "a given-up agent waits for an operator")
     }
 
     @Test("without safe_mode_exec the ladder ends in a safe-mode decision and then gives up")
@@ -95,7 +95,7 @@ struct AgentPolicyEscalationTests {
     func firstVersionCrashLoop(safeModeExec: Bool) throws {
         var policy = AgentPolicy(
             settings: policySettings(safeModeExec: safeModeExec), ledger: makeLedger(staged: ["v1"]))
-        #expect(policy.begin(at: moment(0)).isEmpty, "nothing to run before the first activation")
+        #expect(policy.handle(.begin(), at: moment(0)).isEmpty, "nothing to run before the first activation")
         #expect(policy.phase == .stopped)
         _ = try policy.activate("v1", at: moment(0))
         #expect(policy.ledger.candidate == "v1")
@@ -104,7 +104,7 @@ struct AgentPolicyEscalationTests {
         #expect(actions.decision(.crashLoop)?.reason == "no-comparison")
         #expect(!actions.events.contains(.contentQuarantined) && !actions.events.contains(.rollback))
         #expect(!actions.events.contains(.safeMode) && !actions.events.contains(.gaveUp))
-        #expect(policy.phase == .starting, "restarted after its backoff")
+        #expect(policy.phase.isStarting, "restarted after its backoff")
         #expect(policy.mode == .normal)
         #expect(policy.ledger.candidate == "v1")
         #expect(policy.ledger.quarantined.isEmpty)
@@ -115,18 +115,18 @@ struct AgentPolicyEscalationTests {
         var policy = AgentPolicy(
             settings: policySettings(safeModeExec: true),
             ledger: makeLedger(knownGood: ["v1"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         var (_, now) = policy.crashUntilCrashLoop(from: 0)  // known-good crash loop: safe mode
         #expect(policy.mode == .safeMode)
         (_, now) = policy.crashUntilCrashLoop(from: now)  // crash loop in safe mode: give up
         #expect(policy.phase == .givenUp)
 
-        let actions = policy.resetFailed(at: moment(now + 10))
+        let actions = policy.handle(.resetFailed, at: moment(now + 10))
         #expect(actions == [.spawn(version: "v1", mode: .normal)])
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
         #expect(policy.mode == .normal)
-        #expect(policy.failures.isEmpty)
-        #expect(policy.escalationTried.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
+        #expect(policy.escalationState.escalationTried.isEmpty)
         policy.startAndBecomeReady(at: now + 10)
         #expect(!policy.isDegraded)
     }
@@ -136,16 +136,16 @@ struct AgentPolicyEscalationTests {
         var policy = AgentPolicy(
             settings: policySettings(safeModeExec: true),
             ledger: makeLedger(knownGood: ["v1"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         let (_, now) = policy.crashUntilCrashLoop(from: 0)
         policy.startAndBecomeReady(at: now)
         #expect(policy.mode == .safeMode)
         #expect(policy.isDegraded)
 
-        let actions = policy.resetFailed(at: moment(now + 10))
+        let actions = policy.handle(.resetFailed, at: moment(now + 10))
         #expect(actions.last == .terminate(signal: SIGTERM))
         #expect(policy.phase == .stopping(.restart))
-        let exit = policy.agentExited(.signaled(signal: SIGTERM), at: moment(now + 11))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(now + 11))
         #expect(exit.spawns == [.spawn(version: "v1", mode: .normal)])
     }
 
@@ -154,20 +154,20 @@ struct AgentPolicyEscalationTests {
         var policy = try candidatePolicy()
         policy.startAndBecomeReady(at: 0)
         #expect(!policy.isDegraded, "a healthy candidate is not degraded")
-        _ = policy.agentExited(.signaled(signal: SIGSEGV), at: moment(10))
+        _ = policy.handle(.agentExited(.signaled(signal: SIGSEGV)), at: moment(10))
         #expect(policy.isDegraded, "backoff is degraded")
         policy.fireRestart()
 
         let (_, now) = policy.crashUntilCrashLoop(from: 20)
         policy.startAndBecomeReady(at: now)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(policy.mode == .normal)
         #expect(policy.ledger.active == "v1")
         #expect(policy.isDegraded, "rolled back since the last reset-failed")
 
-        #expect(policy.resetFailed(at: moment(now + 100)).isEmpty, "a running agent is left running")
+        #expect(policy.handle(.resetFailed, at: moment(now + 100)).isEmpty, "a running agent is left running")
         #expect(!policy.isDegraded)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(policy.ledger.quarantined == ["v2"], "reset-failed keeps the quarantine")
     }
 
@@ -194,7 +194,7 @@ struct AgentPolicyEscalationTests {
     @Test("a corrupt active candidate is quarantined and rolled back to known-good")
     func activeContentCorrupt() throws {
         var policy = try candidatePolicy()
-        let actions = policy.activeContentCorrupt("file a.txt changed", at: moment(5))
+        let actions = policy.handle(.activeContentCorrupt("file a.txt changed"), at: moment(5))
         #expect(actions.events == [.contentQuarantined, .rollback])
         #expect(actions.contains(.switchContent(version: "v1")))
         #expect(policy.ledger.active == "v1")

@@ -12,20 +12,20 @@ struct AgentPolicyProbationTests {
         #expect(deadline == 601)
         #expect(policy.probationElapsedSeconds(at: moment(301)) == 300)
 
-        let promoted = policy.timerFired(.probation, deadline: deadline, at: moment(deadline))
+        let promoted = policy.handle(.timerFired(.probation, deadline: deadline), at: moment(deadline))
         #expect(promoted.events == [.contentPromoted])
         #expect(promoted.decision(.contentPromoted)?.version == "v2")
         #expect(policy.ledger.candidate == nil)
         #expect(policy.ledger.knownGood == "v2")
         #expect(policy.ledger.knownGoodNewestFirst == ["v2", "v1"])
         #expect(policy.ledger.record("v2")?.promotedAt == moment(601).wall)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
     }
 
     @Test("a failed preflight quarantines a staged version without touching what runs; other standings are left alone")
     func preflightFailedQuarantines() throws {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         _ = policy.startAndBecomeReady(at: 0)
         let actions = policy.preflightFailed("v2", reason: .crashed, detail: "signal SIGSEGV", control: .passed(version: "v1"), at: moment(5))
         #expect(actions.events == [.preflightFailed, .contentQuarantined])
@@ -34,7 +34,7 @@ struct AgentPolicyProbationTests {
         #expect(policy.lastPreflightFailure?.verdict == .quarantined)
         #expect(actions.decision(.contentQuarantined)?.reason == "preflight-failed")
         #expect(policy.ledger.record("v2")?.standing == .quarantined)
-        #expect(policy.ledger.active == "v1" && policy.phase == .running)
+        #expect(policy.ledger.active == "v1" && policy.phase.isRunning)
         #expect(!actions.contains { if case .spawn = $0 { true } else if case .terminate = $0 { true } else { false } })
         #expect(policy.preflightFailed("v1", reason: .crashed, detail: "", control: .passed(version: "v1"), at: moment(6)).isEmpty, "a known-good version is never quarantined by a preflight")
         #expect(policy.ledger.record("v1")?.standing == .knownGood)
@@ -43,7 +43,7 @@ struct AgentPolicyProbationTests {
     @Test("a known-good version runs without probation")
     func noProbationForKnownGood() throws {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         let ready = policy.startAndBecomeReady(at: 0)
         #expect(ready.deadline(of: .probation) == nil)
     }
@@ -55,9 +55,9 @@ struct AgentPolicyProbationTests {
         let probation = try #require(ready.deadline(of: .probation))
         let watchdog = try #require(ready.deadline(of: .watchdog))
         // The agent hangs; before its exit is reaped the probation deadline passes.
-        _ = policy.timerFired(.watchdog, deadline: watchdog, at: moment(watchdog))
+        _ = policy.handle(.timerFired(.watchdog, deadline: watchdog), at: moment(watchdog))
         #expect(policy.phase == .stopping(.failure(.hung)))
-        #expect(policy.timerFired(.probation, deadline: probation, at: moment(probation)).isEmpty)
+        #expect(policy.handle(.timerFired(.probation, deadline: probation), at: moment(probation)).isEmpty)
         #expect(policy.ledger.candidate == "v2")
         #expect(policy.ledger.knownGood == "v1")
     }
@@ -67,7 +67,7 @@ struct AgentPolicyProbationTests {
         var policy = try candidatePolicy(policySettings(probationSeconds: 600))
         policy.startAndBecomeReady(at: 0)  // ready at 1
         #expect(policy.probationElapsedSeconds(at: moment(301)) == 300)
-        let crash = policy.agentExited(.signaled(signal: SIGSEGV), at: moment(301))
+        let crash = policy.handle(.agentExited(.signaled(signal: SIGSEGV)), at: moment(301))
         #expect(crash.contains(.disarm(.probation)))
         #expect(policy.probationBankedSeconds == 0)
         #expect(policy.probationElapsedSeconds(at: moment(400)) == 0)
@@ -81,24 +81,24 @@ struct AgentPolicyProbationTests {
     func probationBankedAcrossShutdown() throws {
         var policy = try candidatePolicy(policySettings(probationSeconds: 600))
         policy.startAndBecomeReady(at: 0)  // ready at 1
-        let stop = policy.shutdown(at: moment(201))
+        let stop = policy.handle(.shutdown, at: moment(201))
         #expect(stop.contains(.disarm(.probation)))
         #expect(stop.last == .terminate(signal: SIGTERM))
         #expect(policy.phase == .stopping(.shutdown))
         #expect(policy.probationBankedSeconds == 200)
 
-        let exit = policy.agentExited(.signaled(signal: SIGTERM), at: moment(201.5))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(201.5))
         #expect(exit.decision(.agentExited)?.reason == nil, "a stop Backstop asked for is not a failure")
         #expect(exit.spawns.isEmpty)
         #expect(policy.phase == .stopped)
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
 
-        #expect(policy.begin(at: moment(500)) == [.spawn(version: "v2", mode: .normal)])
+        #expect(policy.handle(.begin(), at: moment(500)) == [.spawn(version: "v2", mode: .normal)])
         let ready = policy.startAndBecomeReady(at: 500)  // ready at 501
         let deadline = try #require(ready.deadline(of: .probation))
         #expect(deadline == 501 + 400)
         #expect(policy.probationElapsedSeconds(at: moment(deadline)) == 600)
-        #expect(policy.timerFired(.probation, deadline: deadline, at: moment(deadline)).events == [.contentPromoted])
+        #expect(policy.handle(.timerFired(.probation, deadline: deadline), at: moment(deadline)).events == [.contentPromoted])
         #expect(policy.ledger.knownGood == "v2")
     }
 
@@ -110,7 +110,7 @@ struct AgentPolicyProbationTests {
 
         var after = AgentPolicy(settings: before.settings)
         after.restore(from: saved, currentBootID: "boot-a")
-        #expect(after.begin(at: moment(1000)) == [.spawn(version: "v2", mode: .normal)])
+        #expect(after.handle(.begin(), at: moment(1000)) == [.spawn(version: "v2", mode: .normal)])
         let ready = after.startAndBecomeReady(at: 1000)  // ready at 1001
         #expect(ready.deadline(of: .probation) == 1001.0 + 150)
     }
@@ -118,9 +118,9 @@ struct AgentPolicyProbationTests {
     @Test("a backoff running at shutdown is waited out after begin")
     func beginWaitsOutBackoff() throws {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], active: "v1"))
-        #expect(policy.begin(restartDueMonotonicSeconds: 50, at: moment(40)) == [.arm(.restart, atMonotonicSeconds: 50)])
+        #expect(policy.handle(.begin(restartDueMonotonicSeconds: 50), at: moment(40)) == [.arm(.restart, atMonotonicSeconds: 50)])
         #expect(policy.phase == .backoff)
-        #expect(policy.timerFired(.restart, deadline: 50, at: moment(50)) == [.spawn(version: "v1", mode: .normal)])
+        #expect(policy.handle(.timerFired(.restart, deadline: 50), at: moment(50)) == [.spawn(version: "v1", mode: .normal)])
     }
 
     @Test("an operator promote ends probation early")

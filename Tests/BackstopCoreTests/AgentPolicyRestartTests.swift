@@ -36,10 +36,10 @@ struct AgentPolicyThresholdTests {
         // v1 activated between the spawn of v2 and its pid being known.
         let activated = try policy.activate("v1", at: moment(2))
         #expect(activated.contains(.terminate(signal: SIGTERM)), "the run on v2 is replaced")
-        let started = try #require(policy.agentStarted(pid: 4243, at: moment(2.1)).decision(.agentStarted))
+        let started = try #require(policy.handle(.agentStarted(pid: 4243), at: moment(2.1)).decision(.agentStarted))
         #expect(started.version == "v2" && started.message.contains("on content v2"), "\(started)")
-        #expect(policy.agentExited(.signaled(signal: SIGTERM), at: moment(2.2)).spawns == [.spawn(version: "v1", mode: .normal)])
-        let next = try #require(policy.agentStarted(pid: 4244, at: moment(2.3)).decision(.agentStarted))
+        #expect(policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(2.2)).spawns == [.spawn(version: "v1", mode: .normal)])
+        let next = try #require(policy.handle(.agentStarted(pid: 4244), at: moment(2.3)).decision(.agentStarted))
         #expect(next.version == "v1")
     }
 
@@ -57,7 +57,7 @@ struct AgentPolicyThresholdTests {
             #expect(policy.phase == .backoff)
             #expect(actions.deadline(of: .restart) != nil)
             #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
-            #expect(policy.phase == .starting)
+            #expect(policy.phase.isStarting)
         }
         #expect(policy.recentFailures(at: moment(30)).count == 2)
         #expect(policy.ledger.candidate == "v2")
@@ -91,13 +91,13 @@ struct AgentPolicyThresholdTests {
     @Test("a non-zero exit code is a failure with its exit status")
     func nonZeroExitIsFailure() throws {
         var policy = try candidatePolicy()
-        _ = policy.agentStarted(pid: 7, at: moment(0))
-        let actions = policy.agentExited(.exited(code: 3), at: moment(0.5))
+        _ = policy.handle(.agentStarted(pid: 7), at: moment(0))
+        let actions = policy.handle(.agentExited(.exited(code: 3)), at: moment(0.5))
         let exit = try #require(actions.decision(.agentExited))
         #expect(exit.exitStatus == 3)
         #expect(exit.reason == "exited")
-        #expect(policy.failures.map(\.reason) == [.exited])
-        #expect(policy.failures.first?.version == "v2")
+        #expect(policy.escalationState.failures.map(\.reason) == [.exited])
+        #expect(policy.escalationState.failures.first?.version == "v2")
     }
 
     @Test("a failure exactly failure_window_sec old has left the window")
@@ -132,7 +132,7 @@ struct AgentPolicyThresholdTests {
         for index in 0..<20 {
             let start = Double(index) * 61
             events += policy.startAndBecomeReady(at: start).events
-            events += policy.agentExited(.signaled(signal: SIGBUS), at: moment(start + 30)).events
+            events += policy.handle(.agentExited(.signaled(signal: SIGBUS)), at: moment(start + 30)).events
             #expect(policy.recentFailures(at: moment(start + 30)).count <= 2)
             #expect(policy.phase == .backoff)
             events += policy.fireRestart().events
@@ -148,7 +148,7 @@ struct AgentPolicyThresholdTests {
         for index in 0..<5 {
             let start = Double(index) * 10
             policy.startAndBecomeReady(at: start)
-            let actions = policy.agentExited(.exited(code: 0), at: moment(start + 5))
+            let actions = policy.handle(.agentExited(.exited(code: 0)), at: moment(start + 5))
             let exit = try #require(actions.decision(.agentExited))
             #expect(exit.reason == "clean-exit")
             #expect(exit.failures == nil)
@@ -168,8 +168,8 @@ struct AgentPolicyThresholdTests {
         var delays: [Double] = []
         var now = 0.0
         for _ in 0..<4 {
-            _ = policy.agentStarted(pid: 4242, at: moment(now))
-            let actions = policy.agentExited(.exited(code: 0), at: moment(now + 1))
+            _ = policy.handle(.agentStarted(pid: 4242), at: moment(now))
+            let actions = policy.handle(.agentExited(.exited(code: 0)), at: moment(now + 1))
             delays.append(((try #require(actions.deadline(of: .restart)) - (now + 1)) * 1000).rounded() / 1000)
             #expect(policy.degradedReason == "in backoff after clean-exit")
             #expect(policy.stateWord == "backoff")
@@ -188,7 +188,7 @@ struct AgentPolicyThresholdTests {
             let started = policy.startAndBecomeReady(at: now)
             #expect(started.decision(.agentStarted) != nil)
             #expect(policy.degradedReason == nil)
-            let actions = policy.agentExited(.exited(code: 0), at: moment(now + 2))
+            let actions = policy.handle(.agentExited(.exited(code: 0)), at: moment(now + 2))
             let exit = try #require(actions.decision(.agentExited))
             #expect(exit.reason == "clean-exit" && exit.failures == nil)
             let delay = try #require(actions.deadline(of: .restart)) - (now + 2)
@@ -199,7 +199,7 @@ struct AgentPolicyThresholdTests {
             now = policy.timers[.restart]!
             #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
         }
-        #expect(policy.consecutiveFailures == 0)
+        #expect(policy.escalationState.consecutiveFailures == 0)
         #expect(policy.recentFailures(at: moment(now)).isEmpty)
         #expect(policy.ledger.candidate == "v2")
         // A crash is still a failure, backed off from the first step: the clean exits added none.
@@ -213,11 +213,11 @@ struct AgentPolicyThresholdTests {
     func stopWhileRestarting() throws {
         var policy = try candidatePolicy(PolicySettings(agent: "demo", cleanExit: .normal))
         policy.startAndBecomeReady(at: 0)
-        _ = policy.agentExited(.exited(code: 0), at: moment(2))
+        _ = policy.handle(.agentExited(.exited(code: 0)), at: moment(2))
         #expect(policy.phase == .restarting)
-        _ = policy.stop(at: moment(2.05))
+        _ = policy.handle(.stop, at: moment(2.05))
         #expect(policy.phase == .stopped)
-        #expect(policy.timerFired(.restart, deadline: 2.1, at: moment(2.1)).isEmpty)
+        #expect(policy.handle(.timerFired(.restart, deadline: 2.1), at: moment(2.1)).isEmpty)
         #expect(policy.phase == .stopped)
     }
 
@@ -225,12 +225,12 @@ struct AgentPolicyThresholdTests {
     func cleanExitBeforeReady() throws {
         var policy = try candidatePolicy(PolicySettings(
             agent: "demo", restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30, cleanExit: .normal))
-        _ = policy.agentStarted(pid: 4242, at: moment(0))
-        let actions = policy.agentExited(.exited(code: 0), at: moment(0.2))
+        _ = policy.handle(.agentStarted(pid: 4242), at: moment(0))
+        let actions = policy.handle(.agentExited(.exited(code: 0)), at: moment(0.2))
         #expect(actions.decision(.agentExited)?.reason == "clean-exit")
         #expect(policy.phase == .backoff)
         #expect(policy.degradedReason == "in backoff after clean-exit")
-        #expect(policy.consecutiveFailures == 1)
+        #expect(policy.escalationState.consecutiveFailures == 1)
     }
 
     @Test("a restart loop stays degraded while it starts again, until a run is ready")
@@ -238,13 +238,13 @@ struct AgentPolicyThresholdTests {
         var policy = try candidatePolicy(PolicySettings(
             agent: "demo", restartDelayMilliseconds: 100, restartDelayMaxSeconds: 30, notify: true, cleanExit: .normal))
         #expect(!policy.isDegraded, "the first start after an activation")
-        _ = policy.agentStarted(pid: 4242, at: moment(0))
-        _ = policy.agentExited(.exited(code: 0), at: moment(0.2))
+        _ = policy.handle(.agentStarted(pid: 4242), at: moment(0))
+        _ = policy.handle(.agentExited(.exited(code: 0)), at: moment(0.2))
         #expect(policy.fireRestart().spawns == [.spawn(version: "v2", mode: .normal)])
-        _ = policy.agentStarted(pid: 4243, at: moment(0.4))
-        #expect(policy.phase == .starting)
+        _ = policy.handle(.agentStarted(pid: 4243), at: moment(0.4))
+        #expect(policy.phase.isStarting)
         #expect(policy.degradedReason == "restarting after 1 failure in a row (last: clean-exit), not ready since")
-        _ = policy.agentReady(at: moment(1))
+        _ = policy.handle(.agentReady, at: moment(1))
         #expect(!policy.isDegraded, "ready again")
     }
 }
@@ -289,13 +289,13 @@ struct AgentPolicyBackoffTests {
             policy.startAndCrash(at: Double(index) * 10)
             policy.fireRestart()
         }
-        #expect(policy.consecutiveFailures == 3)
+        #expect(policy.escalationState.consecutiveFailures == 3)
         let ready = policy.startAndBecomeReady(at: 100)  // ready at 101
         let resetDeadline = try #require(ready.deadline(of: .backoffReset))
         #expect(resetDeadline == 101 + 30)
-        #expect(policy.timerFired(.backoffReset, deadline: resetDeadline, at: moment(resetDeadline)).isEmpty)
-        #expect(policy.consecutiveFailures == 0)
-        let crash = policy.agentExited(.signaled(signal: SIGSEGV), at: moment(200))
+        #expect(policy.handle(.timerFired(.backoffReset, deadline: resetDeadline), at: moment(resetDeadline)).isEmpty)
+        #expect(policy.escalationState.consecutiveFailures == 0)
+        let crash = policy.handle(.agentExited(.signaled(signal: SIGSEGV)), at: moment(200))
         #expect(crash.deadline(of: .restart) == 200 + 0.1)
     }
 
@@ -309,12 +309,12 @@ struct AgentPolicyBackoffTests {
         }
         let ready = policy.startAndBecomeReady(at: 100)  // ready at 101
         let resetDeadline = try #require(ready.deadline(of: .backoffReset))
-        let crash = policy.agentExited(.signaled(signal: SIGSEGV), at: moment(120))
+        let crash = policy.handle(.agentExited(.signaled(signal: SIGSEGV)), at: moment(120))
         #expect(crash.contains(.disarm(.backoffReset)))
         #expect(crash.deadline(of: .restart) == 120 + 0.8)
         // The disarmed reset deadline passing later changes nothing.
-        #expect(policy.timerFired(.backoffReset, deadline: resetDeadline, at: moment(resetDeadline)).isEmpty)
-        #expect(policy.consecutiveFailures == 4)
+        #expect(policy.handle(.timerFired(.backoffReset, deadline: resetDeadline), at: moment(resetDeadline)).isEmpty)
+        #expect(policy.escalationState.consecutiveFailures == 4)
     }
 }
 
@@ -325,13 +325,13 @@ struct AgentPolicyTimerTests {
         var policy = try candidatePolicy()
         let actions = policy.startAndCrash(at: 0)
         let deadline = try #require(actions.deadline(of: .restart))
-        #expect(policy.timerFired(.restart, deadline: deadline - 0.05, at: moment(deadline)).isEmpty)
+        #expect(policy.handle(.timerFired(.restart, deadline: deadline - 0.05), at: moment(deadline)).isEmpty)
         #expect(policy.phase == .backoff)
-        #expect(policy.timerFired(.restart, deadline: deadline, at: moment(deadline)).spawns
+        #expect(policy.handle(.timerFired(.restart, deadline: deadline), at: moment(deadline)).spawns
             == [.spawn(version: "v2", mode: .normal)])
         // Fired once: the same deadline again is stale too.
-        #expect(policy.timerFired(.restart, deadline: deadline, at: moment(deadline + 1)).isEmpty)
-        #expect(policy.phase == .starting)
+        #expect(policy.handle(.timerFired(.restart, deadline: deadline), at: moment(deadline + 1)).isEmpty)
+        #expect(policy.phase.isStarting)
     }
 
     @Test("a timer that was never armed is ignored")
@@ -339,97 +339,97 @@ struct AgentPolicyTimerTests {
         var policy = try candidatePolicy()
         policy.startAndBecomeReady(at: 0)
         for timer in [PolicyTimer.startTimeout, .watchdog, .restart] {
-            #expect(policy.timerFired(timer, deadline: 5, at: moment(5)).isEmpty)
+            #expect(policy.handle(.timerFired(timer, deadline: 5), at: moment(5)).isEmpty)
         }
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
     }
 
     @Test("without notify the agent is ready one second after it started; READY=1 is ignored")
     func startedAfterWithoutNotify() throws {
         var policy = try candidatePolicy()
-        let started = policy.agentStarted(pid: 1, at: moment(10))
+        let started = policy.handle(.agentStarted(pid: 1), at: moment(10))
         #expect(started.deadline(of: .startedAfter) == 11)
         #expect(started.deadline(of: .startTimeout) == nil)
-        #expect(policy.agentReady(at: moment(10.5)).isEmpty)
-        #expect(policy.phase == .starting)
-        let ready = policy.timerFired(.startedAfter, deadline: 11, at: moment(11))
+        #expect(policy.handle(.agentReady, at: moment(10.5)).isEmpty)
+        #expect(policy.phase.isStarting)
+        let ready = policy.handle(.timerFired(.startedAfter, deadline: 11), at: moment(11))
         #expect(ready.events == [.agentReady])
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
     }
 
     @Test("watchdog: heartbeats push the deadline; a missed one aborts the agent and counts as hung")
     func watchdogMissedHeartbeat() throws {
         var policy = try candidatePolicy(policySettings(watchdogSeconds: 10, notify: true))
-        let started = policy.agentStarted(pid: 9, at: moment(0))
+        let started = policy.handle(.agentStarted(pid: 9), at: moment(0))
         #expect(started.deadline(of: .startTimeout) == 90)
-        let ready = policy.agentReady(at: moment(1))
+        let ready = policy.handle(.agentReady, at: moment(1))
         #expect(ready.contains(.disarm(.startTimeout)))
         #expect(ready.deadline(of: .watchdog) == 11)
-        #expect(policy.heartbeat(at: moment(5)) == [.arm(.watchdog, atMonotonicSeconds: 15)])
+        #expect(policy.handle(.heartbeat, at: moment(5)) == [.arm(.watchdog, atMonotonicSeconds: 15)])
 
-        #expect(policy.timerFired(.watchdog, deadline: 11, at: moment(11)).isEmpty, "re-armed since")
-        #expect(policy.phase == .running)
+        #expect(policy.handle(.timerFired(.watchdog, deadline: 11), at: moment(11)).isEmpty, "re-armed since")
+        #expect(policy.phase.isRunning)
 
-        let hung = policy.timerFired(.watchdog, deadline: 15, at: moment(15))
+        let hung = policy.handle(.timerFired(.watchdog, deadline: 15), at: moment(15))
         #expect(hung.events == [.agentHung])
         #expect(hung.decision(.agentHung)?.reason == "hung")
         #expect(hung.contains(.terminate(signal: SIGABRT)))
         #expect(policy.phase == .stopping(.failure(.hung)))
 
-        let exit = policy.agentExited(.signaled(signal: SIGABRT), at: moment(15.2))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGABRT)), at: moment(15.2))
         let decision = try #require(exit.decision(.agentExited))
         #expect(decision.reason == "hung")
         #expect(decision.signal == SIGABRT)
         #expect(decision.failures == 1)
-        #expect(policy.failures.map(\.reason) == [.hung])
+        #expect(policy.escalationState.failures.map(\.reason) == [.hung])
         #expect(policy.phase == .backoff)
     }
 
     @Test("heartbeats are ignored when watchdog_sec = 0")
     func heartbeatWithoutWatchdog() throws {
         var policy = try candidatePolicy(policySettings(notify: true))
-        _ = policy.agentStarted(pid: 9, at: moment(0))
-        let ready = policy.agentReady(at: moment(1))
+        _ = policy.handle(.agentStarted(pid: 9), at: moment(0))
+        let ready = policy.handle(.agentReady, at: moment(1))
         #expect(ready.deadline(of: .watchdog) == nil)
-        #expect(policy.heartbeat(at: moment(5)).isEmpty)
+        #expect(policy.handle(.heartbeat, at: moment(5)).isEmpty)
     }
 
     @Test("start timeout: no READY=1 within start_timeout_sec aborts the agent and counts as start-timeout")
     func startTimeout() throws {
         var policy = try candidatePolicy(policySettings(startTimeoutSeconds: 90, notify: true))
-        let started = policy.agentStarted(pid: 9, at: moment(0))
+        let started = policy.handle(.agentStarted(pid: 9), at: moment(0))
         let deadline = try #require(started.deadline(of: .startTimeout))
         #expect(deadline == 90)
-        let timedOut = policy.timerFired(.startTimeout, deadline: deadline, at: moment(90))
+        let timedOut = policy.handle(.timerFired(.startTimeout, deadline: deadline), at: moment(90))
         #expect(timedOut.events.isEmpty, "a start that times out is not a hang: no agent-hung")
         #expect(timedOut.contains(.terminate(signal: SIGABRT)))
         #expect(policy.phase == .stopping(.failure(.startTimeout)))
 
-        let exit = policy.agentExited(.signaled(signal: SIGABRT), at: moment(90.1))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGABRT)), at: moment(90.1))
         let exited = try #require(exit.decision(.agentExited))
         #expect(exited.reason == "start-timeout")
         #expect(exited.message.contains("did not become ready within 90 s"), "\(exited.message)")
-        #expect(policy.failures.map(\.reason) == [.startTimeout])
+        #expect(policy.escalationState.failures.map(\.reason) == [.startTimeout])
         #expect(policy.phase == .backoff)
     }
 
     @Test("READY=1 in time disarms the start timeout; its old deadline is then stale")
     func readyBeforeStartTimeout() throws {
         var policy = try candidatePolicy(policySettings(notify: true))
-        let started = policy.agentStarted(pid: 9, at: moment(0))
+        let started = policy.handle(.agentStarted(pid: 9), at: moment(0))
         let deadline = try #require(started.deadline(of: .startTimeout))
-        #expect(policy.agentReady(at: moment(3)).contains(.disarm(.startTimeout)))
-        #expect(policy.timerFired(.startTimeout, deadline: deadline, at: moment(deadline)).isEmpty)
-        #expect(policy.phase == .running)
-        #expect(policy.failures.isEmpty)
+        #expect(policy.handle(.agentReady, at: moment(3)).contains(.disarm(.startTimeout)))
+        #expect(policy.handle(.timerFired(.startTimeout, deadline: deadline), at: moment(deadline)).isEmpty)
+        #expect(policy.phase.isRunning)
+        #expect(policy.escalationState.failures.isEmpty)
     }
 
     @Test("spawn failure (exec failed) counts as a failure")
     func spawnFailed() throws {
         var policy = try candidatePolicy()
-        let actions = policy.spawnFailed("No such file or directory", at: moment(0))
+        let actions = policy.handle(.spawnFailed("No such file or directory"), at: moment(0))
         #expect(actions.decision(.agentExited)?.reason == "exec-failed")
-        #expect(policy.failures.map(\.reason) == [.execFailed])
+        #expect(policy.escalationState.failures.map(\.reason) == [.execFailed])
         #expect(policy.phase == .backoff)
     }
 
@@ -437,7 +437,7 @@ struct AgentPolicyTimerTests {
     func activationRestartsOnNewVersion() throws {
         var policy = AgentPolicy(
             settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        #expect(policy.begin(at: moment(0)) == [.spawn(version: "v1", mode: .normal)])
+        #expect(policy.handle(.begin(), at: moment(0)) == [.spawn(version: "v1", mode: .normal)])
         policy.startAndBecomeReady(at: 0)
         let actions = try policy.activate("v2", at: moment(50))
         #expect(actions.first == .switchContent(version: "v2"))
@@ -445,10 +445,10 @@ struct AgentPolicyTimerTests {
         #expect(actions.last == .terminate(signal: SIGTERM))
         #expect(actions.spawns.isEmpty)
         #expect(policy.phase == .stopping(.restart))
-        let exit = policy.agentExited(.signaled(signal: SIGTERM), at: moment(50.2))
+        let exit = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(50.2))
         #expect(exit.decision(.agentExited)?.reason == nil)
         #expect(exit.spawns == [.spawn(version: "v2", mode: .normal)])
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
     }
 
     @Test("activating an unknown version throws noSuchVersion")
@@ -465,31 +465,31 @@ struct AgentPolicyDependencyStopTests {
     func waitsForTheDependency() throws {
         var policy = try candidatePolicy()
         policy.startAndBecomeReady(at: 0)
-        let actions = policy.stoppedWithDependency("clamav-daemon.socket", termination: .signaled(signal: SIGTERM), at: moment(10))
+        let actions = policy.handle(.stoppedWithDependency("clamav-daemon.socket", termination: .signaled(signal: SIGTERM)), at: moment(10))
         let exit = try #require(actions.decision(.agentExited))
         #expect(exit.reason == nil && exit.failures == nil)
         #expect(exit.message.contains("clamav-daemon.socket"))
         #expect(actions.spawns.isEmpty && actions.deadline(of: .restart) == nil)
         #expect(policy.phase == .awaitingDependency("clamav-daemon.socket"))
         #expect(!policy.operatorStopped)
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
         #expect(policy.stateWord == "stopped")
         #expect(policy.degradedReason?.contains("waiting for clamav-daemon.socket") == true)
         // The exit systemd's stop causes changes nothing more.
-        #expect(policy.agentExited(.signaled(signal: SIGTERM), at: moment(10.1)).isEmpty)
-        #expect(policy.dependencyActive(at: moment(20)).spawns == [.spawn(version: "v2", mode: .normal)])
-        #expect(policy.phase == .starting)
-        #expect(policy.dependencyActive(at: moment(20.1)).isEmpty, "only a waiting agent is started")
+        #expect(policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(10.1)).isEmpty)
+        #expect(policy.handle(.dependencyActive, at: moment(20)).spawns == [.spawn(version: "v2", mode: .normal)])
+        #expect(policy.phase.isStarting)
+        #expect(policy.handle(.dependencyActive, at: moment(20.1)).isEmpty, "only a waiting agent is started")
     }
 
     @Test("an activation or a rollback while it waits starts the agent at once")
     func activationStartsTheWaitingAgent() throws {
         var policy = try candidatePolicy()
         policy.startAndBecomeReady(at: 0)
-        _ = policy.stoppedWithDependency("clamav-daemon.socket", termination: nil, at: moment(10))
+        _ = policy.handle(.stoppedWithDependency("clamav-daemon.socket", termination: nil), at: moment(10))
         #expect(try policy.rollback(to: nil, at: moment(11)).spawns == [.spawn(version: "v1", mode: .normal)])
         policy.startAndBecomeReady(at: 12)
-        _ = policy.stoppedWithDependency("clamav-daemon.socket", termination: nil, at: moment(20))
+        _ = policy.handle(.stoppedWithDependency("clamav-daemon.socket", termination: nil), at: moment(20))
         #expect(try policy.activate("v2", at: moment(21)).spawns == [.spawn(version: "v2", mode: .normal)])
     }
 
@@ -498,12 +498,12 @@ struct AgentPolicyDependencyStopTests {
         var policy = try candidatePolicy()
         _ = policy.startAndCrash(at: 0)
         #expect(policy.phase == .backoff)
-        let actions = policy.stoppedWithDependency("dep.service", termination: nil, at: moment(0.55))
+        let actions = policy.handle(.stoppedWithDependency("dep.service", termination: nil), at: moment(0.55))
         #expect(actions.contains(.disarm(.restart)))
         #expect(policy.phase == .awaitingDependency("dep.service"))
-        _ = policy.stop(at: moment(1))
+        _ = policy.handle(.stop, at: moment(1))
         #expect(policy.phase == .stopped && policy.operatorStopped)
-        #expect(policy.dependencyActive(at: moment(2)).isEmpty)
-        #expect(policy.start(at: moment(3)).spawns == [.spawn(version: "v2", mode: .normal)])
+        #expect(policy.handle(.dependencyActive, at: moment(2)).isEmpty)
+        #expect(policy.handle(.start, at: moment(3)).spawns == [.spawn(version: "v2", mode: .normal)])
     }
 }

@@ -111,11 +111,11 @@ struct BootAssessmentTests {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
         var log = BootLog()
         _ = log.enter(boot("b1", knownGood))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         policy.startAndBecomeReady(at: 0)
         log.markGood("b1")
         _ = try policy.activate("v2", at: moment(200))
-        _ = policy.agentExited(.signaled(signal: SIGTERM), at: moment(200.5))
+        _ = policy.handle(.agentExited(.signaled(signal: SIGTERM)), at: moment(200.5))
         policy.startAndBecomeReady(at: 201)
         _ = log.record("demo", BootAgentRecord(active: "v2", candidate: "v2", mode: .normal, started: false), in: "b1")
         _ = log.markStarted("demo", in: "b1")
@@ -129,7 +129,7 @@ struct BootAssessmentTests {
             #expect(failedBoots == index + 1)
             guard failedBoots < 2 else { break }
             policy = restarted(policy)
-            let started = policy.begin(at: moment(0))
+            let started = policy.handle(.begin(), at: moment(0))
             #expect(started.spawns == [.spawn(version: "v2", mode: .normal)], "one failed boot is below boot_failure_threshold")
             _ = log.markStarted("demo", in: id)
             policy.startAndBecomeReady(at: 0)
@@ -138,7 +138,7 @@ struct BootAssessmentTests {
             log.markGood(id)
         }
         policy = restarted(policy)
-        let actions = policy.bootLoop(failedBoots: log.failedBootsInARow(agent: "demo", running: candidate, before: "b3"), at: moment(0))
+        let actions = policy.handle(.bootLoop(failedBoots: log.failedBootsInARow(agent: "demo", running: candidate, before: "b3")), at: moment(0))
         #expect(actions.events == [.bootAssessed, .contentQuarantined, .rollback])
         #expect(actions.spawns == [.spawn(version: "v1", mode: .normal)], "v2 does not start again")
         #expect(policy.ledger.quarantined == ["v2"])
@@ -253,7 +253,7 @@ struct AgentPolicyBootLoopTests {
     @Test("a boot loop with a candidate quarantines it and rolls back before the agent starts")
     func candidateBootLoop() throws {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v2"))
-        let actions = policy.bootLoop(failedBoots: 2, at: moment(5))
+        let actions = policy.handle(.bootLoop(failedBoots: 2), at: moment(5))
         #expect(actions.events == [.bootAssessed, .contentQuarantined, .rollback])
         #expect(actions.decision(.bootAssessed)?.reason == "boot-loop")
         #expect(actions.decision(.bootAssessed)?.failures == 2)
@@ -271,19 +271,19 @@ struct AgentPolicyBootLoopTests {
     func knownGoodBootLoops() throws {
         var policy = AgentPolicy(
             settings: policySettings(safeModeExec: true, bootLoopStopsAgent: true), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
-        var actions = policy.bootLoop(failedBoots: 2, at: moment(1))
+        var actions = policy.handle(.bootLoop(failedBoots: 2), at: moment(1))
         #expect(actions.decision(.rollback)?.reason == "boot-loop-on-known-good")
         #expect(policy.ledger.active == "v0")
 
         // The same failed boots with v0: rolling back did not help, so the content stays and safe mode follows.
         policy = restarted(policy)
-        actions = policy.bootLoop(failedBoots: 2, at: moment(1))
+        actions = policy.handle(.bootLoop(failedBoots: 2), at: moment(1))
         #expect(actions.decision(.bootAssessed)?.reason == "rollback-did-not-help")
         #expect(actions.spawns == [.spawn(version: "v0", mode: .safeMode)])
         #expect(policy.degradedReason == "in safe mode: rolling back did not help, the agent fails the same way on known-good content; evidence: 2 failed boots in a row with the agent on content v0")
 
         policy = restarted(policy)
-        actions = policy.bootLoop(failedBoots: 3, at: moment(1))
+        actions = policy.handle(.bootLoop(failedBoots: 3), at: moment(1))
         #expect(actions.events.last == .gaveUp)
         #expect(actions.decision(.gaveUp)?.reason == "safe-mode-boot-loop")
         #expect(actions.spawns.isEmpty)
@@ -307,7 +307,7 @@ struct AgentPolicyBootLoopTests {
     @Test("by default a boot loop with no candidate to roll back is reported and the agent keeps running on its known-good content")
     func knownGoodBootLoopIsReported() throws {
         var policy = AgentPolicy(settings: policySettings(safeModeExec: true), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
-        let actions = policy.bootLoop(failedBoots: 2, at: moment(1))
+        let actions = policy.handle(.bootLoop(failedBoots: 2), at: moment(1))
         #expect(actions.events == [.bootAssessed])
         let decision = try #require(actions.decision(.bootAssessed))
         #expect(decision.reason == "boot-loop")
@@ -318,21 +318,21 @@ struct AgentPolicyBootLoopTests {
         #expect(policy.ledger.active == "v1")
         #expect(policy.ledger.quarantined.isEmpty)
         policy.startAndBecomeReady(at: 2)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(policy.degradedReason == "boot loop: 2 failed boots, no candidate content to roll back")
 
         // More failed boots: still running, the count follows; kept across a restart until reset-failed.
         policy = restarted(policy)
-        _ = policy.bootLoop(failedBoots: 3, at: moment(1))
-        #expect(policy.phase == .starting)
+        _ = policy.handle(.bootLoop(failedBoots: 3), at: moment(1))
+        #expect(policy.phase.isStarting)
         policy = restarted(policy)
         let status = StatusReport.Agent(policy: policy, pid: nil, statusText: nil, at: moment(2))
         #expect(status.degraded)
         #expect(status.degradedReason == "boot loop: 3 failed boots, no candidate content to roll back")
         #expect(status.bootLoop == StatusReport.BootLoop(failedBoots: 3, version: "v1", at: moment(1).wall))
         #expect(status.escalation == nil)
-        _ = policy.begin(at: moment(3))
-        _ = policy.resetFailed(at: moment(4))
+        _ = policy.handle(.begin(), at: moment(3))
+        _ = policy.handle(.resetFailed, at: moment(4))
         #expect(policy.reportedBootLoop == nil)
         #expect(!policy.isDegraded)
     }
@@ -341,7 +341,7 @@ struct AgentPolicyBootLoopTests {
     func bootLoopSincePromotion() throws {
         // v0 promoted at 0 s, v1 at 1 s: failed boots since 0.5 s began with v1's promotion.
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
-        let actions = policy.bootLoop(failedBoots: 2, rowStartedAt: moment(0.5).wall, at: moment(5))
+        let actions = policy.handle(.bootLoop(failedBoots: 2, rowStartedAt: moment(0.5).wall), at: moment(5))
         #expect(actions.events == [.bootAssessed, .contentQuarantined, .rollback])
         #expect(actions.decision(.bootAssessed)?.message.contains("promoted in the first of those boots") == true)
         #expect(actions.decision(.rollback)?.reason == "boot-loop")
@@ -351,7 +351,7 @@ struct AgentPolicyBootLoopTests {
 
         // Failed boots that began after v1 was promoted: unchanged content, reported only.
         var unchanged = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v0", "v1"], active: "v1"))
-        let reported = unchanged.bootLoop(failedBoots: 2, rowStartedAt: moment(2).wall, at: moment(5))
+        let reported = unchanged.handle(.bootLoop(failedBoots: 2, rowStartedAt: moment(2).wall), at: moment(5))
         #expect(reported.events == [.bootAssessed])
         #expect(reported.spawns == [.spawn(version: "v1", mode: .normal)])
         #expect(unchanged.ledger.quarantined.isEmpty)
@@ -360,11 +360,11 @@ struct AgentPolicyBootLoopTests {
     @Test("by default an agent in safe mode is not given up on boot evidence alone")
     func safeModeBootLoopIsReported() throws {
         var policy = AgentPolicy(settings: policySettings(safeModeExec: true), ledger: makeLedger(knownGood: ["v1"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         _ = policy.crashUntilCrashLoop(from: 0)
         #expect(policy.mode == .safeMode)
         policy = restarted(policy)
-        let actions = policy.bootLoop(failedBoots: 2, at: moment(1))
+        let actions = policy.handle(.bootLoop(failedBoots: 2), at: moment(1))
         #expect(actions.spawns == [.spawn(version: "v1", mode: .safeMode)])
         #expect(!actions.events.contains(.gaveUp))
         #expect(policy.degradedReason?.hasPrefix("in safe mode: every known-good version crash-loops too; evidence: 3 failures within 120 s on content v1 (crashed SIGSEGV)") == true, "\(policy.degradedReason ?? "")")
@@ -373,7 +373,7 @@ struct AgentPolicyBootLoopTests {
     @Test("a boot loop with a candidate still rolls it back whatever boot_loop_stops_agent says")
     func candidateBootLoopWithoutOptIn() {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v2"))
-        let actions = policy.bootLoop(failedBoots: 2, at: moment(5))
+        let actions = policy.handle(.bootLoop(failedBoots: 2), at: moment(5))
         #expect(actions.events == [.bootAssessed, .contentQuarantined, .rollback])
         #expect(actions.spawns == [.spawn(version: "v1", mode: .normal)])
         #expect(policy.reportedBootLoop == nil)
@@ -382,14 +382,14 @@ struct AgentPolicyBootLoopTests {
     @Test("boot_failure_threshold failed boots during preflights of a staged version quarantine it; what runs is not touched")
     func preflightBootLoop() throws {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v3"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         policy.startAndBecomeReady(at: 0)
         let actions = policy.preflightBootLoop("v3", failedBoots: 2, at: moment(5))
         #expect(actions.events == [.bootAssessed, .contentQuarantined])
         #expect(actions.decision(.contentQuarantined)?.reason == "boot-loop")
         #expect(actions.decision(.contentQuarantined)?.version == "v3")
         #expect(actions.spawns.isEmpty)
-        #expect(policy.phase == .running)
+        #expect(policy.phase.isRunning)
         #expect(policy.ledger.active == "v1")
         #expect(policy.ledger.quarantined == ["v3"])
         #expect(policy.activationRefusal("v3") == .versionQuarantined("v3"))
@@ -399,7 +399,7 @@ struct AgentPolicyBootLoopTests {
     @Test("a boot loop of the first version, with nothing known-good behind it, leaves nothing active and the agent stopped")
     func firstVersionBootLoop() {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(staged: ["v1"], active: "v1"))
-        let actions = policy.bootLoop(failedBoots: 3, at: moment(1))
+        let actions = policy.handle(.bootLoop(failedBoots: 3), at: moment(1))
         #expect(actions.contains(.switchContent(version: nil)))
         #expect(actions.spawns.isEmpty)
         #expect(policy.phase == .givenUp)

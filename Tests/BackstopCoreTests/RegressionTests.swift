@@ -10,11 +10,11 @@ struct RegressionTests {
         var policy = AgentPolicy(
             settings: policySettings(probationSeconds: 600),
             ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         policy.startAndBecomeReady(at: 0)  // v1 ready at 1
         _ = try policy.activate("v2", at: moment(1001))
         #expect(policy.probationBankedSeconds == 0)
-        let restart = policy.agentExited(.exited(code: 0), at: moment(1001.5))
+        let restart = policy.handle(.agentExited(.exited(code: 0)), at: moment(1001.5))
         #expect(restart.contains(.spawn(version: "v2", mode: .normal)))
         let ready = policy.startAndBecomeReady(at: 1002)  // v2 ready at 1003
         #expect(ready.deadline(of: .probation) == 1603)
@@ -25,14 +25,14 @@ struct RegressionTests {
         var policy = AgentPolicy(
             settings: policySettings(threshold: 3),
             ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         policy.startAndCrash(at: 1)
         policy.fireRestart()
         policy.startAndCrash(at: 3)
-        #expect(policy.failures.count == 2)
+        #expect(policy.escalationState.failures.count == 2)
         let activation = try policy.activate("v2", at: moment(5))
         #expect(activation.contains(.spawn(version: "v2", mode: .normal)))
-        #expect(policy.failures.isEmpty)
+        #expect(policy.escalationState.failures.isEmpty)
         let crash = policy.startAndCrash(at: 6)
         #expect(crash.decision(.crashLoop) == nil)
         #expect(policy.phase == .backoff)
@@ -42,12 +42,12 @@ struct RegressionTests {
     @Test("a first version that crash-loops stays active and is restarted: without a comparison it is not quarantined")
     func firstVersionIsNotLeftActive() throws {
         var policy = AgentPolicy(settings: policySettings(threshold: 2), ledger: makeLedger(staged: ["v1"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         let (actions, _) = policy.crashUntilCrashLoop(from: 0)
         #expect(!actions.contains(.switchContent(version: nil)))
         #expect(policy.ledger.active == "v1")
         #expect(policy.ledger.quarantined.isEmpty)
-        #expect(policy.phase == .starting)
+        #expect(policy.phase.isStarting)
     }
 
     @Test("a symlink whose target walks through another link is refused even when the target does not exist yet")
@@ -83,15 +83,15 @@ struct ExecFailureTests {
     func execFailuresDoNotBlameContent() throws {
         var policy = AgentPolicy(
             settings: policySettings(threshold: 3), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v2"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         for attempt in 0..<6 {
-            let actions = policy.spawnFailed("/opt/agent: no such executable", at: moment(Double(attempt)))
+            let actions = policy.handle(.spawnFailed("/opt/agent: no such executable"), at: moment(Double(attempt)))
             #expect(actions.decision(.crashLoop) == nil)
             #expect(policy.phase == .backoff)
             #expect(policy.isDegraded)
             policy.fireRestart()
         }
-        #expect(policy.failures.count == 6)
+        #expect(policy.escalationState.failures.count == 6)
         #expect(policy.ledger.quarantined.isEmpty)
         #expect(policy.ledger.candidate == "v2")
     }
@@ -101,7 +101,7 @@ struct ExecFailureTests {
 struct OperatorRequestTests {
     func policy() -> AgentPolicy {
         var policy = AgentPolicy(settings: policySettings(), ledger: makeLedger(knownGood: ["v1"], staged: ["v2"], active: "v1"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         return policy
     }
 
@@ -193,11 +193,11 @@ struct DamagedEscalationTests {
     func noReturnToFailingKnownGood() throws {
         var policy = AgentPolicy(
             settings: policySettings(threshold: 2), ledger: makeLedger(knownGood: ["v1", "v3"], active: "v3"))
-        _ = policy.begin(at: moment(0))
+        _ = policy.handle(.begin(), at: moment(0))
         let (actions, end) = policy.crashUntilCrashLoop(from: 0)
         #expect(actions.contains(.switchContent(version: "v1")))
         // The host finds v1's files changed when it is about to switch.
-        let corrupt = policy.activeContentCorrupt("digest mismatch", at: moment(end))
+        let corrupt = policy.handle(.activeContentCorrupt("digest mismatch"), at: moment(end))
         #expect(!corrupt.contains(.switchContent(version: "v3")))
         #expect(!corrupt.contains(.spawn(version: "v3", mode: .normal)))
         #expect(corrupt.decision(.safeMode)?.reason == "no-known-good")

@@ -75,13 +75,13 @@ extension AgentPolicy {
     /// - Returns: the actions of both steps.
     @discardableResult
     mutating func startAndBecomeReady(at seconds: Double, pid: Int32 = 4242) -> [PolicyAction] {
-        precondition(phase == .starting, "the policy has not asked for a spawn (phase \(phase))")
-        var actions = agentStarted(pid: pid, at: moment(seconds))
+        precondition(phase.isStarting, "the policy has not asked for a spawn (phase \(phase))")
+        var actions = handle(.agentStarted(pid: pid), at: moment(seconds))
         if settings.notify {
-            actions += agentReady(at: moment(seconds + 1))
+            actions += handle(.agentReady, at: moment(seconds + 1))
         } else {
             let deadline = actions.deadline(of: .startedAfter)!
-            actions += timerFired(.startedAfter, deadline: deadline, at: moment(deadline))
+            actions += handle(.timerFired(.startedAfter, deadline: deadline), at: moment(deadline))
         }
         return actions
     }
@@ -90,16 +90,16 @@ extension AgentPolicy {
     /// (before it counts as ready).
     @discardableResult
     mutating func startAndCrash(at seconds: Double, signal: Int32 = SIGSEGV) -> [PolicyAction] {
-        precondition(phase == .starting, "the policy has not asked for a spawn (phase \(phase))")
-        return agentStarted(pid: 4242, at: moment(seconds))
-            + agentExited(.signaled(signal: signal), at: moment(seconds + 0.5))
+        precondition(phase.isStarting, "the policy has not asked for a spawn (phase \(phase))")
+        return handle(.agentStarted(pid: 4242), at: moment(seconds))
+            + handle(.agentExited(.signaled(signal: signal)), at: moment(seconds + 0.5))
     }
 
     /// Fires the armed restart timer at its deadline.
     @discardableResult
     mutating func fireRestart() -> [PolicyAction] {
         let deadline = timers[.restart]!
-        return timerFired(.restart, deadline: deadline, at: moment(deadline))
+        return handle(.timerFired(.restart, deadline: deadline), at: moment(deadline))
     }
 
     /// Crashes the agent on every start until the policy stops restarting it from backoff

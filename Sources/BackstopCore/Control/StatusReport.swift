@@ -408,7 +408,7 @@ extension StatusReport.Agent {
                     version: $0.version, at: $0.at, exitStatus: $0.exitStatus,
                     signal: $0.signal.map(SignalName.of), coreDumped: $0.coreDumped, obstacle: $0.obstacle?.rawValue)
             })
-        lastRollback = policy.lastRollback.map { StatusReport.Rollback(from: $0.from, to: $0.to, reason: $0.reason, at: $0.at) }
+        lastRollback = policy.lastRollback.map { StatusReport.Rollback(from: $0.from, to: $0.to, reason: $0.reason.rawValue, at: $0.at) }
         degraded = policy.isDegraded
         degradedReason = policy.degradedReason
         escalation = policy.currentEscalation.map {
@@ -424,7 +424,7 @@ extension StatusReport.Agent {
                 requiredSec: Int(settings.probationSeconds))
         }
         self.statusText = statusText
-        firstContentFailure = policy.firstContentFailure.map {
+        firstContentFailure = policy.escalationState.firstContentFailure.map {
             StatusReport.FirstContentFailing(
                 version: $0.version, failure: $0.failure, obstacle: $0.obstacle?.rawValue, setting: $0.obstacle?.setting, since: $0.since)
         }

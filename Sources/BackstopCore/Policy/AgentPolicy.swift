@@ -152,10 +152,10 @@ public enum StopIntent: Sendable, Equatable, Codable {
 public enum AgentPhase: Sendable, Equatable, Codable {
     /// Not running: no active version yet, or the daemon stopped it.
     case stopped
-    /// Spawn requested or process alive but not ready yet.
-    case starting
-    /// Ready (READY=1, or alive for a second without `notify`).
-    case running
+    /// Spawn requested or process alive but not ready yet, with what arrived of its readiness.
+    case starting(StartingRun)
+    /// Ready (READY=1, or alive for a second without `notify`), with its health checks.
+    case running(ReadyRun)
     /// Backstop sent a signal and waits for the exit.
     case stopping(StopIntent)
     /// Waiting out a restart delay after a failure.
@@ -172,10 +172,158 @@ public enum AgentPhase: Sendable, Equatable, Codable {
     /// operator and not a failure: started again once that unit is active again.
     case awaitingDependency(String)
 
+    /// Whether this is ``starting(_:)``, whatever arrived of its readiness.
+    public var isStarting: Bool {
+        if case .starting = self { return true }
+        return false
+    }
+
+    /// Whether this is ``running(_:)``, whatever its health checks said.
+    public var isRunning: Bool {
+        if case .running = self { return true }
+        return false
+    }
+
     /// Whether this is ``awaitingDependency(_:)``, whichever unit it waits for.
     public var isAwaitingDependency: Bool {
         if case .awaitingDependency = self { return true }
         return false
+    }
+}
+
+/// What happens to one supervised agent, fed to ``AgentPolicy/handle(_:at:)`` with the time it happened.
+public enum AgentEvent: Sendable, Equatable {
+    /// The daemon begins supervising: the agent starts on its active version, unless it was
+    /// given up before (that needs an operator). A backoff that was running when the daemon
+    /// stopped (its end on CLOCK_BOOTTIME, from the state file) is waited out first.
+    case begin(restartDueMonotonicSeconds: Double? = nil)
+    /// The active version failed verification (its files no longer match their digest), as
+    /// described, at start or when the host was about to switch to it.
+    case activeContentCorrupt(String)
+    /// The process was created (fork and exec succeeded), or a unit began to activate; `pid`
+    /// is 0 while a unit has no main process yet (its `ExecStartPre=` runs).
+    case agentStarted(pid: Int32)
+    /// READY=1 arrived on the agent's notify socket.
+    case agentReady
+    /// A probe the policy asked for (``PolicyAction/probe(_:timeoutSeconds:)``) ended.
+    case probeFinished(Probe, result: ProbeResult)
+    /// WATCHDOG=1 arrived on the agent's notify socket.
+    case heartbeat
+    /// The agent process ended (reaped with waitid(2)), or its unit went inactive.
+    /// - oomKill: the kernel log records an OOM kill of the process, and whose.
+    /// - memoryRlimitBytes: `memory_max` when it held the run only as RLIMIT_DATA (no cgroup):
+    ///   an allocation past it fails inside the agent, which cannot be told from other
+    ///   failures, so the exit's message names the limit.
+    /// - survivors: processes of the agent's session still alive after it ended (the
+    ///   host leaves them running only when this makes the exit `daemonized`).
+    /// - reason: the reason when the runner knows better than the termination does
+    ///   (systemd's `Result=timeout` while starting is a start timeout, `Result=watchdog` a hang).
+    /// - obstacle: what the end of the agent's stderr names as being in its way (``SandboxObstacle/find(in:)``).
+    case agentExited(
+        Termination, oomKill: OOMKill? = nil, memoryRlimitBytes: UInt64? = nil, survivors: [Int32] = [],
+        reason: FailureReason? = nil, obstacle: SandboxObstacle? = nil)
+    /// systemd stopped the agent's unit because the named unit, which it requires
+    /// (`Requires=`, `BindsTo=`, `Requisite=`, `PartOf=`), was stopped or failed: neither an
+    /// operator's stop nor a failure of the agent. How the main process ended, if it ran.
+    case stoppedWithDependency(String, termination: Termination?)
+    /// The unit the agent waits for (``AgentPhase/awaitingDependency(_:)``) is active again.
+    case dependencyActive
+    /// The processes a `daemonized` agent left running have all exited (or were stopped).
+    case backgroundProcessesExited
+    /// The agent could not be started at all (fork or exec failed), as described.
+    case spawnFailed(String)
+    /// A timer armed for the monotonic `deadline` reached it.
+    case timerFired(PolicyTimer, deadline: Double)
+    /// `backstopctl reset-failed`: the failure history and the escalation are cleared; an agent
+    /// that was given up (or in safe mode) starts again on its active version.
+    case resetFailed
+    /// `backstopctl stop`: the agent (and what it left in the background) is terminated and
+    /// kept stopped, across daemon restarts and reboots, until ``start``.
+    case stop
+    /// `backstopctl start`: an operator stop is lifted and the agent started now: from
+    /// stopped, from backoff (the delay is skipped) or from given-up (the escalation is kept).
+    case start
+    /// The daemon is stopping: the agent is terminated and left stopped.
+    case shutdown
+    /// A boot loop, judged at the daemon's start before the agent runs: the machine failed to
+    /// boot `failedBoots` times in a row (`boot_failure_threshold` or more) with the agent on
+    /// its current content, the first of them started at `rowStartedAt`. A candidate is
+    /// quarantined and rolled back before the agent starts. So is a known-good version promoted
+    /// during those boots, to the known-good version before it: the loop began with the change,
+    /// and the boots before it ran the older version. Otherwise, with no candidate to roll back
+    /// (unchanged known-good content, or safe mode), the boots are no evidence against the
+    /// content: the loop is reported and the agent started as it is, unless
+    /// `boot_loop_stops_agent` asks for the ladder (an older known-good version, safe mode,
+    /// give up) as after a crash loop.
+    case bootLoop(failedBoots: Int, rowStartedAt: Date? = nil)
+}
+/// What arrived of a starting run's readiness (``AgentPhase/starting(_:)``).
+public struct StartingRun: Sendable, Equatable, Codable {
+    /// Whether READY=1 arrived.
+    public var readyNotified = false
+    /// Whether `ready_check_exec` succeeded.
+    public var readyCheckPassed = false
+    /// Failed ready checks so far; sets the pause before the next one.
+    public var readyCheckFailuresInARow = 0
+
+    /// A run that was just spawned: nothing has arrived yet.
+    public init() {}
+
+    /// Whether every readiness signal the agent is configured for (`notify`, `ready_check_exec`) arrived.
+    func isComplete(_ settings: PolicySettings) -> Bool {
+        (!settings.notify || readyNotified) && (!settings.hasReadyCheck || readyCheckPassed)
+    }
+}
+
+/// A ready run's health (``AgentPhase/running(_:)``).
+public struct ReadyRun: Sendable, Equatable, Codable {
+    /// Failed health checks in a row.
+    public var healthCheckFailuresInARow = 0
+
+    /// A run that just became ready; `healthCheckFailuresInARow` failed health checks in a row.
+    public init(healthCheckFailuresInARow: Int = 0) {
+        self.healthCheckFailuresInARow = healthCheckFailuresInARow
+    }
+}
+
+/// How an agent has been failing and how far its escalation went: the failures counted toward
+/// a crash loop, the restart backoff, the known-good versions tried. One value, so that what
+/// resets it (a healthy run, another version, `reset-failed`) is said in one place.
+public struct EscalationState: Sendable, Equatable {
+    /// Failures inside the sliding window, oldest first.
+    public internal(set) var failures: [FailureRecord] = []
+    /// Failures since the last healthy run; drives the backoff.
+    public internal(set) var consecutiveFailures = 0
+    /// Known-good versions already tried in the current escalation.
+    public internal(set) var escalationTried: [String] = []
+    /// Whether a rollback was followed by the same failure on known-good content: Backstop
+    /// then stops switching versions. Cleared by `reset-failed`, `activate` and `rollback`.
+    public internal(set) var rollbackDidNotHelp = false
+    /// The agent crash-loops on content that has no known-good version to compare it with;
+    /// cleared by a healthy run of `restart_delay_max_sec`, a promotion, `reset-failed`,
+    /// `activate` and `rollback`.
+    public internal(set) var firstContentFailure: FirstContentFailure?
+
+    /// Nothing failed yet.
+    public init() {}
+
+    /// A run was healthy for `restart_delay_max_sec`: the backoff starts again from its first step.
+    mutating func healthyRun() {
+        consecutiveFailures = 0
+        firstContentFailure = nil
+    }
+
+    /// Another version becomes active: the failures and the backoff belong to the version that ran.
+    mutating func forgetRuns() {
+        firstContentFailure = nil
+        failures = []
+        consecutiveFailures = 0
+    }
+
+    /// An operator chose what to run (`activate`, `rollback`): the ladder starts again.
+    mutating func restartLadder() {
+        escalationTried = []
+        rollbackDidNotHelp = false
     }
 }
 
@@ -213,8 +361,16 @@ public enum PolicyAction: Sendable, Equatable {
     case disarm(PolicyTimer)
     /// Report a decision to the journal and the timeline.
     case record(Decision)
+    /// Collect garbage in the agent's store: a version was staged, promoted or quarantined,
+    /// so which versions are kept may have changed.
+    case collectGarbage
+    /// The agent was started in this boot: the boot log says so, so that a failed boot
+    /// counts against the content it ran.
+    case markStartedThisBoot
+    /// The agent became ready: its `boot_good_after_sec` toward a good boot starts now.
+    case startBootHealthClock
     /// Run a probe; its process is killed after `timeoutSeconds` and the result fed to
-    /// ``AgentPolicy/probeFinished(_:result:at:)``.
+    /// ``AgentPolicy/handle(_:at:)`` as ``AgentEvent/probeFinished(_:result:)``.
     case probe(Probe, timeoutSeconds: Double)
 }
 
@@ -332,13 +488,30 @@ public struct RollbackRecord: Sendable, Equatable, Codable {
     public var from: String
     /// The known-good version made active.
     public var to: String
-    /// `crash-loop`, `crash-loop-on-known-good`, `verification-failed` or `operator`.
-    public var reason: String
+    /// Why it was rolled back.
+    public var reason: RollbackReason
     /// Wall-clock time of the rollback.
     public var at: Date
     /// How the agent failed on `from` for a crash-loop rollback, e.g. `crashed SIGSEGV`
     /// (``FailureRecord/signature``); nil for other rollbacks.
     public var failure: String?
+}
+
+/// Why the agent was rolled back: the `BACKSTOP_REASON` of a `rollback` decision, `status`'s
+/// `last_rollback.reason` and the state file's, in SPEC.md's spelling.
+public enum RollbackReason: String, Sendable, Codable, Equatable, CaseIterable {
+    /// The candidate crash-looped in probation.
+    case crashLoop = "crash-loop"
+    /// A known-good version crash-looped; the agent went back to an older one.
+    case crashLoopOnKnownGood = "crash-loop-on-known-good"
+    /// The machine boot-looped with the candidate, or with a version promoted during the failed boots.
+    case bootLoop = "boot-loop"
+    /// The machine boot-looped with a known-good version; the agent went back to an older one.
+    case bootLoopOnKnownGood = "boot-loop-on-known-good"
+    /// The active version's files no longer matched their digest.
+    case verificationFailed = "verification-failed"
+    /// An operator ran `backstopctl rollback`.
+    case `operator`
 }
 
 /// Errors of operator requests the policy refuses.
@@ -372,10 +545,12 @@ public enum PolicyError: Error, Equatable, CustomStringConvertible {
 
 /// The crash-loop, probation, backoff and escalation rules of one agent, with no I/O.
 ///
-/// The host feeds events with the current ``Moment`` and carries out the returned
-/// ``PolicyAction``s in order. Every rule is a pure function of the events and the
-/// injected clock, so tests drive it without processes or sleeps (the model is
-/// s6-supervise's state × event table).
+/// The host feeds each ``AgentEvent`` with the current ``Moment`` to ``handle(_:at:)``, a
+/// table of ``AgentPhase`` × ``AgentEvent`` in the manner of s6-supervise, and carries out
+/// the returned ``PolicyAction``s in order. Every rule is a pure function of the events and
+/// the injected clock, so tests drive it without processes or sleeps. Operator requests
+/// that can be refused (``activate(_:at:)``, ``rollback(to:at:)``, ``promote(_:at:)``,
+/// ``release(_:)``) are methods that throw.
 public struct AgentPolicy: Sendable, Equatable {
     /// The agent's numbers from its `[[agent]]` table.
     public let settings: PolicySettings
@@ -385,18 +560,14 @@ public struct AgentPolicy: Sendable, Equatable {
     public private(set) var phase: AgentPhase = .stopped
     /// Whether the agent runs `exec` or, after escalation, `safe_mode_exec`.
     public private(set) var mode: RunMode = .normal
-    /// Failures inside the sliding window, oldest first.
-    public private(set) var failures: [FailureRecord] = []
-    /// Failures since the last healthy run; drives the backoff.
-    public private(set) var consecutiveFailures = 0
+    /// The failures counted toward a crash loop, the restart backoff and how far the escalation went.
+    public private(set) var escalationState = EscalationState()
     /// Healthy seconds the candidate has accumulated before the current run.
     public private(set) var probationBankedSeconds: Double = 0
     /// When the current run became ready (monotonic), nil when not running.
     public private(set) var readySinceMonotonic: Double?
     /// The version the last spawn ran, which an exit is about even after an activation.
     public private(set) var runningVersion: String?
-    /// Known-good versions already tried in the current escalation.
-    public private(set) var escalationTried: [String] = []
     /// The last rollback, nil if none; with ``resetFailedAt`` it decides the degraded mark.
     public private(set) var lastRollback: RollbackRecord?
     /// When an operator last ran `reset-failed`: rollbacks before it no longer mark the agent degraded.
@@ -409,27 +580,12 @@ public struct AgentPolicy: Sendable, Equatable {
     /// be, ``StoreError/layoutRefused(path:found:)``): the agent is never started and is
     /// degraded with this reason until a restart finds the store sound. Nil when it can.
     public var storeRefusal: String?
-    /// Whether a rollback was followed by the same failure on known-good content: Backstop
-    /// then stops switching versions. Cleared by `reset-failed`, `activate` and `rollback`.
-    public private(set) var rollbackDidNotHelp = false
     /// The ladder step (safe mode, given up) the agent was put on and why; nil when neither.
     public private(set) var escalation: EscalationRecord?
     /// A boot loop reported without acting on it (no candidate to roll back); cleared by `reset-failed`.
     public private(set) var reportedBootLoop: BootLoopRecord?
-    /// The agent crash-loops on content that has no known-good version to compare it with;
-    /// cleared by a healthy run of `restart_delay_max_sec`, a promotion, `reset-failed`,
-    /// `activate` and `rollback`.
-    public private(set) var firstContentFailure: FirstContentFailure?
     /// The last preflight that failed, with its control; kept for `status`.
     public private(set) var lastPreflightFailure: PreflightFailure?
-    /// Whether READY=1 arrived in the current run.
-    private var readyNotified = false
-    /// Whether `ready_check_exec` succeeded in the current run.
-    private var readyCheckPassed = false
-    /// Failed ready checks in the current run; sets the pause before the next one.
-    private var readyCheckFailuresInARow = 0
-    /// Failed health checks in a row in the current run.
-    public private(set) var healthCheckFailuresInARow = 0
 
     /// A policy for a stopped agent in normal mode, with no failures counted.
     public init(settings: PolicySettings, ledger: ContentLedger = ContentLedger()) {
@@ -441,7 +597,7 @@ public struct AgentPolicy: Sendable, Equatable {
 
     /// Failures of every reason inside the window ending at `now`, oldest first.
     public func recentFailures(at now: Moment) -> [FailureRecord] {
-        failures.filter { now.monotonicSeconds - $0.monotonicSeconds < settings.failureWindowSeconds }
+        escalationState.failures.filter { now.monotonicSeconds - $0.monotonicSeconds < settings.failureWindowSeconds }
     }
 
     /// The failures inside the window that count against the content (``Attribution/content``).
@@ -473,16 +629,502 @@ public struct AgentPolicy: Sendable, Equatable {
 
     // MARK: - Events
 
-    /// The daemon begins supervising: start the agent on its active version, unless
-    /// it was given up before (that needs an operator).
-    /// A backoff that was running when the daemon stopped is waited out first.
-    public mutating func begin(restartDueMonotonicSeconds: Double? = nil, at now: Moment) -> [PolicyAction] {
-        guard phase == .stopped else { return [] }
-        if let due = restartDueMonotonicSeconds, due > now.monotonicSeconds, ledger.active != nil, !operatorStopped {
-            phase = .backoff
-            return [arm(.restart, at: due)]
+    /// Handles one event in the agent's current ``phase``: the policy's state × event table,
+    /// in the manner of s6-supervise, one `switch phase` per event. Every cell is written out,
+    /// those that ignore their event among them, so that each rule is found in one place (a
+    /// single `switch (phase, event)` is more than the compiler can check for exhaustiveness).
+    /// A timer firing that was re-armed or disarmed since (its `deadline` is not the armed
+    /// one) is stale and ignored in any phase.
+    /// - Returns: what the host carries out, in order.
+    public mutating func handle(_ event: AgentEvent, at now: Moment) -> [PolicyAction] {
+        switch event {
+        case .begin(let due):
+            switch phase {
+            case .stopped:
+                if let due, due > now.monotonicSeconds, ledger.active != nil, !operatorStopped {
+                    phase = .backoff
+                    return [arm(.restart, at: due)]
+                }
+                return spawnActive(at: now)
+            case .starting, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .activeContentCorrupt(let detail):
+            switch phase {
+            case .starting:
+                // The spawn the host dropped is made again, on the version rolled back to.
+                return quarantineCorruptActive(detail, pending: .spawn, at: now)
+            case .stopping(.restart):
+                // The host dropped the stop before the restart: it is asked for again.
+                return quarantineCorruptActive(detail, pending: .terminate, at: now)
+            case .stopped, .running, .stopping(.failure), .stopping(.shutdown), .stopping(.operatorStop),
+                .stopping(.readyCheckCannotRun), .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return quarantineCorruptActive(detail, pending: nil, at: now)
+            }
+
+        case .agentStarted(let pid):
+            switch phase {
+            case .starting:
+                var actions = recordStarted(pid: pid)
+                if settings.notify || settings.hasReadyCheck {
+                    actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))
+                    if settings.hasReadyCheck { actions.append(arm(.readyCheck, at: now.monotonicSeconds)) }
+                } else {
+                    actions.append(arm(.startedAfter, at: now.monotonicSeconds + PolicySettings.startedAfterSeconds))
+                }
+                return actions
+            case .stopping:
+                // Asked to stop while it was being created: recorded as started, so that its
+                // exit has a start, and terminated.
+                return recordStarted(pid: pid) + [.terminate(signal: SIGTERM)]
+            case .stopped, .running, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .agentReady:
+            switch phase {
+            case .starting(var run):
+                guard settings.notify, !run.readyNotified else { return [] }
+                run.readyNotified = true
+                phase = .starting(run)
+                return run.isComplete(settings) ? becomeReady(at: now) : []
+            case .stopped, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .probeFinished(.ready, let result):
+            switch phase {
+            case .starting(let run):
+                return readyCheckFinished(result, run: run, at: now)
+            case .stopped, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .probeFinished(.health, let result):
+            switch phase {
+            case .running(let run):
+                return healthCheckFinished(result, run: run, at: now)
+            case .stopped, .starting, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .heartbeat:
+            switch phase {
+            case .running:
+                guard settings.watchdogSeconds > 0 else { return [] }
+                return [arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds)]
+            case .stopped, .starting, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .agentExited(let termination, let oomKill, let memoryRlimitBytes, let survivors, let known, let obstacle):
+            switch phase {
+            case .stopping(.restart):
+                let actions = endRun(at: now) + [recordExit(termination, version: exitVersion, reason: nil, at: now)]
+                return actions + spawnActive(at: now)
+            case .stopping(.shutdown), .stopping(.operatorStop):
+                let actions = endRun(at: now)
+                phase = .stopped
+                return actions + [recordExit(termination, version: exitVersion, reason: nil, at: now)]
+            case .stopping(.failure(let reason)):
+                var actions = endRun(at: now)
+                var record = recordExit(termination, version: exitVersion, reason: reason, obstacle: obstacle, at: now)
+                if reason == .startTimeout, case .record(var decision) = record {
+                    decision.message += " It did not become ready within \(Self.format(settings.startTimeoutSeconds)) s (start_timeout_sec), so Backstop stopped it."
+                    record = .record(decision)
+                }
+                actions.append(record)
+                return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
+            case .stopping(.readyCheckCannotRun):
+                let actions = endRun(at: now)
+                    + [recordExit(termination, version: exitVersion, reason: .execFailed, attribution: .configuration, at: now)]
+                return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
+            case .starting, .running:
+                return endRun(at: now) + unaskedExit(
+                    termination, oomKill: oomKill, memoryRlimitBytes: memoryRlimitBytes, survivors: survivors, reason: known,
+                    obstacle: obstacle, at: now)
+            case .stopped, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
+                // No run to end: only what is left of one is dropped.
+                return endRun(at: now)
+            }
+
+        case .stoppedWithDependency(let dependency, let termination):
+            switch phase {
+            case .starting, .running, .backoff, .restarting:
+                var actions = disarmRunTimers() + disarm([.restart])
+                bankProbation(at: now)
+                phase = .awaitingDependency(dependency)
+                actions.append(.record(Decision(
+                    .agentExited, agent: settings.agent, version: runningVersion ?? ledger.active,
+                    exitStatus: termination?.exitStatus, signal: termination?.signal,
+                    message: "Agent \(settings.agent) was stopped by systemd with \(dependency), which its unit requires; not a failure, and it starts again once \(dependency) is active again.")))
+                return actions
+            case .stopping, .stopped, .givenUp, .daemonized, .awaitingDependency:
+                return []
+            }
+
+        case .dependencyActive:
+            switch phase {
+            case .awaitingDependency:
+                return spawnActive(at: now)
+            case .stopped, .starting, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp:
+                return []
+            }
+
+        case .backgroundProcessesExited:
+            switch phase {
+            case .daemonized:
+                return scheduleRestart(at: now)
+            case .stopping(.restart):
+                return spawnActive(at: now)
+            case .stopping(.shutdown), .stopping(.operatorStop):
+                phase = .stopped
+                return []
+            case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .restarting, .stopped,
+                .givenUp, .awaitingDependency:
+                return []
+            }
+
+        case .spawnFailed(let message):
+            switch phase {
+            case .starting:
+                let counts = settings.attribution(of: .execFailed) == .content
+                let why = counts
+                    ? "the program is part of content \(ledger.active ?? "none"), so this counts against it"
+                    : FailureReason.execFailed.remedy!
+                let actions = disarmRunTimers() + [.record(Decision(
+                    .agentExited, agent: settings.agent, version: ledger.active,
+                    failures: counts ? countedFailures(at: now).count + 1 : nil, reason: FailureReason.execFailed.rawValue,
+                    message: "Agent \(settings.agent) could not be started: \(message); \(why)."))]
+                return actions + countFailure(.execFailed, termination: nil, at: now)
+            // A stop requested meanwhile is honoured as if the process had exited.
+            case .stopping(.shutdown), .stopping(.operatorStop):
+                let actions = disarmRunTimers()
+                phase = .stopped
+                return actions
+            case .stopping(.restart):
+                return disarmRunTimers() + spawnActive(at: now)
+            case .stopping(.failure(let reason)):
+                return disarmRunTimers() + countFailure(reason, termination: nil, at: now)
+            case .stopping(.readyCheckCannotRun):
+                return disarmRunTimers() + countFailure(.execFailed, termination: nil, attribution: .configuration, at: now)
+            case .stopped, .running, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
+                return disarmRunTimers()
+            }
+
+        case .timerFired(let timer, let deadline):
+            // A firing of a timer re-armed or disarmed since is stale, in any phase.
+            guard timers[timer] == deadline else { return [] }
+            timers[timer] = nil
+            return timerFired(timer, at: now)
+
+        case .resetFailed:
+            clearFailureHistory(at: now)
+            switch phase {
+            case .givenUp:
+                mode = .normal
+                return disarm([.restart]) + spawnActive(at: now)
+            case .stopped, .starting, .running, .stopping, .backoff, .restarting, .daemonized, .awaitingDependency:
+                // Safe mode ends: the agent starts again on its active version with `exec`.
+                guard mode == .safeMode else { return [] }
+                mode = .normal
+                return restartOnActive(at: now)
+            }
+
+        case .stop:
+            operatorStopped = true
+            let actions = disarm([.restart])
+            switch phase {
+            case .starting, .running, .daemonized:
+                bankProbation(at: now)
+                phase = .stopping(.operatorStop)
+                return actions + disarmRunTimers() + [.terminate(signal: SIGTERM)]
+            case .stopping(.shutdown), .stopped, .givenUp:
+                return actions
+            case .stopping(.restart), .stopping(.failure), .stopping(.operatorStop), .stopping(.readyCheckCannotRun):
+                // A restart or a failure in progress: the exit ends in stopped instead.
+                phase = .stopping(.operatorStop)
+                return actions
+            case .backoff, .restarting, .awaitingDependency:
+                phase = .stopped
+                return actions
+            }
+
+        case .start:
+            operatorStopped = false
+            switch phase {
+            case .stopping(.operatorStop):
+                phase = .stopping(.restart)
+                return []
+            case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
+                // From backoff the delay is skipped; from given-up the escalation is kept.
+                return disarm([.restart]) + spawnActive(at: now)
+            case .starting, .running, .stopping(.restart), .stopping(.failure), .stopping(.shutdown),
+                .stopping(.readyCheckCannotRun), .daemonized:
+                return []
+            }
+
+        case .shutdown:
+            let actions = disarm(PolicyTimer.allCases)
+            switch phase {
+            case .starting, .running, .stopping, .daemonized:
+                bankProbation(at: now)
+                phase = .stopping(.shutdown)
+                return actions + [.terminate(signal: SIGTERM)]
+            case .backoff, .restarting, .awaitingDependency:
+                phase = .stopped
+                return actions
+            case .stopped, .givenUp:
+                return actions
+            }
+
+        case .bootLoop(let failedBoots, let rowStartedAt):
+            switch phase {
+            case .stopped:
+                return judgeBootLoop(failedBoots: failedBoots, rowStartedAt: rowStartedAt, at: now)
+            case .starting, .running, .stopping, .backoff, .restarting, .daemonized, .givenUp, .awaitingDependency:
+                return []
+            }
         }
-        return spawnActive(at: now)
+    }
+
+    /// The cells of ``AgentEvent/timerFired(_:deadline:)``: `timer` reached its deadline (not a stale firing).
+    private mutating func timerFired(_ timer: PolicyTimer, at now: Moment) -> [PolicyAction] {
+        switch (timer, phase) {
+        case (.startTimeout, .starting):
+            // Not hung: it never became ready. Its `agent-exited` entry (reason `start-timeout`) reports it.
+            phase = .stopping(.failure(.startTimeout))
+            return [.terminate(signal: SIGABRT)]
+        case (.startTimeout, .stopped), (.startTimeout, .running), (.startTimeout, .stopping), (.startTimeout, .backoff),
+            (.startTimeout, .restarting), (.startTimeout, .daemonized), (.startTimeout, .givenUp),
+            (.startTimeout, .awaitingDependency):
+            return []
+
+        case (.startedAfter, .starting):
+            return becomeReady(at: now)
+        case (.startedAfter, .stopped), (.startedAfter, .running), (.startedAfter, .stopping), (.startedAfter, .backoff),
+            (.startedAfter, .restarting), (.startedAfter, .daemonized), (.startedAfter, .givenUp),
+            (.startedAfter, .awaitingDependency):
+            return []
+
+        case (.readyCheck, .starting):
+            return [.probe(.ready, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
+        case (.readyCheck, .stopped), (.readyCheck, .running), (.readyCheck, .stopping), (.readyCheck, .backoff),
+            (.readyCheck, .restarting), (.readyCheck, .daemonized), (.readyCheck, .givenUp), (.readyCheck, .awaitingDependency):
+            return []
+
+        case (.watchdog, .running):
+            phase = .stopping(.failure(.hung))
+            return [
+                .record(Decision(
+                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.hung.rawValue,
+                    message: "Agent \(settings.agent) missed its watchdog heartbeat for \(Self.format(settings.watchdogSeconds)) s; aborting it.")),
+                .terminate(signal: SIGABRT),
+            ]
+        case (.watchdog, .stopped), (.watchdog, .starting), (.watchdog, .stopping), (.watchdog, .backoff),
+            (.watchdog, .restarting), (.watchdog, .daemonized), (.watchdog, .givenUp), (.watchdog, .awaitingDependency):
+            return []
+
+        case (.probation, .running(let run)):
+            return probationEnded(run: run, at: now)
+        case (.probation, .stopped), (.probation, .starting), (.probation, .stopping), (.probation, .backoff),
+            (.probation, .restarting), (.probation, .daemonized), (.probation, .givenUp), (.probation, .awaitingDependency):
+            return []
+
+        case (.healthCheck, .running):
+            return [.probe(.health, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
+        case (.healthCheck, .stopped), (.healthCheck, .starting), (.healthCheck, .stopping), (.healthCheck, .backoff),
+            (.healthCheck, .restarting), (.healthCheck, .daemonized), (.healthCheck, .givenUp),
+            (.healthCheck, .awaitingDependency):
+            return []
+
+        case (.restart, .backoff), (.restart, .restarting):
+            return spawnActive(at: now)
+        // A restart delay that ended after something else started or stopped the agent.
+        case (.restart, .stopped), (.restart, .starting), (.restart, .running), (.restart, .stopping),
+            (.restart, .daemonized), (.restart, .givenUp), (.restart, .awaitingDependency):
+            return []
+
+        // A healthy run of `restart_delay_max_sec` resets the backoff, whatever came after it.
+        case (.backoffReset, .stopped), (.backoffReset, .starting), (.backoffReset, .running), (.backoffReset, .stopping),
+            (.backoffReset, .backoff), (.backoffReset, .restarting), (.backoffReset, .daemonized), (.backoffReset, .givenUp),
+            (.backoffReset, .awaitingDependency):
+            escalationState.healthyRun()
+            return []
+        }
+    }
+
+    /// The version the ending run was spawned on: an activation while it ran changed the
+    /// active one, not what it runs.
+    private var exitVersion: String? {
+        runningVersion ?? ledger.active
+    }
+
+    /// What is left of a run when its process ended: its timers, and its healthy time banked for probation.
+    private mutating func endRun(at now: Moment) -> [PolicyAction] {
+        let actions = disarmRunTimers()
+        bankProbation(at: now)
+        return actions
+    }
+
+    /// The `agent-started` decision of a process with `pid` (0 while a unit has no main
+    /// process yet), and the boot log's note that the agent started in this boot.
+    private func recordStarted(pid: Int32) -> [PolicyAction] {
+        let started = PolicyAction.record(Decision(
+            .agentStarted, agent: settings.agent, version: exitVersion,
+            message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(exitVersion ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
+        return [started, .markStartedThisBoot]
+    }
+
+    /// What a host had pending for a version found damaged, and makes again for the version rolled back to.
+    private enum PendingRunAction {
+        /// The spawn of a run that was starting.
+        case spawn
+        /// The stop before a restart.
+        case terminate
+    }
+
+    /// The active version failed verification (its files no longer match their digest), at
+    /// start or when the host was about to switch to it: it is quarantined and the agent rolled
+    /// back to the last known-good version (verified in turn by the host), or it gives up.
+    /// `pending` is what the host dropped for the damaged version.
+    private mutating func quarantineCorruptActive(_ detail: String, pending: PendingRunAction?, at now: Moment) -> [PolicyAction] {
+        guard let active = ledger.active else { return [] }
+        ledger.quarantine(active, reason: "verification-failed", at: now.wall)
+        // A rollback to this version never happened: status must not claim it.
+        if lastRollback?.to == active { lastRollback = nil }
+        var actions: [PolicyAction] = [.record(Decision(
+            .contentQuarantined, agent: settings.agent, version: active, reason: "verification-failed",
+            message: "Quarantined content \(active) of agent \(settings.agent): \(detail).")), .collectGarbage]
+        let pendingStop: [PolicyAction] = pending == .terminate ? [.terminate(signal: SIGTERM)] : []
+        // Not back to a known-good version that already failed in this escalation.
+        guard let knownGood = ledger.knownGoodNewestFirst.first(where: { !escalationState.escalationTried.contains($0) }) else {
+            ledger.deactivate()
+            actions.append(.switchContent(version: nil))
+            if !pendingStop.isEmpty { return actions + pendingStop }
+            return actions + enterSafeMode(.noKnownGood, version: active, evidence: "content \(active) failed verification: \(detail)", at: now)
+        }
+        forgetRunHistory()
+        ledger.activate(knownGood)
+        lastRollback = RollbackRecord(from: active, to: knownGood, reason: .verificationFailed, at: now.wall)
+        actions += [
+            .switchContent(version: knownGood),
+            .record(Decision(
+                .rollback, agent: settings.agent, version: knownGood, previousVersion: active,
+                reason: RollbackReason.verificationFailed.rawValue,
+                message: "Rolled agent \(settings.agent) back from content \(active) to known-good \(knownGood) (verification-failed).")),
+        ]
+        if pending == .spawn { return actions + [.spawn(version: knownGood, mode: mode)] }
+        return actions + pendingStop
+    }
+
+    /// A `ready_check_exec` run of a starting agent ended. One that cannot run at all stops
+    /// the agent as an `exec-failed` configuration error.
+    private mutating func readyCheckFinished(_ result: ProbeResult, run: StartingRun, at now: Moment) -> [PolicyAction] {
+        guard settings.hasReadyCheck, !run.readyCheckPassed else { return [] }
+        var run = run
+        switch result {
+        case .passed:
+            run.readyCheckPassed = true
+            phase = .starting(run)
+            return run.isComplete(settings) ? becomeReady(at: now) : []
+        case .couldNotRun:
+            phase = .stopping(.readyCheckCannotRun)
+            return disarmRunTimers() + [.terminate(signal: SIGTERM)]
+        case .failed:
+            break
+        }
+        run.readyCheckFailuresInARow += 1
+        phase = .starting(run)
+        let pause = min(
+            PolicySettings.readyCheckRetrySeconds * pow(2, Double(min(run.readyCheckFailuresInARow - 1, 30))),
+            PolicySettings.readyCheckRetryMaxSeconds)
+        return [arm(.readyCheck, at: now.monotonicSeconds + pause)]
+    }
+
+    /// A `health_check_exec` run of a ready agent ended. One that cannot run is not counted (the host reports it).
+    private mutating func healthCheckFinished(_ result: ProbeResult, run: ReadyRun, at now: Moment) -> [PolicyAction] {
+        guard let interval = settings.healthCheckIntervalSeconds else { return [] }
+        var run = run
+        let detail: String
+        switch result {
+        case .passed: run.healthCheckFailuresInARow = 0; detail = ""
+        case .failed(let what): run.healthCheckFailuresInARow += 1; detail = what
+        case .couldNotRun: return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
+        }
+        phase = .running(run)
+        guard run.healthCheckFailuresInARow >= settings.healthCheckFailures else {
+            return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
+        }
+        phase = .stopping(.failure(.healthCheck))
+        return [
+            .record(Decision(
+                .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.healthCheck.rawValue,
+                message: "Agent \(settings.agent) failed its health check \(run.healthCheckFailuresInARow) times in a row (last: \(detail)); stopping it.")),
+            .terminate(signal: SIGTERM),
+        ]
+    }
+
+    /// The candidate's probation ended with the agent ready: it becomes known-good, unless
+    /// the last health check failed (then the next one is waited for).
+    private mutating func probationEnded(run: ReadyRun, at now: Moment) -> [PolicyAction] {
+        guard let candidate = ledger.candidate else { return [] }
+        if run.healthCheckFailuresInARow > 0, let interval = settings.healthCheckIntervalSeconds {
+            return [arm(.probation, at: now.monotonicSeconds + interval)]
+        }
+        ledger.promote(candidate, at: now.wall)
+        probationBankedSeconds = 0
+        escalationState.firstContentFailure = nil
+        return [.record(Decision(
+            .contentPromoted, agent: settings.agent, version: candidate,
+            message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good.")), .collectGarbage]
+    }
+
+    /// The agent ended without Backstop asking (starting or ready): classified, recorded and counted.
+    private mutating func unaskedExit(
+        _ termination: Termination, oomKill: OOMKill?, memoryRlimitBytes: UInt64?, survivors: [Int32],
+        reason known: FailureReason?, obstacle: SandboxObstacle?, at now: Moment
+    ) -> [PolicyAction] {
+        let version = exitVersion
+        var reason = known ?? FailureReason.classify(
+            termination, oomKilled: oomKill != nil, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
+        var attribution: Attribution?
+        var note: String?
+        if reason == .oomKilled, case .memoryMax(let bytes) = oomKill {
+            // The known-good version ran within the same limit: only a candidate that
+            // outgrows it is to blame; on known-good content the limit is.
+            reason = .memoryLimit
+            let compared = version != nil && version == ledger.candidate && ledger.knownGood != nil
+            attribution = compared ? .content : .restartOnly
+            note = "The OOM killer of its own cgroup ended it at memory_max \(SandboxSpec.formatBytes(bytes)); "
+                + (compared ? "counted against candidate \(version!), as known-good \(ledger.knownGood!) ran within it"
+                    : "not counted against the content, as no known-good version ran within it for comparison")
+                + ". Raise memory_max if this content needs more."
+        } else if let bytes = memoryRlimitBytes, settings.attribution(of: reason) == .content {
+            note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup can hold it here): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
+        }
+        if attribution == nil, obstacle == .processLimit, version != ledger.candidate, settings.attribution(of: reason) == .content {
+            // Known-good content that ran within the same limit before: the limit is shared
+            // with every process of the agent's user (its own preflights among them), so a
+            // fork refused for it says the host ran out, not that the content went wrong.
+            attribution = .restartOnly
+            note = "A fork refused for the process limit (EAGAIN) on known-good content is not counted against it: the limit is shared with every process of the agent's user, a preflight of this agent among them. Give the agent a user of its own, or raise tasks_max."
+        }
+        var exit = recordExit(termination, version: version, reason: reason, attribution: attribution, obstacle: obstacle, at: now)
+        if case .record(var decision) = exit {
+            if reason == .daemonized { decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))." }
+            if let note { decision.message += " " + note }
+            exit = .record(decision)
+        }
+        return [exit] + countFailure(reason, termination: termination, attribution: attribution, obstacle: obstacle, at: now)
+    }
+
+    /// `reset-failed`: the failure history and the escalation are forgotten.
+    private mutating func clearFailureHistory(at now: Moment) {
+        escalationState = EscalationState()
+        reportedBootLoop = nil
+        resetFailedAt = now.wall
     }
 
     /// Whether Backstop has signalled the agent and waits for its exit.
@@ -505,21 +1147,21 @@ public struct AgentPolicy: Sendable, Equatable {
             guard let escalation = currentEscalation else { return step }
             return "\(step): \(escalation.explanation); evidence: \(escalation.evidence)"
         }
-        if rollbackDidNotHelp { return "rollback did not help" }
-        if let firstContentFailure { return firstContentFailure.summary }
+        if escalationState.rollbackDidNotHelp { return "rollback did not help" }
+        if let firstContentFailure = escalationState.firstContentFailure { return firstContentFailure.summary }
         switch phase {
         case .daemonized: return "its program forked into the background (daemonized)"
-        case .backoff: return "in backoff" + (failures.last.map { " after \($0.reason.rawValue)" } ?? "")
-        case .starting where consecutiveFailures > 0:
+        case .backoff: return "in backoff" + (escalationState.failures.last.map { " after \($0.reason.rawValue)" } ?? "")
+        case .starting where escalationState.consecutiveFailures > 0:
             // A restart loop spends part of its time starting: not healthy until a run is ready.
-            return "restarting after \(consecutiveFailures) failure\(consecutiveFailures == 1 ? "" : "s") in a row"
-                + (failures.last.map { " (last: \($0.reason.rawValue))" } ?? "") + ", not ready since"
+            return "restarting after \(escalationState.consecutiveFailures) failure\(escalationState.consecutiveFailures == 1 ? "" : "s") in a row"
+                + (escalationState.failures.last.map { " (last: \($0.reason.rawValue))" } ?? "") + ", not ready since"
         case .awaitingDependency(let unit): return "stopped by systemd with \(unit), which its unit requires; waiting for \(unit) to be active again"
         default: break
         }
         if let reportedBootLoop { return reportedBootLoop.description }
         guard let lastRollback, resetFailedAt.map({ lastRollback.at > $0 }) ?? true else { return nil }
-        return "rolled back from \(lastRollback.from) to \(lastRollback.to) (\(lastRollback.reason))"
+        return "rolled back from \(lastRollback.from) to \(lastRollback.to) (\(lastRollback.reason.rawValue))"
     }
 
     /// The ladder step the agent is on now with its evidence: nil unless it is given up or in safe mode.
@@ -531,326 +1173,18 @@ public struct AgentPolicy: Sendable, Equatable {
         }
     }
 
-    /// The active version failed verification (its files no longer match their digest),
-    /// at start or when the host was about to switch to it: quarantine it and roll back
-    /// to the last known-good version (verified in turn by the host), or give up.
-    public mutating func activeContentCorrupt(_ detail: String, at now: Moment) -> [PolicyAction] {
-        guard let active = ledger.active else { return [] }
-        ledger.quarantine(active, reason: "verification-failed", at: now.wall)
-        // A rollback to this version never happened: status must not claim it.
-        if lastRollback?.to == active { lastRollback = nil }
-        var actions: [PolicyAction] = [.record(Decision(
-            .contentQuarantined, agent: settings.agent, version: active, reason: "verification-failed",
-            message: "Quarantined content \(active) of agent \(settings.agent): \(detail)."))]
-        // The host dropped what it had not yet carried out for the damaged version:
-        // a spawn still pending (phase starting) or the stop before a restart.
-        let pendingStop: [PolicyAction] = phase == .stopping(.restart) ? [.terminate(signal: SIGTERM)] : []
-        // Not back to a known-good version that already failed in this escalation.
-        guard let knownGood = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) else {
-            ledger.deactivate()
-            actions.append(.switchContent(version: nil))
-            if !pendingStop.isEmpty { return actions + pendingStop }
-            return actions + enterSafeMode(.noKnownGood, version: active, evidence: "content \(active) failed verification: \(detail)", at: now)
-        }
-        forgetRunHistory()
-        ledger.activate(knownGood)
-        lastRollback = RollbackRecord(from: active, to: knownGood, reason: "verification-failed", at: now.wall)
-        actions += [
-            .switchContent(version: knownGood),
-            .record(Decision(
-                .rollback, agent: settings.agent, version: knownGood, previousVersion: active, reason: "verification-failed",
-                message: "Rolled agent \(settings.agent) back from content \(active) to known-good \(knownGood) (verification-failed).")),
-        ]
-        if phase == .starting { return actions + [.spawn(version: knownGood, mode: mode)] }
-        return actions + pendingStop
-    }
-
-    /// The process was created (fork and exec succeeded), or a unit began to activate;
-    /// `pid` is 0 while a unit has no main process yet (its `ExecStartPre=` runs). One that
-    /// was asked to stop while it was being created is recorded as started, so that its
-    /// exit has a start, and terminated.
-    public mutating func agentStarted(pid: Int32, at now: Moment) -> [PolicyAction] {
-        // The version this process was spawned on: an activation while it was being created
-        // changed the active one, not what it runs.
-        let version = runningVersion ?? ledger.active
-        let started = PolicyAction.record(Decision(
-            .agentStarted, agent: settings.agent, version: version,
-            message: "Started agent \(settings.agent)\(pid > 0 ? " (pid \(pid))" : "") on content \(version ?? "none")\(mode == .safeMode ? " in safe mode" : "")."))
-        if isStopping { return [started, .terminate(signal: SIGTERM)] }
-        guard phase == .starting else { return [] }
-        var actions: [PolicyAction] = [started]
-        if settings.notify || settings.hasReadyCheck {
-            actions.append(arm(.startTimeout, at: now.monotonicSeconds + settings.startTimeoutSeconds))
-            if settings.hasReadyCheck { actions.append(arm(.readyCheck, at: now.monotonicSeconds)) }
-        } else {
-            actions.append(arm(.startedAfter, at: now.monotonicSeconds + PolicySettings.startedAfterSeconds))
-        }
-        return actions
-    }
-
-    /// READY=1 arrived on the agent's notify socket.
-    public mutating func agentReady(at now: Moment) -> [PolicyAction] {
-        guard settings.notify, phase == .starting, !readyNotified else { return [] }
-        readyNotified = true
-        return readinessComplete ? becomeReady(at: now) : []
-    }
-
-    /// Whether every readiness signal the agent is configured for arrived in this run.
-    private var readinessComplete: Bool {
-        (!settings.notify || readyNotified) && (!settings.hasReadyCheck || readyCheckPassed)
-    }
-
-    /// A probe the policy asked for (``PolicyAction/probe(_:timeoutSeconds:)``) ended.
-    /// A ready check that cannot run at all stops the agent as an `exec-failed` configuration
-    /// error; a health check that cannot run is not counted (the host reports it).
-    public mutating func probeFinished(_ probe: Probe, result: ProbeResult, at now: Moment) -> [PolicyAction] {
-        switch probe {
-        case .ready:
-            guard settings.hasReadyCheck, phase == .starting, !readyCheckPassed else { return [] }
-            switch result {
-            case .passed:
-                readyCheckPassed = true
-                return readinessComplete ? becomeReady(at: now) : []
-            case .couldNotRun:
-                phase = .stopping(.readyCheckCannotRun)
-                return disarmRunTimers() + [.terminate(signal: SIGTERM)]
-            case .failed:
-                break
-            }
-            readyCheckFailuresInARow += 1
-            let pause = min(
-                PolicySettings.readyCheckRetrySeconds * pow(2, Double(min(readyCheckFailuresInARow - 1, 30))),
-                PolicySettings.readyCheckRetryMaxSeconds)
-            return [arm(.readyCheck, at: now.monotonicSeconds + pause)]
-        case .health:
-            guard let interval = settings.healthCheckIntervalSeconds, phase == .running else { return [] }
-            let detail: String
-            switch result {
-            case .passed: healthCheckFailuresInARow = 0; detail = ""
-            case .failed(let what): healthCheckFailuresInARow += 1; detail = what
-            case .couldNotRun: return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
-            }
-            guard healthCheckFailuresInARow >= settings.healthCheckFailures else {
-                return [arm(.healthCheck, at: now.monotonicSeconds + interval)]
-            }
-            phase = .stopping(.failure(.healthCheck))
-            return [
-                .record(Decision(
-                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.healthCheck.rawValue,
-                    message: "Agent \(settings.agent) failed its health check \(healthCheckFailuresInARow) times in a row (last: \(detail)); stopping it.")),
-                .terminate(signal: SIGTERM),
-            ]
-        }
-    }
-
-    /// WATCHDOG=1 arrived: push the hang deadline out.
-    public mutating func heartbeat(at now: Moment) -> [PolicyAction] {
-        guard settings.watchdogSeconds > 0, phase == .running else { return [] }
-        return [arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds)]
-    }
-
-    /// The agent process ended (reaped with waitid(2)).
-    /// - Parameters:
-    ///   - oomKill: the kernel log records an OOM kill of the process, and whose.
-    ///   - memoryRlimitBytes: `memory_max` when it held the run only as RLIMIT_DATA (no cgroup):
-    ///     an allocation past it fails inside the agent, which cannot be told from other
-    ///     failures, so the exit's message names the limit.
-    ///   - survivors: processes of the agent's session still alive after it ended (the
-    ///     host leaves them running only when this makes the exit `daemonized`).
-    ///   - known: the reason when the runner knows better than the termination does
-    ///     (systemd's `Result=timeout` while starting is a start timeout, `Result=watchdog` a hang).
-    ///   - obstacle: what the end of the agent's stderr names as being in its way (``SandboxObstacle/find(in:)``).
-    public mutating func agentExited(
-        _ termination: Termination, oomKill: OOMKill? = nil, memoryRlimitBytes: UInt64? = nil, survivors: [Int32] = [],
-        reason known: FailureReason? = nil, obstacle: SandboxObstacle? = nil, at now: Moment
-    ) -> [PolicyAction] {
-        var actions = disarmRunTimers()
-        bankProbation(at: now)
-        let version = runningVersion ?? ledger.active
-        switch phase {
-        case .stopping(.restart):
-            actions.append(recordExit(termination, version: version, reason: nil, at: now))
-            return actions + spawnActive(at: now)
-        case .stopping(.shutdown), .stopping(.operatorStop):
-            phase = .stopped
-            actions.append(recordExit(termination, version: version, reason: nil, at: now))
-            return actions
-        case .stopping(.failure(let reason)):
-            var exit = recordExit(termination, version: version, reason: reason, obstacle: obstacle, at: now)
-            if reason == .startTimeout, case .record(var decision) = exit {
-                decision.message += " It did not become ready within \(Self.format(settings.startTimeoutSeconds)) s (start_timeout_sec), so Backstop stopped it."
-                exit = .record(decision)
-            }
-            actions.append(exit)
-            return actions + countFailure(reason, termination: termination, obstacle: obstacle, at: now)
-        case .stopping(.readyCheckCannotRun):
-            actions.append(recordExit(termination, version: version, reason: .execFailed, attribution: .configuration, at: now))
-            return actions + countFailure(.execFailed, termination: termination, attribution: .configuration, at: now)
-        case .starting, .running:
-            var reason = known ?? FailureReason.classify(
-                termination, oomKilled: oomKill != nil, survivorsRemain: !survivors.isEmpty, successExitStatus: settings.successExitStatus)
-            var attribution: Attribution?
-            var note: String?
-            if reason == .oomKilled, case .memoryMax(let bytes) = oomKill {
-                // The known-good version ran within the same limit: only a candidate that
-                // outgrows it is to blame; on known-good content the limit is.
-                reason = .memoryLimit
-                let compared = version != nil && version == ledger.candidate && ledger.knownGood != nil
-                attribution = compared ? .content : .restartOnly
-                note = "The OOM killer of its own cgroup ended it at memory_max \(SandboxSpec.formatBytes(bytes)); "
-                    + (compared ? "counted against candidate \(version!), as known-good \(ledger.knownGood!) ran within it"
-                        : "not counted against the content, as no known-good version ran within it for comparison")
-                    + ". Raise memory_max if this content needs more."
-            } else if let bytes = memoryRlimitBytes, settings.attribution(of: reason) == .content {
-                note = "memory_max \(SandboxSpec.formatBytes(bytes)) holds this agent only as RLIMIT_DATA (no cgroup can hold it here): an allocation past it fails inside the agent, which may report it as anything else; raise memory_max to rule it out."
-            }
-            if attribution == nil, obstacle == .processLimit, version != ledger.candidate, settings.attribution(of: reason) == .content {
-                // Known-good content that ran within the same limit before: the limit is shared
-                // with every process of the agent's user (its own preflights among them), so a
-                // fork refused for it says the host ran out, not that the content went wrong.
-                attribution = .restartOnly
-                note = "A fork refused for the process limit (EAGAIN) on known-good content is not counted against it: the limit is shared with every process of the agent's user, a preflight of this agent among them. Give the agent a user of its own, or raise tasks_max."
-            }
-            var exit = recordExit(termination, version: version, reason: reason, attribution: attribution, obstacle: obstacle, at: now)
-            if case .record(var decision) = exit {
-                if reason == .daemonized { decision.message += " Still running: pid \(survivors.map(String.init).joined(separator: ", "))." }
-                if let note { decision.message += " " + note }
-                exit = .record(decision)
-            }
-            actions.append(exit)
-            return actions + countFailure(reason, termination: termination, attribution: attribution, obstacle: obstacle, at: now)
-        case .stopped, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
-            return actions
-        }
-    }
-
-    /// systemd stopped the agent's unit because `dependency`, a unit it requires
-    /// (`Requires=`, `BindsTo=`, `Requisite=`, `PartOf=`), was stopped or failed: neither an
-    /// operator's stop nor a failure of the agent. It waits for ``dependencyActive(at:)``;
-    /// an activation, a rollback or `backstopctl start` start it before that.
-    public mutating func stoppedWithDependency(_ dependency: String, termination: Termination?, at now: Moment) -> [PolicyAction] {
-        switch phase {
-        case .starting, .running, .backoff, .restarting:
-            var actions = disarmRunTimers() + disarm([.restart])
-            bankProbation(at: now)
-            phase = .awaitingDependency(dependency)
-            actions.append(.record(Decision(
-                .agentExited, agent: settings.agent, version: runningVersion ?? ledger.active,
-                exitStatus: termination?.exitStatus, signal: termination?.signal,
-                message: "Agent \(settings.agent) was stopped by systemd with \(dependency), which its unit requires; not a failure, and it starts again once \(dependency) is active again.")))
-            return actions
-        case .stopping, .stopped, .givenUp, .daemonized, .awaitingDependency:
-            return []
-        }
-    }
-
-    /// The unit the agent waited for (``AgentPhase/awaitingDependency(_:)``) is active again: start the agent.
-    public mutating func dependencyActive(at now: Moment) -> [PolicyAction] {
-        guard case .awaitingDependency = phase else { return [] }
-        return spawnActive(at: now)
-    }
-
-    /// The processes a `daemonized` agent left running have all exited (or were stopped).
-    public mutating func backgroundProcessesExited(at now: Moment) -> [PolicyAction] {
-        switch phase {
-        case .daemonized:
-            return scheduleRestart(at: now)
-        case .stopping(.restart):
-            return spawnActive(at: now)
-        case .stopping(.shutdown), .stopping(.operatorStop):
-            phase = .stopped
-            return []
-        case .stopping(.failure), .stopping(.readyCheckCannotRun), .starting, .running, .backoff, .restarting, .stopped, .givenUp,
-            .awaitingDependency:
-            return []
-        }
-    }
-
-    /// The agent could not be started at all (fork or exec failed).
-    /// A stop requested meanwhile is honoured as if the process had exited.
-    public mutating func spawnFailed(_ message: String, at now: Moment) -> [PolicyAction] {
-        var actions = disarmRunTimers()
-        switch phase {
-        case .starting:
-            let counts = settings.attribution(of: .execFailed) == .content
-            let why = counts
-                ? "the program is part of content \(ledger.active ?? "none"), so this counts against it"
-                : FailureReason.execFailed.remedy!
-            actions.append(.record(Decision(
-                .agentExited, agent: settings.agent, version: ledger.active,
-                failures: counts ? countedFailures(at: now).count + 1 : nil, reason: FailureReason.execFailed.rawValue,
-                message: "Agent \(settings.agent) could not be started: \(message); \(why).")))
-            return actions + countFailure(.execFailed, termination: nil, at: now)
-        case .stopping(.shutdown), .stopping(.operatorStop):
-            phase = .stopped
-            return actions
-        case .stopping(.restart):
-            return actions + spawnActive(at: now)
-        case .stopping(.failure(let reason)):
-            return actions + countFailure(reason, termination: nil, at: now)
-        case .stopping(.readyCheckCannotRun):
-            return actions + countFailure(.execFailed, termination: nil, attribution: .configuration, at: now)
-        case .stopped, .running, .backoff, .restarting, .givenUp, .daemonized, .awaitingDependency:
-            return actions
-        }
-    }
-
-    /// A timer armed earlier reached its deadline. Stale firings (re-armed or disarmed
-    /// since) are ignored.
-    public mutating func timerFired(_ timer: PolicyTimer, deadline: Double, at now: Moment) -> [PolicyAction] {
-        guard timers[timer] == deadline else { return [] }
-        timers[timer] = nil
-        switch timer {
-        case .startTimeout:
-            guard phase == .starting else { return [] }
-            // Not hung: it never became ready. Its `agent-exited` entry (reason `start-timeout`) reports it.
-            phase = .stopping(.failure(.startTimeout))
-            return [.terminate(signal: SIGABRT)]
-        case .startedAfter:
-            guard phase == .starting else { return [] }
-            return becomeReady(at: now)
-        case .watchdog:
-            guard phase == .running else { return [] }
-            phase = .stopping(.failure(.hung))
-            return [
-                .record(Decision(
-                    .agentHung, agent: settings.agent, version: ledger.active, reason: FailureReason.hung.rawValue,
-                    message: "Agent \(settings.agent) missed its watchdog heartbeat for \(Self.format(settings.watchdogSeconds)) s; aborting it.")),
-                .terminate(signal: SIGABRT),
-            ]
-        case .probation:
-            guard phase == .running, let candidate = ledger.candidate else { return [] }
-            // Healthy means the last health check passed too: wait for the next one.
-            if healthCheckFailuresInARow > 0, let interval = settings.healthCheckIntervalSeconds {
-                return [arm(.probation, at: now.monotonicSeconds + interval)]
-            }
-            ledger.promote(candidate, at: now.wall)
-            probationBankedSeconds = 0
-            firstContentFailure = nil
-            return [.record(Decision(
-                .contentPromoted, agent: settings.agent, version: candidate,
-                message: "Content \(candidate) of agent \(settings.agent) passed probation and is now known-good."))]
-        case .backoffReset:
-            consecutiveFailures = 0
-            firstContentFailure = nil
-            return []
-        case .restart:
-            guard phase == .backoff || phase == .restarting else { return [] }
-            return spawnActive(at: now)
-        case .readyCheck:
-            guard phase == .starting else { return [] }
-            return [.probe(.ready, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
-        case .healthCheck:
-            guard phase == .running else { return [] }
-            return [.probe(.health, timeoutSeconds: settings.healthCheckTimeoutSeconds)]
-        }
-    }
-
     // MARK: - Operator requests
 
     /// Adds a staged version to the ledger (the store has copied and verified it).
-    public mutating func staged(_ record: VersionRecord) {
+    /// - Returns: its `content-staged` decision and a garbage collection.
+    public mutating func staged(_ record: VersionRecord) -> [PolicyAction] {
         ledger.add(record)
+        return [
+            .record(Decision(
+                .contentStaged, agent: settings.agent, version: record.id,
+                message: "Staged content \(record.id) for agent \(settings.agent): \(record.fileCount == 1 ? "1 file" : "\(record.fileCount) files"), \(record.totalBytes) bytes, sha256 \(record.digest.prefix(16)).")),
+            .collectGarbage,
+        ]
     }
 
     /// Records that garbage collection removed the files of `id` (never the active version).
@@ -879,8 +1213,7 @@ public struct AgentPolicy: Sendable, Equatable {
         let previous = ledger.active
         forgetRunHistory()
         ledger.activate(id)
-        escalationTried = []
-        rollbackDidNotHelp = false
+        escalationState.restartLadder()
         mode = .normal
         let probation = ledger.candidate == id
             ? "; probation \(Self.format(settings.probationSeconds)) s starts when it is ready" : ""
@@ -921,6 +1254,7 @@ public struct AgentPolicy: Sendable, Equatable {
             .record(Decision(
                 .contentQuarantined, agent: settings.agent, version: id, reason: "preflight-failed",
                 message: "Quarantined content \(id) of agent \(settings.agent): it failed preflight.")),
+            .collectGarbage,
         ]
     }
 
@@ -934,12 +1268,13 @@ public struct AgentPolicy: Sendable, Equatable {
         var actions: [PolicyAction] = []
         if ledger.active == id {
             probationBankedSeconds = 0
-            firstContentFailure = nil
+            escalationState.firstContentFailure = nil
             actions += disarm([.probation])
         }
         actions.append(.record(Decision(
             .contentPromoted, agent: settings.agent, version: id, reason: "operator",
             message: "Content \(id) of agent \(settings.agent) was promoted to known-good by an operator.")))
+        actions.append(.collectGarbage)
         return actions
     }
 
@@ -957,14 +1292,13 @@ public struct AgentPolicy: Sendable, Equatable {
         let from = ledger.active ?? "none"
         forgetRunHistory()
         ledger.activate(destination)
-        lastRollback = RollbackRecord(from: from, to: destination, reason: "operator", at: now.wall)
-        escalationTried = []
-        rollbackDidNotHelp = false
+        lastRollback = RollbackRecord(from: from, to: destination, reason: .operator, at: now.wall)
+        escalationState.restartLadder()
         mode = .normal
         var actions: [PolicyAction] = [
             .switchContent(version: destination),
             .record(Decision(
-                .rollback, agent: settings.agent, version: destination, previousVersion: from, reason: "operator",
+                .rollback, agent: settings.agent, version: destination, previousVersion: from, reason: RollbackReason.operator.rawValue,
                 message: "An operator rolled agent \(settings.agent) back from \(from) to \(destination).")),
         ]
         actions += restartOnActive(at: now)
@@ -982,76 +1316,6 @@ public struct AgentPolicy: Sendable, Equatable {
             message: "An operator released content \(id) of agent \(settings.agent) from quarantine; it can be activated again."))]
     }
 
-    /// Clears the failure history and the escalation; an agent that was given up
-    /// (or in safe mode) starts again on its active version.
-    public mutating func resetFailed(at now: Moment) -> [PolicyAction] {
-        failures = []
-        consecutiveFailures = 0
-        escalationTried = []
-        rollbackDidNotHelp = false
-        reportedBootLoop = nil
-        firstContentFailure = nil
-        resetFailedAt = now.wall
-        guard phase == .givenUp || mode == .safeMode else { return [] }
-        mode = .normal
-        return restartOnActive(at: now)
-    }
-
-    /// `backstopctl stop`: terminate the agent (and what it left in the background) and
-    /// keep it stopped, across daemon restarts and reboots, until ``start(at:)``.
-    public mutating func stop(at now: Moment) -> [PolicyAction] {
-        operatorStopped = true
-        var actions = disarm([.restart])
-        switch phase {
-        case .starting, .running, .daemonized:
-            bankProbation(at: now)
-            actions += disarmRunTimers()
-            phase = .stopping(.operatorStop)
-            actions.append(.terminate(signal: SIGTERM))
-        case .stopping(.shutdown):
-            break
-        case .stopping:
-            // A restart or a failure in progress: the exit ends in stopped instead.
-            phase = .stopping(.operatorStop)
-        case .backoff, .restarting, .awaitingDependency:
-            phase = .stopped
-        case .stopped, .givenUp:
-            break
-        }
-        return actions
-    }
-
-    /// `backstopctl start`: lift an operator stop and start the agent now: from stopped,
-    /// from backoff (the delay is skipped) or from given-up (the escalation is kept).
-    public mutating func start(at now: Moment) -> [PolicyAction] {
-        operatorStopped = false
-        switch phase {
-        case .stopping(.operatorStop):
-            phase = .stopping(.restart)
-            return []
-        case .stopped, .backoff, .restarting, .givenUp, .awaitingDependency:
-            return disarm([.restart]) + spawnActive(at: now)
-        case .starting, .running, .stopping, .daemonized:
-            return []
-        }
-    }
-
-    /// The daemon is stopping: terminate the agent; it is left stopped.
-    public mutating func shutdown(at now: Moment) -> [PolicyAction] {
-        var actions = disarm(PolicyTimer.allCases)
-        switch phase {
-        case .starting, .running, .stopping, .daemonized:
-            bankProbation(at: now)
-            phase = .stopping(.shutdown)
-            actions.append(.terminate(signal: SIGTERM))
-        case .backoff, .restarting, .awaitingDependency:
-            phase = .stopped
-        case .stopped, .givenUp:
-            break
-        }
-        return actions
-    }
-
     // MARK: - Restoring persisted state
 
     /// Restores what the state file keeps. Within the boot that wrote it: failures with
@@ -1061,19 +1325,19 @@ public struct AgentPolicy: Sendable, Equatable {
     public mutating func restore(from state: AgentStateFile, currentBootID: String) {
         let sameBoot = state.bootID == currentBootID
         ledger = state.ledger
-        failures = sameBoot ? state.failures : []
-        consecutiveFailures = sameBoot ? state.consecutiveFailures : 0
+        escalationState.failures = sameBoot ? state.failures : []
+        escalationState.consecutiveFailures = sameBoot ? state.consecutiveFailures : 0
         probationBankedSeconds = sameBoot ? state.probationBankedSeconds : 0
         phase = state.givenUp ? .givenUp : .stopped
         mode = state.mode
-        escalationTried = state.escalationTried
+        escalationState.escalationTried = state.escalationTried
         lastRollback = state.lastRollback
         resetFailedAt = state.resetFailedAt
         operatorStopped = state.operatorStopped ?? false
-        rollbackDidNotHelp = state.rollbackDidNotHelp ?? false
+        escalationState.rollbackDidNotHelp = state.rollbackDidNotHelp ?? false
         escalation = state.escalation
         reportedBootLoop = state.reportedBootLoop
-        firstContentFailure = state.firstContentFailure
+        escalationState.firstContentFailure = state.firstContentFailure
         lastPreflightFailure = state.lastPreflightFailure
     }
 
@@ -1082,20 +1346,20 @@ public struct AgentPolicy: Sendable, Equatable {
         var state = AgentStateFile()
         state.ledger = ledger
         state.bootID = bootID
-        state.failures = failures
-        state.consecutiveFailures = consecutiveFailures
+        state.failures = escalationState.failures
+        state.consecutiveFailures = escalationState.consecutiveFailures
         state.probationBankedSeconds = probationElapsedSeconds(at: now)
         state.givenUp = phase == .givenUp
         state.mode = mode
-        state.escalationTried = escalationTried
+        state.escalationTried = escalationState.escalationTried
         state.lastRollback = lastRollback
         state.resetFailedAt = resetFailedAt
         state.restartDueMonotonicSeconds = timers[.restart]
         state.operatorStopped = operatorStopped ? true : nil
-        state.rollbackDidNotHelp = rollbackDidNotHelp ? true : nil
+        state.rollbackDidNotHelp = escalationState.rollbackDidNotHelp ? true : nil
         state.escalation = currentEscalation
         state.reportedBootLoop = reportedBootLoop
-        state.firstContentFailure = firstContentFailure
+        state.firstContentFailure = escalationState.firstContentFailure
         state.lastPreflightFailure = lastPreflightFailure
         return state
     }
@@ -1103,12 +1367,13 @@ public struct AgentPolicy: Sendable, Equatable {
     // MARK: - Rules
 
     private mutating func becomeReady(at now: Moment) -> [PolicyAction] {
-        phase = .running
+        phase = .running(ReadyRun())
         readySinceMonotonic = now.monotonicSeconds
         var actions = disarm([.startTimeout, .startedAfter])
         actions.append(.record(Decision(
             .agentReady, agent: settings.agent, version: ledger.active,
             message: "Agent \(settings.agent) is ready on content \(ledger.active ?? "none").")))
+        actions.append(.startBootHealthClock)
         if settings.watchdogSeconds > 0 {
             actions.append(arm(.watchdog, at: now.monotonicSeconds + settings.watchdogSeconds))
         }
@@ -1129,7 +1394,7 @@ public struct AgentPolicy: Sendable, Equatable {
         _ reason: FailureReason, termination: Termination?, attribution: Attribution? = nil, obstacle: SandboxObstacle? = nil,
         at now: Moment
     ) -> [PolicyAction] {
-        if reason == .cleanExit, settings.cleanExit == .normal, phase == .running {
+        if reason == .cleanExit, settings.cleanExit == .normal, phase.isRunning {
             // The agent's normal life: no failure to record, no backoff step, nothing degraded.
             // A run that ends before it was ready is not: it backs off and shows degraded.
             phase = .restarting
@@ -1140,12 +1405,12 @@ public struct AgentPolicy: Sendable, Equatable {
             exitStatus: termination?.exitStatus, signal: termination?.signal, coreDumped: termination?.coreDumped,
             attribution: attribution, obstacle: obstacle)
         var uncounted = 0
-        failures = (recentFailures(at: now) + [record]).reversed().filter { failure in
+        escalationState.failures = (recentFailures(at: now) + [record]).reversed().filter { failure in
             guard self.attribution(of: failure) != .content else { return true }
             uncounted += 1
             return uncounted <= Self.uncountedFailuresKept
         }.reversed()
-        consecutiveFailures += 1
+        escalationState.consecutiveFailures += 1
         switch self.attribution(of: record) {
         case .restartOnly, .configuration:
             // Not the content's doing: restarted with backoff, never rolled back. A daemonized
@@ -1180,9 +1445,9 @@ public struct AgentPolicy: Sendable, Equatable {
         let last = counted.last
         let failing = FirstContentFailure(
             version: version, failure: last?.signature ?? "failed", obstacle: last?.obstacle,
-            since: firstContentFailure?.since ?? now.wall)
-        let known = firstContentFailure.map { $0.version == failing.version && $0.failure == failing.failure && $0.obstacle == failing.obstacle } ?? false
-        firstContentFailure = failing
+            since: escalationState.firstContentFailure?.since ?? now.wall)
+        let known = escalationState.firstContentFailure.map { $0.version == failing.version && $0.failure == failing.failure && $0.obstacle == failing.obstacle } ?? false
+        escalationState.firstContentFailure = failing
         var actions = scheduleRestart(at: now)
         guard !known else { return actions }
         let cap = Self.format(settings.restartDelayMaxSeconds)
@@ -1199,8 +1464,8 @@ public struct AgentPolicy: Sendable, Equatable {
         let count = counted.count
         let signature = counted.last?.signature
         let from = ledger.active
-        failures = []
-        consecutiveFailures = 0
+        escalationState.failures = []
+        escalationState.consecutiveFailures = 0
         let rollbackFailed = rollbackWouldRepeat(signature)
         var message = "Agent \(settings.agent) failed \(count) times within \(Self.format(settings.failureWindowSeconds)) s on content \(from ?? "none"): crash loop."
         if rollbackFailed, let lastRollback {
@@ -1213,18 +1478,9 @@ public struct AgentPolicy: Sendable, Equatable {
         return [decision] + escalate(.crash, count: count, signature: signature, rollbackFailed: rollbackFailed, at: now)
     }
 
-    /// A boot loop, judged at the daemon's start before the agent runs: the machine failed to
-    /// boot `failedBoots` times in a row (`boot_failure_threshold` or more) with the agent on
-    /// its current content, the first of them started at `rowStartedAt`. A candidate is
-    /// quarantined and rolled back before the agent starts. So is a known-good version promoted
-    /// during those boots, to the known-good version before it: the loop began with the change,
-    /// and the boots before it ran the older version. Otherwise, with no candidate to roll back
-    /// (unchanged known-good content, or safe mode), the boots are no evidence against the
-    /// content: the loop is reported and the agent started as it is, unless
-    /// `boot_loop_stops_agent` asks for the ladder (an older known-good version, safe mode,
-    /// give up) as after a crash loop.
-    public mutating func bootLoop(failedBoots: Int, rowStartedAt: Date? = nil, at now: Moment) -> [PolicyAction] {
-        guard phase == .stopped, let active = ledger.active else { return [] }
+    /// A boot loop of `failedBoots` judged with the agent stopped (``AgentEvent/bootLoop(failedBoots:rowStartedAt:)``).
+    private mutating func judgeBootLoop(failedBoots: Int, rowStartedAt: Date?, at now: Moment) -> [PolicyAction] {
+        guard let active = ledger.active else { return [] }
         let inSafeMode = mode == .safeMode ? " in safe mode" : ""
         if ledger.candidate == nil, mode == .normal, let rowStartedAt,
            let promotedAt = ledger.record(active)?.promotedAt, promotedAt >= rowStartedAt,
@@ -1233,7 +1489,7 @@ public struct AgentPolicy: Sendable, Equatable {
             return quarantineForBootLoop(
                 active, failedBoots: failedBoots, assessed: "Boot loop: \(why); the boots before it ran known-good \(previous).",
                 quarantined: "Quarantined content \(active) of agent \(settings.agent): \(why).", at: now)
-                + rollBack(from: active, to: previous, reason: "boot-loop", failure: "failed-boot", at: now)
+                + rollBack(from: active, to: previous, reason: .bootLoop, failure: "failed-boot", at: now)
         }
         if ledger.candidate == nil || mode == .safeMode, !settings.bootLoopStopsAgent {
             let report = BootLoopRecord(failedBoots: failedBoots, version: active, at: now.wall)
@@ -1277,6 +1533,7 @@ public struct AgentPolicy: Sendable, Equatable {
         return [
             .record(Decision(.bootAssessed, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop", message: assessed)),
             .record(Decision(.contentQuarantined, agent: settings.agent, version: id, failures: failedBoots, reason: "boot-loop", message: quarantined)),
+            .collectGarbage,
         ]
     }
 
@@ -1284,8 +1541,10 @@ public struct AgentPolicy: Sendable, Equatable {
     private enum Loop {
         case crash, boot
 
-        /// `crash-loop` or `boot-loop`: the quarantine and rollback reason.
-        var word: String { self == .crash ? "crash-loop" : "boot-loop" }
+        /// `crash-loop` or `boot-loop`: the quarantine reason, and the reason of a rollback from a candidate.
+        var reason: RollbackReason { self == .crash ? .crashLoop : .bootLoop }
+        /// The reason of a rollback from a known-good version to an older one.
+        var onKnownGood: RollbackReason { self == .crash ? .crashLoopOnKnownGood : .bootLoopOnKnownGood }
     }
 
     /// What a loop of `count` on `version` showed, for `status`: "3 failures within 120 s on
@@ -1318,42 +1577,42 @@ public struct AgentPolicy: Sendable, Equatable {
             return giveUp(reason, explanation: reason.explanation, version: from, evidence: evidence, at: now)
         }
         if rollbackFailed {
-            rollbackDidNotHelp = true
-            if let from { escalationTried.append(from) }
+            escalationState.rollbackDidNotHelp = true
+            if let from { escalationState.escalationTried.append(from) }
             return enterSafeMode(.rollbackDidNotHelp, version: from, evidence: evidence, at: now)
         }
         if let candidate = ledger.candidate {
-            ledger.quarantine(candidate, reason: loop.word, at: now.wall)
+            ledger.quarantine(candidate, reason: loop.reason.rawValue, at: now.wall)
             let why = loop == .crash
                 ? "it crash-looped in probation"
                 : "the machine failed to boot \(count) times in a row with it in probation"
             var actions: [PolicyAction] = [.record(Decision(
-                .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: loop.word,
-                message: "Quarantined content \(candidate) of agent \(settings.agent): \(why)."))]
+                .contentQuarantined, agent: settings.agent, version: candidate, failures: count, reason: loop.reason.rawValue,
+                message: "Quarantined content \(candidate) of agent \(settings.agent): \(why).")), .collectGarbage]
             guard let knownGood = ledger.knownGood else {
                 // The first version: nothing to roll back to, and a quarantined version is never left active.
                 ledger.deactivate()
                 actions.append(.switchContent(version: nil))
                 return actions + enterSafeMode(.noKnownGood, version: candidate, evidence: evidence, at: now)
             }
-            return actions + rollBack(from: candidate, to: knownGood, reason: loop.word, failure: signature, at: now)
+            return actions + rollBack(from: candidate, to: knownGood, reason: loop.reason, failure: signature, at: now)
         }
-        if let from { escalationTried.append(from) }
-        if let older = ledger.knownGoodNewestFirst.first(where: { !escalationTried.contains($0) }) {
-            return rollBack(from: from ?? "none", to: older, reason: loop.word + "-on-known-good", failure: signature, at: now)
+        if let from { escalationState.escalationTried.append(from) }
+        if let older = ledger.knownGoodNewestFirst.first(where: { !escalationState.escalationTried.contains($0) }) {
+            return rollBack(from: from ?? "none", to: older, reason: loop.onKnownGood, failure: signature, at: now)
         }
         return enterSafeMode(loop == .crash ? .knownGoodCrashLoops : .knownGoodBootLoops, version: from, evidence: evidence, at: now)
     }
 
-    private mutating func rollBack(from: String, to: String, reason: String, failure: String?, at now: Moment) -> [PolicyAction] {
+    private mutating func rollBack(from: String, to: String, reason: RollbackReason, failure: String?, at now: Moment) -> [PolicyAction] {
         forgetRunHistory()
         ledger.activate(to)
         lastRollback = RollbackRecord(from: from, to: to, reason: reason, at: now.wall, failure: failure)
         return [
             .switchContent(version: to),
             .record(Decision(
-                .rollback, agent: settings.agent, version: to, previousVersion: from, reason: reason,
-                message: "Rolled agent \(settings.agent) back from content \(from) to known-good \(to) (\(reason)).")),
+                .rollback, agent: settings.agent, version: to, previousVersion: from, reason: reason.rawValue,
+                message: "Rolled agent \(settings.agent) back from content \(from) to known-good \(to) (\(reason.rawValue)).")),
         ] + spawnActive(at: now)
     }
 
@@ -1394,7 +1653,7 @@ public struct AgentPolicy: Sendable, Equatable {
 
     private mutating func scheduleRestart(at now: Moment) -> [PolicyAction] {
         phase = .backoff
-        let delay = Self.restartDelaySeconds(consecutiveFailures: consecutiveFailures, settings: settings)
+        let delay = Self.restartDelaySeconds(consecutiveFailures: escalationState.consecutiveFailures, settings: settings)
         return [arm(.restart, at: now.monotonicSeconds + delay)]
     }
 
@@ -1426,21 +1685,15 @@ public struct AgentPolicy: Sendable, Equatable {
             phase = .stopped
             return []
         }
-        phase = .starting
+        phase = .starting(StartingRun())
         runningVersion = active
-        readyNotified = false
-        readyCheckPassed = false
-        readyCheckFailuresInARow = 0
-        healthCheckFailuresInARow = 0
         return [.spawn(version: active, mode: mode)]
     }
 
     /// Another version becomes active: the failures, the backoff and the healthy
     /// time of the runs so far belong to the version that ran, not to the next one.
     private mutating func forgetRunHistory() {
-        firstContentFailure = nil
-        failures = []
-        consecutiveFailures = 0
+        escalationState.forgetRuns()
         probationBankedSeconds = 0
         readySinceMonotonic = nil
     }

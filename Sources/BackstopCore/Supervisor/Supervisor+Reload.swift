@@ -110,7 +110,7 @@ extension Supervisor {
             }
             slots[agent.name] = slot
             if agent.watchedUnit != nil, !attachUnits([agent]).isEmpty { continue }
-            apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: nil, at: now), to: agent.name)
+            apply(slots[agent.name]!.policy.handle(.begin(restartDueMonotonicSeconds: nil), at: now), to: agent.name)
             persist(agent.name)
         }
         return summary
@@ -146,7 +146,7 @@ extension Supervisor {
             unit.watcher.close()
             stopAwaiting(name)
         } else {
-            apply(slots[name]!.policy.shutdown(at: Moment.now()), to: name)
+            apply(slots[name]!.policy.handle(.shutdown, at: Moment.now()), to: name)
             if !Self.isStopped(slots[name]!) { await untilGone(name) }
         }
         slots[name]?.notifySocket?.invalidate()

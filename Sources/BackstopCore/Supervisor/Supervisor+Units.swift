@@ -149,7 +149,7 @@ extension Supervisor {
     func startUnit(_ name: String, version: String, mode: RunMode) {
         guard let unit = slots[name]?.unit else {
             let unit = slots[name]!.configuration.watchedUnit ?? ""
-            apply(slots[name]!.policy.spawnFailed("\(unit) cannot be watched over D-Bus (see the error at backstopd's start)", at: Moment.now()), to: name)
+            apply(slots[name]!.policy.handle(.spawnFailed("\(unit) cannot be watched over D-Bus (see the error at backstopd's start)"), at: Moment.now()), to: name)
             return
         }
         slots[name]!.generation += 1
@@ -166,7 +166,7 @@ extension Supervisor {
             }
             unit.watcher.refresh()
         } catch {
-            apply(slots[name]!.policy.spawnFailed("\(error)", at: Moment.now()), to: name)
+            apply(slots[name]!.policy.handle(.spawnFailed("\(error)"), at: Moment.now()), to: name)
             persist(name)
         }
     }
@@ -243,7 +243,7 @@ extension Supervisor {
             if (try? unit.bus.systemState()) == "stopping" {
                 // The machine shuts down: systemd stops the agent before backstopd. Not an
                 // operator's decision; the agent starts again at the next boot.
-                apply(slots[name]!.policy.shutdown(at: now), to: name)
+                apply(slots[name]!.policy.handle(.shutdown, at: now), to: name)
             } else if let dependency = stoppedDependency(of: unit) {
                 runOver(name)
                 stoppedWithDependency(name, dependency, termination: state.termination, at: now)
@@ -274,19 +274,19 @@ extension Supervisor {
         }
         guard job == unit.startJob else { return }
         slots[name]!.unit!.startJob = nil
-        guard slots[name]!.policy.phase == .starting, !unit.runReported, !state.isUp, state.activeState != "failed" else { return }
+        guard slots[name]!.policy.phase.isStarting, !unit.runReported, !state.isUp, state.activeState != "failed" else { return }
         let why: String
         switch result {
         case "canceled":
             logger.notice("The start of the agent's unit was canceled outside Backstop; it stays stopped until `backstopctl start \(name)`.",
                           metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
-            apply(slots[name]!.policy.stop(at: now), to: name)
+            apply(slots[name]!.policy.handle(.stop, at: now), to: name)
             why = "its start was canceled by another job"
         case "done": why = "systemd skipped it because a condition of the unit is not met (systemctl status \(unit.name))"
         case "dependency": why = "a unit it requires did not start (systemctl list-dependencies \(unit.name))"
         default: why = "its start job ended with result \"\(result)\" (systemctl status \(unit.name))"
         }
-        apply(slots[name]!.policy.spawnFailed("\(unit.name) did not start: \(why)", at: now), to: name)
+        apply(slots[name]!.policy.handle(.spawnFailed("\(unit.name) did not start: \(why)"), at: now), to: name)
     }
 
     /// The unit among those whose stop systemd carries over to the agent's unit (`Requires=`,
@@ -329,7 +329,7 @@ extension Supervisor {
         guard let unit = slots[name]?.unit else { return }
         logger.notice("The agent's unit was stopped with \(dependency), which it requires; starting it again once \(dependency) is active.",
                       metadata: ["agent": "\(name)", "unit": "\(unit.name)", "dependency": "\(dependency)"])
-        apply(slots[name]!.policy.stoppedWithDependency(dependency, termination: termination, at: now), to: name)
+        apply(slots[name]!.policy.handle(.stoppedWithDependency(dependency, termination: termination), at: now), to: name)
         guard slots[name]!.policy.phase.isAwaitingDependency else { return }
         stopAwaiting(name)
         do {
@@ -348,7 +348,7 @@ extension Supervisor {
         } catch {
             logger.error("Cannot watch \(dependency); starting the agent's unit again now.",
                          metadata: ["agent": "\(name)", "dependency": "\(dependency)", "error": "\(error)"])
-            apply(slots[name]!.policy.dependencyActive(at: now), to: name)
+            apply(slots[name]!.policy.handle(.dependencyActive, at: now), to: name)
         }
     }
 
@@ -363,7 +363,7 @@ extension Supervisor {
                       : "\(dependency) failed by itself; starting the agent's unit, which starts it again.",
                       metadata: ["agent": "\(name)", "dependency": "\(dependency)"])
         stopAwaiting(name)
-        apply(slots[name]!.policy.dependencyActive(at: Moment.now()), to: name)
+        apply(slots[name]!.policy.handle(.dependencyActive, at: Moment.now()), to: name)
         persist(name)
     }
 
@@ -378,7 +378,7 @@ extension Supervisor {
     private func stoppedOutside(_ name: String, at now: Moment) {
         logger.notice("The agent's unit was stopped outside Backstop; it stays stopped until `backstopctl start \(name)`.",
                       metadata: ["agent": "\(name)", "unit": "\(slots[name]!.configuration.watchedUnit ?? "")"])
-        apply(slots[name]!.policy.stop(at: now), to: name)
+        apply(slots[name]!.policy.handle(.stop, at: now), to: name)
     }
 
     /// The connection to systemd was lost; the watcher reconnects and reports the state afresh.
@@ -414,16 +414,16 @@ extension Supervisor {
                 logger.notice("The agent's unit was restarted outside Backstop.", metadata: ["agent": "\(name)", "unit": "\(unit.name)"])
             }
             if !unit.runReported {
-                guard phase == .starting else {
+                guard phase.isStarting else {
                     // Started outside Backstop (systemctl start): supervised from now on, as after `backstopctl start`.
                     if previous?.isUp != true, [.stopped, .backoff, .restarting, .givenUp].contains(phase) || phase.isAwaitingDependency {
                         logger.notice("The agent's unit was started outside Backstop; supervising it.", metadata: ["agent": "\(name)"])
-                        apply(slots[name]!.policy.start(at: now), to: name)
+                        apply(slots[name]!.policy.handle(.start, at: now), to: name)
                     }
                     return
                 }
                 slots[name]!.unit!.runReported = true
-                apply(slots[name]!.policy.agentStarted(pid: state.mainPID, at: now), to: name)
+                apply(slots[name]!.policy.handle(.agentStarted(pid: state.mainPID), at: now), to: name)
             }
             if state.mainPID > 0 { slots[name]!.pid = state.mainPID }
             if state.mainPID > 0 || state.activeState == "active" {
@@ -431,15 +431,15 @@ extension Supervisor {
                 slots[name]!.unit!.heldProbes = [:]
                 for (probe, timeoutSeconds) in held { runProbe(name, probe, timeoutSeconds: timeoutSeconds) }
             }
-            if state.activeState == "active" { apply(slots[name]!.policy.agentReady(at: now), to: name) }
+            if state.activeState == "active" { apply(slots[name]!.policy.handle(.agentReady, at: now), to: name) }
         } else if state.activeState == "deactivating" {
             // Stopping for a job that is not Backstop's (Backstop's own stops happen while the
             // policy is stopping): someone's stop or restart job. Which one, the next states tell.
             // While Backstop's own start job runs, a `systemctl restart` is merged into it, and
             // systemd's giving up on the start looks the same until that job ends. Without a
             // job, the main process ended by itself.
-            if unit.runReported, let job = state.job, phase == .starting || phase == .running,
-                job != unit.startJob || phase == .starting
+            if unit.runReported, let job = state.job, phase.isStarting || phase.isRunning,
+                job != unit.startJob || phase.isStarting
             {
                 slots[name]!.unit!.stopAsked = true
             }
@@ -448,10 +448,10 @@ extension Supervisor {
             // restart); the end of their job tells (``unitJobRemoved(_:job:result:state:)``).
             guard !unit.stopAsked else { return }
             // A start that failed before its activation was seen is a run that ended too.
-            let failedEarly = !unit.runReported && phase == .starting && state.activeState == "failed"
+            let failedEarly = !unit.runReported && phase.isStarting && state.activeState == "failed"
                 && previous?.activeState != "failed"
             guard unit.runReported || failedEarly else { return }
-            if failedEarly { apply(slots[name]!.policy.agentStarted(pid: state.mainPID, at: now), to: name) }
+            if failedEarly { apply(slots[name]!.policy.handle(.agentStarted(pid: state.mainPID), at: now), to: name) }
             runEnded(name, state, at: now)
         }
     }
@@ -494,11 +494,11 @@ extension Supervisor {
         }
         let known: FailureReason? = switch state.result {
         case _ where state.setUpFailure != nil: .execFailed
-        case "timeout" where phase == .starting: .startTimeout
+        case "timeout" where phase.isStarting: .startTimeout
         case "watchdog": .hung
         default: nil
         }
-        apply(slots[name]!.policy.agentExited(
-            state.termination ?? .exited(code: 0), oomKill: state.result == "oom-kill" ? .machine : nil, reason: known, at: now), to: name)
+        apply(slots[name]!.policy.handle(.agentExited(
+            state.termination ?? .exited(code: 0), oomKill: state.result == "oom-kill" ? .machine : nil, reason: known), at: now), to: name)
     }
 }

@@ -190,10 +190,10 @@ public actor Supervisor {
             let row = verdict == nil
                 ? [] : bootLog.failedBootRow(agent: agent.name, running: Self.bootRecord(of: policy), before: bootID)
             if row.count >= agent.bootFailureThreshold {
-                apply(slots[agent.name]!.policy.bootLoop(failedBoots: row.count, rowStartedAt: row.last?.startedAt, at: now), to: agent.name)
+                apply(slots[agent.name]!.policy.handle(.bootLoop(failedBoots: row.count, rowStartedAt: row.last?.startedAt), at: now), to: agent.name)
             } else {
                 let restartDue = slots[agent.name]!.restartDue
-                apply(slots[agent.name]!.policy.begin(restartDueMonotonicSeconds: restartDue, at: now), to: agent.name)
+                apply(slots[agent.name]!.policy.handle(.begin(restartDueMonotonicSeconds: restartDue), at: now), to: agent.name)
             }
             persist(agent.name)
             // keep_versions may have been lowered since the last run.
@@ -252,7 +252,7 @@ public actor Supervisor {
         for name in slots.keys.sorted() {
             cancelTimers(name)
             // A unit is systemd's to run: it goes on without backstopd (and is watched again at the next start).
-            if slots[name]!.unit == nil { apply(slots[name]!.policy.shutdown(at: now), to: name) }
+            if slots[name]!.unit == nil { apply(slots[name]!.policy.handle(.shutdown, at: now), to: name) }
             persist(name)
         }
         if !allStopped {
@@ -283,7 +283,7 @@ public actor Supervisor {
 
     /// Whether nothing of the slot's runs is left (a unit is systemd's to run, so it counts as stopped).
     static func isStopped(_ slot: AgentSlot) -> Bool {
-        slot.unit != nil || (slot.pid == nil && slot.strays.isEmpty && slot.policy.phase != .starting && !slot.policy.isStopping)
+        slot.unit != nil || (slot.pid == nil && slot.strays.isEmpty && !slot.policy.phase.isStarting && !slot.policy.isStopping)
     }
 
     func resumeStopWaitersIfDone() {
@@ -372,12 +372,7 @@ public actor Supervisor {
         guard !shuttingDown else { throw .shuttingDown }
         // A reload removed the agent meanwhile: its files stay in the store, adopted as staged if it returns.
         guard slots[agent] != nil else { throw .noSuchAgent(agent) }
-        slots[agent]!.policy.staged(record)
-        persist(agent)
-        apply([.record(Decision(
-            .contentStaged, agent: agent, version: record.id,
-            message: "Staged content \(record.id) for agent \(agent): \(record.fileCount == 1 ? "1 file" : "\(record.fileCount) files"), \(record.totalBytes) bytes, sha256 \(record.digest.prefix(16))."))],
-            to: agent)
+        apply(slots[agent]!.policy.staged(record), to: agent)
         if activate { try await self.activate(agent: agent, version: record.id) }
         return record
     }
@@ -549,7 +544,7 @@ public actor Supervisor {
         let names = try agent.map { name throws(ManagerError) in _ = try slot(name); return [name] } ?? slots.keys.sorted()
         for name in names {
             try await inTurn(name) { () throws(ManagerError) in
-                try operate(name) { policy, now in policy.resetFailed(at: now) }
+                try operate(name) { policy, now in policy.handle(.resetFailed, at: now) }
             }
         }
     }
@@ -558,7 +553,7 @@ public actor Supervisor {
     /// - Throws: ``ManagerError/noSuchAgent(_:)``, ``ManagerError/shuttingDown``.
     public func stop(agent: String) async throws(ManagerError) {
         try await inTurn(agent) { () throws(ManagerError) in
-            try operate(agent) { policy, now in policy.stop(at: now) }
+            try operate(agent) { policy, now in policy.handle(.stop, at: now) }
         }
     }
 
@@ -569,7 +564,7 @@ public actor Supervisor {
     @discardableResult
     public func start(agent: String) async throws(ManagerError) -> (state: String, reason: String?) {
         try await inTurn(agent) { () throws(ManagerError) in
-            try operate(agent) { policy, now in policy.start(at: now) }
+            try operate(agent) { policy, now in policy.handle(.start, at: now) }
         }
         let policy = slots[agent]!.policy
         return (policy.stateWord, policy.degradedReason)
@@ -625,7 +620,7 @@ public actor Supervisor {
         slots[name]!.sliceOOMKillsAtStart = slots[name]!.inScope ? Cgroup.ownSlice.flatMap { Cgroup.oomKills(in: $0.directory) } : nil
         // (A stop asked for while the process was being created terminates it now.)
         let stopping = slots[name]!.policy.isStopping
-        apply(slots[name]!.policy.agentStarted(pid: pid, at: Moment.now()), to: name)
+        apply(slots[name]!.policy.handle(.agentStarted(pid: pid), at: Moment.now()), to: name)
         if !stopping {
             let early = slots[name]!.notifiedEarly
             slots[name]!.notifiedEarly = []
@@ -648,7 +643,7 @@ public actor Supervisor {
         switch result {
         case .success(let termination):
             let policy = slots[name]!.policy
-            let unasked = policy.phase == .starting || policy.phase == .running
+            let unasked = policy.phase.isStarting || policy.phase.isRunning
             let survivors = leader.map { leftovers(of: name, session: $0) } ?? []
             // An agent that forked into the background keeps running there until it ends or
             // is stopped; anything else an agent leaves behind ends with it.
@@ -671,15 +666,15 @@ public actor Supervisor {
                let after = Cgroup.ownSlice.flatMap({ Cgroup.oomKills(in: $0.directory) }), after > before {
                 oomKill = .memoryMax(bytes: memoryMax)
             }
-            apply(slots[name]!.policy.agentExited(
+            apply(slots[name]!.policy.handle(.agentExited(
                 termination, oomKill: oomKill, memoryRlimitBytes: BubblewrapSandbox.memoryCgroupUnavailableReason == nil ? nil : memoryMax,
-                survivors: daemonized ? survivors : [], obstacle: obstacle, at: now), to: name)
+                survivors: daemonized ? survivors : [], obstacle: obstacle), at: now), to: name)
             if daemonized {
                 slots[name]!.strays = Set(survivors)
                 slots[name]!.straySession = leader
             }
         case .failure(let error):
-            apply(slots[name]!.policy.spawnFailed(error.message, at: now), to: name)
+            apply(slots[name]!.policy.handle(.spawnFailed(error.message), at: now), to: name)
         }
         persist(name)
         resumeStopWaitersIfDone()
@@ -695,7 +690,7 @@ public actor Supervisor {
             guard slots[name]!.strays.isEmpty else { continue }
             slots[name]!.killEscalation?.cancel()
             logger.notice("The processes agent \(name) left in the background have exited.", metadata: ["agent": "\(name)"])
-            apply(slots[name]!.policy.backgroundProcessesExited(at: Moment.now()), to: name)
+            apply(slots[name]!.policy.handle(.backgroundProcessesExited, at: Moment.now()), to: name)
             persist(name)
         }
         resumeStopWaitersIfDone()
@@ -776,7 +771,7 @@ public actor Supervisor {
                 : "this check is not counted until health_check_exec is fixed"
             logger.error("The \(probe.rawValue) check of agent \(name) cannot run: \(detail); \(consequence).", metadata: metadata)
         }
-        apply(slots[name]!.policy.probeFinished(probe, result: result, at: Moment.now()), to: name)
+        apply(slots[name]!.policy.handle(.probeFinished(probe, result: result), at: Moment.now()), to: name)
         persist(name)
     }
 
@@ -798,20 +793,20 @@ public actor Supervisor {
         guard slots[name]?.generation == generation else { return }
         guard slots[name]!.pid != nil else {
             // A fast agent's READY=1 can come before its start is recorded: kept for then.
-            if slots[name]!.policy.phase == .starting { slots[name]!.notifiedEarly.append(message) }
+            if slots[name]!.policy.phase.isStarting { slots[name]!.notifiedEarly.append(message) }
             return
         }
         let now = Moment.now()
         if let text = message.value("STATUS") { slots[name]!.statusText = text }
-        if message.value("READY") == "1" { apply(slots[name]!.policy.agentReady(at: now), to: name) }
-        if message.value("WATCHDOG") == "1" { apply(slots[name]!.policy.heartbeat(at: now), to: name) }
+        if message.value("READY") == "1" { apply(slots[name]!.policy.handle(.agentReady, at: now), to: name) }
+        if message.value("WATCHDOG") == "1" { apply(slots[name]!.policy.handle(.heartbeat, at: now), to: name) }
         persist(name)
     }
 
     private func timerFired(_ name: String, _ timer: PolicyTimer, deadline: Double) {
         guard slots[name] != nil, !shuttingDown else { return }
         slots[name]!.timers[timer] = nil
-        apply(slots[name]!.policy.timerFired(timer, deadline: deadline, at: Moment.now()), to: name)
+        apply(slots[name]!.policy.handle(.timerFired(timer, deadline: deadline), at: Moment.now()), to: name)
         persist(name)
     }
 
@@ -831,7 +826,7 @@ public actor Supervisor {
                         slots[name]!.contentSwitchError = nil
                     } catch {
                         // Started now, it would run on missing or old content, and that content would be blamed.
-                        apply(slots[name]!.policy.spawnFailed("its content cannot be put in place: \(error)", at: Moment.now()), to: name)
+                        apply(slots[name]!.policy.handle(.spawnFailed("its content cannot be put in place: \(error)"), at: Moment.now()), to: name)
                         return
                     }
                 }
@@ -844,7 +839,7 @@ public actor Supervisor {
                 if let version, let record = slot.policy.ledger.record(version) {
                     do { try slot.store.verify(record) } catch {
                         // The rest of this batch was about running the damaged version.
-                        apply(slots[name]!.policy.activeContentCorrupt("\(error)", at: Moment.now()), to: name)
+                        apply(slots[name]!.policy.handle(.activeContentCorrupt("\(error)"), at: Moment.now()), to: name)
                         return
                     }
                 }
@@ -861,14 +856,15 @@ public actor Supervisor {
                 slots[name]!.timers.removeValue(forKey: timer)?.cancel()
             case .record(let decision):
                 record(decision)
-                if [.contentStaged, .contentPromoted, .contentQuarantined].contains(decision.event) {
-                    Task { await self.collectGarbage(name) }
-                }
-                if decision.event == .agentReady { startBootHealthTimer(name) }
-                if decision.event == .agentStarted, bootLog.markStarted(name, in: bootID) { saveBootLog() }
                 if decision.event == .agentStarted, let version = decision.version, slots[name]!.policy.ledger.candidate == version {
                     synchronizeJournal(before: "agent \(name) runs candidate content \(version)")
                 }
+            case .collectGarbage:
+                Task { await self.collectGarbage(name) }
+            case .markStartedThisBoot:
+                if bootLog.markStarted(name, in: bootID) { saveBootLog() }
+            case .startBootHealthClock:
+                startBootHealthTimer(name)
             case .probe(let probe, let timeoutSeconds):
                 runProbe(name, probe, timeoutSeconds: timeoutSeconds)
             }
@@ -1023,7 +1019,7 @@ public actor Supervisor {
     }
 
     private func bootHealthReached(_ name: String, generation: Int) {
-        guard slots[name]?.generation == generation, slots[name]?.policy.phase == .running else { return }
+        guard slots[name]?.generation == generation, slots[name]?.policy.phase.isRunning == true else { return }
         slots[name]!.bootHealthy = true
         // An agent with no content yet does not hold the verdict back; a given-up one does.
         if slots.values.allSatisfy({ $0.bootHealthy || ($0.policy.ledger.active == nil && $0.policy.phase != .givenUp) }) {
