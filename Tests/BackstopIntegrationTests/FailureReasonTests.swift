@@ -295,7 +295,7 @@ struct FailureReasonTests {
         let agent = try ScriptAgent()
         defer { agent.scratch.remove() }
         let harness = try DaemonHarness(agents: [agent.agent("""
-            health_check_exec = ["/bin/sleep", "600"]
+            health_check_exec = ["/bin/sleep", "613.25"]
             health_check_interval_sec = 1
             health_check_timeout_sec = 1
             health_check_failures = 2
@@ -315,8 +315,9 @@ struct FailureReasonTests {
         #expect(status.failures.recent == 1)
         #expect(harness.log.all.contains { $0.contains("timed out after 1 s and was killed") })
         #expect(harness.log.all.contains { $0.contains("event=agent-hung") && $0.contains("reason=health-check") })
+        // A duration of this test's own: other suites' agents run `sleep 600` at the same time.
         let probes = ProcessTable.entries().filter {
-            (try? String(contentsOfFile: "/proc/\($0.pid)/cmdline", encoding: .utf8))?.contains("sleep\u{0}600") == true
+            (try? String(contentsOfFile: "/proc/\($0.pid)/cmdline", encoding: .utf8))?.contains("sleep\u{0}613.25") == true
         }
         #expect(probes.isEmpty, "hung probes are killed, not left behind")
     }
