@@ -1,0 +1,148 @@
+import CLinux
+import Foundation
+import SystemPackage
+
+/// A process started by ``Spawner/spawn(_:arguments:environment:descriptors:groupID:)``:
+/// backstopd's child, in a session of its own, with a pidfd (pidfd_open(2)) to wait on.
+public struct SpawnedProcess: Sendable, Equatable {
+    /// Its pid, also its session's and process group's id.
+    public var pid: Int32
+    /// A close-on-exec pidfd of it, owned by whoever waits: ``ProcessExits/termination(of:)`` closes it.
+    public var pidfd: Int32
+}
+
+/// Why ``Spawner/spawn(_:arguments:environment:descriptors:groupID:)`` started nothing.
+public struct SpawnError: Error, Equatable, Sendable {
+    /// The step that failed: in backstopd, or in the child before its program ran.
+    public enum Step: Int32, Sendable {
+        /// pipe2(2) or clone3(2) in backstopd (EINVAL: too many descriptors).
+        case start = 0
+        /// setsid(2) in the child.
+        case session = 1
+        /// setgroups(2) or setresgid(2) in the child.
+        case group = 2
+        /// Mapping the descriptors in the child (fcntl(2), dup2(2), close_range(2)).
+        case descriptors = 3
+        /// execve(2): the program could not be executed (ENOENT, EACCES, ENOEXEC, ...).
+        case exec = 4
+    }
+
+    /// The step that failed.
+    public var step: Step
+    /// Its errno.
+    public var errno: Errno
+
+    /// "execve: Permission denied".
+    public var description: String {
+        let call = switch step {
+        case .start: "clone3"
+        case .session: "setsid"
+        case .group: "setresgid"
+        case .descriptors: "dup2"
+        case .exec: "execve"
+        }
+        return "\(call): \(String(cString: strerror(errno.rawValue)))"
+    }
+}
+
+/// Starts processes with clone3(2) and a pidfd; in the child only system calls run (no
+/// glibc set*id(2) wrapper, which in a forked child of a threaded process waits for threads
+/// the child does not have), and a failure before or at the exec comes back as its errno.
+public enum Spawner {
+    /// The most descriptors a child gets (``spawn(_:arguments:environment:descriptors:groupID:)``'s `descriptors`).
+    public static let maximumDescriptors = Int(BACKSTOP_SPAWN_MAXIMUM_DESCRIPTORS)
+
+    /// Starts `path` in a session of its own.
+    /// - Parameters:
+    ///   - path: the program's path (execve(2): no `PATH` lookup).
+    ///   - arguments: its whole argument vector, `argv[0]` included.
+    ///   - environment: its whole environment, by name.
+    ///   - descriptors: what becomes the child's descriptor 0, 1, 2, ... (a descriptor may
+    ///     appear twice; at most ``maximumDescriptors``); every other descriptor is closed at the exec.
+    ///   - groupID: the only group the child is in (setresgid(2), no supplementary groups), nil for backstopd's.
+    /// - Returns: the child; its signal dispositions are the defaults and its signal mask empty.
+    /// - Throws: ``SpawnError``; nothing is left running then (a child that failed was reaped).
+    public static func spawn(
+        _ path: String, arguments: [String], environment: [String: String], descriptors: [Int32], groupID: gid_t? = nil
+    ) throws(SpawnError) -> SpawnedProcess {
+        var pidfd: Int32 = -1
+        var step: Int32 = 0
+        let pid = withCStrings(arguments) { argv in
+            withCStrings(environment.map { "\($0.key)=\($0.value)" }) { envp in
+                backstop_spawn(path, argv, envp, descriptors, Int32(descriptors.count), groupID.map(Int64.init) ?? -1, &pidfd, &step)
+            }
+        }
+        guard pid > 0 else { throw SpawnError(step: SpawnError.Step(rawValue: step) ?? .start, errno: Errno(rawValue: errno)) }
+        return SpawnedProcess(pid: pid, pidfd: pidfd)
+    }
+
+    /// `strings` as a null-terminated array of C strings, valid inside `body`.
+    static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+        let pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]
+        defer { pointers.forEach { free($0) } }
+        return body(pointers)
+    }
+}
+
+/// Tells when processes end, for every process backstopd waits on: one thread blocks in
+/// epoll_wait(2) without a timeout on all their pidfds (a pidfd is readable once its process
+/// has ended), so that nothing wakes while nothing ends, however many processes run.
+public final class ProcessExits: @unchecked Sendable {
+    /// The one instance of this process.
+    public static let shared = ProcessExits()
+
+    // @unchecked: `waiting` and `nextToken` are only touched with `lock` held; `epoll` is set once.
+    private let lock = NSLock()
+    private var waiting: [UInt64: (descriptor: Int32, continuation: CheckedContinuation<Void, Never>)] = [:]
+    private var nextToken: UInt64 = 0
+    private let epoll: Int32
+
+    private init() {
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        precondition(epoll >= 0, "epoll_create1: \(String(cString: strerror(errno)))")
+        let thread = Thread { [self] in watchForever() }
+        thread.name = "backstop-exits"
+        thread.start()
+    }
+
+    /// Returns once the process of `pidfd` has ended (it is not reaped here, nor is `pidfd` closed).
+    public func ended(pidfd: Int32) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let token = lock.withLock {
+                nextToken += 1
+                waiting[nextToken] = (pidfd, continuation)
+                return nextToken
+            }
+            // Not a pidfd one can wait on: nothing would ever report it.
+            if backstop_epoll_watch_once(epoll, pidfd, token) != 0, let entry = lock.withLock({ waiting.removeValue(forKey: token) }) {
+                entry.continuation.resume()
+            }
+        }
+    }
+
+    /// Waits for `process`, backstopd's child, to end, reaps it (waitid(2) with `P_PIDFD`)
+    /// and closes its pidfd.
+    /// - Returns: how it ended, the core-dump bit included.
+    public func termination(of process: SpawnedProcess) async -> Termination {
+        await ended(pidfd: process.pidfd)
+        defer { close(process.pidfd) }
+        var info = siginfo_t()
+        while waitid(idtype_t(rawValue: 3) /* P_PIDFD */, id_t(process.pidfd), &info, WEXITED) != 0, errno == EINTR {}
+        let status = info._sifields._sigchld.si_status
+        switch info.si_code {
+        case Int32(CLD_EXITED): return .exited(code: status)
+        case Int32(CLD_DUMPED): return .signaled(signal: status, coreDumped: true)
+        default: return .signaled(signal: status, coreDumped: false)
+        }
+    }
+
+    private func watchForever() {
+        while true {
+            var token: UInt64 = 0
+            guard backstop_epoll_next(epoll, &token) == 1 else { continue }  // EINTR
+            guard let entry = lock.withLock({ waiting.removeValue(forKey: token) }) else { continue }
+            epoll_ctl(epoll, EPOLL_CTL_DEL, entry.descriptor, nil)
+            entry.continuation.resume()
+        }
+    }
+}
