@@ -155,9 +155,11 @@ public enum DirectRunner {
             executable = BubblewrapSandbox.program
             arguments = [BubblewrapSandbox.program, "--json-status-fd", "3"] + sandbox.plan(arguments).arguments.dropFirst()
             groupID = BubblewrapSandbox.launcherGroupID
-            do { statusPipe = try FileDescriptor.pipe() } catch {
-                return .failure(LaunchError(message: "cannot make a pipe for bwrap's status: \(error)"))
+            var ends: [Int32] = [-1, -1]
+            guard backstop_pipe_cloexec(&ends) == 0 else {
+                return .failure(LaunchError(message: "cannot make a pipe for bwrap's status: \(Errno(rawValue: errno))"))
             }
+            statusPipe = (FileDescriptor(rawValue: ends[0]), FileDescriptor(rawValue: ends[1]))
         } else if !program.contains("/") {
             guard let found = lookUp(program, in: path) else { return .failure(LaunchError(message: "\(program): not found in PATH")) }
             executable = found
