@@ -74,3 +74,26 @@ static inline int backstop_epoll_next(int epoll_fd, uint64_t *token) {
     if (count == 1) *token = event.data.u64;
     return count;
 }
+
+#include <errno.h>
+#include <string.h>
+#include <sys/timerfd.h>
+
+/// A close-on-exec timerfd (timerfd_create(2), CLOCK_MONOTONIC) that becomes readable once,
+/// `nanoseconds` from now (at least 1). Returns it, or -1 with errno set.
+static inline int backstop_timerfd_once(uint64_t nanoseconds) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    if (fd < 0) return -1;
+    struct itimerspec expiry;
+    memset(&expiry, 0, sizeof expiry);
+    if (nanoseconds == 0) nanoseconds = 1;  // zero would disarm it
+    expiry.it_value.tv_sec = (time_t)(nanoseconds / 1000000000u);
+    expiry.it_value.tv_nsec = (long)(nanoseconds % 1000000000u);
+    if (timerfd_settime(fd, 0, &expiry, (void *)0) != 0) {
+        int error = errno;
+        close(fd);
+        errno = error;
+        return -1;
+    }
+    return fd;
+}

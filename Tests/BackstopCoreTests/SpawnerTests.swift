@@ -67,6 +67,21 @@ struct SpawnerTests {
         #expect(codes == Set(0..<20))
     }
 
+    @Test("A wait with a time limit ends at the process's end, or at the limit when the process runs on")
+    func timedWait() async throws {
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(null) }
+        let quick = try Spawner.spawn("/bin/sh", arguments: ["sh", "-c", "exit 3"], environment: [:], descriptors: [null, null, null])
+        #expect(await ProcessExits.shared.ended(pidfd: quick.pidfd, timeoutSeconds: 60))
+        #expect(await ProcessExits.shared.termination(of: quick) == .exited(code: 3))
+        let slow = try Spawner.spawn("/bin/sleep", arguments: ["sleep", "60"], environment: [:], descriptors: [null, null, null])
+        let before = ContinuousClock.now
+        #expect(await !ProcessExits.shared.ended(pidfd: slow.pidfd, timeoutSeconds: 0.2))
+        #expect(ContinuousClock.now - before >= .milliseconds(200))
+        kill(slow.pid, SIGKILL)
+        #expect(await ProcessExits.shared.termination(of: slow) == .signaled(signal: SIGKILL, coreDumped: false))
+    }
+
     @Test("The descriptors are the child's 0, 1, 2, 3 as given (one source twice), and no other descriptor of the parent's reaches it")
     func descriptors() async throws {
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)

@@ -137,6 +137,14 @@ public enum DirectRunner {
     public static func run(
         _ request: LaunchRequest, errorTail: OutputTail? = nil, started: @Sendable (Int32) async -> Void
     ) async -> Result<Termination, LaunchError> {
+        await run(request, errorTail: errorTail, deadline: nil, started: started)
+    }
+
+    /// ``run(_:errorTail:started:)``, and with a `deadline` the process's session is killed
+    /// (SIGKILL) when it has not ended within the deadline's time from its start.
+    private static func run(
+        _ request: LaunchRequest, errorTail: OutputTail?, deadline: ProbeDeadline?, started: @Sendable (Int32) async -> Void
+    ) async -> Result<Termination, LaunchError> {
         defer { errorTail?.settle() }
         guard let program = request.arguments.first else { return .failure(LaunchError(message: "empty command line")) }
         let path = request.environment["PATH"]
@@ -202,9 +210,23 @@ public enum DirectRunner {
             return .failure(LaunchError(message: "\(executable): \(error.description)"))
         }
         registration.started(process.pid)
+        let expiry = deadline.map { ContinuousClock.now.advanced(by: .seconds($0.seconds)) }
+        /// `process`'s end, its `session` killed first if the deadline passes before it.
+        func termination(killing session: Int32) async -> Termination {
+            if let deadline, let expiry {
+                deadline.record(session)
+                let remaining = ContinuousClock.now.duration(to: expiry).components
+                let seconds = Double(remaining.seconds) + Double(remaining.attoseconds) / 1e18
+                if await !ProcessExits.shared.ended(pidfd: process.pidfd, timeoutSeconds: seconds) {
+                    deadline.expired()
+                    signalGroup(session, SIGKILL)
+                }
+            }
+            return await ProcessExits.shared.termination(of: process)
+        }
         guard let statusPipe else {
             await started(process.pid)
-            return .success(await ProcessExits.shared.termination(of: process))
+            return .success(await termination(killing: process.pid))
         }
         // The agent is bwrap's child; nothing is started when bwrap fails before making it.
         let sandboxedChild = await BubblewrapStatus.childPID(from: statusPipe.readEnd)
@@ -215,7 +237,7 @@ public enum DirectRunner {
             await started(child)
             isSetUp = await BubblewrapStatus.isSetUp(from: statusPipe.readEnd)
         }
-        let bwrapTermination = await ProcessExits.shared.termination(of: process)
+        let bwrapTermination = await termination(killing: sandboxedChild ?? process.pid)
         let exitStatus = childExit.waitStatus()
         var termination = exitStatus.map(Termination.init(waitStatus:)) ?? bwrapTermination
         if case .exited(let code) = termination, exitStatus == nil || request.sandbox?.privateProcesses == true, code > 128, code <= 128 + 64 {
@@ -254,16 +276,13 @@ public enum DirectRunner {
     public static func probe(
         _ request: LaunchRequest, timeoutSeconds: Double, started: @Sendable (Int32) async -> Void
     ) async -> ProbeResult {
-        let deadline = ProbeDeadline()
-        let result = await run(request) { pid in
-            deadline.arm(pid: pid, seconds: timeoutSeconds)
-            await started(pid)
-        }
+        let deadline = ProbeDeadline(seconds: timeoutSeconds)
+        let result = await run(request, errorTail: nil, deadline: deadline, started: started)
         // Nothing a probe starts outlives it: its session, and what left the session with its mark.
         if let pid = deadline.pid, let mark = request.environment[LaunchRequest.probeStoreVariable] {
             killRemains(ofSession: pid, mark: LaunchRequest.probeStoreVariable, value: mark)
         }
-        if deadline.finish() { return .failed("timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
+        if deadline.hasExpired { return .failed("timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
         switch result {
         case .success(.exited(code: 0)): return .passed
         case .success(let termination): return .failed(termination.description)
@@ -435,35 +454,26 @@ private final class StartRegistration: @unchecked Sendable {
     }
 }
 
-/// Kills a probe's process group when its time is up.
+/// A probe's time limit, and what its run found: the probe's pid, whether the time was up.
 // @unchecked: the fields are only touched with `lock` held.
 private final class ProbeDeadline: @unchecked Sendable {
+    /// How long the probe may run, from its start.
+    let seconds: Double
     private let lock = NSLock()
-    private var timer: Task<Void, Never>?
-    private var fired = false
+    private var expiredBeforeEnd = false
     private var probePID: Int32?
+
+    init(seconds: Double) {
+        self.seconds = seconds
+    }
 
     /// The probe's pid, once it started.
     var pid: Int32? { lock.withLock { probePID } }
+    /// Whether the time was up before the probe ended, so that its session was killed.
+    var hasExpired: Bool { lock.withLock { expiredBeforeEnd } }
 
-    func arm(pid: Int32, seconds: Double) {
-        lock.withLock { probePID = pid }
-        let task = Task {
-            try? await Task.sleep(for: .seconds(seconds))
-            guard !Task.isCancelled else { return }
-            self.lock.withLock { self.fired = true }
-            DirectRunner.signalGroup(pid, SIGKILL)
-        }
-        lock.withLock { timer = task }
-    }
-
-    /// Cancels the timer; returns whether it had fired.
-    func finish() -> Bool {
-        lock.withLock {
-            timer?.cancel()
-            return fired
-        }
-    }
+    func record(_ pid: Int32) { lock.withLock { probePID = pid } }
+    func expired() { lock.withLock { expiredBeforeEnd = true } }
 }
 
 /// An agent that could not be started (`exec-failed`).

@@ -86,15 +86,24 @@ public enum Spawner {
 
 /// Tells when processes end, for every process backstopd waits on: one thread blocks in
 /// epoll_wait(2) without a timeout on all their pidfds (a pidfd is readable once its process
-/// has ended), so that nothing wakes while nothing ends, however many processes run.
+/// has ended) and the timerfds of their deadlines, so that nothing wakes while nothing ends
+/// or expires, however many processes run.
 public final class ProcessExits: @unchecked Sendable {
     /// The one instance of this process.
     public static let shared = ProcessExits()
 
-    // @unchecked: `waiting` and `nextToken` are only touched with `lock` held; `epoll` is set once.
+    /// One wait: its pidfd, its timerfd (-1 for none) and who waits.
+    private struct Waiter {
+        var pidfd: Int32
+        var timer: Int32
+        var continuation: CheckedContinuation<Bool, Never>
+    }
+
+    // @unchecked: `waiting` and `lastWait` are only touched with `lock` held; `epoll` is set once.
     private let lock = NSLock()
-    private var waiting: [UInt64: (descriptor: Int32, continuation: CheckedContinuation<Void, Never>)] = [:]
-    private var nextToken: UInt64 = 0
+    /// By wait number; the pidfd's epoll token is 2 x that number, the timer's 2 x that number + 1.
+    private var waiting: [UInt64: Waiter] = [:]
+    private var lastWait: UInt64 = 0
     private let epoll: Int32
 
     private init() {
@@ -105,19 +114,42 @@ public final class ProcessExits: @unchecked Sendable {
         thread.start()
     }
 
-    /// Returns once the process of `pidfd` has ended (it is not reaped here, nor is `pidfd` closed).
-    public func ended(pidfd: Int32) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let token = lock.withLock {
-                nextToken += 1
-                waiting[nextToken] = (pidfd, continuation)
-                return nextToken
+    /// Returns once the process of `pidfd` has ended (it is not reaped here, nor is `pidfd`
+    /// closed), or once `timeoutSeconds` (monotonic) have passed, whichever comes first.
+    /// - Returns: true when the process ended (or `pidfd` is none epoll can watch); false when
+    ///   the time was up first, or no timer could be made or watched (the caller treats it as expired).
+    @discardableResult
+    public func ended(pidfd: Int32, timeoutSeconds: Double? = nil) async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            var timer: Int32 = -1
+            if let timeoutSeconds {
+                timer = backstop_timerfd_once(UInt64(max(0, timeoutSeconds) * 1_000_000_000))
+                guard timer >= 0 else { return continuation.resume(returning: false) }
             }
-            // Not a pidfd one can wait on: nothing would ever report it.
-            if backstop_epoll_watch_once(epoll, pidfd, token) != 0, let entry = lock.withLock({ waiting.removeValue(forKey: token) }) {
-                entry.continuation.resume()
+            // Both watched before a report can end the wait (it takes the lock), so that its
+            // clean-up finds both.
+            // `unwatched`: nil when both are watched, else how the wait ends at once.
+            let (number, unwatched) = lock.withLock { () -> (UInt64, Bool?) in
+                lastWait += 1
+                waiting[lastWait] = Waiter(pidfd: pidfd, timer: timer, continuation: continuation)
+                // Not a pidfd one can wait on: nothing would ever report it.
+                guard backstop_epoll_watch_once(epoll, pidfd, lastWait * 2) == 0 else { return (lastWait, true) }
+                guard timer < 0 || backstop_epoll_watch_once(epoll, timer, lastWait * 2 + 1) == 0 else { return (lastWait, false) }
+                return (lastWait, nil)
             }
+            if let ended = unwatched { finish(number, ended: ended) }
         }
+    }
+
+    /// Ends wait `number` (once: a second report of the same wait finds nothing).
+    private func finish(_ number: UInt64, ended: Bool) {
+        guard let waiter = lock.withLock({ waiting.removeValue(forKey: number) }) else { return }
+        epoll_ctl(epoll, EPOLL_CTL_DEL, waiter.pidfd, nil)
+        if waiter.timer >= 0 {
+            epoll_ctl(epoll, EPOLL_CTL_DEL, waiter.timer, nil)
+            close(waiter.timer)
+        }
+        waiter.continuation.resume(returning: ended)
     }
 
     /// Waits for `process`, backstopd's child, to end, reaps it (waitid(2) with `P_PIDFD`)
@@ -140,9 +172,7 @@ public final class ProcessExits: @unchecked Sendable {
         while true {
             var token: UInt64 = 0
             guard backstop_epoll_next(epoll, &token) == 1 else { continue }  // EINTR
-            guard let entry = lock.withLock({ waiting.removeValue(forKey: token) }) else { continue }
-            epoll_ctl(epoll, EPOLL_CTL_DEL, entry.descriptor, nil)
-            entry.continuation.resume()
+            finish(token / 2, ended: token % 2 == 0)
         }
     }
 }
