@@ -72,11 +72,11 @@ struct SpawnerTests {
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }
         let quick = try Spawner.spawn("/bin/sh", arguments: ["sh", "-c", "exit 3"], environment: [:], descriptors: [null, null, null])
-        #expect(await ProcessExits.shared.ended(pidfd: quick.pidfd, timeoutSeconds: 60))
+        #expect(await ProcessExits.shared.readable(quick.pidfd, timeoutSeconds: 60))
         #expect(await ProcessExits.shared.termination(of: quick) == .exited(code: 3))
         let slow = try Spawner.spawn("/bin/sleep", arguments: ["sleep", "60"], environment: [:], descriptors: [null, null, null])
         let before = ContinuousClock.now
-        #expect(await !ProcessExits.shared.ended(pidfd: slow.pidfd, timeoutSeconds: 0.2))
+        #expect(await !ProcessExits.shared.readable(slow.pidfd, timeoutSeconds: 0.2))
         #expect(ContinuousClock.now - before >= .milliseconds(200))
         kill(slow.pid, SIGKILL)
         #expect(await ProcessExits.shared.termination(of: slow) == .signaled(signal: SIGKILL, coreDumped: false))

@@ -167,6 +167,8 @@ public enum DirectRunner {
             guard backstop_pipe_cloexec(&ends) == 0 else {
                 return .failure(LaunchError(message: "cannot make a pipe for bwrap's status: \(Errno(rawValue: errno))"))
             }
+            // Read between lines by waiting on the epoll thread (``BubblewrapStatus``).
+            _ = fcntl(ends[0], F_SETFL, fcntl(ends[0], F_GETFL) | O_NONBLOCK)
             statusPipe = (FileDescriptor(rawValue: ends[0]), FileDescriptor(rawValue: ends[1]))
         } else if !program.contains("/") {
             guard let found = lookUp(program, in: path) else { return .failure(LaunchError(message: "\(program): not found in PATH")) }
@@ -217,7 +219,7 @@ public enum DirectRunner {
                 deadline.record(session)
                 let remaining = ContinuousClock.now.duration(to: expiry).components
                 let seconds = Double(remaining.seconds) + Double(remaining.attoseconds) / 1e18
-                if await !ProcessExits.shared.ended(pidfd: process.pidfd, timeoutSeconds: seconds) {
+                if await !ProcessExits.shared.readable(process.pidfd, timeoutSeconds: seconds) {
                     deadline.expired()
                     signalGroup(session, SIGKILL)
                 }
@@ -331,8 +333,6 @@ public enum DirectRunner {
 /// messages (bwrap(1)), one JSON object per line, the first `{ "child-pid": N, ... }` once
 /// the sandboxed child exists; then the sandbox's own line, ``BubblewrapSandbox/readyLine``,
 /// once bwrap's mounts, setpriv and the rlimits are in place, just before the agent's exec.
-/// Reads on a Dispatch thread: the pipe is blocking, and every writer ends soon (bwrap
-/// writes at once or exits; the child closes the pipe when it execs the agent).
 enum BubblewrapStatus {
     /// The child's pid from the first message, nil when bwrap ended without one.
     static func childPID(from pipe: FileDescriptor) async -> Int32? {
@@ -348,21 +348,23 @@ enum BubblewrapStatus {
         return false
     }
 
-    /// The next line (at most 4096 bytes), nil at the pipe's end.
+    /// The next line (at most 4096 bytes), nil at the pipe's end. The pipe's read end is
+    /// non-blocking: while it is empty, ``ProcessExits`` waits for it with the process ends.
     private static func line(from pipe: FileDescriptor) async -> [UInt8]? {
-        await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                var line: [UInt8] = []
-                var byte: UInt8 = 0
-                var ended = true
-                while line.count < 4096, (try? withUnsafeMutableBytes(of: &byte) { try pipe.read(into: $0) }) == 1 {
-                    ended = false
-                    if byte == UInt8(ascii: "\n") { break }
-                    line.append(byte)
-                }
-                continuation.resume(returning: ended ? nil : line)
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while line.count < 4096 {
+            let count = read(pipe.rawValue, &byte, 1)
+            if count == 1 {
+                if byte == UInt8(ascii: "\n") { break }
+                line.append(byte)
+            } else if count < 0, errno == EAGAIN {
+                await ProcessExits.shared.readable(pipe.rawValue)
+            } else if count == 0 || errno != EINTR {
+                return line.isEmpty ? nil : line
             }
         }
+        return line
     }
 }
 

@@ -86,22 +86,22 @@ public enum Spawner {
 
 /// Tells when processes end, for every process backstopd waits on: one thread blocks in
 /// epoll_wait(2) without a timeout on all their pidfds (a pidfd is readable once its process
-/// has ended) and the timerfds of their deadlines, so that nothing wakes while nothing ends
-/// or expires, however many processes run.
+/// has ended), the timerfds of their deadlines and the status pipes of their sandboxes, so
+/// that nothing wakes while nothing ends or expires, however many processes run.
 public final class ProcessExits: @unchecked Sendable {
     /// The one instance of this process.
     public static let shared = ProcessExits()
 
-    /// One wait: its pidfd, its timerfd (-1 for none) and who waits.
+    /// One wait: its descriptor, its timerfd (-1 for none) and who waits.
     private struct Waiter {
-        var pidfd: Int32
+        var descriptor: Int32
         var timer: Int32
         var continuation: CheckedContinuation<Bool, Never>
     }
 
     // @unchecked: `waiting` and `lastWait` are only touched with `lock` held; `epoll` is set once.
     private let lock = NSLock()
-    /// By wait number; the pidfd's epoll token is 2 x that number, the timer's 2 x that number + 1.
+    /// By wait number; the descriptor's epoll token is 2 x that number, the timer's 2 x that number + 1.
     private var waiting: [UInt64: Waiter] = [:]
     private var lastWait: UInt64 = 0
     private let epoll: Int32
@@ -114,12 +114,13 @@ public final class ProcessExits: @unchecked Sendable {
         thread.start()
     }
 
-    /// Returns once the process of `pidfd` has ended (it is not reaped here, nor is `pidfd`
-    /// closed), or once `timeoutSeconds` (monotonic) have passed, whichever comes first.
-    /// - Returns: true when the process ended (or `pidfd` is none epoll can watch); false when
-    ///   the time was up first, or no timer could be made or watched (the caller treats it as expired).
+    /// Returns once `descriptor` is readable: a pidfd once its process has ended (it is not
+    /// reaped here), a pipe once it holds data or has no writer left; or once `timeoutSeconds`
+    /// (monotonic) have passed, whichever comes first. `descriptor` stays open.
+    /// - Returns: true when it is readable (or none epoll can watch); false when the time was
+    ///   up first, or no timer could be made or watched (the caller treats it as expired).
     @discardableResult
-    public func ended(pidfd: Int32, timeoutSeconds: Double? = nil) async -> Bool {
+    public func readable(_ descriptor: Int32, timeoutSeconds: Double? = nil) async -> Bool {
         await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             var timer: Int32 = -1
             if let timeoutSeconds {
@@ -131,9 +132,9 @@ public final class ProcessExits: @unchecked Sendable {
             // `unwatched`: nil when both are watched, else how the wait ends at once.
             let (number, unwatched) = lock.withLock { () -> (UInt64, Bool?) in
                 lastWait += 1
-                waiting[lastWait] = Waiter(pidfd: pidfd, timer: timer, continuation: continuation)
-                // Not a pidfd one can wait on: nothing would ever report it.
-                guard backstop_epoll_watch_once(epoll, pidfd, lastWait * 2) == 0 else { return (lastWait, true) }
+                waiting[lastWait] = Waiter(descriptor: descriptor, timer: timer, continuation: continuation)
+                // Not a descriptor epoll can watch: nothing would ever report it.
+                guard backstop_epoll_watch_once(epoll, descriptor, lastWait * 2) == 0 else { return (lastWait, true) }
                 guard timer < 0 || backstop_epoll_watch_once(epoll, timer, lastWait * 2 + 1) == 0 else { return (lastWait, false) }
                 return (lastWait, nil)
             }
@@ -144,7 +145,7 @@ public final class ProcessExits: @unchecked Sendable {
     /// Ends wait `number` (once: a second report of the same wait finds nothing).
     private func finish(_ number: UInt64, ended: Bool) {
         guard let waiter = lock.withLock({ waiting.removeValue(forKey: number) }) else { return }
-        epoll_ctl(epoll, EPOLL_CTL_DEL, waiter.pidfd, nil)
+        epoll_ctl(epoll, EPOLL_CTL_DEL, waiter.descriptor, nil)
         if waiter.timer >= 0 {
             epoll_ctl(epoll, EPOLL_CTL_DEL, waiter.timer, nil)
             close(waiter.timer)
@@ -156,7 +157,7 @@ public final class ProcessExits: @unchecked Sendable {
     /// and closes its pidfd.
     /// - Returns: how it ended, the core-dump bit included.
     public func termination(of process: SpawnedProcess) async -> Termination {
-        await ended(pidfd: process.pidfd)
+        await readable(process.pidfd)
         defer { close(process.pidfd) }
         var info = siginfo_t()
         while waitid(idtype_t(rawValue: 3) /* P_PIDFD */, id_t(process.pidfd), &info, WEXITED) != 0, errno == EINTR {}
