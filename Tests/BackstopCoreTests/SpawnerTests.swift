@@ -34,21 +34,21 @@ struct SpawnerTests {
 
     /// Runs `script` with /bin/sh, descriptors `descriptors`, and returns how it ended.
     func run(_ script: String, descriptors: [Int32], groupID: gid_t? = nil) async throws -> Termination {
-        let process = try Spawner.spawn("/bin/sh", arguments: ["sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"],
+        let process = try await Spawner.spawn("/bin/sh", arguments: ["sh", "-c", script], environment: ["PATH": "/usr/bin:/bin"],
                                         descriptors: descriptors, groupID: groupID)
         return await ProcessExits.shared.termination(of: process)
     }
 
     @Test("A program that cannot be executed comes back as the exec step's errno, and nothing is left running")
-    func execFailure() throws {
+    func execFailure() async throws {
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }
-        #expect(throws: SpawnError(step: .exec, errno: .noSuchFileOrDirectory)) {
-            try Spawner.spawn("/nonexistent/program", arguments: ["program"], environment: [:], descriptors: [null, null, null])
+        await #expect(throws: SpawnError(step: .exec, errno: .noSuchFileOrDirectory)) {
+            try await Spawner.spawn("/nonexistent/program", arguments: ["program"], environment: [:], descriptors: [null, null, null])
         }
         // A regular file without execute permission.
-        #expect(throws: SpawnError(step: .exec, errno: .permissionDenied)) {
-            try Spawner.spawn("/etc/passwd", arguments: ["passwd"], environment: [:], descriptors: [null, null, null])
+        await #expect(throws: SpawnError(step: .exec, errno: .permissionDenied)) {
+            try await Spawner.spawn("/etc/passwd", arguments: ["passwd"], environment: [:], descriptors: [null, null, null])
         }
         #expect(SpawnError(step: .exec, errno: .permissionDenied).description == "execve: Permission denied")
     }
@@ -71,10 +71,10 @@ struct SpawnerTests {
     func timedWait() async throws {
         let null = open("/dev/null", O_RDWR | O_CLOEXEC)
         defer { close(null) }
-        let quick = try Spawner.spawn("/bin/sh", arguments: ["sh", "-c", "exit 3"], environment: [:], descriptors: [null, null, null])
+        let quick = try await Spawner.spawn("/bin/sh", arguments: ["sh", "-c", "exit 3"], environment: [:], descriptors: [null, null, null])
         #expect(await ProcessExits.shared.readable(quick.pidfd, timeoutSeconds: 60))
         #expect(await ProcessExits.shared.termination(of: quick) == .exited(code: 3))
-        let slow = try Spawner.spawn("/bin/sleep", arguments: ["sleep", "60"], environment: [:], descriptors: [null, null, null])
+        let slow = try await Spawner.spawn("/bin/sleep", arguments: ["sleep", "60"], environment: [:], descriptors: [null, null, null])
         let before = ContinuousClock.now
         #expect(await !ProcessExits.shared.readable(slow.pidfd, timeoutSeconds: 0.2))
         #expect(ContinuousClock.now - before >= .milliseconds(200))
@@ -108,7 +108,7 @@ struct SpawnerTests {
         // Read by the shell itself: while it waits for a child, sh blocks every signal.
         signal(SIGUSR2, SIG_IGN)
         defer { signal(SIGUSR2, SIG_DFL) }
-        let process = try Spawner.spawn(
+        let process = try await Spawner.spawn(
             "/bin/sh", arguments: ["sh", "-c", "while read -r line; do case $line in SigBlk*|SigIgn*) echo \"$line\";; esac; done </proc/$$/status; read line || :"], environment: [:],
             descriptors: [input.readEnd, output.writeEnd, output.writeEnd])
         close(input.readEnd)
@@ -127,8 +127,8 @@ struct SpawnerTests {
         let output = try Capture()
         let group: gid_t = 2_147_483_646
         if getuid() != 0 {
-            #expect(throws: SpawnError(step: .group, errno: .notPermitted)) {
-                try Spawner.spawn("/bin/true", arguments: ["true"], environment: [:], descriptors: [null, null, null], groupID: group)
+            await #expect(throws: SpawnError(step: .group, errno: .notPermitted)) {
+                try await Spawner.spawn("/bin/true", arguments: ["true"], environment: [:], descriptors: [null, null, null], groupID: group)
             }
             return
         }

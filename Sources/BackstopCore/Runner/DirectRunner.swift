@@ -198,8 +198,11 @@ public enum DirectRunner {
         // Registered with the reaper, so that it never mistakes this child for an adopted one.
         let registration = StartRegistration()
         defer { registration.finish() }
-        let spawned = Result { () throws(SpawnError) in
-            try Spawner.spawn(executable, arguments: arguments, environment: request.environment, descriptors: descriptors, groupID: groupID)
+        let spawned: Result<SpawnedProcess, SpawnError>
+        do {
+            spawned = .success(try await Spawner.spawn(executable, arguments: arguments, environment: request.environment, descriptors: descriptors, groupID: groupID))
+        } catch {
+            spawned = .failure(error)
         }
         handedOver.forEach { close($0) }
         let process: SpawnedProcess

@@ -62,18 +62,26 @@ public enum Spawner {
     ///   - groupID: the only group the child is in (setresgid(2), no supplementary groups), nil for backstopd's.
     /// - Returns: the child; its signal dispositions are the defaults and its signal mask empty.
     /// - Throws: ``SpawnError``; nothing is left running then (a child that failed was reaped).
+    ///
+    /// The child is made on ``SpawnThread``, which lives as long as backstopd: a parent-death
+    /// signal (PR_SET_PDEATHSIG, which bwrap's `--die-with-parent` sets on itself) fires when
+    /// the *thread* that made the process ends (prctl(2)), and the threads of Swift's
+    /// concurrency pool end after a few idle seconds.
     public static func spawn(
         _ path: String, arguments: [String], environment: [String: String], descriptors: [Int32], groupID: gid_t? = nil
-    ) throws(SpawnError) -> SpawnedProcess {
-        var pidfd: Int32 = -1
-        var step: Int32 = 0
-        let pid = withCStrings(arguments) { argv in
-            withCStrings(environment.map { "\($0.key)=\($0.value)" }) { envp in
-                backstop_spawn(path, argv, envp, descriptors, Int32(descriptors.count), groupID.map(Int64.init) ?? -1, &pidfd, &step)
+    ) async throws(SpawnError) -> SpawnedProcess {
+        let result = await SpawnThread.shared.perform { () -> Result<SpawnedProcess, SpawnError> in
+            var pidfd: Int32 = -1
+            var step: Int32 = 0
+            let pid = withCStrings(arguments) { argv in
+                withCStrings(environment.map { "\($0.key)=\($0.value)" }) { envp in
+                    backstop_spawn(path, argv, envp, descriptors, Int32(descriptors.count), groupID.map(Int64.init) ?? -1, &pidfd, &step)
+                }
             }
+            guard pid > 0 else { return .failure(SpawnError(step: SpawnError.Step(rawValue: step) ?? .start, errno: Errno(rawValue: errno))) }
+            return .success(SpawnedProcess(pid: pid, pidfd: pidfd))
         }
-        guard pid > 0 else { throw SpawnError(step: SpawnError.Step(rawValue: step) ?? .start, errno: Errno(rawValue: errno)) }
-        return SpawnedProcess(pid: pid, pidfd: pidfd)
+        return try result.get()
     }
 
     /// `strings` as a null-terminated array of C strings, valid inside `body`.
@@ -81,6 +89,43 @@ public enum Spawner {
         let pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]
         defer { pointers.forEach { free($0) } }
         return body(pointers)
+    }
+}
+
+/// The one thread that makes backstopd's children (``Spawner``): it waits on a condition
+/// variable for the next start, never on a timer, and never ends.
+final class SpawnThread: @unchecked Sendable {
+    /// The one instance of this process.
+    static let shared = SpawnThread()
+
+    // @unchecked: `jobs` is only touched with `condition` locked.
+    private let condition = NSCondition()
+    private var jobs: [() -> Void] = []
+
+    private init() {
+        let thread = Thread { [self] in runForever() }
+        thread.name = "backstop-spawn"
+        thread.start()
+    }
+
+    /// Runs `job` on this thread and returns what it returns.
+    func perform<T: Sendable>(_ job: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { (continuation: CheckedContinuation<T, Never>) in
+            condition.lock()
+            jobs.append { continuation.resume(returning: job()) }
+            condition.signal()
+            condition.unlock()
+        }
+    }
+
+    private func runForever() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty { condition.wait() }
+            let job = jobs.removeFirst()
+            condition.unlock()
+            job()
+        }
     }
 }
 
