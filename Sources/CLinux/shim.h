@@ -55,3 +55,45 @@ static inline int backstop_thread_limit_effective_capabilities(unsigned long lon
 static inline int backstop_pipe_cloexec(int ends[2]) {
     return (int)syscall(SYS_pipe2, ends, O_CLOEXEC);
 }
+
+#include <stdint.h>
+#include <sys/epoll.h>
+
+/// Adds `fd` to epoll instance `epoll_fd` for one readiness report (EPOLLIN | EPOLLONESHOT)
+/// carrying `token` (epoll_ctl(2), whose `struct epoll_event` is packed). Returns 0, or -1 with errno set.
+static inline int backstop_epoll_watch_once(int epoll_fd, int fd, uint64_t token) {
+    struct epoll_event event = { .events = EPOLLIN | EPOLLONESHOT, .data = { .u64 = token } };
+    return epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &event);
+}
+
+/// Waits without a timeout for the next ready descriptor of `epoll_fd` (epoll_wait(2)) and
+/// stores its token. Returns 1, or -1 with errno set (EINTR included).
+static inline int backstop_epoll_next(int epoll_fd, uint64_t *token) {
+    struct epoll_event event;
+    int count = epoll_wait(epoll_fd, &event, 1, -1);
+    if (count == 1) *token = event.data.u64;
+    return count;
+}
+
+#include <errno.h>
+#include <string.h>
+#include <sys/timerfd.h>
+
+/// A close-on-exec timerfd (timerfd_create(2), CLOCK_MONOTONIC) that becomes readable once,
+/// `nanoseconds` from now (at least 1). Returns it, or -1 with errno set.
+static inline int backstop_timerfd_once(uint64_t nanoseconds) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    if (fd < 0) return -1;
+    struct itimerspec expiry;
+    memset(&expiry, 0, sizeof expiry);
+    if (nanoseconds == 0) nanoseconds = 1;  // zero would disarm it
+    expiry.it_value.tv_sec = (time_t)(nanoseconds / 1000000000u);
+    expiry.it_value.tv_nsec = (long)(nanoseconds % 1000000000u);
+    if (timerfd_settime(fd, 0, &expiry, (void *)0) != 0) {
+        int error = errno;
+        close(fd);
+        errno = error;
+        return -1;
+    }
+    return fd;
+}

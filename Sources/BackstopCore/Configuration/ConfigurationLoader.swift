@@ -113,8 +113,8 @@ public enum TOMLProbe {
         let environment = ProcessInfo.processInfo.environment.merging([variable: String(getpid())]) { $1 }.map { "\($0)=\($1)" }
         var pid: pid_t = 0
         let program = "/proc/self/exe"
-        let status = withCStrings([program]) { argv in
-            withCStrings(environment) { envp in posix_spawn(&pid, program, &actions, nil, argv, envp) }
+        let status = Spawner.withCStrings([program]) { argv in
+            Spawner.withCStrings(environment) { envp in posix_spawn(&pid, program, &actions, nil, argv, envp) }
         }
         close(sockets[1])
         guard status == 0 else { return "cannot start the parser: \(String(cString: strerror(status)))" }
@@ -130,12 +130,6 @@ public enum TOMLProbe {
         if wait & 0x7f != 0 { return "signal \(wait & 0x7f)" }
         let code = (wait >> 8) & 0xff
         return code == 0 ? nil : "exit code \(code)"
-    }
-
-    private static func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-        let pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) } + [nil]
-        defer { pointers.forEach { free($0) } }
-        return body(pointers)
     }
 }
 

@@ -7,7 +7,7 @@ import Foundation
 /// when it forks into the background is re-parented to backstopd instead of to PID 1,
 /// so it stays visible and can be stopped with its agent. Such adopted children are
 /// reaped here when they end. The processes backstopd starts itself (agents, probes)
-/// are reaped by swift-subprocess through their pidfds; this reaper never touches
+/// are reaped through their pidfds (``ProcessExits``); this reaper never touches
 /// them: it peeks with `waitid(P_ALL, WNOWAIT)` and reaps only a pid it does not
 /// know, and only while no start is half-way (a fresh child not yet registered).
 /// One thread blocks in waitid(2): no polling, no SIGCHLD handler.

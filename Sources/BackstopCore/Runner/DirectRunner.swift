@@ -1,6 +1,5 @@
 import CLinux
 import Foundation
-import Subprocess
 import SystemPackage
 
 /// What to run for one agent start.
@@ -116,11 +115,11 @@ public enum AgentEnvironment {
     }
 }
 
-/// Runs agent processes directly, without systemd, through swift-subprocess.
+/// Runs agent processes directly, without systemd, through ``Spawner``.
 ///
 /// Each agent gets a session of its own (setsid(2)), so that its whole process
-/// group can be signalled; exit detection is swift-subprocess's pidfd/epoll
-/// monitor (no polling). The agent's stdout and stderr go to the journal under its
+/// group can be signalled; its end is read from its pidfd by ``ProcessExits`` (one
+/// epoll thread for every process, no polling). The agent's stdout and stderr go to the journal under its
 /// own identifier (sd_journal_stream_fd(3)), or are the daemon's when no journald listens.
 ///
 /// A sandboxed process (``LaunchRequest/sandbox``) is bwrap's child: bwrap's
@@ -138,120 +137,140 @@ public enum DirectRunner {
     public static func run(
         _ request: LaunchRequest, errorTail: OutputTail? = nil, started: @Sendable (Int32) async -> Void
     ) async -> Result<Termination, LaunchError> {
+        await run(request, errorTail: errorTail, deadline: nil, started: started)
+    }
+
+    /// ``run(_:errorTail:started:)``, and with a `deadline` the process's session is killed
+    /// (SIGKILL) when it has not ended within the deadline's time from its start.
+    private static func run(
+        _ request: LaunchRequest, errorTail: OutputTail?, deadline: ProbeDeadline?, started: @Sendable (Int32) async -> Void
+    ) async -> Result<Termination, LaunchError> {
         defer { errorTail?.settle() }
         guard let program = request.arguments.first else { return .failure(LaunchError(message: "empty command line")) }
-        var options = PlatformOptions()
-        options.createSession = true
+        let path = request.environment["PATH"]
         var arguments = request.arguments
+        var executable = program
+        var groupID: gid_t?
         var statusPipe: (readEnd: FileDescriptor, writeEnd: FileDescriptor)?
         if let sandbox = request.sandbox {
             if let problem = BubblewrapSandbox.unavailableReason { return .failure(LaunchError(message: problem + "; the agent is not started unsandboxed")) }
             // bwrap always starts, so a program that cannot run is told here, as exec-failed.
-            if let problem = unexecutable(program, path: request.environment["PATH"]) { return .failure(LaunchError(message: problem)) }
-            // bwrap's stdin is a pipe: bwrap reports the sandboxed child's pid on a copy of it
-            // (bwrap(1) --json-status-fd, which bwrap closes in the child), and the child
-            // inherits the pipe itself to say when its sandbox is set up.
-            // bwrap's own processes run in a group no agent shares (``BubblewrapSandbox/launcherGroupName``),
-            // set by setpriv(1): a set*gid(2) of glibc's in the forked child of this threaded
-            // process waits forever for threads the child does not have.
-            arguments = [BubblewrapSandbox.setpriv, "--regid=\(BubblewrapSandbox.launcherGroupID)", "--clear-groups", "--",
-                         BubblewrapSandbox.shell, "-c", "exec \"$@\" 3>&0", "backstop-bwrap", BubblewrapSandbox.program, "--json-status-fd", "3"]
-                + sandbox.plan(arguments).arguments.dropFirst()
-            do { statusPipe = try FileDescriptor.pipe() } catch {
-                return .failure(LaunchError(message: "cannot make a pipe for bwrap's status: \(error)"))
+            if let problem = unexecutable(program, path: path) { return .failure(LaunchError(message: problem)) }
+            // bwrap's stdin is a pipe: bwrap reports the sandboxed child's pid on a copy of it,
+            // descriptor 3 (bwrap(1) --json-status-fd, which bwrap closes in the child), and the
+            // child inherits the pipe itself to say when its sandbox is set up.
+            // bwrap's own processes run in a group no agent shares (``BubblewrapSandbox/launcherGroupName``).
+            executable = BubblewrapSandbox.program
+            arguments = [BubblewrapSandbox.program, "--json-status-fd", "3"] + sandbox.plan(arguments).arguments.dropFirst()
+            groupID = BubblewrapSandbox.launcherGroupID
+            var ends: [Int32] = [-1, -1]
+            guard backstop_pipe_cloexec(&ends) == 0 else {
+                return .failure(LaunchError(message: "cannot make a pipe for bwrap's status: \(Errno(rawValue: errno))"))
             }
+            // Read between lines by waiting on the epoll thread (``BubblewrapStatus``).
+            _ = fcntl(ends[0], F_SETFL, fcntl(ends[0], F_GETFL) | O_NONBLOCK)
+            statusPipe = (FileDescriptor(rawValue: ends[0]), FileDescriptor(rawValue: ends[1]))
+        } else if !program.contains("/") {
+            guard let found = lookUp(program, in: path) else { return .failure(LaunchError(message: "\(program): not found in PATH")) }
+            executable = found
         }
         defer { try? statusPipe?.readEnd.close() }
-        guard let input = statusPipe?.writeEnd ?? (try? FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)) else {
+        let null = open("/dev/null", O_RDWR | O_CLOEXEC)
+        guard null >= 0 else {
+            try? statusPipe?.writeEnd.close()
             return .failure(LaunchError(message: "cannot open /dev/null: \(Errno(rawValue: errno))"))
         }
-        let executable: Executable = arguments[0].contains("/") ? .path(FilePath(arguments[0])) : .name(arguments[0])
-        var environment: [Environment.Key: String] = [:]
-        for (key, value) in request.environment {
-            if let key = Environment.Key(rawValue: key) { environment[key] = value }
-        }
-        let exitInfo = ProcessExit()
-        let sandboxedChild = SandboxedChild()
         let streams = outputDescriptors(identifier: request.identifier)
-        var output = FileDescriptorOutput.fileDescriptor(streams.output, closeAfterSpawningProcess: streams.owned)
-        var error = FileDescriptorOutput.fileDescriptor(streams.error, closeAfterSpawningProcess: streams.owned)
+        // What the child gets copies of, closed here once it has them.
+        var handedOver = [null] + (streams.owned ? [streams.output, streams.error] : [])
+        var error = streams.error
         // Without a pipe the output still goes where it went; only the tail is missing.
-        if let errorTail, let writeEnd = try? errorTail.attach(relayingTo: streams.error.rawValue) {
-            if streams.owned { try? streams.error.close() }
-            error = .fileDescriptor(writeEnd, closeAfterSpawningProcess: true)
+        if let errorTail, let writeEnd = try? errorTail.attach(relayingTo: streams.error).rawValue {
+            error = writeEnd
+            handedOver.append(writeEnd)
         }
-        if request.discardsStandardOutput {
-            let null = open("/dev/null", O_WRONLY | O_CLOEXEC)
-            if null >= 0 { output = .fileDescriptor(FileDescriptor(rawValue: null), closeAfterSpawningProcess: true) }
+        var descriptors = [null, request.discardsStandardOutput ? null : streams.output, error]
+        if let statusPipe {
+            descriptors[0] = statusPipe.writeEnd.rawValue
+            descriptors.append(statusPipe.writeEnd.rawValue)
+            handedOver.append(statusPipe.writeEnd.rawValue)
         }
         // Registered with the reaper, so that it never mistakes this child for an adopted one.
         let registration = StartRegistration()
         defer { registration.finish() }
+        let spawned: Result<SpawnedProcess, SpawnError>
         do {
-            let result = try await Subprocess.run(
-                executable,
-                arguments: Arguments(Array(arguments.dropFirst())),
-                environment: .custom(environment),
-                platformOptions: options,
-                input: .fileDescriptor(input, closeAfterSpawningProcess: true),
-                output: output,
-                error: error
-            ) { execution in
-                registration.started(execution.processIdentifier.value)
-                guard let statusPipe else {
-                    exitInfo.hold(execution.processIdentifier.processDescriptor)
-                    await started(execution.processIdentifier.value)
-                    return
-                }
-                // The agent is bwrap's child; nothing is started when bwrap fails before making it.
-                guard let child = await BubblewrapStatus.childPID(from: statusPipe.readEnd) else { return }
-                sandboxedChild.record(child)
-                exitInfo.open(child)
-                await started(child)
-                if await BubblewrapStatus.isSetUp(from: statusPipe.readEnd) { sandboxedChild.recordSetUp() }
-            }
-            var termination: Termination
-            let exitStatus = exitInfo.waitStatus()
-            if let status = exitStatus {
-                termination = Termination(waitStatus: status)
-            } else {
-                switch result.terminationStatus {
-                case .exited(let code): termination = .exited(code: code)
-                case .signaled(let signal): termination = .signaled(signal: signal, coreDumped: nil)
-                }
-            }
-            guard request.sandbox != nil else { return .success(termination) }
-            if case .exited(let code) = termination, exitStatus == nil || request.sandbox?.privateProcesses == true, code > 128, code <= 128 + 64 {
-                // bwrap exits 128 + N for a child killed by signal N when the kernel could not tell
-                // more, and so does the shell that is PID 1 of a private PID namespace.
-                termination = .signaled(signal: code - 128, coreDumped: nil)
-            }
-            // bwrap's mounts, setpriv or an rlimit failed: a configuration error, never the
-            // content's. (Killed before it was set up, it ends as killed: a stop, say.)
-            guard sandboxedChild.isSetUp || (sandboxedChild.pid != nil && termination.signal != nil) else {
-                return .failure(LaunchError(message: "the sandbox could not be set up: \(sandboxedChild.pid == nil ? "bwrap" : "its set-up") \(termination) before starting \(program) (its message is in the agent's own output)"))
-            }
-            if termination == .exited(code: BubblewrapSandbox.execFailedCode) {
-                return .failure(LaunchError(message: "\(program): could not be executed in its sandbox (the reason is in the agent's own output)"))
-            }
-            return .success(termination)
-        } catch let error as SubprocessError {
-            return .failure(LaunchError(message: Self.describe(error, program: program, path: request.environment["PATH"])))
+            spawned = .success(try await Spawner.spawn(executable, arguments: arguments, environment: request.environment, descriptors: descriptors, groupID: groupID))
         } catch {
-            return .failure(LaunchError(message: "\(error)"))
+            spawned = .failure(error)
         }
+        handedOver.forEach { close($0) }
+        let process: SpawnedProcess
+        switch spawned {
+        case .success(let child): process = child
+        case .failure(let error):
+            if error.step == .exec, request.sandbox == nil {
+                return .failure(LaunchError(message: unexecutable(program, path: path) ?? "\(program): \(String(cString: strerror(error.errno.rawValue)))"))
+            }
+            return .failure(LaunchError(message: "\(executable): \(error.description)"))
+        }
+        registration.started(process.pid)
+        let expiry = deadline.map { ContinuousClock.now.advanced(by: .seconds($0.seconds)) }
+        /// `process`'s end, its `session` killed first if the deadline passes before it.
+        func termination(killing session: Int32) async -> Termination {
+            if let deadline, let expiry {
+                deadline.record(session)
+                let remaining = ContinuousClock.now.duration(to: expiry).components
+                let seconds = Double(remaining.seconds) + Double(remaining.attoseconds) / 1e18
+                if await !ProcessExits.shared.readable(process.pidfd, timeoutSeconds: seconds) {
+                    deadline.expired()
+                    signalGroup(session, SIGKILL)
+                }
+            }
+            return await ProcessExits.shared.termination(of: process)
+        }
+        guard let statusPipe else {
+            await started(process.pid)
+            return .success(await termination(killing: process.pid))
+        }
+        // The agent is bwrap's child; nothing is started when bwrap fails before making it.
+        let sandboxedChild = await BubblewrapStatus.childPID(from: statusPipe.readEnd)
+        let childExit = ProcessExit()
+        var isSetUp = false
+        if let child = sandboxedChild {
+            childExit.open(child)
+            await started(child)
+            isSetUp = await BubblewrapStatus.isSetUp(from: statusPipe.readEnd)
+        }
+        let bwrapTermination = await termination(killing: sandboxedChild ?? process.pid)
+        let exitStatus = childExit.waitStatus()
+        var termination = exitStatus.map(Termination.init(waitStatus:)) ?? bwrapTermination
+        if case .exited(let code) = termination, exitStatus == nil || request.sandbox?.privateProcesses == true, code > 128, code <= 128 + 64 {
+            // bwrap exits 128 + N for a child killed by signal N when the kernel could not tell
+            // more, and so does the shell that is PID 1 of a private PID namespace.
+            termination = .signaled(signal: code - 128, coreDumped: nil)
+        }
+        // bwrap's mounts, setpriv or an rlimit failed: a configuration error, never the
+        // content's. (Killed before it was set up, it ends as killed: a stop, say.)
+        guard isSetUp || (sandboxedChild != nil && termination.signal != nil) else {
+            return .failure(LaunchError(message: "the sandbox could not be set up: \(sandboxedChild == nil ? "bwrap" : "its set-up") \(termination) before starting \(program) (its message is in the agent's own output)"))
+        }
+        if termination == .exited(code: BubblewrapSandbox.execFailedCode) {
+            return .failure(LaunchError(message: "\(program): could not be executed in its sandbox (the reason is in the agent's own output)"))
+        }
+        return .success(termination)
     }
 
     /// Journal streams for the agent's stdout (priority info) and stderr (warning), else the
     /// daemon's own; `owned`: they are new descriptors, to be closed once the process has them.
-    private static func outputDescriptors(identifier: String) -> (output: FileDescriptor, error: FileDescriptor, owned: Bool) {
+    private static func outputDescriptors(identifier: String) -> (output: Int32, error: Int32, owned: Bool) {
         if Journal.isAvailable, let output = try? Journal.streamDescriptor(identifier: identifier, priority: .info) {
             if let error = try? Journal.streamDescriptor(identifier: identifier, priority: .warning) {
-                return (FileDescriptor(rawValue: output), FileDescriptor(rawValue: error), true)
+                return (output, error, true)
             }
             close(output)
         }
-        return (.standardOutput, .standardError, false)
+        return (STDOUT_FILENO, STDERR_FILENO, false)
     }
 
     /// Runs a probe command and says whether it passed: exit code 0 within `timeoutSeconds`.
@@ -262,16 +281,13 @@ public enum DirectRunner {
     public static func probe(
         _ request: LaunchRequest, timeoutSeconds: Double, started: @Sendable (Int32) async -> Void
     ) async -> ProbeResult {
-        let deadline = ProbeDeadline()
-        let result = await run(request) { pid in
-            deadline.arm(pid: pid, seconds: timeoutSeconds)
-            await started(pid)
-        }
+        let deadline = ProbeDeadline(seconds: timeoutSeconds)
+        let result = await run(request, errorTail: nil, deadline: deadline, started: started)
         // Nothing a probe starts outlives it: its session, and what left the session with its mark.
         if let pid = deadline.pid, let mark = request.environment[LaunchRequest.probeStoreVariable] {
             killRemains(ofSession: pid, mark: LaunchRequest.probeStoreVariable, value: mark)
         }
-        if deadline.finish() { return .failed("timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
+        if deadline.hasExpired { return .failed("timed out after \(AgentPolicy.format(timeoutSeconds)) s and was killed") }
         switch result {
         case .success(.exited(code: 0)): return .passed
         case .success(let termination): return .failed(termination.description)
@@ -292,14 +308,6 @@ public enum DirectRunner {
     /// Sends `signal` to the agent's whole process group (kill(2) with `-pid`).
     public static func signalGroup(_ pid: Int32, _ signal: Int32) {
         if kill(-pid, signal) != 0 { _ = kill(pid, signal) }
-    }
-
-    private static func describe(_ error: SubprocessError, program: String, path: String?) -> String {
-        let cause = error.underlyingError.map { String(cString: strerror($0.rawValue)) }
-        switch error.code {
-        case .executableNotFound: return unexecutable(program, path: path) ?? "\(program): not executable"
-        default: return "\(program): \(cause ?? "\(error)")"
-        }
     }
 
     /// The first executable regular file named `program` in the directories of `path` (a
@@ -328,8 +336,6 @@ public enum DirectRunner {
 /// messages (bwrap(1)), one JSON object per line, the first `{ "child-pid": N, ... }` once
 /// the sandboxed child exists; then the sandbox's own line, ``BubblewrapSandbox/readyLine``,
 /// once bwrap's mounts, setpriv and the rlimits are in place, just before the agent's exec.
-/// Reads on a Dispatch thread: the pipe is blocking, and every writer ends soon (bwrap
-/// writes at once or exits; the child closes the pipe when it execs the agent).
 enum BubblewrapStatus {
     /// The child's pid from the first message, nil when bwrap ended without one.
     static func childPID(from pipe: FileDescriptor) async -> Int32? {
@@ -345,21 +351,23 @@ enum BubblewrapStatus {
         return false
     }
 
-    /// The next line (at most 4096 bytes), nil at the pipe's end.
+    /// The next line (at most 4096 bytes), nil at the pipe's end. The pipe's read end is
+    /// non-blocking: while it is empty, ``ProcessExits`` waits for it with the process ends.
     private static func line(from pipe: FileDescriptor) async -> [UInt8]? {
-        await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                var line: [UInt8] = []
-                var byte: UInt8 = 0
-                var ended = true
-                while line.count < 4096, (try? withUnsafeMutableBytes(of: &byte) { try pipe.read(into: $0) }) == 1 {
-                    ended = false
-                    if byte == UInt8(ascii: "\n") { break }
-                    line.append(byte)
-                }
-                continuation.resume(returning: ended ? nil : line)
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while line.count < 4096 {
+            let count = read(pipe.rawValue, &byte, 1)
+            if count == 1 {
+                if byte == UInt8(ascii: "\n") { break }
+                line.append(byte)
+            } else if count < 0, errno == EAGAIN {
+                await ProcessExits.shared.readable(pipe.rawValue)
+            } else if count == 0 || errno != EINTR {
+                return line.isEmpty ? nil : line
             }
         }
+        return line
     }
 }
 
@@ -377,14 +385,14 @@ final class SandboxedChild: @unchecked Sendable {
     func recordSetUp() { lock.withLock { setUp = true } }
 }
 
-/// The full exit status of a reaped process, core-dump bit included, from its pidfd.
+/// The full exit status of a sandboxed agent, core-dump bit included, from its pidfd.
 ///
-/// swift-subprocess reaps the agent itself and reports `CLD_DUMPED` like `CLD_KILLED`.
-/// Holding a duplicate of its pidfd lets Backstop ask the kernel afterwards with
-/// `ioctl(PIDFD_GET_INFO)` and `PIDFD_INFO_EXIT` (linux/pidfd.h, Linux 6.15 and later),
+/// The agent is bwrap's child, reaped by bwrap, which exits with the agent's code or
+/// 128 + its signal. Holding a pidfd of the agent lets Backstop ask the kernel afterwards
+/// with `ioctl(PIDFD_GET_INFO)` and `PIDFD_INFO_EXIT` (linux/pidfd.h, Linux 6.15 and later),
 /// which keeps the exit status of a reaped process for as long as a pidfd is open.
 /// On older kernels the ioctl fails and the core-dump bit stays unknown.
-// @unchecked: `descriptor` is written once in the spawn closure, before the run ends and it is read.
+// @unchecked: `descriptor` is written once, before the run ends and it is read.
 final class ProcessExit: @unchecked Sendable {
     private var descriptor: Int32 = -1
 
@@ -406,11 +414,6 @@ final class ProcessExit: @unchecked Sendable {
 
     deinit {
         if descriptor >= 0 { close(descriptor) }
-    }
-
-    /// Keeps a duplicate of the process's pidfd.
-    func hold(_ pidfd: Int32) {
-        descriptor = fcntl(pidfd, F_DUPFD_CLOEXEC, 0)
     }
 
     /// Opens a pidfd of `pid`, a process that is not Backstop's child (pidfd_open(2)); when
@@ -446,7 +449,7 @@ private final class StartRegistration: @unchecked Sendable {
         ChildReaper.shared.startEnded(pid: pid)
     }
 
-    /// The run is over: the child (if one was made) has been reaped by swift-subprocess.
+    /// The run is over: the child (if one was made) has been reaped through its pidfd.
     func finish() {
         if let pid = lock.withLock({ pid }) {
             ChildReaper.shared.reapedByStarter(pid)
@@ -456,35 +459,26 @@ private final class StartRegistration: @unchecked Sendable {
     }
 }
 
-/// Kills a probe's process group when its time is up.
+/// A probe's time limit, and what its run found: the probe's pid, whether the time was up.
 // @unchecked: the fields are only touched with `lock` held.
 private final class ProbeDeadline: @unchecked Sendable {
+    /// How long the probe may run, from its start.
+    let seconds: Double
     private let lock = NSLock()
-    private var timer: Task<Void, Never>?
-    private var fired = false
+    private var expiredBeforeEnd = false
     private var probePID: Int32?
+
+    init(seconds: Double) {
+        self.seconds = seconds
+    }
 
     /// The probe's pid, once it started.
     var pid: Int32? { lock.withLock { probePID } }
+    /// Whether the time was up before the probe ended, so that its session was killed.
+    var hasExpired: Bool { lock.withLock { expiredBeforeEnd } }
 
-    func arm(pid: Int32, seconds: Double) {
-        lock.withLock { probePID = pid }
-        let task = Task {
-            try? await Task.sleep(for: .seconds(seconds))
-            guard !Task.isCancelled else { return }
-            self.lock.withLock { self.fired = true }
-            DirectRunner.signalGroup(pid, SIGKILL)
-        }
-        lock.withLock { timer = task }
-    }
-
-    /// Cancels the timer; returns whether it had fired.
-    func finish() -> Bool {
-        lock.withLock {
-            timer?.cancel()
-            return fired
-        }
-    }
+    func record(_ pid: Int32) { lock.withLock { probePID = pid } }
+    func expired() { lock.withLock { expiredBeforeEnd = true } }
 }
 
 /// An agent that could not be started (`exec-failed`).
