@@ -701,7 +701,7 @@ def report(backstop, floor, systemd, supervisord, sizes, settings, load_at_start
     stress = backstop["stress"]
     add(f"| Crash storm ({settings.stress_seconds} s, no backoff): `status --json` latency ms median / p99 / max | {ms(stress['status'], ('median', 'p99', 'max'))} | | | | |")
     add(f"| … VmRSS at start → end MiB; decisions lost | {stress['rss_start_kib'] / 1024:.1f} → {stress['rss_end_kib'] / 1024:.1f}; {stress['lost']} of {stress['crashes']} | | | | |")
-    add("| Binary sizes, MiB (static Swift runtime) | " + ", ".join(f"{name} {size / 1048576:.1f}" for name, size in sizes.items()) + " | | | | |")
+    add("| Binary sizes as installed, MiB (static Swift runtime, stripped) | " + ", ".join(f"{name} {size / 1048576:.1f}" for name, size in sizes.items()) + " | | | | |")
     table = "\n".join(lines) + "\n\n" + targets(backstop, floor, systemd, sizes, settings)
     machine = (f"{platform.node()}: {platform.system()} {platform.release()}, {os.cpu_count()} CPUs, "
                f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
@@ -714,10 +714,10 @@ def report(backstop, floor, systemd, supervisord, sizes, settings, load_at_start
 # Why a target is not met, as far as it has been measured (docs/benchmarks.md tells how).
 CAUSES = {
     "rss": "Foundation and its ICU data (about 9.6 MiB), crypto (3.5 MiB) and the relocations of a static runtime (about 3 MiB)",
-    "size": "Foundation's ICU data (32 MiB), debug information (22 MiB) and symbols (16 MiB) in the binary",
-    "wakeups": "swift-subprocess sleeps 1 s in a loop per running process; libdispatch's 1 Hz pool monitor",
+    "size": "Foundation's ICU data (32 MiB) and the static Swift runtime (symbols and debug information are stripped)",
+    "wakeups": "libdispatch's 1 Hz pool monitor, and timers and relays that are still tasks and threads of their own",
     "detection": "a /proc scan for what the run left behind (about 3.4 ms) comes before the decision",
-    "restart": "bash → bwrap → setpriv → bash → agent: three wrapper execs (about 5.6 ms); the durable write of the failure",
+    "restart": "bwrap → setpriv → bash → agent: two wrapper execs inside the sandbox; the durable write of the failure",
     "boot": "`ldd` twice at the first spawn, a configuration-check child, an environ scan of every process",
     "staging": "an fsync per file",
 }
@@ -832,7 +832,9 @@ def main():
     systemd = bench_systemd(arguments.install_tree, arguments.bin, arguments.restarts, arguments.alone_seconds)
     log(f"supervisord: {arguments.supervisord_restarts} restarts, and alone with bad content for {arguments.alone_seconds} s")
     supervisord = bench_supervisord(arguments.supervisord, arguments.bin, arguments.supervisord_restarts, arguments.alone_seconds)
-    sizes = {name: os.path.getsize(os.path.join(arguments.bin, name)) for name in ("backstopd", "backstopctl")}
+    # As installed (`make install` strips them), not as built.
+    sizes = {name: os.path.getsize(os.path.join(arguments.install_tree, path, name))
+             for name, path in (("backstopd", "usr/sbin"), ("backstopctl", "usr/bin"))}
     table, machine = report(backstop, floor, systemd, supervisord, sizes, arguments, load_at_start)
     print(table)
     print(f"\n{machine}; {time.monotonic() - started:.0f} s")
